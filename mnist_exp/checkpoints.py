@@ -1,0 +1,61 @@
+"""Per-epoch checkpoints of unfinished runs, written atomically so a kill never leaves half a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mnist_exp.training import EpochMetrics, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Checkpoint:
+    run_id: str  # the MLflow run a resume continues
+    model_state: dict
+    optimizer_state: dict
+    progress: Progress
+
+
+def checkpoint_path(checkpoint_dir: str, config_hash: str) -> Path:
+    return Path(checkpoint_dir) / f"{config_hash}.pt"
+
+
+def save(path: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = {
+        "run_id": run_id,
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "history": [asdict(m) for m in progress.history],
+        "train_time_s": progress.train_time_s,
+    }
+    with open(temporary, "wb") as file:
+        torch.save(payload, file)
+        file.flush()
+        os.fsync(file.fileno())  # the rename below must never point at data still in flight
+    os.replace(temporary, path)
+
+
+def load(path: Path) -> Checkpoint | None:
+    """The checkpoint at `path`, or None when there is none or it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+        progress = Progress([EpochMetrics(**m) for m in payload["history"]], payload["train_time_s"])
+        return Checkpoint(payload["run_id"], payload["model_state"], payload["optimizer_state"], progress)
+    except Exception as error:  # a damaged checkpoint costs a restart, never a crash
+        log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
+        return None
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)

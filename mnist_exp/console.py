@@ -1,0 +1,53 @@
+"""What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from mnist_exp.training import EpochMetrics
+
+log = logging.getLogger("mnist_exp")
+
+
+def epoch_line(m: EpochMetrics, epochs: int) -> str:
+    return (
+        f"epoch {m.epoch}/{epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  "
+        f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}  ({m.epoch_time_s:.1f}s)"
+    )
+
+
+class RunProgress(contextlib.AbstractContextManager):
+    """An epoch bar and a batch bar when stderr is a terminal; log lines only otherwise (CI, files)."""
+
+    def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):
+        self.epochs = epochs
+        self.bars = sys.stderr.isatty()
+        self._stack = contextlib.ExitStack()
+        if self.bars:
+            self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars
+            self.epoch_bar = self._stack.enter_context(
+                tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0)
+            )
+            self.batch_bar = self._stack.enter_context(
+                tqdm(total=batches_per_epoch, unit="batch", position=1, leave=False)
+            )
+
+    def batch(self, loss: float) -> None:
+        if self.bars:
+            self.batch_bar.update()
+            self.batch_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def epoch(self, metrics: EpochMetrics) -> None:
+        log.info(epoch_line(metrics, self.epochs))
+        if self.bars:
+            self.epoch_bar.update()
+            self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")
+            self.batch_bar.reset()
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()

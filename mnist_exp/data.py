@@ -1,0 +1,224 @@
+"""MNIST for training: find the digits, decode each split once, then serve it from a verified cache.
+
+A split lives in memory as uint8 tensors; training gathers and normalizes whole batches
+(mnist_exp.training), so no image is decoded twice and no per-image transform runs per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_exp.formats import DataError, read_course_split, read_idx_split
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+SOURCES = ("auto", "course", "idx", "download", "sample")
+# The offline sample ships with the project (see its README for the attribution).
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "mnist-10k"
+IDX_NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_FOLDERS = (".", "MNIST/raw", "idx")  # torchvision's download lands in MNIST/raw
+CACHE_FORMAT = 1  # bump when the decoded layout changes, so old cache files are ignored
+DOWNLOAD_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 [N, 28, 28], raw pixels
+    labels: torch.Tensor  # int64 [N]
+    sha256: str  # content hash of images and labels: identical for a tar and its IDX twin
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> Split:
+        if n is None or n >= len(self):
+            return self
+        images, labels = self.images[:n].clone(), self.labels[:n].clone()
+        return Split(images, labels, content_hash(images.numpy(), labels.numpy()))
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a data source was found: the files that make up each split."""
+
+    source: str  # course | idx | download | sample
+    location: Path
+    files: dict[str, tuple[Path, ...]]
+
+
+@dataclass(frozen=True)
+class MNIST:
+    train: Split
+    test: Split
+    source: str
+    location: str
+    fallback: str | None  # why data.source=auto fell back to the offline sample
+
+
+def load_mnist(data_cfg) -> MNIST:
+    """Both splits as configured by the `data` config group."""
+    located, fallback = locate(Path(data_cfg.root), data_cfg.source)
+    cache_dir = Path(data_cfg.cache_dir)
+    train = load_split(located, "train", cache_dir).head(data_cfg.limit_train)
+    test = load_split(located, "test", cache_dir).head(data_cfg.limit_test)
+    return MNIST(train, test, located.source, str(located.location), fallback)
+
+
+def locate(root: Path, source: str) -> tuple[Located, str | None]:
+    root = root.expanduser().resolve()
+    if source == "sample":
+        return replace(_find_idx(SAMPLE_DIR), source="sample"), None
+    if source == "course":
+        return _require(_find_course(root), root, "train.tar and test.tar, or train/ and test/ folders"), None
+    if source == "idx":
+        return _require(_find_idx(root), root, _idx_hint()), None
+    if source == "download":
+        return _download(root), None
+    if source != "auto":
+        raise DataError(f"data.source={source} is not one of {', '.join(SOURCES)}")
+
+    found = _find_course(root) or _find_idx(root)
+    if found:
+        return found, None
+    try:
+        return _download(root), None
+    except DataError as error:
+        reason = f"no MNIST under data.root={root} and {error}"
+    log.warning(
+        "\n" + "!" * 78 + "\n"
+        f"!! FALLING BACK TO THE OFFLINE SAMPLE {SAMPLE_DIR}\n"
+        "!! (8,000 train / 2,000 test real digits, not full MNIST).\n"
+        f"!! Why: {reason}\n"
+        "!! Point data.root at your data, or set data.source=sample to silence this.\n" + "!" * 78
+    )
+    return replace(_find_idx(SAMPLE_DIR), source="sample"), reason
+
+
+def _require(found: Located | None, root: Path, wanted: str) -> Located:
+    if found is None:
+        where = "does not exist" if not root.exists() else "holds none"
+        raise DataError(f"data.root={root} {where}: expected {wanted}")
+    return found
+
+
+def _find_course(root: Path) -> Located | None:
+    for kind, paths in (("tar", {s: root / f"{s}.tar" for s in SPLITS}), ("folder", {s: root / s for s in SPLITS})):
+        present = {split: path for split, path in paths.items() if path.exists()}
+        if len(present) == len(SPLITS):
+            return Located("course", root, {split: (path,) for split, path in present.items()})
+        if present:
+            missing = [str(paths[s]) for s in SPLITS if s not in present]
+            raise DataError(f"found {', '.join(map(str, present.values()))} but not {', '.join(missing)}")
+    return None
+
+
+def _find_idx(root: Path) -> Located | None:
+    for folder in IDX_FOLDERS:
+        files = {split: tuple(_idx_file(root / folder, name) for name in names) for split, names in IDX_NAMES.items()}
+        if all(path is not None for paths in files.values() for path in paths):
+            return Located("idx", (root / folder).resolve(), files)
+    return None
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_hint() -> str:
+    names = ", ".join(n for pair in IDX_NAMES.values() for n in pair)
+    return f"{names} (optionally .gz) in it, in MNIST/raw/ or in idx/"
+
+
+def _download(root: Path) -> Located:
+    """Full MNIST through torchvision, into data.root/MNIST/raw."""
+    from torchvision.datasets import MNIST as TorchvisionMNIST
+
+    log.info("downloading MNIST into %s", root)
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision sets none; offline must fail, not hang
+    try:
+        TorchvisionMNIST(root=str(root), train=True, download=True)
+    except Exception as error:  # network, disk and checksum failures all end the attempt
+        detail = " ".join(str(error).split())
+        raise DataError(f"downloading MNIST into {root} failed ({detail[:300]})") from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    return replace(_require(_find_idx(root), root, _idx_hint()), source="download")
+
+
+# --- decoding and the cache ---
+
+
+def load_split(located: Located, split: str, cache_dir: Path) -> Split:
+    """Decode a split, or read it from the cache when its source files have not changed."""
+    files = located.files[split]
+    cache_file = cache_dir / f"{located.source}-{split}-{_fingerprint(files)}.pt"
+    cached = _read_cache(cache_file)
+    if cached is not None:
+        return cached
+    if len(files) == 1:
+        images, labels = read_course_split(files[0])
+    else:
+        images, labels = read_idx_split(*files)
+    result = Split(torch.from_numpy(images), torch.from_numpy(labels), content_hash(images, labels))
+    _write_cache(cache_file, result)
+    log.info("decoded %s split: %d images from %s", split, len(result), ", ".join(map(str, files)))
+    return result
+
+
+def content_hash(images: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8).data)
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    return digest.hexdigest()
+
+
+def _fingerprint(files: tuple[Path, ...]) -> str:
+    """Identifies the source files' current state (paths, sizes, modification times)."""
+    digest = hashlib.sha256(f"format {CACHE_FORMAT}".encode())
+    for path in files:
+        stats = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for item in stats:
+            stat = item.stat()
+            digest.update(f"{item.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _read_cache(path: Path) -> Split | None:
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+        split = Split(payload["images"], payload["labels"], payload["sha256"])
+        if content_hash(split.images.numpy(), split.labels.numpy()) != split.sha256:
+            raise ValueError("content does not match its recorded hash")
+        return split
+    except Exception as error:  # truncated, tampered with or from another version: never trusted
+        log.warning("cache file %s is unusable (%s); decoding the source again", path, error)
+        return None
+
+
+def _write_cache(path: Path, split: Split) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"images": split.images, "labels": split.labels, "sha256": split.sha256}, temporary)
+        os.replace(temporary, path)  # atomic: parallel jobs and kills never leave half a file
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        log.warning("cannot write the data cache %s (%s); continuing without it", path, error)

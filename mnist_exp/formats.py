@@ -1,0 +1,149 @@
+"""Decoders for the two on-disk formats: the course's PNG archives and MNIST's IDX files.
+
+Both return (images, labels) as numpy arrays: uint8 [N, 28, 28] and int64 [N]. Anything
+malformed raises DataError naming the file and member; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import tarfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SIZE = 28
+COURSE_NAME = re.compile(r"^(?P<id>[^/]+)_(?P<label>[^_/]*)\.png$")
+NAMING_HINT = "expected {ID}_{label}.png with a label 0-9, e.g. 00042_7.png"
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is; the message says which file to fix."""
+
+
+def read_course_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a course split: a tar of PNGs, or the folder it was extracted into.
+
+    Images are ordered by ID (numerically where IDs are numbers), so a tar and its
+    extracted folder give identical arrays.
+    """
+    members = _tar_members(path) if path.is_file() else _folder_members(path)
+    entries = []  # (sort key, id, label, member name, png bytes)
+    seen: dict[str, str] = {}
+    for name, read in members:
+        basename = name.rsplit("/", 1)[-1]
+        match = COURSE_NAME.match(basename)
+        if not match:
+            raise DataError(f"{path}: member {name!r} is not a labelled PNG; {NAMING_HINT}")
+        image_id, label_text = match["id"], match["label"]
+        if not label_text.isdigit():
+            raise DataError(f"{path}: member {name!r} has no numeric label; {NAMING_HINT}")
+        label = int(label_text)
+        if not 0 <= label <= 9:
+            raise DataError(f"{path}: member {name!r} has label {label}, outside 0-9")
+        if image_id in seen:
+            raise DataError(
+                f"{path}: ID {image_id!r} appears twice ({seen[image_id]!r} and {name!r}); IDs must be unique"
+            )
+        seen[image_id] = name
+        sort_key = (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
+        entries.append((sort_key, label, name, read()))
+    if not entries:
+        raise DataError(f"{path}: no images found; {NAMING_HINT}")
+    entries.sort(key=lambda entry: entry[0])
+
+    images = np.empty((len(entries), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    labels = np.empty(len(entries), dtype=np.int64)
+    for i, (_, label, name, png) in enumerate(entries):
+        images[i] = decode_png(png, f"{path}: member {name!r}")
+        labels[i] = label
+    return images, labels
+
+
+def decode_png(png: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            if image.format != "PNG":
+                raise DataError(f"{where} is a {image.format} image, not a PNG")
+            if image.mode != "L" or image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                raise DataError(
+                    f"{where} is a {image.size[0]}x{image.size[1]} {image.mode} image; "
+                    f"expected {IMAGE_SIZE}x{IMAGE_SIZE} 8-bit grayscale (mode L)"
+                )
+            return np.asarray(image)
+    except DataError:
+        raise
+    except Exception as error:  # PIL signals corrupt data with several unrelated types
+        raise DataError(f"{where} does not decode as a PNG ({error})") from None
+
+
+def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    try:
+        archive = tarfile.open(path)
+    except (tarfile.TarError, OSError) as error:
+        raise DataError(f"{path}: not a readable tar archive ({error})") from None
+    with archive:
+        for member in archive:
+            if member.isdir():
+                continue
+            if not member.isfile():
+                raise DataError(f"{path}: member {member.name!r} is not a regular file")
+            yield member.name, lambda member=member: archive.extractfile(member).read()
+
+
+def _folder_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    for file in sorted(path.rglob("*")):
+        if file.is_file():
+            yield file.relative_to(path).as_posix(), file.read_bytes
+
+
+# --- MNIST IDX (http://yann.lecun.com/exdb/mnist/): big-endian header, then raw uint8 ---
+
+IDX_UBYTE = 0x08
+
+
+def read_idx(path: Path, expected_dims: int) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) of unsigned bytes with `expected_dims` dimensions."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path}: cannot read ({error})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    dtype, ndim = raw[2], raw[3]
+    if dtype != IDX_UBYTE or ndim != expected_dims:
+        raise DataError(
+            f"{path}: IDX file of type 0x{dtype:02x} with {ndim} dimensions; expected unsigned bytes "
+            f"with {expected_dims}"
+        )
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    if len(raw) != header + int(np.prod(shape)):
+        raise DataError(
+            f"{path}: holds {len(raw) - header} data bytes but its header announces shape {shape}; "
+            "the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(images_path, expected_dims=3)
+    labels = read_idx(labels_path, expected_dims=1).astype(np.int64)
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels")
+    if len(images) == 0:
+        raise DataError(f"{images_path}: holds no images")
+    if labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise DataError(f"{labels_path}: label {labels[bad]} at index {bad} is outside 0-9")
+    return images.copy(), labels

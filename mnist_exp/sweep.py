@@ -1,0 +1,98 @@
+"""Sweep-level bookkeeping, run by Hydra around a `-m` sweep in the launching process.
+
+Before any job starts it creates the MLflow store and experiment once (parallel jobs racing
+to create a fresh sqlite store corrupt it) and opens the sweep's parent run. Jobs find the
+parent through a small file in the sweep folder, which works with every launcher. At the end
+it prints what happened to each job and exits non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "mlflow_sweep.json"
+STATUS_FILE = "job_status.json"
+IGNORED_OVERRIDES = ("force=",)  # re-running a sweep with force=true is still the same sweep
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    key: str  # identifies the sweep command: the same command reopens the same parent run
+    name: str
+    parent_run_id: str
+    experiment_id: str
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    status: str  # finished | skipped | failed | killed
+    overrides: list[str]
+    run_id: str | None
+    error: str | None = None
+
+
+def sweep_identity(task_overrides: list[str]) -> tuple[str, str]:
+    kept = sorted(o for o in task_overrides if not o.startswith(IGNORED_OVERRIDES))
+    name = " ".join(kept) or "(defaults)"
+    return hashlib.sha256(name.encode()).hexdigest()[:12], name
+
+
+def read_sweep_info(sweep_dir: str) -> SweepInfo | None:
+    path = Path(sweep_dir) / SWEEP_FILE
+    return SweepInfo(**json.loads(path.read_text())) if path.exists() else None
+
+
+def write_job_status(output_dir: str, status: JobStatus) -> None:
+    (Path(output_dir) / STATUS_FILE).write_text(json.dumps(asdict(status), indent=2))
+
+
+def read_job_statuses(sweep_dir: str) -> list[JobStatus]:
+    return [JobStatus(**json.loads(p.read_text())) for p in sorted(Path(sweep_dir).rglob(STATUS_FILE))]
+
+
+def summarize(statuses: list[JobStatus]) -> str:
+    counts = {s: sum(1 for j in statuses if j.status == s) for s in ("finished", "skipped", "failed", "killed")}
+    lines = [f"sweep summary: {', '.join(f'{n} {s}' for s, n in counts.items())}"]
+    for job in statuses:
+        if job.status in ("failed", "killed"):
+            lines.append(f"  {job.status.upper()}: {' '.join(job.overrides) or '(defaults)'}: {job.error}")
+    return "\n".join(lines)
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from mnist_exp import tracking
+
+        client, experiment_id = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+        key, name = sweep_identity(list(config.hydra.overrides.task))
+        parent = tracking.open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        info = SweepInfo(key, name, parent, experiment_id)
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
+        log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from mnist_exp import tracking
+
+        statuses = read_job_statuses(config.hydra.sweep.dir)
+        summary = summarize(statuses)
+        info = read_sweep_info(config.hydra.sweep.dir)
+        failed = any(j.status in ("failed", "killed") for j in statuses)
+        if info is not None:
+            client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+            client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
+            tracking.finish(client, info.parent_run_id, "FAILED" if failed else "FINISHED")
+        print(summary, flush=True)
+        if failed:
+            sys.exit(1)

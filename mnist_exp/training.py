@@ -1,0 +1,152 @@
+"""The training loop: whole-batch gathers from in-memory uint8 tensors, no DataLoader.
+
+Every epoch reseeds torch's generator from (seed, epoch), so shuffling, dropout and
+augmentation of epoch k are the same whether the run started at epoch 1 or resumed at k.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_exp.data import MNIST, Split
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; training further would only produce garbage."""
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float  # averaged over the epoch's batches, in training mode
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    epoch_time_s: float
+
+    def as_metrics(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if k != "epoch"}
+
+
+@dataclass
+class Progress:
+    """Everything a checkpoint must restore besides the model and optimizer."""
+
+    history: list[EpochMetrics] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+
+class InputPipeline:
+    """Raw uint8 pixels -> [0, 1] -> optional augmentation -> normalized float batch."""
+
+    def __init__(self, mean: float, std: float, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.mean, self.std, self.augment = mean, std, augment
+
+    def __call__(self, raw: torch.Tensor, train: bool) -> torch.Tensor:
+        x = raw.unsqueeze(1).float().div_(255)
+        if train and self.augment is not None:
+            x = self.augment(x)  # in pixel space, where the background is exactly 0
+        return x.sub_(self.mean).div_(self.std)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name} but no CUDA device is available; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, optimizer_cfg, weight_decay: float) -> torch.optim.Optimizer:
+    if optimizer_cfg.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=optimizer_cfg.lr, momentum=optimizer_cfg.momentum,
+            nesterov=optimizer_cfg.nesterov, weight_decay=weight_decay,
+        )
+    if optimizer_cfg.name == "adam":
+        return torch.optim.Adam(
+            model.parameters(), lr=optimizer_cfg.lr, betas=tuple(optimizer_cfg.betas), weight_decay=weight_decay
+        )
+    raise ValueError(f"optimizer.name={optimizer_cfg.name} is not sgd or adam")
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    torch.manual_seed(seed * 100_003 + epoch)
+
+
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, batch_size: int,
+    inputs: InputPipeline, device: torch.device, on_batch: Callable[[float], None] | None = None,
+) -> tuple[float, float]:
+    """One pass over `split` in random order; returns (mean loss, accuracy)."""
+    model.train()
+    images, labels = split.images.to(device), split.labels.to(device)
+    order = torch.randperm(len(labels)).to(device)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        x, y = inputs(images[batch], train=True), labels[batch]
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        batch_loss = loss.item()
+        if not math.isfinite(batch_loss):
+            raise Diverged(
+                f"training loss became {batch_loss} at batch {start // batch_size + 1}; "
+                "lower optimizer.lr or add regularization"
+            )
+        loss_sum += batch_loss * len(batch)
+        correct += int((logits.argmax(1) == y).sum())
+        if on_batch is not None:
+            on_batch(batch_loss)
+    return loss_sum / len(order), correct / len(order)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int, inputs: InputPipeline, device: torch.device
+) -> tuple[float, float, torch.Tensor]:
+    """(mean loss, accuracy, predicted labels) of `split`, in evaluation mode."""
+    model.eval()
+    loss_sum, predictions = 0.0, []
+    for start in range(0, len(split), batch_size):
+        x = inputs(split.images[start : start + batch_size].to(device), train=False)
+        y = split.labels[start : start + batch_size].to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        predictions.append(logits.argmax(1).cpu())
+    predicted = torch.cat(predictions)
+    return loss_sum / len(split), (predicted == split.labels).float().mean().item(), predicted
+
+
+def fit(
+    model: nn.Module, optimizer: torch.optim.Optimizer, data: MNIST, trainer_cfg, inputs: InputPipeline,
+    device: torch.device, progress: Progress, on_epoch_end: Callable[[Progress], None],
+    on_batch: Callable[[float], None] | None = None,
+) -> Progress:
+    """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each."""
+    for epoch in range(progress.epochs_done + 1, trainer_cfg.epochs + 1):
+        seed_epoch(trainer_cfg.seed, epoch)
+        started = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            model, optimizer, data.train, trainer_cfg.batch_size, inputs, device, on_batch
+        )
+        test_loss, test_acc, _ = evaluate(model, data.test, trainer_cfg.eval_batch_size, inputs, device)
+        elapsed = time.perf_counter() - started
+        progress.history.append(EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed))
+        progress.train_time_s += elapsed
+        on_epoch_end(progress)
+    return progress
