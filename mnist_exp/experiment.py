@@ -183,6 +183,9 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
 
     final = progress.history[-1]
     _, _, predictions = evaluate(model, data.test, cfg.trainer.eval_batch_size, inputs, device)
+    # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
+    # the generalization gap needs the finished model's accuracy on the training images themselves.
+    train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, cfg.trainer.eval_batch_size, inputs, device)
     artifacts = output_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     (artifacts / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -195,6 +198,8 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
     tracking.log_artifacts(client, run_id, artifacts)
     tracking.log_metrics(client, run_id, {
         "best_test_acc": max(m.test_acc for m in progress.history),
+        "train_eval_loss": train_eval_loss,
+        "train_eval_acc": train_eval_acc,
         "train_time_s": progress.train_time_s,
     }, step=final.epoch)
     tracking.finish(client, run_id, "FINISHED")

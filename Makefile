@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine:
+#   make sweep   create .venv (first time only), run the LeNet-5/MLP x regularizer sweep, print the table
+#   make test    create .venv (first time only), run the test suite
+# Afterwards `source .venv/bin/activate` gives the plain python train.py / mlflow ui / python analyze.py.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SWEEP ?= model=lenet5,mlp regularizer=none,l2,dropout
+
+.PHONY: setup sweep test bench ui clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "mnist-exp needs Python 3.11 (set PYTHON=python3.11)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+sweep: $(STAMP)
+	$(BIN)/python train.py -m $(SWEEP) $(ARGS)
+	$(BIN)/python analyze.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui
+
+clean:
+	rm -rf outputs checkpoints data/cache
