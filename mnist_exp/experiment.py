@@ -81,25 +81,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
         return JobOutcome("skipped", run.info.run_id, run.data.metrics.get("test_acc"))
 
     checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash)
-    checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
-    unfinished = {run.info.run_id for run in existing if run.info.status != "FINISHED"}
-    if checkpoint is not None and checkpoint.run_id in unfinished:
-        run_id = checkpoint.run_id
-        client.update_run(run_id, status="RUNNING")
-        if tracking.ERROR in client.get_run(run_id).data.tags:
-            client.delete_tag(run_id, tracking.ERROR)  # the error of the attempt being resumed
-        log.info("resuming run %s after epoch %d", run_id, checkpoint.progress.epochs_done)
-    else:
-        checkpoint = None
-        variant = f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}"
-        tags = {
-            tracking.CONFIG_HASH: config_hash,
-            tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
-            tracking.VARIANT: variant,
-            **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
-        }
-        run_id = tracking.create_run(client, experiment_id, f"{variant} seed={cfg.trainer.seed}", tags)
-        tracking.log_params(client, run_id, params)
+    run_id, checkpoint = _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep)
     if membership:
         tracking.set_tags(client, run_id, membership)
 
@@ -125,6 +107,36 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
     return JobOutcome("finished", run_id, test_acc)
 
 
+def _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep):
+    """Resume the run a checkpoint belongs to, or start a new one; close runs a kill left RUNNING."""
+    checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
+    unfinished = {run.info.run_id for run in existing if run.info.status != "FINISHED"}
+    if checkpoint is not None and checkpoint.run_id in unfinished:
+        run_id = checkpoint.run_id
+        client.update_run(run_id, status="RUNNING")
+        if tracking.ERROR in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, tracking.ERROR)  # the error of the attempt being resumed
+        log.info("resuming run %s after epoch %d", run_id, checkpoint.progress.epochs_done)
+    else:
+        checkpoint = None
+        variant = f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}"
+        tags = {
+            tracking.CONFIG_HASH: config_hash,
+            tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
+            tracking.VARIANT: variant,
+            **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
+        }
+        run_id = tracking.create_run(client, experiment_id, f"{variant} seed={cfg.trainer.seed}", tags)
+        tracking.log_params(client, run_id, params)
+    for run in existing:
+        if run.info.status == "RUNNING" and run.info.run_id != run_id:
+            # Its process died before its first checkpoint (or it was run with force=true): it can
+            # only be continued by this run, so it must not stay RUNNING forever.
+            tracking.set_tags(client, run.info.run_id, {tracking.ERROR: f"abandoned: superseded by run {run_id}"})
+            tracking.finish(client, run.info.run_id, "KILLED")
+    return run_id, checkpoint
+
+
 def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, output_dir: Path) -> float:
     validate(cfg)
     if cfg.trainer.threads is not None:
@@ -138,10 +150,11 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
     model = built.model.to(device)
     optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
     log.info(
-        "%s: %d parameters (LeNet-5: %d); data: %s (%s), %d train / %d test images; device %s",
+        "%s: %d parameters (LeNet-5: %d); data: %s (%s), %d train / %d test images; %s, %d threads",
         built.description, built.parameters, built.lenet5_parameters, data.source, data.location,
-        len(data.train), len(data.test), device,
+        len(data.train), len(data.test), device, torch.get_num_threads(),
     )
+    progress = Progress() if checkpoint is None else _resume(client, run_id, checkpoint, data, model, optimizer)
     tracking.log_params(client, run_id, {
         "model.parameters": str(built.parameters),
         "model.lenet5_parameters": str(built.lenet5_parameters),
@@ -154,19 +167,10 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
         "data.train_sha256": data.train.sha256,
         "data.test_sha256": data.test.sha256,
         "trainer.resolved_device": str(device),
+        "trainer.resolved_threads": str(torch.get_num_threads()),
     })
     if data.fallback:
         tracking.set_tags(client, run_id, {tracking.FALLBACK: data.fallback})
-
-    progress = Progress()
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint.model_state)
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        progress = checkpoint.progress
-        logged = tracking.logged_steps(client, run_id, "test_acc")
-        for metrics in progress.history:  # a kill between checkpoint and log_metrics left a gap
-            if metrics.epoch not in logged:
-                tracking.log_metrics(client, run_id, metrics.as_metrics(), step=metrics.epoch)
 
     inputs = InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer))
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
@@ -174,37 +178,58 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
     with RunProgress(title, cfg.trainer.epochs, progress.epochs_done, batches) as display:
 
         def on_epoch_end(progress: Progress) -> None:
-            checkpoints.save(checkpoint_file, run_id, model, optimizer, progress)  # before logging: see resume
+            checkpoints.save(checkpoint_file, run_id, model, optimizer, progress)  # before logging: see _resume
             metrics = progress.history[-1]
             tracking.log_metrics(client, run_id, metrics.as_metrics(), step=metrics.epoch)
             display.epoch(metrics)
 
         fit(model, optimizer, data, cfg.trainer, inputs, device, progress, on_epoch_end, display.batch)
 
-    final = progress.history[-1]
+    _log_results(cfg, client, run_id, model, data, inputs, device, progress, f"{built.description} ({title})",
+                 output_dir / "artifacts")
+    tracking.finish(client, run_id, "FINISHED")
+    checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
+    return progress.history[-1].test_acc
+
+
+def _resume(client, run_id: str, checkpoint, data, model, optimizer) -> Progress:
+    recorded = client.get_run(run_id).data.params
+    if (recorded.get("data.train_sha256"), recorded.get("data.test_sha256")) != (data.train.sha256, data.test.sha256):
+        raise DataError(
+            f"the data changed since run {run_id} was checkpointed, so it cannot be resumed; "
+            "add force=true to train from scratch"
+        )
+    model.load_state_dict(checkpoint.model_state)
+    optimizer.load_state_dict(checkpoint.optimizer_state)
+    logged = tracking.logged_steps(client, run_id, "test_acc")
+    for metrics in checkpoint.progress.history:  # a kill between checkpoint and log_metrics leaves a gap
+        if metrics.epoch not in logged:
+            tracking.log_metrics(client, run_id, metrics.as_metrics(), step=metrics.epoch)
+    return checkpoint.progress
+
+
+def _log_results(cfg, client, run_id, model, data, inputs, device, progress: Progress, title: str, folder: Path):
+    """Summary metrics and the artifacts: config, history, curves, confusion matrix, weights."""
     _, _, predictions = evaluate(model, data.test, cfg.trainer.eval_batch_size, inputs, device)
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
     # the generalization gap needs the finished model's accuracy on the training images themselves.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, cfg.trainer.eval_batch_size, inputs, device)
-    artifacts = output_dir / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    (artifacts / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (artifacts / "history.csv").write_text(_history_csv(progress))
-    plots.learning_curves(progress.history, f"{built.description} ({title})", artifacts / "learning_curves.png")
-    counts = plots.confusion_matrix(data.test.labels.numpy(), predictions.numpy())
-    np.savetxt(artifacts / "confusion_matrix.csv", counts, fmt="%d", delimiter=",")
-    plots.confusion_figure(counts, f"{title}: test confusion matrix", artifacts / "confusion_matrix.png")
-    torch.save(model.state_dict(), artifacts / "model_state.pt")
-    tracking.log_artifacts(client, run_id, artifacts)
     tracking.log_metrics(client, run_id, {
         "best_test_acc": max(m.test_acc for m in progress.history),
         "train_eval_loss": train_eval_loss,
         "train_eval_acc": train_eval_acc,
         "train_time_s": progress.train_time_s,
-    }, step=final.epoch)
-    tracking.finish(client, run_id, "FINISHED")
-    checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
-    return final.test_acc
+    }, step=progress.epochs_done)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (folder / "history.csv").write_text(_history_csv(progress))
+    plots.learning_curves(progress.history, title, folder / "learning_curves.png")
+    counts = plots.confusion_matrix(data.test.labels.numpy(), predictions.numpy())
+    np.savetxt(folder / "confusion_matrix.csv", counts, fmt="%d", delimiter=",")
+    plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / "confusion_matrix.png")
+    torch.save(model.state_dict(), folder / "model_state.pt")
+    tracking.log_artifacts(client, run_id, folder)
 
 
 def _history_csv(progress: Progress) -> str:

@@ -1,7 +1,8 @@
-"""Sweep-level bookkeeping, run by Hydra around a `-m` sweep in the launching process.
+"""Launch-level bookkeeping, run by Hydra in the launching process around a run or a `-m` sweep.
 
-Before any job starts it creates the MLflow store and experiment once (parallel jobs racing
-to create a fresh sqlite store corrupt it) and opens the sweep's parent run. Jobs find the
+Before any job starts it checks the output folder, creates the MLflow store and experiment
+once (parallel jobs racing to create a fresh sqlite store corrupt it) and opens the sweep's
+parent run. Jobs find the
 parent through a small file in the sweep folder, which works with every launcher. At the end
 it prints what happened to each job and exits non-zero if any failed.
 """
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
 STATUS_FILE = "job_status.json"
-IGNORED_OVERRIDES = ("force=",)  # re-running a sweep with force=true is still the same sweep
+IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=true or logged elsewhere
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,20 @@ def summarize(statuses: list[JobStatus]) -> str:
     return "\n".join(lines)
 
 
-class SweepCallback(Callback):
+class LaunchCallback(Callback):
+    """Hydra calls this around every launch of train.py, a single run or a `-m` sweep."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _preflight(config, config.hydra.run.dir, "hydra.run.dir")
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
         from mnist_exp import tracking
 
-        client, experiment_id = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
         key, name = sweep_identity(list(config.hydra.overrides.task))
         parent = tracking.open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         info = SweepInfo(key, name, parent, experiment_id)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
+        (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -96,3 +100,29 @@ class SweepCallback(Callback):
         print(summary, flush=True)
         if failed:
             sys.exit(1)
+
+
+def _preflight(config: DictConfig, output_dir: str, key: str):
+    """Fail before any job with one line when the output folder or the tracking store is unusable.
+
+    Creating the store here, once, also keeps parallel jobs from racing to create a fresh sqlite file.
+    """
+    from mnist_exp import tracking
+
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        probe = Path(output_dir) / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        _exit(f"cannot write the output folder {output_dir} ({key}): {error.strerror}; "
+              f"run from a writable folder or set {key}=<writable folder>")
+    try:
+        return tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+    except tracking.TrackingError as error:
+        _exit(str(error))
+
+
+def _exit(message: str) -> None:
+    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)

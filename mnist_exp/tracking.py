@@ -56,7 +56,7 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
                 return client, client.create_experiment(experiment)
             except MlflowException:  # another process created it first
                 found = client.get_experiment_by_name(experiment)
-    except MlflowException as error:
+    except Exception as error:  # MLflow surfaces store problems as many unrelated types
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise TrackingError(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: {detail}") from None
     if found.lifecycle_stage == "deleted":
