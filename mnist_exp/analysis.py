@@ -32,7 +32,9 @@ class Selection:
 
     @property
     def finished(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == "FINISHED"]
+        """FINISHED runs, one per config: a config re-trained with force=true counts once, its latest."""
+        finished = self.runs[self.runs["status"] == "FINISHED"].sort_values("start_time")
+        return finished.drop_duplicates(f"tags.{tracking.CONFIG_HASH}", keep="last")
 
     @property
     def unfinished(self) -> pd.DataFrame:

@@ -1,0 +1,353 @@
+"""What happens when things go wrong, end to end: the real train.py in a subprocess, a real
+sqlite MLflow store in a temp folder, real digits from the shipped sample."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from mnist_exp import checkpoints, tracking
+from mnist_exp.data import SAMPLE_DIR
+from mnist_exp.formats import read_idx_split
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
+
+pytestmark = pytest.mark.slow
+
+
+def train(cwd: Path, *overrides: str, multirun: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def start_train(cwd: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
+    log = cwd / f"train-{time.monotonic_ns()}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+    return process, log
+
+
+def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert process.poll() is None, f"train.py ended before printing {text!r}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout}s:\n{log.read_text()}"
+        time.sleep(0.05)
+
+
+def store(cwd: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+
+
+def job_runs(client: MlflowClient) -> list:
+    """Every training run of the default experiment (sweep parent runs left out)."""
+    experiment = client.get_experiment_by_name("mnist-exp")
+    runs = client.search_runs([experiment.experiment_id])
+    return [r for r in runs if r.data.tags.get(tracking.ROLE) != "sweep"]
+
+
+def write_course_tar(path: Path, images: np.ndarray, labels: np.ndarray, names: list[str] | None = None) -> None:
+    with tarfile.open(path, "w") as archive:
+        for i, (image, label) in enumerate(zip(images, labels)):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            name = names[i] if names else f"{path.stem}/{i:05d}_{label}.png"
+            info = tarfile.TarInfo(name)
+            info.size = buffer.getbuffer().nbytes
+            buffer.seek(0)
+            archive.addfile(info, buffer)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return read_idx_split(SAMPLE_DIR / "train-images-idx3-ubyte.gz", SAMPLE_DIR / "train-labels-idx1-ubyte.gz")
+
+
+# --- 1. isolated failures ---
+
+
+def test_failed_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
+    result = train(tmp_path, "optimizer.lr=0.01,-1,1e6", *SMALL)
+
+    assert result.returncode == 1
+    assert "sweep summary: 1 finished, 0 skipped, 2 failed" in result.stdout
+    assert "FAILED: optimizer.lr=-1 " in result.stdout
+    client = store(tmp_path)
+    runs = {r.data.params["optimizer.lr"]: r for r in job_runs(client)}
+    assert runs["0.01"].info.status == "FINISHED"
+    bad_value, diverged = runs["-1.0"], runs["1000000.0"]
+    assert bad_value.info.status == diverged.info.status == "FAILED"
+    assert "optimizer.lr=-1.0 is out of range" in bad_value.data.tags[tracking.ERROR]
+    assert "Diverged: training loss became nan" in diverged.data.tags[tracking.ERROR]
+    for run in (bad_value, diverged):
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert "traceback.txt" in artifacts
+    parent = client.get_run(runs["0.01"].data.tags[tracking.PARENT])
+    assert parent.info.status == "FAILED"
+
+
+def test_each_data_error_fails_its_own_job_with_the_file_named(tmp_path, digits):
+    images, labels = digits[0][:20], digits[1][:20]
+    cases = {
+        "no_label": dict(names=[f"train/{i:05d}.png" for i in range(20)]),
+        "label_out_of_range": dict(names=[f"train/{i:05d}_{12 if i == 3 else labels[i]}.png" for i in range(20)]),
+        "duplicate_ids": dict(names=[f"train/{min(i, 5):05d}_{labels[i]}.png" for i in range(20)]),
+        "wrong_size": dict(images=np.zeros((20, 32, 32), np.uint8)),
+    }
+    for case, changes in cases.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        write_course_tar(folder / "train.tar", changes.get("images", images), labels, changes.get("names"))
+        write_course_tar(folder / "test.tar", images, labels)
+    (tmp_path / "empty_tar").mkdir()
+    (tmp_path / "empty_tar" / "train.tar").write_bytes(b"")
+    (tmp_path / "empty_tar" / "test.tar").write_bytes(b"")
+    corrupt = tmp_path / "corrupt_png"
+    corrupt.mkdir()
+    with tarfile.open(corrupt / "train.tar", "w") as archive:
+        info = tarfile.TarInfo("train/00000_1.png")
+        info.size = 40
+        archive.addfile(info, io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * 32))
+    write_course_tar(corrupt / "test.tar", images, labels)
+    roots = ["no_label", "label_out_of_range", "duplicate_ids", "wrong_size", "empty_tar", "corrupt_png", "missing"]
+
+    result = train(tmp_path, "data.source=course", "data.root=" + ",".join(roots), "trainer.epochs=1", "trainer.threads=1")
+
+    assert result.returncode == 1
+    assert f"0 finished, 0 skipped, {len(roots)} failed" in result.stdout
+    errors = {Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store(tmp_path))}
+    assert "member 'train/00000.png' is not a labelled PNG" in errors["no_label"]
+    assert "has label 12, outside 0-9" in errors["label_out_of_range"]
+    assert "ID '00005' appears twice" in errors["duplicate_ids"]
+    assert "is a 32x32 L image; expected 28x28" in errors["wrong_size"]
+    assert "train.tar: not a readable tar archive" in errors["empty_tar"]
+    assert "member 'train/00000_1.png' does not decode as a PNG" in errors["corrupt_png"]
+    assert "missing does not exist" in errors["missing"]
+    assert all(r.info.status == "FAILED" for r in job_runs(store(tmp_path)))
+
+
+# --- 2. idempotent re-runs ---
+
+
+def test_repeated_sweep_skips_finished_runs_and_force_trains_again(tmp_path):
+    sweep = ["model=lenet5,mlp", *SMALL]
+    assert train(tmp_path, *sweep).returncode == 0
+    first = {r.info.run_id for r in job_runs(store(tmp_path))}
+
+    again = train(tmp_path, *sweep)
+    assert again.returncode == 0
+    assert "sweep summary: 0 finished, 2 skipped" in again.stdout
+    assert {r.info.run_id for r in job_runs(store(tmp_path))} == first
+
+    forced = train(tmp_path, *sweep, "force=true")
+    assert "sweep summary: 2 finished, 0 skipped" in forced.stdout
+    assert len(job_runs(store(tmp_path))) == 4
+
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "analyze.py"), "--format", "json"], cwd=tmp_path, capture_output=True, text=True
+    )
+    rows = json.loads(table.stdout)
+    assert sorted(row["model"] for row in rows) == ["lenet5", "mlp"]
+    assert all(row["n"] == 1 for row in rows), "a config trained twice must count once"
+
+
+# --- 3. resume ---
+
+RESUMABLE = [
+    "trainer.epochs=4", "data.source=sample", "data.limit_train=1500", "data.limit_test=300",
+    "trainer.threads=1", "regularizer=[dropout,augment]",
+]
+
+
+def final_metrics(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc")
+    }
+
+
+def test_killed_run_resumes_into_the_same_run_with_identical_results(tmp_path):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    reference_dir.mkdir()
+    killed_dir.mkdir()
+    assert train(reference_dir, *RESUMABLE, multirun=False).returncode == 0
+
+    process, log = start_train(killed_dir, *RESUMABLE)
+    wait_for(log, "epoch 2/4", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (killed_run,) = job_runs(store(killed_dir))
+    assert killed_run.info.status == "RUNNING"  # nothing could close it: that is what resume is for
+
+    resumed = train(killed_dir, *RESUMABLE, multirun=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run {killed_run.info.run_id} after epoch 2" in resumed.stdout + resumed.stderr
+    (run,) = job_runs(store(killed_dir))
+    (reference,) = job_runs(store(reference_dir))
+    assert run.info.run_id == killed_run.info.run_id and run.info.status == "FINISHED"
+    assert final_metrics(store(killed_dir), run) == final_metrics(store(reference_dir), reference)
+    assert not list((killed_dir / "checkpoints").glob("*.pt")), "a finished run keeps no checkpoint"
+
+
+def test_run_killed_before_its_first_checkpoint_is_closed_by_the_next_attempt(tmp_path):
+    process, log = start_train(tmp_path, *RESUMABLE)
+    wait_for(log, "parameters (LeNet-5", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    assert train(tmp_path, *RESUMABLE, multirun=False).returncode == 0
+    statuses = sorted((r.info.status, r.data.tags.get(tracking.ERROR, "")) for r in job_runs(store(tmp_path)))
+    assert statuses[0][0] == "FINISHED"
+    assert statuses[1][0] == "KILLED" and statuses[1][1].startswith("abandoned: superseded by run")
+
+
+def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(tmp_path):
+    process, log = start_train(tmp_path, *RESUMABLE)
+    wait_for(log, "epoch 1/4", process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) != 0
+    (run,) = job_runs(store(tmp_path))
+    assert run.info.status == "KILLED"
+
+    assert train(tmp_path, *RESUMABLE, multirun=False).returncode == 0
+    (run,) = job_runs(store(tmp_path))
+    assert run.info.status == "FINISHED"
+    assert tracking.ERROR not in run.data.tags
+
+
+CHECKPOINT_WRITER = """
+import sys, torch
+from pathlib import Path
+from mnist_exp import checkpoints
+from mnist_exp.training import EpochMetrics, Progress
+model = torch.nn.Linear(1000, 1000)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+path, epoch = Path(sys.argv[1]), 0
+while True:
+    epoch += 1
+    with torch.no_grad():
+        model.weight.fill_(epoch)
+    progress = Progress([EpochMetrics(e, 0.0, 0.0, 0.0, 0.0, 0.0) for e in range(1, epoch + 1)], 0.0)
+    checkpoints.save(path, "run", model, optimizer, progress)
+    print(epoch, flush=True)
+"""
+
+
+def test_checkpoint_survives_kills_in_the_middle_of_writing(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    rng = np.random.default_rng(0)
+    for attempt in range(8):
+        writer = subprocess.Popen([sys.executable, "-c", CHECKPOINT_WRITER, str(path)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+        writer.stdout.readline()  # at least one checkpoint is complete
+        time.sleep(rng.uniform(0.0, 0.3))  # each write takes ~10 ms: kills land mid-write often
+        writer.kill()
+        writer.wait()
+        checkpoint = checkpoints.load(path)
+        assert checkpoint is not None, f"attempt {attempt}: a kill left an unreadable checkpoint"
+        epochs = checkpoint.progress.epochs_done
+        assert float(checkpoint.model_state["weight"][0, 0]) == epochs, "weights and history from different writes"
+
+
+def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path, caplog):
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    assert checkpoints.load(path) is None
+    assert "ignoring unreadable checkpoint" in caplog.text
+
+
+# --- 4. concurrent writers ---
+
+
+@pytest.mark.parametrize("jobs", [2, 4])
+def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path, jobs):
+    result = train(
+        tmp_path, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "model=lenet5,mlp",
+        "regularizer=none,l2", "trainer.epochs=2", "data.source=sample", "data.limit_train=300", "data.limit_test=100",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = store(tmp_path)
+    runs = job_runs(client)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# --- 5. bad inputs: one actionable line, no run left RUNNING ---
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):
+        return folder / "outputs"
+    # root ignores permission bits; sysfs refuses new folders even to root
+    candidate = Path("/sys/mnist-exp-test-output")
+    try:
+        candidate.mkdir()
+    except OSError:
+        return candidate
+    candidate.rmdir()
+    pytest.skip("no folder on this machine refuses writes to this user")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model=lenet"], "Could not find 'model/lenet'"),
+        (["trainer.epochs=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+        (["regularizer=dropout", "regularizer.dropout.p=1.5"], "regularizer.dropout.p=1.5 is out of range: must be in [0, 1)"),
+        (["data.source=course", "data.root=no/such/folder"], "no/such/folder does not exist: expected train.tar and test.tar"),
+        (["mlflow.tracking_uri=http://127.0.0.1:9"], "cannot reach the MLflow tracking server at mlflow.tracking_uri=http://127.0.0.1:9"),
+        (["hydra.run.dir=UNWRITABLE"], "cannot write the output folder"),
+    ],
+    ids=["unknown-option", "wrong-type", "out-of-range", "missing-data-folder", "unreachable-server", "read-only-output"],
+)
+def test_bad_input_is_answered_in_one_line(tmp_path, overrides, message):
+    if any("UNWRITABLE" in o for o in overrides):
+        folder = str(unwritable_folder(tmp_path))
+        overrides = [o.replace("UNWRITABLE", folder) for o in overrides]
+    result = train(tmp_path, *SMALL, *overrides, multirun=False)
+
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert message in output
+    assert "Traceback" not in output
+    if (tmp_path / "mlflow.db").exists():
+        assert all(r.info.status == "FAILED" for r in job_runs(store(tmp_path)))
+
+
+def analyze(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "analyze.py"), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_analyze_answers_a_missing_store_and_one_with_only_failed_runs(tmp_path):
+    missing = analyze(tmp_path)
+    assert missing.returncode == 1 and "no MLflow store at" in missing.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "reading must not create a store"
+
+    assert train(tmp_path, *SMALL, "optimizer.lr=-1").returncode == 1
+    only_failed = analyze(tmp_path)
+    assert only_failed.returncode == 1
+    assert "has no FINISHED runs" in only_failed.stderr and "FAILED" in only_failed.stderr
+    assert "Traceback" not in only_failed.stderr
