@@ -103,14 +103,18 @@ class TrainConfig:
 
 
 def register() -> None:
-    """Make the schemas visible to Hydra; call before composing (train.py, analyze.py, tests)."""
+    """Make the schemas visible to Hydra; call before composing (train.py, analyze.py, tests).
+
+    Option files attach theirs by absolute name (`/sgd_schema@_here_`); stored outside any
+    group, schemas stay out of `train.py --help`'s list of options.
+    """
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    store.store(group="schema/model", name="lenet5", node=LeNet5Config)
-    store.store(group="schema/model", name="mlp", node=MLPConfig)
-    store.store(group="schema/optimizer", name="sgd", node=SGDConfig)
-    store.store(group="schema/optimizer", name="adam", node=AdamConfig)
-    store.store(group="schema/regularizer", name="l2", node=L2Config)
-    store.store(group="schema/regularizer", name="dropout", node=DropoutConfig)
-    store.store(group="schema/regularizer", name="batchnorm", node=BatchNormConfig)
-    store.store(group="schema/regularizer", name="augment", node=AugmentConfig)
+    store.store(name="lenet5_schema", node=LeNet5Config)
+    store.store(name="mlp_schema", node=MLPConfig)
+    store.store(name="sgd_schema", node=SGDConfig)
+    store.store(name="adam_schema", node=AdamConfig)
+    store.store(name="l2_schema", node=L2Config)
+    store.store(name="dropout_schema", node=DropoutConfig)
+    store.store(name="batchnorm_schema", node=BatchNormConfig)
+    store.store(name="augment_schema", node=AugmentConfig)
