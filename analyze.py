@@ -1,7 +1,8 @@
-"""Compare the runs of a sweep: one row per variant, pooled over seeds.
+"""Compare the runs of a sweep: one row per variant, seeds pooled, differences tested.
 
-    python analyze.py                      # the latest sweep of the default experiment
-    python analyze.py --sweep all --format csv --out results.csv
+    python analyze.py                            the latest sweep of the default experiment
+    python analyze.py --report reports/latest    + figures and a markdown report (also logged to the sweep's run)
+    python analyze.py --sweep all --filter model=lenet5 --sort test_acc --format csv --out lenet5.csv
 
 Defaults for --tracking-uri and --experiment come from conf/train.yaml, like train.py's.
 """
@@ -28,10 +29,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", help="MLflow store (default: mlflow.tracking_uri of conf/train.yaml)")
     parser.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of conf/train.yaml)")
-    parser.add_argument("--sweep", default="latest",
-                        help="'latest' (default), 'all', or a sweep's parent run ID (prefix) or key")
+    parser.add_argument("--sweep", action="append",
+                        help="'latest' (default), 'all', or a sweep's parent run ID (prefix) or key; repeat to pool sweeps")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep runs whose setting matches, e.g. model=lenet5 or optimizer.lr=0.01; repeatable")
+    parser.add_argument("--metric", choices=("final", "best"), default="final",
+                        help="a run's test accuracy: after its last epoch (default) or its best epoch")
+    parser.add_argument("--sort", help="order rows best first by test_acc, best_test_acc, test_loss, gap, params, "
+                                       "train_time_s or variant (default: MLP, LeNet-5, regularized LeNet-5)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     parser.add_argument("--out", type=Path, help="write the table to this file instead of stdout")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write the figures (PNG) to DIR")
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="write report.md and its figures to DIR, and log them to the sweep's MLflow run")
     return parser.parse_args(argv)
 
 
@@ -42,16 +52,18 @@ def main(argv=None) -> int:
         args.tracking_uri = args.tracking_uri or default_uri
         args.experiment = args.experiment or default_experiment
 
-    from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
+    from mnist_exp.analysis import AnalysisError, apply_filters, format_table, select_runs, variant_table
     from mnist_exp.tracking import TrackingError
 
     try:
-        selection = select_runs(args.tracking_uri, args.experiment, args.sweep)
-        unfinished = selection.unfinished
-        if selection.finished.empty:
+        selection = select_runs(args.tracking_uri, args.experiment, args.sweep or ["latest"])
+        finished = apply_filters(selection.finished, args.filter)
+        if finished.empty:
+            unfinished = selection.unfinished
             reasons = "; ".join(f"{r.run_name}: {r.status}" for r in unfinished.itertuples()) or "none"
-            raise AnalysisError(f"{selection.description} has no FINISHED runs ({reasons})")
-        table = variant_table(selection.finished)
+            where = f" matching {' and '.join(args.filter)}" if args.filter else ""
+            raise AnalysisError(f"{selection.description} has no FINISHED runs{where} (others: {reasons})")
+        table = variant_table(finished, metric=args.metric, sort=args.sort)
     except (AnalysisError, TrackingError) as error:
         print(f"analyze.py: {error}", file=sys.stderr)
         return 1
@@ -62,13 +74,36 @@ def main(argv=None) -> int:
         print(f"wrote {len(table)} variants to {args.out}", file=sys.stderr)
     else:
         print(text)
-    print(f"\n{selection.description}: {len(selection.finished)} finished runs, "
-          f"{len(table)} variants", file=sys.stderr)
-    error_column = "tags.mnist_exp.error"
-    for run in unfinished.itertuples():
-        error = getattr(run, "_asdict")().get(error_column, "")
+    if args.plots or args.report:
+        write_figures_and_report(args, selection, finished, table, format_table(table, "markdown"))
+
+    print(f"\n{selection.description}: {len(finished)} finished runs, {len(table)} variants", file=sys.stderr)
+    for run in selection.unfinished.itertuples():
+        error = run._asdict().get("_".join(["tags", "mnist_exp", "error"]), "")
         print(f"  not in the table: {run.run_name} ({run.status}) {error}", file=sys.stderr)
     return 0
+
+
+def write_figures_and_report(args, selection, finished, table, table_markdown: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mnist_exp import report
+    from mnist_exp.analysis import histories
+
+    figures_dir = args.plots or args.report
+    history = histories(args.tracking_uri, finished)
+    figures = report.plot_all(table, history, figures_dir)
+    print(f"wrote {len(figures)} figures to {figures_dir}", file=sys.stderr)
+    if args.report:
+        path = report.write_report(table, table_markdown, figures, selection.description, args.report)
+        print(f"wrote {path}", file=sys.stderr)
+        client = MlflowClient(args.tracking_uri)
+        for parent in selection.parent_run_ids:  # one click away in mlflow ui, on the sweep's own run
+            client.log_artifact(parent, str(path), "report")
+            for figure in figures.values():
+                client.log_artifact(parent, str(figure), "report")
+        if selection.parent_run_ids:
+            print(f"logged the report to sweep run(s) {', '.join(selection.parent_run_ids)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,32 @@
 """Runs from MLflow into pandas: one row per variant (model x regularizer x optimizer), seeds pooled.
 
 The comparison columns answer the course's questions directly: how far each variant is from
-the plain MLP and from plain LeNet-5 trained the same way (same optimizer, epochs, data).
+the plain MLP and from plain LeNet-5 trained the same way (same optimizer, epochs, data), and
+whether the difference to its baseline is larger than the noise between seeds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 
 from mnist_exp import tracking
+from mnist_exp.statistics import estimate, welch
 
-# The same run is identified by these columns in every table this module builds.
-VARIANT_COLUMNS = ["variant", "model", "regularizer", "optimizer"]
-BASELINES = {"vs_mlp": "mlp", "vs_lenet5": "lenet5"}  # the unregularized model each row is compared to
+METRICS = {"final": "test_acc", "best": "best_test_acc"}  # --metric: which accuracy of a run counts
+SORT_KEYS = {  # --sort: best first
+    "test_acc": False, "best_test_acc": False, "test_loss": True, "gap": True, "params": True,
+    "train_time_s": True, "variant": True,
+}
+FILTER_ALIASES = {"model": "model.name", "regularizer": "regularizer.name", "optimizer": "optimizer.name"}
+# Identity settings that a baseline may differ in: what the comparison is about, and the seed.
+COMPARED = ("model.", "regularizer.", "trainer.seed")
 
 
 class AnalysisError(RuntimeError):
@@ -28,7 +36,8 @@ class AnalysisError(RuntimeError):
 @dataclass
 class Selection:
     runs: pd.DataFrame  # one row per run of the selection, every status
-    description: str  # which sweep (or "all runs") was selected
+    description: str  # which sweep(s), or "all runs", were selected
+    parent_run_ids: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -41,8 +50,8 @@ class Selection:
         return self.runs[self.runs["status"] != "FINISHED"]
 
 
-def select_runs(tracking_uri: str, experiment: str, sweep: str = "latest") -> Selection:
-    """The runs of one sweep ('latest', a parent run ID or a sweep key), or of all sweeps ('all')."""
+def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
+    """The runs of some sweeps ('latest', parent run IDs or sweep keys), or of all runs ('all')."""
     _require_store(tracking_uri)
     from mlflow.tracking import MlflowClient
 
@@ -54,28 +63,42 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str = "latest") -> Se
     runs = _runs_frame(client.search_runs([found.experiment_id], max_results=50_000))
     if runs.empty:
         raise AnalysisError(f"experiment {experiment!r} in {tracking_uri} has no runs yet: run train.py first")
-    is_parent = runs.get(f"tags.{tracking.ROLE}", pd.Series(index=runs.index, dtype=object)) == "sweep"
+    is_parent = _column(runs, f"tags.{tracking.ROLE}") == "sweep"
     parents, children = runs[is_parent], runs[~is_parent]
 
-    if sweep == "all":
+    sweeps = [sweep] if isinstance(sweep, str) else list(sweep)
+    if "all" in sweeps:
         return Selection(children, f"all {len(children)} runs of experiment {experiment!r}")
     if parents.empty:
-        if sweep != "latest":
-            raise AnalysisError(f"--sweep {sweep}: experiment {experiment!r} holds no sweeps (train.py -m ...)")
+        if sweeps != ["latest"]:
+            raise AnalysisError(f"--sweep {' '.join(sweeps)}: experiment {experiment!r} holds no sweeps (train.py -m ...)")
         return Selection(children, f"all {len(children)} runs of experiment {experiment!r} (it holds no sweeps)")
+    chosen = [_find_parent(parents, s) for s in sweeps]
+    member = pd.Series(False, index=children.index)
+    for parent in chosen:
+        member |= _column(children, f"tags.{tracking.sweep_tag(parent[f'tags.{tracking.SWEEP_KEY}'])}") == "1"
+    described = " + ".join(f"sweep {p['run_id'][:8]} ({p['run_name']})" for p in chosen)
+    return Selection(children[member], described, [p["run_id"] for p in chosen])
+
+
+def _find_parent(parents: pd.DataFrame, sweep: str) -> pd.Series:
     if sweep == "latest":
-        parent = parents.sort_values(f"tags.{tracking.LAST_LAUNCH}").iloc[-1]
-    else:
-        matches = parents[
-            parents["run_id"].str.startswith(sweep) | (parents[f"tags.{tracking.SWEEP_KEY}"] == sweep)
-        ]
-        if len(matches) != 1:
-            known = "; ".join(f"{r.run_id[:8]} ({r.run_name})" for r in parents.itertuples())
-            raise AnalysisError(f"--sweep {sweep} matches {len(matches)} sweeps; known sweeps: {known}")
-        parent = matches.iloc[0]
-    member_column = f"tags.{tracking.sweep_tag(parent[f'tags.{tracking.SWEEP_KEY}'])}"
-    members = children[children.get(member_column, pd.Series(index=children.index, dtype=object)) == "1"]
-    return Selection(members, f"sweep {parent['run_id'][:8]} ({parent['run_name']})")
+        return parents.sort_values(f"tags.{tracking.LAST_LAUNCH}").iloc[-1]
+    matches = parents[parents["run_id"].str.startswith(sweep) | (parents[f"tags.{tracking.SWEEP_KEY}"] == sweep)]
+    if len(matches) != 1:
+        known = "; ".join(f"{r.run_id[:8]} ({r.run_name})" for r in parents.itertuples())
+        raise AnalysisError(f"--sweep {sweep} matches {len(matches)} sweeps; known sweeps: {known}")
+    return matches.iloc[0]
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A column that may be absent (no run carries that tag yet)."""
+    return frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
+
+
+def _metric(frame: pd.DataFrame, key: str) -> pd.Series:
+    """A metric as floats; NaN for runs logged before the metric existed."""
+    return pd.to_numeric(_column(frame, f"metrics.{key}"), errors="coerce").astype(float)
 
 
 def _require_store(tracking_uri: str) -> None:
@@ -84,8 +107,9 @@ def _require_store(tracking_uri: str) -> None:
     if parsed.scheme == "sqlite":
         path = Path(tracking_uri[len("sqlite:///") :])
         if not path.exists():
-            raise AnalysisError(f"no MLflow store at {path.resolve()} ({tracking_uri}): run train.py first, "
-                                "or pass --tracking-uri")
+            raise AnalysisError(
+                f"no MLflow store at {path.resolve()} ({tracking_uri}): run train.py first, or pass --tracking-uri"
+            )
     elif parsed.scheme in ("http", "https"):
         tracking._check_server(tracking_uri)
 
@@ -106,23 +130,39 @@ def _runs_frame(runs: list) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
+    """Keep runs whose params match every `key=value` (model=lenet5, optimizer.lr=0.01, ...)."""
+    for condition in filters:
+        key, separator, value = condition.partition("=")
+        if not separator:
+            raise AnalysisError(f"--filter {condition!r}: expected key=value, e.g. model=lenet5")
+        column = f"params.{FILTER_ALIASES.get(key.strip(), key.strip())}"
+        if column not in runs:
+            known = sorted({*FILTER_ALIASES, *(c[len('params.'):] for c in runs if c.startswith("params."))})
+            raise AnalysisError(f"--filter {condition!r}: no run has a setting {key.strip()!r}; known: {', '.join(known)}")
+        runs = runs[runs[column] == value.strip()]
+    return runs
+
+
 def _context_key(run: pd.Series) -> str:
-    """Everything a run's baseline must share with it: all settings but model, regularizer and seed."""
+    """Everything a run's baseline must share with it: every setting but model, regularizer and seed.
+
+    Data is compared by content hash, so the same digits read from a tar or from IDX files match.
+    """
     context = {
         key: value
         for key, value in run.items()
         if key.startswith("params.")
-        and not key[len("params."):].startswith(tracking.NOT_IDENTITY + ("model.", "regularizer.", "trainer.seed", "data.", "trainer.resolved"))
+        and not key[len("params."):].startswith(tracking.NOT_IDENTITY + COMPARED + ("data.", "trainer.resolved"))
     }
     data = {key: run.get(key) for key in ("params.data.train_sha256", "params.data.test_sha256")}
     return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def variant_table(finished: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: accuracy statistics over its seeds, and its distance to the baselines."""
-    if finished.empty:
-        raise AnalysisError("no FINISHED runs to compare")
+def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
+    """The numbers of each finished run, in percent, with its variant and its comparison context."""
     runs = pd.DataFrame({
+        "run_id": finished["run_id"],
         "variant_hash": finished[f"tags.{tracking.VARIANT_HASH}"],
         "context": finished.apply(_context_key, axis=1),
         "model": finished["params.model.name"],
@@ -130,34 +170,80 @@ def variant_table(finished: pd.DataFrame) -> pd.DataFrame:
         "optimizer": finished["params.optimizer.name"],
         "params": finished["params.model.parameters"].astype(int),
         "epochs": finished["params.trainer.epochs"].astype(int),
-        "final_test_acc": 100 * finished["metrics.test_acc"],
-        "best_test_acc": 100 * finished["metrics.best_test_acc"],
-        "test_loss": finished["metrics.test_loss"],
-        "train_acc": 100 * finished["metrics.train_acc"],
-        "train_eval_acc": 100 * finished["metrics.train_eval_acc"],
-        "train_time_s": finished["metrics.train_time_s"],
+        "train_size": pd.to_numeric(_column(finished, "params.data.train_size")),
+        "test_acc": 100 * _metric(finished, METRICS[metric]),
+        "final_test_acc": 100 * _metric(finished, "test_acc"),
+        "best_test_acc": 100 * _metric(finished, "best_test_acc"),
+        "test_loss": _metric(finished, "test_loss"),
+        "train_acc": 100 * _metric(finished, "train_acc"),
+        "train_eval_acc": 100 * _metric(finished, "train_eval_acc"),
+        "train_time_s": _metric(finished, "train_time_s"),
     })
     runs["variant"] = runs["model"] + "/" + runs["regularizer"] + "/" + runs["optimizer"]
-    runs["gap"] = runs["train_eval_acc"] - runs["final_test_acc"]  # both measured in eval mode
+    runs["gap"] = runs["train_eval_acc"] - runs["test_acc"]  # both measured in eval mode
+    return runs.reset_index(drop=True)
 
+
+def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | None = None) -> pd.DataFrame:
+    """One row per variant: accuracy over its seeds, and its distance to the baselines.
+
+    `vs_mlp` / `vs_lenet5`: difference of mean test accuracy to the unregularized MLP / LeNet-5
+    trained the same way. `vs_baseline` (with Welch's interval and p-value) compares a regularized
+    variant with its own model unregularized, and the plain MLP with plain LeNet-5.
+    """
+    if finished.empty:
+        raise AnalysisError("no FINISHED runs to compare")
+    runs = per_run(finished, metric)
     grouped = runs.groupby(["variant_hash", "context"], sort=False)
-    table = grouped[["variant", "model", "regularizer", "optimizer", "params", "epochs"]].first()
+    table = grouped[["variant", "model", "regularizer", "optimizer", "params", "epochs", "train_size"]].first()
     table["n"] = grouped.size()
-    for metric in ("final_test_acc", "best_test_acc", "test_loss", "train_acc", "train_eval_acc", "gap", "train_time_s"):
-        table[metric] = grouped[metric].mean()
-    table["final_test_acc_std"] = grouped["final_test_acc"].std(ddof=1)  # NaN for a single seed
+    for column in ("test_acc", "final_test_acc", "best_test_acc", "test_loss", "train_acc", "train_eval_acc",
+                   "gap", "train_time_s"):
+        table[column] = grouped[column].mean()
+    samples = grouped["test_acc"].apply(list)
+    estimates = samples.map(estimate)
+    table["test_acc_std"] = [e.std for e in estimates]
+    table["test_acc_ci_low"] = [e.ci_low for e in estimates]
+    table["test_acc_ci_high"] = [e.ci_high for e in estimates]
+    table["samples"] = samples
     table = table.reset_index()
 
-    for column, model in BASELINES.items():
-        baseline = table[(table["model"] == model) & (table["regularizer"] == "none")]
-        reference = baseline.drop_duplicates("context").set_index("context")["final_test_acc"]
-        table[column] = table["final_test_acc"] - table["context"].map(reference)
+    plain = table[table["regularizer"] == "none"]
+    for column, model in (("vs_mlp", "mlp"), ("vs_lenet5", "lenet5")):
+        reference = plain[plain["model"] == model].drop_duplicates("context").set_index("context")["test_acc"]
+        table[column] = table["test_acc"] - table["context"].map(reference)
+    _compare_with_baselines(table, plain)
     _disambiguate(table)
+    table = _sorted(table, sort)
+    return table.drop(columns=["variant_hash", "context"]).reset_index(drop=True)
+
+
+def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
+    rows = {(r.model, r.context): r for r in plain.itertuples()}
+    results = []
+    for row in table.itertuples():
+        baseline_model = row.model if row.regularizer != "none" else ("lenet5" if row.model == "mlp" else None)
+        baseline = rows.get((baseline_model, row.context))
+        if baseline is None:
+            results.append((None, np.nan, np.nan, np.nan, np.nan, None))
+            continue
+        d = welch(row.samples, baseline.samples)
+        results.append((baseline.variant, d.diff, d.ci_low, d.ci_high, d.p_value, d.within_noise))
+    columns = ["baseline", "vs_baseline", "vs_baseline_ci_low", "vs_baseline_ci_high", "p_value", "within_noise"]
+    for i, column in enumerate(columns):
+        table[column] = [result[i] for result in results]
+
+
+def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
+    if sort is not None:
+        if sort not in SORT_KEYS:
+            raise AnalysisError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
+        return table.sort_values(sort, ascending=SORT_KEYS[sort], kind="stable")
     # Reading order: per optimizer, the MLP first, then LeNet-5 plain, then its regularized variants.
-    table["_model_rank"] = table["model"].map({"mlp": 0, "lenet5": 1})
-    table["_regularized"] = table["regularizer"] != "none"
-    table = table.sort_values(["optimizer", "_model_rank", "_regularized", "regularizer"], kind="stable")
-    return table.drop(columns=["variant_hash", "context", "_model_rank", "_regularized"]).reset_index(drop=True)
+    order = table.assign(
+        _model_rank=table["model"].map({"mlp": 0, "lenet5": 1}), _regularized=table["regularizer"] != "none"
+    ).sort_values(["optimizer", "_model_rank", "_regularized", "regularizer"], kind="stable")
+    return table.loc[order.index]
 
 
 def _disambiguate(table: pd.DataFrame) -> None:
@@ -169,7 +255,26 @@ def _disambiguate(table: pd.DataFrame) -> None:
         )
 
 
+def histories(tracking_uri: str, finished: pd.DataFrame, keys=("test_acc", "test_loss", "train_acc", "train_loss")):
+    """Per-epoch metrics of every finished run: columns run_id, variant, epoch, and one per key."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    variants = per_run(finished)
+    frames = []
+    for run in variants.itertuples():
+        series = {
+            key: {m.step: m.value for m in client.get_metric_history(run.run_id, key)} for key in keys
+        }
+        frame = pd.DataFrame(series).rename_axis("epoch").reset_index()
+        frame.insert(0, "variant", run.variant)
+        frame.insert(0, "run_id", run.run_id)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def format_table(table: pd.DataFrame, fmt: str) -> str:
+    """markdown for people; csv and json keep every column, `samples` holding each seed's accuracy."""
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.6g")
     if fmt == "json":
@@ -178,21 +283,41 @@ def format_table(table: pd.DataFrame, fmt: str) -> str:
         "variant": table["variant"],
         "params": table["params"],
         "n": table["n"],
-        "test acc % (final)": [
-            f"{m:.2f}" if pd.isna(s) else f"{m:.2f} ± {s:.2f}"
-            for m, s in zip(table["final_test_acc"], table["final_test_acc_std"])
-        ],
-        "best test acc %": table["best_test_acc"].map("{:.2f}".format),
-        "test loss": table["test_loss"].map("{:.4f}".format),
-        "train acc %": table["train_eval_acc"].map("{:.2f}".format),
-        "gap (pp)": table["gap"].map("{:+.2f}".format),
+        "test acc %": [_mean_std(m, s) for m, s in zip(table["test_acc"], table["test_acc_std"])],
+        "95% CI": [_interval(lo, hi) for lo, hi in zip(table["test_acc_ci_low"], table["test_acc_ci_high"])],
+        "best %": table["best_test_acc"].map(_number("{:.2f}")),
+        "test loss": table["test_loss"].map(_number("{:.4f}")),
+        "train acc %": table["train_eval_acc"].map(_number("{:.2f}")),
+        "gap pp": table["gap"].map(_number("{:+.2f}")),
         "epochs": table["epochs"],
-        "train time s": table["train_time_s"].map("{:.1f}".format),
-        "Δ vs MLP (pp)": table["vs_mlp"].map(_signed),
-        "Δ vs LeNet-5 (pp)": table["vs_lenet5"].map(_signed),
+        "time s": table["train_time_s"].map(_number("{:.1f}")),
+        "Δ MLP pp": table["vs_mlp"].map(_signed),
+        "Δ LeNet-5 pp": table["vs_lenet5"].map(_signed),
+        "vs baseline": [_versus(row) for row in table.itertuples()],
     })
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def _signed(value: float) -> str:
-    return "" if pd.isna(value) else f"{value:+.2f}"
+def _number(template: str):
+    return lambda value: "" if pd.isna(value) else template.format(value)
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if pd.isna(low) else f"{low:.2f}–{high:.2f}"
+
+
+_signed = _number("{:+.2f}")
+
+
+def _versus(row) -> str:
+    """'+0.41 vs lenet5/none/sgd (p=0.012)', or '(noise)' when the 95% interval contains 0."""
+    if pd.isna(row.baseline):
+        return ""
+    if pd.isna(row.within_noise):
+        return f"{row.vs_baseline:+.2f} vs {row.baseline} (1 seed: no test)"
+    verdict = "noise" if row.within_noise else f"p={row.p_value:.3f}"
+    return f"{row.vs_baseline:+.2f} vs {row.baseline} ({verdict})"
