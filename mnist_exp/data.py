@@ -6,6 +6,7 @@ A split lives in memory as uint8 tensors; training gathers and normalizes whole 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -219,6 +220,7 @@ def _write_cache(path: Path, split: Split) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"images": split.images, "labels": split.labels, "sha256": split.sha256}, temporary)
         os.replace(temporary, path)  # atomic: parallel jobs and kills never leave half a file
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as error:  # torch.save reports a file it cannot open as RuntimeError
+        with contextlib.suppress(OSError):  # unlink(missing_ok=True) still raises below a regular file
+            temporary.unlink(missing_ok=True)
         log.warning("cannot write the data cache %s (%s); continuing without it", path, error)

@@ -50,14 +50,15 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     sweep = read_sweep_info(hydra_cfg.sweep.dir) if multirun else None
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    launch_id = sweep.launch_id if sweep else None
     try:
         outcome = run_job(cfg, sweep, output_dir)
     except tracking.TrackingError as error:  # no MLflow run could be opened to record it on
         outcome = JobOutcome("failed", None, None, str(error))
     except KeyboardInterrupt:
-        write_job_status(str(output_dir), JobStatus("killed", overrides, None, "interrupted"))
+        write_job_status(str(output_dir), JobStatus("killed", overrides, None, "interrupted", launch_id))
         raise
-    write_job_status(str(output_dir), JobStatus(outcome.status, overrides, outcome.run_id, outcome.error))
+    write_job_status(str(output_dir), JobStatus(outcome.status, overrides, outcome.run_id, outcome.error, launch_id))
     if outcome.status == "failed":
         log.error("FAILED: %s", outcome.error)
         if not multirun:

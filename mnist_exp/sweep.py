@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import sys
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class SweepInfo:
     name: str
     parent_run_id: str
     experiment_id: str
+    launch_id: str  # this launch of the sweep: a reused sweep folder may hold statuses of earlier ones
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class JobStatus:
     overrides: list[str]
     run_id: str | None
     error: str | None = None
+    launch_id: str | None = None
 
 
 def sweep_identity(task_overrides: list[str]) -> tuple[str, str]:
@@ -57,8 +60,9 @@ def write_job_status(output_dir: str, status: JobStatus) -> None:
     (Path(output_dir) / STATUS_FILE).write_text(json.dumps(asdict(status), indent=2))
 
 
-def read_job_statuses(sweep_dir: str) -> list[JobStatus]:
-    return [JobStatus(**json.loads(p.read_text())) for p in sorted(Path(sweep_dir).rglob(STATUS_FILE))]
+def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobStatus]:
+    statuses = [JobStatus(**json.loads(p.read_text())) for p in sorted(Path(sweep_dir).rglob(STATUS_FILE))]
+    return [status for status in statuses if status.launch_id == launch_id]
 
 
 def summarize(statuses: list[JobStatus]) -> str:
@@ -82,21 +86,22 @@ class LaunchCallback(Callback):
 
         key, name = sweep_identity(list(config.hydra.overrides.task))
         parent = tracking.open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
-        info = SweepInfo(key, name, parent, experiment_id)
+        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex)
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from mnist_exp import tracking
 
-        statuses = read_job_statuses(config.hydra.sweep.dir)
-        summary = summarize(statuses)
         info = read_sweep_info(config.hydra.sweep.dir)
+        if info is None:  # on_multirun_start failed, and said so
+            return
+        statuses = read_job_statuses(config.hydra.sweep.dir, info.launch_id)
+        summary = summarize(statuses)
         failed = any(j.status in ("failed", "killed") for j in statuses)
-        if info is not None:
-            client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
-            client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
-            tracking.finish(client, info.parent_run_id, "FAILED" if failed else "FINISHED")
+        client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+        client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
+        tracking.finish(client, info.parent_run_id, "FAILED" if failed else "FINISHED")
         print(summary, flush=True)
         if failed:
             sys.exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from datetime import datetime
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -160,7 +161,8 @@ def open_sweep_run(client: MlflowClient, experiment_id: str, sweep_key: str, nam
     existing = client.search_runs(
         [experiment_id], filter_string=f"tags.`{SWEEP_KEY}` = '{sweep_key}' and tags.`{ROLE}` = 'sweep'"
     )
-    launched = {LAST_LAUNCH: time.strftime("%Y-%m-%dT%H:%M:%S")}
+    # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
+    launched = {LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds")}
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")

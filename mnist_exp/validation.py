@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 
+from mnist_exp import schema
 from mnist_exp.data import SOURCES
 from mnist_exp.models import ACTIVATIONS
 from mnist_exp.regularization import REGULARIZERS
@@ -24,6 +26,7 @@ def validate(cfg) -> None:
         check(value is None or value >= 1, key, value, "null or >= 1")
 
     trainer, data, model, optimizer, regularizer = cfg.trainer, cfg.data, cfg.model, cfg.optimizer, cfg.regularizer
+    _check_known_keys(cfg, problems)
     check(trainer.epochs >= 1, "trainer.epochs", trainer.epochs, ">= 1")
     check(trainer.batch_size >= 1, "trainer.batch_size", trainer.batch_size, ">= 1")
     check(trainer.eval_batch_size >= 1, "trainer.eval_batch_size", trainer.eval_batch_size, ">= 1")
@@ -77,3 +80,24 @@ def validate(cfg) -> None:
     check(bool(cfg.mlflow.experiment.strip()), "mlflow.experiment", repr(cfg.mlflow.experiment), "a non-empty name")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+SCHEMAS = {
+    "": schema.TrainConfig, "trainer": schema.TrainerConfig, "data": schema.DataConfig, "mlflow": schema.MLflowConfig,
+    "model.lenet5": schema.LeNet5Config, "model.mlp": schema.MLPConfig,
+    "optimizer.sgd": schema.SGDConfig, "optimizer.adam": schema.AdamConfig,
+}
+
+
+def _check_known_keys(cfg, problems: list[str]) -> None:
+    """Hydra's `+key=value` can add keys no schema knows; a typo there must not pass silently."""
+    nodes = {"": cfg, "trainer": cfg.trainer, "data": cfg.data, "mlflow": cfg.mlflow,
+             f"model.{cfg.model.name}": cfg.model, f"optimizer.{cfg.optimizer.name}": cfg.optimizer}
+    for schema_key, node in nodes.items():
+        if schema_key not in SCHEMAS:  # an unknown model or optimizer name is reported by validate
+            continue
+        known = {f.name for f in fields(SCHEMAS[schema_key])}
+        prefix = schema_key.split(".")[0] + "." if schema_key else ""
+        for key in node:
+            if key not in known:
+                problems.append(f"{prefix}{key} is not a setting (added with +?); known: {', '.join(sorted(known))}")

@@ -3,27 +3,23 @@ sqlite MLflow store in a temp folder, real digits from the shipped sample."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
+from conftest import REPO as ROOT
+from conftest import png_bytes, write_tar
 from mnist_exp import checkpoints, tracking
-from mnist_exp.data import SAMPLE_DIR
-from mnist_exp.formats import read_idx_split
-
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
 
 pytestmark = pytest.mark.slow
@@ -62,33 +58,21 @@ def job_runs(client: MlflowClient) -> list:
     return [r for r in runs if r.data.tags.get(tracking.ROLE) != "sweep"]
 
 
-def write_course_tar(path: Path, images: np.ndarray, labels: np.ndarray, names: list[str] | None = None) -> None:
-    with tarfile.open(path, "w") as archive:
-        for i, (image, label) in enumerate(zip(images, labels)):
-            buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="PNG")
-            name = names[i] if names else f"{path.stem}/{i:05d}_{label}.png"
-            info = tarfile.TarInfo(name)
-            info.size = buffer.getbuffer().nbytes
-            buffer.seek(0)
-            archive.addfile(info, buffer)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return read_idx_split(SAMPLE_DIR / "train-images-idx3-ubyte.gz", SAMPLE_DIR / "train-labels-idx1-ubyte.gz")
+def write_course_tar(path: Path, images: np.ndarray, labels, names: list[str] | None = None) -> None:
+    names = names or [f"{path.stem}/{i:05d}_{label}.png" for i, label in enumerate(labels)]
+    write_tar(path, [(name, png_bytes(image)) for name, image in zip(names, images)])
 
 
 # --- 1. isolated failures ---
 
 
-def test_failed_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
-    result = train(tmp_path, "optimizer.lr=0.01,-1,1e6", *SMALL)
+def test_failed_jobs_are_recorded_and_the_sweep_goes_on(project_dir):
+    result = train(project_dir, "optimizer.lr=0.01,-1,1e6", *SMALL)
 
     assert result.returncode == 1
     assert "sweep summary: 1 finished, 0 skipped, 2 failed" in result.stdout
     assert "FAILED: optimizer.lr=-1 " in result.stdout
-    client = store(tmp_path)
+    client = store(project_dir)
     runs = {r.data.params["optimizer.lr"]: r for r in job_runs(client)}
     assert runs["0.01"].info.status == "FINISHED"
     bad_value, diverged = runs["-1.0"], runs["1000000.0"]
@@ -102,8 +86,8 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert parent.info.status == "FAILED"
 
 
-def test_each_data_error_fails_its_own_job_with_the_file_named(tmp_path, digits):
-    images, labels = digits[0][:20], digits[1][:20]
+def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, sample_digits):
+    images, labels = sample_digits["train"].images[:20], sample_digits["train"].labels[:20]
     cases = {
         "no_label": dict(names=[f"train/{i:05d}.png" for i in range(20)]),
         "label_out_of_range": dict(names=[f"train/{i:05d}_{12 if i == 3 else labels[i]}.png" for i in range(20)]),
@@ -111,27 +95,23 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(tmp_path, digits)
         "wrong_size": dict(images=np.zeros((20, 32, 32), np.uint8)),
     }
     for case, changes in cases.items():
-        folder = tmp_path / case
+        folder = project_dir / case
         folder.mkdir()
         write_course_tar(folder / "train.tar", changes.get("images", images), labels, changes.get("names"))
         write_course_tar(folder / "test.tar", images, labels)
-    (tmp_path / "empty_tar").mkdir()
-    (tmp_path / "empty_tar" / "train.tar").write_bytes(b"")
-    (tmp_path / "empty_tar" / "test.tar").write_bytes(b"")
-    corrupt = tmp_path / "corrupt_png"
-    corrupt.mkdir()
-    with tarfile.open(corrupt / "train.tar", "w") as archive:
-        info = tarfile.TarInfo("train/00000_1.png")
-        info.size = 40
-        archive.addfile(info, io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * 32))
+    (project_dir / "empty_tar").mkdir()
+    (project_dir / "empty_tar" / "train.tar").write_bytes(b"")
+    (project_dir / "empty_tar" / "test.tar").write_bytes(b"")
+    corrupt = project_dir / "corrupt_png"
+    write_tar(corrupt / "train.tar", [("train/00000_1.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 32)])
     write_course_tar(corrupt / "test.tar", images, labels)
     roots = ["no_label", "label_out_of_range", "duplicate_ids", "wrong_size", "empty_tar", "corrupt_png", "missing"]
 
-    result = train(tmp_path, "data.source=course", "data.root=" + ",".join(roots), "trainer.epochs=1", "trainer.threads=1")
+    result = train(project_dir, "data.source=course", "data.root=" + ",".join(roots), "trainer.epochs=1", "trainer.threads=1")
 
     assert result.returncode == 1
     assert f"0 finished, 0 skipped, {len(roots)} failed" in result.stdout
-    errors = {Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store(tmp_path))}
+    errors = {Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store(project_dir))}
     assert "member 'train/00000.png' is not a labelled PNG" in errors["no_label"]
     assert "has label 12, outside 0-9" in errors["label_out_of_range"]
     assert "ID '00005' appears twice" in errors["duplicate_ids"]
@@ -139,28 +119,28 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(tmp_path, digits)
     assert "train.tar: not a readable tar archive" in errors["empty_tar"]
     assert "member 'train/00000_1.png' does not decode as a PNG" in errors["corrupt_png"]
     assert "missing does not exist" in errors["missing"]
-    assert all(r.info.status == "FAILED" for r in job_runs(store(tmp_path)))
+    assert all(r.info.status == "FAILED" for r in job_runs(store(project_dir)))
 
 
 # --- 2. idempotent re-runs ---
 
 
-def test_repeated_sweep_skips_finished_runs_and_force_trains_again(tmp_path):
+def test_repeated_sweep_skips_finished_runs_and_force_trains_again(project_dir):
     sweep = ["model=lenet5,mlp", *SMALL]
-    assert train(tmp_path, *sweep).returncode == 0
-    first = {r.info.run_id for r in job_runs(store(tmp_path))}
+    assert train(project_dir, *sweep).returncode == 0
+    first = {r.info.run_id for r in job_runs(store(project_dir))}
 
-    again = train(tmp_path, *sweep)
+    again = train(project_dir, *sweep)
     assert again.returncode == 0
     assert "sweep summary: 0 finished, 2 skipped" in again.stdout
-    assert {r.info.run_id for r in job_runs(store(tmp_path))} == first
+    assert {r.info.run_id for r in job_runs(store(project_dir))} == first
 
-    forced = train(tmp_path, *sweep, "force=true")
+    forced = train(project_dir, *sweep, "force=true")
     assert "sweep summary: 2 finished, 0 skipped" in forced.stdout
-    assert len(job_runs(store(tmp_path))) == 4
+    assert len(job_runs(store(project_dir))) == 4
 
     table = subprocess.run(
-        [sys.executable, str(ROOT / "analyze.py"), "--format", "json"], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, str(ROOT / "analyze.py"), "--format", "json"], cwd=project_dir, capture_output=True, text=True
     )
     rows = json.loads(table.stdout)
     assert sorted(row["model"] for row in rows) == ["lenet5", "mlp"]
@@ -182,10 +162,11 @@ def final_metrics(client: MlflowClient, run) -> dict[str, list[tuple[int, float]
     }
 
 
-def test_killed_run_resumes_into_the_same_run_with_identical_results(tmp_path):
+def test_killed_run_resumes_into_the_same_run_with_identical_results(tmp_path, empty_store):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    reference_dir.mkdir()
-    killed_dir.mkdir()
+    for folder in (reference_dir, killed_dir):
+        folder.mkdir()
+        shutil.copy(empty_store, folder / "mlflow.db")
     assert train(reference_dir, *RESUMABLE, multirun=False).returncode == 0
 
     process, log = start_train(killed_dir, *RESUMABLE)
@@ -205,28 +186,28 @@ def test_killed_run_resumes_into_the_same_run_with_identical_results(tmp_path):
     assert not list((killed_dir / "checkpoints").glob("*.pt")), "a finished run keeps no checkpoint"
 
 
-def test_run_killed_before_its_first_checkpoint_is_closed_by_the_next_attempt(tmp_path):
-    process, log = start_train(tmp_path, *RESUMABLE)
+def test_run_killed_before_its_first_checkpoint_is_closed_by_the_next_attempt(project_dir):
+    process, log = start_train(project_dir, *RESUMABLE)
     wait_for(log, "parameters (LeNet-5", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    assert train(tmp_path, *RESUMABLE, multirun=False).returncode == 0
-    statuses = sorted((r.info.status, r.data.tags.get(tracking.ERROR, "")) for r in job_runs(store(tmp_path)))
+    assert train(project_dir, *RESUMABLE, multirun=False).returncode == 0
+    statuses = sorted((r.info.status, r.data.tags.get(tracking.ERROR, "")) for r in job_runs(store(project_dir)))
     assert statuses[0][0] == "FINISHED"
     assert statuses[1][0] == "KILLED" and statuses[1][1].startswith("abandoned: superseded by run")
 
 
-def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(tmp_path):
-    process, log = start_train(tmp_path, *RESUMABLE)
+def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(project_dir):
+    process, log = start_train(project_dir, *RESUMABLE)
     wait_for(log, "epoch 1/4", process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) != 0
-    (run,) = job_runs(store(tmp_path))
+    (run,) = job_runs(store(project_dir))
     assert run.info.status == "KILLED"
 
-    assert train(tmp_path, *RESUMABLE, multirun=False).returncode == 0
-    (run,) = job_runs(store(tmp_path))
+    assert train(project_dir, *RESUMABLE, multirun=False).returncode == 0
+    (run,) = job_runs(store(project_dir))
     assert run.info.status == "FINISHED"
     assert tracking.ERROR not in run.data.tags
 
@@ -277,6 +258,7 @@ def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path, caplog):
 
 @pytest.mark.parametrize("jobs", [2, 4])
 def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path, jobs):
+    # tmp_path, not project_dir: the store must not exist yet, the case where parallel jobs used to race
     result = train(
         tmp_path, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "model=lenet5,mlp",
         "regularizer=none,l2", "trainer.epochs=2", "data.source=sample", "data.limit_train=300", "data.limit_test=100",
@@ -323,28 +305,29 @@ def unwritable_folder(tmp_path: Path) -> Path:
     ],
     ids=["unknown-option", "wrong-type", "out-of-range", "missing-data-folder", "unreachable-server", "read-only-output"],
 )
-def test_bad_input_is_answered_in_one_line(tmp_path, overrides, message):
+def test_bad_input_is_answered_in_one_line(project_dir, overrides, message):
     if any("UNWRITABLE" in o for o in overrides):
-        folder = str(unwritable_folder(tmp_path))
+        folder = str(unwritable_folder(project_dir))
         overrides = [o.replace("UNWRITABLE", folder) for o in overrides]
-    result = train(tmp_path, *SMALL, *overrides, multirun=False)
+    result = train(project_dir, *SMALL, *overrides, multirun=False)
 
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert message in output
     assert "Traceback" not in output
-    if (tmp_path / "mlflow.db").exists():
-        assert all(r.info.status == "FAILED" for r in job_runs(store(tmp_path)))
+    if (project_dir / "mlflow.db").exists():
+        assert all(r.info.status == "FAILED" for r in job_runs(store(project_dir)))
 
 
 def analyze(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "analyze.py"), *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_analyze_answers_a_missing_store_and_one_with_only_failed_runs(tmp_path):
+def test_analyze_answers_a_missing_store_and_one_with_only_failed_runs(tmp_path, empty_store):
     missing = analyze(tmp_path)
     assert missing.returncode == 1 and "no MLflow store at" in missing.stderr
     assert not (tmp_path / "mlflow.db").exists(), "reading must not create a store"
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
 
     assert train(tmp_path, *SMALL, "optimizer.lr=-1").returncode == 1
     only_failed = analyze(tmp_path)

@@ -1,0 +1,141 @@
+"""Shared fixtures: real Hydra composition, real digits from the shipped sample written in the
+course's tar format, and a throwaway sqlite MLflow store."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from PIL import Image
+
+from mnist_exp import schema
+from mnist_exp.data import SAMPLE_DIR
+from mnist_exp.formats import read_idx_split
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_DATASET = REPO.parent / "shared" / "datasets" / "mnist-10k"  # the course tars, where present
+
+# Two cores shared with other work: one thread keeps timings stable and the suite polite.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def conf_dir() -> Path:
+    return CONF_DIR
+
+
+@pytest.fixture(scope="session")
+def compose():
+    """compose(["model=mlp", ...]) -> the config train.py would get for those overrides."""
+    schema.register()
+
+    def _compose(overrides: list[str] | tuple[str, ...] = ()):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="train", overrides=list(overrides))
+
+    return _compose
+
+
+@dataclass(frozen=True)
+class Digits:
+    images: np.ndarray  # uint8 [N, 28, 28]
+    labels: np.ndarray  # int64 [N]
+
+
+@pytest.fixture(scope="session")
+def sample_digits() -> dict[str, Digits]:
+    """The shipped offline sample (real MNIST digits), both splits."""
+    return {
+        "train": Digits(*read_idx_split(SAMPLE_DIR / "train-images-idx3-ubyte.gz", SAMPLE_DIR / "train-labels-idx1-ubyte.gz")),
+        "test": Digits(*read_idx_split(SAMPLE_DIR / "t10k-images-idx3-ubyte.gz", SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz")),
+    }
+
+
+def png_bytes(image: np.ndarray, mode: str = "L", format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert(mode).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar holding exactly `members` (name, bytes), in that order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def write_course_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> Path:
+    """A course-format tar: one PNG per digit, named {split}/{ID:05d}_{label}.png."""
+    return write_tar(path, [(f"{split}/{i:05d}_{label}.png", png_bytes(image)) for i, (image, label) in enumerate(zip(images, labels))])
+
+
+@dataclass(frozen=True)
+class CourseDataset:
+    root: Path  # holds train.tar and test.tar
+    train: Digits
+    test: Digits
+
+
+@pytest.fixture(scope="session")
+def make_course_dataset(sample_digits):
+    """make_course_dataset(root, n_train, n_test, offset=0): real digits as train.tar/test.tar under root."""
+
+    def _make(root: Path, n_train: int = 400, n_test: int = 200, offset: int = 0) -> CourseDataset:
+        parts = {}
+        for split, n in (("train", n_train), ("test", n_test)):
+            source = sample_digits[split]
+            images, labels = source.images[offset : offset + n], source.labels[offset : offset + n]
+            write_course_split(root / f"{split}.tar", split, images, labels)
+            parts[split] = Digits(images, labels)
+        return CourseDataset(root, parts["train"], parts["test"])
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def course_dataset(tmp_path_factory, make_course_dataset) -> CourseDataset:
+    """400 train / 200 test real digits in the course format; shared, so never modify it."""
+    return make_course_dataset(tmp_path_factory.mktemp("course"))
+
+
+@pytest.fixture
+def tracking_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow sqlite store holding just its schema: creating one runs ~6 s of migrations."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def project_dir(tmp_path, empty_store) -> Path:
+    """A folder to launch train.py from, its default store (mlflow.db) empty but created."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+@pytest.fixture
+def unreachable_root(tmp_path) -> Path:
+    """A data.root below a regular file: nothing can be found there and creating it (a download) fails."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a regular file, so no folder can be created below it\n")
+    return blocker / "mnist"

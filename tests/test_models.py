@@ -1,0 +1,79 @@
+"""LeNet-5 and the parameter-matched MLP, built from the real `model` configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_exp.models import ACTIVATIONS, MLP, Features, LeNet5, build_model, count_parameters
+
+# conv1 6*(5*5*1)+6 = 156, conv2 16*(5*5*6)+16 = 2,416, fc1 256*120+120 = 30,840,
+# fc2 120*84+84 = 10,164, fc3 84*10+10 = 850: the paper's architecture on unpadded 28x28 input.
+LENET5_PARAMETERS = 156 + 2_416 + 30_840 + 10_164 + 850
+
+FEATURE_SETS = {
+    "plain": Features(),
+    "dropout": Features(dropout=0.5),
+    "batchnorm": Features(batchnorm_momentum=0.1),
+    "dropout+batchnorm": Features(dropout=0.5, batchnorm_momentum=0.1),
+}
+
+
+def test_lenet5_has_the_papers_parameter_count(compose):
+    built = build_model(compose(["model=lenet5"]).model, Features())
+
+    assert LENET5_PARAMETERS == 44_426
+    assert built.parameters == count_parameters(built.model) == LENET5_PARAMETERS
+    assert built.lenet5_parameters == LENET5_PARAMETERS
+
+
+@pytest.mark.parametrize("model", ["lenet5", "mlp"])
+def test_model_maps_a_batch_of_digits_to_ten_logits(compose, model):
+    built = build_model(compose([f"model={model}"]).model, Features())
+
+    logits = built.model(torch.randn(5, 1, 28, 28))
+
+    assert logits.shape == (5, 10)
+
+
+@pytest.mark.parametrize("features", FEATURE_SETS.values(), ids=list(FEATURE_SETS))
+@pytest.mark.parametrize("hidden_layers", [1, 2, 3, 4])
+def test_mlp_is_within_two_percent_of_lenet5_and_the_closest_width(compose, hidden_layers, features):
+    built = build_model(compose(["model=mlp", f"model.hidden_layers={hidden_layers}"]).model, features)
+    lenet5 = count_parameters(LeNet5("relu", features))  # the yardstick carries the same regularizer layers
+
+    assert built.lenet5_parameters == lenet5
+    assert abs(built.parameters - lenet5) <= 0.02 * lenet5
+    # No neighbouring width would have matched LeNet-5 more closely.
+    linears = [m for m in built.model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == hidden_layers + 1
+    width = linears[0].out_features
+    assert all(m.out_features == width for m in linears[:-1])
+    for neighbour in (width - 1, width + 1):
+        other = count_parameters(MLP([neighbour] * hidden_layers, "relu", features))
+        assert abs(other - lenet5) >= abs(built.parameters - lenet5)
+
+
+def test_default_mlp_is_the_documented_784_52_52_10(compose):
+    built = build_model(compose(["model=mlp"]).model, Features())
+    assert built.description == "MLP 784 -> 52 -> 52 -> 10"
+    assert built.parameters == 784 * 52 + 52 + 52 * 52 + 52 + 52 * 10 + 10
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("model", ["lenet5", "mlp"])
+def test_every_activation_builds_and_is_used(compose, model, activation):
+    built = build_model(compose([f"model={model}", f"model.activation={activation}"]).model, Features())
+
+    used = {type(m) for m in built.model.modules()}
+    assert ACTIVATIONS[activation] in used
+    assert not (set(ACTIVATIONS.values()) - {ACTIVATIONS[activation]}) & used
+    assert built.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("model", ["lenet5", "mlp"])
+def test_unknown_activation_is_an_error_naming_the_key(compose, model):
+    cfg = compose([f"model={model}", "model.activation=swish"]).model  # the schema types it only as a string
+    with pytest.raises(ValueError, match="model.activation=swish is not one of relu, tanh, sigmoid, gelu"):
+        build_model(cfg, Features())
