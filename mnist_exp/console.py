@@ -15,8 +15,9 @@ log = logging.getLogger("mnist_exp")
 
 
 def epoch_line(m: EpochMetrics, epochs: int) -> str:
+    validation = "" if m.val_acc is None else f"val loss {m.val_loss:.4f} acc {m.val_acc:.2%}  "
     return (
-        f"epoch {m.epoch}/{epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  "
+        f"epoch {m.epoch}/{epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  {validation}"
         f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}  ({m.epoch_time_s:.1f}s)"
     )
 

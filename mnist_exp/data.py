@@ -44,9 +44,13 @@ class Split:
         return len(self.labels)
 
     def head(self, n: int | None) -> Split:
-        if n is None or n >= len(self):
+        return self if n is None else self.part(0, n)
+
+    def part(self, start: int, stop: int) -> Split:
+        """Images [start, stop), hashed on their own: a run logs the hash of exactly what it used."""
+        if start == 0 and stop >= len(self):
             return self
-        images, labels = self.images[:n].clone(), self.labels[:n].clone()
+        images, labels = self.images[start:stop].clone(), self.labels[start:stop].clone()
         return Split(images, labels, content_hash(images.numpy(), labels.numpy()))
 
 
@@ -63,6 +67,7 @@ class Located:
 class MNIST:
     train: Split
     test: Split
+    validation: Split | None  # held out from the training images (data.validation_size), for tuning
     source: str
     location: str
     fallback: str | None  # why data.source=auto fell back to the offline sample
@@ -74,7 +79,16 @@ def load_mnist(data_cfg) -> MNIST:
     cache_dir = Path(data_cfg.cache_dir)
     train = load_split(located, "train", cache_dir).head(data_cfg.limit_train)
     test = load_split(located, "test", cache_dir).head(data_cfg.limit_test)
-    return MNIST(train, test, located.source, str(located.location), fallback)
+    validation = None
+    if data_cfg.validation_size:
+        keep = len(train) - data_cfg.validation_size
+        if keep < 1:
+            raise DataError(
+                f"data.validation_size={data_cfg.validation_size} leaves no training images "
+                f"(the training split has {len(train)})"
+            )
+        train, validation = train.part(0, keep), train.part(keep, len(train))
+    return MNIST(train, test, validation, located.source, str(located.location), fallback)
 
 
 def locate(root: Path, source: str) -> tuple[Located, str | None]:

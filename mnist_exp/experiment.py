@@ -39,12 +39,13 @@ USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, Diverged)
 class JobOutcome:
     status: str  # finished | skipped | failed | killed
     run_id: str | None
-    test_acc: float | None
+    objective: float | None  # final val_acc with a validation split, else final test_acc
     error: str | None = None
 
 
 def run_hydra_job(cfg: DictConfig) -> float | None:
-    """The task function behind train.py. Returns the final test accuracy (the value Optuna maximizes)."""
+    """The task function behind train.py. Returns the run's objective, the value Optuna maximizes:
+    the final validation accuracy when data.validation_size holds some out, else the test accuracy."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep = read_sweep_info(hydra_cfg.sweep.dir) if multirun else None
@@ -63,7 +64,7 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
         log.error("FAILED: %s", outcome.error)
         if not multirun:
             raise SystemExit(1)  # the message above says it all; no Hydra traceback on top
-    return outcome.test_acc
+    return outcome.objective
 
 
 def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOutcome:
@@ -79,7 +80,8 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
         if membership:
             tracking.set_tags(client, run.info.run_id, membership)
         log.info("skipped: identical run %s already FINISHED (force=true trains it again)", run.info.run_id)
-        return JobOutcome("skipped", run.info.run_id, run.data.metrics.get("test_acc"))
+        metrics = run.data.metrics
+        return JobOutcome("skipped", run.info.run_id, metrics.get("val_acc", metrics.get("test_acc")))
 
     checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash)
     run_id, checkpoint = _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep)
@@ -88,7 +90,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
 
     previous_sigterm = _sigterm_raises_interrupt()
     try:
-        test_acc = train_and_log(cfg, client, run_id, checkpoint, checkpoint_file, output_dir)
+        objective = train_and_log(cfg, client, run_id, checkpoint, checkpoint_file, output_dir)
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         traceback_file = output_dir / "traceback.txt"
@@ -105,7 +107,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    return JobOutcome("finished", run_id, test_acc)
+    return JobOutcome("finished", run_id, objective)
 
 
 def _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep):
@@ -165,6 +167,7 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
         "data.location": data.location,
         "data.train_size": str(len(data.train)),
         "data.test_size": str(len(data.test)),
+        "data.validation_size_used": str(len(data.validation) if data.validation is not None else 0),
         "data.train_sha256": data.train.sha256,
         "data.test_sha256": data.test.sha256,
         "trainer.resolved_device": str(device),
@@ -190,7 +193,8 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
                  output_dir / "artifacts")
     tracking.finish(client, run_id, "FINISHED")
     checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
-    return progress.history[-1].test_acc
+    final = progress.history[-1]
+    return final.val_acc if final.val_acc is not None else final.test_acc
 
 
 def _resume(client, run_id: str, checkpoint, data, model, optimizer) -> Progress:
@@ -234,10 +238,9 @@ def _log_results(cfg, client, run_id, model, data, inputs, device, progress: Pro
 
 
 def _history_csv(progress: Progress) -> str:
-    rows = ["epoch,train_loss,train_acc,test_loss,test_acc,epoch_time_s"]
-    for m in progress.history:
-        rows.append(f"{m.epoch},{m.train_loss},{m.train_acc},{m.test_loss},{m.test_acc},{m.epoch_time_s}")
-    return "\n".join(rows) + "\n"
+    rows = [{"epoch": m.epoch, **m.as_metrics()} for m in progress.history]
+    lines = [",".join(rows[0])] + [",".join(str(value) for value in row.values()) for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _sigterm_raises_interrupt():

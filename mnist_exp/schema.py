@@ -68,6 +68,7 @@ class DataConfig:
     cache_dir: str = MISSING
     limit_train: Optional[int] = MISSING
     limit_test: Optional[int] = MISSING
+    validation_size: int = MISSING
     mean: float = MISSING
     std: float = MISSING
 

@@ -101,6 +101,8 @@ class LaunchCallback(Callback):
         failed = any(j.status in ("failed", "killed") for j in statuses)
         client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
         client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
+        for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
+            client.log_artifact(info.parent_run_id, str(result))
         tracking.finish(client, info.parent_run_id, "FAILED" if failed else "FINISHED")
         print(summary, flush=True)
         if failed:

@@ -40,6 +40,7 @@ def validate(cfg) -> None:
     check(data.source in SOURCES, "data.source", data.source, f"one of {', '.join(SOURCES)}")
     check_optional_count("data.limit_train", data.limit_train)
     check_optional_count("data.limit_test", data.limit_test)
+    check(data.validation_size >= 0, "data.validation_size", data.validation_size, ">= 0")
     check(data.std > 0, "data.std", data.std, "> 0")
 
     check(model.name in ("lenet5", "mlp"), "model.name", model.name, "lenet5 or mlp")

@@ -54,6 +54,8 @@ def store(cwd: Path) -> MlflowClient:
 def job_runs(client: MlflowClient) -> list:
     """Every training run of the default experiment (sweep parent runs left out)."""
     experiment = client.get_experiment_by_name("mnist-exp")
+    if experiment is None:  # nothing got as far as creating it
+        return []
     runs = client.search_runs([experiment.experiment_id])
     return [r for r in runs if r.data.tags.get(tracking.ROLE) != "sweep"]
 
@@ -233,7 +235,7 @@ while True:
 def test_checkpoint_survives_kills_in_the_middle_of_writing(tmp_path):
     path = tmp_path / "checkpoint.pt"
     rng = np.random.default_rng(0)
-    for attempt in range(8):
+    for attempt in range(6):
         writer = subprocess.Popen([sys.executable, "-c", CHECKPOINT_WRITER, str(path)], cwd=ROOT,
                                   stdout=subprocess.PIPE, text=True)
         writer.stdout.readline()  # at least one checkpoint is complete
@@ -315,8 +317,7 @@ def test_bad_input_is_answered_in_one_line(project_dir, overrides, message):
     output = result.stdout + result.stderr
     assert message in output
     assert "Traceback" not in output
-    if (project_dir / "mlflow.db").exists():
-        assert all(r.info.status == "FAILED" for r in job_runs(store(project_dir)))
+    assert all(r.info.status == "FAILED" for r in job_runs(store(project_dir))), "no run may stay RUNNING"
 
 
 def analyze(cwd: Path, *args: str) -> subprocess.CompletedProcess:

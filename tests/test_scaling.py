@@ -1,0 +1,154 @@
+"""Scaling out on existing engines, for real: Optuna through Hydra's sweeper, submitit's local
+executor, and a shared `mlflow server` on 127.0.0.1. SLURM itself is only composed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from mnist_exp import tracking
+
+pytestmark = pytest.mark.slow
+TINY = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
+
+
+def train(cwd, *args, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def job_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist-exp")
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(tracking.ROLE) != "sweep"]
+
+
+def test_optuna_search_records_every_trial_and_survives_a_failing_one(project_dir):
+    # lr is narrowed to three choices, one invalid. The search's sampler is seeded, and with the
+    # pinned optuna its three trials draw each choice once: the failing trial is sure to happen.
+    result = train(
+        project_dir, "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3",
+        "optimizer.lr=choice(-1.0,0.01,0.05)", "data.validation_size=100", *TINY,
+    )
+
+    assert "sweep summary: 2 finished, 0 skipped, 1 failed" in result.stdout, result.stdout[-3000:]
+    assert result.returncode == 1, "a failed trial makes the sweep exit non-zero"
+    runs = {r.data.params["optimizer.lr"]: r for r in job_runs(f"sqlite:///{project_dir}/mlflow.db")}
+    assert {lr: r.info.status for lr, r in runs.items()} == {"-1.0": "FAILED", "0.01": "FINISHED", "0.05": "FINISHED"}
+    weight_decays = {r.data.params["regularizer.l2.weight_decay"] for r in runs.values()}
+    assert len(weight_decays) == 3, "the other hyperparameters are searched too"
+    for lr in ("0.01", "0.05"):
+        assert runs[lr].data.params["data.validation_size_used"] == "100"
+        assert "val_acc" in runs[lr].data.metrics
+    (results,) = (project_dir / "outputs" / "sweeps").glob("*/optimization_results.yaml")
+    best = yaml.safe_load(results.read_text())
+    finished = {float(lr): r.data.metrics["val_acc"] for lr, r in runs.items() if r.info.status == "FINISHED"}
+    assert best["best_params"]["optimizer.lr"] == max(finished, key=finished.get)
+    assert best["best_value"] == pytest.approx(max(finished.values()))
+
+
+def test_submitit_local_executor_runs_a_sweep_to_finished_runs(project_dir):
+    result = train(project_dir, "-m", "hydra/launcher=local_executor", "model=lenet5,mlp", *TINY)
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
+    assert sorted(r.data.params["model.name"] for r in runs) == ["lenet5", "mlp"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert list((project_dir / "outputs" / "sweeps").glob("*/.submitit/*")), "the jobs went through submitit"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_against_a_real_tracking_server_then_analyze_then_shut_it_down(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job workers needed
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                tracking._check_server(uri)
+                break
+            except tracking.TrackingError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(0.5)
+
+        result = train(tmp_path, "-m", "model=lenet5,mlp", f"mlflow.tracking_uri={uri}", *TINY)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        runs = job_runs(uri)
+        assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+        # Artifacts went through the server, into its artifact root, not into the client's folder.
+        assert list((tmp_path / "server-artifacts").rglob("model_state.pt"))
+        assert not (tmp_path / "mlruns").exists()
+
+        table = subprocess.run(
+            [sys.executable, str(REPO / "analyze.py"), "--tracking-uri", uri, "--format", "csv"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )
+        assert table.returncode == 0, table.stderr
+        assert len(table.stdout.strip().splitlines()) == 1 + 2  # header + one row per model
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and every worker it started
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while group_alive(server.pid):
+        if time.monotonic() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail("mlflow server workers outlived SIGTERM by 30 s")
+        time.sleep(0.2)
+
+
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_slurm_launcher_composes_with_its_cluster_keys():
+    from hydra import compose, initialize_config_dir
+
+    from mnist_exp import schema
+
+    schema.register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu"
+    assert {"timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb"} <= set(launcher)
+    assert launcher.setup == [f"export OMP_NUM_THREADS={launcher.cpus_per_task}"]
+
+
+def test_course_grid_experiment_is_thirty_runs_in_one_command():
+    from hydra import compose, initialize_config_dir
+
+    from mnist_exp import schema
+
+    schema.register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=course_grid"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    sizes = [len(str(params[key]).split(",")) for key in ("model", "regularizer", "trainer.seed")]
+    assert sizes == [2, 5, 3]
