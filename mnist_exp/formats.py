@@ -40,7 +40,7 @@ def read_course_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if not match:
             raise DataError(f"{path}: member {name!r} is not a labelled PNG; {NAMING_HINT}")
         image_id, label_text = match["id"], match["label"]
-        if not label_text.isdigit():
+        if not _is_number(label_text):
             raise DataError(f"{path}: member {name!r} has no numeric label; {NAMING_HINT}")
         label = int(label_text)
         if not 0 <= label <= 9:
@@ -50,7 +50,7 @@ def read_course_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{path}: ID {image_id!r} appears twice ({seen[image_id]!r} and {name!r}); IDs must be unique"
             )
         seen[image_id] = name
-        sort_key = (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
+        sort_key = (0, int(image_id), "") if _is_number(image_id) else (1, 0, image_id)
         entries.append((sort_key, label, name, read()))
     if not entries:
         raise DataError(f"{path}: no images found; {NAMING_HINT}")
@@ -62,6 +62,11 @@ def read_course_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
         images[i] = decode_png(png, f"{path}: member {name!r}")
         labels[i] = label
     return images, labels
+
+
+def _is_number(text: str) -> bool:
+    # ASCII only: str.isdigit() also accepts characters such as '²' that int() rejects.
+    return text.isascii() and text.isdigit()
 
 
 def decode_png(png: bytes, where: str) -> np.ndarray:
@@ -78,14 +83,19 @@ def decode_png(png: bytes, where: str) -> np.ndarray:
     except DataError:
         raise
     except Exception as error:  # PIL signals corrupt data with several unrelated types
-        raise DataError(f"{where} does not decode as a PNG ({error})") from None
+        raise DataError(f"{where} does not decode as a PNG ({_one_line(error)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """tarfile lists every compression it tried on a line of its own; a DataError is one line."""
+    return " ".join(str(error).split())
 
 
 def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     try:
         archive = tarfile.open(path)
     except (tarfile.TarError, OSError) as error:
-        raise DataError(f"{path}: not a readable tar archive ({error})") from None
+        raise DataError(f"{path}: not a readable tar archive ({_one_line(error)})") from None
     with archive:
         for member in archive:
             if member.isdir():
@@ -125,6 +135,8 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
             f"with {expected_dims}"
         )
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: ends inside its header ({len(raw)} of {header} bytes); the file is truncated")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     if len(raw) != header + int(np.prod(shape)):
         raise DataError(

@@ -27,7 +27,7 @@ def learning_curves(history: list[EpochMetrics], title: str, path: Path) -> None
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.86, wspace=0.22)  # tight_layout costs a draw
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -46,6 +46,6 @@ def confusion_figure(counts: np.ndarray, title: str, path: Path) -> None:
                 color="white" if count > threshold else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(10), yticks=range(10))
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.9, bottom=0.1, top=0.93)
     fig.savefig(path, dpi=100)
     plt.close(fig)
