@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make sweep   create .venv (first time only), run the LeNet-5/MLP x regularizer sweep, print the table
 #   make test    create .venv (first time only), run the test suite
+# make bench runs every benchmark (BENCH_ARGS=--smoke for a quick check).
 # Afterwards `source .venv/bin/activate` gives the plain python train.py / mlflow ui / python analyze.py.
 
 PYTHON ?= python3
@@ -8,6 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SWEEP ?= model=lenet5,mlp regularizer=none,l2,dropout
+BENCHMARKS := epoch_throughput data_prep run_overhead grid hardware_efficiency
 
 .PHONY: setup sweep test bench ui clean
 
@@ -25,6 +27,9 @@ sweep: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for name in $(BENCHMARKS); do $(BIN)/python benchmarks/$$name.py $(BENCH_ARGS) || exit 1; done
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui

@@ -110,26 +110,30 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
     return JobOutcome("finished", run_id, objective)
 
 
+def variant_label(cfg) -> str:
+    """model/regularizer/optimizer, e.g. lenet5/l2+dropout/sgd: how runs, bars and tables name a variant."""
+    return f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}"
+
+
 def _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep):
     """Resume the run a checkpoint belongs to, or start a new one; close runs a kill left RUNNING."""
     checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
-    unfinished = {run.info.run_id for run in existing if run.info.status != "FINISHED"}
+    unfinished = {run.info.run_id: run for run in existing if run.info.status != "FINISHED"}
     if checkpoint is not None and checkpoint.run_id in unfinished:
         run_id = checkpoint.run_id
         client.update_run(run_id, status="RUNNING")
-        if tracking.ERROR in client.get_run(run_id).data.tags:
+        if tracking.ERROR in unfinished[run_id].data.tags:
             client.delete_tag(run_id, tracking.ERROR)  # the error of the attempt being resumed
         log.info("resuming run %s after epoch %d", run_id, checkpoint.progress.epochs_done)
     else:
         checkpoint = None
-        variant = f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}"
         tags = {
             tracking.CONFIG_HASH: config_hash,
             tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
-            tracking.VARIANT: variant,
+            tracking.VARIANT: variant_label(cfg),
             **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
         }
-        run_id = tracking.create_run(client, experiment_id, f"{variant} seed={cfg.trainer.seed}", tags)
+        run_id = tracking.create_run(client, experiment_id, f"{variant_label(cfg)} seed={cfg.trainer.seed}", tags)
         tracking.log_params(client, run_id, params)
     for run in existing:
         if run.info.status == "RUNNING" and run.info.run_id != run_id:
@@ -178,7 +182,7 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
 
     inputs = InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer))
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
-    title = f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}"
+    title = variant_label(cfg)
     with RunProgress(title, cfg.trainer.epochs, progress.epochs_done, batches) as display:
 
         def on_epoch_end(progress: Progress) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,3 +141,22 @@ def unreachable_root(tmp_path) -> Path:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file, so no folder can be created below it\n")
     return blocker / "mnist"
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """train.py or analyze.py as a user runs it: its own process, launched from `cwd`."""
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def job_runs(tracking_uri: str) -> list:
+    """Every training run of the default experiment, sweep parent runs left out."""
+    from mlflow.tracking import MlflowClient
+
+    from mnist_exp import tracking
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("mnist-exp")
+    if experiment is None:  # nothing got as far as creating it
+        return []
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(tracking.ROLE) != "sweep"]

@@ -123,7 +123,7 @@ def test_tar_folder_and_idx_of_the_same_digits_share_arrays_and_content_hash(tmp
 
 def test_shared_course_tars_hold_the_same_digits_as_the_shipped_idx_sample(sample_digits):
     if not SHARED_DATASET.is_dir():
-        pytest.skip("/work/shared/datasets/mnist-10k is not on this machine")
+        pytest.skip(f"{SHARED_DATASET} is not on this machine")
     for split in ("train", "test"):
         images, labels = read_course_split(SHARED_DATASET / f"{split}.tar")
         expected = sample_digits[split]

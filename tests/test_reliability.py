@@ -18,16 +18,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO as ROOT
-from conftest import png_bytes, write_tar
+from conftest import job_runs, png_bytes, run_script, write_tar
 from mnist_exp import checkpoints, tracking
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
 
 pytestmark = pytest.mark.slow
 
 
-def train(cwd: Path, *overrides: str, multirun: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *overrides]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def train(cwd: Path, *overrides: str, multirun: bool = True) -> subprocess.CompletedProcess:
+    return run_script("train.py", *(["-m"] if multirun else []), *overrides, cwd=cwd, timeout=300)
 
 
 def start_train(cwd: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
@@ -48,16 +47,11 @@ def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 1
 
 
 def store(cwd: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    return MlflowClient(store_uri(cwd))
 
 
-def job_runs(client: MlflowClient) -> list:
-    """Every training run of the default experiment (sweep parent runs left out)."""
-    experiment = client.get_experiment_by_name("mnist-exp")
-    if experiment is None:  # nothing got as far as creating it
-        return []
-    runs = client.search_runs([experiment.experiment_id])
-    return [r for r in runs if r.data.tags.get(tracking.ROLE) != "sweep"]
+def store_uri(cwd: Path) -> str:
+    return f"sqlite:///{cwd}/mlflow.db"
 
 
 def write_course_tar(path: Path, images: np.ndarray, labels, names: list[str] | None = None) -> None:
@@ -75,7 +69,7 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(project_dir):
     assert "sweep summary: 1 finished, 0 skipped, 2 failed" in result.stdout
     assert "FAILED: optimizer.lr=-1 " in result.stdout
     client = store(project_dir)
-    runs = {r.data.params["optimizer.lr"]: r for r in job_runs(client)}
+    runs = {r.data.params["optimizer.lr"]: r for r in job_runs(store_uri(project_dir))}
     assert runs["0.01"].info.status == "FINISHED"
     bad_value, diverged = runs["-1.0"], runs["1000000.0"]
     assert bad_value.info.status == diverged.info.status == "FAILED"
@@ -113,7 +107,7 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
 
     assert result.returncode == 1
     assert f"0 finished, 0 skipped, {len(roots)} failed" in result.stdout
-    errors = {Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store(project_dir))}
+    errors = {Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store_uri(project_dir))}
     assert "member 'train/00000.png' is not a labelled PNG" in errors["no_label"]
     assert "has label 12, outside 0-9" in errors["label_out_of_range"]
     assert "ID '00005' appears twice" in errors["duplicate_ids"]
@@ -121,7 +115,7 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
     assert "train.tar: not a readable tar archive" in errors["empty_tar"]
     assert "member 'train/00000_1.png' does not decode as a PNG" in errors["corrupt_png"]
     assert "missing does not exist" in errors["missing"]
-    assert all(r.info.status == "FAILED" for r in job_runs(store(project_dir)))
+    assert all(r.info.status == "FAILED" for r in job_runs(store_uri(project_dir)))
 
 
 # --- 2. idempotent re-runs ---
@@ -130,20 +124,18 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
 def test_repeated_sweep_skips_finished_runs_and_force_trains_again(project_dir):
     sweep = ["model=lenet5,mlp", *SMALL]
     assert train(project_dir, *sweep).returncode == 0
-    first = {r.info.run_id for r in job_runs(store(project_dir))}
+    first = {r.info.run_id for r in job_runs(store_uri(project_dir))}
 
     again = train(project_dir, *sweep)
     assert again.returncode == 0
     assert "sweep summary: 0 finished, 2 skipped" in again.stdout
-    assert {r.info.run_id for r in job_runs(store(project_dir))} == first
+    assert {r.info.run_id for r in job_runs(store_uri(project_dir))} == first
 
     forced = train(project_dir, *sweep, "force=true")
     assert "sweep summary: 2 finished, 0 skipped" in forced.stdout
-    assert len(job_runs(store(project_dir))) == 4
+    assert len(job_runs(store_uri(project_dir))) == 4
 
-    table = subprocess.run(
-        [sys.executable, str(ROOT / "analyze.py"), "--format", "json"], cwd=project_dir, capture_output=True, text=True
-    )
+    table = analyze(project_dir, "--format", "json")
     rows = json.loads(table.stdout)
     assert sorted(row["model"] for row in rows) == ["lenet5", "mlp"]
     assert all(row["n"] == 1 for row in rows), "a config trained twice must count once"
@@ -175,14 +167,14 @@ def test_killed_run_resumes_into_the_same_run_with_identical_results(tmp_path, e
     wait_for(log, "epoch 2/4", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    (killed_run,) = job_runs(store(killed_dir))
+    (killed_run,) = job_runs(store_uri(killed_dir))
     assert killed_run.info.status == "RUNNING"  # nothing could close it: that is what resume is for
 
     resumed = train(killed_dir, *RESUMABLE, multirun=False)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming run {killed_run.info.run_id} after epoch 2" in resumed.stdout + resumed.stderr
-    (run,) = job_runs(store(killed_dir))
-    (reference,) = job_runs(store(reference_dir))
+    (run,) = job_runs(store_uri(killed_dir))
+    (reference,) = job_runs(store_uri(reference_dir))
     assert run.info.run_id == killed_run.info.run_id and run.info.status == "FINISHED"
     assert final_metrics(store(killed_dir), run) == final_metrics(store(reference_dir), reference)
     assert not list((killed_dir / "checkpoints").glob("*.pt")), "a finished run keeps no checkpoint"
@@ -195,7 +187,7 @@ def test_run_killed_before_its_first_checkpoint_is_closed_by_the_next_attempt(pr
     process.wait()
 
     assert train(project_dir, *RESUMABLE, multirun=False).returncode == 0
-    statuses = sorted((r.info.status, r.data.tags.get(tracking.ERROR, "")) for r in job_runs(store(project_dir)))
+    statuses = sorted((r.info.status, r.data.tags.get(tracking.ERROR, "")) for r in job_runs(store_uri(project_dir)))
     assert statuses[0][0] == "FINISHED"
     assert statuses[1][0] == "KILLED" and statuses[1][1].startswith("abandoned: superseded by run")
 
@@ -205,11 +197,11 @@ def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(project_dir):
     wait_for(log, "epoch 1/4", process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) != 0
-    (run,) = job_runs(store(project_dir))
+    (run,) = job_runs(store_uri(project_dir))
     assert run.info.status == "KILLED"
 
     assert train(project_dir, *RESUMABLE, multirun=False).returncode == 0
-    (run,) = job_runs(store(project_dir))
+    (run,) = job_runs(store_uri(project_dir))
     assert run.info.status == "FINISHED"
     assert tracking.ERROR not in run.data.tags
 
@@ -267,7 +259,7 @@ def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path, jobs):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     client = store(tmp_path)
-    runs = job_runs(client)
+    runs = job_runs(store_uri(tmp_path))
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s"):
@@ -317,11 +309,11 @@ def test_bad_input_is_answered_in_one_line(project_dir, overrides, message):
     output = result.stdout + result.stderr
     assert message in output
     assert "Traceback" not in output
-    assert all(r.info.status == "FAILED" for r in job_runs(store(project_dir))), "no run may stay RUNNING"
+    assert all(r.info.status == "FAILED" for r in job_runs(store_uri(project_dir))), "no run may stay RUNNING"
 
 
 def analyze(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "analyze.py"), *args], cwd=cwd, capture_output=True, text=True)
+    return run_script("analyze.py", *args, cwd=cwd, timeout=120)
 
 
 def test_analyze_answers_a_missing_store_and_one_with_only_failed_runs(tmp_path, empty_store):

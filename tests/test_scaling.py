@@ -12,24 +12,16 @@ import time
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import CONF_DIR, job_runs, run_script
 from mnist_exp import tracking
 
 pytestmark = pytest.mark.slow
 TINY = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
 
 
-def train(cwd, *args, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def job_runs(uri: str) -> list:
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("mnist-exp")
-    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(tracking.ROLE) != "sweep"]
+def train(cwd, *args):
+    return run_script("train.py", *args, cwd=cwd)
 
 
 def test_optuna_search_records_every_trial_and_survives_a_failing_one(project_dir):
@@ -100,10 +92,7 @@ def test_sweep_against_a_real_tracking_server_then_analyze_then_shut_it_down(tmp
         assert list((tmp_path / "server-artifacts").rglob("model_state.pt"))
         assert not (tmp_path / "mlruns").exists()
 
-        table = subprocess.run(
-            [sys.executable, str(REPO / "analyze.py"), "--tracking-uri", uri, "--format", "csv"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )
+        table = run_script("analyze.py", "--tracking-uri", uri, "--format", "csv", cwd=tmp_path, timeout=120)
         assert table.returncode == 0, table.stderr
         assert len(table.stdout.strip().splitlines()) == 1 + 2  # header + one row per model
     finally:
@@ -131,7 +120,7 @@ def test_slurm_launcher_composes_with_its_cluster_keys():
     from mnist_exp import schema
 
     schema.register()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
@@ -147,7 +136,7 @@ def test_course_grid_experiment_is_thirty_runs_in_one_command():
     from mnist_exp import schema
 
     schema.register()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=course_grid"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     sizes = [len(str(params[key]).split(",")) for key in ("model", "regularizer", "trainer.seed")]

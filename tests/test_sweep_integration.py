@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -15,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import REPO
+from conftest import run_script
 from mnist_exp import tracking
 from mnist_exp.data import content_hash, load_mnist
 from mnist_exp.models import build_model
@@ -30,7 +28,7 @@ ARTIFACTS = {"config.yaml", "learning_curves.png", "confusion_matrix.png", "mode
 
 
 def run(cwd, script, *args, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return run_script(script, *args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
