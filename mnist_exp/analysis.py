@@ -200,6 +200,7 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
     for column in ("test_acc", "final_test_acc", "best_test_acc", "test_loss", "train_acc", "train_eval_acc",
                    "gap", "train_time_s"):
         table[column] = grouped[column].mean()
+    table["gap_std"] = grouped["gap"].std(ddof=1)
     samples = grouped["test_acc"].apply(list)
     estimates = samples.map(estimate)
     table["test_acc_std"] = [e.std for e in estimates]

@@ -27,10 +27,11 @@ def plot_all(table: pd.DataFrame, history: pd.DataFrame, folder: Path) -> dict[s
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / file for name, file in FIGURES.items()}
     plot_test_curves(history, table["variant"].tolist(), paths["curves"])
-    plot_bars(table, "gap", "train − test accuracy (pp), eval mode", "Generalization gap after the last epoch",
-              paths["gap"], error="std")
-    plot_bars(table, "test_acc", "test accuracy (%)", "Test accuracy (mean, 95% CI over seeds)",
-              paths["accuracy"], error="ci")
+    plot_bars(table, "gap", "train − test accuracy (pp), eval mode",
+              "Generalization gap after the last epoch (mean ± std over seeds)", paths["gap"],
+              error=(table["gap_std"], table["gap_std"]))
+    plot_bars(table, "test_acc", "test accuracy (%)", "Test accuracy (mean, 95% CI over seeds)", paths["accuracy"],
+              error=(table["test_acc"] - table["test_acc_ci_low"], table["test_acc_ci_high"] - table["test_acc"]))
     return paths
 
 
@@ -56,13 +57,10 @@ def plot_test_curves(history: pd.DataFrame, variants: list[str], path: Path) -> 
     plt.close(fig)
 
 
-def plot_bars(table: pd.DataFrame, column: str, ylabel: str, title: str, path: Path, error: str) -> None:
+def plot_bars(table: pd.DataFrame, column: str, ylabel: str, title: str, path: Path, error) -> None:
+    """One bar per variant; `error` = (below, above) each bar, NaN (one seed) drawn as none."""
     values = table[column].to_numpy(dtype=float)
-    if error == "ci":
-        low, high = table["test_acc_ci_low"].to_numpy(dtype=float), table["test_acc_ci_high"].to_numpy(dtype=float)
-        yerr = np.nan_to_num(np.vstack([values - low, high - values]))
-    else:
-        yerr = np.nan_to_num(table["test_acc_std"].to_numpy(dtype=float))
+    yerr = np.nan_to_num(np.vstack([np.asarray(side, dtype=float) for side in error]))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table) + 2), 4.5))
     colors = ["tab:orange" if model == "mlp" else "tab:blue" for model in table["model"]]
     ax.bar(range(len(table)), values, yerr=yerr, capsize=4, color=colors)
@@ -110,11 +108,12 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> str:
             continue
         lenet, mlp = lenet.iloc[0], mlp.iloc[0]
         d = welch(lenet.samples, mlp.samples)
-        noisy = d.within_noise is None or d.within_noise
-        verdict = (
-            "Not measurably" if noisy and d.within_noise is not None
-            else ("Yes" if d.diff > 0 else "No") + ("" if not noisy else ", on one seed")
-        )
+        if d.within_noise is None:
+            verdict = ("Yes" if d.diff > 0 else "No") + ", on one seed"
+        elif d.within_noise:
+            verdict = "Not measurably"
+        else:
+            verdict = "Yes" if d.diff > 0 else "No"
         sentences.append(
             f"{verdict}: with {optimizer}, LeNet-5 ({lenet.params:,} parameters) reaches {_acc(lenet)} and the MLP "
             f"({mlp.params:,} parameters) {_acc(mlp)}; LeNet-5 is {d.diff:+.2f} points "

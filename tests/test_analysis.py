@@ -251,3 +251,115 @@ def test_analyze_exits_1_with_one_line_when_every_run_failed(store):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("analyze.py: ") and "no FINISHED runs" in lines[0] and "FAILED" in lines[0]
+
+
+# --- statistics: intervals, Welch's test, noise ---
+# By hand (scipy only for Student's t quantiles and tails):
+#   mlp/none/sgd = 90, 92, 94 %: mean 92, s = 2, 95% CI 92 ± t(0.975, 2) * 2 / sqrt(3) = 92 ± 4.96828
+#   vs lenet5/none/sgd = 97, 99 %: diff -6; se^2 = 4/3 + 2/2 = 7/3; Welch df = (7/3)^2 / ((4/3)^2/2 + 1^2/1)
+#   = 2.88235; t = -6 / sqrt(7/3) = -3.92792; p = 2 * P(T_df > 3.92792) = 0.0315776;
+#   95% CI -6 ± t(0.975, df) * sqrt(7/3) = -6 ± 4.97547: excludes 0, so not noise.
+#   lenet5/dropout/sgd = 98.0, 98.5 vs lenet5/none/sgd: diff +0.25, se^2 = 0.125/2 + 2/2 = 1.0625,
+#   df = 1.0625^2 / (0.0625^2 + 1) = 1.12451; the interval is wide and contains 0: noise.
+
+
+def test_confidence_intervals_and_welch_tests_match_hand_computation(store):
+    table = variant_table(select_runs(store["uri"], "grid", "all").finished).set_index("variant")
+
+    mlp = table.loc["mlp/none/sgd"]
+    assert (mlp.test_acc_ci_low, mlp.test_acc_ci_high) == pytest.approx((92 - 4.96828, 92 + 4.96828), abs=1e-4)
+    assert mlp.baseline == "lenet5/none/sgd"
+    assert mlp.vs_baseline == pytest.approx(-6.0)
+    assert mlp.p_value == pytest.approx(0.0315776, abs=1e-6)
+    assert (mlp.vs_baseline_ci_low, mlp.vs_baseline_ci_high) == pytest.approx((-6 - 4.97547, -6 + 4.97547), abs=1e-4)
+    assert not mlp.within_noise
+
+    dropout = table.loc["lenet5/dropout/sgd"]
+    assert dropout.baseline == "lenet5/none/sgd" and dropout.vs_baseline == pytest.approx(0.25)
+    assert dropout.within_noise
+    assert dropout.vs_baseline_ci_low < 0 < dropout.vs_baseline_ci_high
+
+    one_seed = table.loc["lenet5/l2/sgd"]
+    assert math.isnan(one_seed.p_value) and pd.isna(one_seed.within_noise)
+    assert pd.isna(table.loc["lenet5/none/sgd"].baseline), "plain LeNet-5 is the reference, not compared"
+
+
+def test_metric_best_uses_each_runs_best_epoch(store):
+    finished = select_runs(store["uri"], "grid", "all").finished
+    final = variant_table(finished).set_index("variant")
+    best = variant_table(finished, metric="best").set_index("variant")
+
+    assert (best.test_acc - final.test_acc).to_numpy() == pytest.approx(0.1)  # best_test_acc = test_acc + 0.001
+
+
+def test_filters_keep_matching_runs_and_unknown_keys_are_refused(store):
+    from mnist_exp.analysis import apply_filters
+
+    finished = select_runs(store["uri"], "grid", "all").finished
+    lenet_sgd = variant_table(apply_filters(finished, ["model=lenet5", "optimizer.name=sgd"]))
+
+    assert sorted(lenet_sgd.variant) == ["lenet5/dropout/sgd", "lenet5/l2/sgd", "lenet5/none/sgd"]
+    with pytest.raises(AnalysisError, match="no run has a setting 'modle'"):
+        apply_filters(finished, ["modle=lenet5"])
+    with pytest.raises(AnalysisError, match="expected key=value"):
+        apply_filters(finished, ["lenet5"])
+
+
+def test_sort_orders_best_first(store):
+    finished = select_runs(store["uri"], "grid", "all").finished
+
+    by_accuracy = variant_table(finished, sort="test_acc")
+    assert list(by_accuracy.test_acc) == sorted(by_accuracy.test_acc, reverse=True)
+    by_gap = variant_table(finished, sort="gap")
+    assert list(by_gap.gap) == sorted(by_gap.gap)
+    with pytest.raises(AnalysisError, match="--sort nonsense"):
+        variant_table(finished, sort="nonsense")
+
+
+def test_several_sweeps_pool_their_members(store):
+    pooled = select_runs(store["uri"], "sweeps", ["keya", "keyb"])
+
+    assert set(pooled.runs.run_id) == {store["runs"][name] for name in ("r1", "r2", "r3")}
+    assert set(pooled.parent_run_ids) == set(store["parents"].values())
+
+
+# --- the report: every sentence computed from the table ---
+
+
+def test_report_answers_follow_the_numbers(store):
+    from mnist_exp import report
+
+    table = variant_table(select_runs(store["uri"], "grid", "all").finished)
+    answers = dict(report.answers(table))
+    lenet_vs_mlp, regularizers, lecun = answers.values()
+
+    assert "Yes: with sgd, LeNet-5 (44,426 parameters) reaches 98.00 ± 1.41% (n = 2)" in lenet_vs_mlp
+    assert "+6.00 points (95% CI +1.02 to +10.98, Welch p = 0.0316)" in lenet_vs_mlp
+    assert "Yes, on one seed: with adam" in lenet_vs_mlp  # one seed each: no claim about noise
+    noisy = table.copy()
+    noisy.loc[noisy.variant == "lenet5/none/sgd", "samples"] = pd.Series([[91.0, 95.0]], index=noisy.index[
+        noisy.variant == "lenet5/none/sgd"])  # mean 93 against the MLP's 92 +- 2: inside the noise
+    assert "Not measurably: with sgd" in report.lenet5_vs_mlp(noisy)
+    assert "dropout (+0.25 pp, p = " in regularizers and "stay within seed noise" in regularizers
+    assert "l2 (-0.50 pp) were run with one seed only" in regularizers
+    assert "lenet5/dropout/sgd, reaches 98.25 ± 0.35% (n = 2): -0.80 points" in lecun
+    assert "instead of full MNIST's 60,000" in lecun  # these runs log no train size
+
+
+def test_report_is_written_with_its_figures_and_logged_to_the_sweep_run(store, tmp_path):
+    client = store["client"]
+    parent = store["parents"]["keyb"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "analyze.py"), "--tracking-uri", store["uri"], "--experiment", "sweeps",
+         "--sweep", "keyb", "--report", str(tmp_path / "report")],
+        capture_output=True, text=True, timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr
+    report_text = (tmp_path / "report" / "report.md").read_text()
+    for figure in ("test_curves.png", "generalization_gap.png", "final_accuracy.png"):
+        assert (tmp_path / "report" / figure).stat().st_size > 10_000
+        assert f"]({figure})" in report_text
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert logged == {f"report/{name}" for name in
+                      ("report.md", "test_curves.png", "generalization_gap.png", "final_accuracy.png")}
