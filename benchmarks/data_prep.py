@@ -8,7 +8,9 @@ In one process, on the same tar:
                      Image.open + np.asarray per PNG
   PIL decode alone   only Image.open + np.asarray over PNG bytes already in memory: what PIL in
                      one process can do at best, the bar for the cold decode
-  ours: read         mnist_exp.formats.read_course_split (tarfile + PIL, with every check)
+  ours: read         mnist_exp.formats.read_course_split (tarfile + PIL, with every check), in this
+                     process alone (workers=0) and as load_split runs it (one forked decoding
+                     process per torch thread)
   ours: cold load    mnist_exp.data.load_split on an empty cache: decode + content hash + cache write
   ours: warm load    mnist_exp.data.load_split again: read the cache file and verify its hash
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import benchlib
 import numpy as np
+import torch
 
 
 def reference_read(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -71,32 +74,38 @@ def main() -> None:
     print(f"# {tar}: {len(pngs)} PNGs, {tar.stat().st_size / 2**20:.1f} MiB; best of {args.repeats}")
 
     expected = reference_read(tar)
-    got = read_course_split(tar)
-    assert all(np.array_equal(a, b) for a, b in zip(expected, got)), "read_course_split disagrees with the reference"
+    workers = torch.get_num_threads()  # what load_split passes
+    for n in sorted({0, workers}):
+        got = read_course_split(tar, workers=n)
+        assert all(np.array_equal(a, b) for a, b in zip(expected, got)), f"read_course_split(workers={n}) disagrees"
 
     located = Located("course", folder, {"train": (tar,)})
+    contenders = {
+        "reference decode (tarfile + PIL per PNG)": lambda: reference_read(tar),
+        "PIL decode alone, bytes in memory": lambda: pil_alone(pngs),
+        "ours: read_course_split, workers=0": lambda: read_course_split(tar),
+        f"ours: read_course_split, workers={workers}": lambda: read_course_split(tar, workers=workers),
+    }
+    cold, warm = "ours: load_split, cold (decode + hash + write cache)", "ours: load_split, warm (read cache + verify hash)"
+    times: dict[str, list[float]] = {name: [] for name in [*contenders, cold, warm]}
     scratch = Path(tempfile.mkdtemp(prefix="mnist-exp-cache-"))
-    cold_times, warm_times = [], []
     try:
+        # Interleaved, best of --repeats: this machine's speed drifts by tens of percent over a
+        # minute, which would favour whichever contender ran in a fast stretch.
         for attempt in range(args.repeats):
+            for name, contender in contenders.items():
+                times[name].append(benchlib.best_of(1, contender))
             cache = scratch / str(attempt)
             started = time.perf_counter()
             load_split(located, "train", cache)
-            cold_times.append(time.perf_counter() - started)
+            times[cold].append(time.perf_counter() - started)
             started = time.perf_counter()
-            warm = load_split(located, "train", cache)
-            warm_times.append(time.perf_counter() - started)
-            assert np.array_equal(warm.images.numpy(), expected[0])
+            warm_split = load_split(located, "train", cache)
+            times[warm].append(time.perf_counter() - started)
+            assert np.array_equal(warm_split.images.numpy(), expected[0])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-    measured = {
-        "reference decode (tarfile + PIL per PNG)": benchlib.best_of(args.repeats, lambda: reference_read(tar)),
-        "PIL decode alone, bytes in memory": benchlib.best_of(args.repeats, lambda: pil_alone(pngs)),
-        "ours: read_course_split": benchlib.best_of(args.repeats, lambda: read_course_split(tar)),
-        "ours: load_split, cold (decode + hash + write cache)": min(cold_times),
-        "ours: load_split, warm (read cache + verify hash)": min(warm_times),
-    }
+    measured = {name: min(seconds) for name, seconds in times.items()}
     reference = measured["reference decode (tarfile + PIL per PNG)"]
     pil = measured["PIL decode alone, bytes in memory"]
     rows = [[what, seconds, len(pngs) / seconds, f"{reference / seconds:.1f}x", f"{pil / seconds:.1f}x"]

@@ -187,7 +187,8 @@ def load_split(located: Located, split: str, cache_dir: Path) -> Split:
     if cached is not None:
         return cached
     if len(files) == 1:
-        images, labels = read_course_split(files[0])
+        # As many decoding processes as the run has torch threads: the cores it was given.
+        images, labels = read_course_split(files[0], workers=torch.get_num_threads())
     else:
         images, labels = read_idx_split(*files)
     result = Split(torch.from_numpy(images), torch.from_numpy(labels), content_hash(images, labels))

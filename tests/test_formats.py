@@ -16,7 +16,7 @@ import pytest
 from conftest import SHARED_DATASET, png_bytes, write_course_split, write_tar
 
 from mnist_exp.data import content_hash
-from mnist_exp.formats import DataError, read_course_split, read_idx, read_idx_split
+from mnist_exp.formats import DECODE_CHUNK, DataError, read_course_split, read_idx, read_idx_split
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,56 @@ def test_extracted_folder_reads_exactly_like_its_tar(tmp_path, digits):
 
     np.testing.assert_array_equal(from_folder[0], from_tar[0])
     np.testing.assert_array_equal(from_folder[1], from_tar[1])
+
+
+# --- the parallel decode: more than one chunk of PNGs, decoded in forked processes ---
+
+
+@pytest.fixture(scope="module")
+def many_members(sample_digits):
+    """(name, png) for 2.6 chunks of real digits, IDs shuffled so archive order is not ID order."""
+    n = int(DECODE_CHUNK * 2.6)
+    images, labels = sample_digits["train"].images[:n], sample_digits["train"].labels[:n]
+    ids = np.random.default_rng(0).permutation(n)
+    members = [(f"train/{ids[k]:05d}_{labels[k]}.png", png_bytes(images[k])) for k in range(n)]
+    by_id = np.argsort(ids)
+    return members, images[by_id], labels[by_id]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_decode_with_any_number_of_workers_gives_the_same_arrays(tmp_path, many_members, workers):
+    members, images, labels = many_members
+    tar = write_tar(tmp_path / "train.tar", members)
+
+    decoded_images, decoded_labels = read_course_split(tar, workers=workers)
+
+    np.testing.assert_array_equal(decoded_images, images)
+    np.testing.assert_array_equal(decoded_labels, labels)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_first_bad_png_by_id_is_reported_whichever_chunk_holds_it(tmp_path, many_members, workers):
+    members = list(many_members[0])
+    late, early = len(members) - 3, 4  # positions in the archive: different chunks
+    members[late] = ("train/99998_3.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    members[early] = ("train/99999_3.png", b"not a png")
+    tar = write_tar(tmp_path / "train.tar", members)
+
+    with pytest.raises(DataError) as error:
+        read_course_split(tar, workers=workers)
+
+    assert_one_line_naming(error, str(tar), "'train/99998_3.png'", "does not decode")
+
+
+def test_a_bad_name_after_the_first_chunk_stops_the_parallel_decode(tmp_path, many_members):
+    members = list(many_members[0])
+    members[DECODE_CHUNK + 7] = ("train/12345.png", members[0][1])
+    tar = write_tar(tmp_path / "train.tar", members)
+
+    with pytest.raises(DataError) as error:
+        read_course_split(tar, workers=2)
+
+    assert_one_line_naming(error, str(tar), "'train/12345.png'", "not a labelled PNG")
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "plain"])
@@ -201,6 +251,34 @@ def test_symlink_member_is_refused(tmp_path, digits):
         read_course_split(tar)
 
     assert_one_line_naming(error, str(tar), "'train/00001_5.png'", "not a regular file")
+
+
+def test_sparse_member_is_refused(tmp_path, digits):
+    images, _ = digits
+    sparse = tarfile.TarInfo("train/00001_5.png")
+    sparse.type = tarfile.GNUTYPE_SPARSE  # its data is not stored where a plain member's is
+    with tarfile.open(tmp_path / "train.tar", "w", format=tarfile.GNU_FORMAT) as archive:
+        archive.addfile(sparse)
+
+    with pytest.raises(DataError) as error:
+        read_course_split(tmp_path / "train.tar")
+
+    assert_one_line_naming(error, "'train/00001_5.png'", "not a regular file")
+
+
+@pytest.mark.parametrize("compression", ["gz", "xz"])
+def test_compressed_tar_reads_like_the_plain_one(tmp_path, digits, compression):
+    images, labels = digits
+    plain = write_course_split(tmp_path / "plain.tar", "train", images, labels)
+    compressed = tmp_path / "train.tar"  # the course's name, whatever the content
+    with tarfile.open(plain) as source, tarfile.open(compressed, f"w:{compression}") as target:
+        for member in source:
+            target.addfile(member, source.extractfile(member))
+
+    decoded_images, decoded_labels = read_course_split(compressed)
+
+    np.testing.assert_array_equal(decoded_images, images)
+    np.testing.assert_array_equal(decoded_labels, labels)
 
 
 def test_empty_file_is_not_a_readable_tar(tmp_path):
