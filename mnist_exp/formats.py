@@ -33,7 +33,7 @@ def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndar
 
     Images are ordered by ID (numerically where IDs are numbers), so a tar and its
     extracted folder give identical arrays. With `workers` > 0, PNGs are decoded in that many
-    forked processes while this one goes on reading the archive: tarfile's header parsing and
+    forked processes (at most MAX_DECODE_WORKERS) while this one goes on reading the archive: tarfile's header parsing and
     PIL's decode are both pure-Python-bound, so only processes run them side by side.
     """
     members = _tar_members(path) if path.is_file() else _folder_members(path)
@@ -75,6 +75,9 @@ def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 DECODE_CHUNK = 500  # PNGs per task: a few ms of pickling against ~40 ms of decoding
+# The tar walk here takes about half as long per PNG as a decode, so it feeds about two
+# decoding processes; more would only cost forks (benchmarks/data_prep.py).
+MAX_DECODE_WORKERS = 3
 
 
 def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[tuple[np.ndarray, list]]:
@@ -85,7 +88,7 @@ def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[t
     if workers < 1 or len(first) < DECODE_CHUNK or "fork" not in multiprocessing.get_all_start_methods():
         return [decode_pngs(chunk) for chunk in itertools.chain([first], chunks)]
     # fork, as torch's DataLoader workers do: no re-import of torch, and the workers only run PIL.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(min(workers, MAX_DECODE_WORKERS), mp_context=multiprocessing.get_context("fork")) as pool:
         return list(pool.map(decode_pngs, itertools.chain([first], chunks)))  # submits as the tar is read
 
 
