@@ -148,7 +148,7 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
             # of the cost of an extractfile() per member, which was a third of the whole decode
             archive, plain = tarfile.open(fileobj=io.BytesIO(raw), mode="r:"), raw
         except tarfile.ReadError:  # compressed: offsets count in the decompressed stream
-            archive, plain = tarfile.open(path), None
+            archive, plain = tarfile.open(fileobj=io.BytesIO(raw)), None
     except (tarfile.TarError, OSError) as error:
         raise DataError(f"{path}: not a readable tar archive ({_one_line(error)})") from None
     with archive:
