@@ -80,8 +80,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
         if membership:
             tracking.set_tags(client, run.info.run_id, membership)
         log.info("skipped: identical run %s already FINISHED (force=true trains it again)", run.info.run_id)
-        metrics = run.data.metrics
-        return JobOutcome("skipped", run.info.run_id, metrics.get("val_acc", metrics.get("test_acc")))
+        return JobOutcome("skipped", run.info.run_id, objective_of(run.data.metrics))
 
     checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash)
     run_id, checkpoint = _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep)
@@ -197,8 +196,12 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
                  output_dir / "artifacts")
     tracking.finish(client, run_id, "FINISHED")
     checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
-    final = progress.history[-1]
-    return final.val_acc if final.val_acc is not None else final.test_acc
+    return objective_of(progress.history[-1].as_metrics())
+
+
+def objective_of(metrics: dict[str, float]) -> float | None:
+    """What a sweeper maximizes: validation accuracy when a validation split is held out, else test accuracy."""
+    return metrics.get("val_acc", metrics.get("test_acc"))
 
 
 def _resume(client, run_id: str, checkpoint, data, model, optimizer) -> Progress:
