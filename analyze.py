@@ -4,10 +4,12 @@
     python analyze.py --report reports/latest    + figures and a markdown report (also logged to the sweep's run)
     python analyze.py --sweep all --filter model=lenet5 --sort test_acc --format csv --out lenet5.csv
 
-Defaults for --tracking-uri and --experiment come from conf/train.yaml, like train.py's.
+Defaults for --tracking-uri and --experiment come from conf/train.yaml, like train.py's: MLflow's own
+MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME when set, else sqlite:///mlflow.db and mnist-exp.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,8 +29,8 @@ def config_defaults() -> tuple[str, str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", help="MLflow store (default: mlflow.tracking_uri of conf/train.yaml)")
-    parser.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment of conf/train.yaml)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else mnist-exp)")
     parser.add_argument("--sweep", action="append",
                         help="'latest' (default), 'all', or a sweep's parent run ID (prefix) or key; repeat to pool sweeps")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
@@ -42,17 +44,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write the figures (PNG) to DIR")
     parser.add_argument("--report", type=Path, metavar="DIR",
                         help="write report.md and its figures to DIR, and log them to the sweep's MLflow run")
+    parser.add_argument("--register", metavar="NAME",
+                        help="register the best variant's model (by --metric, mean over seeds) in MLflow's Model "
+                             "Registry as NAME and print its models:/NAME/<version> URI")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per small file
     if args.tracking_uri is None or args.experiment is None:
         default_uri, default_experiment = config_defaults()
         args.tracking_uri = args.tracking_uri or default_uri
         args.experiment = args.experiment or default_experiment
 
-    from mnist_exp.analysis import AnalysisError, apply_filters, format_table, select_runs, variant_table
+    from mnist_exp.analysis import AnalysisError, apply_filters, format_table, register_best, select_runs, variant_table
+    import pandas as pd
+
+    from mnist_exp import tracking
     from mnist_exp.tracking import TrackingError
 
     try:
@@ -77,10 +86,22 @@ def main(argv=None) -> int:
     if args.plots or args.report:
         write_figures_and_report(args, selection, finished, table, format_table(table, "markdown"))
 
+    if args.register:
+        try:
+            variant, uri = register_best(args.tracking_uri, table, finished, args.register, args.metric)
+        except AnalysisError as error:
+            print(f"analyze.py: {error}", file=sys.stderr)
+            return 1
+        print(f"registered the model of {variant}: {uri}")
+
     print(f"\n{selection.description}: {len(finished)} finished runs, {len(table)} variants", file=sys.stderr)
-    for run in selection.unfinished.itertuples():
-        error = run._asdict().get("_".join(["tags", "mnist_exp", "error"]), "")
-        print(f"  not in the table: {run.run_name} ({run.status}) {error}", file=sys.stderr)
+    fallback = [v for v, d in zip(table["variant"], table["data"]) if "fallback" in d]
+    if fallback:
+        print(f"  trained on the offline fallback sample, not on your data: {', '.join(fallback)}", file=sys.stderr)
+    for run in selection.unfinished.to_dict("records"):
+        error = run.get(f"tags.{tracking.ERROR}")
+        print(f"  not in the table: {run['run_name']} ({run['status']}) {'' if pd.isna(error) else error}",
+              file=sys.stderr)
     return 0
 
 

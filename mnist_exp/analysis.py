@@ -1,14 +1,17 @@
-"""Runs from MLflow into pandas: one row per variant (model x regularizer x optimizer), seeds pooled.
+"""Runs from MLflow into pandas: one row per variant (model x regularizer x optimizer x data), seeds pooled.
 
 The comparison columns answer the course's questions directly: how far each variant is from
 the plain MLP and from plain LeNet-5 trained the same way (same optimizer, epochs, data), and
-whether the difference to its baseline is larger than the noise between seeds.
+whether the difference to its baseline is larger than the noise between seeds. Runs trained on
+different data are never pooled or compared. Accuracies are percentages here, named `..._pct`,
+and differences percentage points, `..._pp`; MLflow and history.csv hold fractions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,15 +21,20 @@ import pandas as pd
 
 from mnist_exp import tracking
 from mnist_exp.statistics import estimate, welch
+from mnist_exp.sweep import MEMBERS_FILE
 
-METRICS = {"final": "test_acc", "best": "best_test_acc"}  # --metric: which accuracy of a run counts
-SORT_KEYS = {  # --sort: best first
-    "test_acc": False, "best_test_acc": False, "test_loss": True, "gap": True, "params": True,
-    "train_time_s": True, "variant": True,
+METRICS = {"final": "final_test_acc", "best": "best_test_acc"}  # --metric: which accuracy of a run counts
+SORT_KEYS = {  # --sort name: (column, ascending); best first
+    "test_acc": ("acc_pct", False), "best_test_acc": ("best_test_acc_pct", False), "test_loss": ("test_loss", True),
+    "gap": ("gap_pp", True), "params": ("params", True), "train_time_s": ("train_time_s", True),
+    "variant": ("variant", True),
 }
 FILTER_ALIASES = {"model": "model.name", "regularizer": "regularizer.name", "optimizer": "optimizer.name"}
 # Identity settings that a baseline may differ in: what the comparison is about, and the seed.
 COMPARED = ("model.", "regularizer.", "trainer.seed")
+# Params a run derives from its settings: never what tells two variants apart.
+DERIVED = ("model.parameters", "model.lenet5_parameters", "model.description", "regularizer.name", "data.",
+           "trainer.resolved", "trainer.seed")
 
 
 class AnalysisError(RuntimeError):
@@ -41,9 +49,10 @@ class Selection:
 
     @property
     def finished(self) -> pd.DataFrame:
-        """FINISHED runs, one per config: a config re-trained with force=true counts once, its latest."""
+        """FINISHED runs, one per identity: a run re-trained with force=true counts once, its latest."""
         finished = self.runs[self.runs["status"] == "FINISHED"].sort_values("start_time")
-        return finished.drop_duplicates(f"tags.{tracking.CONFIG_HASH}", keep="last")
+        identity = [f"tags.{tracking.CONFIG_HASH}", *(f"params.{key}" for key in tracking.DATA_IDENTITY)]
+        return finished.drop_duplicates([c for c in identity if c in finished], keep="last")
 
     @property
     def unfinished(self) -> pd.DataFrame:
@@ -74,11 +83,21 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
             raise AnalysisError(f"--sweep {' '.join(sweeps)}: experiment {experiment!r} holds no sweeps (train.py -m ...)")
         return Selection(children, f"all {len(children)} runs of experiment {experiment!r} (it holds no sweeps)")
     chosen = [_find_parent(parents, s) for s in sweeps]
-    member = pd.Series(False, index=children.index)
+    members = set()
     for parent in chosen:
-        member |= _column(children, f"tags.{tracking.sweep_tag(parent[f'tags.{tracking.SWEEP_KEY}'])}") == "1"
+        members |= sweep_members(client, parent["run_id"])
+        members |= set(children.loc[_column(children, f"tags.{tracking.PARENT}") == parent["run_id"], "run_id"])
     described = " + ".join(f"sweep {p['run_id'][:8]} ({p['run_name']})" for p in chosen)
-    return Selection(children[member], described, [p["run_id"] for p in chosen])
+    return Selection(children[children["run_id"].isin(members)], described, [p["run_id"] for p in chosen])
+
+
+def sweep_members(client, parent_run_id: str) -> set[str]:
+    """Every run a sweep used, trained or reused, as its launching process listed them on the parent run."""
+    if not any(a.path == MEMBERS_FILE for a in client.list_artifacts(parent_run_id)):
+        return set()  # still running, or stopped before listing them: its nested runs are all there is
+    with tempfile.TemporaryDirectory() as folder:
+        members = json.loads(Path(client.download_artifacts(parent_run_id, MEMBERS_FILE, folder)).read_text())
+    return {member["run_id"] for member in members}
 
 
 def _find_parent(parents: pd.DataFrame, sweep: str) -> pd.Series:
@@ -111,7 +130,7 @@ def _require_store(tracking_uri: str) -> None:
                 f"no MLflow store at {path.resolve()} ({tracking_uri}): run train.py first, or pass --tracking-uri"
             )
     elif parsed.scheme in ("http", "https"):
-        tracking._check_server(tracking_uri)
+        tracking.check_server(tracking_uri)
 
 
 def _runs_frame(runs: list) -> pd.DataFrame:
@@ -120,6 +139,7 @@ def _runs_frame(runs: list) -> pd.DataFrame:
         row = {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
+            "experiment_id": run.info.experiment_id,
             "status": run.info.status,
             "start_time": run.info.start_time,
         }
@@ -145,78 +165,98 @@ def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
 
 
 def _context_key(run: pd.Series) -> str:
-    """Everything a run's baseline must share with it: every setting but model, regularizer and seed.
-
-    Data is compared by content hash, so the same digits read from a tar or from IDX files match.
-    """
+    """Everything a run's baseline must share with it: every setting but model, regularizer and seed,
+    and the data it read (by content: the same digits from a tar or from IDX files match)."""
     context = {
         key: value
         for key, value in run.items()
         if key.startswith("params.")
         and not key[len("params."):].startswith(tracking.NOT_IDENTITY + COMPARED + ("data.", "trainer.resolved"))
     }
-    data = {key: run.get(key) for key in ("params.data.train_sha256", "params.data.test_sha256")}
+    data = {key: run.get(f"params.{key}") for key in tracking.DATA_IDENTITY}
     return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _settings(run: pd.Series) -> str:
+    """The run's own settings (JSON), without the seed and what follows from the others."""
+    return json.dumps({
+        key[len("params."):]: value for key, value in run.items()
+        if key.startswith("params.") and not pd.isna(value)
+        and not key[len("params."):].startswith(tracking.NOT_IDENTITY + DERIVED)
+    }, sort_keys=True)
+
+
+def _data_label(run: pd.Series) -> str:
+    """'sample 8000/2000 (offline fallback)': where a run's digits came from, and how many."""
+    source = run.get("params.data.resolved_source")
+    if pd.isna(source):
+        return "unrecorded"
+    label = f"{source} {run.get('params.data.train_size')}/{run.get('params.data.test_size')}"
+    return label + (" (offline fallback)" if not pd.isna(run.get(f"tags.{tracking.FALLBACK}")) else "")
+
+
 def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
-    """The numbers of each finished run, in percent, with its variant and its comparison context."""
+    """The numbers of each finished run, in percent, with its variant, its data and its comparison context."""
+    final = _metric(finished, "final_test_acc").fillna(_metric(finished, "test_acc"))  # runs older than final_*
     runs = pd.DataFrame({
         "run_id": finished["run_id"],
         "variant_hash": finished[f"tags.{tracking.VARIANT_HASH}"],
         "context": finished.apply(_context_key, axis=1),
+        "data": finished.apply(_data_label, axis=1),
+        "settings": finished.apply(_settings, axis=1),
         "model": finished["params.model.name"],
         "regularizer": finished["params.regularizer.name"],
         "optimizer": finished["params.optimizer.name"],
         "params": finished["params.model.parameters"].astype(int),
         "epochs": finished["params.trainer.epochs"].astype(int),
         "train_size": pd.to_numeric(_column(finished, "params.data.train_size")),
-        "test_acc": 100 * _metric(finished, METRICS[metric]),
-        "final_test_acc": 100 * _metric(finished, "test_acc"),
-        "best_test_acc": 100 * _metric(finished, "best_test_acc"),
-        "test_loss": _metric(finished, "test_loss"),
-        "train_acc": 100 * _metric(finished, "train_acc"),
-        "train_eval_acc": 100 * _metric(finished, "train_eval_acc"),
+        "final_test_acc_pct": 100 * final,
+        "best_test_acc_pct": 100 * _metric(finished, "best_test_acc"),
+        "test_loss": _metric(finished, "final_test_loss").fillna(_metric(finished, "test_loss")),
+        "train_eval_acc_pct": 100 * _metric(finished, "train_eval_acc"),
         "train_time_s": _metric(finished, "train_time_s"),
     })
+    runs["acc_pct"] = runs["final_test_acc_pct" if metric == "final" else "best_test_acc_pct"]
     runs["variant"] = runs["model"] + "/" + runs["regularizer"] + "/" + runs["optimizer"]
-    runs["gap"] = runs["train_eval_acc"] - runs["test_acc"]  # both measured in eval mode
+    runs["gap_pp"] = runs["train_eval_acc_pct"] - runs["final_test_acc_pct"]  # the same model, both in eval mode
     return runs.reset_index(drop=True)
 
 
 def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | None = None) -> pd.DataFrame:
     """One row per variant: accuracy over its seeds, and its distance to the baselines.
 
-    `vs_mlp` / `vs_lenet5`: difference of mean test accuracy to the unregularized MLP / LeNet-5
-    trained the same way. `vs_baseline` (with Welch's interval and p-value) compares a regularized
-    variant with its own model unregularized, and the plain MLP with plain LeNet-5.
+    `vs_mlp_pp` / `vs_lenet5_pp`: difference of mean accuracy to the unregularized MLP / LeNet-5
+    trained the same way on the same data. `vs_baseline_pp` (with Welch's interval and p-value)
+    compares a regularized variant with its own model unregularized, and the plain MLP with plain LeNet-5.
     """
     if finished.empty:
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
     grouped = runs.groupby(["variant_hash", "context"], sort=False)
-    table = grouped[["variant", "model", "regularizer", "optimizer", "params", "epochs", "train_size"]].first()
+    table = grouped[["variant", "model", "regularizer", "optimizer", "data", "settings", "params", "epochs",
+                     "train_size"]].first()
     table["n"] = grouped.size()
-    for column in ("test_acc", "final_test_acc", "best_test_acc", "test_loss", "train_acc", "train_eval_acc",
-                   "gap", "train_time_s"):
+    for column in ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct", "gap_pp",
+                   "train_time_s"):
         table[column] = grouped[column].mean()
-    table["gap_std"] = grouped["gap"].std(ddof=1)
-    samples = grouped["test_acc"].apply(list)
+    table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
+    samples = grouped["acc_pct"].apply(list)
     estimates = samples.map(estimate)
-    table["test_acc_std"] = [e.std for e in estimates]
-    table["test_acc_ci_low"] = [e.ci_low for e in estimates]
-    table["test_acc_ci_high"] = [e.ci_high for e in estimates]
-    table["samples"] = samples
+    table["acc_pct_std"] = [e.std for e in estimates]
+    table["acc_pct_ci_low"] = [e.ci_low for e in estimates]
+    table["acc_pct_ci_high"] = [e.ci_high for e in estimates]
+    table["acc_pct_samples"] = samples
+    table["run_ids"] = grouped["run_id"].apply(list)
     table = table.reset_index()
 
     plain = table[table["regularizer"] == "none"]
-    for column, model in (("vs_mlp", "mlp"), ("vs_lenet5", "lenet5")):
-        reference = plain[plain["model"] == model].drop_duplicates("context").set_index("context")["test_acc"]
-        table[column] = table["test_acc"] - table["context"].map(reference)
+    for column, model in (("vs_mlp_pp", "mlp"), ("vs_lenet5_pp", "lenet5")):
+        reference = plain[plain["model"] == model].drop_duplicates("context").set_index("context")["acc_pct"]
+        table[column] = table["acc_pct"] - table["context"].map(reference)
     _compare_with_baselines(table, plain)
     _disambiguate(table)
     table = _sorted(table, sort)
-    return table.drop(columns=["variant_hash", "context"]).reset_index(drop=True)
+    return table.drop(columns=["variant_hash", "context", "settings"]).reset_index(drop=True)
 
 
 def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
@@ -228,9 +268,10 @@ def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
         if baseline is None:
             results.append((None, np.nan, np.nan, np.nan, np.nan, None))
             continue
-        d = welch(row.samples, baseline.samples)
+        d = welch(row.acc_pct_samples, baseline.acc_pct_samples)
         results.append((baseline.variant, d.diff, d.ci_low, d.ci_high, d.p_value, d.within_noise))
-    columns = ["baseline", "vs_baseline", "vs_baseline_ci_low", "vs_baseline_ci_high", "p_value", "within_noise"]
+    columns = ["baseline", "vs_baseline_pp", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high", "p_value",
+               "within_noise"]
     for i, column in enumerate(columns):
         table[column] = [result[i] for result in results]
 
@@ -239,25 +280,34 @@ def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
     if sort is not None:
         if sort not in SORT_KEYS:
             raise AnalysisError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
-        return table.sort_values(sort, ascending=SORT_KEYS[sort], kind="stable")
+        column, ascending = SORT_KEYS[sort]
+        return table.sort_values(column, ascending=ascending, kind="stable")
     # Reading order: per optimizer, the MLP first, then LeNet-5 plain, then its regularized variants.
     order = table.assign(
         _model_rank=table["model"].map({"mlp": 0, "lenet5": 1}), _regularized=table["regularizer"] != "none"
-    ).sort_values(["optimizer", "_model_rank", "_regularized", "regularizer"], kind="stable")
+    ).sort_values(["data", "optimizer", "_model_rank", "_regularized", "regularizer"], kind="stable")
     return table.loc[order.index]
 
 
 def _disambiguate(table: pd.DataFrame) -> None:
-    """Variants that share a model/regularizer/optimizer name differ elsewhere (lr, epochs, data): say so."""
+    """Variants that share a model/regularizer/optimizer name differ elsewhere: name what differs,
+    'mlp/none/sgd lr=0.02', or the data when that is all."""
     duplicated = table["variant"].duplicated(keep=False)
-    if duplicated.any():
-        table.loc[duplicated, "variant"] = table.loc[duplicated].apply(
-            lambda row: f"{row['variant']} [{row['variant_hash'][:6]}]", axis=1
-        )
+    for variant, rows in table[duplicated].groupby("variant"):
+        settings = [json.loads(s) for s in rows["settings"]]
+        differing = sorted({key for s in settings for key in s if any(o.get(key) != s.get(key) for o in settings)})
+        labels = [
+            " ".join([variant, *(f"{key.split('.', 1)[-1]}={s.get(key, '-')}" for key in differing)])
+            if differing else f"{variant} [{data}]"
+            for s, data in zip(settings, rows["data"])
+        ]
+        if len(set(labels)) < len(labels):  # same settings, other data: both differ
+            labels = [f"{label} [{data}]" for label, data in zip(labels, rows["data"])]
+        table.loc[rows.index, "variant"] = labels
 
 
 def histories(tracking_uri: str, finished: pd.DataFrame, keys=("test_acc", "test_loss", "train_acc", "train_loss")):
-    """Per-epoch metrics of every finished run: columns run_id, variant, epoch, and one per key."""
+    """Per-epoch metrics of every finished run: columns run_id, variant, epoch, and one per key (fractions)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -274,26 +324,55 @@ def histories(tracking_uri: str, finished: pd.DataFrame, keys=("test_acc", "test
     return pd.concat(frames, ignore_index=True)
 
 
+def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str,
+                  metric: str) -> tuple[str, str]:
+    """Register the model of the best variant (by mean over seeds) in the Model Registry.
+
+    Of that variant's seeds, the run with the highest accuracy supplies the weights. Returns the
+    variant and the registered version's models:/NAME/<version> URI.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    best = table.sort_values("acc_pct", ascending=False, kind="stable").iloc[0]
+    runs = per_run(finished, metric).set_index("run_id").loc[best.run_ids]
+    run_id = runs["acc_pct"].idxmax()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
+                                               experiment_ids=[finished.set_index("run_id").loc[run_id, "experiment_id"]])
+        version = mlflow.register_model(
+            model.model_uri, name,
+            tags={"variant": best.variant, "metric": METRICS[metric], "variant_mean_pct": f"{best.acc_pct:.2f}",
+                  "seeds": str(best.n), "data": best.data, "run_id": run_id},
+        )
+    except (MlflowException, ValueError) as error:  # ValueError: the run logged no model (or several)
+        raise AnalysisError(f"--register {name}: cannot register the model of run {run_id} "
+                            f"({best.variant}): {str(error).splitlines()[0]}") from None
+    return best.variant, f"models:/{name}/{version.version}"
+
+
 def format_table(table: pd.DataFrame, fmt: str) -> str:
-    """markdown for people; csv and json keep every column, `samples` holding each seed's accuracy."""
+    """markdown for people; csv and json keep every column, `acc_pct_samples` holding each seed's accuracy."""
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.6g")
     if fmt == "json":
         return table.to_json(orient="records", indent=2)
     shown = pd.DataFrame({
         "variant": table["variant"],
+        "data": table["data"],
         "params": table["params"],
         "n": table["n"],
-        "test acc %": [_mean_std(m, s) for m, s in zip(table["test_acc"], table["test_acc_std"])],
-        "95% CI": [_interval(lo, hi) for lo, hi in zip(table["test_acc_ci_low"], table["test_acc_ci_high"])],
-        "best %": table["best_test_acc"].map(_number("{:.2f}")),
+        "test acc %": [_mean_std(m, s) for m, s in zip(table["acc_pct"], table["acc_pct_std"])],
+        "95% CI": [_interval(lo, hi) for lo, hi in zip(table["acc_pct_ci_low"], table["acc_pct_ci_high"])],
+        "best %": table["best_test_acc_pct"].map(_number("{:.2f}")),
         "test loss": table["test_loss"].map(_number("{:.4f}")),
-        "train acc %": table["train_eval_acc"].map(_number("{:.2f}")),
-        "gap pp": table["gap"].map(_number("{:+.2f}")),
+        "train (eval) %": table["train_eval_acc_pct"].map(_number("{:.2f}")),
+        "gap pp": table["gap_pp"].map(_number("{:+.2f}")),
         "epochs": table["epochs"],
         "time s": table["train_time_s"].map(_number("{:.1f}")),
-        "Δ MLP pp": table["vs_mlp"].map(_signed),
-        "Δ LeNet-5 pp": table["vs_lenet5"].map(_signed),
+        "Δ MLP pp": table["vs_mlp_pp"].map(_signed),
+        "Δ LeNet-5 pp": table["vs_lenet5_pp"].map(_signed),
         "vs baseline": [_versus(row) for row in table.itertuples()],
     })
     return shown.to_markdown(index=False, disable_numparse=True)
@@ -319,6 +398,6 @@ def _versus(row) -> str:
     if pd.isna(row.baseline):
         return ""
     if pd.isna(row.within_noise):
-        return f"{row.vs_baseline:+.2f} vs {row.baseline} (1 seed: no test)"
+        return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} (1 seed: no test)"
     verdict = "noise" if row.within_noise else f"p={row.p_value:.3f}"
-    return f"{row.vs_baseline:+.2f} vs {row.baseline} ({verdict})"
+    return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({verdict})"

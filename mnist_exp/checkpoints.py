@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -23,8 +25,10 @@ class Checkpoint:
     progress: Progress
 
 
-def checkpoint_path(checkpoint_dir: str, config_hash: str) -> Path:
-    return Path(checkpoint_dir) / f"{config_hash}.pt"
+def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str, str] | None) -> Path:
+    """One file per run identity: the requested config and the data it read."""
+    data = hashlib.sha256(json.dumps(data_params, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(checkpoint_dir) / f"{config_hash}-{data}.pt"
 
 
 def save(path: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:

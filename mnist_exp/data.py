@@ -32,6 +32,7 @@ IDX_NAMES = {
 IDX_FOLDERS = (".", "MNIST/raw", "idx")  # torchvision's download lands in MNIST/raw
 CACHE_FORMAT = 1  # bump when the decoded layout changes, so old cache files are ignored
 DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's first MNIST mirror
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class MNIST:
     validation: Split | None  # held out from the training images (data.validation_size), for tuning
     source: str
     location: str
+    name: str  # a short name for the data set: its folder's, or mnist-10k for the sample
+    url: str | None  # where a download came from
     fallback: str | None  # why data.source=auto fell back to the offline sample
 
 
@@ -88,7 +91,9 @@ def load_mnist(data_cfg) -> MNIST:
                 f"(the training split has {len(train)})"
             )
         train, validation = train.part(0, keep), train.part(keep, len(train))
-    return MNIST(train, test, validation, located.source, str(located.location), fallback)
+    name = SAMPLE_DIR.name if located.source == "sample" else Path(data_cfg.root).resolve().name
+    url = DOWNLOAD_URL if located.source == "download" else None
+    return MNIST(train, test, validation, located.source, str(located.location), name, url, fallback)
 
 
 def locate(root: Path, source: str) -> tuple[Located, str | None]:

@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -25,8 +26,10 @@ from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
 from mnist_exp.regularization import model_features, train_augmentation, variant_name, weight_decay
-from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, write_job_status
-from mnist_exp.training import Diverged, InputPipeline, Progress, evaluate, fit, make_optimizer, resolve_device
+from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, run_name, write_job_status
+from mnist_exp.training import (
+    Diverged, InputPipeline, PixelClassifier, Progress, evaluate, fit, make_optimizer, resolve_device,
+)
 from mnist_exp.validation import ConfigError, validate
 
 log = logging.getLogger("mnist_exp")
@@ -39,13 +42,22 @@ USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, Diverged)
 class JobOutcome:
     status: str  # finished | skipped | failed | killed
     run_id: str | None
-    objective: float | None  # final val_acc with a validation split, else final test_acc
+    run_name: str | None
+    objective: float | None  # the final validation accuracy, with a validation split
     error: str | None = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while a run was open; carries the run so the sweep can name it."""
+
+    def __init__(self, run_id: str, name: str):
+        super().__init__(f"run {run_id} interrupted")
+        self.run_id, self.run_name = run_id, name
 
 
 def run_hydra_job(cfg: DictConfig) -> float | None:
     """The task function behind train.py. Returns the run's objective, the value Optuna maximizes:
-    the final validation accuracy when data.validation_size holds some out, else the test accuracy."""
+    the final validation accuracy (a search without a validation split is refused before it starts)."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep = read_sweep_info(hydra_cfg.sweep.dir) if multirun else None
@@ -53,13 +65,15 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     launch_id = sweep.launch_id if sweep else None
     try:
-        outcome = run_job(cfg, sweep, output_dir)
+        outcome = run_job(cfg, sweep, output_dir, overrides)
     except tracking.TrackingError as error:  # no MLflow run could be opened to record it on
-        outcome = JobOutcome("failed", None, None, str(error))
-    except KeyboardInterrupt:
-        write_job_status(str(output_dir), JobStatus("killed", overrides, None, "interrupted", launch_id))
+        outcome = JobOutcome("failed", None, None, None, str(error))
+    except KeyboardInterrupt as interrupt:
+        run_id, name = getattr(interrupt, "run_id", None), getattr(interrupt, "run_name", None)
+        write_job_status(output_dir, JobStatus("killed", overrides, run_id, "interrupted", launch_id, name))
         raise
-    write_job_status(str(output_dir), JobStatus(outcome.status, overrides, outcome.run_id, outcome.error, launch_id))
+    write_job_status(output_dir, JobStatus(outcome.status, overrides, outcome.run_id, outcome.error, launch_id,
+                                           outcome.run_name))
     if outcome.status == "failed":
         log.error("FAILED: %s", outcome.error)
         if not multirun:
@@ -67,29 +81,53 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     return outcome.objective
 
 
-def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOutcome:
+def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, overrides: list[str]) -> JobOutcome:
     params = tracking.flat_params(cfg)
     config_hash = tracking.config_hash(params)
     client, experiment_id = tracking.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
-    membership = {tracking.sweep_tag(sweep.key): "1"} if sweep else {}
-    existing = tracking.runs_with_config(client, experiment_id, config_hash)
+    name = run_name(variant_label(cfg), cfg.trainer.seed, overrides, sweep.swept if sweep else [])
+    data = problem = None
+    try:  # a bad value or bad data still gets a run, FAILED, that says why
+        validate(cfg)
+        if cfg.trainer.threads is not None:
+            torch.set_num_threads(cfg.trainer.threads)
+        device = resolve_device(cfg.trainer.device)
+        data = load_mnist(cfg.data)
+    except (ConfigError, DataError, RuntimeError) as error:
+        problem, device = error, torch.device("cpu")
 
-    finished = [run for run in existing if run.info.status == "FINISHED"]
+    data_params = data_params_of(data) if data is not None else None
+    twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
+    finished = [run for run in twins if run.info.status == "FINISHED"]
     if finished and not cfg.force:
         run = finished[0]
-        if membership:
-            tracking.set_tags(client, run.info.run_id, membership)
-        log.info("skipped: identical run %s already FINISHED (force=true trains it again)", run.info.run_id)
-        return JobOutcome("skipped", run.info.run_id, objective_of(run.data.metrics))
+        trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
+        other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
+        log.info("skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
+                 run.info.run_id, run.info.run_name, other_code)
+        return JobOutcome("skipped", run.info.run_id, run.info.run_name, objective_of(run.data.metrics))
 
-    checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash)
-    run_id, checkpoint = _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep)
-    if membership:
-        tracking.set_tags(client, run_id, membership)
+    checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash,
+                                                  data_params and tracking.data_identity(data_params))
+    tags = {
+        tracking.CONFIG_HASH: config_hash,
+        tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
+        tracking.VARIANT: variant_label(cfg),
+        **tracking.context_tags(device, torch.get_num_threads()),
+        **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
+    }
+    run_params = {**params, **(data_params or {})}
+    run_id, checkpoint = _open_run(client, experiment_id, cfg, run_params, name, tags, twins, checkpoint_file)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.start_run(run_id=run_id)  # the active run: MLflow fluent calls in this job land in it
+    log.info("MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
 
     previous_sigterm = _sigterm_raises_interrupt()
+    status = "FINISHED"
     try:
-        objective = train_and_log(cfg, client, run_id, checkpoint, checkpoint_file, output_dir)
+        if problem is not None:
+            raise problem
+        objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         traceback_file = output_dir / "traceback.txt"
@@ -97,16 +135,18 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path) -> JobOu
         if not isinstance(error, USER_ERRORS + (KeyboardInterrupt,)):
             log.error("%s", traceback.format_exc())
         try:
-            tracking.record_failure(client, run_id, error, traceback_file, status)
+            tracking.record_failure(client, run_id, error, traceback_file)
+            _log_hydra_files(output_dir)
         except Exception as tracking_error:  # the store itself may be what failed
             log.error("could not record the failure in MLflow: %s", tracking_error)
         if isinstance(error, KeyboardInterrupt):
-            raise
-        return JobOutcome("failed", run_id, None, f"{type(error).__name__}: {error}")
+            raise Interrupted(run_id, name) from None
+        return JobOutcome("failed", run_id, name, None, f"{type(error).__name__}: {error}")
     finally:
+        _end_run(status)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    return JobOutcome("finished", run_id, objective)
+    return JobOutcome("finished", run_id, name, objective)
 
 
 def variant_label(cfg) -> str:
@@ -114,43 +154,45 @@ def variant_label(cfg) -> str:
     return f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}"
 
 
-def _open_run(client, experiment_id, cfg, params, config_hash, existing, checkpoint_file, sweep):
+def data_params_of(data) -> dict[str, str]:
+    """What the run actually read: its identity (source and content hashes) and its size."""
+    params = {
+        "data.resolved_source": data.source,
+        "data.location": data.location,
+        "data.train_size": str(len(data.train)),
+        "data.test_size": str(len(data.test)),
+        "data.validation_size_used": str(len(data.validation) if data.validation is not None else 0),
+        "data.train_sha256": data.train.sha256,
+        "data.test_sha256": data.test.sha256,
+    }
+    if data.validation is not None:
+        params["data.validation_sha256"] = data.validation.sha256
+    return params
+
+
+def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_file):
     """Resume the run a checkpoint belongs to, or start a new one; close runs a kill left RUNNING."""
     checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
-    unfinished = {run.info.run_id: run for run in existing if run.info.status != "FINISHED"}
+    unfinished = {run.info.run_id: run for run in twins if run.info.status != "FINISHED"}
     if checkpoint is not None and checkpoint.run_id in unfinished:
         run_id = checkpoint.run_id
-        client.update_run(run_id, status="RUNNING")
-        if tracking.ERROR in unfinished[run_id].data.tags:
-            client.delete_tag(run_id, tracking.ERROR)  # the error of the attempt being resumed
+        tracking.forget_failure(client, unfinished[run_id])
         log.info("resuming run %s after epoch %d", run_id, checkpoint.progress.epochs_done)
     else:
         checkpoint = None
-        tags = {
-            tracking.CONFIG_HASH: config_hash,
-            tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
-            tracking.VARIANT: variant_label(cfg),
-            **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
-        }
-        run_id = tracking.create_run(client, experiment_id, f"{variant_label(cfg)} seed={cfg.trainer.seed}", tags)
-        tracking.log_params(client, run_id, params)
-    for run in existing:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    for run in twins:
         if run.info.status == "RUNNING" and run.info.run_id != run_id:
             # Its process died before its first checkpoint (or it was run with force=true): it can
             # only be continued by this run, so it must not stay RUNNING forever.
-            tracking.set_tags(client, run.info.run_id, {tracking.ERROR: f"abandoned: superseded by run {run_id}"})
-            tracking.finish(client, run.info.run_id, "KILLED")
+            client.set_tag(run.info.run_id, tracking.ERROR, f"abandoned: superseded by run {run_id}")
+            client.set_terminated(run.info.run_id, "KILLED")
     return run_id, checkpoint
 
 
-def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, output_dir: Path) -> float:
-    validate(cfg)
-    if cfg.trainer.threads is not None:
-        torch.set_num_threads(cfg.trainer.threads)
+def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path) -> float | None:
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(cfg.trainer.device)
-
-    data = load_mnist(cfg.data)
     torch.manual_seed(cfg.trainer.seed)
     built = build_model(cfg.model, model_features(cfg.regularizer))
     model = built.model.to(device)
@@ -160,24 +202,20 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
         built.description, built.parameters, built.lenet5_parameters, data.source, data.location,
         len(data.train), len(data.test), device, torch.get_num_threads(),
     )
-    progress = Progress() if checkpoint is None else _resume(client, run_id, checkpoint, data, model, optimizer)
-    tracking.log_params(client, run_id, {
-        "model.parameters": str(built.parameters),
-        "model.lenet5_parameters": str(built.lenet5_parameters),
-        "model.description": built.description,
-        "regularizer.name": variant_name(cfg.regularizer),
-        "data.resolved_source": data.source,
-        "data.location": data.location,
-        "data.train_size": str(len(data.train)),
-        "data.test_size": str(len(data.test)),
-        "data.validation_size_used": str(len(data.validation) if data.validation is not None else 0),
-        "data.train_sha256": data.train.sha256,
-        "data.test_sha256": data.test.sha256,
-        "trainer.resolved_device": str(device),
-        "trainer.resolved_threads": str(torch.get_num_threads()),
-    })
-    if data.fallback:
-        tracking.set_tags(client, run_id, {tracking.FALLBACK: data.fallback})
+    datasets = tracking.datasets(data)
+    if checkpoint is None:
+        progress = Progress()
+        mlflow.log_params({
+            "model.parameters": str(built.parameters),
+            "model.lenet5_parameters": str(built.lenet5_parameters),
+            "model.description": built.description,
+            "regularizer.name": variant_name(cfg.regularizer),
+        })
+        tracking.log_datasets(datasets)
+        if data.fallback:
+            mlflow.set_tag(tracking.FALLBACK, data.fallback)
+    else:
+        progress = _resume(checkpoint, model, optimizer)
 
     inputs = InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer))
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
@@ -185,54 +223,54 @@ def train_and_log(cfg, client, run_id: str, checkpoint, checkpoint_file: Path, o
     with RunProgress(title, cfg.trainer.epochs, progress.epochs_done, batches) as display:
 
         def on_epoch_end(progress: Progress) -> None:
+            run_id = mlflow.active_run().info.run_id
             checkpoints.save(checkpoint_file, run_id, model, optimizer, progress)  # before logging: see _resume
             metrics = progress.history[-1]
-            tracking.log_metrics(client, run_id, metrics.as_metrics(), step=metrics.epoch)
+            mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
             display.epoch(metrics)
 
         fit(model, optimizer, data, cfg.trainer, inputs, device, progress, on_epoch_end, display.batch)
 
-    _log_results(cfg, client, run_id, model, data, inputs, device, progress, f"{built.description} ({title})",
-                 output_dir / "artifacts")
-    tracking.finish(client, run_id, "FINISHED")
+    _log_results(cfg, model, data, datasets, inputs, device, progress, f"{built.description} ({title})", output_dir)
     checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
     return objective_of(progress.history[-1].as_metrics())
 
 
 def objective_of(metrics: dict[str, float]) -> float | None:
-    """What a sweeper maximizes: validation accuracy when a validation split is held out, else test accuracy."""
-    return metrics.get("val_acc", metrics.get("test_acc"))
+    """What a sweeper maximizes: the validation accuracy. Never the test accuracy, so a search
+    cannot tune on the test set."""
+    return metrics.get("val_acc")
 
 
-def _resume(client, run_id: str, checkpoint, data, model, optimizer) -> Progress:
-    recorded = client.get_run(run_id).data.params
-    if (recorded.get("data.train_sha256"), recorded.get("data.test_sha256")) != (data.train.sha256, data.test.sha256):
-        raise DataError(
-            f"the data changed since run {run_id} was checkpointed, so it cannot be resumed; "
-            "add force=true to train from scratch"
-        )
+def _resume(checkpoint, model, optimizer) -> Progress:
     model.load_state_dict(checkpoint.model_state)
     optimizer.load_state_dict(checkpoint.optimizer_state)
-    logged = tracking.logged_steps(client, run_id, "test_acc")
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "test_acc")}
     for metrics in checkpoint.progress.history:  # a kill between checkpoint and log_metrics leaves a gap
         if metrics.epoch not in logged:
-            tracking.log_metrics(client, run_id, metrics.as_metrics(), step=metrics.epoch)
+            mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
     return checkpoint.progress
 
 
-def _log_results(cfg, client, run_id, model, data, inputs, device, progress: Progress, title: str, folder: Path):
-    """Summary metrics and the artifacts: config, history, curves, confusion matrix, weights."""
-    _, _, predictions = evaluate(model, data.test, cfg.trainer.eval_batch_size, inputs, device)
+def _log_results(cfg, model, data, datasets, inputs, device, progress: Progress, title: str, output_dir: Path):
+    """Summary metrics, the model, and the artifacts: config, history, curves, confusion matrix, Hydra's files."""
+    test_loss, test_acc, predictions = evaluate(model, data.test, cfg.trainer.eval_batch_size, inputs, device)
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
     # the generalization gap needs the finished model's accuracy on the training images themselves.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, cfg.trainer.eval_batch_size, inputs, device)
-    tracking.log_metrics(client, run_id, {
+    mlflow.log_metrics({
         "best_test_acc": max(m.test_acc for m in progress.history),
         "train_eval_loss": train_eval_loss,
         "train_eval_acc": train_eval_acc,
         "train_time_s": progress.train_time_s,
     }, step=progress.epochs_done)
+    model_info = tracking.log_model(PixelClassifier(model, cfg.data.mean, cfg.data.std).eval(), data.test.images[:5])
+    # What the delivered model scores, linked to it (mlflow.search_logged_models) and to the test split.
+    mlflow.log_metrics({"final_test_loss": test_loss, "final_test_acc": test_acc}, step=progress.epochs_done,
+                       model_id=model_info.model_id, dataset=datasets["test"])
 
+    folder = output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (folder / "history.csv").write_text(_history_csv(progress))
@@ -240,14 +278,27 @@ def _log_results(cfg, client, run_id, model, data, inputs, device, progress: Pro
     counts = plots.confusion_matrix(data.test.labels.numpy(), predictions.numpy())
     np.savetxt(folder / "confusion_matrix.csv", counts, fmt="%d", delimiter=",")
     plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / "confusion_matrix.png")
-    torch.save(model.state_dict(), folder / "model_state.pt")
-    tracking.log_artifacts(client, run_id, folder)
+    mlflow.log_artifacts(str(folder))
+    _log_hydra_files(output_dir)
+
+
+def _log_hydra_files(output_dir: Path) -> None:
+    """The job's composed config (.hydra/) and its log, as Hydra wrote them, under hydra/."""
+    for path in [*(output_dir / ".hydra").glob("*.yaml"), *output_dir.glob("*.log")]:
+        mlflow.log_artifact(str(path), "hydra")
 
 
 def _history_csv(progress: Progress) -> str:
     rows = [{"epoch": m.epoch, **m.as_metrics()} for m in progress.history]
     lines = [",".join(rows[0])] + [",".join(str(value) for value in row.values()) for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _end_run(status: str) -> None:
+    try:
+        mlflow.end_run(status)
+    except Exception as error:  # the store may be what failed; the run was recorded as far as it could be
+        log.error("could not close the MLflow run: %s", error)
 
 
 def _sigterm_raises_interrupt():

@@ -27,11 +27,11 @@ def plot_all(table: pd.DataFrame, history: pd.DataFrame, folder: Path) -> dict[s
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / file for name, file in FIGURES.items()}
     plot_test_curves(history, table["variant"].tolist(), paths["curves"])
-    plot_bars(table, "gap", "train − test accuracy (pp), eval mode",
+    plot_bars(table, "gap_pp", "train − test accuracy (pp), eval mode",
               "Generalization gap after the last epoch (mean ± std over seeds)", paths["gap"],
-              error=(table["gap_std"], table["gap_std"]))
-    plot_bars(table, "test_acc", "test accuracy (%)", "Test accuracy (mean, 95% CI over seeds)", paths["accuracy"],
-              error=(table["test_acc"] - table["test_acc_ci_low"], table["test_acc_ci_high"] - table["test_acc"]))
+              error=(table["gap_pp_std"], table["gap_pp_std"]))
+    plot_bars(table, "acc_pct", "test accuracy (%)", "Test accuracy (mean, 95% CI over seeds)", paths["accuracy"],
+              error=(table["acc_pct"] - table["acc_pct_ci_low"], table["acc_pct_ci_high"] - table["acc_pct"]))
     return paths
 
 
@@ -66,7 +66,7 @@ def plot_bars(table: pd.DataFrame, column: str, ylabel: str, title: str, path: P
     ax.bar(range(len(table)), values, yerr=yerr, capsize=4, color=colors)
     ax.set_xticks(range(len(table)), table["variant"], rotation=30, ha="right")
     ax.set(ylabel=ylabel, title=title)
-    if column == "test_acc":
+    if column == "acc_pct":
         finite = values[np.isfinite(values)]
         ax.set_ylim(max(0, finite.min() - 3), min(100, finite.max() + 1.5))
     ax.grid(axis="y", alpha=0.3)
@@ -88,8 +88,8 @@ def answers(table: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _acc(row) -> str:
-    spread = "" if pd.isna(row.test_acc_std) else f" ± {row.test_acc_std:.2f}"
-    return f"{row.test_acc:.2f}{spread}% (n = {row.n})"
+    spread = "" if pd.isna(row.acc_pct_std) else f" ± {row.acc_pct_std:.2f}"
+    return f"{row.acc_pct:.2f}{spread}% (n = {row.n})"
 
 
 def _evidence(diff, ci_low, ci_high, p_value, within_noise) -> str:
@@ -107,7 +107,7 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> str:
         if lenet.empty or mlp.empty:
             continue
         lenet, mlp = lenet.iloc[0], mlp.iloc[0]
-        d = welch(lenet.samples, mlp.samples)
+        d = welch(lenet.acc_pct_samples, mlp.acc_pct_samples)
         if d.within_noise is None:
             verdict = ("Yes" if d.diff > 0 else "No") + ", on one seed"
         elif d.within_noise:
@@ -129,13 +129,13 @@ def regularizers(table: pd.DataFrame) -> str:
     groups = {"help beyond seed noise": [], "hurt beyond seed noise": [], "stay within seed noise": [],
               "were run with one seed only, so noise is unknown": []}
     for row in regularized.itertuples():
-        entry = f"{row.regularizer} ({row.vs_baseline:+.2f} pp" + (
+        entry = f"{row.regularizer} ({row.vs_baseline_pp:+.2f} pp" + (
             "" if pd.isna(row.within_noise) else f", p = {row.p_value:.3g}") + ")"
         if pd.isna(row.within_noise):
             groups["were run with one seed only, so noise is unknown"].append(entry)
         elif row.within_noise:
             groups["stay within seed noise"].append(entry)
-        elif row.vs_baseline > 0:
+        elif row.vs_baseline_pp > 0:
             groups["help beyond seed noise"].append(entry)
         else:
             groups["hurt beyond seed noise"].append(entry)
@@ -149,8 +149,8 @@ def versus_lecun(table: pd.DataFrame) -> str:
     lenet = table[table["model"] == "lenet5"]
     if lenet.empty:
         return "This selection has no LeNet-5 runs."
-    best = lenet.sort_values("test_acc", ascending=False).iloc[0]
-    gap = best.test_acc - LECUN_1998_TEST_ACC
+    best = lenet.sort_values("acc_pct", ascending=False).iloc[0]
+    gap = best.acc_pct - LECUN_1998_TEST_ACC
     size = best.train_size
     if not pd.isna(size) and int(size) >= FULL_MNIST_TRAIN:
         context = f"trained on full MNIST ({int(size):,} images) for {best.epochs} epochs, so the two are comparable"

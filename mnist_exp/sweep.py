@@ -2,21 +2,25 @@
 
 Before any job starts it checks the output folder, creates the MLflow store and experiment
 once (parallel jobs racing to create a fresh sqlite store corrupt it) and opens the sweep's
-parent run. Jobs find the
-parent through a small file in the sweep folder, which works with every launcher. At the end
-it prints what happened to each job and exits non-zero if any failed.
+parent run. Jobs find the parent through a small file in the sweep folder, which works with
+every launcher. At the end it lists every member of the sweep on the parent run, prints what
+happened to each job and exits non-zero if any failed; a sweep that stops early (Hydra rejects
+a job's config, Ctrl-C, SIGTERM) still closes its parent run, FAILED or KILLED.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
+import signal
 import sys
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -24,7 +28,10 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
 STATUS_FILE = "job_status.json"
+MEMBERS_FILE = "sweep_members.json"
 IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=true or logged elsewhere
+NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "trainer.seed")  # already in every run's name
+MAX_LISTED = 60  # members listed in the parent run's description; all of them are in MEMBERS_FILE
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class SweepInfo:
     parent_run_id: str
     experiment_id: str
     launch_id: str  # this launch of the sweep: a reused sweep folder may hold statuses of earlier ones
+    swept: list[str] = field(default_factory=list)  # the keys the sweep varies: they name its runs
 
 
 @dataclass(frozen=True)
@@ -43,12 +51,60 @@ class JobStatus:
     run_id: str | None
     error: str | None = None
     launch_id: str | None = None
+    run_name: str | None = None
 
 
-def sweep_identity(task_overrides: list[str]) -> tuple[str, str]:
+def swept_keys(task_overrides: list[str], sweeper_params: dict) -> list[str]:
+    """Keys the sweep varies: `key=a,b` (or range/choice/interval) overrides, and the sweeper's params
+    that the command line does not pin to one value."""
+    parsed = _parse(task_overrides)
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
+    return keys + [str(key) for key in sweeper_params if str(key) not in keys and str(key) not in pinned]
+
+
+def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None) -> tuple[str, str]:
+    """(key, name): the key ignores order, force and the store; the name leads with what the sweep varies."""
     kept = sorted(o for o in task_overrides if not o.startswith(IGNORED_OVERRIDES))
-    name = " ".join(kept) or "(defaults)"
-    return hashlib.sha256(name.encode()).hexdigest()[:12], name
+    swept = swept_keys(kept, sweeper_params or {})
+    by_key = {_key(o): o for o in kept}
+    choices = [by_key.get(key, f"{key}={(sweeper_params or {}).get(key)}") for key in swept]
+    fixed = [_short_paths(o) for o in kept if _key(o) not in swept]
+    name = " ".join(choices) + (f" ({' '.join(fixed)})" if fixed and choices else " ".join(fixed))
+    return hashlib.sha256((" ".join(kept) or "(defaults)").encode()).hexdigest()[:12], name or "(defaults)"
+
+
+def run_name(variant: str, seed: int, overrides: list[str], swept: list[str]) -> str:
+    """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's value of every other swept key."""
+    values = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    extras = [f"{_short_key(key)}={_short_value(values[key])}" for key in swept
+              if key in values and key not in NAMED_BY_VARIANT]
+    return " ".join([variant, *extras, f"seed={seed}"])
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _parse(overrides: list[str]) -> list:
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports a malformed override itself, with a better message
+        return []
+
+
+def _short_key(key: str) -> str:
+    """optimizer.lr -> lr, regularizer.dropout.p -> dropout.p: the group is clear from the value."""
+    return key.split(".", 1)[1] if "." in key else key
+
+
+def _short_value(value: str) -> str:
+    return value.rstrip("/").rsplit("/", 1)[-1] if "/" in value else value
+
+
+def _short_paths(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}=…/{_short_value(value)}" if "/" in value else override
 
 
 def read_sweep_info(sweep_dir: str) -> SweepInfo | None:
@@ -56,7 +112,7 @@ def read_sweep_info(sweep_dir: str) -> SweepInfo | None:
     return SweepInfo(**json.loads(path.read_text())) if path.exists() else None
 
 
-def write_job_status(output_dir: str, status: JobStatus) -> None:
+def write_job_status(output_dir: Path, status: JobStatus) -> None:
     (Path(output_dir) / STATUS_FILE).write_text(json.dumps(asdict(status), indent=2))
 
 
@@ -74,39 +130,102 @@ def summarize(statuses: list[JobStatus]) -> str:
     return "\n".join(lines)
 
 
+def members_description(info: SweepInfo, statuses: list[JobStatus], stopped: str | None) -> str:
+    """The parent run's description in `mlflow ui`: every member, reused ones too, linked."""
+    lines = [f"**Sweep** `{info.name}`", ""]
+    if stopped:
+        lines += [f"Stopped early: {stopped}.", ""]
+    listed = [s for s in statuses if s.run_id]
+    for job in listed[:MAX_LISTED]:
+        verb = {"skipped": "reused (already FINISHED)"}.get(job.status, job.status)
+        link = f"#/experiments/{info.experiment_id}/runs/{job.run_id}?workflowType=machine_learning"
+        lines.append(f"- [{job.run_name or job.run_id}]({link}): {verb}")
+    if len(listed) > MAX_LISTED:
+        lines.append(f"- … and {len(listed) - MAX_LISTED} more, listed in {MEMBERS_FILE}")
+    return "\n".join(lines)
+
+
 class LaunchCallback(Callback):
     """Hydra calls this around every launch of train.py, a single run or a `-m` sweep."""
 
+    def __init__(self) -> None:
+        self.open_sweep: tuple[DictConfig, SweepInfo] | None = None
+        self.interrupted = False
+
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        _preflight(config, config.hydra.run.dir, "hydra.run.dir")
+        self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        from mnist_exp import tracking
+
+        print(f"run: {tracking.ui_url(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
+        sweeper_params = dict(config.hydra.sweeper.get("params") or {})
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
+            _exit("a hyperparameter search must not tune on the test set: hold out a validation split "
+                  "with data.validation_size=N (e.g. data.validation_size=1000)")
         from mnist_exp import tracking
 
-        key, name = sweep_identity(list(config.hydra.overrides.task))
+        task_overrides = list(config.hydra.overrides.task)
+        key, name = sweep_identity(task_overrides, sweeper_params)
         parent = tracking.open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
-        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex)
+        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept_keys(task_overrides, sweeper_params))
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
+        self.open_sweep = (config, info)
+        atexit.register(self._close_if_open)  # Hydra rejected a job, or an interrupt: never leave it RUNNING
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._interrupt)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.open_sweep is None:  # on_multirun_start failed, and said so
+            return
+        if self._close(stopped=None):
+            sys.exit(1)
+
+    def _interrupt(self, signum, frame) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def _close_if_open(self) -> None:
+        if self.open_sweep is None:
+            return
+        config, info = self.open_sweep
+        ran = len(read_job_statuses(config.hydra.sweep.dir, info.launch_id))
+        if self.interrupted:
+            self._close("interrupted; the same command resumes it")
+        else:
+            self._close(f"the launcher stopped after {ran} job(s), for the reason printed on the console "
+                        "(e.g. Hydra rejected a job's config)")
+
+    def _close(self, stopped: str | None) -> bool:
+        """Record the members and the summary on the parent run and close it; True if any job failed."""
         from mnist_exp import tracking
 
-        info = read_sweep_info(config.hydra.sweep.dir)
-        if info is None:  # on_multirun_start failed, and said so
-            return
+        config, info = self.open_sweep
+        self.open_sweep = None
         statuses = read_job_statuses(config.hydra.sweep.dir, info.launch_id)
-        summary = summarize(statuses)
+        summary = summarize(statuses) + (f"\nsweep stopped early: {stopped}" if stopped else "")
         failed = any(j.status in ("failed", "killed") for j in statuses)
-        client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
-        client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
-        for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
-            client.log_artifact(info.parent_run_id, str(result))
-        tracking.finish(client, info.parent_run_id, "FAILED" if failed else "FINISHED")
+        try:
+            client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+            client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
+            members = [asdict(s) for s in statuses if s.run_id]
+            client.log_dict(info.parent_run_id, members, MEMBERS_FILE)
+            client.set_tag(info.parent_run_id, tracking.NOTE, members_description(info, statuses, stopped))
+            for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
+                client.log_artifact(info.parent_run_id, str(result))
+            status = "KILLED" if self.interrupted else "FAILED" if stopped or failed else "FINISHED"
+            client.set_terminated(info.parent_run_id, status)
+            url = tracking.ui_url(config.mlflow.tracking_uri, info.experiment_id)
+        except Exception as error:  # the store may be gone; the summary must still be printed
+            url = f"(could not record the sweep in MLflow: {error})"
         print(summary, flush=True)
-        if failed:
-            sys.exit(1)
+        print(f"runs: {url}" + ("  (run `mlflow ui` in this folder first)" if url.startswith("http://127.0.0.1:5000")
+                                else ""), flush=True)
+        return failed
 
 
 def _preflight(config: DictConfig, output_dir: str, key: str):

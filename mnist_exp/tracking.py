@@ -1,38 +1,52 @@
-"""MLflow bookkeeping: the store, run identity (config hashes), params, metrics, artifacts, status.
+"""MLflow: the store, a run's identity and context, its datasets and model, the sweep's parent run.
 
-Uses MlflowClient with explicit run IDs rather than mlflow's global "active run", so a run
-can be resumed, skipped or failed from anywhere without hidden state.
+A job's run is MLflow's active run while the job trains (mlflow.start_run), so MLflow's fluent
+calls, ours and any in user code, land in it; runs are looked up and closed by ID through
+MlflowClient, so a run can be resumed, skipped or failed from anywhere.
 """
 
 from __future__ import annotations
 
+import functools
+import getpass
 import hashlib
 import json
+import platform
+import socket
+import subprocess
 import time
-from datetime import datetime
 import urllib.error
 import urllib.request
+import warnings
+from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 PREFIX = "mnist_exp."
-CONFIG_HASH = PREFIX + "config_hash"  # same hash = same experiment: finished ones are skipped
+CONFIG_HASH = PREFIX + "config_hash"  # the requested settings: with the same data, the same run
 VARIANT_HASH = PREFIX + "variant_hash"  # config hash without the seed: groups the seeds of a variant
 VARIANT = PREFIX + "variant"  # readable model/regularizer/optimizer
+CODE_VERSION = PREFIX + "code_version"
 ERROR = PREFIX + "error"
 FALLBACK = PREFIX + "data_fallback"
 ROLE = PREFIX + "role"  # "sweep" on a sweep's parent run
 SWEEP_KEY = PREFIX + "sweep_key"
 LAST_LAUNCH = PREFIX + "last_launch"
 PARENT = "mlflow.parentRunId"  # what nests child runs under their sweep in `mlflow ui`
+NOTE = "mlflow.note.content"  # a run's description in `mlflow ui`
+# MLflow 3's UI opens experiments of other kinds in its GenAI view, where training runs do not show.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 # Keys that change where or how fast a run goes, not what it computes.
 NOT_IDENTITY = ("mlflow.", "force", "trainer.threads", "trainer.checkpoint_dir", "data.cache_dir")
-MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
+# What the resolved data adds to a run's identity: the same request may read other digits later.
+DATA_IDENTITY = ("data.resolved_source", "data.train_sha256", "data.test_sha256", "data.validation_sha256")
+TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 SERVER_TIMEOUT_S = 5
 
 
@@ -40,21 +54,17 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names mlflow.tracking_uri and what to do."""
 
 
-def sweep_tag(sweep_key: str) -> str:
-    """A run belongs to every sweep whose tag it carries, including sweeps that skipped it."""
-    return f"{PREFIX}sweep.{sweep_key}"
-
-
 def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the experiment's ID, creating the store and the experiment if needed."""
     if tracking_uri.startswith(("http://", "https://")):
-        _check_server(tracking_uri)
+        check_server(tracking_uri)
     try:
         client = MlflowClient(tracking_uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             try:
-                return client, client.create_experiment(experiment)
+                experiment_id = client.create_experiment(experiment, tags=dict([EXPERIMENT_KIND]))
+                return client, experiment_id
             except MlflowException:  # another process created it first
                 found = client.get_experiment_by_name(experiment)
     except Exception as error:  # MLflow surfaces store problems as many unrelated types
@@ -65,10 +75,12 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             f"mlflow.experiment={experiment} was deleted from {tracking_uri}; restore it with "
             f"`mlflow experiments restore --experiment-id {found.experiment_id}` or pick another name"
         )
+    if EXPERIMENT_KIND[0] not in found.tags:  # created by another tool, or before this tag existed
+        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     return client, found.experiment_id
 
 
-def _check_server(tracking_uri: str) -> None:
+def check_server(tracking_uri: str) -> None:
     """Fail in seconds: MLflow's own client retries an unreachable server for minutes."""
     try:
         with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
@@ -79,6 +91,12 @@ def _check_server(tracking_uri: str) -> None:
             f"cannot reach the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason}); "
             "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
         ) from None
+
+
+def ui_url(tracking_uri: str, experiment_id: str) -> str:
+    """The runs table of the experiment in MLflow's 'Model training' view."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 # --- run identity ---
@@ -106,54 +124,138 @@ def config_hash(params: dict[str, str], ignore: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def runs_with_config(client: MlflowClient, experiment_id: str, hash_: str) -> list:
-    return client.search_runs([experiment_id], filter_string=f"tags.`{CONFIG_HASH}` = '{hash_}'")
+def data_identity(data_params: dict[str, str]) -> dict[str, str]:
+    return {key: data_params.get(key, "") for key in DATA_IDENTITY}
 
 
-# --- logging ---
+def runs_with_config(client: MlflowClient, experiment_id: str, hash_: str, data_params: dict[str, str]) -> list:
+    """Runs of the same requested config that read the same data, or died before recording what they read."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{CONFIG_HASH}` = '{hash_}'")
+    wanted = data_identity(data_params)
+    return [run for run in runs
+            if data_identity(run.data.params) == wanted or not run.data.params.get(DATA_IDENTITY[0])]
 
 
-def create_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:
-    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+@functools.cache
+def code_version() -> tuple[str | None, str]:
+    """(git commit or None, a readable version): the commit, '-dirty' when files differ from it."""
+    repo = TRAIN_SCRIPT.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return commit, commit[:12] + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed package), or no git
+        return None, f"mnist-exp {metadata.version('mnist-exp')}"
 
 
-def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
-    items = [Param(key, value) for key, value in params.items()]
-    for start in range(0, len(items), MAX_PARAMS_PER_CALL):
-        client.log_batch(run_id, params=items[start : start + MAX_PARAMS_PER_CALL])
+def context_tags(device, threads: int) -> dict[str, str]:
+    """What MLflow's own start_run records about where a run came from, and the machine it ran on."""
+    import torch
+
+    commit, version = code_version()
+    tags = {
+        "mlflow.source.name": str(TRAIN_SCRIPT),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+        CODE_VERSION: version,
+        PREFIX + "python_version": platform.python_version(),
+        PREFIX + "torch_version": torch.__version__,
+        PREFIX + "mlflow_version": mlflow.__version__,
+        PREFIX + "host": socket.gethostname(),
+        PREFIX + "device": _device_name(device),
+        PREFIX + "threads": str(threads),
+    }
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
-    """All of one epoch's metrics in a single round trip."""
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # the CPU's model name, as /proc/cpuinfo states it (platform.processor() is often empty)
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()}"
 
 
-def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+# --- what a job logs beyond params and metrics ---
 
 
-def logged_steps(client: MlflowClient, run_id: str, metric: str) -> set[int]:
-    return {m.step for m in client.get_metric_history(run_id, metric)}
-
-
-def log_artifacts(client: MlflowClient, run_id: str, folder: Path) -> None:
-    client.log_artifacts(run_id, str(folder))
-
-
-def finish(client: MlflowClient, run_id: str, status: str) -> None:
-    client.set_terminated(run_id, status=status)
-
-
-def record_failure(client: MlflowClient, run_id: str, error: BaseException, traceback_file: Path, status: str) -> None:
-    """Tag the error, attach the traceback and close the run as FAILED or KILLED."""
+def record_failure(client: MlflowClient, run_id: str, error: BaseException, traceback_file: Path) -> None:
+    """Tag the error and attach the traceback; the caller closes the run as FAILED or KILLED."""
     message = " ".join(f"{type(error).__name__}: {error}".split())[:5000]
-    set_tags(client, run_id, {ERROR: message})
+    client.set_tag(run_id, ERROR, message)
     client.log_artifact(run_id, str(traceback_file))
-    finish(client, run_id, status)
 
 
-# --- sweeps ---
+def forget_failure(client: MlflowClient, run) -> None:
+    """A resumed run must not keep the error and traceback of the attempt it continues."""
+    if ERROR in run.data.tags:
+        client.delete_tag(run.info.run_id, ERROR)
+    if any(a.path == "traceback.txt" for a in client.list_artifacts(run.info.run_id)):
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        get_artifact_repository(run.info.artifact_uri).delete_artifacts("traceback.txt")
+
+
+def datasets(data) -> dict:
+    """Each split as an MLflow dataset (name, digest, source, size), by context: train, validation, test."""
+    import mlflow.data
+
+    datasets = {}
+    for context, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
+        if split is None:
+            continue
+        with warnings.catch_warnings():  # MLflow registers two equivalent sources for local paths and says so
+            warnings.simplefilter("ignore", UserWarning)
+            datasets[context] = mlflow.data.from_numpy(
+                split.images.numpy(), targets=split.labels.numpy(), source=data.url or data.location,
+                name=f"{data.name}-{context}", digest=split.sha256[:16],  # MLflow stores at most 36 characters
+            )
+    return datasets
+
+
+def log_datasets(datasets: dict) -> None:
+    """As inputs of the active run, so the runs table's Dataset column and run.inputs show them."""
+    for attempt in range(3):
+        try:
+            mlflow.log_inputs(list(datasets.values()), contexts=list(datasets), tags_list=[None] * len(datasets))
+            return
+        except Exception as error:  # parallel jobs adding the same new dataset race on its unique row;
+            if attempt == 2 or "unique" not in str(error).lower():  # the retry finds the row the other wrote
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def log_model(classifier, example):
+    """The trained network as an MLflow model: torch.export's pt2 graph, loadable with torch alone.
+
+    pt2 (MLflow's default) stores the graph, not Python classes: the model loads without this
+    repository and without unpickling code. Its first export in a process costs ~2 s (0.1-0.2 s
+    after); sweeps keep their worker processes, so that is paid once per worker. Requirements
+    are given, not inferred: inference would load the model again in a subprocess.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        signature = infer_signature(example.numpy(), classifier(example).numpy())
+    return mlflow.pytorch.log_model(
+        classifier, name="model", signature=signature, input_example=example.numpy(),
+        serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+# --- the sweep's parent run ---
 
 
 def open_sweep_run(client: MlflowClient, experiment_id: str, sweep_key: str, name: str) -> str:
@@ -163,10 +265,14 @@ def open_sweep_run(client: MlflowClient, experiment_id: str, sweep_key: str, nam
     )
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
     launched = {LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds")}
+    commit, _ = code_version()
+    context = {"mlflow.source.name": str(TRAIN_SCRIPT), "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser(),
+               **({"mlflow.source.git.commit": commit} if commit else {})}
     if existing:
         run_id = existing[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        set_tags(client, run_id, launched)
+        client.update_run(run_id, status="RUNNING", name=name)
+        for key, value in {**launched, **context}.items():
+            client.set_tag(run_id, key, value)
         return run_id
-    tags = {ROLE: "sweep", SWEEP_KEY: sweep_key, **launched}
-    return create_run(client, experiment_id, name, tags)
+    tags = {ROLE: "sweep", SWEEP_KEY: sweep_key, **launched, **context}
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id

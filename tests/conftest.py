@@ -4,6 +4,7 @@ course's tar format, and a throwaway sqlite MLflow store."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,9 @@ SHARED_DATASET = REPO.parent / "shared" / "datasets" / "mnist-10k"  # the course
 
 # Two cores shared with other work: one thread keeps timings stable and the suite polite.
 torch.set_num_threads(1)
+os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per downloaded file drowns pytest's output
+for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # a user's own store is never a test's
+    os.environ.pop(variable, None)
 
 
 @pytest.fixture(scope="session")
@@ -143,20 +147,34 @@ def unreachable_root(tmp_path) -> Path:
     return blocker / "mnist"
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """train.py or analyze.py as a user runs it: its own process, launched from `cwd`."""
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """train.py or analyze.py as a user runs it: its own process, launched from `cwd` (extra `env` on top)."""
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def job_runs(tracking_uri: str) -> list:
-    """Every training run of the default experiment, sweep parent runs left out."""
+def job_runs(tracking_uri: str, experiment_name: str = "mnist-exp") -> list:
+    """Every training run of an experiment, sweep parent runs left out."""
+    from mlflow.tracking import MlflowClient
+
+    from mnist_exp import tracking
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:  # nothing got as far as creating it
+        return []
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(tracking.ROLE) != "sweep"]
+
+
+def sweep_runs(tracking_uri: str) -> list:
+    """The sweep parent runs of the default experiment."""
     from mlflow.tracking import MlflowClient
 
     from mnist_exp import tracking
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("mnist-exp")
-    if experiment is None:  # nothing got as far as creating it
+    if experiment is None:
         return []
-    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(tracking.ROLE) != "sweep"]
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'sweep'")

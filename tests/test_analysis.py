@@ -10,21 +10,24 @@ import sys
 
 import pandas as pd
 import pytest
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from mnist_exp import tracking
 from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
+from mnist_exp.sweep import MEMBERS_FILE
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
 
 
 def log_run(client, experiment_id, model, regularizer, optimizer, seed, test_acc, train_eval_acc,
-            status="FINISHED", epochs=2, tags=None):
+            status="FINISHED", epochs=2, tags=None, data="a"):
     params = {
         "model.name": model, "regularizer.name": regularizer, "optimizer.name": optimizer,
         "model.parameters": str(PARAMETERS[model]), "trainer.epochs": str(epochs), "trainer.seed": str(seed),
-        "data.train_sha256": "a" * 64, "data.test_sha256": "b" * 64,
+        "data.resolved_source": "course", "data.train_size": "8000", "data.test_size": "2000",
+        "data.train_sha256": data * 64, "data.test_sha256": "b" * 64,
     }
     run_tags = {
         tracking.CONFIG_HASH: tracking.config_hash(params),
@@ -32,15 +35,23 @@ def log_run(client, experiment_id, model, regularizer, optimizer, seed, test_acc
         tracking.VARIANT: f"{model}/{regularizer}/{optimizer}",
         **(tags or {}),
     }
-    run_id = tracking.create_run(client, experiment_id, f"{model}/{regularizer}/{optimizer} seed={seed}", run_tags)
-    tracking.log_params(client, run_id, params)
+    run_id = client.create_run(experiment_id, run_name=f"{model}/{regularizer}/{optimizer} seed={seed}",
+                               tags=run_tags).info.run_id
+    client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
     if status == "FINISHED":
-        tracking.log_metrics(client, run_id, {
-            "test_acc": test_acc, "best_test_acc": test_acc + 0.001, "test_loss": 1 - test_acc,
-            "train_acc": train_eval_acc - 0.01, "train_eval_acc": train_eval_acc, "train_time_s": 10.0 + seed,
-        }, step=epochs)
-    tracking.finish(client, run_id, status)
+        metrics = {
+            "test_acc": test_acc, "final_test_acc": test_acc, "best_test_acc": test_acc + 0.001,
+            "final_test_loss": 1 - test_acc, "train_acc": train_eval_acc - 0.01, "train_eval_acc": train_eval_acc,
+            "train_time_s": 10.0 + seed,
+        }
+        client.log_batch(run_id, metrics=[Metric(key, value, 0, epochs) for key, value in metrics.items()])
+    client.set_terminated(run_id, status)
     return run_id
+
+
+def list_members(client, parent: str, run_ids: list[str]) -> None:
+    """What a sweep's launching process records at its end: every run it used."""
+    client.log_dict(parent, [{"run_id": run_id} for run_id in run_ids], MEMBERS_FILE)
 
 
 # (model, regularizer, optimizer, seed, test_acc, train_eval_acc)
@@ -70,7 +81,7 @@ EXPECTED = pd.DataFrame(
         ("lenet5/dropout/sgd",  2, 98.25, 0.5 / math.sqrt(2), 0.5, 6.25, 0.25),
         ("lenet5/l2/sgd",       1, 97.5,  math.nan,        0.5, 5.5,    -0.5),
     ],
-    columns=["variant", "n", "test_acc", "test_acc_std", "gap", "vs_mlp", "vs_lenet5"],
+    columns=["variant", "n", "acc_pct", "acc_pct_std", "gap_pp", "vs_mlp_pp", "vs_lenet5_pp"],
 )
 
 
@@ -96,13 +107,13 @@ def store(tmp_path_factory):
     for key in ("keya", "keyb"):
         parents[key] = tracking.open_sweep_run(client, sweeps, key, f"sweep: {key}")
         # The launch stamp has one-second resolution; give the two sweeps distinct launch times.
-        tracking.set_tags(client, parents[key], {tracking.LAST_LAUNCH: {"keya": "2026-01-01T10:00:00", "keyb": "2026-01-01T11:00:00"}[key]})
+        client.set_tag(parents[key], tracking.LAST_LAUNCH, {"keya": "2026-01-01T10:00:00", "keyb": "2026-01-01T11:00:00"}[key])
     membership = {"r1": ["keya"], "r2": ["keya", "keyb"], "r3": ["keyb"], "r4": []}  # r2: skipped by sweep B, still a member
     for seed, (name, keys) in enumerate(membership.items()):
-        tags = {tracking.sweep_tag(k): "1" for k in keys}
-        if keys:
-            tags[tracking.PARENT] = parents[keys[0]]
+        tags = {tracking.PARENT: parents[keys[0]]} if keys else {}
         runs[name] = log_run(client, sweeps, "lenet5", "none", "sgd", seed, 0.9, 0.95, tags=tags)
+    for key in parents:
+        list_members(client, parents[key], [runs[name] for name, keys in membership.items() if key in keys])
     return {"uri": uri, "client": client, "runs": runs, "parents": parents}
 
 
@@ -122,10 +133,9 @@ def test_variant_table_carries_the_other_columns_as_means(store):
     dropout = table.loc["lenet5/dropout/sgd"]
     assert (dropout["model"], dropout["regularizer"], dropout["optimizer"]) == ("lenet5", "dropout", "sgd")
     assert dropout["params"] == 44_426 and dropout["epochs"] == 2
-    assert dropout["best_test_acc"] == pytest.approx(98.35)  # (98.1 + 98.6) / 2
+    assert dropout["best_test_acc_pct"] == pytest.approx(98.35)  # (98.1 + 98.6) / 2
     assert dropout["test_loss"] == pytest.approx(0.0175)  # (0.02 + 0.015) / 2
-    assert dropout["train_eval_acc"] == pytest.approx(98.75)
-    assert dropout["train_acc"] == pytest.approx(97.75)
+    assert dropout["train_eval_acc_pct"] == pytest.approx(98.75)
     assert dropout["train_time_s"] == pytest.approx(10.5)
     assert table.loc["mlp/none/sgd", "params"] == 44_106
 
@@ -146,10 +156,9 @@ def test_variants_differing_beyond_their_name_get_separate_labelled_rows(store):
 
     table = variant_table(select_runs(store["uri"], "epochs", "all").finished)
 
-    assert len(table) == 2 and table["variant"].is_unique
-    assert all(v.startswith("mlp/none/sgd [") for v in table["variant"])
+    assert sorted(table["variant"]) == ["mlp/none/sgd epochs=2", "mlp/none/sgd epochs=5"]
     assert sorted(table["epochs"]) == [2, 5]
-    assert list(table["vs_mlp"]) == [0.0, 0.0]  # each is its own baseline, never the other's
+    assert list(table["vs_mlp_pp"]) == [0.0, 0.0]  # each is its own baseline, never the other's
 
 
 def test_markdown_shows_mean_std_and_signed_deltas(store):
@@ -200,10 +209,11 @@ def test_reopened_sweep_becomes_the_latest_again(store):
     client = store["client"]
     experiment = client.create_experiment("reopened")
     first = tracking.open_sweep_run(client, experiment, "one", "sweep: one")
-    tracking.set_tags(client, first, {tracking.LAST_LAUNCH: "2026-01-01T10:00:00"})
+    client.set_tag(first, tracking.LAST_LAUNCH, "2026-01-01T10:00:00")
     second = tracking.open_sweep_run(client, experiment, "two", "sweep: two")
-    tracking.set_tags(client, second, {tracking.LAST_LAUNCH: "2026-01-01T11:00:00"})
-    member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9, tags={tracking.sweep_tag("one"): "1"})
+    client.set_tag(second, tracking.LAST_LAUNCH, "2026-01-01T11:00:00")
+    member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9)
+    list_members(client, first, [member])
 
     assert tracking.open_sweep_run(client, experiment, "one", "sweep: one") == first  # the same command reopens its run
 
@@ -267,17 +277,17 @@ def test_confidence_intervals_and_welch_tests_match_hand_computation(store):
     table = variant_table(select_runs(store["uri"], "grid", "all").finished).set_index("variant")
 
     mlp = table.loc["mlp/none/sgd"]
-    assert (mlp.test_acc_ci_low, mlp.test_acc_ci_high) == pytest.approx((92 - 4.96828, 92 + 4.96828), abs=1e-4)
+    assert (mlp.acc_pct_ci_low, mlp.acc_pct_ci_high) == pytest.approx((92 - 4.96828, 92 + 4.96828), abs=1e-4)
     assert mlp.baseline == "lenet5/none/sgd"
-    assert mlp.vs_baseline == pytest.approx(-6.0)
+    assert mlp.vs_baseline_pp == pytest.approx(-6.0)
     assert mlp.p_value == pytest.approx(0.0315776, abs=1e-6)
-    assert (mlp.vs_baseline_ci_low, mlp.vs_baseline_ci_high) == pytest.approx((-6 - 4.97547, -6 + 4.97547), abs=1e-4)
+    assert (mlp.vs_baseline_pp_ci_low, mlp.vs_baseline_pp_ci_high) == pytest.approx((-6 - 4.97547, -6 + 4.97547), abs=1e-4)
     assert not mlp.within_noise
 
     dropout = table.loc["lenet5/dropout/sgd"]
-    assert dropout.baseline == "lenet5/none/sgd" and dropout.vs_baseline == pytest.approx(0.25)
+    assert dropout.baseline == "lenet5/none/sgd" and dropout.vs_baseline_pp == pytest.approx(0.25)
     assert dropout.within_noise
-    assert dropout.vs_baseline_ci_low < 0 < dropout.vs_baseline_ci_high
+    assert dropout.vs_baseline_pp_ci_low < 0 < dropout.vs_baseline_pp_ci_high
 
     one_seed = table.loc["lenet5/l2/sgd"]
     assert math.isnan(one_seed.p_value) and pd.isna(one_seed.within_noise)
@@ -289,7 +299,7 @@ def test_metric_best_uses_each_runs_best_epoch(store):
     final = variant_table(finished).set_index("variant")
     best = variant_table(finished, metric="best").set_index("variant")
 
-    assert (best.test_acc - final.test_acc).to_numpy() == pytest.approx(0.1)  # best_test_acc = test_acc + 0.001
+    assert (best.acc_pct - final.acc_pct).to_numpy() == pytest.approx(0.1)  # best_test_acc = test_acc + 0.001
 
 
 def test_filters_keep_matching_runs_and_unknown_keys_are_refused(store):
@@ -309,9 +319,9 @@ def test_sort_orders_best_first(store):
     finished = select_runs(store["uri"], "grid", "all").finished
 
     by_accuracy = variant_table(finished, sort="test_acc")
-    assert list(by_accuracy.test_acc) == sorted(by_accuracy.test_acc, reverse=True)
+    assert list(by_accuracy.acc_pct) == sorted(by_accuracy.acc_pct, reverse=True)
     by_gap = variant_table(finished, sort="gap")
-    assert list(by_gap.gap) == sorted(by_gap.gap)
+    assert list(by_gap.gap_pp) == sorted(by_gap.gap_pp)
     with pytest.raises(AnalysisError, match="--sort nonsense"):
         variant_table(finished, sort="nonsense")
 
@@ -337,13 +347,13 @@ def test_report_answers_follow_the_numbers(store):
     assert "+6.00 points (95% CI +1.02 to +10.98, Welch p = 0.0316)" in lenet_vs_mlp
     assert "Yes, on one seed: with adam" in lenet_vs_mlp  # one seed each: no claim about noise
     noisy = table.copy()
-    noisy.loc[noisy.variant == "lenet5/none/sgd", "samples"] = pd.Series([[91.0, 95.0]], index=noisy.index[
+    noisy.loc[noisy.variant == "lenet5/none/sgd", "acc_pct_samples"] = pd.Series([[91.0, 95.0]], index=noisy.index[
         noisy.variant == "lenet5/none/sgd"])  # mean 93 against the MLP's 92 +- 2: inside the noise
     assert "Not measurably: with sgd" in report.lenet5_vs_mlp(noisy)
     assert "dropout (+0.25 pp, p = " in regularizers and "stay within seed noise" in regularizers
     assert "l2 (-0.50 pp) were run with one seed only" in regularizers
     assert "lenet5/dropout/sgd, reaches 98.25 ± 0.35% (n = 2): -0.80 points" in lecun
-    assert "instead of full MNIST's 60,000" in lecun  # these runs log no train size
+    assert "trained on 8,000 images for 2 epochs instead of full MNIST's 60,000" in lecun
 
 
 def test_report_is_written_with_its_figures_and_logged_to_the_sweep_run(store, tmp_path):

@@ -204,6 +204,8 @@ def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(project_dir):
     (run,) = job_runs(store_uri(project_dir))
     assert run.info.status == "FINISHED"
     assert tracking.ERROR not in run.data.tags
+    assert "traceback.txt" not in {a.path for a in store(project_dir).list_artifacts(run.info.run_id)}, \
+        "a FINISHED run carries no traceback of the attempt it resumed"
 
 
 CHECKPOINT_WRITER = """

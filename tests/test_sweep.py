@@ -1,25 +1,62 @@
-"""Sweep bookkeeping that needs no training: its identity and the statuses its summary reads."""
+"""Sweep bookkeeping that needs no training: its identity, its runs' names and the statuses its summary reads."""
 
 from __future__ import annotations
 
-from mnist_exp.sweep import JobStatus, read_job_statuses, summarize, sweep_identity, write_job_status
+from mnist_exp.sweep import (
+    JobStatus, SweepInfo, members_description, read_job_statuses, run_name, summarize, sweep_identity, swept_keys,
+    write_job_status,
+)
 
 
 def test_a_sweep_is_identified_by_its_overrides_not_their_order_nor_force_nor_the_store():
-    key, name = sweep_identity(["model=lenet5,mlp", "trainer.epochs=3"])
+    key, _ = sweep_identity(["model=lenet5,mlp", "trainer.epochs=3"])
 
     assert sweep_identity(["trainer.epochs=3", "model=lenet5,mlp"])[0] == key
     assert sweep_identity(["model=lenet5,mlp", "trainer.epochs=3", "force=true"])[0] == key
     assert sweep_identity(["model=lenet5,mlp", "trainer.epochs=3", "mlflow.tracking_uri=http://x:5000"])[0] == key
     assert sweep_identity(["model=lenet5,mlp", "trainer.epochs=4"])[0] != key
-    assert name == "model=lenet5,mlp trainer.epochs=3"
+
+
+def test_a_sweeps_name_leads_with_its_own_choices_and_shortens_paths():
+    _, name = sweep_identity(["data.root=/home/student/datasets/mnist-10k", "trainer.epochs=3",
+                              "model=lenet5,mlp", "regularizer=none,l2"])
+
+    assert name == "model=lenet5,mlp regularizer=none,l2 (data.root=…/mnist-10k trainer.epochs=3)"
+
+
+def test_an_experiment_files_sweep_params_name_the_sweep():
+    _, name = sweep_identity(["experiment=course_grid"], {"model": "lenet5,mlp", "trainer.seed": "0,1,2"})
+
+    assert name == "model=lenet5,mlp trainer.seed=0,1,2 (experiment=course_grid)"
+    assert swept_keys(["experiment=course_grid"], {"model": "lenet5,mlp", "trainer.seed": "0,1,2"}) == \
+        ["model", "trainer.seed"]
+
+
+def test_a_sweeper_param_pinned_on_the_command_line_is_not_swept():
+    params = {"model": "lenet5,mlp", "trainer.seed": "0,1,2", "optimizer.lr": "0.1,0.01"}
+
+    _, name = sweep_identity(["experiment=x", "trainer.seed=0", "optimizer.lr=0.5,0.05"], params)
+
+    assert swept_keys(["experiment=x", "trainer.seed=0", "optimizer.lr=0.5,0.05"], params) == ["optimizer.lr", "model"]
+    assert name == "optimizer.lr=0.5,0.05 model=lenet5,mlp (experiment=x trainer.seed=0)"
+
+
+def test_run_names_say_what_the_sweep_varies_beyond_the_variant():
+    swept = swept_keys(["model=lenet5,mlp", "optimizer=sgd,adam", "optimizer.lr=0.01,0.003",
+                        "regularizer.dropout.p=0.3,0.5", "data.root=/a/x,/b/y", "trainer.epochs=3"], {})
+    overrides = ["model=mlp", "optimizer=adam", "optimizer.lr=0.003", "regularizer.dropout.p=0.3",
+                 "data.root=/b/y", "trainer.epochs=3"]
+
+    assert swept == ["model", "optimizer", "optimizer.lr", "regularizer.dropout.p", "data.root"]
+    assert run_name("mlp/dropout/adam", 0, overrides, swept) == "mlp/dropout/adam lr=0.003 dropout.p=0.3 root=y seed=0"
+    assert run_name("mlp/none/sgd", 2, ["model=mlp"], []) == "mlp/none/sgd seed=2"
 
 
 def test_the_summary_counts_only_jobs_of_this_launch_in_a_reused_sweep_folder(tmp_path):
     for job, status, launch in ((0, "failed", "earlier"), (1, "finished", "earlier"), (0, "skipped", "now")):
         folder = tmp_path / launch / str(job)  # two launches that wrote to the same sweep folder
         folder.mkdir(parents=True)
-        write_job_status(str(folder), JobStatus(status, [f"model=m{job}"], "run", "boom", launch))
+        write_job_status(folder, JobStatus(status, [f"model=m{job}"], "run", "boom", launch))
 
     statuses = read_job_statuses(str(tmp_path), "now")
 
@@ -37,3 +74,16 @@ def test_the_summary_names_each_failed_job_and_its_error():
 
     assert lines[0] == "sweep summary: 1 finished, 0 skipped, 1 failed, 0 killed"
     assert lines[1] == "  FAILED: model=lenet5 optimizer.lr=-1: ConfigError: optimizer.lr=-1.0 is out of range"
+
+
+def test_the_sweep_runs_description_links_every_member_reused_ones_too():
+    info = SweepInfo("k", "model=lenet5,mlp", "parent", "7", "launch")
+    statuses = [JobStatus("finished", [], "r1", None, "launch", "lenet5/none/sgd seed=0"),
+                JobStatus("skipped", [], "r2", None, "launch", "mlp/none/sgd seed=0"),
+                JobStatus("failed", [], None, "no store", "launch")]
+
+    text = members_description(info, statuses, stopped=None)
+
+    assert "- [lenet5/none/sgd seed=0](#/experiments/7/runs/r1?workflowType=machine_learning): finished" in text
+    assert "- [mlp/none/sgd seed=0](#/experiments/7/runs/r2?workflowType=machine_learning): reused (already FINISHED)" in text
+    assert text.count("- [") == 2  # a job that never got a run has nothing to link

@@ -1,0 +1,304 @@
+"""MLflow the way its users expect it, end to end with the real train.py and analyze.py on real
+digits and temporary sqlite stores: run identity that follows the data and code actually used,
+MLflow's environment variables and context tags, datasets and loadable models, the sweep as the
+UI shows it, and numbers that mean one thing."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, job_runs, run_script, sweep_runs
+from mnist_exp import experiment, tracking
+
+pytestmark = pytest.mark.slow
+SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
+
+
+def train(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_script("train.py", *args, cwd=cwd, timeout=300, env=env)
+
+
+def analyze(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_script("analyze.py", *args, cwd=cwd, timeout=120, env=env)
+
+
+def uri(folder: Path) -> str:
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+# --- run identity follows the data and the code actually used ---
+
+
+def test_a_run_on_the_offline_fallback_never_stands_in_for_one_on_real_data(project_dir, make_course_dataset):
+    # data.root is a link: first to where nothing can be found or downloaded, later to the real digits.
+    (project_dir / "blocker").write_text("a regular file: nothing can be created below it\n")
+    link = project_dir / "mnist"
+    link.symlink_to(project_dir / "blocker" / "mnist")
+    command = ["-m", "data.root=mnist", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1",
+               "trainer.threads=1"]  # data.source=auto, the default
+
+    offline = train(project_dir, *command)
+    assert offline.returncode == 0, offline.stderr[-2000:]
+    (sample_run,) = job_runs(uri(project_dir))
+    assert sample_run.data.params["data.resolved_source"] == "sample" and tracking.FALLBACK in sample_run.data.tags
+
+    link.unlink()
+    make_course_dataset(project_dir / "course")
+    link.symlink_to(project_dir / "course")
+    with_data = train(project_dir, *command)
+    assert "sweep summary: 1 finished, 0 skipped" in with_data.stdout, "the fallback run must not count as done"
+    again = train(project_dir, *command)
+    assert "sweep summary: 0 finished, 1 skipped" in again.stdout
+    assert "already FINISHED on the same data" in again.stdout + again.stderr
+
+    table = analyze(project_dir, "--sweep", "all", "--format", "json")
+    assert table.returncode == 0, table.stderr
+    rows = {row["data"]: row for row in json.loads(table.stdout)}
+    assert set(rows) == {"sample 300/100 (offline fallback)", "course 300/100"}, "never pooled across data"
+    assert all(row["n"] == 1 for row in rows.values())
+    assert "offline fallback sample" in analyze(project_dir, "--sweep", "all").stderr
+
+
+def test_every_run_records_its_code_and_a_skip_names_other_code(project_dir):
+    assert train(project_dir, "-m", *SMALL).returncode == 0
+    (run,) = job_runs(uri(project_dir))
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == commit
+    assert run.data.tags[tracking.CODE_VERSION].startswith(commit[:12])
+
+    MlflowClient(uri(project_dir)).set_tag(run.info.run_id, tracking.CODE_VERSION, "0123456789ab")
+    skipped = train(project_dir, "-m", *SMALL)
+    assert "sweep summary: 0 finished, 1 skipped" in skipped.stdout
+    assert f"trained by other code (0123456789ab; this is {commit[:12]}" in skipped.stdout + skipped.stderr
+
+
+# --- MLflow's environment and context ---
+
+
+def test_mlflow_environment_variables_choose_the_store_and_experiment(project_dir, empty_store):
+    other = project_dir / "elsewhere"
+    other.mkdir()
+    shutil.copy(empty_store, other / "mlflow.db")
+    env = {"MLFLOW_TRACKING_URI": uri(other), "MLFLOW_EXPERIMENT_NAME": "from-env"}
+
+    assert train(project_dir, "-m", *SMALL, env=env).returncode == 0
+    assert train(project_dir, "-m", *SMALL, "mlflow.experiment=explicit", env=env).returncode == 0
+
+    assert len(job_runs(uri(other), "from-env")) == 1
+    assert len(job_runs(uri(other), "explicit")) == 1, "an explicit override still wins"
+    assert job_runs(uri(project_dir)) == [], "nothing went to ./mlflow.db"
+    table = analyze(project_dir, "--format", "csv", env=env)
+    assert table.returncode == 0 and len(table.stdout.strip().splitlines()) == 2, table.stderr
+
+
+def test_runs_carry_mlflows_context_tags_and_where_they_ran(project_dir):
+    assert train(project_dir, *SMALL, "trainer.threads=1").returncode == 0
+    (run,) = job_runs(uri(project_dir))
+    tags = run.data.tags
+
+    assert tags["mlflow.source.name"] == str(REPO / "train.py") and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] == getpass.getuser()
+    for key in ("python_version", "torch_version", "mlflow_version", "host", "device"):
+        assert tags[tracking.PREFIX + key], key
+    assert tags[tracking.PREFIX + "threads"] == "1"
+    assert tags[tracking.PREFIX + "device"].startswith("cpu")
+
+
+def test_mlflow_calls_in_user_code_land_in_the_jobs_run(compose, tmp_path, empty_store, monkeypatch):
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    cfg = compose([*SMALL, f"mlflow.tracking_uri={uri(tmp_path)}", f"trainer.checkpoint_dir={tmp_path}/checkpoints",
+                   f"data.cache_dir={tmp_path}/cache"])
+    build_model = experiment.build_model
+
+    def users_model(*args):  # what a user's own code might do while a job builds its model
+        mlflow.log_param("user.note", "logged from user code")
+        mlflow.log_metric("user.metric", 1.5)
+        return build_model(*args)
+
+    monkeypatch.setattr(experiment, "build_model", users_model)
+    (tmp_path / "job").mkdir()
+    try:
+        outcome = experiment.run_job(cfg, None, tmp_path / "job", [])
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    client = MlflowClient(uri(tmp_path))
+    every_run = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_id for r in every_run] == [outcome.run_id], "no stray run"
+    assert every_run[0].data.params["user.note"] == "logged from user code"
+    assert every_run[0].data.metrics["user.metric"] == 1.5
+
+
+# --- datasets and models, the MLflow way ---
+
+
+def test_each_split_is_a_logged_dataset_input(project_dir):
+    assert train(project_dir, *SMALL, "data.validation_size=50").returncode == 0
+    (run,) = job_runs(uri(project_dir))
+
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation", "test"}
+    params = run.data.params
+    for context, size in (("train", 250), ("validation", 50), ("test", 100)):
+        dataset = inputs[context]
+        assert dataset.name == f"mnist-10k-{context}"
+        assert dataset.digest == params[f"data.{context}_sha256"][:16]
+        assert json.loads(dataset.source)["uri"] == str(REPO / "data" / "mnist-10k")
+        assert json.loads(dataset.profile)["features_shape"] == [size, 28, 28]
+
+
+def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(project_dir):
+    result = train(project_dir, "-m", "model=lenet5,mlp", *SMALL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = {r.data.params["model.name"]: r for r in job_runs(uri(project_dir))}
+
+    client = MlflowClient(uri(project_dir))
+    models = client.search_logged_models([runs["mlp"].info.experiment_id])
+    assert {m.source_run_id for m in models} == {r.info.run_id for r in runs.values()}
+    for model in models:
+        run = client.get_run(model.source_run_id)
+        linked = {m.key: m.value for m in model.metrics}
+        assert linked["final_test_acc"] == run.data.metrics["final_test_acc"]
+        assert linked["final_test_loss"] == run.data.metrics["final_test_loss"]
+    mlflow.set_tracking_uri(uri(project_dir))
+    try:
+        signature = mlflow.models.get_model_info(models[0].model_uri).signature
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 28, 28)}}]
+    assert signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 10)}}]
+
+    registered = analyze(project_dir, "--register", "mnist-best")
+    assert registered.returncode == 0, registered.stderr
+    best = max(runs.values(), key=lambda r: r.data.metrics["final_test_acc"])
+    assert "models:/mnist-best/1" in registered.stdout
+    version = client.get_model_version("mnist-best", "1")
+    assert version.run_id == best.info.run_id
+    assert version.tags["variant"] == best.data.tags[tracking.VARIANT]
+
+
+# --- the sweep as the UI shows it ---
+
+
+def test_a_sweep_hydra_rejects_leaves_no_sweep_run_running(project_dir):
+    result = train(project_dir, "-m", "model=lenet,mlp", *SMALL)
+
+    assert result.returncode != 0
+    assert "Could not find 'model/lenet'" in result.stdout + result.stderr
+    assert {r.info.status for r in sweep_runs(uri(project_dir))} <= {"FAILED"}
+    assert job_runs(uri(project_dir)) == []
+
+
+def test_ctrl_c_closes_the_sweep_and_its_runs_killed_and_the_same_command_resumes(project_dir):
+    command = ["-m", "model=lenet5", "data.source=sample", "data.limit_train=1500", "data.limit_test=300",
+               "trainer.epochs=3", "trainer.threads=1", "regularizer=augment",
+               f"hydra.sweep.dir={project_dir}/sweep"]
+    log = project_dir / "sweep.log"
+    with open(log, "w") as out:  # its own process group, as a terminal's Ctrl-C reaches the whole group
+        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "epoch 1/3" not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
+
+    (parent,) = sweep_runs(uri(project_dir))
+    (run,) = job_runs(uri(project_dir))
+    assert (parent.info.status, run.info.status) == ("KILLED", "KILLED")
+    (status_file,) = (project_dir / "sweep").rglob("job_status.json")
+    status = json.loads(status_file.read_text())
+    assert (status["status"], status["run_id"]) == ("killed", run.info.run_id)
+    assert "Traceback" not in log.read_text()
+
+    resumed = train(project_dir, *command)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming run {run.info.run_id} after epoch 1" in resumed.stdout + resumed.stderr
+    (parent,) = sweep_runs(uri(project_dir))
+    (run,) = job_runs(uri(project_dir))
+    assert (parent.info.status, run.info.status) == ("FINISHED", "FINISHED")
+    assert "traceback.txt" not in {a.path for a in MlflowClient(uri(project_dir)).list_artifacts(run.info.run_id)}
+    assert tracking.ERROR not in run.data.tags
+
+
+def test_the_sweep_run_lists_every_member_and_names_say_what_differs(project_dir):
+    first = train(project_dir, "-m", "optimizer.lr=0.01,0.02", *SMALL)
+    assert first.returncode == 0, first.stderr[-2000:]
+    wider = train(project_dir, "-m", "optimizer.lr=0.01,0.02", "model=lenet5,mlp", *SMALL)
+    assert "sweep summary: 2 finished, 2 skipped" in wider.stdout
+    assert "runs: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning" in wider.stdout
+
+    runs = job_runs(uri(project_dir))
+    assert sorted(r.info.run_name for r in runs) == [
+        "lenet5/none/sgd lr=0.01 seed=0", "lenet5/none/sgd lr=0.02 seed=0",
+        "mlp/none/sgd lr=0.01 seed=0", "mlp/none/sgd lr=0.02 seed=0"]
+    assert not any(key.startswith(tracking.PREFIX + "sweep.") for r in runs for key in r.data.tags), \
+        "membership must not add a tag column per sweep"
+    parent = next(p for p in sweep_runs(uri(project_dir)) if "model=lenet5,mlp" in p.info.run_name)
+    assert parent.info.run_name.startswith("sweep: model=lenet5,mlp optimizer.lr=0.01,0.02 (data.limit_test=100 ")
+    description = parent.data.tags[tracking.NOTE]
+    for run in runs:  # the two reused runs were trained by the first sweep, nested there, and listed here
+        assert f"[{run.info.run_name}](#/experiments/1/runs/{run.info.run_id}?workflowType=machine_learning)" in description
+    assert description.count("reused (already FINISHED)") == 2
+
+    table = analyze(project_dir, "--format", "csv")
+    assert len(table.stdout.strip().splitlines()) == 1 + 4, "the latest sweep is all four runs"
+
+
+# --- numbers that mean one thing ---
+
+
+def test_accuracies_are_exact_fractions_everywhere_and_percent_columns_say_so(project_dir):
+    assert train(project_dir, *SMALL, "trainer.epochs=2", "data.limit_test=250").returncode == 0
+    (run,) = job_runs(uri(project_dir))
+    client = MlflowClient(uri(project_dir))
+    sizes = {"test": 250, "train": 300}
+    for key in ("test_acc", "train_acc"):
+        for metric in client.get_metric_history(run.info.run_id, key):
+            n = sizes[key.split("_")[0]]
+            assert metric.value == round(metric.value * n) / n, (key, metric.value)  # correct / total, not float32
+    for key, n in (("final_test_acc", 250), ("best_test_acc", 250), ("train_eval_acc", 300)):
+        assert run.data.metrics[key] == round(run.data.metrics[key] * n) / n, key
+
+    header = analyze(project_dir, "--format", "csv").stdout.splitlines()[0].split(",")
+    assert {"acc_pct", "final_test_acc_pct", "best_test_acc_pct", "train_eval_acc_pct", "gap_pp"} <= set(header)
+    assert not {"test_acc", "train_acc", "gap"} & set(header), "a bare metric name holds a fraction in MLflow"
+
+
+def test_an_experiment_file_runs_its_grid_without_dash_m(project_dir):
+    result = train(project_dir, "experiment=course_grid", "regularizer=none", "trainer.seed=0", *SMALL)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sweep summary: 2 finished" in result.stdout
+    assert sorted(r.data.params["model.name"] for r in job_runs(uri(project_dir))) == ["lenet5", "mlp"]
+
+
+def test_plus_experiment_gets_a_one_line_hint(project_dir):
+    result = train(project_dir, "+experiment=course_grid")
+
+    assert result.returncode != 0
+    assert result.stderr.strip() == ("train.py: error: +experiment=course_grid: write experiment=course_grid without "
+                                     "'+': the experiment group is already in conf/train.yaml's defaults, so it is "
+                                     "chosen, not added")
+
+
+def test_a_search_without_a_validation_split_is_refused_before_any_run(project_dir):
+    result = train(project_dir, "hparams_search=lenet5_optuna", "data.validation_size=0", *SMALL)
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("train.py: error: ") and "data.validation_size" in lines[-1]
+    assert job_runs(uri(project_dir)) == [] and sweep_runs(uri(project_dir)) == []
