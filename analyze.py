@@ -3,6 +3,7 @@
     python analyze.py                            the latest sweep of the default experiment
     python analyze.py --report reports/latest    + figures and a markdown report (also logged to the sweep's run)
     python analyze.py --sweep all --filter model=lenet5 --sort test_acc --format csv --out lenet5.csv
+    python analyze.py --sweep experiment=course_grid --sweep experiment=lenet5_best --report reports/best
 
 Defaults for --tracking-uri and --experiment come from conf/train.yaml, like train.py's: MLflow's own
 MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME when set, else sqlite:///mlflow.db and mnist-exp.
@@ -16,15 +17,15 @@ from pathlib import Path
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
-def config_defaults() -> tuple[str, str]:
+def default_config():
+    """conf/train.yaml with no overrides: the course's own run, and the store's defaults."""
     from hydra import compose, initialize_config_dir
 
     from mnist_exp import schema
 
     schema.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train")
-    return cfg.mlflow.tracking_uri, cfg.mlflow.experiment
+        return compose(config_name="train")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,11 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else mnist-exp)")
     parser.add_argument("--sweep", action="append",
-                        help="'latest' (default), 'all', or a sweep's parent run ID (prefix) or key; repeat to pool sweeps")
+                        help="'latest' (default), 'all', a sweep's parent run ID (prefix) or key, or words of its name "
+                             "(experiment=course_grid: the latest such sweep); repeat to pool sweeps")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help="keep runs whose setting matches, e.g. model=lenet5 or optimizer.lr=0.01; repeatable")
-    parser.add_argument("--metric", choices=("final", "best"), default="final",
-                        help="a run's test accuracy: after its last epoch (default) or its best epoch")
+    parser.add_argument("--metric", choices=("final", "best", "val"), default="final",
+                        help="a run's accuracy: of its delivered model on the test split (default), of its best "
+                             "epoch, or of its delivered model on the validation split (to choose a recipe)")
     parser.add_argument("--sort", help="order rows best first by test_acc, best_test_acc, test_loss, gap, params, "
                                        "train_time_s or variant (default: MLP, LeNet-5, regularized LeNet-5)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
@@ -53,10 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per small file
-    if args.tracking_uri is None or args.experiment is None:
-        default_uri, default_experiment = config_defaults()
-        args.tracking_uri = args.tracking_uri or default_uri
-        args.experiment = args.experiment or default_experiment
+    defaults = default_config()
+    args.tracking_uri = args.tracking_uri or defaults.mlflow.tracking_uri
+    args.experiment = args.experiment or defaults.mlflow.experiment
 
     from mnist_exp.analysis import AnalysisError, apply_filters, format_table, register_best, select_runs, variant_table
     import pandas as pd
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
     else:
         print(text)
     if args.plots or args.report:
-        write_figures_and_report(args, selection, finished, table, format_table(table, "markdown"))
+        write_figures_and_report(args, selection, finished, table, format_table(table, "markdown"), defaults)
 
     if args.register:
         try:
@@ -105,18 +107,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_figures_and_report(args, selection, finished, table, table_markdown: str) -> None:
+def write_figures_and_report(args, selection, finished, table, table_markdown: str, defaults) -> None:
     from mlflow.tracking import MlflowClient
 
-    from mnist_exp import report
-    from mnist_exp.analysis import histories
+    from mnist_exp import report, tracking
+    from mnist_exp.analysis import histories, settings
 
+    course = settings(tracking.flat_params(defaults))  # the course's plain LeNet-5: the reference of the report
     figures_dir = args.plots or args.report
     history = histories(args.tracking_uri, finished)
-    figures = report.plot_all(table, history, figures_dir)
+    figures = report.plot_all(table, history, figures_dir, course)
     print(f"wrote {len(figures)} figures to {figures_dir}", file=sys.stderr)
     if args.report:
-        path = report.write_report(table, table_markdown, figures, selection.description, args.report)
+        path = report.write_report(table, table_markdown, figures, selection.description, args.report, course)
         print(f"wrote {path}", file=sys.stderr)
         client = MlflowClient(args.tracking_uri)
         for parent in selection.parent_run_ids:  # one click away in mlflow ui, on the sweep's own run

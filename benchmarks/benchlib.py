@@ -41,6 +41,10 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_line() -> str:
     import torch
 
@@ -231,18 +235,16 @@ def build(model_name: str, seed: int = 0, ours: bool = True):
     weights for every `seed`; the optimizer from mnist_exp.training.make_optimizer, or for the seed
     pipeline (ours=False) a plain torch.optim.SGD."""
     import torch
-    from omegaconf import OmegaConf
 
     from mnist_exp.models import Features, build_model
     from mnist_exp.training import make_optimizer
 
+    cfg = compose([f"model={model_name}"])
     torch.manual_seed(seed)
-    model_cfg = OmegaConf.create({"name": model_name, "activation": "relu", "hidden_layers": 2})
-    model = build_model(model_cfg, Features()).model
+    model = build_model(cfg.model, Features()).model
     if not ours:
         return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    optimizer_cfg = OmegaConf.create({"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False})
-    return model, make_optimizer(model, optimizer_cfg, 0.0)
+    return model, make_optimizer(model, cfg.optimizer, 0.0)
 
 
 def compose(overrides: list[str]):

@@ -44,7 +44,7 @@ def main() -> None:
     threads = benchlib.set_threads(args.threads)
 
     from mnist_exp import training
-    from mnist_exp.training import InputPipeline, evaluate, seed_epoch, train_epoch
+    from mnist_exp.training import InputPipeline, Training, evaluate, seed_epoch, train_epoch
 
     folder = benchlib.course_dataset(*benchlib.sizes(args.smoke))
     data = benchlib.load_course(folder, benchlib.CACHE / "tensor-cache")
@@ -64,7 +64,7 @@ def main() -> None:
         training._channels_last = (lambda x: x) if nchw else channels_last
         try:
             seed_epoch(0, 1)
-            train_epoch(model, optimizer, subset, batch, inputs, cpu)
+            train_epoch(Training(model, optimizer, None, inputs, cpu), subset, batch)
         finally:
             training._channels_last = channels_last
 

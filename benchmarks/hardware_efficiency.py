@@ -59,7 +59,7 @@ def main() -> None:
     threads = benchlib.set_threads(args.threads)
 
     from mnist_exp.data import Split
-    from mnist_exp.training import InputPipeline, evaluate, seed_epoch, train_epoch
+    from mnist_exp.training import InputPipeline, Training, evaluate, seed_epoch, train_epoch
 
     print(f"# {benchlib.machine_line()}")
     peak = max(peak_matmul(size, args.repeats), peak_matmul(size // 2, args.repeats))
@@ -74,10 +74,11 @@ def main() -> None:
         model, optimizer = benchlib.build(name)
         macs = forward_macs(model)
         model.train()
+        training = Training(model, optimizer, None, inputs, cpu)
         for batch in (64, 256):
             seed_epoch(0, 1)
-            train_epoch(model, optimizer, split.head(min(len(split), 10 * batch)), batch, inputs, cpu)  # warm-up
-            seconds = benchlib.best_of(args.repeats, lambda: train_epoch(model, optimizer, split, batch, inputs, cpu))
+            train_epoch(training, split.head(min(len(split), 10 * batch)), batch)  # warm-up
+            seconds = benchlib.best_of(args.repeats, lambda: train_epoch(training, split, batch))
             speed = len(split) / seconds
             achieved = speed * 3 * 2 * macs
             rows.append([name, f"train, batch {batch}", f"{macs:,}", speed, achieved / 1e9, f"{100 * achieved / peak:.1f}%"])

@@ -23,7 +23,10 @@ from mnist_exp import tracking
 from mnist_exp.statistics import estimate, welch
 from mnist_exp.sweep import MEMBERS_FILE
 
-METRICS = {"final": "final_test_acc", "best": "best_test_acc"}  # --metric: which accuracy of a run counts
+# --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
+# without looking at the test set.
+METRICS = {"final": "final_test_acc", "best": "best_test_acc", "val": "final_val_acc"}
+HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
 SORT_KEYS = {  # --sort name: (column, ascending); best first
     "test_acc": ("acc_pct", False), "best_test_acc": ("best_test_acc_pct", False), "test_loss": ("test_loss", True),
     "gap": ("gap_pp", True), "params": ("params", True), "train_time_s": ("train_time_s", True),
@@ -101,9 +104,14 @@ def sweep_members(client, parent_run_id: str) -> set[str]:
 
 
 def _find_parent(parents: pd.DataFrame, sweep: str) -> pd.Series:
+    """'latest', a parent run ID (or its prefix), a sweep key, or words of the sweep's name such as
+    'experiment=course_grid' (the latest such sweep)."""
     if sweep == "latest":
         return parents.sort_values(f"tags.{tracking.LAST_LAUNCH}").iloc[-1]
     matches = parents[parents["run_id"].str.startswith(sweep) | (parents[f"tags.{tracking.SWEEP_KEY}"] == sweep)]
+    if matches.empty:
+        matches = parents[parents["run_name"].str.contains(sweep, regex=False)].sort_values(f"tags.{tracking.LAST_LAUNCH}")
+        matches = matches.tail(1)
     if len(matches) != 1:
         known = "; ".join(f"{r.run_id[:8]} ({r.run_name})" for r in parents.itertuples())
         raise AnalysisError(f"--sweep {sweep} matches {len(matches)} sweeps; known sweeps: {known}")
@@ -177,12 +185,13 @@ def _context_key(run: pd.Series) -> str:
     return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _settings(run: pd.Series) -> str:
-    """The run's own settings (JSON), without the seed and what follows from the others."""
+def settings(params: dict[str, str]) -> str:
+    """A run's own settings (JSON) from its params, without the seed and what follows from the others:
+    equal for the runs of one variant, and for a config composed with the same overrides."""
     return json.dumps({
-        key[len("params."):]: value for key, value in run.items()
-        if key.startswith("params.") and not pd.isna(value)
-        and not key[len("params."):].startswith(tracking.NOT_IDENTITY + DERIVED)
+        key: value for key, value in params.items()
+        if not pd.isna(value) and not key.startswith(tracking.NOT_IDENTITY + DERIVED)
+        and tracking.ADDED_LATER.get(key) != value
     }, sort_keys=True)
 
 
@@ -203,10 +212,12 @@ def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
         "variant_hash": finished[f"tags.{tracking.VARIANT_HASH}"],
         "context": finished.apply(_context_key, axis=1),
         "data": finished.apply(_data_label, axis=1),
-        "settings": finished.apply(_settings, axis=1),
+        "settings": finished.apply(
+            lambda run: settings({k[len("params."):]: v for k, v in run.items() if k.startswith("params.")}), axis=1),
         "model": finished["params.model.name"],
         "regularizer": finished["params.regularizer.name"],
         "optimizer": finished["params.optimizer.name"],
+        "scheduler": _column(finished, "params.scheduler.name").fillna("none"),
         "params": finished["params.model.parameters"].astype(int),
         "epochs": finished["params.trainer.epochs"].astype(int),
         "train_size": pd.to_numeric(_column(finished, "params.data.train_size")),
@@ -216,8 +227,9 @@ def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
         "train_eval_acc_pct": 100 * _metric(finished, "train_eval_acc"),
         "train_time_s": _metric(finished, "train_time_s"),
     })
-    runs["acc_pct"] = runs["final_test_acc_pct" if metric == "final" else "best_test_acc_pct"]
-    runs["variant"] = runs["model"] + "/" + runs["regularizer"] + "/" + runs["optimizer"]
+    runs["acc_pct"] = runs["final_test_acc_pct"] if metric == "final" else 100 * _metric(finished, METRICS[metric])
+    schedule = runs["scheduler"].map(lambda name: "" if name == "none" else f"+{name}")
+    runs["variant"] = runs["model"] + "/" + runs["regularizer"] + "/" + runs["optimizer"] + schedule
     runs["gap_pp"] = runs["train_eval_acc_pct"] - runs["final_test_acc_pct"]  # the same model, both in eval mode
     return runs.reset_index(drop=True)
 
@@ -233,8 +245,8 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
     grouped = runs.groupby(["variant_hash", "context"], sort=False)
-    table = grouped[["variant", "model", "regularizer", "optimizer", "data", "settings", "params", "epochs",
-                     "train_size"]].first()
+    table = grouped[["variant", "model", "regularizer", "optimizer", "scheduler", "data", "settings", "params",
+                     "epochs", "train_size"]].first()
     table["n"] = grouped.size()
     for column in ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct", "gap_pp",
                    "train_time_s"):
@@ -255,8 +267,9 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
         table[column] = table["acc_pct"] - table["context"].map(reference)
     _compare_with_baselines(table, plain)
     _disambiguate(table)
-    table = _sorted(table, sort)
-    return table.drop(columns=["variant_hash", "context", "settings"]).reset_index(drop=True)
+    table = _sorted(table, sort).drop(columns=["variant_hash"]).reset_index(drop=True)
+    table.attrs["metric"] = metric
+    return table
 
 
 def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
@@ -306,7 +319,8 @@ def _disambiguate(table: pd.DataFrame) -> None:
         table.loc[rows.index, "variant"] = labels
 
 
-def histories(tracking_uri: str, finished: pd.DataFrame, keys=("test_acc", "test_loss", "train_acc", "train_loss")):
+def histories(tracking_uri: str, finished: pd.DataFrame,
+              keys=("test_acc", "test_loss", "train_acc", "train_loss", "lr")):
     """Per-epoch metrics of every finished run: columns run_id, variant, epoch, and one per key (fractions)."""
     from mlflow.tracking import MlflowClient
 
@@ -363,7 +377,8 @@ def format_table(table: pd.DataFrame, fmt: str) -> str:
         "data": table["data"],
         "params": table["params"],
         "n": table["n"],
-        "test acc %": [_mean_std(m, s) for m, s in zip(table["acc_pct"], table["acc_pct_std"])],
+        HEADERS[table.attrs.get("metric", "final")]: [_mean_std(m, s) for m, s in zip(table["acc_pct"],
+                                                                                      table["acc_pct_std"])],
         "95% CI": [_interval(lo, hi) for lo, hi in zip(table["acc_pct_ci_low"], table["acc_pct_ci_high"])],
         "best %": table["best_test_acc_pct"].map(_number("{:.2f}")),
         "test loss": table["test_loss"].map(_number("{:.4f}")),

@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from mnist_exp.training import EpochMetrics, Progress
+from mnist_exp.training import EpochMetrics, Progress, Training
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +21,7 @@ class Checkpoint:
     run_id: str  # the MLflow run a resume continues
     model_state: dict
     optimizer_state: dict
+    scheduler_state: dict | None
     progress: Progress
 
 
@@ -31,15 +31,15 @@ def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str
     return Path(checkpoint_dir) / f"{config_hash}-{data}.pt"
 
 
-def save(path: Path, run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+def save(path: Path, run_id: str, training: Training, progress: Progress) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {
         "run_id": run_id,
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
-        "history": [asdict(m) for m in progress.history],
-        "train_time_s": progress.train_time_s,
+        "model_state": training.model.state_dict(),
+        "optimizer_state": training.optimizer.state_dict(),
+        "scheduler_state": training.scheduler.state_dict() if training.scheduler is not None else None,
+        "progress": asdict(progress),  # with the best epoch's weights, for early stopping
     }
     with open(temporary, "wb") as file:
         torch.save(payload, file)
@@ -54,8 +54,10 @@ def load(path: Path) -> Checkpoint | None:
         return None
     try:
         payload = torch.load(path, weights_only=True)
-        progress = Progress([EpochMetrics(**m) for m in payload["history"]], payload["train_time_s"])
-        return Checkpoint(payload["run_id"], payload["model_state"], payload["optimizer_state"], progress)
+        fields = payload["progress"]
+        progress = Progress(**{**fields, "history": [EpochMetrics(**m) for m in fields["history"]]})
+        return Checkpoint(payload["run_id"], payload["model_state"], payload["optimizer_state"],
+                          payload["scheduler_state"], progress)
     except Exception as error:  # a damaged checkpoint costs a restart, never a crash
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
         return None

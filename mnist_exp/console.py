@@ -1,4 +1,8 @@
-"""What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere."""
+"""What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere.
+
+In a worker of the default parallel launcher (mnist_exp.launcher) a job draws no bars: it tells the
+launching process its name and each finished epoch, for the sweep's own progress line.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,23 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mnist_exp.training import EpochMetrics
 
 log = logging.getLogger("mnist_exp")
+_sweep: tuple | None = None  # (events queue, worker id, job index) in a launcher's worker process
+
+
+def report_to(events, worker_id: int, index: int) -> None:
+    global _sweep
+    _sweep = (events, worker_id, index)
+
+
+def _report(kind: str, payload) -> None:
+    if _sweep is not None:
+        events, worker_id, index = _sweep
+        events.put((kind, worker_id, index, payload))
+
+
+def announce(name: str, epochs: int, epochs_done: int = 0) -> None:
+    """The job's run name and length, as soon as it knows them (a skipped job too)."""
+    _report("start", (name, epochs, epochs_done))
 
 
 def epoch_line(m: EpochMetrics, epochs: int) -> str:
@@ -23,12 +44,13 @@ def epoch_line(m: EpochMetrics, epochs: int) -> str:
 
 
 class RunProgress(contextlib.AbstractContextManager):
-    """An epoch bar and a batch bar when stderr is a terminal; log lines only otherwise (CI, files)."""
+    """An epoch bar and a batch bar when stderr is a terminal and no sweep draws its own; log lines only otherwise."""
 
     def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):
         self.epochs = epochs
-        self.bars = sys.stderr.isatty()
+        self.bars = _sweep is None and sys.stderr.isatty()
         self._stack = contextlib.ExitStack()
+        announce(title, epochs, epochs_done)
         if self.bars:
             self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars
             self.epoch_bar = self._stack.enter_context(
@@ -45,6 +67,7 @@ class RunProgress(contextlib.AbstractContextManager):
 
     def epoch(self, metrics: EpochMetrics) -> None:
         log.info(epoch_line(metrics, self.epochs))
+        _report("epoch", metrics.epoch)
         if self.bars:
             self.epoch_bar.update()
             self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")

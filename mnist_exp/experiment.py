@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import signal
 import traceback
 from dataclasses import dataclass
@@ -20,15 +21,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import checkpoints, plots, tracking
+from mnist_exp import checkpoints, console, plots, tracking
 from mnist_exp.console import RunProgress
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
-from mnist_exp.regularization import model_features, train_augmentation, variant_name, weight_decay
+from mnist_exp.regularization import (
+    early_stopping, label_smoothing, model_features, train_augmentation, variant_name, weight_decay,
+)
 from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, run_name, write_job_status
 from mnist_exp.training import (
-    Diverged, InputPipeline, PixelClassifier, Progress, evaluate, fit, make_optimizer, resolve_device,
+    Diverged, InputPipeline, PixelClassifier, Progress, Training, evaluate, fit, make_optimizer, make_scheduler,
+    resolve_device,
 )
 from mnist_exp.validation import ConfigError, validate
 
@@ -86,6 +90,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
     config_hash = tracking.config_hash(params)
     client, experiment_id = tracking.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     name = run_name(variant_label(cfg), cfg.trainer.seed, overrides, sweep.swept if sweep else [])
+    console.announce(name, cfg.trainer.epochs)
     data = problem = None
     try:  # a bad value or bad data still gets a run, FAILED, that says why
         validate(cfg)
@@ -150,8 +155,10 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
 
 
 def variant_label(cfg) -> str:
-    """model/regularizer/optimizer, e.g. lenet5/l2+dropout/sgd: how runs, bars and tables name a variant."""
-    return f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}"
+    """model/regularizer/optimizer[+scheduler], e.g. lenet5/l2+dropout/sgd or mlp/augment/sgd+onecycle:
+    how runs, bars and tables name a variant."""
+    schedule = f"+{cfg.scheduler.name}" if cfg.scheduler else ""
+    return f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}{schedule}"
 
 
 def data_params_of(data) -> dict[str, str]:
@@ -197,6 +204,12 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
     built = build_model(cfg.model, model_features(cfg.regularizer))
     model = built.model.to(device)
     optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
+    batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
+    training = Training(
+        model, optimizer, make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches),
+        InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer)), device,
+        label_smoothing(cfg.regularizer), early_stopping(cfg.regularizer),
+    )
     log.info(
         "%s: %d parameters (LeNet-5: %d); data: %s (%s), %d train / %d test images; %s, %d threads",
         built.description, built.parameters, built.lenet5_parameters, data.source, data.location,
@@ -215,25 +228,24 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
         if data.fallback:
             mlflow.set_tag(tracking.FALLBACK, data.fallback)
     else:
-        progress = _resume(checkpoint, model, optimizer)
+        progress = _resume(checkpoint, training)
 
-    inputs = InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer))
-    batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
     title = variant_label(cfg)
-    with RunProgress(title, cfg.trainer.epochs, progress.epochs_done, batches) as display:
+    with RunProgress(mlflow.active_run().info.run_name, cfg.trainer.epochs, progress.epochs_done, batches) as display:
 
         def on_epoch_end(progress: Progress) -> None:
             run_id = mlflow.active_run().info.run_id
-            checkpoints.save(checkpoint_file, run_id, model, optimizer, progress)  # before logging: see _resume
+            checkpoints.save(checkpoint_file, run_id, training, progress)  # before logging: see _resume
             metrics = progress.history[-1]
             mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
             display.epoch(metrics)
 
-        fit(model, optimizer, data, cfg.trainer, inputs, device, progress, on_epoch_end, display.batch)
+        fit(training, data, cfg.trainer, progress, on_epoch_end, display.batch)
 
-    _log_results(cfg, model, data, datasets, inputs, device, progress, f"{built.description} ({title})", output_dir)
+    _log_results(cfg, training, data, datasets, progress, f"{built.description} ({title})", output_dir)
     checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
-    return objective_of(progress.history[-1].as_metrics())
+    delivered = progress.history[(progress.best_epoch or progress.epochs_done) - 1]
+    return objective_of(delivered.as_metrics())
 
 
 def objective_of(metrics: dict[str, float]) -> float | None:
@@ -242,9 +254,11 @@ def objective_of(metrics: dict[str, float]) -> float | None:
     return metrics.get("val_acc")
 
 
-def _resume(checkpoint, model, optimizer) -> Progress:
-    model.load_state_dict(checkpoint.model_state)
-    optimizer.load_state_dict(checkpoint.optimizer_state)
+def _resume(checkpoint, training: Training) -> Progress:
+    training.model.load_state_dict(checkpoint.model_state)
+    training.optimizer.load_state_dict(checkpoint.optimizer_state)
+    if training.scheduler is not None:
+        training.scheduler.load_state_dict(checkpoint.scheduler_state)
     run_id = mlflow.active_run().info.run_id
     logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "test_acc")}
     for metrics in checkpoint.progress.history:  # a kill between checkpoint and log_metrics leaves a gap
@@ -253,22 +267,32 @@ def _resume(checkpoint, model, optimizer) -> Progress:
     return checkpoint.progress
 
 
-def _log_results(cfg, model, data, datasets, inputs, device, progress: Progress, title: str, output_dir: Path):
+def _log_results(cfg, training: Training, data, datasets, progress: Progress, title: str, output_dir: Path):
     """Summary metrics, the model, and the artifacts: config, history, curves, confusion matrix, Hydra's files."""
-    test_loss, test_acc, predictions = evaluate(model, data.test, cfg.trainer.eval_batch_size, inputs, device)
+    model, inputs, device, batch = training.model, training.inputs, training.device, cfg.trainer.eval_batch_size
+    test_loss, test_acc, predictions = evaluate(model, data.test, batch, inputs, device)
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
     # the generalization gap needs the finished model's accuracy on the training images themselves.
-    train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, cfg.trainer.eval_batch_size, inputs, device)
-    mlflow.log_metrics({
+    train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
+    summary = {
         "best_test_acc": max(m.test_acc for m in progress.history),
         "train_eval_loss": train_eval_loss,
         "train_eval_acc": train_eval_acc,
         "train_time_s": progress.train_time_s,
-    }, step=progress.epochs_done)
+        # The process's peak so far: in a sweep's reused worker, the largest of its jobs up to this one.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if training.early_stopping is not None:  # which epoch's weights are delivered, and when training ended
+        summary.update(best_epoch=progress.best_epoch, stopped_epoch=progress.epochs_done)
+    mlflow.log_metrics(summary, step=progress.epochs_done)
     model_info = tracking.log_model(PixelClassifier(model, cfg.data.mean, cfg.data.std).eval(), data.test.images[:5])
-    # What the delivered model scores, linked to it (mlflow.search_logged_models) and to the test split.
+    # What the delivered model scores, linked to it (mlflow.search_logged_models) and to each split.
     mlflow.log_metrics({"final_test_loss": test_loss, "final_test_acc": test_acc}, step=progress.epochs_done,
                        model_id=model_info.model_id, dataset=datasets["test"])
+    if data.validation is not None:
+        val_loss, val_acc, _ = evaluate(model, data.validation, batch, inputs, device)
+        mlflow.log_metrics({"final_val_loss": val_loss, "final_val_acc": val_acc}, step=progress.epochs_done,
+                           model_id=model_info.model_id, dataset=datasets["validation"])
 
     folder = output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)

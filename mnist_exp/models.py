@@ -1,12 +1,23 @@
-"""LeNet-5 and an MLP of the same size, built from the `model` config group."""
+"""LeNet-5 (on 28x28 input, or the paper's 32x32 layout) and an MLP of the same size, built from the `model` config group."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+
+class ScaledTanh(nn.Module):
+    """The paper's squashing function, f(a) = 1.7159 tanh(2a/3) (LeCun et al. 1998, appendix A)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.7159 * torch.tanh(x * (2 / 3))
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "scaled_tanh": ScaledTanh}
+POOLING = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+LENET5_LAYOUTS = {"lenet5": 0, "lenet5_32": 2}  # model.name -> padding of the 28x28 input
 NUM_CLASSES = 10
 INPUT_PIXELS = 28 * 28
 PARITY_TOLERANCE = 0.02  # the MLP's parameter count stays within 2% of LeNet-5's
@@ -39,23 +50,37 @@ def _hidden_block(layer: nn.Module, width: int, activation: str, features: Featu
 
 
 class LeNet5(nn.Module):
-    def __init__(self, activation: str, features: Features):
+    """conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> fc 120 -> fc 84 -> fc 10.
+
+    padding=0 is today's layout on the 28x28 digits (maps 24 -> 12 -> 8 -> 4, fc 120 sees 16*4*4);
+    padding=2 is the paper's 32x32 input (maps 28 -> 14 -> 10 -> 5, fc 120 sees 16*5*5).
+    """
+
+    def __init__(self, activation: str, features: Features, padding: int = 0, pooling: str = "max"):
         super().__init__()
+        side = (28 + 2 * padding - 4) // 2  # after conv 1 and the first pool
+        side = (side - 4) // 2  # after conv 2 and the second pool
         self.features = nn.Sequential(
-            *_hidden_block(nn.Conv2d(1, 6, kernel_size=5), 6, activation, features, dims=2),  # 28 -> 24
-            nn.MaxPool2d(2),  # -> 12
-            *_hidden_block(nn.Conv2d(6, 16, kernel_size=5), 16, activation, features, dims=2),  # -> 8
-            nn.MaxPool2d(2),  # -> 4
+            *_hidden_block(nn.Conv2d(1, 6, kernel_size=5, padding=padding), 6, activation, features, dims=2),
+            POOLING[pooling](2),
+            *_hidden_block(nn.Conv2d(6, 16, kernel_size=5), 16, activation, features, dims=2),
+            POOLING[pooling](2),
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            *_hidden_block(nn.Linear(16 * 4 * 4, 120), 120, activation, features, dims=1),
+            *_hidden_block(nn.Linear(16 * side * side, 120), 120, activation, features, dims=1),
             *_hidden_block(nn.Linear(120, 84), 84, activation, features, dims=1),
             nn.Linear(84, NUM_CLASSES),
         )
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+def lenet5(name: str, activation: str, features: Features, pooling: str = "max") -> LeNet5:
+    if name not in LENET5_LAYOUTS:
+        raise ValueError(f"model {name} is not one of {', '.join(LENET5_LAYOUTS)}")
+    return LeNet5(activation, features, padding=LENET5_LAYOUTS[name], pooling=pooling)
 
 
 class MLP(nn.Module):
@@ -101,19 +126,25 @@ class BuiltModel:
 
 
 def build_model(model_cfg, features: Features) -> BuiltModel:
-    lenet5 = LeNet5(model_cfg.activation, features)
-    lenet5_parameters = count_parameters(lenet5)
-    if model_cfg.name == "lenet5":
-        return BuiltModel(lenet5, lenet5_parameters, lenet5_parameters, "LeNet-5")
+    """The configured network. The MLP's width is solved against the LeNet-5 layout it names
+    (model.parity_with), built with the same activation and regularizer layers."""
+    if model_cfg.name in LENET5_LAYOUTS:
+        pooling = model_cfg.get("pooling", "max")  # only the paper's layout offers average pooling
+        model = lenet5(model_cfg.name, model_cfg.activation, features, pooling)
+        parameters = count_parameters(model)
+        layout = "32x32 input" if LENET5_LAYOUTS[model_cfg.name] else "28x28 input"
+        return BuiltModel(model, parameters, parameters, f"LeNet-5 ({layout})")
     if model_cfg.name == "mlp":
-        width = parity_width(lenet5_parameters, model_cfg.hidden_layers, model_cfg.activation, features)
+        yardstick = model_cfg.parity_with
+        target = count_parameters(lenet5(yardstick, model_cfg.activation, features))
+        width = parity_width(target, model_cfg.hidden_layers, model_cfg.activation, features)
         mlp = MLP([width] * model_cfg.hidden_layers, model_cfg.activation, features)
         parameters = count_parameters(mlp)
-        if abs(parameters - lenet5_parameters) > PARITY_TOLERANCE * lenet5_parameters:
+        if abs(parameters - target) > PARITY_TOLERANCE * target:
             raise ValueError(
                 f"no MLP with model.hidden_layers={model_cfg.hidden_layers} comes within "
-                f"{PARITY_TOLERANCE:.0%} of LeNet-5's {lenet5_parameters} parameters (best: {parameters})"
+                f"{PARITY_TOLERANCE:.0%} of {yardstick}'s {target} parameters (best: {parameters})"
             )
         widths = " -> ".join(str(w) for w in [INPUT_PIXELS, *[width] * model_cfg.hidden_layers, NUM_CLASSES])
-        return BuiltModel(mlp, parameters, lenet5_parameters, f"MLP {widths}")
-    raise ValueError(f"model.name={model_cfg.name} is not lenet5 or mlp")
+        return BuiltModel(mlp, parameters, target, f"MLP {widths}")
+    raise ValueError(f"model.name={model_cfg.name} is not one of {', '.join([*LENET5_LAYOUTS, 'mlp'])}")

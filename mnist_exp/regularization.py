@@ -1,11 +1,13 @@
 """What each regularizer changes: the model (dropout, batch norm), the optimizer (L2 weight
-decay) or the training images (augmentation). A regularizer is on when its key is present
-in the `regularizer` config node; regularizer=[l2,dropout] composes both.
+decay), the training images (augmentation), the training loss (label smoothing) or how long
+training goes and which weights it delivers (early stopping). A regularizer is on when its key
+is present in the `regularizer` config node; regularizer=[l2,dropout] composes both.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 from mnist_exp.models import Features
 
 # Canonical order, so regularizer=[dropout,l2] and [l2,dropout] name the same variant.
-REGULARIZERS = ("l2", "dropout", "batchnorm", "augment")
+REGULARIZERS = ("l2", "dropout", "batchnorm", "augment", "label_smoothing", "early_stopping")
 
 
 def variant_name(regularizer_cfg) -> str:
@@ -34,6 +36,27 @@ def model_features(regularizer_cfg) -> Features:
 def weight_decay(regularizer_cfg) -> float:
     l2 = regularizer_cfg.get("l2")
     return l2.weight_decay if l2 is not None else 0.0
+
+
+def label_smoothing(regularizer_cfg) -> float:
+    smoothing = regularizer_cfg.get("label_smoothing")
+    return smoothing.epsilon if smoothing is not None else 0.0
+
+
+def early_stopping(regularizer_cfg) -> EarlyStopping | None:
+    stopping = regularizer_cfg.get("early_stopping")
+    return EarlyStopping(stopping.patience, stopping.min_delta) if stopping is not None else None
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop after `patience` epochs whose validation loss did not beat the best by more than min_delta."""
+
+    patience: int
+    min_delta: float
+
+    def improved(self, val_loss: float, best_val_loss: float | None) -> bool:
+        return best_val_loss is None or val_loss < best_val_loss - self.min_delta
 
 
 def train_augmentation(regularizer_cfg) -> RandomAffine | None:

@@ -18,10 +18,18 @@ class LeNet5Config:
 
 
 @dataclass
+class LeNet532Config:
+    name: str = MISSING
+    activation: str = MISSING
+    pooling: str = MISSING
+
+
+@dataclass
 class MLPConfig:
     name: str = MISSING
     activation: str = MISSING
     hidden_layers: int = MISSING
+    parity_with: str = MISSING
 
 
 @dataclass
@@ -62,6 +70,41 @@ class AugmentConfig:
 
 
 @dataclass
+class LabelSmoothingConfig:
+    epsilon: float = MISSING
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = MISSING
+    min_delta: float = MISSING
+
+
+@dataclass
+class StepSchedulerConfig:
+    name: str = MISSING
+    step_size: int = MISSING
+    gamma: float = MISSING
+
+
+@dataclass
+class CosineSchedulerConfig:
+    name: str = MISSING
+    warmup_epochs: int = MISSING
+    min_lr: float = MISSING
+
+
+@dataclass
+class OneCycleSchedulerConfig:
+    name: str = MISSING
+    max_lr: float = MISSING
+    pct_start: float = MISSING
+    div_factor: float = MISSING
+    final_div_factor: float = MISSING
+    cycle_momentum: bool = MISSING
+
+
+@dataclass
 class DataConfig:
     root: str = MISSING
     source: str = MISSING
@@ -97,6 +140,7 @@ class TrainConfig:
     optimizer: Any = MISSING
     # Regularizers compose; each attaches the schema of its own sub-key (l2, dropout, ...).
     regularizer: Any = MISSING
+    scheduler: Any = MISSING  # empty for the course's constant learning rate
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
@@ -112,6 +156,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="lenet5_schema", node=LeNet5Config)
+    store.store(name="lenet5_32_schema", node=LeNet532Config)
     store.store(name="mlp_schema", node=MLPConfig)
     store.store(name="sgd_schema", node=SGDConfig)
     store.store(name="adam_schema", node=AdamConfig)
@@ -119,3 +164,8 @@ def register() -> None:
     store.store(name="dropout_schema", node=DropoutConfig)
     store.store(name="batchnorm_schema", node=BatchNormConfig)
     store.store(name="augment_schema", node=AugmentConfig)
+    store.store(name="label_smoothing_schema", node=LabelSmoothingConfig)
+    store.store(name="early_stopping_schema", node=EarlyStoppingConfig)
+    store.store(name="step_schema", node=StepSchedulerConfig)
+    store.store(name="cosine_schema", node=CosineSchedulerConfig)
+    store.store(name="onecycle_schema", node=OneCycleSchedulerConfig)

@@ -30,7 +30,7 @@ SWEEP_FILE = "mlflow_sweep.json"
 STATUS_FILE = "job_status.json"
 MEMBERS_FILE = "sweep_members.json"
 IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=true or logged elsewhere
-NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "trainer.seed")  # already in every run's name
+NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "scheduler", "trainer.seed")  # already in every run's name
 MAX_LISTED = 60  # members listed in the parent run's description; all of them are in MEMBERS_FILE
 
 

@@ -44,6 +44,9 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 # Keys that change where or how fast a run goes, not what it computes.
 NOT_IDENTITY = ("mlflow.", "force", "trainer.threads", "trainer.checkpoint_dir", "data.cache_dir")
+# Settings added after runs were recorded with this code: at these values they hash as if absent,
+# so those runs keep their identity (and are skipped, not trained again).
+ADDED_LATER = {"model.parity_with": "lenet5"}
 # What the resolved data adds to a run's identity: the same request may read other digits later.
 DATA_IDENTITY = ("data.resolved_source", "data.train_sha256", "data.test_sha256", "data.validation_sha256")
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
@@ -119,7 +122,8 @@ def flat_params(cfg) -> dict[str, str]:
 
 def config_hash(params: dict[str, str], ignore: tuple[str, ...] = ()) -> str:
     identity = {
-        key: value for key, value in params.items() if not key.startswith(NOT_IDENTITY) and key not in ignore
+        key: value for key, value in params.items()
+        if not key.startswith(NOT_IDENTITY) and key not in ignore and ADDED_LATER.get(key) != value
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -1,7 +1,8 @@
 """The training loop: whole-batch gathers from in-memory uint8 tensors, no DataLoader.
 
 Every epoch reseeds torch's generator from (seed, epoch), so shuffling, dropout and
-augmentation of epoch k are the same whether the run started at epoch 1 or resumed at k.
+augmentation of epoch k are the same whether the run started at epoch 1 or resumed at k; the
+learning-rate scheduler and early stopping keep their state in the checkpoint for the same reason.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_exp.data import MNIST, Split
+from mnist_exp.regularization import EarlyStopping
+
+SCHEDULERS = ("step", "cosine", "onecycle")
 
 
 class Diverged(RuntimeError):
@@ -32,6 +36,7 @@ class EpochMetrics:
     epoch_time_s: float
     val_loss: float | None = None  # only with a validation split (data.validation_size)
     val_acc: float | None = None
+    lr: float | None = None  # the learning rate of the epoch's first batch
 
     def as_metrics(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if k != "epoch" and v is not None}
@@ -39,14 +44,30 @@ class EpochMetrics:
 
 @dataclass
 class Progress:
-    """Everything a checkpoint must restore besides the model and optimizer."""
+    """Everything a checkpoint must restore besides the model, optimizer and scheduler."""
 
     history: list[EpochMetrics] = field(default_factory=list)
     train_time_s: float = 0.0
+    best_epoch: int | None = None  # early stopping: the epoch with the lowest validation loss so far,
+    best_state: dict | None = None  # its weights,
+    stopped_early: bool = False  # and whether patience ran out
 
     @property
     def epochs_done(self) -> int:
         return len(self.history)
+
+
+@dataclass
+class Training:
+    """What updates one run's weights, built once from its config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    inputs: InputPipeline
+    device: torch.device
+    label_smoothing: float = 0.0
+    early_stopping: EarlyStopping | None = None
 
 
 class InputPipeline:
@@ -115,27 +136,53 @@ def make_optimizer(model: nn.Module, optimizer_cfg, weight_decay: float) -> torc
     raise ValueError(f"optimizer.name={optimizer_cfg.name} is not sgd or adam")
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int, batches_per_epoch: int):
+    """The `scheduler` group as a torch.optim.lr_scheduler stepped after every batch; None for none."""
+    if not scheduler_cfg:
+        return None
+    schedulers, total = torch.optim.lr_scheduler, epochs * batches_per_epoch
+    if scheduler_cfg.name == "step":
+        return schedulers.StepLR(optimizer, step_size=scheduler_cfg.step_size * batches_per_epoch,
+                                 gamma=scheduler_cfg.gamma)
+    if scheduler_cfg.name == "cosine":
+        warmup = scheduler_cfg.warmup_epochs * batches_per_epoch
+        cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=scheduler_cfg.min_lr)
+        if not warmup:
+            return cosine
+        ramp = schedulers.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
+        return schedulers.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+    if scheduler_cfg.name == "onecycle":
+        return schedulers.OneCycleLR(
+            optimizer, max_lr=scheduler_cfg.max_lr, total_steps=total, pct_start=scheduler_cfg.pct_start,
+            div_factor=scheduler_cfg.div_factor, final_div_factor=scheduler_cfg.final_div_factor,
+            cycle_momentum=scheduler_cfg.cycle_momentum,
+        )
+    raise ValueError(f"scheduler.name={scheduler_cfg.name} is not one of none, {', '.join(SCHEDULERS)}")
+
+
 def seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(seed * 100_003 + epoch)
 
 
 def train_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, batch_size: int,
-    inputs: InputPipeline, device: torch.device, on_batch: Callable[[float], None] | None = None,
+    training: Training, split: Split, batch_size: int, on_batch: Callable[[float], None] | None = None
 ) -> tuple[float, float]:
     """One pass over `split` in random order; returns (mean loss, accuracy)."""
+    model, optimizer, device = training.model, training.optimizer, training.device
     model.train()
     images, labels = split.images.to(device), split.labels.to(device)
     order = torch.randperm(len(labels)).to(device)
     loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        x, y = inputs(images[batch], train=True), labels[batch]
+        x, y = training.inputs(images[batch], train=True), labels[batch]
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=training.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if training.scheduler is not None:
+            training.scheduler.step()
         batch_loss = loss.item()
         if not math.isfinite(batch_loss):
             raise Diverged(
@@ -167,25 +214,44 @@ def evaluate(
 
 
 def fit(
-    model: nn.Module, optimizer: torch.optim.Optimizer, data: MNIST, trainer_cfg, inputs: InputPipeline,
-    device: torch.device, progress: Progress, on_epoch_end: Callable[[Progress], None],
+    training: Training, data: MNIST, trainer_cfg, progress: Progress, on_epoch_end: Callable[[Progress], None],
     on_batch: Callable[[float], None] | None = None,
 ) -> Progress:
-    """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each."""
+    """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each.
+
+    With early stopping it ends once patience runs out and leaves the best epoch's weights in the model.
+    """
+    model, inputs, device = training.model, training.inputs, training.device
     for epoch in range(progress.epochs_done + 1, trainer_cfg.epochs + 1):
+        if progress.stopped_early:
+            break
         seed_epoch(trainer_cfg.seed, epoch)
+        lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        train_loss, train_acc = train_epoch(
-            model, optimizer, data.train, trainer_cfg.batch_size, inputs, device, on_batch
-        )
+        train_loss, train_acc = train_epoch(training, data.train, trainer_cfg.batch_size, on_batch)
         test_loss, test_acc, _ = evaluate(model, data.test, trainer_cfg.eval_batch_size, inputs, device)
         val_loss = val_acc = None
         if data.validation is not None:
             val_loss, val_acc, _ = evaluate(model, data.validation, trainer_cfg.eval_batch_size, inputs, device)
         elapsed = time.perf_counter() - started
         progress.history.append(
-            EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed, val_loss, val_acc)
+            EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed, val_loss, val_acc, lr)
         )
         progress.train_time_s += elapsed
+        if training.early_stopping is not None:
+            _watch(training, progress)
         on_epoch_end(progress)
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
     return progress
+
+
+def _watch(training: Training, progress: Progress) -> None:
+    """Early stopping's bookkeeping after an epoch: a new best keeps its weights; no news costs patience."""
+    latest = progress.history[-1]
+    best = progress.history[progress.best_epoch - 1].val_loss if progress.best_epoch else None
+    if training.early_stopping.improved(latest.val_loss, best):
+        progress.best_epoch = latest.epoch
+        progress.best_state = {key: value.detach().clone() for key, value in training.model.state_dict().items()}
+    elif latest.epoch - progress.best_epoch >= training.early_stopping.patience:
+        progress.stopped_early = True

@@ -7,8 +7,9 @@ from dataclasses import fields
 
 from mnist_exp import schema
 from mnist_exp.data import SOURCES
-from mnist_exp.models import ACTIVATIONS
+from mnist_exp.models import ACTIVATIONS, LENET5_LAYOUTS, POOLING
 from mnist_exp.regularization import REGULARIZERS
+from mnist_exp.training import SCHEDULERS
 
 
 class ConfigError(ValueError):
@@ -43,10 +44,16 @@ def validate(cfg) -> None:
     check(data.validation_size >= 0, "data.validation_size", data.validation_size, ">= 0")
     check(data.std > 0, "data.std", data.std, "> 0")
 
-    check(model.name in ("lenet5", "mlp"), "model.name", model.name, "lenet5 or mlp")
+    models = [*LENET5_LAYOUTS, "mlp"]
+    check(model.name in models, "model.name", model.name, f"one of {', '.join(models)}")
     check(model.activation in ACTIVATIONS, "model.activation", model.activation, f"one of {', '.join(ACTIVATIONS)}")
     if "hidden_layers" in model:
         check(model.hidden_layers >= 1, "model.hidden_layers", model.hidden_layers, ">= 1")
+    if "parity_with" in model:
+        check(model.parity_with in LENET5_LAYOUTS, "model.parity_with", model.parity_with,
+              f"one of {', '.join(LENET5_LAYOUTS)}")
+    if "pooling" in model:
+        check(model.pooling in POOLING, "model.pooling", model.pooling, f"one of {', '.join(POOLING)}")
 
     check(optimizer.name in ("sgd", "adam"), "optimizer.name", optimizer.name, "sgd or adam")
     check(optimizer.lr > 0, "optimizer.lr", optimizer.lr, "> 0")
@@ -78,6 +85,37 @@ def validate(cfg) -> None:
             "regularizer.augment.scale", scale, "[min, max] with 0 < min <= max",
         )
 
+    if regularizer.get("label_smoothing") is not None:
+        epsilon = regularizer.label_smoothing.epsilon
+        check(0 <= epsilon < 1, "regularizer.label_smoothing.epsilon", epsilon, "in [0, 1)")
+    if regularizer.get("early_stopping") is not None:
+        stopping = regularizer.early_stopping
+        check(stopping.patience >= 1, "regularizer.early_stopping.patience", stopping.patience, ">= 1")
+        check(stopping.min_delta >= 0, "regularizer.early_stopping.min_delta", stopping.min_delta, ">= 0")
+        if data.validation_size < 1:
+            problems.append("regularizer=early_stopping watches the validation loss: hold out a validation "
+                            "split with data.validation_size=N (e.g. data.validation_size=1000)")
+
+    scheduler = cfg.scheduler
+    if scheduler:
+        check(scheduler.name in SCHEDULERS, "scheduler.name", scheduler.name, f"one of {', '.join(SCHEDULERS)}")
+    if scheduler.get("name") == "step":
+        check(scheduler.step_size >= 1, "scheduler.step_size", scheduler.step_size, ">= 1 (epochs)")
+        check(0 < scheduler.gamma <= 1, "scheduler.gamma", scheduler.gamma, "in (0, 1]")
+    if scheduler.get("name") == "cosine":
+        check(0 <= scheduler.warmup_epochs < trainer.epochs, "scheduler.warmup_epochs", scheduler.warmup_epochs,
+              f">= 0 and below trainer.epochs={trainer.epochs}")
+        check(0 <= scheduler.min_lr < optimizer.lr, "scheduler.min_lr", scheduler.min_lr,
+              f">= 0 and below optimizer.lr={optimizer.lr}")
+    if scheduler.get("name") == "onecycle":
+        check(scheduler.max_lr > 0, "scheduler.max_lr", scheduler.max_lr, "> 0")
+        check(0 < scheduler.pct_start < 1, "scheduler.pct_start", scheduler.pct_start, "in (0, 1)")
+        check(scheduler.div_factor >= 1, "scheduler.div_factor", scheduler.div_factor, ">= 1")
+        check(scheduler.final_div_factor >= 1, "scheduler.final_div_factor", scheduler.final_div_factor, ">= 1")
+        if scheduler.cycle_momentum and optimizer.get("momentum", 1) == 0:
+            problems.append("scheduler.cycle_momentum=true cycles SGD's momentum, which is 0 here: "
+                            "set optimizer.momentum > 0 or scheduler.cycle_momentum=false")
+
     check(bool(cfg.mlflow.experiment.strip()), "mlflow.experiment", repr(cfg.mlflow.experiment), "a non-empty name")
     if problems:
         raise ConfigError("; ".join(problems))
@@ -85,15 +123,18 @@ def validate(cfg) -> None:
 
 SCHEMAS = {
     "": schema.TrainConfig, "trainer": schema.TrainerConfig, "data": schema.DataConfig, "mlflow": schema.MLflowConfig,
-    "model.lenet5": schema.LeNet5Config, "model.mlp": schema.MLPConfig,
+    "model.lenet5": schema.LeNet5Config, "model.lenet5_32": schema.LeNet532Config, "model.mlp": schema.MLPConfig,
     "optimizer.sgd": schema.SGDConfig, "optimizer.adam": schema.AdamConfig,
+    "scheduler.step": schema.StepSchedulerConfig, "scheduler.cosine": schema.CosineSchedulerConfig,
+    "scheduler.onecycle": schema.OneCycleSchedulerConfig,
 }
 
 
 def _check_known_keys(cfg, problems: list[str]) -> None:
     """Hydra's `+key=value` can add keys no schema knows; a typo there must not pass silently."""
     nodes = {"": cfg, "trainer": cfg.trainer, "data": cfg.data, "mlflow": cfg.mlflow,
-             f"model.{cfg.model.name}": cfg.model, f"optimizer.{cfg.optimizer.name}": cfg.optimizer}
+             f"model.{cfg.model.name}": cfg.model, f"optimizer.{cfg.optimizer.name}": cfg.optimizer,
+             f"scheduler.{cfg.scheduler.get('name')}": cfg.scheduler}
     for schema_key, node in nodes.items():
         if schema_key not in SCHEMAS:  # an unknown model or optimizer name is reported by validate
             continue

@@ -34,6 +34,19 @@ for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # a user's o
     os.environ.pop(variable, None)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cluster", action="store_true", help="run the tests marked cluster, only those (make test-cluster)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cluster tests install packages and start daemons as root: never part of a plain `pytest`."""
+    wanted = config.getoption("--cluster")
+    kept = [item for item in items if (item.get_closest_marker("cluster") is not None) == wanted]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def conf_dir() -> Path:
     return CONF_DIR

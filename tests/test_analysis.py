@@ -15,19 +15,19 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from mnist_exp import tracking
-from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
+from mnist_exp.analysis import AnalysisError, format_table, select_runs, settings, variant_table
 from mnist_exp.sweep import MEMBERS_FILE
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
 
 
 def log_run(client, experiment_id, model, regularizer, optimizer, seed, test_acc, train_eval_acc,
-            status="FINISHED", epochs=2, tags=None, data="a"):
+            status="FINISHED", epochs=2, tags=None, data="a", extra=None):
     params = {
         "model.name": model, "regularizer.name": regularizer, "optimizer.name": optimizer,
         "model.parameters": str(PARAMETERS[model]), "trainer.epochs": str(epochs), "trainer.seed": str(seed),
         "data.resolved_source": "course", "data.train_size": "8000", "data.test_size": "2000",
-        "data.train_sha256": data * 64, "data.test_sha256": "b" * 64,
+        "data.train_sha256": data * 64, "data.test_sha256": "b" * 64, **(extra or {}),
     }
     run_tags = {
         tracking.CONFIG_HASH: tracking.config_hash(params),
@@ -341,7 +341,7 @@ def test_report_answers_follow_the_numbers(store):
 
     table = variant_table(select_runs(store["uri"], "grid", "all").finished)
     answers = dict(report.answers(table))
-    lenet_vs_mlp, regularizers, lecun = answers.values()
+    lenet_vs_mlp, regularizers, _, _, lecun = answers.values()
 
     assert "Yes: with sgd, LeNet-5 (44,426 parameters) reaches 98.00 ± 1.41% (n = 2)" in lenet_vs_mlp
     assert "+6.00 points (95% CI +1.02 to +10.98, Welch p = 0.0316)" in lenet_vs_mlp
@@ -352,8 +352,9 @@ def test_report_answers_follow_the_numbers(store):
     assert "Not measurably: with sgd" in report.lenet5_vs_mlp(noisy)
     assert "dropout (+0.25 pp, p = " in regularizers and "stay within seed noise" in regularizers
     assert "l2 (-0.50 pp) were run with one seed only" in regularizers
-    assert "lenet5/dropout/sgd, reaches 98.25 ± 0.35% (n = 2): -0.80 points" in lecun
-    assert "trained on 8,000 images for 2 epochs instead of full MNIST's 60,000" in lecun
+    assert "lenet5/dropout/sgd, reaches 98.25 ± 0.35% (n = 2): -0.80 points against LeCun et al.'s 99.05%" in lecun
+    assert "-0.55 against the course solutions' 98.8%" in lecun
+    assert "It trained on 8,000 images, not full MNIST's 60,000: both figures come from 7.5 times" in lecun
 
 
 def test_report_is_written_with_its_figures_and_logged_to_the_sweep_run(store, tmp_path):
@@ -367,9 +368,76 @@ def test_report_is_written_with_its_figures_and_logged_to_the_sweep_run(store, t
 
     assert result.returncode == 0, result.stderr
     report_text = (tmp_path / "report" / "report.md").read_text()
-    for figure in ("test_curves.png", "generalization_gap.png", "final_accuracy.png"):
+    for figure in ("test_curves.png", "generalization_gap.png", "final_accuracy.png", "recipe_curves.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 10_000
         assert f"]({figure})" in report_text
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert logged == {f"report/{name}" for name in
-                      ("report.md", "test_curves.png", "generalization_gap.png", "final_accuracy.png")}
+                      ("report.md", "test_curves.png", "generalization_gap.png", "final_accuracy.png",
+                       "recipe_curves.png")}
+
+
+# --- how far a recipe goes: combinations of regularizers and the best recipe per model ---
+# (model, regularizer, scheduler, epochs, test accuracies of the seeds)
+RECIPES = [
+    ("lenet5", "none", None, 2, [0.97, 0.98]),  # the course's plain LeNet-5 (the default config's settings)
+    ("lenet5", "l2", None, 2, [0.975, 0.985]),  # the course's best single regularizer
+    ("mlp", "none", None, 2, [0.92, 0.93]),
+    ("lenet5", "l2", "cosine", 20, [0.980, 0.982]),  # the combos grid: trained alike, 20 epochs, cosine
+    ("lenet5", "dropout", "cosine", 20, [0.981, 0.983]),
+    ("lenet5", "l2+dropout", "cosine", 20, [0.989, 0.991]),
+    ("lenet5", "augment+batchnorm", "onecycle", 40, [0.990, 0.992, 0.991]),  # the recipes
+    ("mlp", "augment", "onecycle", 40, [0.965, 0.967]),
+]
+
+
+@pytest.fixture(scope="module")
+def recipes(store):
+    client = store["client"]
+    experiment = client.create_experiment("recipes")
+    for model, regularizer, scheduler, epochs, accuracies in RECIPES:
+        extra = {"scheduler.name": scheduler} if scheduler else {}
+        for seed, acc in enumerate(accuracies):
+            log_run(client, experiment, model, regularizer, "sgd", seed, acc, acc, epochs=epochs, extra=extra)
+    table = variant_table(select_runs(store["uri"], "recipes", "all").finished)
+    course = settings({"model.name": "lenet5", "optimizer.name": "sgd", "trainer.epochs": "2"})
+    return table, course
+
+
+def test_combining_regularizers_is_answered_within_runs_trained_alike(recipes):
+    from mnist_exp import report
+
+    table, _ = recipes
+    answer = report.combinations(table)
+
+    # By hand: 99.0 vs 98.2 (each s = 0.1414, n = 2): diff +0.80, se = 0.1414, df = 2, t = 5.657,
+    # 95% CI 0.80 +- 4.3027 * 0.1414 = +0.19 to +1.41, p = 0.0299.
+    assert answer.startswith("Yes: trained alike (20 epochs, the cosine schedule), the best pair, l2+dropout, reaches "
+                             "99.00 ± 0.14% (n = 2) and the best single regularizer, dropout, 98.20 ± 0.14% (n = 2): "
+                             "+0.80 points (95% CI +0.19 to +1.41, Welch p = 0.0299).")
+    assert answer.endswith("1 of 1 pairs beat it beyond seed noise (l2+dropout).")
+
+
+def test_the_best_recipe_per_model_is_compared_with_the_course_runs(recipes):
+    from mnist_exp import report
+
+    table, course = recipes
+    answer = report.recipes(table, course)
+
+    assert "LeNet-5: lenet5/augment+batchnorm/sgd+onecycle (onecycle schedule, trainer.epochs=40) reaches " \
+           "99.10 ± 0.10% (n = 3), 95% CI 98.85–99.35" in answer
+    assert "+1.60 points over the course's plain LeNet-5 (97.50%)" in answer
+    assert "+1.10 points over the course's best single regularizer, l2 (98.00%)" in answer
+    assert "MLP: mlp/augment/sgd+onecycle (onecycle schedule, trainer.epochs=40) reaches 96.60 ± 0.14%" in answer
+    assert "+4.10 points over the course's plain MLP (92.50%)" in answer
+    # The course's own questions stay within the course's runs: the recipes do not leak into them.
+    lenet_vs_mlp = dict(report.answers(table, course))["Does LeNet-5 beat the MLP at equal parameter count? By how much?"]
+    assert "LeNet-5 (44,426 parameters) reaches 97.50 ± 0.71% (n = 2) and the MLP (44,106 parameters) 92.50" in lenet_vs_mlp
+
+
+def test_a_sweep_is_also_found_by_words_of_its_name(store):
+    selection = select_runs(store["uri"], "sweeps", "sweep: keya")
+
+    assert set(selection.runs["run_id"]) == {store["runs"]["r1"], store["runs"]["r2"]}
+    with pytest.raises(AnalysisError, match="--sweep experiment=nothing matches 0 sweeps"):
+        select_runs(store["uri"], "sweeps", "experiment=nothing")

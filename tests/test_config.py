@@ -19,25 +19,30 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-COMBINATIONS = list(itertools.product(options("model"), options("regularizer"), options("optimizer"), options("data")))
+GROUPS = ("model", "regularizer", "optimizer", "scheduler", "data")
+COMBINATIONS = list(itertools.product(*(options(group) for group in GROUPS)))
 
 
 def test_the_option_lists_are_read_from_conf():
     # Guards the parametrization below against silently testing nothing.
-    assert options("model") == ["lenet5", "mlp"]
-    assert options("regularizer") == ["augment", "batchnorm", "dropout", "l2", "none"]
+    assert options("model") == ["lenet5", "lenet5_32", "mlp"]
+    assert options("regularizer") == ["augment", "batchnorm", "dropout", "early_stopping", "l2", "label_smoothing", "none"]
     assert options("optimizer") == ["adam", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
     assert options("data") == ["mnist"]
 
 
-@pytest.mark.parametrize(("model", "regularizer", "optimizer", "data"), COMBINATIONS, ids=["/".join(c) for c in COMBINATIONS])
-def test_every_combination_of_options_composes_and_validates(compose, model, regularizer, optimizer, data):
-    cfg = compose([f"model={model}", f"regularizer={regularizer}", f"optimizer={optimizer}", f"data={data}"])
+@pytest.mark.parametrize(GROUPS, COMBINATIONS, ids=["/".join(c) for c in COMBINATIONS])
+def test_every_combination_of_options_composes_and_validates(compose, model, regularizer, optimizer, scheduler, data):
+    watched = ["data.validation_size=100"] if regularizer == "early_stopping" else []  # it needs one to watch
+    cfg = compose([f"model={model}", f"regularizer={regularizer}", f"optimizer={optimizer}", f"scheduler={scheduler}",
+                   f"data={data}", *watched])
 
     validate(cfg)
 
     assert cfg.model.name == model and cfg.optimizer.name == optimizer
     assert list(cfg.regularizer) == ([] if regularizer == "none" else [regularizer])
+    assert cfg.scheduler.get("name", "none") == scheduler
 
 
 @pytest.mark.parametrize("group", ["experiment", "hparams_search"])
@@ -123,6 +128,17 @@ OUT_OF_RANGE = [
     (["model.activation=swish"], "model.activation"),
     (["model=mlp", "model.hidden_layers=0"], "model.hidden_layers"),
     (["model.name=resnet"], "model.name"),
+    (["model=lenet5_32", "model.pooling=median"], "model.pooling"),
+    (["model=mlp", "model.parity_with=alexnet"], "model.parity_with"),
+    (["regularizer=label_smoothing", "regularizer.label_smoothing.epsilon=1.0"], "regularizer.label_smoothing.epsilon"),
+    (["regularizer=early_stopping", "data.validation_size=10", "regularizer.early_stopping.patience=0"],
+     "regularizer.early_stopping.patience"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size"),
+    (["scheduler=step", "scheduler.gamma=1.5"], "scheduler.gamma"),
+    (["scheduler=cosine", "scheduler.warmup_epochs=10"], "scheduler.warmup_epochs"),
+    (["scheduler=cosine", "scheduler.min_lr=0.5"], "scheduler.min_lr"),
+    (["scheduler=onecycle", "scheduler.pct_start=1.0"], "scheduler.pct_start"),
+    (["scheduler=onecycle", "scheduler.max_lr=0"], "scheduler.max_lr"),
     (["mlflow.experiment= "], "mlflow.experiment"),
 ]
 
@@ -191,3 +207,90 @@ def test_train_help_lists_every_group_and_option():
     assert result.returncode == 0, result.stderr
     for group in ("model", "regularizer", "optimizer", "data"):
         assert f"{group}: {', '.join(options(group))}" in result.stdout
+
+
+def test_early_stopping_without_a_validation_split_says_which_setting_to_give(compose):
+    with pytest.raises(ConfigError, match=r"regularizer=early_stopping watches the validation loss: .*data\.validation_size=N"):
+        validate(compose(["regularizer=early_stopping"]))
+
+
+def test_onecycle_cannot_cycle_a_momentum_of_zero(compose):
+    with pytest.raises(ConfigError, match="scheduler.cycle_momentum=true cycles SGD's momentum, which is 0"):
+        validate(compose(["scheduler=onecycle", "optimizer.momentum=0"]))
+    validate(compose(["scheduler=onecycle", "optimizer.momentum=0", "scheduler.cycle_momentum=false"]))
+
+
+# Identity hashes of the course's configs as the code before the scheduler, label smoothing, early
+# stopping and lenet5_32 options computed them: new options at their defaults keep runs' identity.
+COURSE_IDENTITIES = {
+    ("lenet5", "none"): "2c7f3daf77927599", ("lenet5", "l2"): "aa13ae2b8530c0d2",
+    ("lenet5", "dropout"): "2c0f18d93d30d023", ("lenet5", "batchnorm"): "a9cc400fa5899dc1",
+    ("lenet5", "augment"): "e3cd3514bcb15b6d", ("mlp", "none"): "221809fdeed03ffc", ("mlp", "l2"): "8af167af6ae6c5b5",
+    ("mlp", "dropout"): "ba83d2c04b9bf37b", ("mlp", "batchnorm"): "1683e211d6fe22ca", ("mlp", "augment"): "45dd3f6a70b7fba8",
+}
+
+
+@pytest.mark.parametrize(("model", "regularizer"), list(COURSE_IDENTITIES))
+def test_existing_runs_keep_their_identity(compose, model, regularizer):
+    from mnist_exp.tracking import config_hash, flat_params
+
+    cfg = compose([f"model={model}", f"regularizer={regularizer}"])
+
+    assert config_hash(flat_params(cfg)) == COURSE_IDENTITIES[model, regularizer]
+
+
+def expanded_jobs(compose_hydra, experiment: str) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of an experiment file's sweeper params."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = compose_hydra([f"experiment={experiment}"]).hydra.sweeper.params
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    (batch,) = BasicSweeper.split_arguments(overrides, None)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def compose_hydra():
+    from hydra import compose, initialize_config_dir
+
+    from mnist_exp import schema
+
+    schema.register()
+
+    def _compose(overrides):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=overrides, return_hydra_config=True)
+
+    return _compose
+
+
+def test_regularizer_combos_is_lenet5_with_none_each_single_and_every_pair_three_seeds(compose_hydra, compose):
+    jobs = expanded_jobs(compose_hydra, "regularizer_combos")
+
+    regularizers = {job[0].split("=", 1)[1] for job in jobs}
+    singles = {"l2", "dropout", "batchnorm", "augment"}
+    pairs = {f"[{a},{b}]" for a, b in itertools.combinations(["l2", "dropout", "batchnorm", "augment"], 2)}
+    assert regularizers == {"none"} | singles | pairs
+    assert len(jobs) == 11 * 3
+    for job in jobs:  # every job composes and validates, all trained alike on a validation split
+        cfg = compose(["experiment=regularizer_combos", *job])
+        validate(cfg)
+        assert (cfg.model.name, cfg.scheduler.name, cfg.trainer.epochs, cfg.data.validation_size) == \
+            ("lenet5", "onecycle", 20, 1000)
+
+
+@pytest.mark.parametrize(("experiment", "model", "regularizers"), [
+    ("lenet5_best", "lenet5", ["batchnorm", "augment", "label_smoothing"]),
+    ("mlp_best", "mlp", ["batchnorm", "augment"]),
+])
+def test_the_best_recipes_train_three_seeds_on_the_whole_training_split(compose_hydra, compose, experiment, model,
+                                                                       regularizers):
+    jobs = expanded_jobs(compose_hydra, experiment)
+
+    assert jobs == [["trainer.seed=0"], ["trainer.seed=1"], ["trainer.seed=2"]]
+    assert str(compose_hydra([f"experiment={experiment}"]).hydra.mode) == "RunMode.MULTIRUN"
+    cfg = compose([f"experiment={experiment}"])
+    validate(cfg)
+    assert cfg.model.name == model and list(cfg.regularizer) == regularizers
+    assert cfg.data.validation_size == 0, "chosen on a validation split, then trained on all training images"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from mnist_exp.models import ACTIVATIONS, MLP, Features, LeNet5, build_model, count_parameters
+from mnist_exp.models import ACTIVATIONS, MLP, Features, LeNet5, ScaledTanh, build_model, count_parameters
 
 # conv1 6*(5*5*1)+6 = 156, conv2 16*(5*5*6)+16 = 2,416, fc1 256*120+120 = 30,840,
 # fc2 120*84+84 = 10,164, fc3 84*10+10 = 850: the paper's architecture on unpadded 28x28 input.
@@ -75,5 +77,35 @@ def test_every_activation_builds_and_is_used(compose, model, activation):
 @pytest.mark.parametrize("model", ["lenet5", "mlp"])
 def test_unknown_activation_is_an_error_naming_the_key(compose, model):
     cfg = compose([f"model={model}", "model.activation=swish"]).model  # the schema types it only as a string
-    with pytest.raises(ValueError, match="model.activation=swish is not one of relu, tanh, sigmoid, gelu"):
+    with pytest.raises(ValueError, match="model.activation=swish is not one of relu, tanh, sigmoid, gelu, scaled_tanh"):
         build_model(cfg, Features())
+
+
+def test_lenet5_32_is_the_papers_32x32_layout(compose):
+    built = build_model(compose(["model=lenet5_32"]).model, Features())
+    model = built.model
+
+    assert built.parameters == count_parameters(model) == 61_706
+    assert model.features[0].padding == (2, 2)  # the 28x28 digit padded to 32x32
+    assert model.features(torch.zeros(3, 1, 28, 28)).shape == (3, 16 * 5 * 5)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert built.description == "LeNet-5 (32x32 input)"
+
+
+def test_the_papers_average_pooling_and_scaled_tanh_are_settings(compose):
+    model = build_model(compose(["model=lenet5_32", "model.pooling=avg", "model.activation=scaled_tanh"]).model,
+                        Features()).model
+
+    assert len([m for m in model.modules() if isinstance(m, nn.AvgPool2d)]) == 2
+    assert not [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert len([m for m in model.modules() if isinstance(m, ScaledTanh)]) == 4
+    assert ScaledTanh()(torch.tensor([1.0, -3.0])).tolist() == pytest.approx(
+        [1.7159 * math.tanh(2 / 3), -1.7159 * math.tanh(2.0)])
+
+
+def test_the_mlp_is_sized_to_the_lenet5_it_names(compose):
+    built = build_model(compose(["model=mlp", "model.parity_with=lenet5_32"]).model, Features())
+
+    assert built.lenet5_parameters == 61_706
+    assert abs(built.parameters - 61_706) <= 0.02 * 61_706
+    assert built.description == "MLP 784 -> 71 -> 71 -> 10"

@@ -3,8 +3,8 @@ diverges; and evaluation that matches a computation by hand."""
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import astuple
 
 import numpy as np
 import pytest
@@ -13,8 +13,10 @@ from torch import nn
 
 from mnist_exp.data import Split, load_mnist
 from mnist_exp.models import build_model
-from mnist_exp.regularization import model_features, train_augmentation, weight_decay
-from mnist_exp.training import Diverged, InputPipeline, Progress, evaluate, fit, make_optimizer
+from mnist_exp.regularization import early_stopping, label_smoothing, model_features, train_augmentation, weight_decay
+from mnist_exp.training import (
+    Diverged, InputPipeline, Progress, Training, evaluate, fit, make_optimizer, make_scheduler, train_epoch,
+)
 
 CPU = torch.device("cpu")
 
@@ -34,26 +36,51 @@ def setup(compose, course_dataset, tmp_path):
     return _setup
 
 
-def train(cfg, data, inputs, until_epoch=None, state=None):
-    """Build the model as experiment.py does and fit it; returns (history rows, model, optimizer)."""
+def build(cfg, data, inputs) -> Training:
+    """What experiment.py builds for a run of this config."""
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model, model_features(cfg.regularizer)).model
     optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
+    batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
+    return Training(model, optimizer, make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches), inputs,
+                    CPU, label_smoothing(cfg.regularizer), early_stopping(cfg.regularizer))
+
+
+def train(cfg, data, inputs, stop_after=None, checkpoint=None):
+    """Fit a run built from cfg, from scratch or from a checkpoint; with stop_after, as if killed after
+    that epoch. Returns (progress, training, checkpoint): the checkpoint as checkpoints.save stores it."""
+    training = build(cfg, data, inputs)
     progress = Progress()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        progress = state["progress"]
-    trainer = cfg.trainer.copy()
-    if until_epoch is not None:
-        trainer.epochs = until_epoch
-    fit(model, optimizer, data, trainer, inputs, CPU, progress, on_epoch_end=lambda p: None)
-    return progress, model, optimizer
+    if checkpoint is not None:
+        training.model.load_state_dict(checkpoint["model"])
+        training.optimizer.load_state_dict(checkpoint["optimizer"])
+        if training.scheduler is not None:
+            training.scheduler.load_state_dict(checkpoint["scheduler"])
+        progress = copy.deepcopy(checkpoint["progress"])
+    saved = {}
+
+    class Killed(Exception):
+        pass
+
+    def on_epoch_end(progress):
+        saved.update(copy.deepcopy({
+            "model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict() if training.scheduler else None, "progress": progress,
+        }))
+        if progress.epochs_done == stop_after:
+            raise Killed
+
+    try:
+        fit(training, data, cfg.trainer, progress, on_epoch_end)
+    except Killed:
+        pass
+    return progress, training, saved
 
 
 def metrics(progress):
     """Per-epoch results without the wall-clock time, which legitimately differs."""
-    return [astuple(m)[:5] for m in progress.history]
+    return [(m.epoch, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.val_loss, m.val_acc, m.lr)
+            for m in progress.history]
 
 
 # Dropout and augmentation draw random numbers every batch: the strictest reproducibility case.
@@ -71,15 +98,19 @@ def test_same_seed_gives_identical_per_epoch_metrics(setup, overrides):
     assert first.history[0].train_loss != first.history[1].train_loss  # the epochs really trained
 
 
-def test_resuming_after_an_epoch_reproduces_an_uninterrupted_run(setup):
-    cfg, data, inputs = setup("regularizer=dropout")
+@pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle"])
+def test_resuming_mid_schedule_reproduces_an_uninterrupted_run(setup, scheduler):
+    cfg, data, inputs = setup("regularizer=dropout", f"scheduler={scheduler}", "trainer.epochs=4",
+                              *(["scheduler.step_size=1"] if scheduler == "step" else []),
+                              *(["scheduler.warmup_epochs=1"] if scheduler == "cosine" else []))
 
     straight, _, _ = train(cfg, data, inputs)
-    half, model, optimizer = train(cfg, data, inputs, until_epoch=1)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": half}
-    resumed, _, _ = train(cfg, data, inputs, state=state)
+    _, _, checkpoint = train(cfg, data, inputs, stop_after=2)
+    resumed, _, _ = train(cfg, data, inputs, checkpoint=checkpoint)
 
+    assert len(straight.history) == 4
     assert metrics(resumed) == metrics(straight)
+    assert len({m.lr for m in straight.history}) == (1 if scheduler == "none" else 4), "the schedule moves the lr"
 
 
 def test_huge_learning_rate_raises_diverged(setup):
@@ -124,3 +155,92 @@ def test_evaluate_runs_in_evaluation_mode(setup):
     assert results[0][:2] == results[1][:2]  # dropout off, batch norm on running statistics
     # ... and batch composition no longer matters, as it would with batch statistics
     assert evaluate(model, data.test, 7, inputs, CPU)[1] == results[0][1]
+
+
+# --- learning-rate schedules: each follows torch's formula, epoch by epoch ---
+
+
+def test_constant_learning_rate_is_logged_every_epoch(setup):
+    cfg, data, inputs = setup("trainer.epochs=3")
+    progress, _, _ = train(cfg, data, inputs)
+    assert [m.lr for m in progress.history] == [0.01, 0.01, 0.01]
+
+
+def test_step_schedule_multiplies_by_gamma_every_step_size_epochs(setup):
+    cfg, data, inputs = setup("scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5", "trainer.epochs=5")
+    progress, _, _ = train(cfg, data, inputs)
+    assert [m.lr for m in progress.history] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
+
+
+def test_cosine_schedule_warms_up_linearly_then_anneals_to_min_lr(setup):
+    cfg, data, inputs = setup("scheduler=cosine", "scheduler.warmup_epochs=1", "scheduler.min_lr=0.001",
+                              "trainer.epochs=3")  # 300 images in batches of 16: 19 steps per epoch
+    progress, training, _ = train(cfg, data, inputs)
+
+    steps, warmup = 19 * 3, 19
+    assert progress.history[0].lr == pytest.approx(0.01 / warmup)  # the first step of the ramp
+    cosine_step = 19  # epoch 3 starts 19 steps into the 38-step cosine
+    expected = 0.001 + (0.01 - 0.001) * (1 + math.cos(math.pi * cosine_step / (steps - warmup))) / 2
+    assert progress.history[2].lr == pytest.approx(expected)
+    assert training.optimizer.param_groups[0]["lr"] == pytest.approx(0.001)  # at the end: min_lr
+
+
+def test_onecycle_peaks_at_max_lr_and_ignores_the_optimizers_lr(setup):
+    cfg, data, inputs = setup("scheduler=onecycle", "scheduler.max_lr=0.2", "scheduler.pct_start=0.5",
+                              "scheduler.cycle_momentum=false", "trainer.epochs=2", "optimizer.lr=0.5")
+    progress, _, _ = train(cfg, data, inputs)
+
+    assert progress.history[0].lr == pytest.approx(0.2 / 25)  # max_lr / div_factor
+    assert progress.history[1].lr == pytest.approx(0.2, rel=0.01)  # half way: the peak
+
+
+# --- label smoothing and early stopping ---
+
+
+def test_label_smoothing_changes_the_training_loss_only(setup):
+    cfg, data, inputs = setup("trainer.epochs=1")
+    smooth_cfg, _, _ = setup("trainer.epochs=1", "regularizer=label_smoothing", "regularizer.label_smoothing.epsilon=0.2")
+    plain = build(cfg, data, inputs)
+    smooth = build(smooth_cfg, data, inputs)
+    assert smooth.label_smoothing == 0.2
+
+    torch.manual_seed(0)
+    plain_loss, _ = train_epoch(plain, data.train, 300)  # one batch from the same initial weights
+    torch.manual_seed(0)
+    smooth_loss, _ = train_epoch(smooth, data.train, 300)
+
+    assert smooth_loss > plain_loss  # the smoothed target can never be matched exactly
+    assert evaluate(smooth.model, data.test, 100, inputs, CPU)[0] != smooth_loss  # test loss stays plain
+
+
+def test_early_stopping_stops_on_patience_and_delivers_the_best_epochs_weights(setup):
+    # A step schedule that kills the learning rate after epoch 2: the validation loss stalls at once.
+    cfg, data, inputs = setup("regularizer=early_stopping", "regularizer.early_stopping.patience=2",
+                              "regularizer.early_stopping.min_delta=0.05", "data.validation_size=60",
+                              "scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.0001", "trainer.epochs=10",
+                              "optimizer.lr=0.05")
+    progress, training, _ = train(cfg, data, inputs)
+
+    val_losses = [m.val_loss for m in progress.history]
+    best = 1
+    for epoch, loss in enumerate(val_losses[1:], start=2):  # an improvement counts when it beats min_delta
+        best = epoch if loss < val_losses[best - 1] - 0.05 else best
+    assert progress.stopped_early and len(progress.history) < 10
+    assert progress.best_epoch == best
+    assert len(progress.history) == best + 2  # patience 2 after the last real improvement
+    delivered_loss = evaluate(training.model, data.validation, 1000, inputs, CPU)[0]
+    assert delivered_loss == pytest.approx(val_losses[progress.best_epoch - 1], rel=1e-6)
+
+
+def test_a_run_resumed_after_early_stopping_ends_where_it_stopped(setup):
+    cfg, data, inputs = setup("regularizer=early_stopping", "regularizer.early_stopping.patience=1",
+                              "regularizer.early_stopping.min_delta=0.5", "data.validation_size=60", "trainer.epochs=6")
+    straight, straight_training, _ = train(cfg, data, inputs)
+    assert straight.stopped_early and len(straight.history) == 2  # nothing improves by 0.5 after epoch 1
+
+    _, _, checkpoint = train(cfg, data, inputs, stop_after=2)  # killed right after deciding to stop
+    resumed, resumed_training, _ = train(cfg, data, inputs, checkpoint=checkpoint)
+
+    assert metrics(resumed) == metrics(straight)
+    for key, value in straight_training.model.state_dict().items():
+        assert torch.equal(value, resumed_training.model.state_dict()[key]), key
