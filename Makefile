@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make sweep   create .venv (first time only), run the LeNet-5/MLP x regularizer sweep, print the table
 #   make test    create .venv (first time only), run the test suite
+# make test-cluster (root) brings up a one-node SLURM cluster and a PostgreSQL-backed MLflow server
+# (deploy/), runs the tests that need them, and stops both.
 # make bench runs every benchmark (BENCH_ARGS=--smoke for a quick check).
 # Afterwards `source .venv/bin/activate` gives the plain python train.py / mlflow ui / python analyze.py.
 
@@ -11,7 +13,7 @@ STAMP := $(VENV)/.installed
 SWEEP ?= model=lenet5,mlp regularizer=none,l2,dropout
 BENCHMARKS := epoch_throughput data_prep run_overhead grid hardware_efficiency
 
-.PHONY: setup sweep test bench ui clean
+.PHONY: setup sweep test test-cluster bench ui clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "mnist-exp needs Python 3.11 (set PYTHON=python3.11)"'
@@ -27,6 +29,9 @@ sweep: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest --cluster $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for name in $(BENCHMARKS); do $(BIN)/python benchmarks/$$name.py $(BENCH_ARGS) || exit 1; done

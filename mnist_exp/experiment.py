@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import resource
 import signal
 import traceback
@@ -52,11 +53,23 @@ class JobOutcome:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM while a run was open; carries the run so the sweep can name it."""
+    """The job was stopped from outside while its run was open (Ctrl-C, SIGTERM, SLURM's preemption or
+    time limit); carries the run, the reason and what stopped it, so the sweep can name them."""
 
-    def __init__(self, run_id: str, name: str):
-        super().__init__(f"run {run_id} interrupted")
-        self.run_id, self.run_name = run_id, name
+    def __init__(self, run_id: str, name: str, reason: str, cause: BaseException):
+        super().__init__(f"run {run_id}: {reason}")
+        self.run_id, self.run_name, self.reason, self.cause = run_id, name, reason, cause
+
+
+def stop_reason(error: BaseException) -> str | None:
+    """Why a job was stopped from outside, or None for an error of its own."""
+    if isinstance(error, SystemExit):  # submitit requeues a preempted SLURM job, then exits
+        return "preempted: SLURM requeued the job, which resumes the run"
+    if type(error).__name__ == "UncompletedJobError":  # submitit, when SLURM signals the time limit
+        return "stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C or SIGTERM); the same command resumes it"
+    return None
 
 
 def run_hydra_job(cfg: DictConfig) -> float | None:
@@ -68,13 +81,21 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     launch_id = sweep.launch_id if sweep else None
+    preemption = _note_preemption() if os.environ.get("SUBMITIT_EXECUTOR") else {}
     try:
         outcome = run_job(cfg, sweep, output_dir, overrides)
     except tracking.TrackingError as error:  # no MLflow run could be opened to record it on
         outcome = JobOutcome("failed", None, None, None, str(error))
     except KeyboardInterrupt as interrupt:
         run_id, name = getattr(interrupt, "run_id", None), getattr(interrupt, "run_name", None)
-        write_job_status(output_dir, JobStatus("killed", overrides, run_id, "interrupted", launch_id, name))
+        requeued = preemption.get("signalled") or isinstance(getattr(interrupt, "cause", None), SystemExit)
+        reason = stop_reason(SystemExit()) if requeued else getattr(interrupt, "reason", "interrupted")
+        write_job_status(output_dir, JobStatus("killed", overrides, run_id, reason, launch_id, name))
+        if requeued:  # no result: the launching process waits for the requeued job, which resumes the run
+            raise SystemExit(-1) from None
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            log.error("KILLED: %s", reason)
+            return None  # one job of an array was stopped: the others go on, the summary lists it
         raise
     write_job_status(output_dir, JobStatus(outcome.status, overrides, outcome.run_id, outcome.error, launch_id,
                                            outcome.run_name))
@@ -134,18 +155,19 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
             raise problem
         objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
     except BaseException as error:
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        reason = stop_reason(error)
+        status = "KILLED" if reason else "FAILED"
         traceback_file = output_dir / "traceback.txt"
         traceback_file.write_text(traceback.format_exc())
-        if not isinstance(error, USER_ERRORS + (KeyboardInterrupt,)):
+        if reason is None and not isinstance(error, USER_ERRORS):
             log.error("%s", traceback.format_exc())
         try:
-            tracking.record_failure(client, run_id, error, traceback_file)
+            tracking.record_failure(client, run_id, reason or f"{type(error).__name__}: {error}", traceback_file)
             _log_hydra_files(output_dir)
         except Exception as tracking_error:  # the store itself may be what failed
             log.error("could not record the failure in MLflow: %s", tracking_error)
-        if isinstance(error, KeyboardInterrupt):
-            raise Interrupted(run_id, name) from None
+        if reason:
+            raise Interrupted(run_id, name, reason, error) from None
         return JobOutcome("failed", run_id, name, None, f"{type(error).__name__}: {error}")
     finally:
         _end_run(status)
@@ -323,6 +345,22 @@ def _end_run(status: str) -> None:
         mlflow.end_run(status)
     except Exception as error:  # the store may be what failed; the run was recorded as far as it could be
         log.error("could not close the MLflow run: %s", error)
+
+
+def _note_preemption() -> dict:
+    """Under submitit, note SLURM's preemption signal before submitit's own handler requeues the job:
+    the SIGTERM with which SLURM then stops it must end this process without a result."""
+    noted = {"signalled": False}
+    signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+    submitits = signal.getsignal(signum)
+    if callable(submitits):
+
+        def note(number, frame):
+            noted["signalled"] = True
+            submitits(number, frame)
+
+        signal.signal(signum, note)
+    return noted
 
 
 def _sigterm_raises_interrupt():

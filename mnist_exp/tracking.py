@@ -11,6 +11,7 @@ import functools
 import getpass
 import hashlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -72,6 +73,8 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
                 found = client.get_experiment_by_name(experiment)
     except Exception as error:  # MLflow surfaces store problems as many unrelated types
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "error code 401" in detail or "error code 403" in detail:
+            raise TrackingError(_refused(tracking_uri, detail)) from None
         raise TrackingError(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: {detail}") from None
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
@@ -94,6 +97,17 @@ def check_server(tracking_uri: str) -> None:
             f"cannot reach the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason}); "
             "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
         ) from None
+
+
+def _refused(tracking_uri: str, detail: str) -> str:
+    """The server's answer to bad credentials, in one line that names the user, never the password."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    who = f"MLFLOW_TRACKING_USERNAME={user}" if user else "no MLFLOW_TRACKING_USERNAME"
+    if "error code 403" in detail:
+        return (f"the MLflow server at mlflow.tracking_uri={tracking_uri} refuses {who} (HTTP 403): "
+                "ask its admin for permission on the experiment")
+    return (f"the MLflow server at mlflow.tracking_uri={tracking_uri} refused the credentials (HTTP 401, {who}): "
+            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an account on that server")
 
 
 def ui_url(tracking_uri: str, experiment_id: str) -> str:
@@ -193,10 +207,9 @@ def _device_name(device) -> str:
 # --- what a job logs beyond params and metrics ---
 
 
-def record_failure(client: MlflowClient, run_id: str, error: BaseException, traceback_file: Path) -> None:
+def record_failure(client: MlflowClient, run_id: str, message: str, traceback_file: Path) -> None:
     """Tag the error and attach the traceback; the caller closes the run as FAILED or KILLED."""
-    message = " ".join(f"{type(error).__name__}: {error}".split())[:5000]
-    client.set_tag(run_id, ERROR, message)
+    client.set_tag(run_id, ERROR, " ".join(message.split())[:5000])
     client.log_artifact(run_id, str(traceback_file))
 
 
