@@ -119,7 +119,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
             torch.set_num_threads(cfg.trainer.threads)
         device = resolve_device(cfg.trainer.device)
         data = load_mnist(cfg.data)
-    except (ConfigError, DataError, RuntimeError) as error:
+    except Exception as error:  # recorded on the run below, whatever it was
         problem, device = error, torch.device("cpu")
 
     data_params = data_params_of(data) if data is not None else None

@@ -1,0 +1,212 @@
+"""The default launcher of `train.py -m` (mnist_exp/launcher.py): how it shares the cores out, the
+order it starts jobs in, and for real, in subprocesses on real digits: jobs side by side with
+metrics identical to Hydra's sequential launcher, the sweep's progress line on a terminal, per-job
+prefixed log lines, Ctrl-C, and a worker that dies."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, job_runs, run_script, sweep_runs
+from mnist_exp.launcher import job_cost, plan
+
+SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2"]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "cores", "workers", "threads", "expected"),
+    [
+        (6, 2, None, None, (2, 1)),  # the README's grid on this machine: two jobs side by side, a thread each
+        (1, 2, None, None, (1, 2)),  # a single job gets every core
+        (3, 8, None, None, (3, 2)),  # fewer jobs than cores: the spare cores are shared out
+        (6, 8, None, None, (6, 1)),
+        (6, 2, None, 2, (1, 2)),  # trainer.threads=2 on two cores leaves room for one job at a time
+        (6, 4, 3, None, (3, 1)),  # hydra.launcher.workers=3
+    ],
+)
+def test_workers_and_threads_follow_the_cores_and_the_jobs(jobs, cores, workers, threads, expected):
+    assert plan(jobs, cores, workers, threads) == expected
+
+
+def test_the_longest_jobs_start_first(compose):
+    costs = {overrides: job_cost(compose(list(overrides))) for overrides in [
+        ("model=mlp", "trainer.epochs=10"), ("model=lenet5", "trainer.epochs=10"),
+        ("model=lenet5", "trainer.epochs=20"), ("model=mlp", "trainer.epochs=20")]}
+
+    order = sorted(costs, key=lambda o: -costs[o])
+
+    assert order[:2] == [("model=lenet5", "trainer.epochs=20"), ("model=lenet5", "trainer.epochs=10")]
+    assert order[2:] == [("model=mlp", "trainer.epochs=20"), ("model=mlp", "trainer.epochs=10")]
+
+
+# --- for real ---
+
+slow = pytest.mark.slow
+
+
+def metrics_of(uri: str) -> dict[str, list]:
+    client = MlflowClient(uri)
+    return {
+        run.info.run_name: [(m.step, m.value) for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+                            for m in client.get_metric_history(run.info.run_id, key)]
+        for run in job_runs(uri)
+    }
+
+
+@slow
+def test_a_sweep_runs_side_by_side_with_the_same_numbers_as_hydras_sequential_launcher(tmp_path, empty_store):
+    grid = ["-m", "model=lenet5,mlp", "regularizer=none,dropout", *SMALL]
+    results = {}
+    for launcher in ("parallel", "basic"):
+        folder = tmp_path / launcher
+        folder.mkdir()
+        (folder / "mlflow.db").write_bytes(empty_store.read_bytes())
+        extra = ["hydra/launcher=basic", "trainer.threads=1"] if launcher == "basic" else []  # parallel: 1 thread each
+        result = run_script("train.py", *grid, *extra, cwd=folder, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        results[launcher] = (result, metrics_of(f"sqlite:///{folder}/mlflow.db"))
+
+    parallel, _ = results["parallel"]
+    assert "Launching 4 jobs on 2 workers x 1 thread(s), longest first" in parallel.stdout
+    assert "sweep summary: 4 finished, 0 skipped, 0 failed, 0 killed" in parallel.stdout
+    # Each job's lines arrive whole and prefixed with its run's name; the job's folder keeps its full log.
+    for name in ("lenet5/none/sgd seed=0", "mlp/dropout/sgd seed=0"):
+        assert [line for line in parallel.stdout.splitlines() if line.startswith(f"[{name}] ") and "epoch 2/2" in line]
+    assert all(line.startswith(("[", "sweep summary", "  ", "runs: ")) for line in parallel.stdout.splitlines() if line)
+    logs = list((tmp_path / "parallel" / "outputs" / "sweeps").rglob("train.log"))
+    assert len(logs) == 4 and all("epoch 2/2" in log.read_text() for log in logs)
+    # Started longest first: the two LeNet-5 jobs before either MLP.
+    order = [line for line in parallel.stdout.splitlines() if "MLflow run" in line]
+    assert [("lenet5" in line) for line in order] == [True, True, False, False]
+
+    assert results["parallel"][1] == results["basic"][1], "the launcher must not change a single digit"
+    assert len(results["basic"][1]) == 4
+
+
+@slow
+def test_on_a_terminal_the_sweep_shows_one_progress_line(project_dir):
+    main, replica = pty.openpty()  # stderr is a terminal; stdout stays a pipe, as with `| tee`
+    fcntl.ioctl(replica, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns, as a window has
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", "model=lenet5,mlp", *SMALL],
+                               cwd=project_dir, stdout=subprocess.PIPE, stderr=replica, text=True)
+    os.close(replica)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([main], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the process closed its end
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif process.poll() is not None:
+            break
+    stdout, _ = process.communicate(timeout=300)
+    os.close(main)
+    text = screen.decode(errors="replace")
+
+    assert process.returncode == 0, stdout[-2000:] + text[-2000:]
+    assert "sweep 0/2 jobs done | running: " in text and "elapsed, ETA" in text
+    assert "sweep 2/2 jobs done" in text
+    assert "epoch 1/2" in stdout, "log lines go to stdout, above the progress line"
+
+
+@slow
+def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(project_dir):
+    command = ["-m", "model=lenet5", "trainer.seed=0,1", "data.source=sample", "data.limit_train=2000",
+               "data.limit_test=200", "trainer.epochs=6", "regularizer=augment", f"hydra.sweep.dir={project_dir}/sweep"]
+    log = project_dir / "sweep.log"
+    with open(log, "w") as out:  # its own process group, as a terminal's Ctrl-C reaches the whole group
+        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while sum("epoch 1/6" in line for line in log.read_text().splitlines()) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    interrupted = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
+    assert time.monotonic() - interrupted < 30, "workers must stop promptly"
+
+    uri = f"sqlite:///{project_dir}/mlflow.db"
+    runs = job_runs(uri)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}
+    assert [p.info.status for p in sweep_runs(uri)] == ["KILLED"]
+    statuses = [json.loads(p.read_text()) for p in (project_dir / "sweep").rglob("job_status.json")]
+    assert sorted(s["run_id"] for s in statuses) == sorted(r.info.run_id for r in runs)
+    assert not [line for line in log.read_text().splitlines() if "Traceback" in line]
+
+    resumed = run_script("train.py", *command, cwd=project_dir, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert sum("resuming run" in line for line in resumed.stdout.splitlines()) == 2
+    assert {r.info.status for r in job_runs(uri)} == {"FINISHED"} and len(job_runs(uri)) == 2
+
+
+@slow
+def test_a_job_whose_worker_dies_fails_alone(project_dir):
+    command = ["-m", "model=mlp", "trainer.seed=0,1,2", "data.source=sample", "data.limit_train=4000",
+               "data.limit_test=200", "trainer.epochs=8", "trainer.batch_size=16"]
+    log = project_dir / "sweep.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while "epoch 1/8" not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    os.kill(children(process.pid)[0], signal.SIGKILL)  # a worker, as the kernel's out-of-memory killer would
+    assert process.wait(timeout=300) == 1
+
+    text = log.read_text()
+    assert "sweep summary: 2 finished, 0 skipped, 1 failed, 0 killed" in text, text[-3000:]
+    assert "its worker process died with exit code -9" in text
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` that run Python (the workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and "multiprocessing" in cmdline(int(entry.name)) and \
+                    "resource_tracker" not in cmdline(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+@slow
+def test_workers_decode_a_course_tar_themselves(project_dir, make_course_dataset):
+    """A job decodes PNGs in forked processes of its own, so its worker must be allowed children."""
+    course = make_course_dataset(project_dir / "course", n_train=1200, n_test=200)
+    result = run_script("train.py", "-m", "model=mlp", "trainer.seed=0,1", "trainer.epochs=1", "data.source=course",
+                        f"data.root={course.root}", f"data.cache_dir={project_dir}/cache", cwd=project_dir, timeout=300)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sweep summary: 2 finished, 0 skipped, 0 failed, 0 killed" in result.stdout
+    assert sorted(run.info.status for run in job_runs(f"sqlite:///{project_dir}/mlflow.db")) == ["FINISHED"] * 2
