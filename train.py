@@ -22,7 +22,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from mnist_exp.experiment import run_hydra_job
+    from mnist_exp.job import run_hydra_job
 
     return run_hydra_job(cfg)
 

@@ -236,12 +236,12 @@ def build(model_name: str, seed: int = 0, ours: bool = True):
     pipeline (ours=False) a plain torch.optim.SGD."""
     import torch
 
-    from mnist_exp.models import Features, build_model
+    from mnist_exp.models import LayerSwitches, build_model
     from mnist_exp.training import make_optimizer
 
     cfg = compose([f"model={model_name}"])
     torch.manual_seed(seed)
-    model = build_model(cfg.model, Features()).model
+    model = build_model(cfg.model, LayerSwitches()).model
     if not ours:
         return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     return model, make_optimizer(model, cfg.optimizer, 0.0)

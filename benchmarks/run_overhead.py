@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run_overhead.py            # ~1 minute
     .venv/bin/python benchmarks/run_overhead.py --smoke    # seconds (CI)
 
-Part 1 runs the real job (mnist_exp.experiment.run_job) in this process on 64 images for one
+Part 1 runs the real job (mnist_exp.job.run_job) in this process on 64 images for one
 epoch, against a fresh sqlite store in a temporary folder, and subtracts the run's own training
 time: what remains is the per-run overhead (identity lookup, run, params, datasets, checkpoint,
 metrics, final evaluations, the MLflow model, figures, artifacts). The first run pays one-time
@@ -17,7 +17,7 @@ experiment._log_results evaluates the test split again (for the confusion matrix
 training split (train_eval_*). With the figures, this is the pause between a LeNet-5 run's last
 epoch line and the next job of a sweep.
 
-Part 3 times whole processes: `python train.py --help`, importing mnist_exp.experiment, and a
+Part 3 times whole processes: `python train.py --help`, importing mnist_exp.job, and a
 run with ~0 training work (64 images, 1 epoch) end to end.
 """
 
@@ -39,10 +39,10 @@ TRAIN = str(benchlib.ROOT / "train.py")
 
 
 def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
-    """The real job (mnist_exp.experiment.run_job) on 64 images for 1 epoch: (wall s, training s, model logging s)."""
+    """The real job (mnist_exp.job.run_job) on 64 images for 1 epoch: (wall s, training s, model logging s)."""
     import mlflow
 
-    from mnist_exp import experiment, tracking
+    from mnist_exp import job, tracking
 
     cfg = benchlib.compose([f"trainer.seed={index}", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
                             f"trainer.checkpoint_dir={workdir}/checkpoints", "trainer.epochs=1", "data.source=sample",
@@ -60,7 +60,7 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
     experiment.tracking.log_model = timed_log_model
     try:
         started = time.perf_counter()
-        outcome = experiment.run_job(cfg, None, output_dir, [])
+        outcome = job.run_job(cfg, None, output_dir, [])
         seconds = time.perf_counter() - started
     finally:
         experiment.tracking.log_model = log_model
@@ -138,7 +138,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mnist-exp-overhead-") as temporary:
         workdir = Path(temporary)
         started = time.perf_counter()
-        importlib.import_module("mnist_exp.experiment")  # torch, mlflow, matplotlib: what a job imports
+        importlib.import_module("mnist_exp.job")  # torch, mlflow, matplotlib: what a job imports
 
         import_time = time.perf_counter() - started
         from mnist_exp import tracking
@@ -168,7 +168,7 @@ def main() -> None:
         ]
         print(benchlib.table(["step", "first run (s)", "later runs, median (s)"], rows,
                              f"Per-run overhead in one process, {args.runs} runs, {len(params)} params"))
-        print(f"(in this process: importing mnist_exp.experiment took {import_time:.2f} s; creating the "
+        print(f"(in this process: importing mnist_exp.job took {import_time:.2f} s; creating the "
               f"sqlite store, once per store, {store_creation:.2f} s)")
 
         if not args.smoke:
@@ -189,8 +189,8 @@ def main() -> None:
             rows += [
                 ["python -c pass", wall([PYTHON, "-c", "pass"], args.repeats, run_dir)],
                 ["python -c 'import torch'", wall([PYTHON, "-c", "import torch"], args.repeats, run_dir)],
-                ["python -c 'import mnist_exp.experiment'",
-                 wall([PYTHON, "-c", "import mnist_exp.experiment"], args.repeats, run_dir)],
+                ["python -c 'import mnist_exp.job'",
+                 wall([PYTHON, "-c", "import mnist_exp.job"], args.repeats, run_dir)],
                 ["  tracking.connect to an existing store, first call in a process", in_child],
                 ["python train.py, 64 images x 1 epoch (existing store)", wall(tiny, args.repeats, run_dir)],
             ]

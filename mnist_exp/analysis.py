@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_exp import tracking
-from mnist_exp.statistics import estimate, welch
+from mnist_exp.significance import estimate, welch
 from mnist_exp.sweep import MEMBERS_FILE
 
 # --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe

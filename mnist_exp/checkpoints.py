@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_exp.training import EpochMetrics, Progress, Training
+from mnist_exp.training import EpochMetrics, TrainingState, Training
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class Checkpoint:
     model_state: dict
     optimizer_state: dict
     scheduler_state: dict | None
-    progress: Progress
+    progress: TrainingState
 
 
 def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str, str] | None) -> Path:
@@ -31,7 +31,7 @@ def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str
     return Path(checkpoint_dir) / f"{config_hash}-{data}.pt"
 
 
-def save(path: Path, run_id: str, training: Training, progress: Progress) -> None:
+def save(path: Path, run_id: str, training: Training, progress: TrainingState) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {
@@ -55,7 +55,7 @@ def load(path: Path) -> Checkpoint | None:
     try:
         payload = torch.load(path, weights_only=True)
         fields = payload["progress"]
-        progress = Progress(**{**fields, "history": [EpochMetrics(**m) for m in fields["history"]]})
+        progress = TrainingState(**{**fields, "history": [EpochMetrics(**m) for m in fields["history"]]})
         return Checkpoint(payload["run_id"], payload["model_state"], payload["optimizer_state"],
                           payload["scheduler_state"], progress)
     except Exception as error:  # a damaged checkpoint costs a restart, never a crash

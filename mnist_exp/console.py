@@ -43,7 +43,7 @@ def epoch_line(m: EpochMetrics, epochs: int) -> str:
     )
 
 
-class RunProgress(contextlib.AbstractContextManager):
+class ProgressBars(contextlib.AbstractContextManager):
     """An epoch bar and a batch bar when stderr is a terminal and no sweep draws its own; log lines only otherwise."""
 
     def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):

@@ -24,7 +24,7 @@ PARITY_TOLERANCE = 0.02  # the MLP's parameter count stays within 2% of LeNet-5'
 
 
 @dataclass(frozen=True)
-class Features:
+class LayerSwitches:
     """Architecture switches that regularizers turn on (mnist_exp.regularization)."""
 
     dropout: float = 0.0  # probability; 0 = no dropout layers at all
@@ -37,15 +37,15 @@ def activation_class(name: str) -> type[nn.Module]:
     return ACTIVATIONS[name]
 
 
-def _hidden_block(layer: nn.Module, width: int, activation: str, features: Features, dims: int) -> list[nn.Module]:
+def _hidden_block(layer: nn.Module, width: int, activation: str, switches: LayerSwitches, dims: int) -> list[nn.Module]:
     """layer -> [batch norm] -> activation -> [dropout]; dropout only on fully connected blocks."""
     block = [layer]
-    if features.batchnorm_momentum is not None:
+    if switches.batchnorm_momentum is not None:
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
-        block.append(norm(width, momentum=features.batchnorm_momentum))
+        block.append(norm(width, momentum=switches.batchnorm_momentum))
     block.append(activation_class(activation)())
-    if dims == 1 and features.dropout > 0:
-        block.append(nn.Dropout(features.dropout))
+    if dims == 1 and switches.dropout > 0:
+        block.append(nn.Dropout(switches.dropout))
     return block
 
 
@@ -56,20 +56,20 @@ class LeNet5(nn.Module):
     padding=2 is the paper's 32x32 input (maps 28 -> 14 -> 10 -> 5, fc 120 sees 16*5*5).
     """
 
-    def __init__(self, activation: str, features: Features, padding: int = 0, pooling: str = "max"):
+    def __init__(self, activation: str, switches: LayerSwitches, padding: int = 0, pooling: str = "max"):
         super().__init__()
         side = (28 + 2 * padding - 4) // 2  # after conv 1 and the first pool
         side = (side - 4) // 2  # after conv 2 and the second pool
         self.features = nn.Sequential(
-            *_hidden_block(nn.Conv2d(1, 6, kernel_size=5, padding=padding), 6, activation, features, dims=2),
+            *_hidden_block(nn.Conv2d(1, 6, kernel_size=5, padding=padding), 6, activation, switches, dims=2),
             POOLING[pooling](2),
-            *_hidden_block(nn.Conv2d(6, 16, kernel_size=5), 16, activation, features, dims=2),
+            *_hidden_block(nn.Conv2d(6, 16, kernel_size=5), 16, activation, switches, dims=2),
             POOLING[pooling](2),
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            *_hidden_block(nn.Linear(16 * side * side, 120), 120, activation, features, dims=1),
-            *_hidden_block(nn.Linear(120, 84), 84, activation, features, dims=1),
+            *_hidden_block(nn.Linear(16 * side * side, 120), 120, activation, switches, dims=1),
+            *_hidden_block(nn.Linear(120, 84), 84, activation, switches, dims=1),
             nn.Linear(84, NUM_CLASSES),
         )
 
@@ -77,19 +77,19 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-def lenet5(name: str, activation: str, features: Features, pooling: str = "max") -> LeNet5:
+def lenet5(name: str, activation: str, switches: LayerSwitches, pooling: str = "max") -> LeNet5:
     if name not in LENET5_LAYOUTS:
         raise ValueError(f"model {name} is not one of {', '.join(LENET5_LAYOUTS)}")
-    return LeNet5(activation, features, padding=LENET5_LAYOUTS[name], pooling=pooling)
+    return LeNet5(activation, switches, padding=LENET5_LAYOUTS[name], pooling=pooling)
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden_widths: list[int], activation: str, features: Features):
+    def __init__(self, hidden_widths: list[int], activation: str, switches: LayerSwitches):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = INPUT_PIXELS
         for width in hidden_widths:
-            layers += _hidden_block(nn.Linear(fan_in, width), width, activation, features, dims=1)
+            layers += _hidden_block(nn.Linear(fan_in, width), width, activation, switches, dims=1)
             fan_in = width
         layers.append(nn.Linear(fan_in, NUM_CLASSES))
         self.layers = nn.Sequential(*layers)
@@ -102,11 +102,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def parity_width(target: int, hidden_layers: int, activation: str, features: Features) -> int:
+def parity_width(target: int, hidden_layers: int, activation: str, switches: LayerSwitches) -> int:
     """The shared hidden width whose MLP comes closest to `target` parameters."""
 
     def size(width: int) -> int:
-        return count_parameters(MLP([width] * hidden_layers, activation, features))
+        return count_parameters(MLP([width] * hidden_layers, activation, switches))
 
     low, high = 1, 1
     while size(high) < target:  # parameter count grows with width: bracket, then bisect
@@ -125,20 +125,20 @@ class BuiltModel:
     description: str
 
 
-def build_model(model_cfg, features: Features) -> BuiltModel:
+def build_model(model_cfg, switches: LayerSwitches) -> BuiltModel:
     """The configured network. The MLP's width is solved against the LeNet-5 layout it names
     (model.parity_with), built with the same activation and regularizer layers."""
     if model_cfg.name in LENET5_LAYOUTS:
         pooling = model_cfg.get("pooling", "max")  # only the paper's layout offers average pooling
-        model = lenet5(model_cfg.name, model_cfg.activation, features, pooling)
+        model = lenet5(model_cfg.name, model_cfg.activation, switches, pooling)
         parameters = count_parameters(model)
         layout = "32x32 input" if LENET5_LAYOUTS[model_cfg.name] else "28x28 input"
         return BuiltModel(model, parameters, parameters, f"LeNet-5 ({layout})")
     if model_cfg.name == "mlp":
         yardstick = model_cfg.parity_with
-        target = count_parameters(lenet5(yardstick, model_cfg.activation, features))
-        width = parity_width(target, model_cfg.hidden_layers, model_cfg.activation, features)
-        mlp = MLP([width] * model_cfg.hidden_layers, model_cfg.activation, features)
+        target = count_parameters(lenet5(yardstick, model_cfg.activation, switches))
+        width = parity_width(target, model_cfg.hidden_layers, model_cfg.activation, switches)
+        mlp = MLP([width] * model_cfg.hidden_layers, model_cfg.activation, switches)
         parameters = count_parameters(mlp)
         if abs(parameters - target) > PARITY_TOLERANCE * target:
             raise ValueError(

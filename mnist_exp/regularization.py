@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mnist_exp.models import Features
+from mnist_exp.models import LayerSwitches
 
 # Canonical order, so regularizer=[dropout,l2] and [l2,dropout] name the same variant.
 REGULARIZERS = ("l2", "dropout", "batchnorm", "augment", "label_smoothing", "early_stopping")
@@ -24,10 +24,10 @@ def variant_name(regularizer_cfg) -> str:
     return "+".join(present) or "none"
 
 
-def model_features(regularizer_cfg) -> Features:
+def layer_switches(regularizer_cfg) -> LayerSwitches:
     dropout = regularizer_cfg.get("dropout")
     batchnorm = regularizer_cfg.get("batchnorm")
-    return Features(
+    return LayerSwitches(
         dropout=dropout.p if dropout is not None else 0.0,
         batchnorm_momentum=batchnorm.momentum if batchnorm is not None else None,
     )

@@ -43,7 +43,7 @@ class EpochMetrics:
 
 
 @dataclass
-class Progress:
+class TrainingState:
     """Everything a checkpoint must restore besides the model, optimizer and scheduler."""
 
     history: list[EpochMetrics] = field(default_factory=list)
@@ -214,9 +214,9 @@ def evaluate(
 
 
 def fit(
-    training: Training, data: MNIST, trainer_cfg, progress: Progress, on_epoch_end: Callable[[Progress], None],
+    training: Training, data: MNIST, trainer_cfg, progress: TrainingState, on_epoch_end: Callable[[TrainingState], None],
     on_batch: Callable[[float], None] | None = None,
-) -> Progress:
+) -> TrainingState:
     """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each.
 
     With early stopping it ends once patience runs out and leaves the best epoch's weights in the model.
@@ -246,7 +246,7 @@ def fit(
     return progress
 
 
-def _watch(training: Training, progress: Progress) -> None:
+def _watch(training: Training, progress: TrainingState) -> None:
     """Early stopping's bookkeeping after an epoch: a new best keeps its weights; no news costs patience."""
     latest = progress.history[-1]
     best = progress.history[progress.best_epoch - 1].val_loss if progress.best_epoch else None

@@ -1,5 +1,5 @@
 """analysis.py on a synthetic MLflow store written with the real client: runs carry the params,
-tags and metrics mnist_exp.experiment logs, with accuracies chosen so every expected number
+tags and metrics mnist_exp.job logs, with accuracies chosen so every expected number
 below can be checked by hand."""
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, job_runs, run_script, sweep_runs
-from mnist_exp import experiment, tracking
+from mnist_exp import job, tracking
 
 pytestmark = pytest.mark.slow
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
@@ -130,7 +130,7 @@ def test_mlflow_calls_in_user_code_land_in_the_jobs_run(compose, tmp_path, empty
     monkeypatch.setattr(experiment, "build_model", users_model)
     (tmp_path / "job").mkdir()
     try:
-        outcome = experiment.run_job(cfg, None, tmp_path / "job", [])
+        outcome = job.run_job(cfg, None, tmp_path / "job", [])
     finally:
         mlflow.set_tracking_uri(None)
 

@@ -8,22 +8,22 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_exp.models import ACTIVATIONS, MLP, Features, LeNet5, ScaledTanh, build_model, count_parameters
+from mnist_exp.models import ACTIVATIONS, MLP, LayerSwitches, LeNet5, ScaledTanh, build_model, count_parameters
 
 # conv1 6*(5*5*1)+6 = 156, conv2 16*(5*5*6)+16 = 2,416, fc1 256*120+120 = 30,840,
 # fc2 120*84+84 = 10,164, fc3 84*10+10 = 850: the paper's architecture on unpadded 28x28 input.
 LENET5_PARAMETERS = 156 + 2_416 + 30_840 + 10_164 + 850
 
 FEATURE_SETS = {
-    "plain": Features(),
-    "dropout": Features(dropout=0.5),
-    "batchnorm": Features(batchnorm_momentum=0.1),
-    "dropout+batchnorm": Features(dropout=0.5, batchnorm_momentum=0.1),
+    "plain": LayerSwitches(),
+    "dropout": LayerSwitches(dropout=0.5),
+    "batchnorm": LayerSwitches(batchnorm_momentum=0.1),
+    "dropout+batchnorm": LayerSwitches(dropout=0.5, batchnorm_momentum=0.1),
 }
 
 
 def test_lenet5_has_the_papers_parameter_count(compose):
-    built = build_model(compose(["model=lenet5"]).model, Features())
+    built = build_model(compose(["model=lenet5"]).model, LayerSwitches())
 
     assert LENET5_PARAMETERS == 44_426
     assert built.parameters == count_parameters(built.model) == LENET5_PARAMETERS
@@ -32,7 +32,7 @@ def test_lenet5_has_the_papers_parameter_count(compose):
 
 @pytest.mark.parametrize("model", ["lenet5", "mlp"])
 def test_model_maps_a_batch_of_digits_to_ten_logits(compose, model):
-    built = build_model(compose([f"model={model}"]).model, Features())
+    built = build_model(compose([f"model={model}"]).model, LayerSwitches())
 
     logits = built.model(torch.randn(5, 1, 28, 28))
 
@@ -58,7 +58,7 @@ def test_mlp_is_within_two_percent_of_lenet5_and_the_closest_width(compose, hidd
 
 
 def test_default_mlp_is_the_documented_784_52_52_10(compose):
-    built = build_model(compose(["model=mlp"]).model, Features())
+    built = build_model(compose(["model=mlp"]).model, LayerSwitches())
     assert built.description == "MLP 784 -> 52 -> 52 -> 10"
     assert built.parameters == 784 * 52 + 52 + 52 * 52 + 52 + 52 * 10 + 10
 
@@ -66,7 +66,7 @@ def test_default_mlp_is_the_documented_784_52_52_10(compose):
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("model", ["lenet5", "mlp"])
 def test_every_activation_builds_and_is_used(compose, model, activation):
-    built = build_model(compose([f"model={model}", f"model.activation={activation}"]).model, Features())
+    built = build_model(compose([f"model={model}", f"model.activation={activation}"]).model, LayerSwitches())
 
     used = {type(m) for m in built.model.modules()}
     assert ACTIVATIONS[activation] in used
@@ -78,11 +78,11 @@ def test_every_activation_builds_and_is_used(compose, model, activation):
 def test_unknown_activation_is_an_error_naming_the_key(compose, model):
     cfg = compose([f"model={model}", "model.activation=swish"]).model  # the schema types it only as a string
     with pytest.raises(ValueError, match="model.activation=swish is not one of relu, tanh, sigmoid, gelu, scaled_tanh"):
-        build_model(cfg, Features())
+        build_model(cfg, LayerSwitches())
 
 
 def test_lenet5_32_is_the_papers_32x32_layout(compose):
-    built = build_model(compose(["model=lenet5_32"]).model, Features())
+    built = build_model(compose(["model=lenet5_32"]).model, LayerSwitches())
     model = built.model
 
     assert built.parameters == count_parameters(model) == 61_706
@@ -94,7 +94,7 @@ def test_lenet5_32_is_the_papers_32x32_layout(compose):
 
 def test_the_papers_average_pooling_and_scaled_tanh_are_settings(compose):
     model = build_model(compose(["model=lenet5_32", "model.pooling=avg", "model.activation=scaled_tanh"]).model,
-                        Features()).model
+                        LayerSwitches()).model
 
     assert len([m for m in model.modules() if isinstance(m, nn.AvgPool2d)]) == 2
     assert not [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
@@ -104,7 +104,7 @@ def test_the_papers_average_pooling_and_scaled_tanh_are_settings(compose):
 
 
 def test_the_mlp_is_sized_to_the_lenet5_it_names(compose):
-    built = build_model(compose(["model=mlp", "model.parity_with=lenet5_32"]).model, Features())
+    built = build_model(compose(["model=mlp", "model.parity_with=lenet5_32"]).model, LayerSwitches())
 
     assert built.lenet5_parameters == 61_706
     assert abs(built.parameters - 61_706) <= 0.02 * 61_706

@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 from mnist_exp.data import Split
-from mnist_exp.models import Features, LeNet5, build_model
-from mnist_exp.regularization import model_features, train_augmentation, variant_name, weight_decay
+from mnist_exp.models import LayerSwitches, LeNet5, build_model
+from mnist_exp.regularization import layer_switches, train_augmentation, variant_name, weight_decay
 from mnist_exp.tracking import config_hash, flat_params
 from mnist_exp.training import InputPipeline, evaluate, make_optimizer
 
 
 def build(compose, *overrides):
     cfg = compose(list(overrides))
-    return cfg, build_model(cfg.model, model_features(cfg.regularizer)).model
+    return cfg, build_model(cfg.model, layer_switches(cfg.regularizer)).model
 
 
 def layers(model, kind):
@@ -153,7 +153,7 @@ def test_augmentation_is_never_applied_at_evaluation(compose, raw_digits, sample
     test = sample_digits["test"]
     split = Split(torch.from_numpy(test.images[:50].copy()), torch.from_numpy(test.labels[:50].copy()), "")
     torch.manual_seed(0)
-    model = LeNet5("relu", Features())
+    model = LeNet5("relu", LayerSwitches())
     with_augmenting = evaluate(model, split, 16, augmenting, torch.device("cpu"))
     with_plain = evaluate(model, split, 16, plain, torch.device("cpu"))
     assert with_augmenting[:2] == with_plain[:2]
@@ -166,11 +166,11 @@ def test_augmentation_is_never_applied_at_evaluation(compose, raw_digits, sample
 def test_none_changes_nothing(compose):
     cfg, model = build(compose, "regularizer=none")
 
-    assert model_features(cfg.regularizer) == Features()
+    assert layer_switches(cfg.regularizer) == LayerSwitches()
     assert weight_decay(cfg.regularizer) == 0.0
     assert train_augmentation(cfg.regularizer) is None
     assert variant_name(cfg.regularizer) == "none"
-    plain = LeNet5(cfg.model.activation, Features())
+    plain = LeNet5(cfg.model.activation, LayerSwitches())
     assert [type(m) for m in model.modules()] == [type(m) for m in plain.modules()]
     assert make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer)).param_groups[0]["weight_decay"] == 0.0
 

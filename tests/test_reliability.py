@@ -212,7 +212,7 @@ CHECKPOINT_WRITER = """
 import sys, torch
 from pathlib import Path
 from mnist_exp import checkpoints
-from mnist_exp.training import EpochMetrics, Progress, Training
+from mnist_exp.training import EpochMetrics, TrainingState, Training
 model = torch.nn.Linear(1000, 1000)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 training = Training(model, optimizer, None, None, torch.device("cpu"))
@@ -221,7 +221,7 @@ while True:
     epoch += 1
     with torch.no_grad():
         model.weight.fill_(epoch)
-    progress = Progress([EpochMetrics(e, 0.0, 0.0, 0.0, 0.0, 0.0) for e in range(1, epoch + 1)], 0.0)
+    progress = TrainingState([EpochMetrics(e, 0.0, 0.0, 0.0, 0.0, 0.0) for e in range(1, epoch + 1)], 0.0)
     checkpoints.save(path, "run", training, progress)
     print(epoch, flush=True)
 """

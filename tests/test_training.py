@@ -13,9 +13,9 @@ from torch import nn
 
 from mnist_exp.data import Split, load_mnist
 from mnist_exp.models import build_model
-from mnist_exp.regularization import early_stopping, label_smoothing, model_features, train_augmentation, weight_decay
+from mnist_exp.regularization import early_stopping, label_smoothing, layer_switches, train_augmentation, weight_decay
 from mnist_exp.training import (
-    Diverged, InputPipeline, Progress, Training, evaluate, fit, make_optimizer, make_scheduler, train_epoch,
+    Diverged, InputPipeline, TrainingState, Training, evaluate, fit, make_optimizer, make_scheduler, train_epoch,
 )
 
 CPU = torch.device("cpu")
@@ -39,7 +39,7 @@ def setup(compose, course_dataset, tmp_path):
 def build(cfg, data, inputs) -> Training:
     """What experiment.py builds for a run of this config."""
     torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, model_features(cfg.regularizer)).model
+    model = build_model(cfg.model, layer_switches(cfg.regularizer)).model
     optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
     return Training(model, optimizer, make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches), inputs,
@@ -50,7 +50,7 @@ def train(cfg, data, inputs, stop_after=None, checkpoint=None):
     """Fit a run built from cfg, from scratch or from a checkpoint; with stop_after, as if killed after
     that epoch. Returns (progress, training, checkpoint): the checkpoint as checkpoints.save stores it."""
     training = build(cfg, data, inputs)
-    progress = Progress()
+    progress = TrainingState()
     if checkpoint is not None:
         training.model.load_state_dict(checkpoint["model"])
         training.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -146,7 +146,7 @@ def test_evaluate_matches_a_hand_computation(sample_digits):
 def test_evaluate_runs_in_evaluation_mode(setup):
     cfg, data, inputs = setup("model=mlp", "regularizer=[dropout,batchnorm]")
     torch.manual_seed(0)
-    model = build_model(cfg.model, model_features(cfg.regularizer)).model
+    model = build_model(cfg.model, layer_switches(cfg.regularizer)).model
     model.train()
 
     results = [evaluate(model, data.test, 32, inputs, CPU) for _ in range(2)]

@@ -23,16 +23,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import checkpoints, console, plots, tracking
-from mnist_exp.console import RunProgress
+from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
 from mnist_exp.regularization import (
-    early_stopping, label_smoothing, model_features, train_augmentation, variant_name, weight_decay,
+    early_stopping, label_smoothing, layer_switches, train_augmentation, variant_name, weight_decay,
 )
 from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, run_name, write_job_status
 from mnist_exp.training import (
-    Diverged, InputPipeline, PixelClassifier, Progress, Training, evaluate, fit, make_optimizer, make_scheduler,
+    Diverged, InputPipeline, PixelClassifier, TrainingState, Training, evaluate, fit, make_optimizer, make_scheduler,
     resolve_device,
 )
 from mnist_exp.validation import ConfigError, validate
@@ -223,7 +223,7 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
 def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path) -> float | None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.trainer.seed)
-    built = build_model(cfg.model, model_features(cfg.regularizer))
+    built = build_model(cfg.model, layer_switches(cfg.regularizer))
     model = built.model.to(device)
     optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
@@ -239,7 +239,7 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
     )
     datasets = tracking.datasets(data)
     if checkpoint is None:
-        progress = Progress()
+        progress = TrainingState()
         mlflow.log_params({
             "model.parameters": str(built.parameters),
             "model.lenet5_parameters": str(built.lenet5_parameters),
@@ -253,9 +253,9 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
         progress = _resume(checkpoint, training)
 
     title = variant_label(cfg)
-    with RunProgress(mlflow.active_run().info.run_name, cfg.trainer.epochs, progress.epochs_done, batches) as display:
+    with ProgressBars(mlflow.active_run().info.run_name, cfg.trainer.epochs, progress.epochs_done, batches) as display:
 
-        def on_epoch_end(progress: Progress) -> None:
+        def on_epoch_end(progress: TrainingState) -> None:
             run_id = mlflow.active_run().info.run_id
             checkpoints.save(checkpoint_file, run_id, training, progress)  # before logging: see _resume
             metrics = progress.history[-1]
@@ -276,7 +276,7 @@ def objective_of(metrics: dict[str, float]) -> float | None:
     return metrics.get("val_acc")
 
 
-def _resume(checkpoint, training: Training) -> Progress:
+def _resume(checkpoint, training: Training) -> TrainingState:
     training.model.load_state_dict(checkpoint.model_state)
     training.optimizer.load_state_dict(checkpoint.optimizer_state)
     if training.scheduler is not None:
@@ -289,7 +289,7 @@ def _resume(checkpoint, training: Training) -> Progress:
     return checkpoint.progress
 
 
-def _log_results(cfg, training: Training, data, datasets, progress: Progress, title: str, output_dir: Path):
+def _log_results(cfg, training: Training, data, datasets, progress: TrainingState, title: str, output_dir: Path):
     """Summary metrics, the model, and the artifacts: config, history, curves, confusion matrix, Hydra's files."""
     model, inputs, device, batch = training.model, training.inputs, training.device, cfg.trainer.eval_batch_size
     test_loss, test_acc, predictions = evaluate(model, data.test, batch, inputs, device)
@@ -334,7 +334,7 @@ def _log_hydra_files(output_dir: Path) -> None:
         mlflow.log_artifact(str(path), "hydra")
 
 
-def _history_csv(progress: Progress) -> str:
+def _history_csv(progress: TrainingState) -> str:
     rows = [{"epoch": m.epoch, **m.as_metrics()} for m in progress.history]
     lines = [",".join(rows[0])] + [",".join(str(value) for value in row.values()) for row in rows]
     return "\n".join(lines) + "\n"
