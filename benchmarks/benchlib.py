@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tabulate import tabulate
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"  # git-ignored: generated archives, extracted PNGs, tensor caches
 SHARED_SAMPLE = ROOT.parent / "shared" / "datasets" / "mnist-10k"  # the course-format twin of data/mnist-10k, where present
@@ -56,16 +58,10 @@ def machine_line() -> str:
 
 def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
     """A GitHub-flavoured markdown table (readable as plain text, pasteable into the README)."""
-    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |"]
-    lines.append("| " + " | ".join("-" * w for w in widths) + " |")
-    for row, formatted in zip(rows, cells[1:]):  # text left, numbers right
-        lines.append("| " + " | ".join(
-            c.rjust(w) if isinstance(v, (int, float)) or _RATIO.fullmatch(c) else c.ljust(w)
-            for v, c, w in zip(row, formatted, widths)
-        ) + " |")
-    text = "\n".join(lines)
+    align = ["right" if all(isinstance(v, (int, float)) or v == "" or _RATIO.fullmatch(str(v)) for v in column)
+             else "left" for column in zip(*rows)]  # numbers and ratios right, text left
+    text = tabulate([[_fmt(c) for c in row] for row in rows], headers, tablefmt="pipe", disable_numparse=True,
+                    colalign=align)
     return f"\n{title}\n\n{text}\n" if title else text
 
 

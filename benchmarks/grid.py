@@ -78,7 +78,7 @@ def main() -> None:
     epochs, repeats = (1, 1) if args.smoke else (args.epochs, args.repeats)
     folder = benchlib.course_dataset(train_size, test_size)
     print(f"# {benchlib.machine_line()}, {benchlib.available_cores()} cores usable")
-    print(f"# data: {folder} ({train_size} train / {test_size} test); {epochs} epochs per run; "
+    print(f"# data: {folder} ({train_size} train / {test_size} test); {epochs} epoch{'' if epochs == 1 else 's'} per run; "
           f"sweep: {' '.join(grid)}; {repeats} sweep(s) per launcher, interleaved")
 
     work = Path(tempfile.mkdtemp(prefix="mnist-exp-grid-"))

@@ -57,13 +57,13 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
         timed["s"] = time.perf_counter() - started
         return result
 
-    experiment.tracking.log_model = timed_log_model
+    job.tracking.log_model = timed_log_model
     try:
         started = time.perf_counter()
         outcome = job.run_job(cfg, None, output_dir, [])
         seconds = time.perf_counter() - started
     finally:
-        experiment.tracking.log_model = log_model
+        job.tracking.log_model = log_model
     assert outcome.status == "finished", outcome
     run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(outcome.run_id)
     return seconds, run.data.metrics["train_time_s"], timed["s"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,7 +20,7 @@ import pandas as pd
 
 from mnist_exp import tracking
 from mnist_exp.significance import estimate, welch
-from mnist_exp.sweep import MEMBERS_FILE
+from mnist_exp.sweep import sweep_members
 
 # --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
 # without looking at the test set.
@@ -92,15 +91,6 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
         members |= set(children.loc[_column(children, f"tags.{tracking.PARENT}") == parent["run_id"], "run_id"])
     described = " + ".join(f"sweep {p['run_id'][:8]} ({p['run_name']})" for p in chosen)
     return Selection(children[children["run_id"].isin(members)], described, [p["run_id"] for p in chosen])
-
-
-def sweep_members(client, parent_run_id: str) -> set[str]:
-    """Every run a sweep used, trained or reused, as its launching process listed them on the parent run."""
-    if not any(a.path == MEMBERS_FILE for a in client.list_artifacts(parent_run_id)):
-        return set()  # still running, or stopped before listing them: its nested runs are all there is
-    with tempfile.TemporaryDirectory() as folder:
-        members = json.loads(Path(client.download_artifacts(parent_run_id, MEMBERS_FILE, folder)).read_text())
-    return {member["run_id"] for member in members}
 
 
 def _find_parent(parents: pd.DataFrame, sweep: str) -> pd.Series:
@@ -253,7 +243,7 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
         table[column] = grouped[column].mean()
     table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
     samples = grouped["acc_pct"].apply(list)
-    estimates = samples.map(estimate)
+    estimates = samples.map(lambda accuracies: estimate(accuracies, bounds=(0, 100)))
     table["acc_pct_std"] = [e.std for e in estimates]
     table["acc_pct_ci_low"] = [e.ci_low for e in estimates]
     table["acc_pct_ci_high"] = [e.ci_high for e in estimates]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from mnist_exp.data import save_atomically
 from mnist_exp.training import EpochMetrics, TrainingState, Training
 
 log = logging.getLogger(__name__)
@@ -32,20 +32,13 @@ def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str
 
 
 def save(path: Path, run_id: str, training: Training, progress: TrainingState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    payload = {
+    save_atomically({
         "run_id": run_id,
         "model_state": training.model.state_dict(),
         "optimizer_state": training.optimizer.state_dict(),
         "scheduler_state": training.scheduler.state_dict() if training.scheduler is not None else None,
         "progress": asdict(progress),  # with the best epoch's weights, for early stopping
-    }
-    with open(temporary, "wb") as file:
-        torch.save(payload, file)
-        file.flush()
-        os.fsync(file.fileno())  # the rename below must never point at data still in flight
-    os.replace(temporary, path)
+    }, path)
 
 
 def load(path: Path) -> Checkpoint | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -48,30 +47,28 @@ class ProgressBars(contextlib.AbstractContextManager):
 
     def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):
         self.epochs = epochs
-        self.bars = _sweep is None and sys.stderr.isatty()
         self._stack = contextlib.ExitStack()
         announce(title, epochs, epochs_done)
-        if self.bars:
+        disable = None if _sweep is None else True  # None: tqdm draws only when stderr is a terminal
+        self.epoch_bar = self._stack.enter_context(
+            tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0, disable=disable)
+        )
+        self.batch_bar = self._stack.enter_context(
+            tqdm(total=batches_per_epoch, unit="batch", position=1, leave=False, disable=disable)
+        )
+        if not self.epoch_bar.disable:
             self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars
-            self.epoch_bar = self._stack.enter_context(
-                tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0)
-            )
-            self.batch_bar = self._stack.enter_context(
-                tqdm(total=batches_per_epoch, unit="batch", position=1, leave=False)
-            )
 
-    def batch(self, loss: float) -> None:
-        if self.bars:
-            self.batch_bar.update()
-            self.batch_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+    def batch(self, loss: float) -> None:  # a disabled bar ignores all of these
+        self.batch_bar.update()
+        self.batch_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
     def epoch(self, metrics: EpochMetrics) -> None:
         log.info(epoch_line(metrics, self.epochs))
         _report("epoch", metrics.epoch)
-        if self.bars:
-            self.epoch_bar.update()
-            self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")
-            self.batch_bar.reset()
+        self.epoch_bar.update()
+        self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")
+        self.batch_bar.reset()
 
     def __exit__(self, *exc) -> None:
         self._stack.close()

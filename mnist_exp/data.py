@@ -6,7 +6,6 @@ A split lives in memory as uint8 tensors; training gathers and normalizes whole 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -106,8 +105,6 @@ def locate(root: Path, source: str) -> tuple[Located, str | None]:
         return _require(_find_idx(root), root, _idx_hint()), None
     if source == "download":
         return _download(root), None
-    if source != "auto":
-        raise DataError(f"data.source={source} is not one of {', '.join(SOURCES)}")
 
     found = _find_course(root) or _find_idx(root)
     if found:
@@ -234,13 +231,22 @@ def _read_cache(path: Path) -> Split | None:
         return None
 
 
-def _write_cache(path: Path, split: Split) -> None:
+def save_atomically(payload, path: Path) -> None:
+    """torch.save via this process's own temporary file, synced, then renamed: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"images": split.images, "labels": split.labels, "sha256": split.sha256}, temporary)
-        os.replace(temporary, path)  # atomic: parallel jobs and kills never leave half a file
-    except (OSError, RuntimeError) as error:  # torch.save reports a file it cannot open as RuntimeError
-        with contextlib.suppress(OSError):  # unlink(missing_ok=True) still raises below a regular file
-            temporary.unlink(missing_ok=True)
+        with open(temporary, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())  # the rename must never point at data still in flight
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # what a failed write left; nothing once renamed
+
+
+def _write_cache(path: Path, split: Split) -> None:
+    try:
+        save_atomically({"images": split.images, "labels": split.labels, "sha256": split.sha256}, path)
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
         log.warning("cannot write the data cache %s (%s); continuing without it", path, error)

@@ -12,7 +12,7 @@ import os
 import resource
 import signal
 import traceback
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -27,29 +27,15 @@ from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
-from mnist_exp.regularization import (
-    early_stopping, label_smoothing, layer_switches, train_augmentation, variant_name, weight_decay,
-)
+from mnist_exp.regularization import layer_switches, variant_name
 from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, run_name, write_job_status
-from mnist_exp.training import (
-    Diverged, InputPipeline, PixelClassifier, TrainingState, Training, evaluate, fit, make_optimizer, make_scheduler,
-    resolve_device,
-)
+from mnist_exp.training import Diverged, PixelClassifier, Training, TrainingState, evaluate, fit, resolve_device
 from mnist_exp.validation import ConfigError, validate
 
 log = logging.getLogger("mnist_exp")
 
 # Errors whose message says everything the user needs; anything else also prints its traceback.
 USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, Diverged)
-
-
-@dataclass
-class JobOutcome:
-    status: str  # finished | skipped | failed | killed
-    run_id: str | None
-    run_name: str | None
-    objective: float | None  # the final validation accuracy, with a validation split
-    error: str | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -85,7 +71,7 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     try:
         outcome = run_job(cfg, sweep, output_dir, overrides)
     except tracking.TrackingError as error:  # no MLflow run could be opened to record it on
-        outcome = JobOutcome("failed", None, None, None, str(error))
+        outcome = JobStatus("failed", overrides, None, str(error))
     except KeyboardInterrupt as interrupt:
         run_id, name = getattr(interrupt, "run_id", None), getattr(interrupt, "run_name", None)
         requeued = preemption.get("signalled") or isinstance(getattr(interrupt, "cause", None), SystemExit)
@@ -97,8 +83,7 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
             log.error("KILLED: %s", reason)
             return None  # one job of an array was stopped: the others go on, the summary lists it
         raise
-    write_job_status(output_dir, JobStatus(outcome.status, overrides, outcome.run_id, outcome.error, launch_id,
-                                           outcome.run_name))
+    write_job_status(output_dir, replace(outcome, launch_id=launch_id))
     if outcome.status == "failed":
         log.error("FAILED: %s", outcome.error)
         if not multirun:
@@ -106,7 +91,7 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     return outcome.objective
 
 
-def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, overrides: list[str]) -> JobOutcome:
+def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, overrides: list[str]) -> JobStatus:
     params = tracking.flat_params(cfg)
     config_hash = tracking.config_hash(params)
     client, experiment_id = tracking.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
@@ -131,7 +116,8 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
         other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
         log.info("skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
                  run.info.run_id, run.info.run_name, other_code)
-        return JobOutcome("skipped", run.info.run_id, run.info.run_name, objective_of(run.data.metrics))
+        return JobStatus("skipped", overrides, run.info.run_id, None, None, run.info.run_name,
+                         objective_of(run.data.metrics))
 
     checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash,
                                                   data_params and tracking.data_identity(data_params))
@@ -168,12 +154,12 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
             log.error("could not record the failure in MLflow: %s", tracking_error)
         if reason:
             raise Interrupted(run_id, name, reason, error) from None
-        return JobOutcome("failed", run_id, name, None, f"{type(error).__name__}: {error}")
+        return JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
     finally:
         _end_run(status)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    return JobOutcome("finished", run_id, name, objective)
+    return JobStatus("finished", overrides, run_id, None, None, name, objective)
 
 
 def variant_label(cfg) -> str:
@@ -221,52 +207,34 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
 
 
 def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path) -> float | None:
+    """A run's steps, as in pytorch/examples' mnist: model, optimizer, epochs, then the results."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.trainer.seed)
     built = build_model(cfg.model, layer_switches(cfg.regularizer))
-    model = built.model.to(device)
-    optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
-    batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
-    training = Training(
-        model, optimizer, make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches),
-        InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer)), device,
-        label_smoothing(cfg.regularizer), early_stopping(cfg.regularizer),
-    )
+    training = Training.from_config(built.model.to(device), cfg, device, len(data.train))
     log.info(
         "%s: %d parameters (LeNet-5: %d); data: %s (%s), %d train / %d test images; %s, %d threads",
         built.description, built.parameters, built.lenet5_parameters, data.source, data.location,
         len(data.train), len(data.test), device, torch.get_num_threads(),
     )
     datasets = tracking.datasets(data)
-    if checkpoint is None:
-        progress = TrainingState()
-        mlflow.log_params({
-            "model.parameters": str(built.parameters),
-            "model.lenet5_parameters": str(built.lenet5_parameters),
-            "model.description": built.description,
-            "regularizer.name": variant_name(cfg.regularizer),
-        })
-        tracking.log_datasets(datasets)
-        if data.fallback:
-            mlflow.set_tag(tracking.FALLBACK, data.fallback)
-    else:
-        progress = _resume(checkpoint, training)
+    state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, data, datasets)
 
-    title = variant_label(cfg)
-    with ProgressBars(mlflow.active_run().info.run_name, cfg.trainer.epochs, progress.epochs_done, batches) as display:
+    run = mlflow.active_run().info
+    batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
+    with ProgressBars(run.run_name, cfg.trainer.epochs, state.epochs_done, batches) as bars:
 
-        def on_epoch_end(progress: TrainingState) -> None:
-            run_id = mlflow.active_run().info.run_id
-            checkpoints.save(checkpoint_file, run_id, training, progress)  # before logging: see _resume
-            metrics = progress.history[-1]
-            mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
-            display.epoch(metrics)
+        def on_epoch_end(state: TrainingState) -> None:
+            checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: see _resume
+            mlflow.log_metrics(state.history[-1].as_metrics(), step=state.history[-1].epoch)
+            bars.epoch(state.history[-1])
 
-        fit(training, data, cfg.trainer, progress, on_epoch_end, display.batch)
+        fit(training, data, cfg.trainer, state, on_epoch_end, bars.batch)
 
-    _log_results(cfg, training, data, datasets, progress, f"{built.description} ({title})", output_dir)
+    predictions = _log_evaluations(cfg, training, data, datasets, state)
+    _log_artifacts(cfg, state, data, predictions, f"{built.description} ({variant_label(cfg)})", output_dir)
     checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
-    delivered = progress.history[(progress.best_epoch or progress.epochs_done) - 1]
+    delivered = state.history[(state.best_epoch or state.epochs_done) - 1]
     return objective_of(delivered.as_metrics())
 
 
@@ -274,6 +242,20 @@ def objective_of(metrics: dict[str, float]) -> float | None:
     """What a sweeper maximizes: the validation accuracy. Never the test accuracy, so a search
     cannot tune on the test set."""
     return metrics.get("val_acc")
+
+
+def _start(cfg, built, data, datasets) -> TrainingState:
+    """A new run's record of what it trains and on which data."""
+    mlflow.log_params({
+        "model.parameters": str(built.parameters),
+        "model.lenet5_parameters": str(built.lenet5_parameters),
+        "model.description": built.description,
+        "regularizer.name": variant_name(cfg.regularizer),
+    })
+    tracking.log_datasets(datasets)
+    if data.fallback:
+        mlflow.set_tag(tracking.FALLBACK, data.fallback)
+    return TrainingState()
 
 
 def _resume(checkpoint, training: Training) -> TrainingState:
@@ -289,38 +271,42 @@ def _resume(checkpoint, training: Training) -> TrainingState:
     return checkpoint.progress
 
 
-def _log_results(cfg, training: Training, data, datasets, progress: TrainingState, title: str, output_dir: Path):
-    """Summary metrics, the model, and the artifacts: config, history, curves, confusion matrix, Hydra's files."""
+def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> torch.Tensor:
+    """Summary metrics and the delivered model with what it scores; returns its test predictions."""
     model, inputs, device, batch = training.model, training.inputs, training.device, cfg.trainer.eval_batch_size
     test_loss, test_acc, predictions = evaluate(model, data.test, batch, inputs, device)
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
     # the generalization gap needs the finished model's accuracy on the training images themselves.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
     summary = {
-        "best_test_acc": max(m.test_acc for m in progress.history),
+        "best_test_acc": max(m.test_acc for m in state.history),
         "train_eval_loss": train_eval_loss,
         "train_eval_acc": train_eval_acc,
-        "train_time_s": progress.train_time_s,
+        "train_time_s": state.train_time_s,
         # The process's peak so far: in a sweep's reused worker, the largest of its jobs up to this one.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if training.early_stopping is not None:  # which epoch's weights are delivered, and when training ended
-        summary.update(best_epoch=progress.best_epoch, stopped_epoch=progress.epochs_done)
-    mlflow.log_metrics(summary, step=progress.epochs_done)
+        summary.update(best_epoch=state.best_epoch, stopped_epoch=state.epochs_done)
+    mlflow.log_metrics(summary, step=state.epochs_done)
     model_info = tracking.log_model(PixelClassifier(model, cfg.data.mean, cfg.data.std).eval(), data.test.images[:5])
     # What the delivered model scores, linked to it (mlflow.search_logged_models) and to each split.
-    mlflow.log_metrics({"final_test_loss": test_loss, "final_test_acc": test_acc}, step=progress.epochs_done,
+    mlflow.log_metrics({"final_test_loss": test_loss, "final_test_acc": test_acc}, step=state.epochs_done,
                        model_id=model_info.model_id, dataset=datasets["test"])
     if data.validation is not None:
         val_loss, val_acc, _ = evaluate(model, data.validation, batch, inputs, device)
-        mlflow.log_metrics({"final_val_loss": val_loss, "final_val_acc": val_acc}, step=progress.epochs_done,
+        mlflow.log_metrics({"final_val_loss": val_loss, "final_val_acc": val_acc}, step=state.epochs_done,
                            model_id=model_info.model_id, dataset=datasets["validation"])
+    return predictions
 
+
+def _log_artifacts(cfg, state: TrainingState, data, predictions: torch.Tensor, title: str, output_dir: Path) -> None:
+    """The config, history, curves, confusion matrix and Hydra's files."""
     folder = output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (folder / "history.csv").write_text(_history_csv(progress))
-    plots.learning_curves(progress.history, title, folder / "learning_curves.png")
+    (folder / "history.csv").write_text(_history_csv(state))
+    plots.learning_curves(state.history, title, folder / "learning_curves.png")
     counts = plots.confusion_matrix(data.test.labels.numpy(), predictions.numpy())
     np.savetxt(folder / "confusion_matrix.csv", counts, fmt="%d", delimiter=",")
     plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / "confusion_matrix.png")
@@ -334,8 +320,8 @@ def _log_hydra_files(output_dir: Path) -> None:
         mlflow.log_artifact(str(path), "hydra")
 
 
-def _history_csv(progress: TrainingState) -> str:
-    rows = [{"epoch": m.epoch, **m.as_metrics()} for m in progress.history]
+def _history_csv(state: TrainingState) -> str:
+    rows = [{"epoch": m.epoch, **m.as_metrics()} for m in state.history]
     lines = [",".join(rows[0])] + [",".join(str(value) for value in row.values()) for row in rows]
     return "\n".join(lines) + "\n"
 

@@ -171,10 +171,10 @@ class Pool:
             display.line(job, payload)
         elif kind == "start":
             job.name, job.epochs, job.epoch = payload
-            display.started(job)
+            display.advance(job)
         elif kind == "epoch":
             job.epoch = payload
-            display.epoch(job)
+            display.advance(job)
         elif kind == "done":
             import cloudpickle
 
@@ -322,17 +322,12 @@ class SweepDisplay:
         else:
             print(text, flush=True)
 
-    def started(self, job: Job) -> None:
-        self._advance(job)
-
-    def epoch(self, job: Job) -> None:
-        self._advance(job)
-
     def finished(self, job: Job) -> None:
         job.epoch = job.epochs
-        self._advance(job, done=True)
+        self.advance(job, done=True)
 
-    def _advance(self, job: Job, done: bool = False) -> None:
+    def advance(self, job: Job, done: bool = False) -> None:
+        """The job started or finished an epoch."""
         progress = job.cost if done else job.cost * job.epoch / max(1, job.epochs)
         if self.bar is not None:
             self.bar.update(progress - job.done_cost)

@@ -31,19 +31,13 @@ class LayerSwitches:
     batchnorm_momentum: float | None = None  # None = no batch norm layers
 
 
-def activation_class(name: str) -> type[nn.Module]:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"model.activation={name} is not one of {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
 def _hidden_block(layer: nn.Module, width: int, activation: str, switches: LayerSwitches, dims: int) -> list[nn.Module]:
     """layer -> [batch norm] -> activation -> [dropout]; dropout only on fully connected blocks."""
     block = [layer]
     if switches.batchnorm_momentum is not None:
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
         block.append(norm(width, momentum=switches.batchnorm_momentum))
-    block.append(activation_class(activation)())
+    block.append(ACTIVATIONS[activation]())  # names are checked once, in mnist_exp.validation
     if dims == 1 and switches.dropout > 0:
         block.append(nn.Dropout(switches.dropout))
     return block
@@ -78,8 +72,6 @@ class LeNet5(nn.Module):
 
 
 def lenet5(name: str, activation: str, switches: LayerSwitches, pooling: str = "max") -> LeNet5:
-    if name not in LENET5_LAYOUTS:
-        raise ValueError(f"model {name} is not one of {', '.join(LENET5_LAYOUTS)}")
     return LeNet5(activation, switches, padding=LENET5_LAYOUTS[name], pooling=pooling)
 
 
@@ -134,17 +126,15 @@ def build_model(model_cfg, switches: LayerSwitches) -> BuiltModel:
         parameters = count_parameters(model)
         layout = "32x32 input" if LENET5_LAYOUTS[model_cfg.name] else "28x28 input"
         return BuiltModel(model, parameters, parameters, f"LeNet-5 ({layout})")
-    if model_cfg.name == "mlp":
-        yardstick = model_cfg.parity_with
-        target = count_parameters(lenet5(yardstick, model_cfg.activation, switches))
-        width = parity_width(target, model_cfg.hidden_layers, model_cfg.activation, switches)
-        mlp = MLP([width] * model_cfg.hidden_layers, model_cfg.activation, switches)
-        parameters = count_parameters(mlp)
-        if abs(parameters - target) > PARITY_TOLERANCE * target:
-            raise ValueError(
-                f"no MLP with model.hidden_layers={model_cfg.hidden_layers} comes within "
-                f"{PARITY_TOLERANCE:.0%} of {yardstick}'s {target} parameters (best: {parameters})"
-            )
-        widths = " -> ".join(str(w) for w in [INPUT_PIXELS, *[width] * model_cfg.hidden_layers, NUM_CLASSES])
-        return BuiltModel(mlp, parameters, target, f"MLP {widths}")
-    raise ValueError(f"model.name={model_cfg.name} is not one of {', '.join([*LENET5_LAYOUTS, 'mlp'])}")
+    yardstick = model_cfg.parity_with
+    target = count_parameters(lenet5(yardstick, model_cfg.activation, switches))
+    width = parity_width(target, model_cfg.hidden_layers, model_cfg.activation, switches)
+    mlp = MLP([width] * model_cfg.hidden_layers, model_cfg.activation, switches)
+    parameters = count_parameters(mlp)
+    if abs(parameters - target) > PARITY_TOLERANCE * target:
+        raise ValueError(
+            f"no MLP with model.hidden_layers={model_cfg.hidden_layers} comes within "
+            f"{PARITY_TOLERANCE:.0%} of {yardstick}'s {target} parameters (best: {parameters})"
+        )
+    widths = " -> ".join(str(w) for w in [INPUT_PIXELS, *[width] * model_cfg.hidden_layers, NUM_CLASSES])
+    return BuiltModel(mlp, parameters, target, f"MLP {widths}")

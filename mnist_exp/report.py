@@ -53,13 +53,7 @@ def plot_test_curves(history: pd.DataFrame, variants: list[str], path: Path) -> 
             ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     loss_ax.set(xlabel="epoch", ylabel="test cross-entropy", title="Test loss")
-    for ax in (acc_ax, loss_ax):
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    loss_ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_curves(fig, (acc_ax, loss_ax), path)
 
 
 def plot_recipe_curves(history: pd.DataFrame, variants: list[str], path: Path) -> None:
@@ -75,10 +69,15 @@ def plot_recipe_curves(history: pd.DataFrame, variants: list[str], path: Path) -
     acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean over seeds)")
     low = min((line.get_ydata().min() for line in acc_ax.get_lines()), default=90)
     acc_ax.set_ylim(max(low, 90), 100)
-    for ax in (lr_ax, acc_ax):
+    _save_curves(fig, (lr_ax, acc_ax), path)
+
+
+def _save_curves(fig, axes, path: Path) -> None:
+    """Per-epoch panels alike: a light grid, whole epochs, the legend on the last panel."""
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    acc_ax.legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -177,6 +176,11 @@ def _acc(row) -> str:
     return f"{row.acc_pct:.2f}{spread}% (n = {row.n})"
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 epoch', '20 epochs', '8,000 images': the noun agrees with the number."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
 def _evidence(diff, ci_low, ci_high, p_value, within_noise) -> str:
     if within_noise is None or pd.isna(within_noise):
         return "one seed on a side, so seed noise cannot be estimated"
@@ -211,22 +215,28 @@ def regularizers(table: pd.DataFrame) -> str:
     regularized = table[(table["model"] == "lenet5") & (table["regularizer"] != "none") & table["baseline"].notna()]
     if regularized.empty:
         return "This selection has no regularized LeNet-5 runs with a plain LeNet-5 to compare against."
-    groups = {"help beyond seed noise": [], "hurt beyond seed noise": [], "stay within seed noise": [],
-              "were run with one seed only, so noise is unknown": []}
+    # Each verdict as (its verb for one regularizer, for several): "batchnorm helps", "l2, dropout help".
+    verbs = {"help": ("helps", "help"), "hurt": ("hurts", "hurt"), "noise": ("stays", "stay"),
+             "one seed": ("was", "were")}
+    groups = {verdict: [] for verdict in verbs}
     for row in regularized.itertuples():
         entry = f"{row.regularizer} ({row.vs_baseline_pp:+.2f} pp" + (
             "" if pd.isna(row.within_noise) else f", p = {row.p_value:.3g}") + ")"
         if pd.isna(row.within_noise):
-            groups["were run with one seed only, so noise is unknown"].append(entry)
+            groups["one seed"].append(entry)
         elif row.within_noise:
-            groups["stay within seed noise"].append(entry)
+            groups["noise"].append(entry)
         elif row.vs_baseline_pp > 0:
-            groups["help beyond seed noise"].append(entry)
+            groups["help"].append(entry)
         else:
-            groups["hurt beyond seed noise"].append(entry)
-    base = table[(table["model"] == "lenet5") & (table["regularizer"] == "none")]
+            groups["hurt"].append(entry)
+    first = regularized.iloc[0]  # the plain LeNet-5 it was compared with, not any plain LeNet-5 in the table
+    base = table[(table["variant"] == first.baseline) & (table["context"] == first.context)]
     reference = f" (plain LeNet-5: {_acc(base.iloc[0])})" if len(base) else ""
-    parts = [f"{', '.join(items)} {label}" for label, items in groups.items() if items]
+    tails = {"help": "beyond seed noise", "hurt": "beyond seed noise", "noise": "within seed noise",
+             "one seed": "run with one seed only, so noise is unknown"}
+    parts = [f"{', '.join(items)} {verbs[verdict][len(items) != 1]} {tails[verdict]}"
+             for verdict, items in groups.items() if items]
     return f"Against LeNet-5 without regularization{reference}: " + "; ".join(parts) + "."
 
 
@@ -253,10 +263,16 @@ def combinations(table: pd.DataFrame) -> str:
     better = [row.regularizer for row in pairs.itertuples()
               if (w := welch(row.acc_pct_samples, best_single.acc_pct_samples)).within_noise is not None
               and not w.within_noise and w.diff > 0]
-    rest = (f" {len(better)} of {len(pairs)} pairs beat it beyond seed noise ({', '.join(better)})." if better
-            else f" None of the {len(pairs)} pairs beats it beyond seed noise.")
+    if len(pairs) == 1:
+        rest = f" The only pair {'beats' if better else 'does not beat'} it beyond seed noise" + (
+            f" ({better[0]})." if better else ".")
+    elif better:
+        rest = (f" {len(better)} of {len(pairs)} pairs {'beats' if len(better) == 1 else 'beat'} it beyond seed "
+                f"noise ({', '.join(better)}).")
+    else:
+        rest = f" None of the {len(pairs)} pairs beats it beyond seed noise."
     return (
-        f"{verdict}: trained alike ({best_single.epochs} epochs, {_schedule(best_single)}), the best pair, "
+        f"{verdict}: trained alike ({_count(best_single.epochs, 'epoch')}, {_schedule(best_single)}), the best pair, "
         f"{best_pair.regularizer}, reaches {_acc(best_pair)} and the best single regularizer, {best_single.regularizer}, "
         f"{_acc(best_single)}: {d.diff:+.2f} points ({_evidence(d.diff, d.ci_low, d.ci_high, d.p_value, d.within_noise)})."
         + rest
@@ -277,7 +293,7 @@ def recipes(table: pd.DataFrame, course: str | None) -> str:
         if plain is not None and plain.variant == row.variant:
             continue  # the course's plain LeNet-5 itself: the reference, not a recipe
         sentence = (f"{_label(row.model)}: {row.variant} ({_recipe(row, course)}) reaches {_acc(row)}{_interval(row)}, "
-                    f"{row.epochs} epochs in {row.train_time_s:.0f} s per seed")
+                    f"{_count(row.epochs, 'epoch')} in {row.train_time_s:.0f} s per seed")
         gains = []
         if plain is not None:
             gains.append(_versus(row, plain, f"the course's plain {_label(row.model)} ({plain.acc_pct:.2f}%)"))
@@ -301,11 +317,11 @@ def versus_lecun(table: pd.DataFrame) -> str:
     best = lenet.sort_values("acc_pct", ascending=False).iloc[0]
     size = best.train_size
     if not pd.isna(size) and int(size) >= FULL_MNIST_TRAIN:
-        context = f"It trained on full MNIST ({int(size):,} images), so the figures compare like with like."
+        context = f"It trained on full MNIST ({_count(int(size), 'image')}), so the figures compare like with like."
     else:
-        images = "an unknown number of" if pd.isna(size) else f"{int(size):,}"
+        images = "an unknown number of images" if pd.isna(size) else _count(int(size), "image")
         context = (
-            f"It trained on {images} images, not full MNIST's {FULL_MNIST_TRAIN:,}: both figures come from "
+            f"It trained on {images}, not full MNIST's {FULL_MNIST_TRAIN:,}: both figures come from "
             f"{'many' if pd.isna(size) else f'{FULL_MNIST_TRAIN / int(size):.1f}'} times as much training data, "
             "so a gap here mixes the amount of data with the model and its training; only a run on full MNIST "
             "compares like with like."

@@ -34,14 +34,16 @@ class Difference:
     within_noise: bool | None  # True when the interval contains 0; None when a side has one seed
 
 
-def estimate(values) -> Estimate:
+def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
+    """`bounds`: the values' valid range (an accuracy's 0..100), which the interval is clipped to."""
     x = np.asarray(values, dtype=float)
     n, mean = len(x), float(x.mean())
     if n < 2:
         return Estimate(mean, math.nan, n, math.nan, math.nan)
-    std = float(x.std(ddof=1))
-    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * std / math.sqrt(n)
-    return Estimate(mean, std, n, mean - half, mean + half)
+    # Identical seeds: the interval is the mean itself (scipy would warn of precision loss).
+    ci = (mean, mean) if np.ptp(x) == 0 else stats.ttest_1samp(x, popmean=0).confidence_interval(CONFIDENCE)
+    low, high = np.clip(ci, *bounds)
+    return Estimate(mean, float(x.std(ddof=1)), n, float(low), float(high))
 
 
 def welch(a, b) -> Difference:
@@ -49,11 +51,8 @@ def welch(a, b) -> Difference:
     diff = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
         return Difference(diff, math.nan, math.nan, math.nan, None)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:  # identical seeds on both sides: the difference is exact
+    if np.ptp(a) == np.ptp(b) == 0:  # identical seeds on both sides: the difference is exact (scipy: p NaN)
         return Difference(diff, diff, diff, 0.0 if diff else 1.0, diff == 0)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    half = stats.t.ppf((1 + CONFIDENCE) / 2, df) * se
-    p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return Difference(diff, diff - half, diff + half, p_value, diff - half <= 0 <= diff + half)
+    test = stats.ttest_ind(a, b, equal_var=False)  # Welch's: unequal variances, Welch-Satterthwaite df
+    low, high = map(float, test.confidence_interval(CONFIDENCE))
+    return Difference(diff, low, high, float(test.pvalue), low <= 0 <= high)

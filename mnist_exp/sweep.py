@@ -1,11 +1,13 @@
-"""Launch-level bookkeeping, run by Hydra in the launching process around a run or a `-m` sweep.
+"""The sweep's protocol, all of it: the parent run, the files through which jobs and the
+launching process talk, and what is recorded and printed at the end.
 
-Before any job starts it checks the output folder, creates the MLflow store and experiment
-once (parallel jobs racing to create a fresh sqlite store corrupt it) and opens the sweep's
-parent run. Jobs find the parent through a small file in the sweep folder, which works with
-every launcher. At the end it lists every member of the sweep on the parent run, prints what
-happened to each job and exits non-zero if any failed; a sweep that stops early (Hydra rejects
-a job's config, Ctrl-C, SIGTERM) still closes its parent run, FAILED or KILLED.
+Before any job starts, Hydra's callback checks the output folder, creates the MLflow store and
+experiment once (parallel jobs racing to create a fresh sqlite store corrupt it), opens the
+sweep's parent run and writes SWEEP_FILE, through which jobs find it with every launcher. Each
+job writes its JobStatus to its folder. At the end the callback lists every member on the parent
+run (MEMBERS_FILE, which analysis reads back), prints what happened to each job and exits non-zero
+if any failed; a sweep that stops early (Hydra rejects a job's config, Ctrl-C, SIGTERM) still
+closes its parent run, FAILED or KILLED.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import uuid
+from datetime import datetime
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,12 +50,15 @@ class SweepInfo:
 
 @dataclass(frozen=True)
 class JobStatus:
+    """What became of one job: written by the job to its folder, read back by the launching process."""
+
     status: str  # finished | skipped | failed | killed
     overrides: list[str]
     run_id: str | None
     error: str | None = None
     launch_id: str | None = None
     run_name: str | None = None
+    objective: float | None = None  # the final validation accuracy, with a validation split
 
 
 def swept_keys(task_overrides: list[str], sweeper_params: dict) -> list[str]:
@@ -121,6 +128,33 @@ def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobStatus]:
     return [status for status in statuses if status.launch_id == launch_id]
 
 
+def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str:
+    """The parent run of a sweep: reopened when the same sweep command runs again."""
+    from mnist_exp import tracking
+
+    existing = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{sweep_key}' "
+                                                                 f"and tags.`{tracking.ROLE}` = 'sweep'")
+    # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
+    tags = {tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"), **tracking.source_tags()}
+    if not existing:
+        tags = {tracking.ROLE: "sweep", tracking.SWEEP_KEY: sweep_key, **tags}
+        return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    run_id = existing[0].info.run_id
+    client.update_run(run_id, status="RUNNING", name=name)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def sweep_members(client, parent_run_id: str) -> set[str]:
+    """Every run a sweep used, trained or reused, as its launching process listed them on the parent run."""
+    if not any(a.path == MEMBERS_FILE for a in client.list_artifacts(parent_run_id)):
+        return set()  # still running, or stopped before listing them: its nested runs are all there is
+    with tempfile.TemporaryDirectory() as folder:
+        members = json.loads(Path(client.download_artifacts(parent_run_id, MEMBERS_FILE, folder)).read_text())
+    return {member["run_id"] for member in members}
+
+
 def summarize(statuses: list[JobStatus]) -> str:
     counts = {s: sum(1 for j in statuses if j.status == s) for s in ("finished", "skipped", "failed", "killed")}
     lines = [f"sweep summary: {', '.join(f'{n} {s}' for s, n in counts.items())}"]
@@ -166,11 +200,9 @@ class LaunchCallback(Callback):
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
             _exit("a hyperparameter search must not tune on the test set: hold out a validation split "
                   "with data.validation_size=N (e.g. data.validation_size=1000)")
-        from mnist_exp import tracking
-
         task_overrides = list(config.hydra.overrides.task)
         key, name = sweep_identity(task_overrides, sweeper_params)
-        parent = tracking.open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
+        parent = open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
         info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept_keys(task_overrides, sweeper_params))
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
@@ -212,7 +244,7 @@ class LaunchCallback(Callback):
         try:
             client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
             client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
-            members = [asdict(s) for s in statuses if s.run_id]
+            members = [asdict(s) for s in statuses if s.run_id]  # sweep_members reads them back
             client.log_dict(info.parent_run_id, members, MEMBERS_FILE)
             client.set_tag(info.parent_run_id, tracking.NOTE, members_description(info, statuses, stopped))
             for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best

@@ -19,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -168,16 +167,20 @@ def code_version() -> tuple[str | None, str]:
         return None, f"mnist-exp {metadata.version('mnist-exp')}"
 
 
+def source_tags() -> dict[str, str]:
+    """What MLflow's own start_run records about where a run came from."""
+    commit, _ = code_version()
+    tags = {"mlflow.source.name": str(TRAIN_SCRIPT), "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser()}
+    return {**tags, "mlflow.source.git.commit": commit} if commit else tags
+
+
 def context_tags(device, threads: int) -> dict[str, str]:
-    """What MLflow's own start_run records about where a run came from, and the machine it ran on."""
+    """source_tags, the code version, and the machine the run ran on."""
     import torch
 
-    commit, version = code_version()
-    tags = {
-        "mlflow.source.name": str(TRAIN_SCRIPT),
-        "mlflow.source.type": "LOCAL",
-        "mlflow.user": getpass.getuser(),
-        CODE_VERSION: version,
+    return {
+        **source_tags(),
+        CODE_VERSION: code_version()[1],
         PREFIX + "python_version": platform.python_version(),
         PREFIX + "torch_version": torch.__version__,
         PREFIX + "mlflow_version": mlflow.__version__,
@@ -185,9 +188,6 @@ def context_tags(device, threads: int) -> dict[str, str]:
         PREFIX + "device": _device_name(device),
         PREFIX + "threads": str(threads),
     }
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
 
 
 def _device_name(device) -> str:
@@ -270,26 +270,3 @@ def log_model(classifier, example):
         classifier, name="model", signature=signature, input_example=example.numpy(),
         serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )
-
-
-# --- the sweep's parent run ---
-
-
-def open_sweep_run(client: MlflowClient, experiment_id: str, sweep_key: str, name: str) -> str:
-    """The parent run of a sweep: reopened when the same sweep command runs again."""
-    existing = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{SWEEP_KEY}` = '{sweep_key}' and tags.`{ROLE}` = 'sweep'"
-    )
-    # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
-    launched = {LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds")}
-    commit, _ = code_version()
-    context = {"mlflow.source.name": str(TRAIN_SCRIPT), "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser(),
-               **({"mlflow.source.git.commit": commit} if commit else {})}
-    if existing:
-        run_id = existing[0].info.run_id
-        client.update_run(run_id, status="RUNNING", name=name)
-        for key, value in {**launched, **context}.items():
-            client.set_tag(run_id, key, value)
-        return run_id
-    tags = {ROLE: "sweep", SWEEP_KEY: sweep_key, **launched, **context}
-    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id

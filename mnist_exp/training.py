@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_exp.data import MNIST, Split
-from mnist_exp.regularization import EarlyStopping
+from mnist_exp.regularization import (
+    EarlyStopping, early_stopping, label_smoothing, train_augmentation, weight_decay,
+)
 
 SCHEDULERS = ("step", "cosine", "onecycle")
 
@@ -68,6 +70,15 @@ class Training:
     device: torch.device
     label_smoothing: float = 0.0
     early_stopping: EarlyStopping | None = None
+
+    @classmethod
+    def from_config(cls, model: nn.Module, cfg, device: torch.device, train_images: int) -> Training:
+        """The optimizer, schedule, input pipeline and loss a run's config asks for, around `model`."""
+        optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
+        batches_per_epoch = math.ceil(train_images / cfg.trainer.batch_size)
+        return cls(model, optimizer, make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches_per_epoch),
+                   InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer)), device,
+                   label_smoothing(cfg.regularizer), early_stopping(cfg.regularizer))
 
 
 class InputPipeline:
@@ -128,12 +139,9 @@ def make_optimizer(model: nn.Module, optimizer_cfg, weight_decay: float) -> torc
             model.parameters(), lr=optimizer_cfg.lr, momentum=optimizer_cfg.momentum,
             nesterov=optimizer_cfg.nesterov, weight_decay=weight_decay, **fused,
         )
-    if optimizer_cfg.name == "adam":
-        return torch.optim.Adam(
-            model.parameters(), lr=optimizer_cfg.lr, betas=tuple(optimizer_cfg.betas), weight_decay=weight_decay,
-            **fused,
-        )
-    raise ValueError(f"optimizer.name={optimizer_cfg.name} is not sgd or adam")
+    return torch.optim.Adam(
+        model.parameters(), lr=optimizer_cfg.lr, betas=tuple(optimizer_cfg.betas), weight_decay=weight_decay, **fused
+    )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int, batches_per_epoch: int):
@@ -151,13 +159,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int,
             return cosine
         ramp = schedulers.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
         return schedulers.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
-    if scheduler_cfg.name == "onecycle":
-        return schedulers.OneCycleLR(
-            optimizer, max_lr=scheduler_cfg.max_lr, total_steps=total, pct_start=scheduler_cfg.pct_start,
-            div_factor=scheduler_cfg.div_factor, final_div_factor=scheduler_cfg.final_div_factor,
-            cycle_momentum=scheduler_cfg.cycle_momentum,
-        )
-    raise ValueError(f"scheduler.name={scheduler_cfg.name} is not one of none, {', '.join(SCHEDULERS)}")
+    return schedulers.OneCycleLR(
+        optimizer, max_lr=scheduler_cfg.max_lr, total_steps=total, pct_start=scheduler_cfg.pct_start,
+        div_factor=scheduler_cfg.div_factor, final_div_factor=scheduler_cfg.final_div_factor,
+        cycle_momentum=scheduler_cfg.cycle_momentum,
+    )
 
 
 def seed_epoch(seed: int, epoch: int) -> None:

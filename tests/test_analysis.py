@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO
 from mnist_exp import tracking
 from mnist_exp.analysis import AnalysisError, format_table, select_runs, settings, variant_table
-from mnist_exp.sweep import MEMBERS_FILE
+from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
 
@@ -105,7 +105,7 @@ def store(tmp_path_factory):
     runs = {}
     parents = {}
     for key in ("keya", "keyb"):
-        parents[key] = tracking.open_sweep_run(client, sweeps, key, f"sweep: {key}")
+        parents[key] = open_sweep_run(client, sweeps, key, f"sweep: {key}")
         # The launch stamp has one-second resolution; give the two sweeps distinct launch times.
         client.set_tag(parents[key], tracking.LAST_LAUNCH, {"keya": "2026-01-01T10:00:00", "keyb": "2026-01-01T11:00:00"}[key])
     membership = {"r1": ["keya"], "r2": ["keya", "keyb"], "r3": ["keyb"], "r4": []}  # r2: skipped by sweep B, still a member
@@ -208,14 +208,14 @@ def test_unknown_sweep_lists_the_known_ones(store):
 def test_reopened_sweep_becomes_the_latest_again(store):
     client = store["client"]
     experiment = client.create_experiment("reopened")
-    first = tracking.open_sweep_run(client, experiment, "one", "sweep: one")
+    first = open_sweep_run(client, experiment, "one", "sweep: one")
     client.set_tag(first, tracking.LAST_LAUNCH, "2026-01-01T10:00:00")
-    second = tracking.open_sweep_run(client, experiment, "two", "sweep: two")
+    second = open_sweep_run(client, experiment, "two", "sweep: two")
     client.set_tag(second, tracking.LAST_LAUNCH, "2026-01-01T11:00:00")
     member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9)
     list_members(client, first, [member])
 
-    assert tracking.open_sweep_run(client, experiment, "one", "sweep: one") == first  # the same command reopens its run
+    assert open_sweep_run(client, experiment, "one", "sweep: one") == first  # the same command reopens its run
 
     assert list(select_runs(store["uri"], "reopened").runs["run_id"]) == [member]
 
@@ -271,6 +271,7 @@ def test_analyze_exits_1_with_one_line_when_every_run_failed(store):
 #   95% CI -6 ± t(0.975, df) * sqrt(7/3) = -6 ± 4.97547: excludes 0, so not noise.
 #   lenet5/dropout/sgd = 98.0, 98.5 vs lenet5/none/sgd: diff +0.25, se^2 = 0.125/2 + 2/2 = 1.0625,
 #   df = 1.0625^2 / (0.0625^2 + 1) = 1.12451; the interval is wide and contains 0: noise.
+#   lenet5/none/sgd = 97, 99 %: 95% CI 98 ± t(0.975, 1) * sqrt(2) / sqrt(2) = 98 ± 12.7062, clipped to 100 %.
 
 
 def test_confidence_intervals_and_welch_tests_match_hand_computation(store):
@@ -283,6 +284,9 @@ def test_confidence_intervals_and_welch_tests_match_hand_computation(store):
     assert mlp.p_value == pytest.approx(0.0315776, abs=1e-6)
     assert (mlp.vs_baseline_pp_ci_low, mlp.vs_baseline_pp_ci_high) == pytest.approx((-6 - 4.97547, -6 + 4.97547), abs=1e-4)
     assert not mlp.within_noise
+
+    lenet = table.loc["lenet5/none/sgd"]
+    assert (lenet.acc_pct_ci_low, lenet.acc_pct_ci_high) == pytest.approx((98 - 12.7062, 100), abs=1e-4)
 
     dropout = table.loc["lenet5/dropout/sgd"]
     assert dropout.baseline == "lenet5/none/sgd" and dropout.vs_baseline_pp == pytest.approx(0.25)
@@ -350,8 +354,10 @@ def test_report_answers_follow_the_numbers(store):
     noisy.loc[noisy.variant == "lenet5/none/sgd", "acc_pct_samples"] = pd.Series([[91.0, 95.0]], index=noisy.index[
         noisy.variant == "lenet5/none/sgd"])  # mean 93 against the MLP's 92 +- 2: inside the noise
     assert "Not measurably: with sgd" in report.lenet5_vs_mlp(noisy)
-    assert "dropout (+0.25 pp, p = " in regularizers and "stay within seed noise" in regularizers
-    assert "l2 (-0.50 pp) were run with one seed only" in regularizers
+    assert "dropout (+0.25 pp, p = 0.845) stays within seed noise" in regularizers  # one regularizer: "stays"
+    assert "l2 (-0.50 pp) was run with one seed only" in regularizers  # one regularizer: "was", not "were"
+    # The reference is the plain LeNet-5 they were compared with (sgd), not the first plain one (adam, 85%).
+    assert regularizers.startswith("Against LeNet-5 without regularization (plain LeNet-5: 98.00 ± 1.41%")
     assert "lenet5/dropout/sgd, reaches 98.25 ± 0.35% (n = 2): -0.80 points against LeCun et al.'s 99.05%" in lecun
     assert "-0.55 against the course solutions' 98.8%" in lecun
     assert "It trained on 8,000 images, not full MNIST's 60,000: both figures come from 7.5 times" in lecun
@@ -415,7 +421,7 @@ def test_combining_regularizers_is_answered_within_runs_trained_alike(recipes):
     assert answer.startswith("Yes: trained alike (20 epochs, the cosine schedule), the best pair, l2+dropout, reaches "
                              "99.00 ± 0.14% (n = 2) and the best single regularizer, dropout, 98.20 ± 0.14% (n = 2): "
                              "+0.80 points (95% CI +0.19 to +1.41, Welch p = 0.0299).")
-    assert answer.endswith("1 of 1 pairs beat it beyond seed noise (l2+dropout).")
+    assert answer.endswith("The only pair beats it beyond seed noise (l2+dropout).")  # not "1 of 1 pairs beat it"
 
 
 def test_the_best_recipe_per_model_is_compared_with_the_course_runs(recipes):
@@ -433,6 +439,71 @@ def test_the_best_recipe_per_model_is_compared_with_the_course_runs(recipes):
     # The course's own questions stay within the course's runs: the recipes do not leak into them.
     lenet_vs_mlp = dict(report.answers(table, course))["Does LeNet-5 beat the MLP at equal parameter count? By how much?"]
     assert "LeNet-5 (44,426 parameters) reaches 97.50 ± 0.71% (n = 2) and the MLP (44,106 parameters) 92.50" in lenet_vs_mlp
+
+
+# --- the report's prose: numbers and verbs agree ---
+# One-epoch runs; (model, regularizer, test accuracies of the seeds). Singles: batchnorm alone helps
+# beyond seed noise, augment alone hurts, l2 and dropout have one seed each.
+PROSE_SINGLES = [
+    ("lenet5", "none", [0.970, 0.972]), ("mlp", "none", [0.920, 0.930]), ("lenet5", "batchnorm", [0.980, 0.982]),
+    ("lenet5", "augment", [0.960, 0.962]), ("lenet5", "l2", [0.975]), ("lenet5", "dropout", [0.973]),
+]
+# Pairs: two of the three beat the best single one (batchnorm); several regularizers share each verdict.
+PROSE_PAIRS = [
+    ("lenet5", "none", [0.970, 0.972]), ("lenet5", "batchnorm", [0.980, 0.982]), ("lenet5", "l2", [0.974, 0.976]),
+    ("lenet5", "batchnorm+l2", [0.990, 0.992]), ("lenet5", "batchnorm+dropout", [0.989, 0.991]),
+    ("lenet5", "l2+dropout", [0.970, 0.972]),
+]
+
+
+@pytest.fixture(scope="module")
+def prose_tables(store):
+    client = store["client"]
+    tables = {}
+    for name, grid in (("prose-singles", PROSE_SINGLES), ("prose-pairs", PROSE_PAIRS)):
+        experiment = client.create_experiment(name)
+        for model, regularizer, accuracies in grid:
+            for seed, acc in enumerate(accuracies):
+                log_run(client, experiment, model, regularizer, "sgd", seed, acc, acc, epochs=1)
+        tables[name] = variant_table(select_runs(store["uri"], name, "all").finished)
+    return tables
+
+
+def test_report_prose_uses_the_singular_for_one(prose_tables):
+    from mnist_exp import report
+
+    table = prose_tables["prose-singles"]
+    answers = dict(report.answers(table))
+    regularizers = answers["Which regularizers help LeNet-5, and is the help larger than seed noise?"]
+
+    # By hand: 98.1 vs 97.1, each s = 0.1414, n = 2: t = 7.07 on 2 df, p = 0.0194.
+    assert "batchnorm (+1.00 pp, p = 0.0194) helps beyond seed noise" in regularizers
+    assert "augment (-1.00 pp, p = 0.0194) hurts beyond seed noise" in regularizers
+    assert "dropout (+0.20 pp), l2 (+0.40 pp) were run with one seed only, so noise is unknown" in regularizers
+    recipe = report.recipes(table, None)
+    assert "LeNet-5: lenet5/batchnorm/sgd (optimizer.name=sgd, trainer.epochs=1) reaches 98.10 ± 0.14% (n = 2), " \
+           "95% CI 96.83–99.37, 1 epoch in 10 s per seed" in recipe
+    assert "It trained on 1 image, not full MNIST's 60,000" in report.versus_lecun(table.assign(train_size=1))
+    for answer in answers.values():
+        assert "1 epochs" not in answer and " 1 images" not in answer
+
+
+def test_report_prose_uses_the_plural_for_several(prose_tables):
+    from mnist_exp import report
+
+    table = prose_tables["prose-pairs"]
+    regularizers = report.regularizers(table)
+    combinations = report.combinations(table)
+
+    assert "batchnorm (+1.00 pp, p = 0.0194), batchnorm+dropout (+1.90 pp, p = 0.00549), batchnorm+l2 " \
+           "(+2.00 pp, p = 0.00496) help beyond seed noise" in regularizers
+    assert "l2 (+0.40 pp, p = 0.106), l2+dropout (+0.00 pp, p = 1) stay within seed noise" in regularizers
+    assert combinations.startswith("Yes: trained alike (1 epoch, a constant learning rate), the best pair, batchnorm+l2,")
+    assert combinations.endswith(" 2 of 3 pairs beat it beyond seed noise (batchnorm+l2, batchnorm+dropout).")
+    one_better = table[table["regularizer"] != "batchnorm+dropout"]
+    assert report.combinations(one_better).endswith(" 1 of 2 pairs beats it beyond seed noise (batchnorm+l2).")
+    none_better = table[~table["regularizer"].isin(["batchnorm+l2", "batchnorm+dropout"])]
+    assert report.combinations(none_better).endswith(" The only pair does not beat it beyond seed noise.")
 
 
 def test_a_sweep_is_also_found_by_words_of_its_name(store):

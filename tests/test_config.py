@@ -30,6 +30,8 @@ def test_the_option_lists_are_read_from_conf():
     assert options("optimizer") == ["adam", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
     assert options("data") == ["mnist"]
+    assert options("experiment") == ["course_grid", "lenet5_best", "mlp_best", "regularizer_combos"]
+    assert options("hparams_search") == ["lenet5_optuna"]
 
 
 @pytest.mark.parametrize(GROUPS, COMBINATIONS, ids=["/".join(c) for c in COMBINATIONS])
@@ -49,6 +51,49 @@ def test_every_combination_of_options_composes_and_validates(compose, model, reg
 def test_every_study_option_composes_and_validates(compose, group):
     for option in options(group):
         validate(compose([f"{group}={option}"]))
+
+
+STUDIES = [(group, option) for group in ("experiment", "hparams_search") for option in options(group)]
+
+
+def swept_values(key: str, value) -> list[str]:
+    """What the sweeper tries for one entry of hydra.sweeper.params, as override values: each choice of
+    a list (a,b or choice(...)) or range, both ends of an interval (Optuna's), or the one value given."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    assert value is not None and str(value).strip() not in ("", "[]", "''"), f"{key}: an empty option list"
+    (override,) = OverridesParser.create().parse_overrides([f"{key}={value}"])
+    swept = override.value()
+    if isinstance(swept, IntervalSweep):
+        assert swept.start < swept.end, f"{key}={value}: an empty interval"
+        assert "log" not in swept.tags or swept.start > 0, f"{key}={value}: a log scale must start above 0"
+        return [str(swept.start), str(swept.end)]
+    if override.is_sweep_override():
+        values = list(override.sweep_string_iterator())
+        assert values, f"{key}={value}: an empty option list"
+        return values
+    return [override.get_value_element_as_str()]
+
+
+@pytest.mark.parametrize(("group", "option"), STUDIES, ids=[f"{g}={o}" for g, o in STUDIES])
+def test_every_study_sweeps_only_values_that_compose(compose_hydra, compose, group, option):
+    """Composed with Hydra's own config, as train.py gets it: every value the file's sweeper would
+    try composes and validates, and each option a group sweep names is a file of that group."""
+    hydra_cfg = compose_hydra([f"{group}={option}"])
+    params = hydra_cfg.hydra.sweeper.params
+
+    assert str(hydra_cfg.hydra.mode) == "RunMode.MULTIRUN", "a study file is a sweep (train.py needs no -m)"
+    assert params, f"conf/{group}/{option}.yaml sweeps nothing"
+    for key, value in params.items():
+        values = swept_values(str(key), value)
+        if (CONF_DIR / str(key)).is_dir():  # a config group: each value names its files
+            for choice in values:
+                for name in choice.strip("[]").split(","):
+                    assert name and (CONF_DIR / str(key) / f"{name}.yaml").is_file(), \
+                        f"conf/{group}/{option}.yaml: {key}={choice} names no file conf/{key}/{name}.yaml"
+        for choice in values:
+            validate(compose([f"{group}={option}", f"{key}={choice}"]))
 
 
 def test_regularizers_compose_into_one_node(compose):

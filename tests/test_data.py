@@ -14,6 +14,7 @@ from conftest import write_course_split
 
 from mnist_exp.data import SAMPLE_DIR, content_hash, load_mnist, locate
 from mnist_exp.formats import DataError
+from mnist_exp.validation import ConfigError, validate
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
@@ -148,9 +149,9 @@ def test_explicit_download_that_fails_is_an_error_not_a_fallback(unreachable_roo
         locate(unreachable_root, "download")
 
 
-def test_unknown_source_is_refused(tmp_path):
-    with pytest.raises(DataError, match="data.source=ftp is not one of"):
-        locate(tmp_path, "ftp")
+def test_unknown_source_is_refused(compose):
+    with pytest.raises(ConfigError, match="data.source=ftp is out of range: must be one of"):
+        validate(compose(["data.source=ftp"]))
 
 
 # --- the decode cache ---

@@ -120,14 +120,14 @@ def test_mlflow_calls_in_user_code_land_in_the_jobs_run(compose, tmp_path, empty
     shutil.copy(empty_store, tmp_path / "mlflow.db")
     cfg = compose([*SMALL, f"mlflow.tracking_uri={uri(tmp_path)}", f"trainer.checkpoint_dir={tmp_path}/checkpoints",
                    f"data.cache_dir={tmp_path}/cache"])
-    build_model = experiment.build_model
+    build_model = job.build_model
 
     def users_model(*args):  # what a user's own code might do while a job builds its model
         mlflow.log_param("user.note", "logged from user code")
         mlflow.log_metric("user.metric", 1.5)
         return build_model(*args)
 
-    monkeypatch.setattr(experiment, "build_model", users_model)
+    monkeypatch.setattr(job, "build_model", users_model)
     (tmp_path / "job").mkdir()
     try:
         outcome = job.run_job(cfg, None, tmp_path / "job", [])

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_exp.validation import ConfigError, validate
 from mnist_exp.models import ACTIVATIONS, MLP, LayerSwitches, LeNet5, ScaledTanh, build_model, count_parameters
 
 # conv1 6*(5*5*1)+6 = 156, conv2 16*(5*5*6)+16 = 2,416, fc1 256*120+120 = 30,840,
 # fc2 120*84+84 = 10,164, fc3 84*10+10 = 850: the paper's architecture on unpadded 28x28 input.
-LENET5_PARAMETERS = 156 + 2_416 + 30_840 + 10_164 + 850
+LENET5_PARAMETERS = 44_426
 
 FEATURE_SETS = {
     "plain": LayerSwitches(),
@@ -22,12 +23,35 @@ FEATURE_SETS = {
 }
 
 
+def parameters_from_shape(layer: nn.Module) -> int:
+    """A conv or linear layer's parameter count from its shape alone: one weight per input channel
+    (feature), output channel and kernel position, plus one bias per output."""
+    bias = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+    if layer.bias is None:
+        bias = 0
+    if isinstance(layer, nn.Conv2d):
+        kernel_h, kernel_w = layer.kernel_size
+        return layer.in_channels // layer.groups * layer.out_channels * kernel_h * kernel_w + bias
+    return layer.in_features * layer.out_features + bias
+
+
 def test_lenet5_has_the_papers_parameter_count(compose):
     built = build_model(compose(["model=lenet5"]).model, LayerSwitches())
+    layers = [m for m in built.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
-    assert LENET5_PARAMETERS == 44_426
-    assert built.parameters == count_parameters(built.model) == LENET5_PARAMETERS
-    assert built.lenet5_parameters == LENET5_PARAMETERS
+    # The built layers are the paper's: two 5x5 convolutions, then fully connected 16*4*4 -> 120 -> 84 -> 10.
+    assert [(m.in_channels, m.out_channels, m.kernel_size) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
+            for m in layers] == [(1, 6, (5, 5)), (6, 16, (5, 5)), (256, 120), (120, 84), (84, 10)]
+    assert all(m.bias is not None for m in layers)
+    others = [m for m in built.model.modules() if m not in layers and list(m.parameters(recurse=False))]
+    assert others == [], "no parameters outside the convolutions and linear layers"
+    per_layer = [parameters_from_shape(m) for m in layers]
+    assert per_layer == [156, 2_416, 30_840, 10_164, 850]
+    assert per_layer == [sum(p.numel() for p in m.parameters()) for m in layers]
+    from_shapes = sum(per_layer)
+    assert from_shapes == LENET5_PARAMETERS
+    assert built.parameters == count_parameters(built.model) == from_shapes
+    assert built.lenet5_parameters == from_shapes
 
 
 @pytest.mark.parametrize("model", ["lenet5", "mlp"])
@@ -76,9 +100,10 @@ def test_every_activation_builds_and_is_used(compose, model, activation):
 
 @pytest.mark.parametrize("model", ["lenet5", "mlp"])
 def test_unknown_activation_is_an_error_naming_the_key(compose, model):
-    cfg = compose([f"model={model}", "model.activation=swish"]).model  # the schema types it only as a string
-    with pytest.raises(ValueError, match="model.activation=swish is not one of relu, tanh, sigmoid, gelu, scaled_tanh"):
-        build_model(cfg, LayerSwitches())
+    cfg = compose([f"model={model}", "model.activation=swish"])  # the schema types it only as a string
+    with pytest.raises(ConfigError, match="model.activation=swish is out of range: must be one of relu, tanh, sigmoid, "
+                                          "gelu, scaled_tanh"):
+        validate(cfg)  # names are checked there, once, before anything is built
 
 
 def test_lenet5_32_is_the_papers_32x32_layout(compose):

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO as ROOT
-from conftest import job_runs, png_bytes, run_script, write_tar
+from conftest import job_runs, png_bytes, run_script, sweep_runs, write_tar
 from mnist_exp import checkpoints, tracking
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
 
@@ -290,19 +290,27 @@ def unwritable_folder(tmp_path: Path) -> Path:
     pytest.skip("no folder on this machine refuses writes to this user")
 
 
+# Who answers: "hydra" rejects the override while composing (nothing runs: its report on stderr
+# starts with a line naming the override, then lists what would be valid); "train.py" refuses before
+# any job (its whole stderr is one `train.py: error: ...` line); "job" opens the run and closes it
+# FAILED with the reason (one `FAILED: ...` log line, the same reason on the run).
 @pytest.mark.parametrize(
-    "overrides, message",
+    "overrides, message, answered_by, first_line",
     [
-        (["model=lenet"], "Could not find 'model/lenet'"),
-        (["trainer.epochs=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
-        (["regularizer=dropout", "regularizer.dropout.p=1.5"], "regularizer.dropout.p=1.5 is out of range: must be in [0, 1)"),
-        (["data.source=course", "data.root=no/such/folder"], "no/such/folder does not exist: expected train.tar and test.tar"),
-        (["mlflow.tracking_uri=http://127.0.0.1:9"], "cannot reach the MLflow tracking server at mlflow.tracking_uri=http://127.0.0.1:9"),
-        (["hydra.run.dir=UNWRITABLE"], "cannot write the output folder"),
+        (["model=lenet"], "Could not find 'model/lenet'", "hydra", "In 'train': Could not find 'model/lenet'"),
+        (["trainer.epochs=abc"], "Value 'abc' of type 'str' could not be converted to Integer", "hydra",
+         "Error merging override trainer.epochs=abc"),
+        (["regularizer=dropout", "regularizer.dropout.p=1.5"], "regularizer.dropout.p=1.5 is out of range: must be in [0, 1)",
+         "job", None),
+        (["data.source=course", "data.root=no/such/folder"], "no/such/folder does not exist: expected train.tar and test.tar",
+         "job", None),
+        (["mlflow.tracking_uri=http://127.0.0.1:9"], "cannot reach the MLflow tracking server at mlflow.tracking_uri=http://127.0.0.1:9",
+         "train.py", None),
+        (["hydra.run.dir=UNWRITABLE"], "cannot write the output folder", "train.py", None),
     ],
     ids=["unknown-option", "wrong-type", "out-of-range", "missing-data-folder", "unreachable-server", "read-only-output"],
 )
-def test_bad_input_is_answered_in_one_line(project_dir, overrides, message):
+def test_bad_input_is_answered_in_one_line(project_dir, overrides, message, answered_by, first_line):
     if any("UNWRITABLE" in o for o in overrides):
         folder = str(unwritable_folder(project_dir))
         overrides = [o.replace("UNWRITABLE", folder) for o in overrides]
@@ -313,6 +321,25 @@ def test_bad_input_is_answered_in_one_line(project_dir, overrides, message):
     assert message in output
     assert "Traceback" not in output
     assert all(r.info.status == "FAILED" for r in job_runs(store_uri(project_dir))), "no run may stay RUNNING"
+
+    assert result.returncode == 1, output
+    carrying = [line for line in output.splitlines() if message in line]
+    assert len(carrying) == 1, f"the message is said once, on one line:\n{output}"
+    runs = job_runs(store_uri(project_dir))
+    assert sweep_runs(store_uri(project_dir)) == [], "a single run opens no sweep"
+    if answered_by == "hydra":
+        assert result.stdout == "", "nothing ran"
+        assert result.stderr.splitlines()[0] == first_line, result.stderr
+        assert runs == [], "a config Hydra rejects creates no run"
+    elif answered_by == "train.py":
+        assert result.stdout == "", "nothing ran"
+        assert result.stderr.splitlines() == carrying and carrying[0].startswith("train.py: error: "), result.stderr
+        assert runs == [], "refused before any job: no run in the store"
+    else:
+        (failed_line,) = [line for line in output.splitlines() if "FAILED:" in line]
+        assert failed_line == carrying[0], output
+        (run,) = runs
+        assert run.info.status == "FAILED" and message in run.data.tags[tracking.ERROR]
 
 
 def analyze(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import CONF_DIR, job_runs, run_script
+from conftest import CONF_DIR, job_runs, run_script, sweep_runs
 from mnist_exp import tracking
 
 pytestmark = pytest.mark.slow
@@ -115,7 +115,24 @@ def group_alive(group: int) -> bool:
         return False
 
 
-def test_slurm_launcher_composes_with_its_cluster_keys():
+def sbatch_script(launcher, folder) -> str:
+    """The sbatch file submitit writes for this launcher config: its keys passed on as
+    hydra_submitit_launcher's launch() passes them (shared ones by submitit's own names for SLURM,
+    the rest as SLURM's), so a key submitit does not know fails here as it would on a cluster."""
+    from omegaconf import OmegaConf
+    from submitit.slurm import slurm
+
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    shared, names = set(OmegaConf.structured(BaseQueueConf).keys()), slurm.SlurmExecutor._equivalence_dict()
+    params = {(names.get(key, key) if key in shared else key): value
+              for key, value in OmegaConf.to_container(launcher, resolve=True).items()
+              if key not in ("_target_", "submitit_folder", "max_num_timeout") and value is not None}
+    params["mem"] = slurm._convert_mem(params["mem"])
+    return slurm._make_sbatch_string(command="python -u -m submitit.core._submit", folder=str(folder), **params)
+
+
+def test_slurm_launcher_composes_with_its_cluster_keys(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from mnist_exp import schema
@@ -126,19 +143,32 @@ def test_slurm_launcher_composes_with_its_cluster_keys():
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.partition == "gpu"
     assert {"timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb"} <= set(launcher)
     assert launcher.setup == [f"export OMP_NUM_THREADS={launcher.cpus_per_task}"]
+    # What reaches SLURM: the partition given on the command line and the file's resources, as sbatch flags.
+    script = sbatch_script(launcher, tmp_path).splitlines()
+    for flag in ("--partition=gpu", "--time=60", "--cpus-per-task=1", "--gpus-per-node=0", "--mem=4GB"):
+        assert f"#SBATCH {flag}" in script, "\n".join(script)
+    assert "export OMP_NUM_THREADS=1" in script
 
 
-def test_course_grid_experiment_is_thirty_runs_in_one_command():
-    from hydra import compose, initialize_config_dir
+COURSE_GRID = {(model, regularizer, str(seed)) for model in ("lenet5", "mlp")
+               for regularizer in ("none", "l2", "dropout", "batchnorm", "augment") for seed in (0, 1, 2)}
 
-    from mnist_exp import schema
 
-    schema.register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=course_grid"], return_hydra_config=True)
-    params = cfg.hydra.sweeper.params
-    sizes = [len(str(params[key]).split(",")) for key in ("model", "regularizer", "trainer.seed")]
-    assert sizes == [2, 5, 3]
+def test_course_grid_experiment_is_thirty_runs_in_one_command(project_dir):
+    # No -m: the experiment file sets Hydra's mode to MULTIRUN. Tiny jobs, one after another (the
+    # basic launcher): on two cores that beats starting worker processes for runs this short.
+    result = train(project_dir, "experiment=course_grid", "hydra/launcher=basic", "data.source=sample",
+                   "data.limit_train=32", "data.limit_test=32", "trainer.epochs=1", "trainer.threads=1")
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Launching 30 jobs locally" in result.stdout
+    summary = [line for line in result.stdout.splitlines() if line.startswith("sweep summary:")]
+    assert summary == ["sweep summary: 30 finished, 0 skipped, 0 failed, 0 killed"], result.stdout[-2000:]
+    runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
+    assert len(runs) == 30 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {(r.data.params["model.name"], r.data.params["regularizer.name"], r.data.params["trainer.seed"])
+            for r in runs} == COURSE_GRID
+    (sweep,) = sweep_runs(f"sqlite:///{project_dir}/mlflow.db")
+    assert {r.data.tags[tracking.PARENT] for r in runs} == {sweep.info.run_id}, "one command, one sweep"

@@ -13,10 +13,8 @@ from torch import nn
 
 from mnist_exp.data import Split, load_mnist
 from mnist_exp.models import build_model
-from mnist_exp.regularization import early_stopping, label_smoothing, layer_switches, train_augmentation, weight_decay
-from mnist_exp.training import (
-    Diverged, InputPipeline, TrainingState, Training, evaluate, fit, make_optimizer, make_scheduler, train_epoch,
-)
+from mnist_exp.regularization import layer_switches, train_augmentation
+from mnist_exp.training import Diverged, InputPipeline, Training, TrainingState, evaluate, fit, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -36,20 +34,16 @@ def setup(compose, course_dataset, tmp_path):
     return _setup
 
 
-def build(cfg, data, inputs) -> Training:
-    """What experiment.py builds for a run of this config."""
+def build(cfg, data) -> Training:
+    """What job.py builds for a run of this config."""
     torch.manual_seed(cfg.trainer.seed)
-    model = build_model(cfg.model, layer_switches(cfg.regularizer)).model
-    optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
-    batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
-    return Training(model, optimizer, make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches), inputs,
-                    CPU, label_smoothing(cfg.regularizer), early_stopping(cfg.regularizer))
+    return Training.from_config(build_model(cfg.model, layer_switches(cfg.regularizer)).model, cfg, CPU, len(data.train))
 
 
 def train(cfg, data, inputs, stop_after=None, checkpoint=None):
     """Fit a run built from cfg, from scratch or from a checkpoint; with stop_after, as if killed after
     that epoch. Returns (progress, training, checkpoint): the checkpoint as checkpoints.save stores it."""
-    training = build(cfg, data, inputs)
+    training = build(cfg, data)
     progress = TrainingState()
     if checkpoint is not None:
         training.model.load_state_dict(checkpoint["model"])
@@ -200,8 +194,8 @@ def test_onecycle_peaks_at_max_lr_and_ignores_the_optimizers_lr(setup):
 def test_label_smoothing_changes_the_training_loss_only(setup):
     cfg, data, inputs = setup("trainer.epochs=1")
     smooth_cfg, _, _ = setup("trainer.epochs=1", "regularizer=label_smoothing", "regularizer.label_smoothing.epsilon=0.2")
-    plain = build(cfg, data, inputs)
-    smooth = build(smooth_cfg, data, inputs)
+    plain = build(cfg, data)
+    smooth = build(smooth_cfg, data)
     assert smooth.label_smoothing == 0.2
 
     torch.manual_seed(0)
