@@ -43,10 +43,6 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def machine_line() -> str:
     import torch
 

@@ -77,7 +77,9 @@ def main() -> None:
     grid = ["model=lenet5,mlp", "regularizer=none"] if args.smoke else GRID
     epochs, repeats = (1, 1) if args.smoke else (args.epochs, args.repeats)
     folder = benchlib.course_dataset(train_size, test_size)
-    print(f"# {benchlib.machine_line()}, {benchlib.available_cores()} cores usable")
+    from mnist_exp.launcher import available_cores  # what the default launcher plans with
+
+    print(f"# {benchlib.machine_line()}, {available_cores()} cores usable")
     print(f"# data: {folder} ({train_size} train / {test_size} test); {epochs} epoch{'' if epochs == 1 else 's'} per run; "
           f"sweep: {' '.join(grid)}; {repeats} sweep(s) per launcher, interleaved")
 

@@ -178,11 +178,8 @@ def _context_key(run: pd.Series) -> str:
 def settings(params: dict[str, str]) -> str:
     """A run's own settings (JSON) from its params, without the seed and what follows from the others:
     equal for the runs of one variant, and for a config composed with the same overrides."""
-    return json.dumps({
-        key: value for key, value in params.items()
-        if not pd.isna(value) and not key.startswith(tracking.NOT_IDENTITY + DERIVED)
-        and tracking.ADDED_LATER.get(key) != value
-    }, sort_keys=True)
+    recorded = {key: value for key, value in params.items() if not pd.isna(value)}
+    return json.dumps(tracking.identity(recorded, ignore=DERIVED), sort_keys=True)
 
 
 def _data_label(run: pd.Series) -> str:

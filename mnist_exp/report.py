@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mnist_exp.significance import welch  # noqa: E402
+from mnist_exp.significance import Difference, welch  # noqa: E402
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
 STUDENTS_TEST_ACC = 98.8  # what the course's own solutions report for LeNet-5 on full MNIST
@@ -164,7 +164,7 @@ def _recipe(row, course: str | None) -> str:
 
 def _versus(a, b, name: str) -> str:
     d = welch(a.acc_pct_samples, b.acc_pct_samples)
-    return f"{d.diff:+.2f} points over {name} ({_evidence(d.diff, d.ci_low, d.ci_high, d.p_value, d.within_noise)})"
+    return f"{d.diff:+.2f} points over {name} ({_evidence(d)})"
 
 
 def _interval(row) -> str:
@@ -181,10 +181,10 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun if n == 1 else noun + 's'}"
 
 
-def _evidence(diff, ci_low, ci_high, p_value, within_noise) -> str:
-    if within_noise is None or pd.isna(within_noise):
+def _evidence(d: Difference) -> str:
+    if d.within_noise is None or pd.isna(d.within_noise):
         return "one seed on a side, so seed noise cannot be estimated"
-    return f"95% CI {ci_low:+.2f} to {ci_high:+.2f}, Welch p = {p_value:.3g}"
+    return f"95% CI {d.ci_low:+.2f} to {d.ci_high:+.2f}, Welch p = {d.p_value:.3g}"
 
 
 def lenet5_vs_mlp(table: pd.DataFrame) -> str:
@@ -206,7 +206,7 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> str:
         sentences.append(
             f"{verdict}: with {optimizer}, LeNet-5 ({lenet.params:,} parameters) reaches {_acc(lenet)} and the MLP "
             f"({mlp.params:,} parameters) {_acc(mlp)}; LeNet-5 is {d.diff:+.2f} points "
-            f"({_evidence(d.diff, d.ci_low, d.ci_high, d.p_value, d.within_noise)})."
+            f"({_evidence(d)})."
         )
     return " ".join(sentences) or "This selection lacks a plain LeNet-5 or a plain MLP trained the same way."
 
@@ -274,7 +274,7 @@ def combinations(table: pd.DataFrame) -> str:
     return (
         f"{verdict}: trained alike ({_count(best_single.epochs, 'epoch')}, {_schedule(best_single)}), the best pair, "
         f"{best_pair.regularizer}, reaches {_acc(best_pair)} and the best single regularizer, {best_single.regularizer}, "
-        f"{_acc(best_single)}: {d.diff:+.2f} points ({_evidence(d.diff, d.ci_low, d.ci_high, d.p_value, d.within_noise)})."
+        f"{_acc(best_single)}: {d.diff:+.2f} points ({_evidence(d)})."
         + rest
     )
 

@@ -133,12 +133,15 @@ def flat_params(cfg) -> dict[str, str]:
     return flat
 
 
+def identity(params: dict[str, str], ignore: tuple[str, ...] = ()) -> dict[str, str]:
+    """The params that say what a run computes: without NOT_IDENTITY and the key prefixes in `ignore`,
+    and without a setting added later while it holds the value runs recorded before it had."""
+    return {key: value for key, value in params.items()
+            if not key.startswith(NOT_IDENTITY + ignore) and ADDED_LATER.get(key) != value}
+
+
 def config_hash(params: dict[str, str], ignore: tuple[str, ...] = ()) -> str:
-    identity = {
-        key: value for key, value in params.items()
-        if not key.startswith(NOT_IDENTITY) and key not in ignore and ADDED_LATER.get(key) != value
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(identity(params, ignore), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def data_identity(data_params: dict[str, str]) -> dict[str, str]:

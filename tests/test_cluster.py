@@ -105,6 +105,19 @@ def slurm_job_ids(sweep_dir: Path) -> list[str]:
     return sorted({p.name.rsplit("_", 2)[0] for p in sweep_dir.rglob("*_log.out")})
 
 
+def signalled_at_epoch_2(project_dir: Path, command: list[str], signal: str) -> tuple[int, str]:
+    """train.py `command` (a one-job SLURM sweep into project_dir/sweep), its job sent `signal` by
+    scancel once it logged epoch 2: (train.py's exit code, its output)."""
+    sweep_dir = project_dir / "sweep"
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_line("epoch 2/6", sweep_dir)
+    (job,) = slurm_job_ids(sweep_dir / ".submitit")
+    subprocess.run(["scancel", f"--signal={signal}", job], check=True)
+    output, _ = process.communicate(timeout=600)
+    return process.returncode, output
+
+
 def wait_for_line(pattern: str, folder: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not any(pattern in p.read_text(errors="replace") for p in folder.rglob("*.log")):
@@ -152,15 +165,10 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_metrics(project_dir
     # USR2 is submitit's preemption signal: it requeues the job (timeout_min above 10 minutes makes
     # the signal a preemption, not a time-out) and the requeued job resumes from its checkpoint.
     sweep_dir = project_dir / "sweep"
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", *ON_SLURM, *LONG,
-                                "hydra.launcher.timeout_min=30", f"hydra.sweep.dir={sweep_dir}"], cwd=project_dir,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_line("epoch 2/6", sweep_dir)
-    (job,) = slurm_job_ids(sweep_dir / ".submitit")
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    output, _ = process.communicate(timeout=600)
+    returncode, output = signalled_at_epoch_2(
+        project_dir, ["-m", *ON_SLURM, *LONG, "hydra.launcher.timeout_min=30", f"hydra.sweep.dir={sweep_dir}"], "USR2")
 
-    assert process.returncode == 0, output[-3000:]
+    assert returncode == 0, output[-3000:]
     assert "sweep summary: 1 finished" in output
     (run,) = job_runs(f"sqlite:///{project_dir}/mlflow.db")
     assert run.info.status == "FINISHED"
@@ -170,16 +178,10 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_metrics(project_dir
 
 
 def test_scancel_term_closes_the_run_killed_and_the_same_command_resumes_it(project_dir, reference):
-    sweep_dir = project_dir / "sweep"
-    command = ["-m", *ON_SLURM, *LONG, f"hydra.sweep.dir={sweep_dir}"]
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_line("epoch 2/6", sweep_dir)
-    (job,) = slurm_job_ids(sweep_dir / ".submitit")
-    subprocess.run(["scancel", "--signal=TERM", job], check=True)
-    output, _ = process.communicate(timeout=600)
+    command = ["-m", *ON_SLURM, *LONG, f"hydra.sweep.dir={project_dir / 'sweep'}"]
+    returncode, output = signalled_at_epoch_2(project_dir, command, "TERM")
 
-    assert process.returncode == 1, output[-3000:]
+    assert returncode == 1, output[-3000:]
     assert "sweep summary: 0 finished, 0 skipped, 0 failed, 1 killed" in output
     (run,) = job_runs(f"sqlite:///{project_dir}/mlflow.db")
     assert run.info.status == "KILLED"
