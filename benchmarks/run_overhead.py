@@ -13,7 +13,7 @@ what every further run of a sweep's worker pays. The reference is the seed way o
 fluent API, one call per value.
 
 Part 2 times what a run does after its last epoch besides logging, on the 60k/10k course data:
-experiment._log_results evaluates the test split again (for the confusion matrix) and the whole
+job._log_evaluations evaluates the test split again (for the confusion matrix) and the whole
 training split (train_eval_*). With the figures, this is the pause between a LeNet-5 run's last
 epoch line and the next job of a sweep.
 
@@ -85,7 +85,7 @@ def seed_run(workdir: Path, index: int, params: dict, folder: Path) -> None:
 
 
 def final_evaluations(repeats: int) -> None:
-    """The evaluations experiment._log_results runs after training, on full-size data."""
+    """The evaluations job._log_evaluations runs after training, on full-size data."""
     import torch
 
     from mnist_exp import training
@@ -112,7 +112,7 @@ def final_evaluations(repeats: int) -> None:
             rows.append([name, label, best[label, "test"], best[label, "train"], best[label, "test"] + best[label, "train"]])
     print(benchlib.table(
         ["model", "evaluate", f"test split again, {len(data.test)} (s)", f"train split, {len(data.train)} (s)",
-         "total (s)"], rows, "After the last epoch: experiment._log_results's evaluations (batch 1000)"))
+         "total (s)"], rows, "After the last epoch: job._log_evaluations's evaluations (batch 1000)"))
 
 
 def wall(command: list[str], repeats: int, cwd: Path) -> float:
