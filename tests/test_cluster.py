@@ -194,11 +194,13 @@ def test_scancel_term_closes_the_run_killed_and_the_same_command_resumes_it(proj
 
 
 def test_a_job_over_its_time_limit_is_recorded_and_resumable(project_dir):
-    # timeout_min=1: SLURM signals the job (USR2, submitit's time-out) about 30 s in, minutes before it would end.
+    # SLURM sends the time-out signal (USR2) signal_delay_s before the limit, or up to 60 s earlier
+    # (its event resolution): with a 3-minute limit and 60 s, 60-120 s in, while the job trains, minutes
+    # before it would end. (A 1-minute limit let the signal land before the job had started.)
     sweep_dir = project_dir / "sweep"
     long_job = ["model=lenet5", "regularizer=augment", "data.source=sample", "trainer.epochs=200"]
-    result = train(project_dir, "-m", *ON_SLURM, *long_job, "hydra.launcher.timeout_min=1",
-                   f"hydra.sweep.dir={sweep_dir}")
+    result = train(project_dir, "-m", *ON_SLURM, *long_job, "hydra.launcher.timeout_min=3",
+                   "hydra.launcher.signal_delay_s=60", f"hydra.sweep.dir={sweep_dir}")
 
     assert result.returncode == 1, result.stdout[-3000:]
     assert "sweep summary: 0 finished, 0 skipped, 0 failed, 1 killed" in result.stdout
