@@ -1,17 +1,20 @@
 """Decoders for the two on-disk formats: the course's PNG archives and MNIST's IDX files.
 
 Both return (images, labels) as numpy arrays: uint8 [N, 28, 28] and int64 [N]. Anything
-malformed raises DataError naming the file and member; nothing is skipped.
+malformed or cut short raises DataError naming the file and member; nothing is skipped.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import itertools
+import lzma
 import multiprocessing
 import re
 import tarfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -109,6 +112,9 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, the last 12 bytes of every whole PNG
+
+
 def decode_png(png: bytes, where: str) -> np.ndarray:
     try:
         # formats=("PNG",): PIL otherwise probes its other formats first, 13% of every decode.
@@ -118,7 +124,11 @@ def decode_png(png: bytes, where: str) -> np.ndarray:
                     f"{where} is a {image.size[0]}x{image.size[1]} {image.mode} image; "
                     f"expected {IMAGE_SIZE}x{IMAGE_SIZE} 8-bit grayscale (mode L)"
                 )
-            return np.asarray(image)
+            pixels = np.asarray(image)
+        # PIL decodes a PNG cut after its pixel data without a word; only the missing IEND shows the cut.
+        if not png.endswith(PNG_END) and PNG_END not in png:
+            raise DataError(f"{where} is a truncated PNG ({len(png)} bytes, no IEND chunk at its end)")
+        return pixels
     except DataError:
         raise
     except Exception as error:  # PIL signals corrupt data with several unrelated types
@@ -142,25 +152,62 @@ def _one_line(error: BaseException) -> str:
 
 
 def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """Each member sliced from the archive in memory at its documented offset_data: a quarter of the
+    cost of an extractfile() per member, which was a third of the whole decode. tarfile stops without
+    a word at a cut or garbled header, so every member's data and the end-of-archive block are checked."""
+    raw = _read(path)
+    try:
+        archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+    except tarfile.TarError as error:
+        raise DataError(f"{path}: not a readable tar archive ({_one_line(error)})") from None
+    last = "its start"
+    with archive:
+        try:
+            for member in archive:
+                padded_end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                if padded_end > len(raw):
+                    raise DataError(
+                        f"{path}: ends inside member {member.name!r} ({max(0, len(raw) - member.offset_data)} of its "
+                        f"{member.size} bytes); the file is truncated"
+                    )
+                last = f"member {member.name!r}"
+                if member.isdir():
+                    continue
+                if not member.isfile() or member.issparse():
+                    raise DataError(f"{path}: member {member.name!r} is not a regular file")
+                yield member.name, lambda member=member: raw[member.offset_data : member.offset_data + member.size]
+        except tarfile.TarError as error:
+            raise DataError(f"{path}: unreadable after {last} ({_one_line(error)}); the file is corrupt") from None
+        end = raw[archive.offset : archive.offset + tarfile.BLOCKSIZE]
+    # One zero block suffices, as for GNU tar ("a lone zero block"): every member before it is whole.
+    if end != bytes(tarfile.BLOCKSIZE):
+        problem = ("ends" if not end else "ends inside a header" if len(end) < tarfile.BLOCKSIZE
+                   else "holds no valid tar header")
+        cause = "truncated" if len(end) < tarfile.BLOCKSIZE else "corrupt"
+        raise DataError(f"{path}: {problem} after {last}, at byte {archive.offset} of {len(raw)}, without tar's "
+                        f"end-of-archive block; the file is {cause}")
+
+
+# Compressions tarfile reads, by their magic bytes; each decompressor refuses a stream that ends early.
+DECOMPRESSORS = {b"\x1f\x8b": ("gzip", gzip.decompress), b"BZh": ("bzip2", bz2.decompress),
+                 b"\xfd7zXZ\x00": ("xz", lzma.decompress)}
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes, decompressed when they start with a compression's magic bytes."""
     try:
         raw = path.read_bytes()
-        try:  # a plain tar is sliced in memory at each member's documented offset_data: a quarter
-            # of the cost of an extractfile() per member, which was a third of the whole decode
-            archive, plain = tarfile.open(fileobj=io.BytesIO(raw), mode="r:"), raw
-        except tarfile.ReadError:  # compressed: offsets count in the decompressed stream
-            archive, plain = tarfile.open(fileobj=io.BytesIO(raw)), None
-    except (tarfile.TarError, OSError) as error:
-        raise DataError(f"{path}: not a readable tar archive ({_one_line(error)})") from None
-    with archive:
-        for member in archive:
-            if member.isdir():
-                continue
-            if not member.isfile() or member.issparse():
-                raise DataError(f"{path}: member {member.name!r} is not a regular file")
-            if plain is None:
-                yield member.name, lambda member=member: archive.extractfile(member).read()
-            else:
-                yield member.name, lambda member=member: plain[member.offset_data : member.offset_data + member.size]
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    for magic, (kind, decompress) in DECOMPRESSORS.items():
+        if raw.startswith(magic):
+            try:
+                return decompress(raw)
+            except (EOFError, OSError, ValueError, lzma.LZMAError, zlib.error) as error:
+                # All three say "... ended before the end-of-stream marker was reached" for a cut stream.
+                cause = "truncated" if "ended before" in str(error) else "corrupt"
+                raise DataError(f"{path}: unreadable {kind} data ({_one_line(error)}); the file is {cause}") from None
+    return raw
 
 
 def _folder_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
@@ -178,12 +225,7 @@ IDX_UBYTE = 0x08
 
 def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     """Read an IDX file (optionally gzipped) of unsigned bytes with `expected_dims` dimensions."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"{path}: cannot read ({error})") from None
+    raw = _read(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     dtype, ndim = raw[2], raw[3]

@@ -7,6 +7,7 @@ line names the file and the member to fix, never a traceback from PIL, tarfile o
 from __future__ import annotations
 
 import gzip
+import lzma
 import struct
 import tarfile
 from pathlib import Path
@@ -281,6 +282,81 @@ def test_compressed_tar_reads_like_the_plain_one(tmp_path, digits, compression):
     np.testing.assert_array_equal(decoded_labels, labels)
 
 
+# --- archives that end early or do not add up: refused, never read as a subset ---
+
+
+def tar_offsets(tar: Path, index: int) -> tuple[int, int, int]:
+    """(header offset, data offset, end of padded data) of the archive's `index`-th member."""
+    with tarfile.open(tar) as archive:
+        member = archive.getmembers()[index]
+        return member.offset, member.offset_data, member.offset_data + -(-member.size // 512) * 512
+
+
+CUTS = {  # where `head -c N` ends the archive: in the 10th member, or in the zero block after the last one
+    "at a member boundary": lambda tar: tar_offsets(tar, 10)[0],
+    "inside a header": lambda tar: tar_offsets(tar, 10)[0] + 100,
+    "inside a member's data": lambda tar: tar_offsets(tar, 10)[1] + 50,
+    "inside the end-of-archive block": lambda tar: tar_offsets(tar, -1)[2] + 100,
+}
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_truncated_tar_is_refused_naming_the_file_and_the_last_whole_member(tmp_path, digits, cut):
+    whole = write_course_split(tmp_path / "whole.tar", "train", *digits)
+    tar = tmp_path / "train.tar"
+    tar.write_bytes(whole.read_bytes()[: CUTS[cut](whole)])
+
+    with pytest.raises(DataError) as error:
+        read_course_split(tar, workers=2)
+
+    assert_one_line_naming(error, str(tar), "truncated", "train/000")
+
+
+@pytest.mark.parametrize("compression", ["gz", "xz"])
+def test_a_truncated_compressed_tar_is_refused(tmp_path, digits, compression):
+    plain = write_course_split(tmp_path / "plain.tar", "train", *digits)
+    compress = {"gz": gzip.compress, "xz": lzma.compress}[compression]
+    tar = tmp_path / "train.tar"
+    tar.write_bytes(compress(plain.read_bytes())[:-100])
+
+    with pytest.raises(DataError) as error:
+        read_course_split(tar)
+
+    assert_one_line_naming(error, str(tar), "truncated")
+
+
+def test_a_garbled_header_midway_is_refused_not_read_as_the_end(tmp_path, digits):
+    tar = write_course_split(tmp_path / "train.tar", "train", *digits)
+    header = tar_offsets(tar, 10)[0]
+    raw = bytearray(tar.read_bytes())
+    raw[header : header + 512] = b"x" * 512
+    tar.write_bytes(bytes(raw))
+
+    with pytest.raises(DataError) as error:
+        read_course_split(tar)
+
+    assert_one_line_naming(error, str(tar), "'train/00009_", "no valid tar header", "corrupt")
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder"])
+def test_a_png_cut_before_its_iend_chunk_is_refused_though_pil_decodes_it(tmp_path, digits, layout):
+    images, labels = digits
+    members = [(f"train/{i:05d}_{label}.png", png_bytes(image)) for i, (image, label) in enumerate(zip(images, labels))]
+    members[5] = (members[5][0], members[5][1][:-12])  # the tar's sizes add up; the PNG itself is cut
+    if layout == "archive":
+        source = write_tar(tmp_path / "train.tar", members)
+    else:
+        source = tmp_path / "train"
+        for name, data in members:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_bytes(data)
+
+    with pytest.raises(DataError) as error:
+        read_course_split(source)
+
+    assert_one_line_naming(error, str(source), "00005_", "truncated PNG")
+
+
 def test_empty_file_is_not_a_readable_tar(tmp_path):
     tar = tmp_path / "train.tar"
     tar.write_bytes(b"")
@@ -365,7 +441,7 @@ def test_truncated_gzip_is_a_data_error(tmp_path, digits):
     with pytest.raises(DataError) as error:
         read_idx(path, expected_dims=3)
 
-    assert_one_line_naming(error, str(path), "cannot read")
+    assert_one_line_naming(error, str(path), "gzip", "truncated")
 
 
 def test_idx_image_and_label_counts_must_match(tmp_path, digits):
