@@ -265,3 +265,60 @@ def test_limit_above_the_split_size_keeps_everything(course_dataset, data_cfg):
     full = load_mnist(data_cfg(course_dataset.root))
     limited = load_mnist(data_cfg(course_dataset.root, "data.limit_train=100000"))
     assert limited.train.sha256 == full.train.sha256 and len(limited.train) == 400
+
+
+# --- data that ends early: refused in one line naming the file, before any training ---
+
+
+def truncated_copies(base, course_dataset) -> dict[str, object]:
+    """data.root folders of real digits, each with one file cut as `head -c` would: {root: the cut file}."""
+    import gzip
+
+    def cut(root, name, data: bytes, keep: int):
+        root.mkdir(parents=True)
+        (root / name).write_bytes(data[:keep])
+        return root / name
+
+    train_tar, test_tar = (course_dataset.root / "train.tar").read_bytes(), (course_dataset.root / "test.tar").read_bytes()
+    cuts = {}
+    for label, name, data, keep in [
+        ("tar-boundary", "train.tar", train_tar, 1024 * 150),  # exactly after a member: no end-of-archive block
+        ("tar-member", "train.tar", train_tar, 1024 * 150 + 700),  # inside the 151st PNG
+        ("test-header", "test.tar", test_tar, 1024 * 60 + 100),  # inside a header, in the test split
+        ("tar-gz", "train.tar", gzip.compress(train_tar), len(gzip.compress(train_tar)) // 2),
+    ]:
+        other = {"train.tar": "test.tar", "test.tar": "train.tar"}[name]
+        cuts[cut(base / label, name, data, keep)] = None
+        shutil.copy(course_dataset.root / other, base / label / other)
+    for label, gz in (("idx", False), ("idx-gz", True)):
+        root = copy_sample_idx(base / label)
+        images = root / "train-images-idx3-ubyte.gz"
+        data = images.read_bytes() if gz else gzip.decompress(images.read_bytes())
+        if not gz:
+            images.unlink()
+        cuts[cut(base / f"{label}-cut", images.name if gz else images.stem, data, len(data) - 784 * 7 - 5)] = None
+        for name in os.listdir(root):  # the three other files, whole
+            if not (base / f"{label}-cut" / name).exists() and name != images.name:
+                shutil.copy(root / name, base / f"{label}-cut" / name)
+    return {path.parent: path for path in cuts}
+
+
+def test_truncated_data_fails_its_run_in_one_line_naming_the_file_before_training(project_dir, course_dataset):
+    from conftest import job_runs, run_script
+
+    from mnist_exp import tracking
+
+    roots = truncated_copies(project_dir / "cut", course_dataset)
+    result = run_script("train.py", "-m", "model=mlp", "trainer.epochs=1",
+                        f"data.root={','.join(map(str, roots))}", cwd=project_dir)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output, output[-3000:]
+    runs = {run.data.params["data.root"]: run for run in job_runs(f"sqlite:///{project_dir}/mlflow.db")}
+    assert set(runs) == set(map(str, roots)), output[-3000:]
+    for root, cut_file in roots.items():
+        run = runs[str(root)]
+        error = run.data.tags[tracking.ERROR]
+        assert run.info.status == "FAILED" and "train_acc" not in run.data.metrics, (root, error)
+        assert error.startswith(f"DataError: {cut_file}: ") and "truncated" in error, error
+        assert sum(str(cut_file) in line for line in output.splitlines()) >= 1, output[-3000:]
