@@ -56,24 +56,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per small file
+    from mnist_exp import credentials
+
+    credentials.move_out_of_variable()  # as train.py does: a password in a URI would be printed
     defaults = default_config()
-    args.tracking_uri = args.tracking_uri or defaults.mlflow.tracking_uri
+    args.tracking_uri = credentials.move_out_of_uri(args.tracking_uri or defaults.mlflow.tracking_uri)
     args.experiment = args.experiment or defaults.mlflow.experiment
 
-    from mnist_exp.analysis import AnalysisError, apply_filters, format_table, register_best, select_runs, variant_table
+    from mnist_exp.analysis import (METRICS, AnalysisError, apply_filters, format_table, register_best, select_runs,
+                                    variant_table)
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
     from mnist_exp import tracking
     from mnist_exp.tracking import TrackingError
 
     try:
-        selection = select_runs(args.tracking_uri, args.experiment, args.sweep or ["latest"])
+        try:
+            selection = select_runs(args.tracking_uri, args.experiment, args.sweep or ["latest"])
+        except MlflowException as error:  # a store MLflow cannot open (foo://x): train.py's line for it
+            raise tracking.store_error(args.tracking_uri, error) from None
         finished = apply_filters(selection.finished, args.filter)
         if finished.empty:
             unfinished = selection.unfinished
             reasons = "; ".join(f"{r.run_name}: {r.status}" for r in unfinished.itertuples()) or "none"
             where = f" matching {' and '.join(args.filter)}" if args.filter else ""
             raise AnalysisError(f"{selection.description} has no FINISHED runs{where} (others: {reasons})")
+        if args.metric == "val":  # a table of NaN otherwise
+            held_out = finished.get(f"metrics.{METRICS['val']}", pd.Series(index=finished.index, dtype=float))
+            without = finished[held_out.isna()]
+            if not without.empty:
+                names = without.get(f"tags.{tracking.VARIANT}", without["run_name"]).fillna(without["run_name"])
+                raise AnalysisError(f"--metric val: {len(without)} of {len(finished)} runs held out no validation "
+                                    f"split ({', '.join(sorted(set(names)))}); train them with data.validation_size=N, "
+                                    "leave them out with --filter, or rank on the test split (--metric final)")
         table = variant_table(finished, metric=args.metric, sort=args.sort)
     except (AnalysisError, TrackingError) as error:
         print(f"analyze.py: {error}", file=sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mnist_exp import schema
+from mnist_exp import credentials, schema
 
 schema.register()
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -38,6 +38,7 @@ def refuse_appended_groups(args: list[str]) -> None:
 
 if __name__ == "__main__":
     refuse_appended_groups(sys.argv[1:])
+    sys.argv[1:] = credentials.move_out_of_overrides(sys.argv[1:])  # before Hydra writes or logs any override
     try:
         main()
     except KeyboardInterrupt:  # each open run was closed as KILLED; the same command resumes them

@@ -27,6 +27,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from mnist_exp import credentials
+
 PREFIX = "mnist_exp."
 CONFIG_HASH = PREFIX + "config_hash"  # the requested settings: with the same data, the same run
 VARIANT_HASH = PREFIX + "variant_hash"  # config hash without the seed: groups the seeds of a variant
@@ -59,6 +61,12 @@ class TrackingError(RuntimeError):
 
 def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the experiment's ID, creating the store and the experiment if needed."""
+    if credentials.has_password(tracking_uri):  # train.py moves those of the command line; this one is from a file
+        raise TrackingError(
+            f"mlflow.tracking_uri={credentials.redact(tracking_uri)} holds a password, which every run would log: "
+            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead (for a database, its own "
+            "password file, e.g. PostgreSQL's ~/.pgpass)"
+        )
     if tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri)
     try:
@@ -71,18 +79,23 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             except MlflowException:  # another process created it first
                 found = client.get_experiment_by_name(experiment)
     except Exception as error:  # MLflow surfaces store problems as many unrelated types
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "error code 401" in detail or "error code 403" in detail:
-            raise TrackingError(_refused(tracking_uri, detail)) from None
-        raise TrackingError(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: {detail}") from None
+        raise store_error(tracking_uri, error) from None
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
-            f"mlflow.experiment={experiment} was deleted from {tracking_uri}; restore it with "
+            f"mlflow.experiment={experiment} was deleted from {credentials.redact(tracking_uri)}; restore it with "
             f"`mlflow experiments restore --experiment-id {found.experiment_id}` or pick another name"
         )
     if EXPERIMENT_KIND[0] not in found.tags:  # created by another tool, or before this tag existed
         client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     return client, found.experiment_id
+
+
+def store_error(tracking_uri: str, error: Exception) -> TrackingError:
+    """connect()'s one line for a store MLflow cannot use (analyze.py's too); never a password."""
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if "error code 401" in detail or "error code 403" in detail:
+        return TrackingError(_refused(tracking_uri, detail))
+    return TrackingError(credentials.redact(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: {detail}"))
 
 
 def check_server(tracking_uri: str) -> None:
@@ -92,16 +105,17 @@ def check_server(tracking_uri: str) -> None:
             return
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise TrackingError(
+        raise TrackingError(credentials.redact(
             f"cannot reach the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason}); "
             "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
-        ) from None
+        )) from None
 
 
 def _refused(tracking_uri: str, detail: str) -> str:
     """The server's answer to bad credentials, in one line that names the user, never the password."""
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     who = f"MLFLOW_TRACKING_USERNAME={user}" if user else "no MLFLOW_TRACKING_USERNAME"
+    tracking_uri = credentials.redact(tracking_uri)
     if "error code 403" in detail:
         return (f"the MLflow server at mlflow.tracking_uri={tracking_uri} refuses {who} (HTTP 403): "
                 "ask its admin for permission on the experiment")
@@ -111,6 +125,7 @@ def _refused(tracking_uri: str, detail: str) -> str:
 
 def ui_url(tracking_uri: str, experiment_id: str) -> str:
     """The runs table of the experiment in MLflow's 'Model training' view."""
+    tracking_uri = credentials.redact(tracking_uri)
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 

@@ -5,6 +5,7 @@ below can be checked by hand."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -261,6 +262,25 @@ def test_analyze_exits_1_with_one_line_when_every_run_failed(store):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("analyze.py: ") and "no FINISHED runs" in lines[0] and "FAILED" in lines[0]
+
+
+@pytest.mark.parametrize("case", ["--metric val without a validation split", "a tracking URI MLflow cannot open"])
+def test_analyze_refuses_in_one_line_what_it_cannot_answer(store, tmp_path, case):
+    args, env, expected = {
+        "--metric val without a validation split": (
+            ["--tracking-uri", store["uri"], "--experiment", "grid", "--sweep", "all", "--metric", "val"], {},
+            ["--metric val: 10 of 10 runs held out no validation split", "lenet5/dropout/sgd", "data.validation_size"]),
+        "a tracking URI MLflow cannot open": (
+            [], {"MLFLOW_TRACKING_URI": "foo://x"}, ["cannot use the MLflow store mlflow.tracking_uri=foo://x: "]),
+    }[case]
+
+    result = subprocess.run([sys.executable, str(REPO / "analyze.py"), *args], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env={**os.environ, **env})
+
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("analyze.py: "), result.stderr[-2000:]
+    assert all(part in lines[0] for part in expected), lines[0]
 
 
 # --- statistics: intervals, Welch's test, noise ---

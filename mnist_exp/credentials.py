@@ -1,0 +1,59 @@
+"""Credentials in a tracking URI (http://alice:s3cret@host): moved to MLflow's own variables, and redacted.
+
+A tracking URI is logged as a param, written to Hydra's config files and job logs, printed, and put
+in sweep names; a password in it would land in all of them. So train.py and analyze.py move a
+user and password out of an http(s) URI into MLFLOW_TRACKING_USERNAME/PASSWORD (which MLflow's
+client sends as HTTP basic auth, and child processes inherit) before Hydra or MLflow sees the URI.
+`redact` is for any text that may still hold one. Standard library only: train.py imports it
+before Hydra starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import unquote
+
+# scheme://userinfo@ ; userinfo ends at the authority's last '@' (a raw '@' in a password included)
+USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s'\"]*)@")
+URI_KEY = "mlflow.tracking_uri"
+URI_VARIABLE = "MLFLOW_TRACKING_URI"
+
+
+def redact(text: str) -> str:
+    """Every password in URIs within `text` replaced by ***; the user is kept, as it names the account."""
+
+    def hide(match: re.Match) -> str:
+        user, has_password, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}{':***' if has_password else ''}@"
+
+    return USERINFO.sub(hide, text)
+
+
+def has_password(uri: str) -> bool:
+    return any(":" in match["userinfo"] for match in USERINFO.finditer(uri))
+
+
+def move_out_of_uri(uri: str) -> str:
+    """An http(s) URI without its user and password, which go to MLFLOW_TRACKING_USERNAME/PASSWORD
+    of this process (and so of its children); any other URI as it is."""
+    match = USERINFO.search(uri)
+    if match is None or match["scheme"].lower() not in ("http://", "https://"):
+        return uri
+    user, has_password, password = match["userinfo"].partition(":")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+    if has_password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    return uri[: match.start()] + match["scheme"] + uri[match.end() :]
+
+
+def move_out_of_variable() -> None:
+    """$MLFLOW_TRACKING_URI (the config's default tracking URI) without its credentials."""
+    if URI_VARIABLE in os.environ:
+        os.environ[URI_VARIABLE] = move_out_of_uri(os.environ[URI_VARIABLE])
+
+
+def move_out_of_overrides(args: list[str]) -> list[str]:
+    """train.py's arguments with the credentials of mlflow.tracking_uri=... (and $MLFLOW_TRACKING_URI's) moved."""
+    move_out_of_variable()
+    return [move_out_of_uri(arg) if arg.lstrip("+~").startswith(URI_KEY + "=") else arg for arg in args]
