@@ -99,7 +99,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
     console.announce(name, cfg.trainer.epochs)
     data = problem = None
     try:  # a bad value or bad data still gets a run, FAILED, that says why
-        validate(cfg)
+        validate(cfg, overrides)
         if cfg.trainer.threads is not None:
             torch.set_num_threads(cfg.trainer.threads)
         device = resolve_device(cfg.trainer.device)

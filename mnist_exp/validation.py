@@ -16,7 +16,8 @@ class ConfigError(ValueError):
     """A config value out of range; the message names the key and the allowed values."""
 
 
-def validate(cfg) -> None:
+def validate(cfg, overrides: list[str] = ()) -> None:
+    """Every out-of-range value of cfg, in one ConfigError; `overrides` are the job's (Hydra's overrides.task)."""
     problems: list[str] = []
 
     def check(ok: bool, key: str, value, allowed: str) -> None:
@@ -63,6 +64,7 @@ def validate(cfg) -> None:
         betas = list(optimizer.betas)
         check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optimizer.betas", betas, "two values in [0, 1)")
 
+    problems += _repeated_regularizers(overrides)
     for key in regularizer:
         if key not in REGULARIZERS:
             problems.append(f"regularizer.{key} is not a regularizer this project applies: use {', '.join(REGULARIZERS)}")
@@ -119,6 +121,21 @@ def validate(cfg) -> None:
     check(bool(cfg.mlflow.experiment.strip()), "mlflow.experiment", repr(cfg.mlflow.experiment), "a non-empty name")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _repeated_regularizers(overrides: list[str]) -> list[str]:
+    """regularizer=[l2,l2]: Hydra merges the two l2 into one, so only the override itself shows the repeat."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    chosen = [o for o in overrides if o.lstrip("+~").startswith("regularizer=")]
+    problems = []
+    for override in OverridesParser.create().parse_overrides(chosen):
+        names = override.value()
+        repeated = sorted({name for name in names if names.count(name) > 1}) if isinstance(names, list) else []
+        if repeated:
+            problems.append(f"regularizer={override.get_value_element_as_str()} names {', '.join(repeated)} more than "
+                            "once: list each regularizer once, e.g. regularizer=[l2,dropout]")
+    return problems
 
 
 SCHEMAS = {

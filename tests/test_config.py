@@ -104,6 +104,19 @@ def test_regularizers_compose_into_one_node(compose):
     assert cfg.regularizer.l2.weight_decay > 0 and 0 < cfg.regularizer.dropout.p < 1
 
 
+@pytest.mark.parametrize("overrides", [["regularizer=[l2,l2]"], ["regularizer=[dropout, l2,dropout]", "model=mlp"]])
+def test_a_regularizer_named_twice_is_refused_though_hydra_merges_it_into_one(compose, overrides):
+    cfg = compose(overrides)
+    assert list(cfg.regularizer) in (["l2"], ["dropout", "l2"])  # nothing in the config shows the repeat
+
+    with pytest.raises(ConfigError) as error:
+        validate(cfg, overrides)  # the job passes Hydra's overrides.task: these strings
+
+    repeated = "l2" if overrides[0].count("l2") == 2 else "dropout"
+    assert f"names {repeated} more than once" in str(error.value) and "\n" not in str(error.value)
+    validate(compose(["regularizer=[l2,dropout]"]), ["regularizer=[l2,dropout]"])
+
+
 # --- Hydra rejects these while composing ---
 
 
