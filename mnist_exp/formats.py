@@ -239,9 +239,10 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
         raise DataError(f"{path}: ends inside its header ({len(raw)} of {header} bytes); the file is truncated")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     if len(raw) != header + int(np.prod(shape)):
+        cause = "truncated" if len(raw) < header + int(np.prod(shape)) else "corrupt"
         raise DataError(
-            f"{path}: holds {len(raw) - header} data bytes but its header announces shape {shape}; "
-            "the file is truncated or corrupt"
+            f"{path}: holds {len(raw) - header} data bytes but its header announces shape {shape} "
+            f"({int(np.prod(shape))} bytes); the file is {cause}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 

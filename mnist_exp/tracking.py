@@ -95,7 +95,8 @@ def store_error(tracking_uri: str, error: Exception) -> TrackingError:
     detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if "error code 401" in detail or "error code 403" in detail:
         return TrackingError(_refused(tracking_uri, detail))
-    return TrackingError(credentials.redact(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: {detail}"))
+    return TrackingError(credentials.redact(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: "
+                                            f"{detail}"))
 
 
 def check_server(tracking_uri: str) -> None:
