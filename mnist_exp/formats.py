@@ -160,7 +160,7 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
     except tarfile.TarError as error:
         raise DataError(f"{path}: not a readable tar archive ({_one_line(error)})") from None
-    last = "its start"
+    last = None  # the name of the last member read whole
     with archive:
         try:
             for member in archive:
@@ -170,22 +170,28 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
                         f"{path}: ends inside member {member.name!r} ({max(0, len(raw) - member.offset_data)} of its "
                         f"{member.size} bytes); the file is truncated"
                     )
-                last = f"member {member.name!r}"
+                last = member.name
                 if member.isdir():
                     continue
                 if not member.isfile() or member.issparse():
                     raise DataError(f"{path}: member {member.name!r} is not a regular file")
                 yield member.name, lambda member=member: raw[member.offset_data : member.offset_data + member.size]
         except tarfile.TarError as error:
-            raise DataError(f"{path}: unreadable after {last} ({_one_line(error)}); the file is corrupt") from None
+            raise DataError(
+                f"{path}: unreadable after {_after(last)} ({_one_line(error)}); the file is corrupt"
+            ) from None
         end = raw[archive.offset : archive.offset + tarfile.BLOCKSIZE]
     # One zero block suffices, as for GNU tar ("a lone zero block"): every member before it is whole.
     if end != bytes(tarfile.BLOCKSIZE):
         problem = ("ends" if not end else "ends inside a header" if len(end) < tarfile.BLOCKSIZE
                    else "holds no valid tar header")
         cause = "truncated" if len(end) < tarfile.BLOCKSIZE else "corrupt"
-        raise DataError(f"{path}: {problem} after {last}, at byte {archive.offset} of {len(raw)}, without tar's "
-                        f"end-of-archive block; the file is {cause}")
+        raise DataError(f"{path}: {problem} after {_after(last)}, at byte {archive.offset} of {len(raw)}, "
+                        f"without tar's end-of-archive block; the file is {cause}")
+
+
+def _after(member: str | None) -> str:
+    return "its start" if member is None else f"member {member!r}"
 
 
 # Compressions tarfile reads, by their magic bytes; each decompressor refuses a stream that ends early.
