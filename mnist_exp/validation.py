@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import fields
 
 from mnist_exp import schema
@@ -16,7 +17,7 @@ class ConfigError(ValueError):
     """A config value out of range; the message names the key and the allowed values."""
 
 
-def validate(cfg, overrides: list[str] = ()) -> None:
+def validate(cfg, overrides: Sequence[str] = ()) -> None:
     """Every out-of-range value of cfg, in one ConfigError; `overrides` are the job's (Hydra's overrides.task)."""
     problems: list[str] = []
 
@@ -123,7 +124,7 @@ def validate(cfg, overrides: list[str] = ()) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _repeated_regularizers(overrides: list[str]) -> list[str]:
+def _repeated_regularizers(overrides: Sequence[str]) -> list[str]:
     """regularizer=[l2,l2]: Hydra merges the two l2 into one, so only the override itself shows the repeat."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
