@@ -24,8 +24,8 @@ def redact(text: str) -> str:
     """Every password in URIs within `text` replaced by ***; the user is kept, as it names the account."""
 
     def hide(match: re.Match) -> str:
-        user, has_password, _ = match["userinfo"].partition(":")
-        return f"{match['scheme']}{user}{':***' if has_password else ''}@"
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}{colon and ':***'}@"
 
     return USERINFO.sub(hide, text)
 
@@ -40,9 +40,9 @@ def move_out_of_uri(uri: str) -> str:
     match = USERINFO.search(uri)
     if match is None or match["scheme"].lower() not in ("http://", "https://"):
         return uri
-    user, has_password, password = match["userinfo"].partition(":")
+    user, colon, password = match["userinfo"].partition(":")
     os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
-    if has_password:
+    if colon:
         os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
     return uri[: match.start()] + match["scheme"] + uri[match.end() :]
 
