@@ -90,11 +90,11 @@ def main(argv=None) -> int:
 
     if args.register:
         try:
-            variant, uri = register_best(args.tracking_uri, table, finished, args.register, args.metric)
+            variant, uri, new = register_best(args.tracking_uri, table, finished, args.register, args.metric)
         except AnalysisError as error:
             print(f"analyze.py: {error}", file=sys.stderr)
             return 1
-        print(f"registered the model of {variant}: {uri}")
+        print(f"registered the model of {variant}: {uri}" if new else f"the model of {variant} is already {uri}")
 
     print(f"\n{selection.description}: {len(finished)} finished runs, {len(table)} variants", file=sys.stderr)
     fallback = [v for v, d in zip(table["variant"], table["data"]) if "fallback" in d]
