@@ -81,23 +81,21 @@ def final_metrics(side: Side) -> dict[str, str]:
     frame = frame[sorted(column for column in frame if not column.startswith("system/"))]
     if len(frame) == 1:
         return {key: f"{value:.6g}" for key, value in frame.iloc[0].dropna().items()}
-    return {key: f"{frame[key].mean():.6g} ± {frame[key].std(ddof=1):.2g}" for key in frame if frame[key].notna().any()}
+    return {key: f"{values.mean():.6g} ± {values.std(ddof=1):.2g}" for key, values in frame.items()
+            if values.notna().any()}
 
 
 def diff_text(a: Side, b: Side) -> str:
     """The settings that differ and the final metrics, as two markdown tables."""
-    left, right = settings(a), settings(b)
-    differ = [(key, left.get(key, "-"), right.get(key, "-")) for key in sorted(left.keys() | right.keys())
-              if left.get(key, "-") != right.get(key, "-")]
-    lines = [f"A: {a.label}", f"B: {b.label}", ""]
-    if differ:
-        lines.append(pd.DataFrame(differ, columns=["setting", "A", "B"]).to_markdown(index=False, disable_numparse=True))
-    else:
-        lines.append("no setting differs")
-    metrics_a, metrics_b = final_metrics(a), final_metrics(b)
-    rows = [(key, metrics_a.get(key, "-"), metrics_b.get(key, "-")) for key in sorted(metrics_a.keys() | metrics_b.keys())]
-    lines += ["", pd.DataFrame(rows, columns=["final metric", "A", "B"]).to_markdown(index=False, disable_numparse=True)]
-    return "\n".join(lines)
+
+    def table(first: dict, second: dict, header: str, only_differing: bool) -> str:
+        rows = [(key, first.get(key, "-"), second.get(key, "-")) for key in sorted(first.keys() | second.keys())]
+        rows = [row for row in rows if row[1] != row[2] or not only_differing]
+        frame = pd.DataFrame(rows, columns=[header, "A", "B"])
+        return frame.to_markdown(index=False, disable_numparse=True) if rows else f"no {header} differs"
+
+    return "\n".join([f"A: {a.label}", f"B: {b.label}", "", table(settings(a), settings(b), "setting", True), "",
+                      table(final_metrics(a), final_metrics(b), "final metric", False)])
 
 
 def plot_curves(client, a: Side, b: Side, path: Path) -> Path:

@@ -6,6 +6,8 @@ where this repository is not installed. Keep both importable with torch and nump
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -63,8 +65,6 @@ class Predictor:
 
 def _load_pyfunc(data_path: str, model_config=None) -> Predictor:
     """MLflow's pyfunc loader hook; data_path is the model's data/ folder."""
-    import os
-
     import mlflow.pytorch
 
     return Predictor(mlflow.pytorch.load_model(os.path.dirname(os.path.abspath(data_path))))

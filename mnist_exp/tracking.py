@@ -266,7 +266,6 @@ def log_model(classifier, example, variant: str):
     shipped.Predictor: it takes one image, a batch, or a batch of 784 columns, uint8 or floats in
     [0, 1]. Requirements are given, not inferred: inference would load the model again in a subprocess.
     """
-    import mlflow.pytorch
     import torch
     from mlflow.models import Model, infer_signature
 
@@ -276,8 +275,9 @@ def log_model(classifier, example, variant: str):
     # that check their own input keeps it from refusing, before shipped.as_pixels sees them, the other forms.
     signature._is_signature_from_type_hint = True
     return Model.log(
-        artifact_path=None, name=re.sub(r"[/:.%\"']", "-", variant), flavor=_PytorchShippedPyfunc, flavor_name="pytorch",
-        pytorch_model=classifier, signature=signature, input_example=example.numpy(), code_paths=[_shipped_code()],
+        artifact_path=None, name=re.sub(r"[/:.%\"']", "-", variant),  # characters MLflow's model names refuse
+        flavor=_PytorchShippedPyfunc, flavor_name="pytorch", pytorch_model=classifier, signature=signature,
+        input_example=example.numpy(), code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
         serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         validate_serving_input=False,  # loading and predicting again costs 0.3 s a run; tests check the pyfunc
     )
@@ -302,18 +302,14 @@ class _PytorchShippedPyfunc:
         mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
-_shipped_folders: list = []
-
-
 @functools.cache
-def _shipped_code() -> str:
-    """A folder holding the package's shipped part: mnist_exp/{__init__,models,shipped}.py."""
+def _shipped_code():
+    """A temporary folder (removed at exit) holding mnist_exp/{__init__,models,shipped}.py."""
     import tempfile
 
-    folder = tempfile.TemporaryDirectory(prefix="mnist-exp-shipped-")  # removed at exit
-    _shipped_folders.append(folder)
+    folder = tempfile.TemporaryDirectory(prefix="mnist-exp-shipped-")
     package = Path(folder.name) / "mnist_exp"
     package.mkdir()
     for name in ("__init__.py", "models.py", "shipped.py"):
         (package / name).write_bytes((TRAIN_SCRIPT.parent / "mnist_exp" / name).read_bytes())
-    return str(package)
+    return folder

@@ -4,6 +4,7 @@ another run, the command that re-creates it, and the machine's use while it trai
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -68,11 +69,13 @@ def test_the_model_loads_as_an_nn_module_without_this_repository(two_runs, sampl
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    result = subprocess.run([sys.executable, "-I", "-c", LOAD_ALONE, uri(folder), f"runs:/{run.info.run_id}/mlp-none-sgd",
-                             str(tmp_path / "digits.npz")], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    model_uri = f"runs:/{run.info.run_id}/mlp-none-sgd"
+    digits = str(tmp_path / "digits.npz")
+    result = subprocess.run([sys.executable, "-I", "-c", LOAD_ALONE, uri(folder), model_uri, digits], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=120)
 
     assert result.returncode == 0, result.stderr[-3000:]
-    loaded = __import__("json").loads(result.stdout.strip().splitlines()[-1])
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["class"] == "PixelClassifier" and loaded["is_module"]
     assert not loaded["code"].startswith(str(REPO)) and "/code/mnist_exp/" in loaded["code"], "the model's own code"
     assert loaded["parameters"] == int(run.data.params["model.parameters"])
