@@ -15,6 +15,7 @@ with them off, is the cost seen end to end (noisier than part 1 on a busy machin
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -96,6 +97,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mnist-exp-system-metrics-") as temporary:
         workdir = Path(temporary)
+        os.chdir(workdir)  # MLflow puts a new experiment's artifacts in ./mlruns
         rows = one_sample(workdir, args.repeats)
         print(benchlib.table(["step", "CPU s (best)", "wall s (best)", "CPU share of the interval"], rows,
                              "One system metrics sample, as MLflow's monitor thread takes it"))
