@@ -4,6 +4,8 @@
     python analyze.py --report reports/latest    + figures and a markdown report (also logged to the sweep's run)
     python analyze.py --sweep all --filter model=lenet5 --sort test_acc --format csv --out lenet5.csv
     python analyze.py --sweep experiment=course_grid --sweep experiment=lenet5_best --report reports/best
+    python analyze.py --diff RUN_A RUN_B --plots figs   settings that differ, final metrics, curves of both
+    python analyze.py --command RUN                       the train.py command that re-creates a run
 
 Defaults for --tracking-uri and --experiment come from conf/train.yaml, like train.py's: MLflow's own
 MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME when set, else sqlite:///mlflow.db and mnist-exp.
@@ -50,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--register", metavar="NAME",
                         help="register the best variant's model (by --metric, mean over seeds) in MLflow's Model "
                              "Registry as NAME and print its models:/NAME/<version> URI")
+    parser.add_argument("--diff", nargs=2, metavar=("A", "B"),
+                        help="compare two runs (run IDs or names) or variants (labels such as mlp/none/sgd: all "
+                             "their seeds): the settings that differ and the final metrics; --plots DIR adds curves")
+    parser.add_argument("--command", metavar="RUN", help="print the train.py command that re-creates a run")
     return parser.parse_args(argv)
 
 
@@ -62,6 +68,10 @@ def main(argv=None) -> int:
     defaults = default_config()
     args.tracking_uri = credentials.move_out_of_uri(args.tracking_uri or defaults.mlflow.tracking_uri)
     args.experiment = args.experiment or defaults.mlflow.experiment
+    if args.diff or args.command:
+        from mnist_exp import compare
+
+        return compare.main(args.tracking_uri, args.experiment, args.diff, args.command, args.plots)
 
     from mnist_exp.analysis import (METRICS, AnalysisError, apply_filters, format_table, register_best, select_runs,
                                     variant_table)
@@ -106,11 +116,11 @@ def main(argv=None) -> int:
 
     if args.register:
         try:
-            variant, uri = register_best(args.tracking_uri, table, finished, args.register, args.metric)
+            variant, uri, new = register_best(args.tracking_uri, table, finished, args.register, args.metric)
         except AnalysisError as error:
             print(f"analyze.py: {error}", file=sys.stderr)
             return 1
-        print(f"registered the model of {variant}: {uri}")
+        print(f"registered the model of {variant}: {uri}" if new else f"the model of {variant} is already {uri}")
 
     print(f"\n{selection.description}: {len(finished)} finished runs, {len(table)} variants", file=sys.stderr)
     fallback = [v for v, d in zip(table["variant"], table["data"]) if "fallback" in d]

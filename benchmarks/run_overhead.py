@@ -7,7 +7,7 @@ Part 1 runs the real job (mnist_exp.job.run_job) in this process on 64 images fo
 epoch, against a fresh sqlite store in a temporary folder, and subtracts the run's own training
 time: what remains is the per-run overhead (identity lookup, run, params, datasets, checkpoint,
 metrics, final evaluations, the MLflow model, figures, artifacts). The first run pays one-time
-costs (SQLAlchemy's engine, the optimizer's torch._dynamo import, torch.export's first export,
+costs (SQLAlchemy's engine, the optimizer's torch._dynamo import, the first model's pickling,
 matplotlib's first figure); the table shows it and the median of the following runs, which is
 what every further run of a sweep's worker pays. The reference is the seed way of logging: mlflow's
 fluent API, one call per value.
@@ -162,7 +162,7 @@ def main() -> None:
         rows = [
             row("whole job (run_job), 64 images x 1 epoch", [m[0] for m in measured]),
             row("  of which training (train_time_s)", [m[1] for m in measured]),
-            row("  of which logging the MLflow model (pt2)", [m[2] for m in measured]),
+            row("  of which logging the MLflow model", [m[2] for m in measured]),
             row("per-run overhead: whole job - training", [m[0] - m[1] for m in measured]),
             row("seed: fluent mlflow, one call per value (logging only)", seed_times),
         ]

@@ -326,11 +326,12 @@ def histories(tracking_uri: str, finished: pd.DataFrame,
 
 
 def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str,
-                  metric: str) -> tuple[str, str]:
+                  metric: str) -> tuple[str, str, bool]:
     """Register the model of the best variant (by mean over seeds) in the Model Registry.
 
     Of that variant's seeds, the run with the highest accuracy supplies the weights. Returns the
-    variant and the registered version's models:/NAME/<version> URI.
+    variant, the models:/NAME/<version> URI, and whether that version is new: a model already
+    registered under NAME keeps its version.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -342,6 +343,11 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
     try:
         (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
                                                experiment_ids=[finished.set_index("run_id").loc[run_id, "experiment_id"]])
+        client = mlflow.MlflowClient(tracking_uri)
+        same = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+                if v.source == model.model_uri]
+        if same:
+            return best.variant, f"models:/{name}/{same[0].version}", False
         version = mlflow.register_model(
             model.model_uri, name,
             tags={"variant": best.variant, "metric": METRICS[metric], "variant_mean_pct": f"{best.acc_pct:.2f}",
@@ -350,7 +356,7 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
     except (MlflowException, ValueError) as error:  # ValueError: the run logged no model (or several)
         raise AnalysisError(f"--register {name}: cannot register the model of run {run_id} "
                             f"({best.variant}): {str(error).splitlines()[0]}") from None
-    return best.variant, f"models:/{name}/{version.version}"
+    return best.variant, f"models:/{name}/{version.version}", True
 
 
 def format_table(table: pd.DataFrame, fmt: str) -> str:

@@ -131,6 +131,7 @@ class TrainerConfig:
 class MLflowConfig:
     tracking_uri: str = MISSING
     experiment: str = MISSING
+    system_metrics: bool = MISSING
 
 
 @dataclass

@@ -94,20 +94,6 @@ class InputPipeline:
         return _channels_last(x.sub_(self.mean).div_(self.std))
 
 
-class PixelClassifier(nn.Module):
-    """The trained network as it is shipped: raw uint8 pixels [N, 28, 28] in, ten logits out.
-
-    It scales and normalizes exactly as InputPipeline does, so it predicts what the run evaluated.
-    """
-
-    def __init__(self, model: nn.Module, mean: float, std: float):
-        super().__init__()
-        self.model, self.mean, self.std = model, mean, std
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels.unsqueeze(1).float().div(255).sub(self.mean).div(self.std))
-
-
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     """The same one-channel CPU batch, with channels-last strides; nothing is copied.
 

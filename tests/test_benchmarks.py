@@ -52,6 +52,13 @@ EXPECTED_TABLES = {
                                              "per-run overhead", "seed: fluent mlflow"], None),
         "Whole processes": (["process", "seconds (best)"], 1, ["python train.py --help"], None),
     },
+    "system_metrics.py": {
+        "One system metrics sample": (["step", "CPU s (best)", "wall s (best)", "CPU share of the interval"], 1,
+                                      ["read the machine", "read the run", "log the sample", "one sample"],
+                                      ["CPU s (best)", "wall s (best)"]),
+        "Runs with system metrics on and off": (["step", "off, median (s)", "on, median (s)", "cost"], 1,
+                                                ["whole job", "  of which training"], None),
+    },
 }
 # A figure: 12.9, 14,532, 3.5x, 8.4%, 926 MiB, <0.01 s; several (one per sweep) separated by ", ".
 FIGURE = re.compile(r"[<>~]?[+-]?\d[\d,]*(\.\d+)?(e[+-]?\d+)?( ?(x|%|s|MiB|GiB|GB|ms))?")
@@ -104,7 +111,8 @@ def test_the_table_check_tells_figures_from_anything_else():
 
 
 def test_every_benchmark_script_is_covered():
-    assert SCRIPTS == ["data_prep.py", "epoch_throughput.py", "grid.py", "hardware_efficiency.py", "run_overhead.py"]
+    assert SCRIPTS == ["data_prep.py", "epoch_throughput.py", "grid.py", "hardware_efficiency.py", "run_overhead.py",
+                       "system_metrics.py"]
     assert sorted(EXPECTED_TABLES) == SCRIPTS
 
 

@@ -104,9 +104,10 @@ def test_mlflow_environment_variables_choose_the_store_and_experiment(project_di
 
 
 def test_runs_carry_mlflows_context_tags_and_where_they_ran(project_dir):
-    assert train(project_dir, *SMALL, "trainer.threads=1").returncode == 0
+    assert train(project_dir, *SMALL, "trainer.threads=1", "mlflow.system_metrics=false").returncode == 0
     (run,) = job_runs(uri(project_dir))
     tags = run.data.tags
+    assert not [key for key in run.data.metrics if key.startswith("system/")], "system metrics turned off"
 
     assert tags["mlflow.source.name"] == str(REPO / "train.py") and tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.user"] == getpass.getuser()
@@ -180,6 +181,8 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
     assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 28, 28)}}]
     assert signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 10)}}]
 
+    assert {m.name for m in models} == {"lenet5-none-sgd", "mlp-none-sgd"}, "named after the variant"
+
     registered = analyze(project_dir, "--register", "mnist-best")
     assert registered.returncode == 0, registered.stderr
     best = max(runs.values(), key=lambda r: r.data.metrics["final_test_acc"])
@@ -187,6 +190,10 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
     version = client.get_model_version("mnist-best", "1")
     assert version.run_id == best.info.run_id
     assert version.tags["variant"] == best.data.tags[tracking.VARIANT]
+    again = analyze(project_dir, "--register", "mnist-best")
+    assert again.returncode == 0, again.stderr
+    assert f"the model of {best.data.tags[tracking.VARIANT]} is already models:/mnist-best/1" in again.stdout
+    assert [str(v.version) for v in client.search_model_versions("name = 'mnist-best'")] == ["1"]
 
 
 # --- the sweep as the UI shows it ---

@@ -1,0 +1,165 @@
+"""What a finished run offers, end to end with the real train.py and analyze.py: its model as an
+nn.Module that loads without this repository, a pyfunc that takes what people hand it, a diff with
+another run, the command that re-creates it, and the machine's use while it trained."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, job_runs, run_script
+from mnist_exp import compare, shipped
+from mnist_exp.analysis import AnalysisError
+
+pytestmark = pytest.mark.slow
+SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2", "trainer.threads=1"]
+
+# Run with python -I (no PYTHON* variables, no script folder on sys.path) from outside the repository;
+# the venv's editable install of mnist_exp is a meta path finder, removed before anything is imported.
+LOAD_ALONE = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "mnist_exp" not in getattr(f, "__module__", "")]
+import importlib.util
+assert importlib.util.find_spec("mnist_exp") is None, "mnist_exp is importable before loading"
+import json, mlflow.pytorch, numpy as np, torch
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pytorch.load_model(sys.argv[2])
+import mnist_exp
+digits = np.load(sys.argv[3])
+model.eval()
+model = model.to(torch.device("cpu"))
+with torch.no_grad():
+    predicted = model(torch.from_numpy(digits["images"])).argmax(1).numpy()
+print(json.dumps({
+    "class": type(model).__name__, "is_module": isinstance(model, torch.nn.Module), "code": mnist_exp.__file__,
+    "parameters": sum(p.numel() for p in model.parameters()), "state_dict": len(model.state_dict()),
+    "accuracy": float((predicted == digits["labels"]).mean()),
+}))
+"""
+
+
+def uri(folder) -> str:
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, empty_store):
+    """Two MLPs that differ in their learning rate only: (project folder, {lr: run})."""
+    folder = tmp_path_factory.mktemp("finished-runs")
+    shutil.copy(empty_store, folder / "mlflow.db")
+    result = run_script("train.py", "-m", "model=mlp", "optimizer.lr=0.01,0.05", *SMALL, cwd=folder, timeout=300,
+                        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})  # MLflow's own: these runs last ~2 s
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder, {run.data.params["optimizer.lr"]: run for run in job_runs(uri(folder))}
+
+
+def test_the_model_loads_as_an_nn_module_without_this_repository(two_runs, sample_digits, tmp_path):
+    folder, runs = two_runs
+    run = runs["0.05"]
+    test = sample_digits["test"]
+    np.savez(tmp_path / "digits.npz", images=test.images[:100], labels=test.labels[:100])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    model_uri = f"runs:/{run.info.run_id}/mlp-none-sgd"
+    digits = str(tmp_path / "digits.npz")
+    result = subprocess.run([sys.executable, "-I", "-c", LOAD_ALONE, uri(folder), model_uri, digits], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["class"] == "PixelClassifier" and loaded["is_module"]
+    assert not loaded["code"].startswith(str(REPO)) and "/code/mnist_exp/" in loaded["code"], "the model's own code"
+    assert loaded["parameters"] == int(run.data.params["model.parameters"])
+    assert loaded["state_dict"] == 6  # three Linear layers, weight and bias each
+    assert loaded["accuracy"] == run.data.metrics["final_test_acc"]
+
+
+def test_the_pyfunc_takes_one_image_flat_columns_and_floats_and_refuses_the_rest_in_one_line(two_runs):
+    folder, runs = two_runs
+    run = runs["0.05"]
+    mlflow.set_tracking_uri(uri(folder))
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/mlp-none-sgd")
+        signature = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/mlp-none-sgd").signature
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 28, 28)}}]
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    logits = model.predict(images)
+    assert logits.shape == (3, 10) and logits.dtype == np.float32
+
+    import pandas as pd
+
+    def same(other):  # float sums may group differently in another layout or batch: equal to ~1e-7
+        np.testing.assert_allclose(other, logits, rtol=1e-5, atol=1e-6)
+
+    same(np.concatenate([model.predict(image) for image in images]))  # one image at a time
+    same(model.predict(images.reshape(3, 784)))
+    same(model.predict(pd.DataFrame(images.reshape(3, 784))))
+    same(model.predict(images.tolist()))  # JSON's nested integers
+    same(model.predict(images / 255.0))
+
+    for bad, got in ((images[:, :14], "got shape (3, 14, 28)"), (images * 1.0, "got float64 values from 0.0 to 255.0"),
+                     (np.array(["7"]), "got shape (1,)")):
+        with pytest.raises(ValueError) as refused:
+            model.predict(bad)
+        assert str(refused.value) == f"{shipped.EXPECTED}; {got}"
+    assert "\n" not in shipped.EXPECTED and "(N, 784)" in shipped.EXPECTED and "uint8" in shipped.EXPECTED
+
+
+def test_a_run_logs_the_machines_use_as_system_metrics(two_runs):
+    _, runs = two_runs
+    for run in runs.values():
+        system = {key for key in run.data.metrics if key.startswith("system/")}
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+
+
+def test_diff_of_two_runs_prints_exactly_the_setting_that_differs(two_runs, tmp_path):
+    folder, runs = two_runs
+    a, b = runs["0.01"], runs["0.05"]
+
+    result = run_script("analyze.py", "--diff", a.info.run_id, b.info.run_name, "--plots", str(tmp_path / "plots"),
+                        cwd=folder, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    settings, metrics = result.stdout.split("| final metric")
+    rows = [line for line in settings.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
+    assert rows == ["| optimizer.lr | 0.01 | 0.05 |"]
+    for key in ("final_test_acc", "final_test_loss", "train_time_s"):
+        assert f"| {key} " in metrics
+    assert f"{b.data.metrics['final_test_loss']:.6g}" in metrics
+    assert (tmp_path / "plots" / "diff_curves.png").stat().st_size > 10_000
+
+    client = MlflowClient(uri(folder))
+    assert compare.find(client, a.info.experiment_id, b.info.run_id[:8]).runs[0].info.run_id == b.info.run_id
+    with pytest.raises(AnalysisError, match="'mlp/none/sgd' names 2 variants that differ in other settings"):
+        compare.find(client, a.info.experiment_id, "mlp/none/sgd")  # a label is all seeds of one variant
+
+
+def test_command_re_creates_the_run_to_the_last_digit(two_runs):
+    folder, runs = two_runs
+    run = runs["0.01"]
+
+    printed = run_script("analyze.py", "--command", run.info.run_name, cwd=folder, timeout=120)
+
+    assert printed.returncode == 0, printed.stderr
+    words = shlex.split(printed.stdout.strip())
+    assert words[:2] == ["python", str(REPO / "train.py")]
+    assert sorted(words[2:]) == sorted(["model=mlp", "optimizer.lr=0.01", *SMALL])
+    again = run_script("train.py", *words[2:], "force=true", cwd=folder, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (rerun,) = [r for r in job_runs(uri(folder)) if r.info.run_id not in {r.info.run_id for r in runs.values()}]
+    client = MlflowClient(uri(folder))
+    for key in ("final_test_acc", "final_test_loss", "train_loss", "train_eval_loss"):
+        assert rerun.data.metrics[key] == run.data.metrics[key], key
+    assert ([m.value for m in client.get_metric_history(rerun.info.run_id, "test_loss")]
+            == [m.value for m in client.get_metric_history(run.info.run_id, "test_loss")])
