@@ -197,6 +197,8 @@ def _data_label(run: pd.Series) -> str:
     if pd.isna(source):
         return "unrecorded"
     label = f"{source} {run.get('params.data.train_size')}/{run.get('params.data.test_size')}"
+    validation = run.get("params.data.validation_size_used")
+    label += "" if pd.isna(validation) or validation == "0" else f" +{validation} val"
     return label + (" (offline fallback)" if not pd.isna(run.get(f"tags.{tracking.FALLBACK}")) else "")
 
 
@@ -536,7 +538,7 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
             break
     else:  # still too wide: cut the labels (--wide shows them whole)
         room = WIDTH - max(map(len, text.splitlines())) + labels.str.len().max()
-        labels = labels.map(lambda v: v if len(v) <= room else v[: room - 1] + "…")
+        labels = labels.map(lambda v: v if len(v) <= room else v[: room // 2] + "…" + v[len(v) - room + room // 2 + 1:])
         text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
     return text + _notes(table, key)
 
@@ -551,13 +553,13 @@ def _short(variant: str, key: dict[str, str]) -> str:
 
 def _notes(table: pd.DataFrame, key: dict[str, str]) -> str:
     """Under the table: what Δ compares, collapsed seeds by run id, the key to short names."""
-    lines = ["", "Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
+    lines = ["Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
                  "p Holm: adjusted within each baseline's family; test: paired over matched seeds, else Welch."]
     lines += [f"* {row.variant}: collapsed {', '.join(row.collapsed)}; kept in every statistic"
               for row in table.itertuples() if row.collapsed]
     if key:
         lines.append("key: " + ", ".join(f"{short} = {name}" for short, name in key.items()))
-    return "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines)
+    return "\n\n" + "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines)
 
 
 def _number(template: str):
