@@ -331,7 +331,7 @@ def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
         baseline_model = row.model if row.regularizer != "none" else ("lenet5" if row.model == "mlp" else None)
         baseline = rows.get((baseline_model, row.context))
         if baseline is not None:
-            families.setdefault((baseline_model, row.context), []).append((i, comparison(row, baseline)))
+            families.setdefault((baseline_model, row.model, row.context), []).append((i, comparison(row, baseline)))
     for column in COMPARISON:
         table[column] = None if column in ("baseline", "test", "verdict") else np.nan
     table["seeds_needed"] = table["seeds_needed"].astype(object)
@@ -448,7 +448,7 @@ def train_command(rows: list, seeds: list[int]) -> str:
 
 
 def _quoted(override: str) -> str:
-    return f"'{override}'" if any(c in override for c in "[], ") else override
+    return f"'{override}'" if any(c in override for c in "[] ") else override  # brackets: shell globs
 
 
 def fresh_seeds(rows: list, count: int) -> list[int]:

@@ -105,7 +105,17 @@ def seeds_needed(d: Difference, power: float = POWER) -> int | None:
         return None
     solver = TTestPower() if d.test == "paired" else TTestIndPower()
     effect = abs(d.diff) / d.sd
-    if solver.power(effect, 2, ALPHA) >= power:  # the root finder fails on effects this large
-        return 2
-    n = float(np.squeeze(solver.solve_power(effect_size=effect, alpha=ALPHA, power=power)))
-    return None if math.isnan(n) else math.ceil(n)
+    def enough(n: int) -> bool:
+        return solver.power(effect, n, ALPHA) >= power
+
+    # The smallest whole n with that power, by doubling then bisection (solve_power's root finder gives up
+    # on small effects, and on large ones below n = 2).
+    low, high = 1, 2
+    while not enough(high):
+        low, high = high, high * 2
+        if high > 1_000_000:
+            return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high

@@ -26,15 +26,15 @@ def test_identical_seeds_give_exact_answers_without_warnings():
         apart = welch([98.0, 98.0], [97.0, 97.0, 97.0])
         equal = welch([98.0, 98.0], [98.0, 98.0])
     assert (same.mean, same.std, same.ci_low, same.ci_high) == (97.5, 0.0, 97.5, 97.5)
-    assert (apart.diff, apart.ci_low, apart.ci_high, apart.p_value, apart.within_noise) == (1.0, 1.0, 1.0, 0.0, False)
-    assert (equal.diff, equal.ci_low, equal.ci_high, equal.p_value, equal.within_noise) == (0.0, 0.0, 0.0, 1.0, True)
+    assert (apart.diff, apart.ci_low, apart.ci_high, apart.p_value, apart.test) == (1.0, 1.0, 1.0, 0.0, "Welch")
+    assert (equal.diff, equal.ci_low, equal.ci_high, equal.p_value, equal.test) == (0.0, 0.0, 0.0, 1.0, "Welch")
 
 
 def test_one_seed_has_no_interval_and_no_test():
     one = estimate([97.0], bounds=(0, 100))
     assert one.mean == 97.0 and one.n == 1 and all(math.isnan(v) for v in (one.std, one.ci_low, one.ci_high))
     d = welch([97.0], [98.0, 99.0])
-    assert d.diff == pytest.approx(-1.5) and d.within_noise is None
+    assert d.diff == pytest.approx(-1.5) and d.test is None
     assert all(math.isnan(v) for v in (d.ci_low, d.ci_high, d.p_value))
 
 
