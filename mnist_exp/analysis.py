@@ -434,7 +434,9 @@ def train_command(rows: list, seeds: list[int]) -> str:
     """One `python train.py -m` line training `seeds` of each row's variant (finished runs are skipped),
     merged into one sweep where the variants differ in one config group only."""
     lists = [train_overrides(row) for row in rows]
-    seeds_override = "trainer.seed=" + ",".join(str(s) for s in seeds)
+    contiguous = len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
+    seeds_override = (f"'trainer.seed=range({seeds[0]},{seeds[-1] + 1})'" if contiguous  # Hydra's sweep range
+                      else "trainer.seed=" + ",".join(str(s) for s in seeds))
     differing = [i for i in range(len(lists[0])) if len({tuple(x) for x in lists}) > 1
                  and len({x[i] if i < len(x) else None for x in lists}) > 1]
     if all(len(x) == len(lists[0]) for x in lists) and len(differing) == 1 and differing[0] < len(GROUPS):
@@ -459,9 +461,9 @@ def fresh_seeds(rows: list, count: int) -> list[int]:
 
 
 def more_seeds(rows: list, needed: int) -> list[int]:
-    """The seeds that bring each row to `needed` seeds, counting up from its highest (at most 50 more)."""
+    """The seeds that bring each row to `needed` seeds, counting up from the highest used."""
     have = max(len(row.seeds) for row in rows)
-    return fresh_seeds(rows, min(max(needed - have, 0), 50))
+    return fresh_seeds(rows, max(needed - have, 0))
 
 
 def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str,
@@ -532,13 +534,15 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
         "test": table["test"].fillna(""),
     })
     key: dict[str, str] = {}
-    for labels in (marked, marked.map(lambda v: _short(v, key))):
+    for shorten in (False, True):
+        labels = marked.map(lambda v: _short(v, key)) if shorten else marked
         text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
         if max(map(len, text.splitlines())) <= WIDTH:
             break
     else:  # still too wide: cut the labels (--wide shows them whole)
         room = WIDTH - max(map(len, text.splitlines())) + labels.str.len().max()
-        labels = labels.map(lambda v: v if len(v) <= room else v[: room // 2] + "…" + v[len(v) - room + room // 2 + 1:])
+        head = room // 2
+        labels = labels.map(lambda v: v if len(v) <= room else v[:head] + "…" + v[len(v) - room + head + 1:])
         text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
     return text + _notes(table, key)
 

@@ -87,7 +87,8 @@ def model_curves(history, title: str):
     models = sorted(frame["model"].unique())
     palette = dict(zip(models, _palette(len(models))))
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True, layout="constrained")
-    for (row, quantity), (col, split) in ((r, c) for r in enumerate(("loss", "acc")) for c in enumerate(("train", "test"))):
+    panels = ((r, c) for r in enumerate(("loss", "acc")) for c in enumerate(("train", "test")))
+    for (row, quantity), (col, split) in panels:
         ax, key = axes[row, col], f"{split}_{quantity}"
         bounds = (0, 100) if quantity == "acc" else (0, np.inf)
         sns.lineplot(frame, x="epoch", y=key, hue="model", palette=palette, marker="o", ax=ax, legend=False,

@@ -114,8 +114,7 @@ def versus_lecun(table: pd.DataFrame) -> dict | None:
         return None
     best, basis = choose_best(lenet)
     size = None if pd.isna(best.train_size) else int(best.train_size)
-    return {"best": best, "basis": basis, "size": size, "full": FULL_MNIST_TRAIN, "lecun": LECUN_1998_TEST_ACC,
-            "students": STUDENTS_TEST_ACC}
+    return {"best": best, "basis": basis, "size": size}
 
 
 def _same_but_groups(settings: str, course: str) -> bool:
@@ -191,8 +190,12 @@ def _environment() -> jinja2.Environment:
         acc=lambda row: f"{row.acc_pct:.2f}" + ("" if pd.isna(row.acc_pct_std) else f" ± {row.acc_pct_std:.2f}")
         + f"% (n = {row.n})",
         count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
+        ci=lambda r: "" if pd.isna(r.acc_pct_ci_low) else f", 95% CI {r.acc_pct_ci_low:.2f}–{r.acc_pct_ci_high:.2f}",
+        thousands="{:,}".format,
     )
-    env.globals["isnan"] = pd.isna
+    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN,
+                       helps={"better": "helps", "worse": "hurts", "undecided": "undecided",
+                              "one seed": "one seed only, noise unknown"})
     return env
 
 

@@ -394,7 +394,8 @@ def test_a_collapsed_seed_is_named_with_its_run_and_kept_in_the_statistics(store
 def test_collapse_rule_chance_or_far_below_the_others():
     from mnist_exp.analysis import collapsed_seeds
 
-    assert collapsed_seeds([97.0, 86.9, 97.2], [0, 1, 2], ["a" * 9, "b" * 9, "c" * 9]) == ["seed 1 (run bbbbbbbb, 86.90%)"]
+    runs = ["a" * 9, "b" * 9, "c" * 9]
+    assert collapsed_seeds([97.0, 86.9, 97.2], [0, 1, 2], runs) == ["seed 1 (run bbbbbbbb, 86.90%)"]
     assert collapsed_seeds([97.0, 87.2, 97.2], [0, 1, 2], ["a", "b", "c"]) == []  # 9.9 points below: kept quiet
     assert collapsed_seeds([15.0], [0], ["a"]) == ["seed 0 (run a, 15.00%)"]  # near chance, even alone
 
@@ -434,9 +435,9 @@ def test_seeds_needed_come_with_the_command_adding_exactly_those_seeds(family):
 
     (answer,) = report.regularizers(family.reset_index())
     entry = next(e for e in answer["entries"] if e["row"].regularizer == "dropout")
-    new_seeds = ",".join(str(s) for s in range(3, expected))  # seeds 0-2 exist: only the missing ones train
+    # Seeds 0-2 exist: only the missing ones train, as Hydra's range(3, expected) (its stop is exclusive).
     assert entry["c"]["command"] == (f"python train.py -m model=lenet5 regularizer=dropout,none optimizer=sgd "
-                                     f"scheduler=none trainer.epochs=2 trainer.seed={new_seeds}")
+                                     f"scheduler=none trainer.epochs=2 'trainer.seed=range(3,{expected})'")
 
 
 def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):

@@ -41,7 +41,7 @@ def test_every_question_with_runs_is_answered_from_runs_trained_alike(sweep):
     text = (cwd / "out" / "report.md").read_text()
     assert "lacks a plain LeNet-5" not in text and "has no regularized LeNet-5" not in text
     assert "has no LeNet-5 runs with pairs" not in text
-    assert "(2 epochs, sgd, a constant learning rate, on course 300/200 +100 val): LeNet-5 (44,426 parameters)" in text
+    assert "(2 epochs, sgd, a constant learning rate, on course 300/200 +100 val):\nLeNet-5 (44,426 parameters)" in text
     assert "paired over 2 matched seeds" in text and "Holm-adjusted" in text and "Welch, p =" not in text
     assert "the best pair, l2+dropout (chosen on the validation split)" in text
     for figure in report.FIGURES.values():
