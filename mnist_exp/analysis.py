@@ -535,7 +535,7 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
     })
     key: dict[str, str] = {}
     for shorten in (False, True):
-        labels = marked.map(lambda v: _short(v, key)) if shorten else marked
+        labels = marked.map(lambda v: short(v, key)) if shorten else marked
         text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
         if max(map(len, text.splitlines())) <= WIDTH:
             break
@@ -547,11 +547,13 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
     return text + _notes(table, key)
 
 
-def _short(variant: str, key: dict[str, str]) -> str:
-    for name, short in SHORT.items():
+def short(variant: str, key: dict[str, str] | None = None) -> str:
+    """The variant with SHORT's abbreviations; those used are added to `key`."""
+    for name, abbreviation in SHORT.items():
         if name in variant:
-            variant = variant.replace(name, short)
-            key[short] = name
+            variant = variant.replace(name, abbreviation)
+            if key is not None:
+                key[abbreviation] = name
     return variant
 
 

@@ -4,6 +4,7 @@ The functions here compute each answer's numbers and verdicts; report.md.j2 hold
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import jinja2
 import pandas as pd
 
 from mnist_exp import plots
-from mnist_exp.analysis import (SHORT, adjust, choose_best, comparison, fresh_seeds, more_seeds, train_command,
-                                train_overrides)
+from mnist_exp.analysis import (SHORT, adjust, choose_best, comparison, fresh_seeds, more_seeds, short,
+                                train_command, train_overrides)
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
 STUDENTS_TEST_ACC = 98.8  # what the course's own solutions report for LeNet-5 on full MNIST
@@ -118,8 +119,6 @@ def versus_lecun(table: pd.DataFrame) -> dict | None:
 
 
 def _same_but_groups(settings: str, course: str) -> bool:
-    import json
-
     def strip(s):
         return {k: v for k, v in json.loads(s).items() if not k.startswith(("model.", "regularizer."))}
 
@@ -170,12 +169,6 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
             "significant": compared["verdict"].isin(["better", "worse"]),
         }), "Each variant minus its baseline:\nthe same model unregularized, trained alike")
     return made
-
-
-def short(variant: str) -> str:
-    for name, abbreviation in SHORT.items():
-        variant = variant.replace(name, abbreviation)
-    return variant
 
 
 # --- the report ---

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from mnist_exp import tracking
-from mnist_exp.analysis import AnalysisError, format_table, select_runs, settings, variant_table
+from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
 from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
