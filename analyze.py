@@ -45,13 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sort", help="order rows best first by test_acc, best_test_acc, test_loss, gap, params, "
                                        "train_time_s or variant (default: MLP, LeNet-5, regularized LeNet-5)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    parser.add_argument("--wide", action="store_true",
+                        help="markdown with every column (default: what fits 120 columns; csv and json keep all)")
     parser.add_argument("--out", type=Path, help="write the table to this file instead of stdout")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write the figures (PNG) to DIR")
     parser.add_argument("--report", type=Path, metavar="DIR",
                         help="write report.md and its figures to DIR, and log them to the sweep's MLflow run")
     parser.add_argument("--register", metavar="NAME",
-                        help="register the best variant's model (by --metric, mean over seeds) in MLflow's Model "
-                             "Registry as NAME and print its models:/NAME/<version> URI")
+                        help="register the best variant's model (mean over seeds, on the validation split where the "
+                             "runs have one, else by --metric) in MLflow's Model Registry as NAME; print its URI")
     parser.add_argument("--diff", nargs=2, metavar=("A", "B"),
                         help="compare two runs (run IDs or names) or variants (labels such as mlp/none/sgd: all "
                              "their seeds): the settings that differ and the final metrics; --plots DIR adds curves")
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
         print(f"analyze.py: {error}", file=sys.stderr)
         return 1
 
-    text = format_table(table, args.format)
+    text = format_table(table, args.format, wide=args.wide)
     if args.out:
         args.out.write_text(text + "\n")
         print(f"wrote {len(table)} variants to {args.out}", file=sys.stderr)
@@ -116,11 +118,18 @@ def main(argv=None) -> int:
 
     if args.register:
         try:
-            variant, uri, new = register_best(args.tracking_uri, table, finished, args.register, args.metric)
+            variant, uri, basis, new = register_best(args.tracking_uri, table, finished, args.register, args.metric)
         except AnalysisError as error:
             print(f"analyze.py: {error}", file=sys.stderr)
             return 1
-        print(f"registered the model of {variant}: {uri}" if new else f"the model of {variant} is already {uri}")
+        done = "registered the model of" if new else "already registered: the model of"
+        print(f"{done} {variant} (chosen on the {basis} split): {uri}")
+        if basis == "test":
+            from mnist_exp.analysis import fresh_seeds, train_command
+
+            row = table[table["variant"] == variant].iloc[0]
+            print(f"  its margin is optimistic (no validation split); re-test it on fresh seeds: "
+                  f"{train_command([row], fresh_seeds([row], 3))}", file=sys.stderr)
 
     print(f"\n{selection.description}: {len(finished)} finished runs, {len(table)} variants", file=sys.stderr)
     fallback = [v for v, d in zip(table["variant"], table["data"]) if "fallback" in d]
@@ -142,7 +151,7 @@ def write_figures_and_report(args, selection, finished, table, table_markdown: s
     course = settings(tracking.flat_params(defaults))  # the course's plain LeNet-5: the reference of the report
     figures_dir = args.plots or args.report
     history = histories(args.tracking_uri, finished)
-    figures = report.plot_all(table, history, figures_dir, course)
+    figures = report.plot_all(table, history, figures_dir)
     print(f"wrote {len(figures)} figures to {figures_dir}", file=sys.stderr)
     if args.report:
         path = report.write_report(table, table_markdown, figures, selection.description, args.report, course)

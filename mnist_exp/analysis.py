@@ -1,16 +1,19 @@
 """Runs from MLflow into pandas: one row per variant (model x regularizer x optimizer x data), seeds pooled.
 
-The comparison columns answer the course's questions directly: how far each variant is from
-the plain MLP and from plain LeNet-5 trained the same way (same optimizer, epochs, data), and
-whether the difference to its baseline is larger than the noise between seeds. Runs trained on
-different data are never pooled or compared. Accuracies are percentages here, named `..._pct`,
-and differences percentage points, `..._pp`; MLflow and history.csv hold fractions.
+Each variant is compared with its baseline trained alike (every setting and the data equal but the
+model and the regularizer): a regularized variant with its model unregularized, the plain MLP with
+plain LeNet-5. Over matched seeds the test is paired, else Welch's; p-values are Holm-adjusted within
+each family (the variants sharing a baseline). Runs trained on different data are never pooled or
+compared. Accuracies are percentages here, named `..._pct`, and differences percentage points,
+`..._pp`; MLflow and history.csv hold fractions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_exp import tracking
-from mnist_exp.significance import estimate, welch
+from mnist_exp.significance import ALPHA, compare, estimate, holm, seeds_needed
 from mnist_exp.sweep import sweep_members
 
 # --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
@@ -37,6 +40,12 @@ COMPARED = ("model.", "regularizer.", "trainer.seed")
 # Params a run derives from its settings: never what tells two variants apart.
 DERIVED = ("model.parameters", "model.lenet5_parameters", "model.description", "regularizer.name", "data.",
            "trainer.resolved", "trainer.seed")
+# A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
+CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
+WIDTH = 120  # the default terminal table fits this many columns
+# Short names for the narrow table and the figures, printed as a key where used.
+SHORT = {"batchnorm": "bn", "augment": "aug", "dropout": "drop", "label_smoothing": "ls",
+         "early_stopping": "es", "onecycle": "1cyc", "cosine": "cos"}
 
 
 class AnalysisError(RuntimeError):
@@ -188,6 +197,8 @@ def _data_label(run: pd.Series) -> str:
     if pd.isna(source):
         return "unrecorded"
     label = f"{source} {run.get('params.data.train_size')}/{run.get('params.data.test_size')}"
+    validation = run.get("params.data.validation_size_used")
+    label += "" if pd.isna(validation) or validation == "0" else f" +{validation} val"
     return label + (" (offline fallback)" if not pd.isna(run.get(f"tags.{tracking.FALLBACK}")) else "")
 
 
@@ -213,6 +224,11 @@ def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
         "test_loss": _metric(finished, "final_test_loss").fillna(_metric(finished, "test_loss")),
         "train_eval_acc_pct": 100 * _metric(finished, "train_eval_acc"),
         "train_time_s": _metric(finished, "train_time_s"),
+        "seed": pd.to_numeric(_column(finished, "params.trainer.seed")),
+        "val_acc_pct": 100 * _metric(finished, "final_val_acc"),
+        "run_params": finished.apply(
+            lambda run: {k[len("params."):]: v for k, v in run.items() if k.startswith("params.") and not pd.isna(v)},
+            axis=1),
     })
     runs["acc_pct"] = runs["final_test_acc_pct"] if metric == "final" else 100 * _metric(finished, METRICS[metric])
     schedule = runs["scheduler"].map(lambda name: "" if name == "none" else f"+{name}")
@@ -225,18 +241,21 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
     """One row per variant: accuracy over its seeds, and its distance to the baselines.
 
     `vs_mlp_pp` / `vs_lenet5_pp`: difference of mean accuracy to the unregularized MLP / LeNet-5
-    trained the same way on the same data. `vs_baseline_pp` (with Welch's interval and p-value)
-    compares a regularized variant with its own model unregularized, and the plain MLP with plain LeNet-5.
+    trained the same way on the same data. `vs_baseline_pp` compares a regularized variant with its own
+    model unregularized, and the plain MLP with plain LeNet-5: its interval and `p_value` from `test`
+    (paired or Welch), `p_adj` Holm-adjusted within the family sharing that baseline, `verdict` from
+    `p_adj`, and `seeds_needed` per variant for 80% power where undecided. `collapsed` names seeds far
+    below the others (kept in every statistic).
     """
     if finished.empty:
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
     grouped = runs.groupby(["variant_hash", "context"], sort=False)
     table = grouped[["variant", "model", "regularizer", "optimizer", "scheduler", "data", "settings", "params",
-                     "epochs", "train_size"]].first()
+                     "epochs", "train_size", "run_params"]].first()
     table["n"] = grouped.size()
     for column in ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct", "gap_pp",
-                   "train_time_s"):
+                   "train_time_s", "val_acc_pct"):
         table[column] = grouped[column].mean()
     table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
     samples = grouped["acc_pct"].apply(list)
@@ -245,7 +264,9 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
     table["acc_pct_ci_low"] = [e.ci_low for e in estimates]
     table["acc_pct_ci_high"] = [e.ci_high for e in estimates]
     table["acc_pct_samples"] = samples
+    table["seeds"] = grouped["seed"].apply(lambda seeds: [int(s) for s in seeds])
     table["run_ids"] = grouped["run_id"].apply(list)
+    table["collapsed"] = [collapsed_seeds(r.acc_pct_samples, r.seeds, r.run_ids) for r in table.itertuples()]
     table = table.reset_index()
 
     plain = table[table["regularizer"] == "none"]
@@ -259,21 +280,65 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
     return table
 
 
+def by_seed(row) -> dict[int, float]:
+    """{seed: accuracy} of a table row: what compare() pairs on."""
+    return dict(zip(row.seeds, row.acc_pct_samples))
+
+
+def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str]) -> list[str]:
+    """Seeds below CHANCE_PCT, or COLLAPSE_PP or more below the median of the variant's other seeds:
+    'seed 2 (run 1a2b3c4d, 11.35%)'."""
+    notes = []
+    for i, (acc, seed, run_id) in enumerate(zip(accuracies, seeds, run_ids)):
+        others = accuracies[:i] + accuracies[i + 1:]
+        if acc < CHANCE_PCT or (others and acc <= np.median(others) - COLLAPSE_PP):
+            notes.append(f"seed {seed} (run {run_id[:8]}, {acc:.2f}%)")
+    return notes
+
+
+def comparison(a, b) -> dict:
+    """a against b over their seeds: the numbers and the verdict the table and the report show
+    (`p_adj` and `verdict` provisional until adjust() sees the whole family)."""
+    d = compare(by_seed(a), by_seed(b))
+    return {"baseline": b.variant, "vs_baseline_pp": d.diff, "vs_baseline_pp_ci_low": d.ci_low,
+            "vs_baseline_pp_ci_high": d.ci_high, "p_value": d.p_value, "test": d.test, "n_compared": d.n,
+            "seeds_needed": seeds_needed(d), "p_adj": d.p_value, "verdict": _verdict(d.diff, d.p_value)}
+
+
+def adjust(comparisons: list[dict]) -> list[dict]:
+    """One family of comparisons: Holm-adjusted p-values, and each verdict on its adjusted p."""
+    for c, p_adj in zip(comparisons, holm([c["p_value"] for c in comparisons])):
+        c.update(p_adj=p_adj, verdict=_verdict(c["vs_baseline_pp"], p_adj))
+    return comparisons
+
+
+def _verdict(diff: float, p_adj: float) -> str:
+    if pd.isna(p_adj):
+        return "one seed"
+    if p_adj >= ALPHA:
+        return "undecided"
+    return "better" if diff > 0 else "worse"
+
+
+COMPARISON = ["baseline", "vs_baseline_pp", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high", "p_value", "p_adj",
+              "test", "n_compared", "verdict", "seeds_needed"]
+
+
 def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
     rows = {(r.model, r.context): r for r in plain.itertuples()}
-    results = []
-    for row in table.itertuples():
+    families: dict[tuple, list[tuple[int, dict]]] = {}
+    for i, row in zip(table.index, table.itertuples()):
         baseline_model = row.model if row.regularizer != "none" else ("lenet5" if row.model == "mlp" else None)
         baseline = rows.get((baseline_model, row.context))
-        if baseline is None:
-            results.append((None, np.nan, np.nan, np.nan, np.nan, None))
-            continue
-        d = welch(row.acc_pct_samples, baseline.acc_pct_samples)
-        results.append((baseline.variant, d.diff, d.ci_low, d.ci_high, d.p_value, d.within_noise))
-    columns = ["baseline", "vs_baseline_pp", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high", "p_value",
-               "within_noise"]
-    for i, column in enumerate(columns):
-        table[column] = [result[i] for result in results]
+        if baseline is not None:
+            families.setdefault((baseline_model, row.model, row.context), []).append((i, comparison(row, baseline)))
+    for column in COMPARISON:
+        table[column] = None if column in ("baseline", "test", "verdict") else np.nan
+    table["seeds_needed"] = table["seeds_needed"].astype(object)
+    for members in families.values():
+        for (i, _), c in zip(members, adjust([c for _, c in members])):
+            for column in COMPARISON:
+                table.at[i, column] = c[column]
 
 
 def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
@@ -325,20 +390,98 @@ def histories(tracking_uri: str, finished: pd.DataFrame,
     return pd.concat(frames, ignore_index=True)
 
 
-def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str,
-                  metric: str) -> tuple[str, str, bool]:
-    """Register the model of the best variant (by mean over seeds) in the Model Registry.
+def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The best of `rows` (seeded variants first) and what it was chosen on: 'validation' where every
+    row has a validation accuracy (data.validation_size), else 'test' (its margin then is optimistic)."""
+    seeded = rows[rows["n"] >= 2]
+    rows = seeded if len(seeded) else rows
+    basis = "validation" if rows["val_acc_pct"].notna().all() else "test"
+    column = "val_acc_pct" if basis == "validation" else "acc_pct"
+    return rows.sort_values(column, ascending=False, kind="stable").iloc[0], basis
 
-    Of that variant's seeds, the run with the highest accuracy supplies the weights. Returns the
-    variant, the models:/NAME/<version> URI, and whether that version is new: a model already
-    registered under NAME keeps its version.
+
+GROUPS = ("model", "regularizer", "optimizer", "scheduler")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@functools.cache
+def _composed(choices: tuple[str, ...]) -> dict[str, str]:
+    from hydra import compose, initialize_config_dir
+
+    from mnist_exp import schema
+
+    schema.register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return tracking.flat_params(compose(config_name="train", overrides=list(choices)))
+
+
+def train_overrides(row) -> list[str]:
+    """The overrides of conf/train.yaml that train `row`'s variant again: its config groups, then each
+    setting that differs from what they compose to."""
+    params = row.run_params
+    names = {"model": row.model, "optimizer": row.optimizer, "scheduler": row.scheduler,
+             "regularizer": "none" if row.regularizer == "none" else f"[{row.regularizer.replace('+', ',')}]"}
+    choices = tuple(f"{group}={names[group]}" for group in GROUPS)
+    if "[" in choices[1] and "," not in choices[1]:
+        choices = (choices[0], f"regularizer={row.regularizer}", *choices[2:])
+    default = _composed(choices)
+    skip = ("force", "trainer.seed", "trainer.threads", "trainer.checkpoint_dir", "data.cache_dir")
+    return [*choices, *(f"{key}={value}" for key, value in sorted(params.items())
+                        if key in default and default[key] != value and not key.startswith(skip))]
+
+
+def train_command(rows: list, seeds: list[int]) -> str:
+    """One `python train.py -m` line training `seeds` of each row's variant (finished runs are skipped),
+    merged into one sweep where the variants differ in one config group only."""
+    lists = [train_overrides(row) for row in rows]
+    contiguous = len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
+    seeds_override = (f"'trainer.seed=range({seeds[0]},{seeds[-1] + 1})'" if contiguous  # Hydra's sweep range
+                      else "trainer.seed=" + ",".join(str(s) for s in seeds))
+    differing = [i for i in range(len(lists[0])) if len({tuple(x) for x in lists}) > 1
+                 and len({x[i] if i < len(x) else None for x in lists}) > 1]
+    if all(len(x) == len(lists[0]) for x in lists) and len(differing) == 1 and differing[0] < len(GROUPS):
+        i = differing[0]
+        group = GROUPS[i]
+        values = ",".join(dict.fromkeys(x[i].split("=", 1)[1] for x in lists))
+        merged = [*lists[0][:i], f"{group}={values}", *lists[0][i + 1:]]
+        return " ".join(["python train.py -m", *map(_quoted, merged), seeds_override])
+    return " && ".join(" ".join(["python train.py -m", *map(_quoted, x), seeds_override])
+                       for x in dict.fromkeys(tuple(x) for x in lists))
+
+
+def _quoted(override: str) -> str:
+    return f"'{override}'" if any(c in override for c in "[] ") else override  # brackets: shell globs
+
+
+def fresh_seeds(rows: list, count: int) -> list[int]:
+    """`count` seeds none of the rows has used: a re-test that has not seen the selection's numbers."""
+    used = {seed for row in rows for seed in row.seeds}
+    start = max(used, default=-1) + 1
+    return list(range(start, start + count))
+
+
+def more_seeds(rows: list, needed: int) -> list[int]:
+    """The seeds that bring each row to `needed` seeds, counting up from the highest used."""
+    have = max(len(row.seeds) for row in rows)
+    return fresh_seeds(rows, max(needed - have, 0))
+
+
+def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str,
+                  metric: str) -> tuple[str, str, str, bool]:
+    """Register the model of the best variant (by mean over seeds, on validation where every variant has
+    a validation split) in the Model Registry.
+
+    Of that variant's seeds, the run with the highest accuracy on the same split supplies the weights.
+    Returns the variant, the models:/NAME/<version> URI, the split it was chosen on, and whether that
+    version is new: a model already registered under NAME keeps its version.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    best = table.sort_values("acc_pct", ascending=False, kind="stable").iloc[0]
+    best, basis = choose_best(table)
     runs = per_run(finished, metric).set_index("run_id").loc[best.run_ids]
-    run_id = runs["acc_pct"].idxmax()
+    run_id = runs["val_acc_pct" if basis == "validation" else "acc_pct"].idxmax()
+    chosen_on = "final_val_acc" if basis == "validation" else METRICS[metric]
     mlflow.set_tracking_uri(tracking_uri)
     try:
         (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
@@ -347,43 +490,88 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
         same = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
                 if v.source == model.model_uri]
         if same:
-            return best.variant, f"models:/{name}/{same[0].version}", False
+            return best.variant, f"models:/{name}/{same[0].version}", basis, False
         version = mlflow.register_model(
             model.model_uri, name,
-            tags={"variant": best.variant, "metric": METRICS[metric], "variant_mean_pct": f"{best.acc_pct:.2f}",
+            tags={"variant": best.variant, "metric": chosen_on, "variant_mean_pct": f"{best.acc_pct:.2f}",
                   "seeds": str(best.n), "data": best.data, "run_id": run_id},
         )
     except (MlflowException, ValueError) as error:  # ValueError: the run logged no model (or several)
         raise AnalysisError(f"--register {name}: cannot register the model of run {run_id} "
                             f"({best.variant}): {str(error).splitlines()[0]}") from None
-    return best.variant, f"models:/{name}/{version.version}", True
+    return best.variant, f"models:/{name}/{version.version}", basis, True
 
 
-def format_table(table: pd.DataFrame, fmt: str) -> str:
-    """markdown for people; csv and json keep every column, `acc_pct_samples` holding each seed's accuracy."""
+def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
+    """markdown for people: by default what fits WIDTH columns, `wide` every column, then notes (collapsed
+    seeds, the key to short names); csv and json keep every column, `acc_pct_samples` holding each seed's
+    accuracy (in the order of `seeds`)."""
     if fmt == "csv":
-        return table.to_csv(index=False, float_format="%.6g")
+        return table.drop(columns=["run_params"]).to_csv(index=False, float_format="%.6g")
     if fmt == "json":
-        return table.to_json(orient="records", indent=2)
-    shown = pd.DataFrame({
-        "variant": table["variant"],
-        "data": table["data"],
-        "params": table["params"],
+        return table.drop(columns=["run_params"]).to_json(orient="records", indent=2)
+    accuracy = HEADERS[table.attrs.get("metric", "final")]
+    marked = table["variant"] + table["collapsed"].map(lambda notes: " *" if notes else "")
+    common = {
         "n": table["n"],
-        HEADERS[table.attrs.get("metric", "final")]: [_mean_std(m, s) for m, s in zip(table["acc_pct"],
-                                                                                      table["acc_pct_std"])],
+        accuracy: [_mean_std(m, s) for m, s in zip(table["acc_pct"], table["acc_pct_std"])],
         "95% CI": [_interval(lo, hi) for lo, hi in zip(table["acc_pct_ci_low"], table["acc_pct_ci_high"])],
-        "best %": table["best_test_acc_pct"].map(_number("{:.2f}")),
-        "test loss": table["test_loss"].map(_number("{:.4f}")),
-        "train (eval) %": table["train_eval_acc_pct"].map(_number("{:.2f}")),
-        "gap pp": table["gap_pp"].map(_number("{:+.2f}")),
-        "epochs": table["epochs"],
-        "time s": table["train_time_s"].map(_number("{:.1f}")),
-        "Δ MLP pp": table["vs_mlp_pp"].map(_signed),
-        "Δ LeNet-5 pp": table["vs_lenet5_pp"].map(_signed),
-        "vs baseline": [_versus(row) for row in table.itertuples()],
+    }
+    if wide:
+        shown = pd.DataFrame({
+            "variant": marked, "data": table["data"], "params": table["params"], **common,
+            "best %": table["best_test_acc_pct"].map(_number("{:.2f}")),
+            "val %": table["val_acc_pct"].map(_number("{:.2f}")),
+            "test loss": table["test_loss"].map(_number("{:.4f}")),
+            "train (eval) %": table["train_eval_acc_pct"].map(_number("{:.2f}")),
+            "gap pp": table["gap_pp"].map(_number("{:+.2f}")),
+            "epochs": table["epochs"],
+            "time s": table["train_time_s"].map(_number("{:.1f}")),
+            "Δ MLP pp": table["vs_mlp_pp"].map(_signed),
+            "Δ LeNet-5 pp": table["vs_lenet5_pp"].map(_signed),
+            "vs baseline": [_versus(row) for row in table.itertuples()],
+            "seeds needed": table["seeds_needed"].map(lambda n: "" if pd.isna(n) else str(n)),
+        })
+        return shown.to_markdown(index=False, disable_numparse=True) + _notes(table, {})
+    narrow = pd.DataFrame({
+        **common,
+        "Δ baseline pp (95% CI)": [_diff(row) for row in table.itertuples()],
+        "p Holm": table["p_adj"].map(_number("{:.3f}")),
+        "test": table["test"].fillna(""),
     })
-    return shown.to_markdown(index=False, disable_numparse=True)
+    key: dict[str, str] = {}
+    for shorten in (False, True):
+        labels = marked.map(lambda v: short(v, key)) if shorten else marked
+        text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
+        if max(map(len, text.splitlines())) <= WIDTH:
+            break
+    else:  # still too wide: cut the labels (--wide shows them whole)
+        room = WIDTH - max(map(len, text.splitlines())) + labels.str.len().max()
+        head = room // 2
+        labels = labels.map(lambda v: v if len(v) <= room else v[:head] + "…" + v[len(v) - room + head + 1:])
+        text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
+    return text + _notes(table, key)
+
+
+def short(variant: str, key: dict[str, str] | None = None) -> str:
+    """The variant with SHORT's abbreviations; those used are added to `key`."""
+    for name, abbreviation in SHORT.items():
+        if name in variant:
+            variant = variant.replace(name, abbreviation)
+            if key is not None:
+                key[abbreviation] = name
+    return variant
+
+
+def _notes(table: pd.DataFrame, key: dict[str, str]) -> str:
+    """Under the table: what Δ compares, collapsed seeds by run id, the key to short names."""
+    lines = ["Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
+                 "p Holm: adjusted within each baseline's family; test: paired over matched seeds, else Welch."]
+    lines += [f"* {row.variant}: collapsed {', '.join(row.collapsed)}; kept in every statistic"
+              for row in table.itertuples() if row.collapsed]
+    if key:
+        lines.append("key: " + ", ".join(f"{short} = {name}" for short, name in key.items()))
+    return "\n\n" + "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines)
 
 
 def _number(template: str):
@@ -402,10 +590,19 @@ _signed = _number("{:+.2f}")
 
 
 def _versus(row) -> str:
-    """'+0.41 vs lenet5/none/sgd (p=0.012)', or '(noise)' when the 95% interval contains 0."""
+    """'+0.41 vs lenet5/none/sgd (paired, p=0.012, Holm 0.036: better)'."""
     if pd.isna(row.baseline):
         return ""
-    if pd.isna(row.within_noise):
+    if pd.isna(row.p_value):
         return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} (1 seed: no test)"
-    verdict = "noise" if row.within_noise else f"p={row.p_value:.3f}"
-    return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({verdict})"
+    return (f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p={row.p_value:.3f}, "
+            f"Holm {row.p_adj:.3f}: {row.verdict})")
+
+
+def _diff(row) -> str:
+    """'+0.41 (-0.20 to +1.02)'; the difference alone where one seed allows no interval."""
+    if pd.isna(row.baseline):
+        return ""
+    if pd.isna(row.vs_baseline_pp_ci_low):
+        return f"{row.vs_baseline_pp:+.2f}"
+    return f"{row.vs_baseline_pp:+.2f} ({row.vs_baseline_pp_ci_low:+.2f} to {row.vs_baseline_pp_ci_high:+.2f})"

@@ -4,11 +4,13 @@ below can be checked by hand."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
@@ -16,14 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from mnist_exp import tracking
-from mnist_exp.analysis import AnalysisError, format_table, select_runs, settings, variant_table
+from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
 from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
 
 
 def log_run(client, experiment_id, model, regularizer, optimizer, seed, test_acc, train_eval_acc,
-            status="FINISHED", epochs=2, tags=None, data="a", extra=None):
+            status="FINISHED", epochs=2, tags=None, data="a", extra=None, val_acc=None):
     params = {
         "model.name": model, "regularizer.name": regularizer, "optimizer.name": optimizer,
         "model.parameters": str(PARAMETERS[model]), "trainer.epochs": str(epochs), "trainer.seed": str(seed),
@@ -43,7 +45,7 @@ def log_run(client, experiment_id, model, regularizer, optimizer, seed, test_acc
         metrics = {
             "test_acc": test_acc, "final_test_acc": test_acc, "best_test_acc": test_acc + 0.001,
             "final_test_loss": 1 - test_acc, "train_acc": train_eval_acc - 0.01, "train_eval_acc": train_eval_acc,
-            "train_time_s": 10.0 + seed,
+            "train_time_s": 10.0 + seed, **({"final_val_acc": val_acc} if val_acc is not None else {}),
         }
         client.log_batch(run_id, metrics=[Metric(key, value, 0, epochs) for key, value in metrics.items()])
     client.set_terminated(run_id, status)
@@ -163,7 +165,7 @@ def test_variants_differing_beyond_their_name_get_separate_labelled_rows(store):
 
 
 def test_markdown_shows_mean_std_and_signed_deltas(store):
-    text = format_table(variant_table(select_runs(store["uri"], "grid", "all").finished), "markdown")
+    text = format_table(variant_table(select_runs(store["uri"], "grid", "all").finished), "markdown", wide=True)
 
     dropout_line = next(line for line in text.splitlines() if "lenet5/dropout/sgd" in line)
     assert "98.25 ± 0.35" in dropout_line and "+6.25" in dropout_line and "+0.25" in dropout_line
@@ -283,39 +285,72 @@ def test_analyze_refuses_in_one_line_what_it_cannot_answer(store, tmp_path, case
     assert all(part in lines[0] for part in expected), lines[0]
 
 
-# --- statistics: intervals, Welch's test, noise ---
+# --- statistics: intervals, paired or Welch, Holm ---
 # By hand (scipy only for Student's t quantiles and tails):
-#   mlp/none/sgd = 90, 92, 94 %: mean 92, s = 2, 95% CI 92 ± t(0.975, 2) * 2 / sqrt(3) = 92 ± 4.96828
-#   vs lenet5/none/sgd = 97, 99 %: diff -6; se^2 = 4/3 + 2/2 = 7/3; Welch df = (7/3)^2 / ((4/3)^2/2 + 1^2/1)
-#   = 2.88235; t = -6 / sqrt(7/3) = -3.92792; p = 2 * P(T_df > 3.92792) = 0.0315776;
-#   95% CI -6 ± t(0.975, df) * sqrt(7/3) = -6 ± 4.97547: excludes 0, so not noise.
-#   lenet5/dropout/sgd = 98.0, 98.5 vs lenet5/none/sgd: diff +0.25, se^2 = 0.125/2 + 2/2 = 1.0625,
-#   df = 1.0625^2 / (0.0625^2 + 1) = 1.12451; the interval is wide and contains 0: noise.
-#   lenet5/none/sgd = 97, 99 %: 95% CI 98 ± t(0.975, 1) * sqrt(2) / sqrt(2) = 98 ± 12.7062, clipped to 100 %.
+#   mlp/none/sgd = 90, 92, 94 % (seeds 0-2): mean 92, s = 2, 95% CI 92 +- t(0.975, 2) * 2 / sqrt(3) = 92 +- 4.96828
+#   vs lenet5/none/sgd = 97, 99 % (seeds 0-1): the seeds differ, so Welch: diff -6; se^2 = 4/3 + 2/2 = 7/3;
+#   df = (7/3)^2 / ((4/3)^2/2 + 1^2/1) = 2.88235; t = -3.92792; p = 0.0315776; 95% CI -6 +- 4.97547.
+#   lenet5/dropout/sgd = 98.0, 98.5 vs lenet5/none/sgd = 97, 99 on the same seeds 0, 1: paired, differences
+#   +1.0, -0.5: mean +0.25, s = 1.06066, t = 0.25 / (1.06066 / sqrt(2)) = 0.33333 on 1 df, p = 0.79517.
+#   Its family (every regularized LeNet-5 with sgd): dropout alone has a test (l2 has one seed), so Holm leaves it.
+#   lenet5/none/sgd = 97, 99 %: 95% CI 98 +- t(0.975, 1) * sqrt(2) / sqrt(2) = 98 +- 12.7062, clipped to 100 %.
 
 
-def test_confidence_intervals_and_welch_tests_match_hand_computation(store):
+def test_confidence_intervals_and_tests_match_hand_computation(store):
     table = variant_table(select_runs(store["uri"], "grid", "all").finished).set_index("variant")
 
     mlp = table.loc["mlp/none/sgd"]
     assert (mlp.acc_pct_ci_low, mlp.acc_pct_ci_high) == pytest.approx((92 - 4.96828, 92 + 4.96828), abs=1e-4)
-    assert mlp.baseline == "lenet5/none/sgd"
+    assert mlp.baseline == "lenet5/none/sgd" and mlp.test == "Welch"
     assert mlp.vs_baseline_pp == pytest.approx(-6.0)
-    assert mlp.p_value == pytest.approx(0.0315776, abs=1e-6)
+    assert mlp.p_value == pytest.approx(0.0315776, abs=1e-6) and mlp.p_adj == mlp.p_value  # a family of one
     assert (mlp.vs_baseline_pp_ci_low, mlp.vs_baseline_pp_ci_high) == pytest.approx((-6 - 4.97547, -6 + 4.97547), abs=1e-4)
-    assert not mlp.within_noise
+    assert mlp.verdict == "worse"
 
     lenet = table.loc["lenet5/none/sgd"]
     assert (lenet.acc_pct_ci_low, lenet.acc_pct_ci_high) == pytest.approx((98 - 12.7062, 100), abs=1e-4)
 
     dropout = table.loc["lenet5/dropout/sgd"]
-    assert dropout.baseline == "lenet5/none/sgd" and dropout.vs_baseline_pp == pytest.approx(0.25)
-    assert dropout.within_noise
-    assert dropout.vs_baseline_pp_ci_low < 0 < dropout.vs_baseline_pp_ci_high
+    assert dropout.baseline == "lenet5/none/sgd" and dropout.test == "paired" and dropout.n_compared == 2
+    assert dropout.vs_baseline_pp == pytest.approx(0.25) and dropout.p_value == pytest.approx(0.79517, abs=1e-5)
+    assert dropout.verdict == "undecided" and dropout.vs_baseline_pp_ci_low < 0 < dropout.vs_baseline_pp_ci_high
 
     one_seed = table.loc["lenet5/l2/sgd"]
-    assert math.isnan(one_seed.p_value) and pd.isna(one_seed.within_noise)
+    assert math.isnan(one_seed.p_value) and one_seed.verdict == "one seed" and one_seed.test is None
     assert pd.isna(table.loc["lenet5/none/sgd"].baseline), "plain LeNet-5 is the reference, not compared"
+
+
+# Four regularizers against one plain LeNet-5 on seeds 0-2 (paired): Holm adjusts the four p-values together.
+FAMILY = {"none": [0.970, 0.972, 0.968], "batchnorm": [0.979, 0.978, 0.978], "l2": [0.971, 0.970, 0.969],
+          "dropout": [0.975, 0.973, 0.969], "augment": [0.980, 0.976, 0.977]}
+
+
+@pytest.fixture(scope="module")
+def family(store):
+    client = store["client"]
+    experiment = client.create_experiment("family")
+    for regularizer, accuracies in FAMILY.items():
+        for seed, acc in enumerate(accuracies):
+            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc)
+    return variant_table(select_runs(store["uri"], "family", "all").finished).set_index("regularizer")
+
+
+def test_a_family_of_comparisons_is_holm_adjusted_and_judged_on_the_adjusted_p(family):
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    regularized = [r for r in FAMILY if r != "none"]
+    raw = [stats.ttest_rel(np.array(FAMILY[r]) * 100, np.array(FAMILY["none"]) * 100).pvalue for r in regularized]
+    adjusted = multipletests(raw, method="holm")[1]
+
+    assert list(family.loc[regularized, "p_value"]) == pytest.approx(raw)
+    assert list(family.loc[regularized, "p_adj"]) == pytest.approx(adjusted)
+    assert (family.loc[regularized, "test"] == "paired").all()
+    for regularizer, p_raw, p_adj in zip(regularized, raw, adjusted):
+        expected = "undecided" if p_adj >= 0.05 else ("better" if family.loc[regularizer, "vs_baseline_pp"] > 0
+                                                      else "worse")
+        assert family.loc[regularizer, "verdict"] == expected
+    assert any(p < 0.05 <= a for p, a in zip(raw, adjusted)), "the family must hold a claim Holm withdraws"
 
 
 def test_metric_best_uses_each_runs_best_epoch(store):
@@ -357,33 +392,93 @@ def test_several_sweeps_pool_their_members(store):
     assert set(pooled.parent_run_ids) == set(store["parents"].values())
 
 
-# --- the report: every sentence computed from the table ---
+# --- winners chosen on validation, collapsed seeds, seeds needed ---
 
 
-def test_report_answers_follow_the_numbers(store):
+def test_a_collapsed_seed_is_named_with_its_run_and_kept_in_the_statistics(store):
+    client = store["client"]
+    experiment = client.create_experiment("collapsed")
+    ids = [log_run(client, experiment, "lenet5", "dropout", "sgd", seed, acc, acc)
+           for seed, acc in enumerate((0.97, 0.975, 0.1135))]
+    log_run(client, experiment, "lenet5", "none", "sgd", 0, 0.96, 0.96)
+    table = variant_table(select_runs(store["uri"], "collapsed", "all").finished).set_index("variant")
+
+    assert table.loc["lenet5/dropout/sgd", "collapsed"] == [f"seed 2 (run {ids[2][:8]}, 11.35%)"]
+    assert table.loc["lenet5/dropout/sgd", "acc_pct"] == pytest.approx((97 + 97.5 + 11.35) / 3)  # still counted
+    assert table.loc["lenet5/none/sgd", "collapsed"] == []
+    text = format_table(table.reset_index(), "markdown")
+    assert f"* lenet5/dropout/sgd: collapsed seed 2 (run {ids[2][:8]}, 11.35%)" in text
+    assert "| lenet5/dropout/sgd * " in text
+
+
+def test_collapse_rule_chance_or_far_below_the_others():
+    from mnist_exp.analysis import collapsed_seeds
+
+    runs = ["a" * 9, "b" * 9, "c" * 9]
+    assert collapsed_seeds([97.0, 86.9, 97.2], [0, 1, 2], runs) == ["seed 1 (run bbbbbbbb, 86.90%)"]
+    assert collapsed_seeds([97.0, 87.2, 97.2], [0, 1, 2], ["a", "b", "c"]) == []  # 9.9 points below: kept quiet
+    assert collapsed_seeds([15.0], [0], ["a"]) == ["seed 0 (run a, 15.00%)"]  # near chance, even alone
+
+
+def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_retest_command(store):
     from mnist_exp import report
 
-    table = variant_table(select_runs(store["uri"], "grid", "all").finished)
-    answers = dict(report.answers(table))
-    lenet_vs_mlp, regularizers, _, _, lecun = answers.values()
+    client = store["client"]
+    experiment = client.create_experiment("validation")
+    # dropout wins on test, l2 on validation: validation decides.
+    for regularizer, test_accs, val_accs in (("l2", (0.970, 0.972), (0.99, 0.99)),
+                                             ("dropout", (0.980, 0.982), (0.95, 0.95)),
+                                             ("l2+dropout", (0.975, 0.976), (0.96, 0.96))):
+        for seed, (acc, val) in enumerate(zip(test_accs, val_accs)):
+            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc, val_acc=val)
+    table = variant_table(select_runs(store["uri"], "validation", "all").finished)
 
-    assert "Yes: with sgd, LeNet-5 (44,426 parameters) reaches 98.00 ± 1.41% (n = 2)" in lenet_vs_mlp
-    assert "+6.00 points (95% CI +1.02 to +10.98, Welch p = 0.0316)" in lenet_vs_mlp
-    assert "Yes, on one seed: with adam" in lenet_vs_mlp  # one seed each: no claim about noise
-    noisy = table.copy()
-    noisy.loc[noisy.variant == "lenet5/none/sgd", "acc_pct_samples"] = pd.Series([[91.0, 95.0]], index=noisy.index[
-        noisy.variant == "lenet5/none/sgd"])  # mean 93 against the MLP's 92 +- 2: inside the noise
-    assert "Not measurably: with sgd" in report.lenet5_vs_mlp(noisy)
-    assert "dropout (+0.25 pp, p = 0.845) stays within seed noise" in regularizers  # one regularizer: "stays"
-    assert "l2 (-0.50 pp) was run with one seed only" in regularizers  # one regularizer: "was", not "were"
-    # The reference is the plain LeNet-5 they were compared with (sgd), not the first plain one (adam, 85%).
-    assert regularizers.startswith("Against LeNet-5 without regularization (plain LeNet-5: 98.00 ± 1.41%")
-    assert "lenet5/dropout/sgd, reaches 98.25 ± 0.35% (n = 2): -0.80 points against LeCun et al.'s 99.05%" in lecun
-    assert "-0.55 against the course solutions' 98.8%" in lecun
-    assert "It trained on 8,000 images, not full MNIST's 60,000: both figures come from 7.5 times" in lecun
+    (answer,) = report.combinations(table)
+    assert answer["single"].regularizer == "l2" and answer["basis"] == "validation" and answer["retest"] is None
+    without = table.assign(val_acc_pct=np.nan)  # runs without a validation split
+    (answer,) = report.combinations(without)
+    assert answer["single"].regularizer == "dropout" and answer["basis"] == "test"
+    assert answer["retest"] == ("python train.py -m model=lenet5 'regularizer=[l2,dropout],dropout' optimizer=sgd "
+                                "scheduler=none trainer.epochs=2 trainer.seed=2,3,4")
 
 
-def test_report_is_written_with_its_figures_and_logged_to_the_sweep_run(store, tmp_path):
+def test_seeds_needed_come_with_the_command_adding_exactly_those_seeds(family):
+    from mnist_exp.significance import compare, seeds_needed
+
+    dropout = family.loc["dropout"]
+    plain = family.loc["none"]
+    expected = seeds_needed(compare(dict(zip(dropout.seeds, dropout.acc_pct_samples)),
+                                    dict(zip(plain.seeds, plain.acc_pct_samples))))
+    assert dropout.verdict == "undecided" and dropout.seeds_needed == expected and expected > 3
+
+    from mnist_exp import report
+
+    (answer,) = report.regularizers(family.reset_index())
+    entry = next(e for e in answer["entries"] if e["row"].regularizer == "dropout")
+    # Seeds 0-2 exist: only the missing ones train, as Hydra's range(3, expected) (its stop is exclusive).
+    assert entry["c"]["command"] == (f"python train.py -m model=lenet5 regularizer=dropout,none optimizer=sgd "
+                                     f"scheduler=none trainer.epochs=2 'trainer.seed=range(3,{expected})'")
+
+
+def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):
+    client = store["client"]
+    experiment = client.create_experiment("long-names")
+    extra = {"scheduler.name": "onecycle"}
+    for regularizer in ("none", "batchnorm+augment+label_smoothing"):
+        for seed in (0, 1):
+            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, 0.98 + seed / 1000, 0.99, extra=extra)
+    table = variant_table(select_runs(store["uri"], "long-names", "all").finished)
+
+    narrow = format_table(table, "markdown")
+    assert max(map(len, narrow.splitlines())) <= 120
+    assert "lenet5/bn+aug+ls/sgd+1cyc" in narrow and "bn = batchnorm" in narrow and "paired" in narrow
+    wide = format_table(table, "markdown", wide=True)
+    assert "lenet5/batchnorm+augment+label_smoothing/sgd+onecycle" in wide and "test loss" in wide
+    assert {"p_value", "p_adj", "test", "verdict", "seeds_needed", "collapsed"} <= set(
+        pd.read_csv(io.StringIO(format_table(table, "csv"))).columns)
+
+
+def test_report_is_written_and_logged_to_the_sweep_run(store, tmp_path):
     client = store["client"]
     parent = store["parents"]["keyb"]
     result = subprocess.run(
@@ -394,136 +489,9 @@ def test_report_is_written_with_its_figures_and_logged_to_the_sweep_run(store, t
 
     assert result.returncode == 0, result.stderr
     report_text = (tmp_path / "report" / "report.md").read_text()
-    for figure in ("test_curves.png", "generalization_gap.png", "final_accuracy.png", "recipe_curves.png"):
-        assert (tmp_path / "report" / figure).stat().st_size > 10_000
-        assert f"]({figure})" in report_text
+    assert "This selection lacks a plain LeNet-5 and a plain MLP trained alike." in report_text
     logged = {a.path for a in client.list_artifacts(parent, "report")}
-    assert logged == {f"report/{name}" for name in
-                      ("report.md", "test_curves.png", "generalization_gap.png", "final_accuracy.png",
-                       "recipe_curves.png")}
-
-
-# --- how far a recipe goes: combinations of regularizers and the best recipe per model ---
-# (model, regularizer, scheduler, epochs, test accuracies of the seeds)
-RECIPES = [
-    ("lenet5", "none", None, 2, [0.97, 0.98]),  # the course's plain LeNet-5 (the default config's settings)
-    ("lenet5", "l2", None, 2, [0.975, 0.985]),  # the course's best single regularizer
-    ("mlp", "none", None, 2, [0.92, 0.93]),
-    ("lenet5", "l2", "cosine", 20, [0.980, 0.982]),  # the combos grid: trained alike, 20 epochs, cosine
-    ("lenet5", "dropout", "cosine", 20, [0.981, 0.983]),
-    ("lenet5", "l2+dropout", "cosine", 20, [0.989, 0.991]),
-    ("lenet5", "augment+batchnorm", "onecycle", 40, [0.990, 0.992, 0.991]),  # the recipes
-    ("mlp", "augment", "onecycle", 40, [0.965, 0.967]),
-]
-
-
-@pytest.fixture(scope="module")
-def recipes(store):
-    client = store["client"]
-    experiment = client.create_experiment("recipes")
-    for model, regularizer, scheduler, epochs, accuracies in RECIPES:
-        extra = {"scheduler.name": scheduler} if scheduler else {}
-        for seed, acc in enumerate(accuracies):
-            log_run(client, experiment, model, regularizer, "sgd", seed, acc, acc, epochs=epochs, extra=extra)
-    table = variant_table(select_runs(store["uri"], "recipes", "all").finished)
-    course = settings({"model.name": "lenet5", "optimizer.name": "sgd", "trainer.epochs": "2"})
-    return table, course
-
-
-def test_combining_regularizers_is_answered_within_runs_trained_alike(recipes):
-    from mnist_exp import report
-
-    table, _ = recipes
-    answer = report.combinations(table)
-
-    # By hand: 99.0 vs 98.2 (each s = 0.1414, n = 2): diff +0.80, se = 0.1414, df = 2, t = 5.657,
-    # 95% CI 0.80 +- 4.3027 * 0.1414 = +0.19 to +1.41, p = 0.0299.
-    assert answer.startswith("Yes: trained alike (20 epochs, the cosine schedule), the best pair, l2+dropout, reaches "
-                             "99.00 ± 0.14% (n = 2) and the best single regularizer, dropout, 98.20 ± 0.14% (n = 2): "
-                             "+0.80 points (95% CI +0.19 to +1.41, Welch p = 0.0299).")
-    assert answer.endswith("The only pair beats it beyond seed noise (l2+dropout).")  # not "1 of 1 pairs beat it"
-
-
-def test_the_best_recipe_per_model_is_compared_with_the_course_runs(recipes):
-    from mnist_exp import report
-
-    table, course = recipes
-    answer = report.recipes(table, course)
-
-    assert "LeNet-5: lenet5/augment+batchnorm/sgd+onecycle (onecycle schedule, trainer.epochs=40) reaches " \
-           "99.10 ± 0.10% (n = 3), 95% CI 98.85–99.35" in answer
-    assert "+1.60 points over the course's plain LeNet-5 (97.50%)" in answer
-    assert "+1.10 points over the course's best single regularizer, l2 (98.00%)" in answer
-    assert "MLP: mlp/augment/sgd+onecycle (onecycle schedule, trainer.epochs=40) reaches 96.60 ± 0.14%" in answer
-    assert "+4.10 points over the course's plain MLP (92.50%)" in answer
-    # The course's own questions stay within the course's runs: the recipes do not leak into them.
-    lenet_vs_mlp = dict(report.answers(table, course))["Does LeNet-5 beat the MLP at equal parameter count? By how much?"]
-    assert "LeNet-5 (44,426 parameters) reaches 97.50 ± 0.71% (n = 2) and the MLP (44,106 parameters) 92.50" in lenet_vs_mlp
-
-
-# --- the report's prose: numbers and verbs agree ---
-# One-epoch runs; (model, regularizer, test accuracies of the seeds). Singles: batchnorm alone helps
-# beyond seed noise, augment alone hurts, l2 and dropout have one seed each.
-PROSE_SINGLES = [
-    ("lenet5", "none", [0.970, 0.972]), ("mlp", "none", [0.920, 0.930]), ("lenet5", "batchnorm", [0.980, 0.982]),
-    ("lenet5", "augment", [0.960, 0.962]), ("lenet5", "l2", [0.975]), ("lenet5", "dropout", [0.973]),
-]
-# Pairs: two of the three beat the best single one (batchnorm); several regularizers share each verdict.
-PROSE_PAIRS = [
-    ("lenet5", "none", [0.970, 0.972]), ("lenet5", "batchnorm", [0.980, 0.982]), ("lenet5", "l2", [0.974, 0.976]),
-    ("lenet5", "batchnorm+l2", [0.990, 0.992]), ("lenet5", "batchnorm+dropout", [0.989, 0.991]),
-    ("lenet5", "l2+dropout", [0.970, 0.972]),
-]
-
-
-@pytest.fixture(scope="module")
-def prose_tables(store):
-    client = store["client"]
-    tables = {}
-    for name, grid in (("prose-singles", PROSE_SINGLES), ("prose-pairs", PROSE_PAIRS)):
-        experiment = client.create_experiment(name)
-        for model, regularizer, accuracies in grid:
-            for seed, acc in enumerate(accuracies):
-                log_run(client, experiment, model, regularizer, "sgd", seed, acc, acc, epochs=1)
-        tables[name] = variant_table(select_runs(store["uri"], name, "all").finished)
-    return tables
-
-
-def test_report_prose_uses_the_singular_for_one(prose_tables):
-    from mnist_exp import report
-
-    table = prose_tables["prose-singles"]
-    answers = dict(report.answers(table))
-    regularizers = answers["Which regularizers help LeNet-5, and is the help larger than seed noise?"]
-
-    # By hand: 98.1 vs 97.1, each s = 0.1414, n = 2: t = 7.07 on 2 df, p = 0.0194.
-    assert "batchnorm (+1.00 pp, p = 0.0194) helps beyond seed noise" in regularizers
-    assert "augment (-1.00 pp, p = 0.0194) hurts beyond seed noise" in regularizers
-    assert "dropout (+0.20 pp), l2 (+0.40 pp) were run with one seed only, so noise is unknown" in regularizers
-    recipe = report.recipes(table, None)
-    assert "LeNet-5: lenet5/batchnorm/sgd (optimizer.name=sgd, trainer.epochs=1) reaches 98.10 ± 0.14% (n = 2), " \
-           "95% CI 96.83–99.37, 1 epoch in 10 s per seed" in recipe
-    assert "It trained on 1 image, not full MNIST's 60,000" in report.versus_lecun(table.assign(train_size=1))
-    for answer in answers.values():
-        assert "1 epochs" not in answer and " 1 images" not in answer
-
-
-def test_report_prose_uses_the_plural_for_several(prose_tables):
-    from mnist_exp import report
-
-    table = prose_tables["prose-pairs"]
-    regularizers = report.regularizers(table)
-    combinations = report.combinations(table)
-
-    assert "batchnorm (+1.00 pp, p = 0.0194), batchnorm+dropout (+1.90 pp, p = 0.00549), batchnorm+l2 " \
-           "(+2.00 pp, p = 0.00496) help beyond seed noise" in regularizers
-    assert "l2 (+0.40 pp, p = 0.106), l2+dropout (+0.00 pp, p = 1) stay within seed noise" in regularizers
-    assert combinations.startswith("Yes: trained alike (1 epoch, a constant learning rate), the best pair, batchnorm+l2,")
-    assert combinations.endswith(" 2 of 3 pairs beat it beyond seed noise (batchnorm+l2, batchnorm+dropout).")
-    one_better = table[table["regularizer"] != "batchnorm+dropout"]
-    assert report.combinations(one_better).endswith(" 1 of 2 pairs beats it beyond seed noise (batchnorm+l2).")
-    none_better = table[~table["regularizer"].isin(["batchnorm+l2", "batchnorm+dropout"])]
-    assert report.combinations(none_better).endswith(" The only pair does not beat it beyond seed noise.")
+    assert "report/report.md" in logged
 
 
 def test_a_sweep_is_also_found_by_words_of_its_name(store):

@@ -192,7 +192,8 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
     assert version.tags["variant"] == best.data.tags[tracking.VARIANT]
     again = analyze(project_dir, "--register", "mnist-best")
     assert again.returncode == 0, again.stderr
-    assert f"the model of {best.data.tags[tracking.VARIANT]} is already models:/mnist-best/1" in again.stdout
+    assert f"already registered: the model of {best.data.tags[tracking.VARIANT]}" in again.stdout
+    assert "models:/mnist-best/1" in again.stdout
     assert [str(v.version) for v in client.search_model_versions("name = 'mnist-best'")] == ["1"]
 
 

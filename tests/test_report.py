@@ -1,0 +1,88 @@
+"""analyze.py --report on one real sweep trained with non-default settings (2 epochs, a validation split):
+every course question it has runs for is answered with paired, Holm-adjusted statistics, and every
+figure is readable (few series per panel, accuracy bands within 0-100)."""
+
+from __future__ import annotations
+
+import shutil
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection
+
+from conftest import run_script
+from mnist_exp import plots, report
+from mnist_exp.analysis import histories, select_runs, variant_table
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, course_dataset, empty_store):
+    """12 runs: LeNet-5 and the MLP x none, dropout, l2+dropout x seeds 1, 2; 2 epochs, 100 images held out."""
+    cwd = tmp_path_factory.mktemp("report-sweep")
+    shutil.copy(empty_store, cwd / "mlflow.db")
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    result = run_script("train.py", "-m", "model=lenet5,mlp", "regularizer=none,dropout,[l2,dropout]",
+                        "trainer.seed=1,2", "trainer.epochs=2", "hydra/launcher=basic", "trainer.threads=1",
+                        "data.validation_size=100",
+                        f"data.root={course_dataset.root}", f"mlflow.tracking_uri={uri}", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finished = select_runs(uri, "mnist-exp").finished
+    return {"cwd": cwd, "uri": uri, "table": variant_table(finished), "history": histories(uri, finished)}
+
+
+def test_every_question_with_runs_is_answered_from_runs_trained_alike(sweep):
+    cwd = sweep["cwd"]
+    result = run_script("analyze.py", "--tracking-uri", sweep["uri"], "--report", "out", cwd=cwd)
+
+    assert result.returncode == 0, result.stderr
+    text = (cwd / "out" / "report.md").read_text()
+    assert "lacks a plain LeNet-5" not in text and "has no regularized LeNet-5" not in text
+    assert "has no LeNet-5 runs with pairs" not in text
+    assert "(2 epochs, sgd, a constant learning rate, on course 300/200 +100 val):\nLeNet-5 (44,426 parameters)" in text
+    assert "paired over 2 matched seeds" in text and "Holm-adjusted" in text and "Welch, p =" not in text
+    assert "the best pair, l2+dropout (chosen on the validation split)" in text
+    for figure in report.FIGURES.values():
+        assert f"]({figure})" in text and (cwd / "out" / figure).stat().st_size > 10_000
+    table = result.stdout.split("\n\n")[0]
+    assert max(map(len, result.stdout.splitlines())) <= 120
+    assert "paired" in table and "p Holm" in table
+
+
+def test_the_table_the_report_and_the_family_agree(sweep):
+    table = sweep["table"].set_index("variant")
+    (answer,) = report.regularizers(sweep["table"])
+    dropout = next(i["c"] for i in answer["entries"] if i["row"].regularizer == "dropout")
+
+    assert dropout["test"] == "paired" and dropout["p_adj"] == pytest.approx(table.loc["lenet5/dropout/sgd", "p_adj"])
+    from statsmodels.stats.multitest import multipletests
+
+    family = table[(table["model"] == "lenet5") & (table["regularizer"] != "none")]
+    expected = multipletests(family["p_value"].to_numpy(), method="holm")[1]
+    assert family["p_adj"].to_numpy() == pytest.approx(expected)
+
+
+def _series(ax) -> int:
+    """Lines a reader tells apart on one panel: data lines with more than one point, reference lines left out."""
+    return len({tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+                for line in ax.get_lines() if len(line.get_xdata()) > 1 and len(set(line.get_xdata())) > 1})
+
+
+def test_every_figure_has_few_series_per_panel_and_accuracy_bands_within_0_100(sweep):
+    figures = report.figures(sweep["table"], sweep["history"])
+
+    assert set(figures) == set(report.FIGURES)
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            assert _series(ax) <= plots.MAX_SERIES, (name, ax.get_title())
+            if "accuracy" in ax.get_ylabel():
+                bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+                assert bands, (name, ax.get_title())
+                y = np.concatenate([path.vertices[:, 1] for band in bands for path in band.get_paths()])
+                assert y.min() >= 0 and y.max() <= 100, (name, ax.get_title())
+        assert fig.legends or all(ax.get_legend() is None for ax in fig.axes)  # legends outside the data
+        plt.close(fig)
+    models = figures["models"]
+    assert [ax.get_title() for ax in models.axes] == ["train loss", "test loss", "train accuracy", "test accuracy"]
