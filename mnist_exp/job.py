@@ -109,18 +109,50 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
 
     data_params = data_params_of(data) if data is not None else None
     twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
-    finished = [run for run in twins if run.info.status == "FINISHED"]
-    if finished and not cfg.force:
-        run = finished[0]
-        trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
-        other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
-        log.info("skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
-                 run.info.run_id, run.info.run_name, other_code)
-        return JobStatus("skipped", overrides, run.info.run_id, None, None, run.info.run_name,
-                         objective_of(run.data.metrics))
-
     checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash,
                                                   data_params and tracking.data_identity(data_params))
+    claim = None
+    if problem is None:  # only one process at a time trains an identity: tracking.Claim
+        if skipped := _skip(cfg, twins, overrides):
+            return skipped
+        claim = tracking.Claim.take(client, experiment_id, checkpoint_file.stem, _say_waiting)
+        twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params)
+        if skipped := _skip(cfg, twins, overrides):  # finished while we waited for the claim
+            claim.release(finished=True)
+            return skipped
+    status = "FAILED"
+    try:
+        status, outcome = _train_claimed(cfg, sweep, output_dir, overrides, client, experiment_id, params, config_hash,
+                                         name, data, data_params, device, problem, twins, checkpoint_file, claim)
+        return outcome
+    finally:
+        if claim is not None:
+            claim.release(finished=status == "FINISHED")
+
+
+def _skip(cfg, twins: list, overrides: list[str]) -> JobStatus | None:
+    """A skipped job's status when an identical run already FINISHED (and force is not set)."""
+    finished = [run for run in twins if run.info.status == "FINISHED"]
+    if not finished or cfg.force:
+        return None
+    run = finished[0]
+    trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
+    other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
+    log.info("skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
+             run.info.run_id, run.info.run_name, other_code)
+    return JobStatus("skipped", overrides, run.info.run_id, None, None, run.info.run_name,
+                     objective_of(run.data.metrics))
+
+
+def _say_waiting(holder: dict[str, str]) -> None:
+    run = holder.get("run") or "its run (not opened yet)"
+    log.info("waiting: %s, the same config on the same data, is being trained by pid %s on %s; "
+             "this job reuses it once it finishes, or takes over if it stops", run, holder.get("pid"), holder.get("host"))
+
+
+def _train_claimed(cfg, sweep, output_dir, overrides, client, experiment_id, params, config_hash, name, data,
+                   data_params, device, problem, twins, checkpoint_file, claim) -> tuple[str, JobStatus]:
+    """Open (or resume) the run, train it and close it: (the run's final status, the job's outcome)."""
     tags = {
         tracking.CONFIG_HASH: config_hash,
         tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
@@ -130,6 +162,8 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
     }
     run_params = {**params, **(data_params or {})}
     run_id, checkpoint = _open_run(client, experiment_id, cfg, run_params, name, tags, twins, checkpoint_file)
+    if claim is not None:
+        claim.note_run(run_id, name)
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     mlflow.start_run(run_id=run_id)  # the active run: MLflow fluent calls in this job land in it
     log.info("MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
@@ -154,12 +188,12 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
             log.error("could not record the failure in MLflow: %s", tracking_error)
         if reason:
             raise Interrupted(run_id, name, reason, error) from None
-        return JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
+        return status, JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
     finally:
         _end_run(status)
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    return JobStatus("finished", overrides, run_id, None, None, name, objective)
+    return status, JobStatus("finished", overrides, run_id, None, None, name, objective)
 
 
 def variant_label(cfg) -> str:
@@ -199,8 +233,8 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     for run in twins:
         if run.info.status == "RUNNING" and run.info.run_id != run_id:
-            # Its process died before its first checkpoint (or it was run with force=true): it can
-            # only be continued by this run, so it must not stay RUNNING forever.
+            # We hold the identity's claim, so its process died (before its first checkpoint, or its
+            # checkpoint is elsewhere): it can only be continued by this run and must not stay RUNNING.
             client.set_tag(run.info.run_id, tracking.ERROR, f"abandoned: superseded by run {run_id}")
             client.set_terminated(run.info.run_id, "KILLED")
     return run_id, checkpoint

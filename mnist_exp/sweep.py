@@ -16,7 +16,9 @@ import atexit
 import hashlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import tempfile
 import uuid
@@ -129,21 +131,32 @@ def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobStatus]:
 
 
 def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str:
-    """The parent run of a sweep: reopened when the same sweep command runs again."""
+    """The parent run of a sweep: reopened when the same sweep command runs again, unless a launch of
+    it is still running (then this launch gets a parent run of its own, so each lists its own members)."""
     from mnist_exp import tracking
 
     existing = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{sweep_key}' "
                                                                  f"and tags.`{tracking.ROLE}` = 'sweep'")
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
-    tags = {tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"), **tracking.source_tags()}
-    if not existing:
+    tags = {tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
+            tracking.LAUNCHER: f"{socket.gethostname()} {os.getpid()}", **tracking.source_tags()}
+    free = [run for run in existing if run.info.status != "RUNNING" or _launcher_died(run.data.tags)]
+    if not free:
         tags = {tracking.ROLE: "sweep", tracking.SWEEP_KEY: sweep_key, **tags}
         return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    run_id = existing[0].info.run_id
+    run_id = free[0].info.run_id
     client.update_run(run_id, status="RUNNING", name=name)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     return run_id
+
+
+def _launcher_died(tags: dict[str, str]) -> bool:
+    """Whether the process that launched a RUNNING sweep is known to be gone (on another host: unknown)."""
+    from mnist_exp import tracking
+
+    host, _, pid = tags.get(tracking.LAUNCHER, " ").partition(" ")
+    return host == socket.gethostname() and not tracking.pid_alive(int(pid or 0))
 
 
 def sweep_members(client, parent_run_id: str) -> set[str]:
@@ -267,6 +280,10 @@ def _preflight(config: DictConfig, output_dir: str, key: str):
     """
     from mnist_exp import tracking
 
+    try:  # the store first: one that refuses writes leaves no output folder behind
+        connected = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+    except tracking.TrackingError as error:
+        _exit(str(error))
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         probe = Path(output_dir) / ".write-test"
@@ -275,10 +292,7 @@ def _preflight(config: DictConfig, output_dir: str, key: str):
     except OSError as error:
         _exit(f"cannot write the output folder {output_dir} ({key}): {error.strerror}; "
               f"run from a writable folder or set {key}=<writable folder>")
-    try:
-        return tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
-    except tracking.TrackingError as error:
-        _exit(str(error))
+    return connected
 
 
 def _exit(message: str) -> None:
