@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def tiny(course) -> list[str]:
-    return ["model=mlp", "trainer.epochs=1", "data.source=course", f"data.root={course.root}"]
+    return ["model=mlp", "trainer.epochs=1", "data.source=course", f"data.root={course.root}", "trainer.threads=1"]
 
 
 def launch(cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
@@ -31,9 +31,11 @@ def launch(cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
 
 
 def test_two_sweeps_sharing_a_variant_on_a_fresh_store_train_it_once(tmp_path, course_dataset):
-    # No mlflow.db yet: both launches create the store at once, in the same second, in default sweep folders.
-    first = launch(tmp_path, "-m", "regularizer=none,l2", *tiny(course_dataset))
-    second = launch(tmp_path, "-m", "regularizer=l2,dropout", *tiny(course_dataset))
+    # No mlflow.db yet: both launches create the store at once, in the same second, in default sweep
+    # folders; each runs its jobs in order (one worker), both starting with l2.
+    one_at_a_time = "hydra.launcher.workers=1"
+    first = launch(tmp_path, "-m", "regularizer=l2,none", one_at_a_time, *tiny(course_dataset))
+    second = launch(tmp_path, "-m", "regularizer=l2,dropout", one_at_a_time, *tiny(course_dataset))
     for process, log in (first, second):
         assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
 
