@@ -122,9 +122,48 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
             return skipped
     status = "FAILED"
     try:
-        status, outcome = _train_claimed(cfg, sweep, output_dir, overrides, client, experiment_id, params, config_hash,
-                                         name, data, data_params, device, problem, twins, checkpoint_file, claim)
-        return outcome
+        tags = {
+            tracking.CONFIG_HASH: config_hash,
+            tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
+            tracking.VARIANT: variant_label(cfg),
+            **tracking.context_tags(device, torch.get_num_threads()),
+            **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
+        }
+        run_params = {**params, **(data_params or {})}
+        run_id, checkpoint = _open_run(client, experiment_id, cfg, run_params, name, tags, twins, checkpoint_file)
+        if claim is not None:
+            claim.note_run(run_id, name)
+        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+        mlflow.start_run(run_id=run_id)  # the active run: MLflow fluent calls in this job land in it
+        log.info("MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment,
+                 cfg.mlflow.tracking_uri)
+
+        previous_sigterm = _sigterm_raises_interrupt()
+        status = "FINISHED"
+        try:
+            if problem is not None:
+                raise problem
+            objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
+        except BaseException as error:
+            reason = stop_reason(error)
+            status = "KILLED" if reason else "FAILED"
+            traceback_file = output_dir / "traceback.txt"
+            traceback_file.write_text(traceback.format_exc())
+            if reason is None and not isinstance(error, USER_ERRORS):
+                log.error("%s", traceback.format_exc())
+            try:
+                tracking.record_failure(client, run_id, reason or f"{type(error).__name__}: {error}", traceback_file)
+                _log_hydra_files(output_dir)
+            except Exception as tracking_error:  # the store itself may be what failed
+                log.error("could not record the failure in MLflow: %s", tracking_error)
+            if reason:
+                raise Interrupted(run_id, name, reason, error) from None
+            return JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
+        finally:
+            _end_run(status)
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+        return JobStatus("finished", overrides, run_id, None, None, name, objective)
     finally:
         if claim is not None:
             claim.release(finished=status == "FINISHED")
@@ -148,52 +187,6 @@ def _say_waiting(holder: dict[str, str]) -> None:
     run = holder.get("run") or "its run (not opened yet)"
     log.info("waiting: %s, the same config on the same data, is being trained by pid %s on %s; "
              "this job reuses it once it finishes, or takes over if it stops", run, holder.get("pid"), holder.get("host"))
-
-
-def _train_claimed(cfg, sweep, output_dir, overrides, client, experiment_id, params, config_hash, name, data,
-                   data_params, device, problem, twins, checkpoint_file, claim) -> tuple[str, JobStatus]:
-    """Open (or resume) the run, train it and close it: (the run's final status, the job's outcome)."""
-    tags = {
-        tracking.CONFIG_HASH: config_hash,
-        tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
-        tracking.VARIANT: variant_label(cfg),
-        **tracking.context_tags(device, torch.get_num_threads()),
-        **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
-    }
-    run_params = {**params, **(data_params or {})}
-    run_id, checkpoint = _open_run(client, experiment_id, cfg, run_params, name, tags, twins, checkpoint_file)
-    if claim is not None:
-        claim.note_run(run_id, name)
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    mlflow.start_run(run_id=run_id)  # the active run: MLflow fluent calls in this job land in it
-    log.info("MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
-
-    previous_sigterm = _sigterm_raises_interrupt()
-    status = "FINISHED"
-    try:
-        if problem is not None:
-            raise problem
-        objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
-    except BaseException as error:
-        reason = stop_reason(error)
-        status = "KILLED" if reason else "FAILED"
-        traceback_file = output_dir / "traceback.txt"
-        traceback_file.write_text(traceback.format_exc())
-        if reason is None and not isinstance(error, USER_ERRORS):
-            log.error("%s", traceback.format_exc())
-        try:
-            tracking.record_failure(client, run_id, reason or f"{type(error).__name__}: {error}", traceback_file)
-            _log_hydra_files(output_dir)
-        except Exception as tracking_error:  # the store itself may be what failed
-            log.error("could not record the failure in MLflow: %s", tracking_error)
-        if reason:
-            raise Interrupted(run_id, name, reason, error) from None
-        return status, JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
-    finally:
-        _end_run(status)
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-    return status, JobStatus("finished", overrides, run_id, None, None, name, objective)
 
 
 def variant_label(cfg) -> str:

@@ -220,7 +220,8 @@ def _close_dead_job(job: Job, process) -> str:
     output_dir = Path(str(job.config.hydra.sweep.dir)) / str(job.config.hydra.sweep.subdir)
     output_dir.mkdir(parents=True, exist_ok=True)
     info = read_sweep_info(str(job.config.hydra.sweep.dir))
-    write_job_status(output_dir, Status("failed", job.overrides, run_id, reason, info.launch_id if info else None, name))
+    launch_id = info.launch_id if info else None
+    write_job_status(output_dir, Status("failed", job.overrides, run_id, reason, launch_id, name))
     return reason
 
 

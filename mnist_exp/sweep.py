@@ -48,6 +48,7 @@ class SweepInfo:
     experiment_id: str
     launch_id: str  # this launch of the sweep: a reused sweep folder may hold statuses of earlier ones
     swept: list[str] = field(default_factory=list)  # the keys the sweep varies: they name its runs
+    launcher: str = ""  # "host pid" of the launching process: one sweep folder serves one live launch
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
     tags = {tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
             tracking.LAUNCHER: f"{socket.gethostname()} {os.getpid()}", **tracking.source_tags()}
-    free = [run for run in existing if run.info.status != "RUNNING" or _launcher_died(run.data.tags)]
+    free = [run for run in existing
+            if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(tracking.LAUNCHER, "")) is False]
     if not free:
         tags = {tracking.ROLE: "sweep", tracking.SWEEP_KEY: sweep_key, **tags}
         return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
@@ -151,12 +153,12 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str
     return run_id
 
 
-def _launcher_died(tags: dict[str, str]) -> bool:
-    """Whether the process that launched a RUNNING sweep is known to be gone (on another host: unknown)."""
+def _launcher_alive(launcher: str) -> bool | None:
+    """Whether the process that launched a sweep ("host pid") still runs; None on another host (unknown)."""
     from mnist_exp import tracking
 
-    host, _, pid = tags.get(tracking.LAUNCHER, " ").partition(" ")
-    return host == socket.gethostname() and not tracking.pid_alive(int(pid or 0))
+    host, _, pid = launcher.partition(" ")
+    return tracking.pid_alive(int(pid)) if host == socket.gethostname() and pid.isdigit() else None
 
 
 def sweep_members(client, parent_run_id: str) -> set[str]:
@@ -215,8 +217,13 @@ class LaunchCallback(Callback):
                   "with data.validation_size=N (e.g. data.validation_size=1000)")
         task_overrides = list(config.hydra.overrides.task)
         key, name = sweep_identity(task_overrides, sweeper_params)
+        previous = read_sweep_info(config.hydra.sweep.dir)
+        if previous and _launcher_alive(previous.launcher):
+            _exit(f"hydra.sweep.dir={config.hydra.sweep.dir} is in use by a sweep still running (launched by "
+                  f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder")
         parent = open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
-        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept_keys(task_overrides, sweeper_params))
+        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept_keys(task_overrides, sweeper_params),
+                         f"{socket.gethostname()} {os.getpid()}")
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
         self.open_sweep = (config, info)

@@ -327,9 +327,9 @@ def test_two_sweeps_sharing_a_variant_train_it_once_on_the_server(tmp_path, serv
     from mnist_exp.sweep import sweep_members
 
     env = {**server, "MLFLOW_EXPERIMENT_NAME": experiment_name()}
-    processes = [subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", "model=mlp", regularizers,
-                                   "hydra.launcher.workers=1", "trainer.threads=1", *SMALL], cwd=tmp_path,
-                                  env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, str(REPO / "train.py"), "-m", "model=mlp", "hydra.launcher.workers=1", *SMALL]
+    processes = [subprocess.Popen([*command, regularizers], cwd=tmp_path, env={**os.environ, **env},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for regularizers in ("regularizer=l2,none", "regularizer=l2,dropout")]
     for process in processes:
         output, _ = process.communicate(timeout=900)
