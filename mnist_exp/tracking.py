@@ -104,6 +104,7 @@ def _sqlite_creation_lock(tracking_uri: str):
         return
     path = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).absolute()
     try:  # sqlite writes its journal beside the file, so the folder must take a file too
+        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
         probe = path.parent / f".{path.name}.write-test-{os.getpid()}"
         probe.write_bytes(b"\0" * 4096)
         probe.unlink()
