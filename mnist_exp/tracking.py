@@ -345,7 +345,7 @@ class Claim:
     def take(cls, client: MlflowClient, experiment_id: str, identity_key: str, on_wait) -> Claim:
         """Wait until this process holds the identity's claim; on_wait(holder tags) when it starts to wait."""
         prefix = f"{CLAIM_PREFIX}{experiment_id}.{identity_key}."
-        seen: dict[str, tuple[str, float]] = {}  # claim -> (heartbeat, when this process first saw it)
+        seen: dict[int, tuple[str | None, float]] = {}  # generation -> (heartbeat, when we first saw it)
         told = None
         while True:
             claims = _claims(client, prefix)
