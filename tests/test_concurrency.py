@@ -3,9 +3,13 @@ writes. Each identity is trained once (mnist_exp.tracking.Claim), whoever launch
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, job_runs, sweep_runs
 from mnist_exp import tracking
-from mnist_exp.sweep import sweep_members
+from mnist_exp.sweep import SWEEP_FILE, SweepInfo, sweep_members
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +96,16 @@ def test_a_store_that_refuses_writes_is_answered_in_one_line_within_seconds(tmp_
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"train.py: error: cannot write the MLflow store mlflow.tracking_uri=sqlite:///{store}")
     assert not (tmp_path / "outputs").exists() and not store.exists(), "nothing half-created"
+
+
+def test_a_sweep_folder_in_use_by_a_running_launch_is_refused(project_dir, course_dataset):
+    folder = project_dir / "sweep"
+    folder.mkdir()
+    running = SweepInfo("key", "name", "parent", "0", "launch", [], f"{socket.gethostname()} {os.getpid()}")
+    (folder / SWEEP_FILE).write_text(json.dumps(asdict(running)))  # this test's process: alive
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *tiny(course_dataset),
+                             f"hydra.sweep.dir={folder}"], cwd=project_dir, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"train.py: error: hydra.sweep.dir={folder} is in use by a sweep still running"), line
+    assert job_runs(f"sqlite:///{project_dir}/mlflow.db") == [] and sweep_runs(f"sqlite:///{project_dir}/mlflow.db") == []
