@@ -113,61 +113,88 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
 
     data_params = data_params_of(data) if data is not None else None
     twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
-    finished = [run for run in twins if run.info.status == "FINISHED"]
-    if finished and not cfg.force:
-        run = finished[0]
-        trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
-        other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
-        log.info("skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
-                 run.info.run_id, run.info.run_name, other_code)
-        return JobStatus("skipped", overrides, run.info.run_id, None, None, run.info.run_name,
-                         objective_of(run.data.metrics))
-
     checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash,
                                                   data_params and tracking.data_identity(data_params))
-    tags = {
-        tracking.CONFIG_HASH: config_hash,
-        tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
-        tracking.VARIANT: variant_label(cfg),
-        **tracking.context_tags(device, torch.get_num_threads()),
-        **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
-    }
-    run_params = {**params, **(data_params or {})}
-    run_id, checkpoint = _open_run(client, experiment_id, cfg, run_params, name, tags, twins, checkpoint_file)
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    if cfg.mlflow.system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
-        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # two INFO lines per run otherwise
-    # The active run: MLflow fluent calls in this job land in it. Resumed, its system metrics continue.
-    mlflow.start_run(run_id=run_id, log_system_metrics=cfg.mlflow.system_metrics)
-    log.info("MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
-
-    previous_sigterm = _sigterm_raises_interrupt()
-    status = "FINISHED"
+    claim = None
+    if problem is None:  # only one process at a time trains an identity: tracking.Claim
+        if skipped := _skip(cfg, twins, overrides):
+            return skipped
+        claim = tracking.Claim.take(client, experiment_id, checkpoint_file.stem, _say_waiting)
+        twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params)
+        if skipped := _skip(cfg, twins, overrides):  # finished while we waited for the claim
+            claim.release(finished=True)
+            return skipped
+    status = "FAILED"
     try:
-        if problem is not None:
-            raise problem
-        objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
-    except BaseException as error:
-        reason = stop_reason(error)
-        status = "KILLED" if reason else "FAILED"
-        traceback_file = output_dir / "traceback.txt"
-        traceback_file.write_text(traceback.format_exc())
-        if reason is None and not isinstance(error, USER_ERRORS):
-            log.error("%s", traceback.format_exc())
+        tags = {
+            tracking.CONFIG_HASH: config_hash,
+            tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
+            tracking.VARIANT: variant_label(cfg),
+            **tracking.context_tags(device, torch.get_num_threads()),
+            **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
+        }
+        run_params = {**params, **(data_params or {})}
+        run_id, checkpoint = _open_run(client, experiment_id, cfg, run_params, name, tags, twins, checkpoint_file)
+        if claim is not None:
+            claim.note_run(run_id, name)
+        mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+        if cfg.mlflow.system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # two INFO lines per run otherwise
+        # The active run: MLflow fluent calls in this job land in it. Resumed, its system metrics continue.
+        mlflow.start_run(run_id=run_id, log_system_metrics=cfg.mlflow.system_metrics)
+        log.info("MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment,
+                 cfg.mlflow.tracking_uri)
+
+        previous_sigterm = _sigterm_raises_interrupt()
+        status = "FINISHED"
         try:
-            tracking.record_failure(client, run_id, reason or f"{type(error).__name__}: {error}", traceback_file)
-            _log_hydra_files(output_dir)
-        except Exception as tracking_error:  # the store itself may be what failed
-            log.error("could not record the failure in MLflow: %s", tracking_error)
-        if reason:
-            raise Interrupted(run_id, name, reason, error) from None
-        return JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
+            if problem is not None:
+                raise problem
+            objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
+        except BaseException as error:
+            reason = stop_reason(error)
+            status = "KILLED" if reason else "FAILED"
+            traceback_file = output_dir / "traceback.txt"
+            traceback_file.write_text(traceback.format_exc())
+            if reason is None and not isinstance(error, USER_ERRORS):
+                log.error("%s", traceback.format_exc())
+            try:
+                tracking.record_failure(client, run_id, reason or f"{type(error).__name__}: {error}", traceback_file)
+                _log_hydra_files(output_dir)
+            except Exception as tracking_error:  # the store itself may be what failed
+                log.error("could not record the failure in MLflow: %s", tracking_error)
+            if reason:
+                raise Interrupted(run_id, name, reason, error) from None
+            return JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
+        finally:
+            _end_run(status)
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+        return JobStatus("finished", overrides, run_id, None, None, name, objective)
     finally:
-        _end_run(status)
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-    return JobStatus("finished", overrides, run_id, None, None, name, objective)
+        if claim is not None:
+            claim.release(finished=status == "FINISHED")
+
+
+def _skip(cfg, twins: list, overrides: list[str]) -> JobStatus | None:
+    """A skipped job's status when an identical run already FINISHED (and force is not set)."""
+    finished = [run for run in twins if run.info.status == "FINISHED"]
+    if not finished or cfg.force:
+        return None
+    run = finished[0]
+    trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
+    other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
+    log.info("skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
+             run.info.run_id, run.info.run_name, other_code)
+    return JobStatus("skipped", overrides, run.info.run_id, None, None, run.info.run_name,
+                     objective_of(run.data.metrics))
+
+
+def _say_waiting(holder: dict[str, str]) -> None:
+    run = holder.get("run") or "its run (not opened yet)"
+    log.info("waiting: %s, the same config on the same data, is being trained by pid %s on %s; "
+             "this job reuses it once it finishes, or takes over if it stops", run, holder.get("pid"), holder.get("host"))
 
 
 def variant_label(cfg) -> str:
@@ -207,8 +234,8 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     for run in twins:
         if run.info.status == "RUNNING" and run.info.run_id != run_id:
-            # Its process died before its first checkpoint (or it was run with force=true): it can
-            # only be continued by this run, so it must not stay RUNNING forever.
+            # We hold the identity's claim, so its process died (before its first checkpoint, or its
+            # checkpoint is elsewhere): it can only be continued by this run and must not stay RUNNING.
             client.set_tag(run.info.run_id, tracking.ERROR, f"abandoned: superseded by run {run_id}")
             client.set_terminated(run.info.run_id, "KILLED")
     return run_id, checkpoint

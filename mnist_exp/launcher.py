@@ -151,8 +151,9 @@ class Pool:
                         tasks.put((job.index, job.config))
                         self.workers[worker_id] = (process, tasks, job)
                     elif job is not None and not process.is_alive():  # died without a word (out of memory?)
-                        reason = f"its worker process died with exit code {process.exitcode} (out of memory?)"
-                        job.result = _failed(job, reason)
+                        reason = _close_dead_job(job, process)
+                        # COMPLETED with no value, as a failed job returns: Hydra raises nothing of its own
+                        job.result = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=None)
                         display.line(job, f"FAILED: {reason}")
                         display.finished(job)
                         self._start(worker_id)
@@ -201,16 +202,27 @@ class Pool:
                 self.workers[worker_id] = (process, tasks, None)
 
 
-def _failed(job: Job, reason: str) -> JobReturn:
-    """A JobReturn and a job_status.json for a job whose worker could not report one."""
+def _close_dead_job(job: Job, process) -> str:
+    """A job whose worker died without reporting (SIGKILL, the out-of-memory killer): its run is closed
+    FAILED with the cause (the same command resumes it) and its status written for the sweep's summary."""
+    from mnist_exp import tracking
     from mnist_exp.sweep import JobStatus as Status, read_sweep_info, write_job_status
 
+    code = process.exitcode
+    cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    reason = f"its worker process was {cause} (out of memory?); the same command resumes its run"
+    run_id, name = None, job.name or None
+    try:
+        client, _ = tracking.connect(job.config.mlflow.tracking_uri, job.config.mlflow.experiment)
+        run_id, name = tracking.fail_orphaned_run(client, process.pid, reason) or (None, name)
+    except Exception as error:  # the store may be why it died: the summary still names the job
+        log.warning("could not close the run of the dead worker: %s", error)
     output_dir = Path(str(job.config.hydra.sweep.dir)) / str(job.config.hydra.sweep.subdir)
     output_dir.mkdir(parents=True, exist_ok=True)
     info = read_sweep_info(str(job.config.hydra.sweep.dir))
-    write_job_status(output_dir, Status("failed", job.overrides, None, reason, info.launch_id if info else None,
-                                        job.name or None))
-    return JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=RuntimeError(reason))
+    launch_id = info.launch_id if info else None
+    write_job_status(output_dir, Status("failed", job.overrides, run_id, reason, launch_id, name))
+    return reason
 
 
 def _worker(worker_id: int, tasks, events, threads: int, payload: bytes) -> None:

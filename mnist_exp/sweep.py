@@ -16,7 +16,9 @@ import atexit
 import hashlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import tempfile
 import uuid
@@ -46,6 +48,7 @@ class SweepInfo:
     experiment_id: str
     launch_id: str  # this launch of the sweep: a reused sweep folder may hold statuses of earlier ones
     swept: list[str] = field(default_factory=list)  # the keys the sweep varies: they name its runs
+    launcher: str = ""  # "host pid" of the launching process: one sweep folder serves one live launch
 
 
 @dataclass(frozen=True)
@@ -129,21 +132,33 @@ def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobStatus]:
 
 
 def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str:
-    """The parent run of a sweep: reopened when the same sweep command runs again."""
+    """The parent run of a sweep: reopened when the same sweep command runs again, unless a launch of
+    it is still running (then this launch gets a parent run of its own, so each lists its own members)."""
     from mnist_exp import tracking
 
     existing = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{sweep_key}' "
                                                                  f"and tags.`{tracking.ROLE}` = 'sweep'")
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
-    tags = {tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"), **tracking.source_tags()}
-    if not existing:
+    tags = {tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
+            tracking.LAUNCHER: f"{socket.gethostname()} {os.getpid()}", **tracking.source_tags()}
+    free = [run for run in existing
+            if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(tracking.LAUNCHER, "")) is False]
+    if not free:
         tags = {tracking.ROLE: "sweep", tracking.SWEEP_KEY: sweep_key, **tags}
         return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    run_id = existing[0].info.run_id
+    run_id = free[0].info.run_id
     client.update_run(run_id, status="RUNNING", name=name)
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     return run_id
+
+
+def _launcher_alive(launcher: str) -> bool | None:
+    """Whether the process that launched a sweep ("host pid") still runs; None on another host (unknown)."""
+    from mnist_exp import tracking
+
+    host, _, pid = launcher.partition(" ")
+    return tracking.pid_alive(int(pid)) if host == socket.gethostname() and pid.isdigit() else None
 
 
 def sweep_members(client, parent_run_id: str) -> set[str]:
@@ -202,8 +217,13 @@ class LaunchCallback(Callback):
                   "with data.validation_size=N (e.g. data.validation_size=1000)")
         task_overrides = list(config.hydra.overrides.task)
         key, name = sweep_identity(task_overrides, sweeper_params)
+        previous = read_sweep_info(config.hydra.sweep.dir)
+        if previous and _launcher_alive(previous.launcher):
+            _exit(f"hydra.sweep.dir={config.hydra.sweep.dir} is in use by a sweep still running (launched by "
+                  f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder")
         parent = open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
-        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept_keys(task_overrides, sweeper_params))
+        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept_keys(task_overrides, sweeper_params),
+                         f"{socket.gethostname()} {os.getpid()}")
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
         self.open_sweep = (config, info)
@@ -267,6 +287,10 @@ def _preflight(config: DictConfig, output_dir: str, key: str):
     """
     from mnist_exp import tracking
 
+    try:  # the store first: one that refuses writes leaves no output folder behind
+        connected = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+    except tracking.TrackingError as error:
+        _exit(str(error))
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         probe = Path(output_dir) / ".write-test"
@@ -275,10 +299,7 @@ def _preflight(config: DictConfig, output_dir: str, key: str):
     except OSError as error:
         _exit(f"cannot write the output folder {output_dir} ({key}): {error.strerror}; "
               f"run from a writable folder or set {key}=<writable folder>")
-    try:
-        return tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
-    except tracking.TrackingError as error:
-        _exit(str(error))
+    return connected
 
 
 def _exit(message: str) -> None:

@@ -7,6 +7,8 @@ MlflowClient, so a run can be resumed, skipped or failed from anywhere.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import getpass
 import hashlib
@@ -17,6 +19,7 @@ import platform
 import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +44,7 @@ FALLBACK = PREFIX + "data_fallback"
 ROLE = PREFIX + "role"  # "sweep" on a sweep's parent run
 SWEEP_KEY = PREFIX + "sweep_key"
 LAST_LAUNCH = PREFIX + "last_launch"
+LAUNCHER = PREFIX + "launcher"  # "host pid" of the process running a sweep
 PARENT = "mlflow.parentRunId"  # what nests child runs under their sweep in `mlflow ui`
 NOTE = "mlflow.note.content"  # a run's description in `mlflow ui`
 # MLflow 3's UI opens experiments of other kinds in its GenAI view, where training runs do not show.
@@ -72,14 +76,19 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
     if tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri)
     try:
-        client = MlflowClient(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
+        with _sqlite_creation_lock(tracking_uri) as sqlite:
+            client = MlflowClient(tracking_uri)
+            found = client.get_experiment_by_name(experiment)
+            if sqlite:  # the registry's store checks the schema on first use too (claims live there)
+                client.search_registered_models(max_results=1)
         if found is None:
             try:
                 experiment_id = client.create_experiment(experiment, tags=dict([EXPERIMENT_KIND]))
                 return client, experiment_id
             except MlflowException:  # another process created it first
                 found = client.get_experiment_by_name(experiment)
+    except TrackingError:
+        raise
     except Exception as error:  # MLflow surfaces store problems as many unrelated types
         raise store_error(tracking_uri, error) from None
     if found.lifecycle_stage == "deleted":
@@ -99,6 +108,33 @@ def store_error(tracking_uri: str, error: Exception) -> TrackingError:
         return TrackingError(_refused(tracking_uri, detail))
     return TrackingError(credentials.redact(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: "
                                             f"{detail}"))
+
+
+@contextlib.contextmanager
+def _sqlite_creation_lock(tracking_uri: str):
+    """For a sqlite store: refuse an unwritable one at once (SQLAlchemy would retry it for minutes), and
+    let one process at a time create its schema (MLflow's creation races: 'table ... already exists')."""
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri.startswith("sqlite:///:memory:"):
+        yield False
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).absolute()
+    try:  # sqlite writes its journal beside the file, so the folder must take a file too
+        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
+        probe = path.parent / f".{path.name}.write-test-{os.getpid()}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+        if path.exists():
+            with open(path, "r+b"):
+                pass
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError as error:
+        raise TrackingError(f"cannot write the MLflow store mlflow.tracking_uri={tracking_uri}: {error.strerror} "
+                            f"({error.filename}); point it to a writable folder with free space") from None
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # a lock on the folder: nothing extra is left beside mlflow.db
+        yield True
+    finally:
+        os.close(folder)
 
 
 def check_server(tracking_uri: str) -> None:
@@ -329,3 +365,145 @@ def _shipped_code():
     for name in ("__init__.py", "models.py", "shipped.py"):
         (package / name).write_bytes((TRAIN_SCRIPT.parent / "mnist_exp" / name).read_bytes())
     return folder
+
+
+# --- one trained run per identity, whoever launches it ---
+
+CLAIM_PREFIX = "mnist-exp.claim."
+HEARTBEAT_S = 20  # how often a claim's holder says it is alive
+LEASE_S = 180  # a holder on another host silent this long (by the waiter's own clock) is dead
+POLL_S = 2
+
+
+class Claim:
+    """The right to train one identity. Protocol:
+
+    A claim is an MLflow registered model named mnist-exp.claim.<experiment>.<identity>.<generation>;
+    the store's unique constraint on registered-model names makes creating one atomic, on SQLite and
+    behind an MLflow server (PostgreSQL) alike: of two creators of one name, exactly one succeeds. A
+    launch lists the identity's generations; while the newest is held by a live process (its pid runs,
+    when on this host, and its heartbeat tag changed within LEASE_S by our clock) it waits; otherwise it
+    creates the next generation, and backs off if a newer one appeared meanwhile. The holder then
+    looks for a FINISHED run again (one may have finished before it got the claim) and skips if there
+    is one. It refreshes the heartbeat while it trains, deletes its claim once its run is FINISHED (no
+    launch trains that identity again), and marks it released when the run failed or was killed, so
+    generations never go back while the identity may still be trained. A SIGKILLed holder's claim
+    dies with its pid or heartbeat: the next launch takes the next generation and resumes the run.
+    """
+
+    def __init__(self, client: MlflowClient, name: str):
+        self.client, self.name = client, name
+        self._stop = threading.Event()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
+    @classmethod
+    def take(cls, client: MlflowClient, experiment_id: str, identity_key: str, on_wait) -> Claim:
+        """Wait until this process holds the identity's claim; on_wait(holder tags) when it starts to wait."""
+        prefix = f"{CLAIM_PREFIX}{experiment_id}.{identity_key}."
+        seen: dict[int, tuple[str | None, float]] = {}  # generation -> (heartbeat, when we first saw it)
+        told = None
+        while True:
+            claims = _claims(client, prefix)
+            newest = max(claims, default=None)
+            if newest is not None and _alive(claims[newest], seen, newest):
+                if told != newest:
+                    on_wait(claims[newest].tags)
+                    told = newest
+                time.sleep(POLL_S)
+                continue
+            mine = 0 if newest is None else newest + 1
+            name = f"{prefix}{mine}"
+            try:
+                client.create_registered_model(name, tags=_holder_tags(), description=(
+                    "mnist-exp: this process is training this run identity (deleted when it finishes)"))
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                continue  # another launch took it first
+            claims = _claims(client, prefix)
+            if max(claims) > mine:  # we listed before a newer claim: it is not ours
+                client.delete_registered_model(name)
+                continue
+            for older in claims:
+                if older < mine:
+                    try:
+                        client.delete_registered_model(f"{prefix}{older}")
+                    except MlflowException:  # another user's claim on a shared server: harmless, just older
+                        pass
+            return cls(client, name)
+
+    def note_run(self, run_id: str, run_name: str) -> None:
+        """Name the run being trained, so waiters can say which one they wait for."""
+        self.client.set_registered_model_tag(self.name, "run", f"{run_id} ({run_name})")
+
+    def release(self, finished: bool) -> None:
+        self._stop.set()
+        try:
+            if finished:
+                self.client.delete_registered_model(self.name)
+            else:
+                self.client.set_registered_model_tag(self.name, "released", "true")
+        except Exception as error:  # the store may be what failed: the claim dies with this process anyway
+            logging.getLogger(__name__).warning("could not release claim %s: %s", self.name, error)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.client.set_registered_model_tag(self.name, "heartbeat", str(time.time()))
+            except Exception:  # a store hiccup: the next beat tries again, the lease allows several
+                pass
+
+
+def _claims(client: MlflowClient, prefix: str) -> dict[int, object]:
+    found = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
+    return {int(m.name[len(prefix):]): m for m in found if m.name[len(prefix):].isdigit()}
+
+
+def _holder_tags() -> dict[str, str]:
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "heartbeat": str(time.time())}
+
+
+def _alive(model, seen: dict, generation: int) -> bool:
+    """Whether a claim's holder may still be training: released and dead holders are not."""
+    tags = model.tags
+    if tags.get("released") == "true":
+        return False
+    if tags.get("host") == socket.gethostname() and not pid_alive(int(tags.get("pid", 0))):
+        return False  # its pid is gone; a live pid (a reused worker) still needs a recent heartbeat
+    beat = tags.get("heartbeat")
+    if seen.get(generation, (None,))[0] != beat:  # it beat since we last looked: judge silence by our own clock
+        seen[generation] = (beat, time.monotonic())
+        return True
+    return time.monotonic() - seen[generation][1] < LEASE_S
+
+
+def pid_alive(pid: int) -> bool:
+    if Path("/proc/self").is_dir():  # Linux: a killed process its parent has not reaped yet is a zombie
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def fail_orphaned_run(client: MlflowClient, pid: int, reason: str) -> tuple[str, str] | None:
+    """Close, FAILED with `reason`, the run a dead process of this host was training (found through its
+    claim), and release the claim; (run ID, run name), or None if it had opened none."""
+    for model in client.search_registered_models(filter_string=f"name LIKE '{CLAIM_PREFIX}%' AND tags.pid = '{pid}'"):
+        tags = model.tags
+        if tags.get("host") != socket.gethostname() or tags.get("pid") != str(pid) or tags.get("released") == "true":
+            continue
+        client.set_registered_model_tag(model.name, "released", "true")
+        if "run" not in tags:
+            return None
+        run_id, _, name = tags["run"].partition(" ")
+        client.set_tag(run_id, ERROR, reason)
+        client.set_terminated(run_id, "FAILED")
+        return run_id, name.strip("()")
+    return None

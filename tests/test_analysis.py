@@ -217,6 +217,7 @@ def test_reopened_sweep_becomes_the_latest_again(store):
     client.set_tag(second, tracking.LAST_LAUNCH, "2026-01-01T11:00:00")
     member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9)
     list_members(client, first, [member])
+    client.set_terminated(first)  # its launch ended: a sweep still running would not be reopened
 
     assert open_sweep_run(client, experiment, "one", "sweep: one") == first  # the same command reopens its run
 

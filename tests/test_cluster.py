@@ -321,3 +321,28 @@ def test_a_server_restart_mid_sweep_loses_and_duplicates_nothing(project_dir, se
     for run in finished:
         for key, history in metric_history(client, run).items():
             assert [step for step, _ in history] == list(range(1, 7)), (run.info.run_name, key)
+
+
+def test_two_sweeps_sharing_a_variant_train_it_once_on_the_server(tmp_path, server):
+    from mnist_exp.sweep import sweep_members
+
+    env = {**server, "MLFLOW_EXPERIMENT_NAME": experiment_name()}
+    command = [sys.executable, str(REPO / "train.py"), "-m", "model=mlp", "hydra.launcher.workers=1", *SMALL]
+    processes = [subprocess.Popen([*command, regularizers], cwd=tmp_path, env={**os.environ, **env},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for regularizers in ("regularizer=l2,none", "regularizer=l2,dropout")]
+    for process in processes:
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0, output[-3000:]
+
+    client = client_of(server)
+    experiment = client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"])
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("mnist_exp.role") == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get("mnist_exp.role") != "sweep"]
+    assert sorted(r.data.tags["mnist_exp.variant"] for r in jobs) == ["mlp/dropout/sgd", "mlp/l2/sgd", "mlp/none/sgd"]
+    assert {r.info.status for r in jobs} == {"FINISHED"} and not any("mnist_exp.error" in r.data.tags for r in jobs)
+    (l2,) = [r.info.run_id for r in jobs if r.data.tags["mnist_exp.variant"] == "mlp/l2/sgd"]
+    assert len(parents) == 2
+    for parent in parents:
+        assert l2 in sweep_members(client, parent.info.run_id) and len(sweep_members(client, parent.info.run_id)) == 2

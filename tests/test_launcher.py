@@ -175,7 +175,13 @@ def test_a_job_whose_worker_dies_fails_alone(project_dir):
 
     text = log.read_text()
     assert "sweep summary: 2 finished, 0 skipped, 1 failed, 0 killed" in text, text[-3000:]
-    assert "its worker process died with exit code -9" in text
+    (named,) = [line for line in text.splitlines() if line.startswith("  FAILED: ")]
+    assert "trainer.seed=" in named and "its worker process was killed by SIGKILL" in named, named
+    assert "Traceback" not in text and "rejected" not in text, "no Hydra traceback, no misleading hint"
+    runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"], "no run left RUNNING"
+    (failed,) = [r for r in runs if r.info.status == "FAILED"]
+    assert "killed by SIGKILL" in failed.data.tags["mnist_exp.error"]
 
 
 def children(pid: int) -> list[int]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+
 from mnist_exp.sweep import (
     JobStatus, SweepInfo, members_description, read_job_statuses, run_name, summarize, sweep_identity, swept_keys,
     write_job_status,
@@ -87,3 +90,21 @@ def test_the_sweep_runs_description_links_every_member_reused_ones_too():
     assert "- [lenet5/none/sgd seed=0](#/experiments/7/runs/r1?workflowType=machine_learning): finished" in text
     assert "- [mlp/none/sgd seed=0](#/experiments/7/runs/r2?workflowType=machine_learning): reused (already FINISHED)" in text
     assert text.count("- [") == 2  # a job that never got a run has nothing to link
+
+
+def test_a_sweep_still_running_is_not_reopened_by_a_second_launch_but_a_dead_ones_is(project_dir):
+    from mlflow.tracking import MlflowClient
+
+    from mnist_exp import tracking
+    from mnist_exp.sweep import open_sweep_run
+
+    client = MlflowClient(f"sqlite:///{project_dir}/mlflow.db")
+    experiment = client.create_experiment("concurrent")
+    first = open_sweep_run(client, experiment, "key", "sweep: a")
+    second = open_sweep_run(client, experiment, "key", "sweep: a")
+    assert second != first, "a launch of the same sweep in progress keeps its own parent run"
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    client.set_tag(first, tracking.LAUNCHER, f"{socket.gethostname()} {gone.pid}")  # its launcher was SIGKILLed
+    assert open_sweep_run(client, experiment, "key", "sweep: a") == first
