@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import checkpoints, console, plots, tracking
+from mnist_exp import checkpoints, console, plots, search, tracking
 from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
@@ -109,7 +109,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
 
     data_params = data_params_of(data) if data is not None else None
     twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
-    finished = [run for run in twins if run.info.status == "FINISHED"]
+    finished = [run for run in twins if run.info.status == "FINISHED" and search.PRUNED_TAG not in run.data.tags]
     if finished and not cfg.force:
         run = finished[0]
         trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
@@ -140,6 +140,11 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
         if problem is not None:
             raise problem
         objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
+    except search.Pruned as pruned:  # the search stopped an unpromising trial: its epochs so far stand
+        log.info("%s", pruned)
+        mlflow.set_tag(search.PRUNED_TAG, str(pruned))
+        checkpoints.remove(checkpoint_file)
+        return JobStatus("pruned", overrides, run_id, None, None, name, pruned.value)
     except BaseException as error:
         reason = stop_reason(error)
         status = "KILLED" if reason else "FAILED"
@@ -219,6 +224,7 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
     )
     datasets = tracking.datasets(data)
     state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, data, datasets)
+    trial = search.job_trial(cfg)  # None unless an Optuna search launched this job
 
     run = mlflow.active_run().info
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
@@ -228,6 +234,8 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
             checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: see _resume
             mlflow.log_metrics(state.history[-1].as_metrics(), step=state.history[-1].epoch)
             bars.epoch(state.history[-1])
+            if trial is not None:
+                trial.epoch_end(state.history)  # raises search.Pruned to stop an unpromising trial
 
         fit(training, data, cfg.trainer, state, on_epoch_end, bars.batch)
 
