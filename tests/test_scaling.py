@@ -1,4 +1,4 @@
-"""Scaling out on existing engines, for real: Optuna through Hydra's sweeper, submitit's local
+"""Scaling out on existing engines, for real: Optuna through our Hydra sweeper, submitit's local
 executor, and a shared `mlflow server` on 127.0.0.1. SLURM itself is only composed."""
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ def train(cwd, *args):
 
 def test_optuna_search_records_every_trial_and_survives_a_failing_one(project_dir):
     # lr is narrowed to three choices, one invalid. The search's sampler is seeded, and with the
-    # pinned optuna its three trials draw each choice once: the failing trial is sure to happen.
+    # pinned optuna and seed 5 its three trials draw each choice once: the failing trial is sure to happen.
     result = train(
-        project_dir, "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3",
+        project_dir, "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=5",
         "optimizer.lr=choice(-1.0,0.01,0.05)", "data.validation_size=100", *TINY,
     )
 
