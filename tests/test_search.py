@@ -34,7 +34,8 @@ def epochs_logged(client: MlflowClient, run) -> list[int]:
 
 
 def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(project_dir, course_dataset):
-    command = search_command(course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=4", "hydra/sweeper/pruner=none")
+    command = search_command(course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=4",
+                             "hydra/sweeper/pruner=none")
     log = project_dir / "first.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, stdout=out,
