@@ -170,16 +170,17 @@ class OptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         value = ret.return_value if ret.status == JobStatus.COMPLETED else None
-        attrs = study._storage.get_trial(trial._trial_id).user_attrs
-        if value is not None and PRUNED_AT in attrs:
+        pruned_at = study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_AT)
+        if value is not None and pruned_at is not None:
             study.tell(trial, state=TrialState.PRUNED)
+            outcome = f"pruned after epoch {pruned_at}"
         elif value is not None:
             study.tell(trial, float(value))
+            outcome = f"{value:.4f}"
         else:  # the job failed (and said why) or was stopped: the search goes on
             study.tell(trial, state=TrialState.FAIL)
-        log.info("trial %d: %s", trial.number, {TrialState.PRUNED: f"pruned after epoch {attrs.get(PRUNED_AT)}",
-                                                TrialState.FAIL: "failed"}.get(
-            study._storage.get_trial(trial._trial_id).state, f"{value:.4f}" if value is not None else ""))
+            outcome = "failed"
+        log.info("trial %d: %s", trial.number, outcome)
 
     def _report_best(self, study, info, TrialState) -> None:
         """Print the best trial, write RESULTS_FILE and record both on the sweep's MLflow run."""
