@@ -1,7 +1,7 @@
 """The same Optuna search with and without pruning: wall time and best validation accuracy.
 
     .venv/bin/python benchmarks/search_pruning.py            # 20 trials x 5 epochs of LeNet-5 on mnist-10k, ~3-4 min
-    .venv/bin/python benchmarks/search_pruning.py --smoke    # 4 trials x 2 epochs on 500 images (CI)
+    .venv/bin/python benchmarks/search_pruning.py --smoke    # 3 trials x 2 epochs on 300 images (CI)
 
 Each search is `train.py -m hparams_search=lenet5_optuna data.source=sample` (the shipped
 mnist-10k: 7,000 training images after the 1,000 held out for validation), one trial at a time,
@@ -52,22 +52,22 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=5)
     args = p.parse_args()
-    trials, epochs = (4, 2) if args.smoke else (args.trials, args.epochs)
+    trials, epochs = (3, 2) if args.smoke else (args.trials, args.epochs)
     print(f"# {benchlib.machine_line()}")
     work = Path(tempfile.mkdtemp(prefix="mnist-exp-search-"))
     try:
         overrides = ["data.source=sample", f"data.cache_dir={work}/cache", f"trainer.epochs={epochs}",
                      f"hydra.sweeper.n_trials={trials}"]
         if args.smoke:
-            overrides += ["data.limit_train=500", "data.limit_test=200", "data.validation_size=100"]
+            overrides += ["data.limit_train=300", "data.limit_test=100", "data.validation_size=100"]
         if args.threads is not None:
             overrides.append(f"trainer.threads={args.threads}")
-        # a 4-trial smoke search prunes only once a single trial has completed
+        # a 3-trial smoke search prunes once a single trial has completed
         startup = ["hydra.sweeper.pruner.n_startup_trials=1"] if args.smoke else []
         rows = [search(work, pruner, overrides + (startup if pruner == "median" else [])) for pruner in PRUNERS]
         print(benchlib.table(["pruner", "wall s", "best val_acc", "completed", "pruned", "epochs trained"], rows,
                              f"Search of {trials} trials x {epochs} epochs (hparams_search=lenet5_optuna, "
-                             f"{'500 images' if args.smoke else 'mnist-10k'})"))
+                             f"{'300 images' if args.smoke else 'mnist-10k'})"))
         (_, plain, *_), (_, pruned, *_) = rows
         print(f"\nmedian pruner: {pruned:.1f} s wall = {pruned / plain:.2f}x the search without pruning")
     finally:

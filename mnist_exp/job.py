@@ -137,9 +137,10 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
     previous_sigterm = _sigterm_raises_interrupt()
     status = "FINISHED"
     try:
+        trial = search.job_trial(cfg)  # None unless an Optuna search launched this job
         if problem is not None:
             raise problem
-        objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
+        objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir, trial)
     except search.Pruned as pruned:  # the search stopped an unpromising trial: its epochs so far stand
         log.info("%s", pruned)
         mlflow.set_tag(search.PRUNED_TAG, str(pruned))
@@ -211,7 +212,8 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
     return run_id, checkpoint
 
 
-def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path) -> float | None:
+def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path,
+                  trial: search.JobTrial | None = None) -> float | None:
     """A run's steps, as in pytorch/examples' mnist: model, optimizer, epochs, then the results."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.trainer.seed)
@@ -224,7 +226,6 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
     )
     datasets = tracking.datasets(data)
     state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, data, datasets)
-    trial = search.job_trial(cfg)  # None unless an Optuna search launched this job
 
     run = mlflow.active_run().info
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)

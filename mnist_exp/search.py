@@ -114,7 +114,6 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
-        from optuna.trial import TrialState
 
         from mnist_exp.sweep import read_sweep_info
 
@@ -130,13 +129,12 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(study_name=name, storage=url, sampler=self._sampler(0),
                                     direction=self.direction, load_if_exists=True)
         requeued = self._requeue_interrupted(study)
-        done = [t for t in study.get_trials(deepcopy=False) if counted(t)]
         study.sampler = self._sampler(len(study.trials))  # a resumed study must not draw its first trials again
-        log.info("Optuna study %s in %s: %d of %d trials done%s; pruner %s", name, shown(url), len(done),
+        log.info("Optuna study %s in %s: %d of %d trials done%s; pruner %s", name, shown(url), counted(study),
                  self.n_trials, f", {requeued} interrupted trial(s) asked again" if requeued else "",
                  type(instantiate(self.pruner)).__name__)
         index = 0
-        while (todo := self.n_trials - sum(1 for t in study.get_trials(deepcopy=False) if counted(t))) > 0:
+        while (todo := self.n_trials - counted(study)) > 0:
             trials = [study.ask(space) for _ in range(min(todo, self.n_jobs))]
             overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()),
                           f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}"] for t in trials]
@@ -144,7 +142,7 @@ class OptunaSweeper(Sweeper):
             index += len(returns)
             for trial, ret in zip(trials, returns):
                 self._tell(study, trial, ret)
-        self._report_best(study, info, TrialState)
+        self._report_best(study, info)
 
     def _sampler(self, offset: int):
         """The configured sampler, its seed moved on by the trials the study already has."""
@@ -182,8 +180,10 @@ class OptunaSweeper(Sweeper):
             outcome = "failed"
         log.info("trial %d: %s", trial.number, outcome)
 
-    def _report_best(self, study, info, TrialState) -> None:
+    def _report_best(self, study, info) -> None:
         """Print the best trial, write RESULTS_FILE and record both on the sweep's MLflow run."""
+        from optuna.trial import TrialState
+
         from mnist_exp import tracking
 
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -201,12 +201,12 @@ class OptunaSweeper(Sweeper):
         client.set_tag(info.parent_run_id, "mnist_exp.optuna_study", study.study_name)
 
 
-def counted(trial) -> bool:
+def counted(study) -> int:
     """Trials that count toward n_trials: every finished one but those a kill interrupted (asked again)."""
     from optuna.trial import TrialState
 
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and not trial.user_attrs.get(REQUEUED))
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and not t.user_attrs.get(REQUEUED)))
 
 
 class JobTrial:
