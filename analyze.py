@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     from mlflow.exceptions import MlflowException
 
     from mnist_exp import tracking
+    from mnist_exp.search import PRUNED_TAG
     from mnist_exp.tracking import TrackingError
 
     try:
@@ -136,9 +137,10 @@ def main(argv=None) -> int:
     if fallback:
         print(f"  trained on the offline fallback sample, not on your data: {', '.join(fallback)}", file=sys.stderr)
     for run in selection.unfinished.to_dict("records"):
-        error = run.get(f"tags.{tracking.ERROR}")
-        print(f"  not in the table: {run['run_name']} ({run['status']}) {'' if pd.isna(error) else error}",
-              file=sys.stderr)
+        pruned = run.get(f"tags.{PRUNED_TAG}")
+        error = run.get(f"tags.{tracking.ERROR}") if pd.isna(pruned) else pruned
+        status = run["status"] if pd.isna(pruned) else "pruned"
+        print(f"  not in the table: {run['run_name']} ({status}) {'' if pd.isna(error) else error}", file=sys.stderr)
     return 0
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_exp import tracking
+from mnist_exp.search import PRUNED_TAG
 from mnist_exp.significance import ALPHA, compare, estimate, holm, seeds_needed
 from mnist_exp.sweep import sweep_members
 
@@ -61,13 +62,18 @@ class Selection:
     @property
     def finished(self) -> pd.DataFrame:
         """FINISHED runs, one per identity: a run re-trained with force=true counts once, its latest."""
-        finished = self.runs[self.runs["status"] == "FINISHED"].sort_values("start_time")
+        finished = self.runs[(self.runs["status"] == "FINISHED") & ~self.pruned].sort_values("start_time")
         identity = [f"tags.{tracking.CONFIG_HASH}", *(f"params.{key}" for key in tracking.DATA_IDENTITY)]
         return finished.drop_duplicates([c for c in identity if c in finished], keep="last")
 
     @property
     def unfinished(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] != "FINISHED"]
+        """Runs not compared: not FINISHED, or FINISHED early because a search pruned them."""
+        return self.runs[(self.runs["status"] != "FINISHED") | self.pruned]
+
+    @property
+    def pruned(self) -> pd.Series:
+        return _column(self.runs, f"tags.{PRUNED_TAG}").notna()
 
 
 def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import checkpoints, console, plots, tracking
+from mnist_exp import checkpoints, console, plots, search, tracking
 from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
@@ -149,9 +149,15 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
         previous_sigterm = _sigterm_raises_interrupt()
         status = "FINISHED"
         try:
+            trial = search.job_trial(cfg)  # None unless an Optuna search launched this job
             if problem is not None:
                 raise problem
-            objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir)
+            objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir, trial)
+        except search.Pruned as pruned:  # the search stopped an unpromising trial: its epochs so far stand
+            log.info("%s", pruned)
+            mlflow.set_tag(search.PRUNED_TAG, str(pruned))
+            checkpoints.remove(checkpoint_file)
+            return JobStatus("pruned", overrides, run_id, None, None, name, pruned.value)
         except BaseException as error:
             reason = stop_reason(error)
             status = "KILLED" if reason else "FAILED"
@@ -179,7 +185,7 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
 
 def _skip(cfg, twins: list, overrides: list[str]) -> JobStatus | None:
     """A skipped job's status when an identical run already FINISHED (and force is not set)."""
-    finished = [run for run in twins if run.info.status == "FINISHED"]
+    finished = [run for run in twins if run.info.status == "FINISHED" and search.PRUNED_TAG not in run.data.tags]
     if not finished or cfg.force:
         return None
     run = finished[0]
@@ -241,7 +247,8 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
     return run_id, checkpoint
 
 
-def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path) -> float | None:
+def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path,
+                  trial: search.JobTrial | None = None) -> float | None:
     """A run's steps, as in pytorch/examples' mnist: model, optimizer, epochs, then the results."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.trainer.seed)
@@ -263,6 +270,8 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
             checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: see _resume
             mlflow.log_metrics(state.history[-1].as_metrics(), step=state.history[-1].epoch)
             bars.epoch(state.history[-1])
+            if trial is not None:
+                trial.epoch_end(state.history)  # raises search.Pruned to stop an unpromising trial
 
         fit(training, data, cfg.trainer, state, on_epoch_end, bars.batch)
 

@@ -5,7 +5,7 @@ conf/, the single source of defaults. Value ranges are checked in mnist_exp.vali
 """
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -148,6 +148,22 @@ class TrainConfig:
     force: bool = MISSING
 
 
+@dataclass
+class OptunaSweeperConfig:
+    """hydra.sweeper under hydra/sweeper=optuna (mnist_exp/search.py)."""
+
+    _target_: str = MISSING
+    _recursive_: bool = MISSING
+    direction: str = MISSING
+    study_name: Optional[str] = MISSING
+    storage: Optional[str] = MISSING
+    n_trials: int = MISSING
+    n_jobs: int = MISSING
+    sampler: Any = MISSING  # an optuna.samplers class and its arguments
+    pruner: Any = MISSING  # an optuna.pruners class and its arguments
+    params: Optional[Dict[str, Any]] = MISSING
+
+
 def register() -> None:
     """Make the schemas visible to Hydra; call before composing (train.py, analyze.py, tests).
 
@@ -170,3 +186,4 @@ def register() -> None:
     store.store(name="step_schema", node=StepSchedulerConfig)
     store.store(name="cosine_schema", node=CosineSchedulerConfig)
     store.store(name="onecycle_schema", node=OneCycleSchedulerConfig)
+    store.store(name="optuna_sweeper_schema", node=OptunaSweeperConfig)

@@ -55,7 +55,7 @@ class SweepInfo:
 class JobStatus:
     """What became of one job: written by the job to its folder, read back by the launching process."""
 
-    status: str  # finished | skipped | failed | killed
+    status: str  # finished | skipped | failed | killed | pruned
     overrides: list[str]
     run_id: str | None
     error: str | None = None
@@ -172,7 +172,9 @@ def sweep_members(client, parent_run_id: str) -> set[str]:
 
 def summarize(statuses: list[JobStatus]) -> str:
     counts = {s: sum(1 for j in statuses if j.status == s) for s in ("finished", "skipped", "failed", "killed")}
-    lines = [f"sweep summary: {', '.join(f'{n} {s}' for s, n in counts.items())}"]
+    pruned = sum(1 for j in statuses if j.status == "pruned")  # trials an Optuna pruner stopped early
+    lines = [f"sweep summary: {', '.join(f'{n} {s}' for s, n in counts.items())}" +
+             (f", {pruned} pruned" if pruned else "")]
     for job in statuses:
         if job.status in ("failed", "killed"):
             lines.append(f"  {job.status.upper()}: {' '.join(job.overrides) or '(defaults)'}: {job.error}")

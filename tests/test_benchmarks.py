@@ -46,6 +46,10 @@ EXPECTED_TABLES = {
                              for step in ("train, batch 64", "train, batch 256", "evaluate, batch 1000")]
                             + ["torch.mm"], ["GFLOP/s", "of peak"]),
     },
+    "search_pruning.py": {
+        "Search of ": (["pruner", "wall s", "best val_acc", "completed", "pruned", "epochs trained"], 1,
+                       ["none", "median"], None),
+    },
     "run_overhead.py": {
         "Per-run overhead in one process": (["step", "first run (s)", "later runs, median (s)"], 1,
                                             ["whole job", "  of which training", "  of which logging the MLflow model",
@@ -112,7 +116,7 @@ def test_the_table_check_tells_figures_from_anything_else():
 
 def test_every_benchmark_script_is_covered():
     assert SCRIPTS == ["data_prep.py", "epoch_throughput.py", "grid.py", "hardware_efficiency.py", "run_overhead.py",
-                       "system_metrics.py"]
+                       "search_pruning.py", "system_metrics.py"]
     assert sorted(EXPECTED_TABLES) == SCRIPTS
 
 

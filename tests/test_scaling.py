@@ -1,4 +1,4 @@
-"""Scaling out on existing engines, for real: Optuna through Hydra's sweeper, submitit's local
+"""Scaling out on existing engines, for real: Optuna through our Hydra sweeper, submitit's local
 executor, and a shared `mlflow server` on 127.0.0.1. SLURM itself is only composed."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import CONF_DIR, job_runs, run_script, sweep_runs
-from mnist_exp import tracking
+from mnist_exp import search, tracking
 
 pytestmark = pytest.mark.slow
 TINY = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
@@ -24,11 +24,13 @@ def train(cwd, *args):
     return run_script("train.py", *args, cwd=cwd)
 
 
-def test_optuna_search_records_every_trial_and_survives_a_failing_one(project_dir):
+def test_optuna_search_records_every_trial_side_by_side_and_survives_a_failing_one(project_dir):
     # lr is narrowed to three choices, one invalid. The search's sampler is seeded, and with the
-    # pinned optuna its three trials draw each choice once: the failing trial is sure to happen.
+    # pinned optuna and seed 5 its three trials draw each choice once: the failing trial is sure to happen.
+    # They run at once, in the default launcher's worker processes, each reporting to its trial.
     result = train(
-        project_dir, "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3",
+        project_dir, "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=5",
+        "hydra.sweeper.n_jobs=3",
         "optimizer.lr=choice(-1.0,0.01,0.05)", "data.validation_size=100", *TINY,
     )
 
@@ -38,6 +40,7 @@ def test_optuna_search_records_every_trial_and_survives_a_failing_one(project_di
     assert {lr: r.info.status for lr, r in runs.items()} == {"-1.0": "FAILED", "0.01": "FINISHED", "0.05": "FINISHED"}
     weight_decays = {r.data.params["regularizer.l2.weight_decay"] for r in runs.values()}
     assert len(weight_decays) == 3, "the other hyperparameters are searched too"
+    assert sorted(r.data.tags[search.TRIAL_TAG] for r in runs.values()) == ["0", "1", "2"]
     for lr in ("0.01", "0.05"):
         assert runs[lr].data.params["data.validation_size_used"] == "100"
         assert "val_acc" in runs[lr].data.metrics

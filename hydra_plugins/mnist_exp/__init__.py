@@ -1,8 +1,13 @@
-"""Hydra instantiates launchers only from classes defined under the hydra_plugins namespace: this is
-how it finds mnist_exp's own (conf/hydra/launcher/parallel.yaml), whose code is mnist_exp/launcher.py."""
+"""Hydra instantiates launchers and sweepers only from classes defined under the hydra_plugins namespace: this is
+how it finds mnist_exp's launcher (conf/hydra/launcher/parallel.yaml, code in mnist_exp/launcher.py) and
+sweeper (conf/hydra/sweeper/optuna.yaml, code in mnist_exp/search.py)."""
 
-from mnist_exp import launcher
+from mnist_exp import launcher, search
 
 
 class ParallelLauncher(launcher.ParallelLauncher):
     """The default launcher of `train.py -m`: mnist_exp.launcher.ParallelLauncher, registered here."""
+
+
+class OptunaSweeper(search.OptunaSweeper):
+    """hydra/sweeper=optuna: mnist_exp.search.OptunaSweeper, registered here."""
