@@ -90,6 +90,7 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.pairs, args.repeats = 1, 3
+        os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.1"  # a smoke run ends long before 2 s
     size = (["model=mlp", "data.limit_train=64", "data.limit_test=64", "trainer.epochs=1"] if args.smoke
             else ["model=lenet5", "trainer.epochs=2"])
     benchlib.set_threads(args.threads)

@@ -309,6 +309,11 @@ def log_datasets(datasets: dict) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
+def model_name(variant: str) -> str:
+    """A logged model's name: its variant, without the characters MLflow's model names refuse."""
+    return re.sub(r"[/:.%\"']", "-", variant)
+
+
 def log_model(classifier, example, variant: str):
     """The trained network as an MLflow model named after its variant: an nn.Module with its code.
 
@@ -327,7 +332,7 @@ def log_model(classifier, example, variant: str):
     # that check their own input keeps it from refusing, before shipped.as_pixels sees them, the other forms.
     signature._is_signature_from_type_hint = True
     return Model.log(
-        artifact_path=None, name=re.sub(r"[/:.%\"']", "-", variant),  # characters MLflow's model names refuse
+        artifact_path=None, name=model_name(variant),
         flavor=_PytorchShippedPyfunc, flavor_name="pytorch", pytorch_model=classifier, signature=signature,
         input_example=example.numpy(), code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
         serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
