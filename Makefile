@@ -3,6 +3,7 @@
 #   make test    create .venv (first time only), run the test suite
 # make test-cluster (root) brings up a one-node SLURM cluster and a PostgreSQL-backed MLflow server
 # (deploy/), runs the tests that need them, and stops both.
+# make lint checks the code with ruff (lint and format), as CI and the pre-commit hooks do.
 # make bench runs every benchmark (BENCH_ARGS=--smoke for a quick check).
 # Afterwards `source .venv/bin/activate` gives the plain python train.py / mlflow ui / python analyze.py.
 
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 SWEEP ?= model=lenet5,mlp regularizer=none,l2,dropout
 BENCHMARKS := epoch_throughput data_prep run_overhead grid hardware_efficiency
 
-.PHONY: setup sweep test test-cluster bench ui clean
+.PHONY: setup sweep test test-cluster lint bench ui clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "mnist-exp needs Python 3.11 (set PYTHON=python3.11)"'
@@ -32,6 +33,10 @@ test: $(STAMP)
 
 test-cluster: $(STAMP)
 	$(BIN)/python -m pytest --cluster $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	for name in $(BENCHMARKS); do $(BIN)/python benchmarks/$$name.py $(BENCH_ARGS) || exit 1; done

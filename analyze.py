@@ -34,29 +34,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else mnist-exp)")
-    parser.add_argument("--sweep", action="append",
-                        help="'latest' (default), 'all', a sweep's parent run ID (prefix) or key, or words of its name "
-                             "(experiment=course_grid: the latest such sweep); repeat to pool sweeps")
-    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep runs whose setting matches, e.g. model=lenet5 or optimizer.lr=0.01; repeatable")
-    parser.add_argument("--metric", choices=("final", "best", "val"), default="final",
-                        help="a run's accuracy: of its delivered model on the test split (default), of its best "
-                             "epoch, or of its delivered model on the validation split (to choose a recipe)")
-    parser.add_argument("--sort", help="order rows best first by test_acc, best_test_acc, test_loss, gap, params, "
-                                       "train_time_s or variant (default: MLP, LeNet-5, regularized LeNet-5)")
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        help="'latest' (default), 'all', a sweep's parent run ID (prefix) or key, or words of its name "
+        "(experiment=course_grid: the latest such sweep); repeat to pool sweeps",
+    )
+    parser.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose setting matches, e.g. model=lenet5 or optimizer.lr=0.01; repeatable",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=("final", "best", "val"),
+        default="final",
+        help="a run's accuracy: of its delivered model on the test split (default), of its best "
+        "epoch, or of its delivered model on the validation split (to choose a recipe)",
+    )
+    parser.add_argument(
+        "--sort",
+        help="order rows best first by test_acc, best_test_acc, test_loss, gap, params, "
+        "train_time_s or variant (default: MLP, LeNet-5, regularized LeNet-5)",
+    )
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
-    parser.add_argument("--wide", action="store_true",
-                        help="markdown with every column (default: what fits 120 columns; csv and json keep all)")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="markdown with every column (default: what fits 120 columns; csv and json keep all)",
+    )
     parser.add_argument("--out", type=Path, help="write the table to this file instead of stdout")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write the figures (PNG) to DIR")
-    parser.add_argument("--report", type=Path, metavar="DIR",
-                        help="write report.md and its figures to DIR, and log them to the sweep's MLflow run")
-    parser.add_argument("--register", metavar="NAME",
-                        help="register the best variant's model (mean over seeds, on the validation split where the "
-                             "runs have one, else by --metric) in MLflow's Model Registry as NAME; print its URI")
-    parser.add_argument("--diff", nargs=2, metavar=("A", "B"),
-                        help="compare two runs (run IDs or names) or variants (labels such as mlp/none/sgd: all "
-                             "their seeds): the settings that differ and the final metrics; --plots DIR adds curves")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write report.md and its figures to DIR, and log them to the sweep's MLflow run",
+    )
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best variant's model (mean over seeds, on the validation split where the "
+        "runs have one, else by --metric) in MLflow's Model Registry as NAME; print its URI",
+    )
+    parser.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A", "B"),
+        help="compare two runs (run IDs or names) or variants (labels such as mlp/none/sgd: all "
+        "their seeds): the settings that differ and the final metrics; --plots DIR adds curves",
+    )
     parser.add_argument("--command", metavar="RUN", help="print the train.py command that re-creates a run")
     return parser.parse_args(argv)
 
@@ -75,12 +104,19 @@ def main(argv=None) -> int:
 
         return compare.main(args.tracking_uri, args.experiment, args.diff, args.command, args.plots)
 
-    from mnist_exp.analysis import (METRICS, AnalysisError, apply_filters, format_table, register_best, select_runs,
-                                    variant_table)
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
     from mnist_exp import tracking
+    from mnist_exp.analysis import (
+        METRICS,
+        AnalysisError,
+        apply_filters,
+        format_table,
+        register_best,
+        select_runs,
+        variant_table,
+    )
     from mnist_exp.search import PRUNED_TAG
     from mnist_exp.tracking import TrackingError
 
@@ -100,9 +136,11 @@ def main(argv=None) -> int:
             without = finished[held_out.isna()]
             if not without.empty:
                 names = without.get(f"tags.{tracking.VARIANT}", without["run_name"]).fillna(without["run_name"])
-                raise AnalysisError(f"--metric val: {len(without)} of {len(finished)} runs held out no validation "
-                                    f"split ({', '.join(sorted(set(names)))}); train them with data.validation_size=N, "
-                                    "leave them out with --filter, or rank on the test split (--metric final)")
+                raise AnalysisError(
+                    f"--metric val: {len(without)} of {len(finished)} runs held out no validation "
+                    f"split ({', '.join(sorted(set(names)))}); train them with data.validation_size=N, "
+                    "leave them out with --filter, or rank on the test split (--metric final)"
+                )
         table = variant_table(finished, metric=args.metric, sort=args.sort)
     except (AnalysisError, TrackingError) as error:
         print(f"analyze.py: {error}", file=sys.stderr)
@@ -129,8 +167,11 @@ def main(argv=None) -> int:
             from mnist_exp.analysis import fresh_seeds, train_command
 
             row = table[table["variant"] == variant].iloc[0]
-            print(f"  its margin is optimistic (no validation split); re-test it on fresh seeds: "
-                  f"{train_command([row], fresh_seeds([row], 3))}", file=sys.stderr)
+            print(
+                f"  its margin is optimistic (no validation split); re-test it on fresh seeds: "
+                f"{train_command([row], fresh_seeds([row], 3))}",
+                file=sys.stderr,
+            )
 
     print(f"\n{selection.description}: {len(finished)} finished runs, {len(table)} variants", file=sys.stderr)
     fallback = [v for v, d in zip(table["variant"], table["data"]) if "fallback" in d]

@@ -32,8 +32,10 @@ def refuse_appended_groups(args: list[str]) -> None:
     for arg in args:
         group = arg[1:].split("=", 1)[0]
         if arg.startswith("+") and not arg.startswith("++") and "=" in arg and (CONF_DIR / group).is_dir():
-            sys.exit(f"train.py: error: {arg}: write {arg[1:]} without '+': the {group} group is already "
-                     "in conf/train.yaml's defaults, so it is chosen, not added")
+            sys.exit(
+                f"train.py: error: {arg}: write {arg[1:]} without '+': the {group} group is already "
+                "in conf/train.yaml's defaults, so it is chosen, not added"
+            )
 
 
 if __name__ == "__main__":

@@ -14,14 +14,16 @@ import platform
 import re
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"  # git-ignored: generated archives, extracted PNGs, tensor caches
-SHARED_SAMPLE = ROOT.parent / "shared" / "datasets" / "mnist-10k"  # the course-format twin of data/mnist-10k, where present
+SHARED_SAMPLE = (
+    ROOT.parent / "shared" / "datasets" / "mnist-10k"
+)  # the course-format twin of data/mnist-10k, where present
 MEAN, STD = 0.1307, 0.3081
 
 
@@ -54,10 +56,13 @@ def machine_line() -> str:
 
 def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
     """A GitHub-flavoured markdown table (readable as plain text, pasteable into the README)."""
-    align = ["right" if all(isinstance(v, (int, float)) or v == "" or _RATIO.fullmatch(str(v)) for v in column)
-             else "left" for column in zip(*rows)]  # numbers and ratios right, text left
-    text = tabulate([[_fmt(c) for c in row] for row in rows], headers, tablefmt="pipe", disable_numparse=True,
-                    colalign=align)
+    align = [
+        "right" if all(isinstance(v, (int, float)) or v == "" or _RATIO.fullmatch(str(v)) for v in column) else "left"
+        for column in zip(*rows)
+    ]  # numbers and ratios right, text left
+    text = tabulate(
+        [[_fmt(c) for c in row] for row in rows], headers, tablefmt="pipe", disable_numparse=True, colalign=align
+    )
     return f"\n{title}\n\n{text}\n" if title else text
 
 
@@ -107,8 +112,10 @@ def sample_pngs(split: str) -> list[tuple[bytes, int]]:
 
     from mnist_exp.formats import read_idx_split
 
-    names = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}[split]
+    names = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }[split]
     images, labels = read_idx_split(*(ROOT / "data" / "mnist-10k" / n for n in names))
     out = []
     for image, label in zip(images, labels):

@@ -86,7 +86,10 @@ def main() -> None:
         "ours: read_course_split, workers=0": lambda: read_course_split(tar),
         f"ours: read_course_split, workers={workers}": lambda: read_course_split(tar, workers=workers),
     }
-    cold, warm = "ours: load_split, cold (decode + hash + write cache)", "ours: load_split, warm (read cache + verify hash)"
+    cold, warm = (
+        "ours: load_split, cold (decode + hash + write cache)",
+        "ours: load_split, warm (read cache + verify hash)",
+    )
     times: dict[str, list[float]] = {name: [] for name in [*contenders, cold, warm]}
     scratch = Path(tempfile.mkdtemp(prefix="mnist-exp-cache-"))
     try:
@@ -108,10 +111,17 @@ def main() -> None:
     measured = {name: min(seconds) for name, seconds in times.items()}
     reference = measured["reference decode (tarfile + PIL per PNG)"]
     pil = measured["PIL decode alone, bytes in memory"]
-    rows = [[what, seconds, len(pngs) / seconds, f"{reference / seconds:.1f}x", f"{pil / seconds:.1f}x"]
-            for what, seconds in measured.items()]
-    print(benchlib.table(["step", "seconds", "images/s", "vs reference", "vs PIL alone"], rows,
-                         f"Data preparation, {len(pngs)} images"))
+    rows = [
+        [what, seconds, len(pngs) / seconds, f"{reference / seconds:.1f}x", f"{pil / seconds:.1f}x"]
+        for what, seconds in measured.items()
+    ]
+    print(
+        benchlib.table(
+            ["step", "seconds", "images/s", "vs reference", "vs PIL alone"],
+            rows,
+            f"Data preparation, {len(pngs)} images",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ EVAL_BATCH = 1000
 
 def main() -> None:
     p = benchlib.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=12_800, help="training images per measurement (steps = images / batch)")
+    p.add_argument(
+        "--images", type=int, default=12_800, help="training images per measurement (steps = images / batch)"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
@@ -50,8 +52,10 @@ def main() -> None:
     data = benchlib.load_course(folder, benchlib.CACHE / "tensor-cache")
     train_png, test_png = (benchlib.extracted(folder / f"{s}.tar") for s in ("train", "test"))
     print(f"# {benchlib.machine_line()}")
-    print(f"# data: {folder} ({len(data.train)} train / {len(data.test)} test PNGs); "
-          f"{args.images} images per measurement, best of {args.repeats}")
+    print(
+        f"# data: {folder} ({len(data.train)} train / {len(data.test)} test PNGs); "
+        f"{args.images} images per measurement, best of {args.repeats}"
+    )
 
     inputs = InputPipeline(benchlib.MEAN, benchlib.STD)
     cpu = torch.device("cpu")
@@ -75,10 +79,18 @@ def main() -> None:
             images = steps * batch
             subset = data.train.head(images)  # train_epoch on it = `steps` batches
             contenders = {
-                "seed": (benchlib.build(name, ours=False), lambda m, o, b=batch, s=steps: benchlib.seed_train_steps(
-                    m, o, torch.utils.data.DataLoader(seed_train, batch_size=b, shuffle=True), s)),
-                "preloaded": (benchlib.build(name, ours=False), lambda m, o, b=batch, s=steps: benchlib.seed_train_steps(
-                    m, o, torch.utils.data.DataLoader(preloaded, batch_size=b, shuffle=True), s)),
+                "seed": (
+                    benchlib.build(name, ours=False),
+                    lambda m, o, b=batch, s=steps: benchlib.seed_train_steps(
+                        m, o, torch.utils.data.DataLoader(seed_train, batch_size=b, shuffle=True), s
+                    ),
+                ),
+                "preloaded": (
+                    benchlib.build(name, ours=False),
+                    lambda m, o, b=batch, s=steps: benchlib.seed_train_steps(
+                        m, o, torch.utils.data.DataLoader(preloaded, batch_size=b, shuffle=True), s
+                    ),
+                ),
                 "ours NCHW": (benchlib.build(name), lambda m, o, b=batch, d=subset: ours(m, o, b, d, nchw=True)),
                 "ours": (benchlib.build(name), lambda m, o, b=batch, d=subset: ours(m, o, b, d)),
             }
@@ -89,12 +101,37 @@ def main() -> None:
                     run(model, optimizer)
                     best[key] = min(best[key], time.perf_counter() - started)
             speed = {key: images / seconds for key, seconds in best.items()}
-            rows.append([name, batch, steps, speed["seed"], speed["preloaded"], speed["ours NCHW"], speed["ours"],
-                         f"{speed['ours'] / speed['seed']:.1f}x", f"{speed['ours'] / speed['preloaded']:.1f}x"])
+            rows.append(
+                [
+                    name,
+                    batch,
+                    steps,
+                    speed["seed"],
+                    speed["preloaded"],
+                    speed["ours NCHW"],
+                    speed["ours"],
+                    f"{speed['ours'] / speed['seed']:.1f}x",
+                    f"{speed['ours'] / speed['preloaded']:.1f}x",
+                ]
+            )
             print(f"  {name} batch {batch}: done", flush=True)
-    print(benchlib.table(
-        ["model", "batch", "steps", "seed img/s", "preloaded img/s", "ours NCHW img/s", "ours img/s",
-         "ours/seed", "ours/preloaded"], rows, f"Training throughput ({threads} torch threads)"))
+    print(
+        benchlib.table(
+            [
+                "model",
+                "batch",
+                "steps",
+                "seed img/s",
+                "preloaded img/s",
+                "ours NCHW img/s",
+                "ours img/s",
+                "ours/seed",
+                "ours/preloaded",
+            ],
+            rows,
+            f"Training throughput ({threads} torch threads)",
+        )
+    )
 
     rows = []
     for name in args.models:
@@ -119,10 +156,23 @@ def main() -> None:
             for key, run in contenders.items():
                 best[key] = min(best[key], benchlib.best_of(1, run))
         speed = {key: len(data.test) / seconds for key, seconds in best.items()}
-        rows.append([name, EVAL_BATCH, speed["seed"], speed["ours NCHW"], speed["ours"],
-                     f"{speed['ours'] / speed['seed']:.1f}x"])
-    print(benchlib.table(["model", "batch", "seed img/s", "ours NCHW img/s", "ours img/s", "ours/seed"], rows,
-                         f"Evaluation throughput, {len(data.test)} test images ({threads} torch threads)"))
+        rows.append(
+            [
+                name,
+                EVAL_BATCH,
+                speed["seed"],
+                speed["ours NCHW"],
+                speed["ours"],
+                f"{speed['ours'] / speed['seed']:.1f}x",
+            ]
+        )
+    print(
+        benchlib.table(
+            ["model", "batch", "seed img/s", "ours NCHW img/s", "ours img/s", "ours/seed"],
+            rows,
+            f"Evaluation throughput, {len(data.test)} test images ({threads} torch threads)",
+        )
+    )
 
 
 if __name__ == "__main__":

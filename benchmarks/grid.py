@@ -35,8 +35,11 @@ GRID = ["model=lenet5,mlp", "regularizer=none,l2,dropout"]
 LAUNCHERS = {
     "default (no override)": [],
     "hydra/launcher=basic (sequential)": ["hydra/launcher=basic"],
-    "hydra/launcher=joblib n_jobs=2, 1 thread": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                                                  "trainer.threads=1"],
+    "hydra/launcher=joblib n_jobs=2, 1 thread": [
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "trainer.threads=1",
+    ],
 }
 TARGET_WALL_S, TARGET_RATIO = 85.0, 0.75  # issue #14, for the 10-epoch grid on 60k images
 
@@ -45,8 +48,13 @@ def sweep(command: list[str], cwd: Path, log: Path) -> tuple[float, float, float
     """(wall seconds, user CPU seconds, system CPU seconds) of one sweep and every process it waited for."""
     started = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run(["/usr/bin/time", "-f", "CPU_S=%U %S"] + command, cwd=cwd, stdout=out,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        done = subprocess.run(
+            ["/usr/bin/time", "-f", "CPU_S=%U %S"] + command,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     wall = time.perf_counter() - started
     text = log.read_text()
     if done.returncode != 0:
@@ -80,15 +88,23 @@ def main() -> None:
     from mnist_exp.launcher import available_cores  # what the default launcher plans with
 
     print(f"# {benchlib.machine_line()}, {available_cores()} cores usable")
-    print(f"# data: {folder} ({train_size} train / {test_size} test); {epochs} epoch{'' if epochs == 1 else 's'} per run; "
-          f"sweep: {' '.join(grid)}; {repeats} sweep(s) per launcher, interleaved")
+    print(
+        f"# data: {folder} ({train_size} train / {test_size} test); "
+        f"{epochs} epoch{'' if epochs == 1 else 's'} per run; "
+        f"sweep: {' '.join(grid)}; {repeats} sweep(s) per launcher, interleaved"
+    )
 
     work = Path(tempfile.mkdtemp(prefix="mnist-exp-grid-"))
     try:
         cache = work / "cache"
         benchlib.load_course(folder, cache)  # warm the decoded-tensor cache the runs will find
-        common = [f"data.root={folder}", "data.source=course", f"data.cache_dir={cache}", f"trainer.epochs={epochs}",
-                  "force=true"]  # every sweep trains: none may skip runs an earlier one finished
+        common = [
+            f"data.root={folder}",
+            "data.source=course",
+            f"data.cache_dir={cache}",
+            f"trainer.epochs={epochs}",
+            "force=true",
+        ]  # every sweep trains: none may skip runs an earlier one finished
         if args.threads is not None:
             common.append(f"trainer.threads={args.threads}")
         measured: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LAUNCHERS}
@@ -97,9 +113,17 @@ def main() -> None:
             for index, (name, overrides) in enumerate(LAUNCHERS.items()):
                 run_dir = work / f"{index}-{repeat}"
                 run_dir.mkdir()
-                command = [sys.executable, str(benchlib.ROOT / "train.py"), "-m", *grid, *common, *overrides,
-                           f"mlflow.tracking_uri=sqlite:///{run_dir}/mlflow.db",
-                           f"trainer.checkpoint_dir={run_dir}/checkpoints", f"hydra.sweep.dir={run_dir}/sweep"]
+                command = [
+                    sys.executable,
+                    str(benchlib.ROOT / "train.py"),
+                    "-m",
+                    *grid,
+                    *common,
+                    *overrides,
+                    f"mlflow.tracking_uri=sqlite:///{run_dir}/mlflow.db",
+                    f"trainer.checkpoint_dir={run_dir}/checkpoints",
+                    f"hydra.sweep.dir={run_dir}/sweep",
+                ]
                 measured[name].append(sweep(command, run_dir, run_dir / "sweep.log"))
                 memory[name] += peak_rss(f"sqlite:///{run_dir}/mlflow.db")
 
@@ -108,19 +132,32 @@ def main() -> None:
             walls = [wall for wall, _, _ in results]
             cpus = [user + system for _, user, system in results]
             peaks = sorted((mib for _, mib in memory[name]), reverse=True)
-            rows.append([name, ", ".join(f"{w:.1f}" for w in walls), statistics.mean(walls),
-                         ", ".join(f"{c:.0f}" for c in cpus), f"{peaks[0]:.0f} MiB" if peaks else "-"])
-        print(benchlib.table(["launcher", "wall s (each sweep)", "wall s (mean)", "CPU s user+sys (each)",
-                              "peak RSS of a job"], rows,
-                             f"Grid of {len(memory[next(iter(LAUNCHERS))]) // repeats} runs, {train_size} training "
-                             f"images x {epochs} epochs"))
+            rows.append(
+                [
+                    name,
+                    ", ".join(f"{w:.1f}" for w in walls),
+                    statistics.mean(walls),
+                    ", ".join(f"{c:.0f}" for c in cpus),
+                    f"{peaks[0]:.0f} MiB" if peaks else "-",
+                ]
+            )
+        print(
+            benchlib.table(
+                ["launcher", "wall s (each sweep)", "wall s (mean)", "CPU s user+sys (each)", "peak RSS of a job"],
+                rows,
+                f"Grid of {len(memory[next(iter(LAUNCHERS))]) // repeats} runs, {train_size} training "
+                f"images x {epochs} epochs",
+            )
+        )
 
         default, sequential = (statistics.mean(w for w, _, _ in measured[n]) for n in list(LAUNCHERS)[:2])
         default_peaks = sorted((mib for _, mib in memory[list(LAUNCHERS)[0]]), reverse=True)
         side_by_side = sum(default_peaks[:2])
-        print(f"\ndefault launcher: {default:.1f} s wall = {default / sequential:.2f}x the sequential launcher's "
-              f"{sequential:.1f} s (target <= {TARGET_WALL_S:.0f} s and <= {TARGET_RATIO}x for the 10-epoch 60k grid); "
-              f"two jobs side by side at most {side_by_side:.0f} MiB (target 2.2 GB)")
+        print(
+            f"\ndefault launcher: {default:.1f} s wall = {default / sequential:.2f}x the sequential launcher's "
+            f"{sequential:.1f} s (target <= {TARGET_WALL_S:.0f} s and <= {TARGET_RATIO}x for the 10-epoch 60k grid); "
+            f"two jobs side by side at most {side_by_side:.0f} MiB (target 2.2 GB)"
+        )
     finally:
         if args.keep:
             print(f"kept {work}")

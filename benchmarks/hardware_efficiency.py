@@ -81,14 +81,21 @@ def main() -> None:
             seconds = benchlib.best_of(args.repeats, lambda: train_epoch(training, split, batch))
             speed = len(split) / seconds
             achieved = speed * 3 * 2 * macs
-            rows.append([name, f"train, batch {batch}", f"{macs:,}", speed, achieved / 1e9, f"{100 * achieved / peak:.1f}%"])
+            rows.append(
+                [name, f"train, batch {batch}", f"{macs:,}", speed, achieved / 1e9, f"{100 * achieved / peak:.1f}%"]
+            )
         seconds = benchlib.best_of(args.repeats, lambda: evaluate(model, split, 1000, inputs, cpu))
         speed = len(split) / seconds
         achieved = speed * 2 * macs
         rows.append([name, "evaluate, batch 1000", f"{macs:,}", speed, achieved / 1e9, f"{100 * achieved / peak:.1f}%"])
     rows.append([f"torch.mm {size}x{size} (peak)", "", "", "", peak / 1e9, "100%"])
-    print(benchlib.table(["model", "pass", "forward MACs/image", "images/s", "GFLOP/s", "of peak"], rows,
-                         f"FLOP/s achieved vs. measured float32 matmul peak ({threads} torch threads)"))
+    print(
+        benchlib.table(
+            ["model", "pass", "forward MACs/image", "images/s", "GFLOP/s", "of peak"],
+            rows,
+            f"FLOP/s achieved vs. measured float32 matmul peak ({threads} torch threads)",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,18 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
 
     from mnist_exp import job, tracking
 
-    cfg = benchlib.compose([f"trainer.seed={index}", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
-                            f"trainer.checkpoint_dir={workdir}/checkpoints", "trainer.epochs=1", "data.source=sample",
-                            "data.limit_train=64", "data.limit_test=64", f"data.cache_dir={workdir}/cache"])
+    cfg = benchlib.compose(
+        [
+            f"trainer.seed={index}",
+            f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
+            f"trainer.checkpoint_dir={workdir}/checkpoints",
+            "trainer.epochs=1",
+            "data.source=sample",
+            "data.limit_train=64",
+            "data.limit_test=64",
+            f"data.cache_dir={workdir}/cache",
+        ]
+    )
     output_dir = workdir / "outputs" / str(index)
     output_dir.mkdir(parents=True)
     log_model, timed = tracking.log_model, {}
@@ -78,8 +87,13 @@ def seed_run(workdir: Path, index: int, params: dict, folder: Path) -> None:
     with mlflow.start_run(run_name=f"seed {index}"):
         for key, value in params.items():
             mlflow.log_param(key, value)
-        for key, value in {"train_loss": 0.5, "train_acc": 0.9, "test_loss": 0.4, "test_acc": 0.91,
-                           "epoch_time_s": 1.0}.items():
+        for key, value in {
+            "train_loss": 0.5,
+            "train_acc": 0.9,
+            "test_loss": 0.4,
+            "test_acc": 0.91,
+            "epoch_time_s": 1.0,
+        }.items():
             mlflow.log_metric(key, value, step=1)
         mlflow.log_artifacts(str(folder))
 
@@ -93,7 +107,11 @@ def final_evaluations(repeats: int) -> None:
 
     folder = benchlib.course_dataset(*benchlib.FULL_SIZES)
     data = benchlib.load_course(folder, benchlib.CACHE / "tensor-cache")
-    inputs, cpu, channels_last = InputPipeline(benchlib.MEAN, benchlib.STD), torch.device("cpu"), training._channels_last
+    inputs, cpu, channels_last = (
+        InputPipeline(benchlib.MEAN, benchlib.STD),
+        torch.device("cpu"),
+        training._channels_last,
+    )
     layouts = {"NCHW batches": lambda x: x, "as shipped": channels_last}
     rows = []
     for name in ("lenet5", "mlp"):
@@ -109,18 +127,36 @@ def final_evaluations(repeats: int) -> None:
                 finally:
                     training._channels_last = channels_last
         for label in layouts:
-            rows.append([name, label, best[label, "test"], best[label, "train"], best[label, "test"] + best[label, "train"]])
-    print(benchlib.table(
-        ["model", "evaluate", f"test split again, {len(data.test)} (s)", f"train split, {len(data.train)} (s)",
-         "total (s)"], rows, "After the last epoch: job._log_evaluations's evaluations (batch 1000)"))
+            rows.append(
+                [name, label, best[label, "test"], best[label, "train"], best[label, "test"] + best[label, "train"]]
+            )
+    print(
+        benchlib.table(
+            [
+                "model",
+                "evaluate",
+                f"test split again, {len(data.test)} (s)",
+                f"train split, {len(data.train)} (s)",
+                "total (s)",
+            ],
+            rows,
+            "After the last epoch: job._log_evaluations's evaluations (batch 1000)",
+        )
+    )
 
 
 def wall(command: list[str], repeats: int, cwd: Path) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        subprocess.run(
+            command,
+            cwd=cwd,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         times.append(time.perf_counter() - started)
     return min(times)
 
@@ -166,10 +202,17 @@ def main() -> None:
             row("per-run overhead: whole job - training", [m[0] - m[1] for m in measured]),
             row("seed: fluent mlflow, one call per value (logging only)", seed_times),
         ]
-        print(benchlib.table(["step", "first run (s)", "later runs, median (s)"], rows,
-                             f"Per-run overhead in one process, {args.runs} runs, {len(params)} params"))
-        print(f"(in this process: importing mnist_exp.job took {import_time:.2f} s; creating the "
-              f"sqlite store, once per store, {store_creation:.2f} s)")
+        print(
+            benchlib.table(
+                ["step", "first run (s)", "later runs, median (s)"],
+                rows,
+                f"Per-run overhead in one process, {args.runs} runs, {len(params)} params",
+            )
+        )
+        print(
+            f"(in this process: importing mnist_exp.job took {import_time:.2f} s; creating the "
+            f"sqlite store, once per store, {store_creation:.2f} s)"
+        )
 
         if not args.smoke:
             final_evaluations(args.repeats)
@@ -178,19 +221,37 @@ def main() -> None:
         run_dir.mkdir()
         rows = [["python train.py --help", wall([PYTHON, TRAIN, "--help"], args.repeats, run_dir)]]
         if not args.smoke:  # the rest starts torch several times: tens of seconds
-            tiny = [PYTHON, TRAIN, "data.source=sample", "data.limit_train=64", "data.limit_test=64",
-                    "trainer.epochs=1", f"data.cache_dir={workdir}/cache", "force=true",
-                    f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db"]
-            connect = ("import time; from mnist_exp import tracking; t = time.perf_counter(); "
-                       f"tracking.connect('sqlite:///{workdir}/mlflow.db', 'mnist-exp'); "
-                       "print(time.perf_counter() - t)")
-            in_child = min(float(subprocess.run([PYTHON, "-c", connect], capture_output=True, text=True,
-                                                check=True).stdout.split()[-1]) for _ in range(args.repeats))
+            tiny = [
+                PYTHON,
+                TRAIN,
+                "data.source=sample",
+                "data.limit_train=64",
+                "data.limit_test=64",
+                "trainer.epochs=1",
+                f"data.cache_dir={workdir}/cache",
+                "force=true",
+                f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
+            ]
+            connect = (
+                "import time; from mnist_exp import tracking; t = time.perf_counter(); "
+                f"tracking.connect('sqlite:///{workdir}/mlflow.db', 'mnist-exp'); "
+                "print(time.perf_counter() - t)"
+            )
+            in_child = min(
+                float(
+                    subprocess.run([PYTHON, "-c", connect], capture_output=True, text=True, check=True).stdout.split()[
+                        -1
+                    ]
+                )
+                for _ in range(args.repeats)
+            )
             rows += [
                 ["python -c pass", wall([PYTHON, "-c", "pass"], args.repeats, run_dir)],
                 ["python -c 'import torch'", wall([PYTHON, "-c", "import torch"], args.repeats, run_dir)],
-                ["python -c 'import mnist_exp.job'",
-                 wall([PYTHON, "-c", "import mnist_exp.job"], args.repeats, run_dir)],
+                [
+                    "python -c 'import mnist_exp.job'",
+                    wall([PYTHON, "-c", "import mnist_exp.job"], args.repeats, run_dir),
+                ],
                 ["  tracking.connect to an existing store, first call in a process", in_child],
                 ["python train.py, 64 images x 1 epoch (existing store)", wall(tiny, args.repeats, run_dir)],
             ]

@@ -31,14 +31,23 @@ def search(work: Path, pruner: str, overrides: list[str]) -> list:
 
     folder = work / pruner
     folder.mkdir()
-    command = [sys.executable, str(benchlib.ROOT / "train.py"), "-m", "hparams_search=lenet5_optuna",
-               f"hydra/sweeper/pruner={pruner}", *overrides, f"hydra.sweep.dir={folder}/sweep"]
+    command = [
+        sys.executable,
+        str(benchlib.ROOT / "train.py"),
+        "-m",
+        "hparams_search=lenet5_optuna",
+        f"hydra/sweeper/pruner={pruner}",
+        *overrides,
+        f"hydra.sweep.dir={folder}/sweep",
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
-        sys.exit(f"search_pruning.py: the search with pruner={pruner} failed:\n{result.stdout[-3000:]}"
-                 f"{result.stderr[-3000:]}")
+        sys.exit(
+            f"search_pruning.py: the search with pruner={pruner} failed:\n{result.stdout[-3000:]}"
+            f"{result.stderr[-3000:]}"
+        )
     best = yaml.safe_load((folder / "sweep" / "optimization_results.yaml").read_text())["best_value"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = optuna.load_study(study_name=None, storage=f"sqlite:///{folder}/mlflow.optuna.db").trials
@@ -56,8 +65,12 @@ def main() -> None:
     print(f"# {benchlib.machine_line()}")
     work = Path(tempfile.mkdtemp(prefix="mnist-exp-search-"))
     try:
-        overrides = ["data.source=sample", f"data.cache_dir={work}/cache", f"trainer.epochs={epochs}",
-                     f"hydra.sweeper.n_trials={trials}"]
+        overrides = [
+            "data.source=sample",
+            f"data.cache_dir={work}/cache",
+            f"trainer.epochs={epochs}",
+            f"hydra.sweeper.n_trials={trials}",
+        ]
         if args.smoke:
             overrides += ["data.limit_train=300", "data.limit_test=100", "data.validation_size=100"]
         if args.threads is not None:
@@ -65,9 +78,14 @@ def main() -> None:
         # a 3-trial smoke search prunes once a single trial has completed
         startup = ["hydra.sweeper.pruner.n_startup_trials=1"] if args.smoke else []
         rows = [search(work, pruner, overrides + (startup if pruner == "median" else [])) for pruner in PRUNERS]
-        print(benchlib.table(["pruner", "wall s", "best val_acc", "completed", "pruned", "epochs trained"], rows,
-                             f"Search of {trials} trials x {epochs} epochs (hparams_search=lenet5_optuna, "
-                             f"{'300 images' if args.smoke else 'mnist-10k'})"))
+        print(
+            benchlib.table(
+                ["pruner", "wall s", "best val_acc", "completed", "pruned", "epochs trained"],
+                rows,
+                f"Search of {trials} trials x {epochs} epochs (hparams_search=lenet5_optuna, "
+                f"{'300 images' if args.smoke else 'mnist-10k'})",
+            )
+        )
         (_, plain, *_), (_, pruned, *_) = rows
         print(f"\nmedian pruner: {pruned:.1f} s wall = {pruned / plain:.2f}x the search without pruning")
     finally:

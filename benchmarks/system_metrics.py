@@ -59,8 +59,12 @@ def one_sample(workdir: Path, repeats: int) -> list[list]:
     log = tuple(both - alone for both, alone in zip(collect_and_log, collect))
     total = tuple(map(sum, zip(collect, read, log)))
     share = f"{100 * total[0] / SYSTEM_METRICS_INTERVAL_S:.2f}%"
-    return [["read the machine (psutil)", *collect, ""], ["read the run (is it RUNNING?)", *read, ""],
-            ["log the sample's values", *log, ""], [f"one sample, every {SYSTEM_METRICS_INTERVAL_S} s", *total, share]]
+    return [
+        ["read the machine (psutil)", *collect, ""],
+        ["read the run (is it RUNNING?)", *read, ""],
+        ["log the sample's values", *log, ""],
+        [f"one sample, every {SYSTEM_METRICS_INTERVAL_S} s", *total, share],
+    ]
 
 
 def one_run(workdir: Path, index: int, on: bool, size: list[str]) -> tuple[float, float]:
@@ -69,9 +73,18 @@ def one_run(workdir: Path, index: int, on: bool, size: list[str]) -> tuple[float
 
     from mnist_exp import job
 
-    cfg = benchlib.compose([f"trainer.seed={index}", f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
-                            f"trainer.checkpoint_dir={workdir}/checkpoints", "data.source=sample", "force=true",
-                            f"data.cache_dir={workdir}/cache", f"mlflow.system_metrics={str(on).lower()}", *size])
+    cfg = benchlib.compose(
+        [
+            f"trainer.seed={index}",
+            f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
+            f"trainer.checkpoint_dir={workdir}/checkpoints",
+            "data.source=sample",
+            "force=true",
+            f"data.cache_dir={workdir}/cache",
+            f"mlflow.system_metrics={str(on).lower()}",
+            *size,
+        ]
+    )
     output_dir = workdir / "outputs" / f"{index}-{on}"
     output_dir.mkdir(parents=True)
     started = time.perf_counter()
@@ -91,8 +104,11 @@ def main() -> None:
     if args.smoke:
         args.pairs, args.repeats = 1, 3
         os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.1"  # a smoke run ends long before 2 s
-    size = (["model=mlp", "data.limit_train=64", "data.limit_test=64", "trainer.epochs=1"] if args.smoke
-            else ["model=lenet5", "trainer.epochs=2"])
+    size = (
+        ["model=mlp", "data.limit_train=64", "data.limit_test=64", "trainer.epochs=1"]
+        if args.smoke
+        else ["model=lenet5", "trainer.epochs=2"]
+    )
     benchlib.set_threads(args.threads)
     print(f"# {benchlib.machine_line()}")
 
@@ -100,8 +116,13 @@ def main() -> None:
         workdir = Path(temporary)
         os.chdir(workdir)  # MLflow puts a new experiment's artifacts in ./mlruns
         rows = one_sample(workdir, args.repeats)
-        print(benchlib.table(["step", "CPU s (best)", "wall s (best)", "CPU share of the interval"], rows,
-                             "One system metrics sample, as MLflow's monitor thread takes it"))
+        print(
+            benchlib.table(
+                ["step", "CPU s (best)", "wall s (best)", "CPU share of the interval"],
+                rows,
+                "One system metrics sample, as MLflow's monitor thread takes it",
+            )
+        )
 
         one_run(workdir, 0, True, size)  # warm-up: one-time costs (imports, first figure, store creation)
         timings = {True: [], False: []}
@@ -112,8 +133,13 @@ def main() -> None:
         for label, column in (("whole job (run_job)", 0), ("  of which training (train_time_s)", 1)):
             on, off = (statistics.median(t[column] for t in timings[state]) for state in (True, False))
             rows.append([label, off, on, f"{100 * (on - off) / off:+.1f}%"])
-        print(benchlib.table(["step", "off, median (s)", "on, median (s)", "cost"], rows,
-                             f"Runs with system metrics on and off, {args.pairs} each, {' '.join(size)}"))
+        print(
+            benchlib.table(
+                ["step", "off, median (s)", "on, median (s)", "cost"],
+                rows,
+                f"Runs with system metrics on and off, {args.pairs} each, {' '.join(size)}",
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -31,22 +31,40 @@ from mnist_exp.sweep import sweep_members
 METRICS = {"final": "final_test_acc", "best": "best_test_acc", "val": "final_val_acc"}
 HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
 SORT_KEYS = {  # --sort name: (column, ascending); best first
-    "test_acc": ("acc_pct", False), "best_test_acc": ("best_test_acc_pct", False), "test_loss": ("test_loss", True),
-    "gap": ("gap_pp", True), "params": ("params", True), "train_time_s": ("train_time_s", True),
+    "test_acc": ("acc_pct", False),
+    "best_test_acc": ("best_test_acc_pct", False),
+    "test_loss": ("test_loss", True),
+    "gap": ("gap_pp", True),
+    "params": ("params", True),
+    "train_time_s": ("train_time_s", True),
     "variant": ("variant", True),
 }
 FILTER_ALIASES = {"model": "model.name", "regularizer": "regularizer.name", "optimizer": "optimizer.name"}
 # Identity settings that a baseline may differ in: what the comparison is about, and the seed.
 COMPARED = ("model.", "regularizer.", "trainer.seed")
 # Params a run derives from its settings: never what tells two variants apart.
-DERIVED = ("model.parameters", "model.lenet5_parameters", "model.description", "regularizer.name", "data.",
-           "trainer.resolved", "trainer.seed")
+DERIVED = (
+    "model.parameters",
+    "model.lenet5_parameters",
+    "model.description",
+    "regularizer.name",
+    "data.",
+    "trainer.resolved",
+    "trainer.seed",
+)
 # A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
 CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
 WIDTH = 120  # the default terminal table fits this many columns
 # Short names for the narrow table and the figures, printed as a key where used.
-SHORT = {"batchnorm": "bn", "augment": "aug", "dropout": "drop", "label_smoothing": "ls",
-         "early_stopping": "es", "onecycle": "1cyc", "cosine": "cos"}
+SHORT = {
+    "batchnorm": "bn",
+    "augment": "aug",
+    "dropout": "drop",
+    "label_smoothing": "ls",
+    "early_stopping": "es",
+    "onecycle": "1cyc",
+    "cosine": "cos",
+}
 
 
 class AnalysisError(RuntimeError):
@@ -97,7 +115,9 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
         return Selection(children, f"all {len(children)} runs of experiment {experiment!r}")
     if parents.empty:
         if sweeps != ["latest"]:
-            raise AnalysisError(f"--sweep {' '.join(sweeps)}: experiment {experiment!r} holds no sweeps (train.py -m ...)")
+            raise AnalysisError(
+                f"--sweep {' '.join(sweeps)}: experiment {experiment!r} holds no sweeps (train.py -m ...)"
+            )
         return Selection(children, f"all {len(children)} runs of experiment {experiment!r} (it holds no sweeps)")
     chosen = [_find_parent(parents, s) for s in sweeps]
     members = set()
@@ -115,7 +135,9 @@ def _find_parent(parents: pd.DataFrame, sweep: str) -> pd.Series:
         return parents.sort_values(f"tags.{tracking.LAST_LAUNCH}").iloc[-1]
     matches = parents[parents["run_id"].str.startswith(sweep) | (parents[f"tags.{tracking.SWEEP_KEY}"] == sweep)]
     if matches.empty:
-        matches = parents[parents["run_name"].str.contains(sweep, regex=False)].sort_values(f"tags.{tracking.LAST_LAUNCH}")
+        matches = parents[parents["run_name"].str.contains(sweep, regex=False)].sort_values(
+            f"tags.{tracking.LAST_LAUNCH}"
+        )
         matches = matches.tail(1)
     if len(matches) != 1:
         known = "; ".join(f"{r.run_id[:8]} ({r.run_name})" for r in parents.itertuples())
@@ -171,8 +193,10 @@ def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
             raise AnalysisError(f"--filter {condition!r}: expected key=value, e.g. model=lenet5")
         column = f"params.{FILTER_ALIASES.get(key.strip(), key.strip())}"
         if column not in runs:
-            known = sorted({*FILTER_ALIASES, *(c[len('params.'):] for c in runs if c.startswith("params."))})
-            raise AnalysisError(f"--filter {condition!r}: no run has a setting {key.strip()!r}; known: {', '.join(known)}")
+            known = sorted({*FILTER_ALIASES, *(c[len("params.") :] for c in runs if c.startswith("params."))})
+            raise AnalysisError(
+                f"--filter {condition!r}: no run has a setting {key.strip()!r}; known: {', '.join(known)}"
+            )
         runs = runs[runs[column] == value.strip()]
     return runs
 
@@ -184,7 +208,7 @@ def _context_key(run: pd.Series) -> str:
         key: value
         for key, value in run.items()
         if key.startswith("params.")
-        and not key[len("params."):].startswith(tracking.NOT_IDENTITY + COMPARED + ("data.", "trainer.resolved"))
+        and not key[len("params.") :].startswith(tracking.NOT_IDENTITY + COMPARED + ("data.", "trainer.resolved"))
     }
     data = {key: run.get(f"params.{key}") for key in tracking.DATA_IDENTITY}
     return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -211,31 +235,38 @@ def _data_label(run: pd.Series) -> str:
 def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
     """The numbers of each finished run, in percent, with its variant, its data and its comparison context."""
     final = _metric(finished, "final_test_acc").fillna(_metric(finished, "test_acc"))  # runs older than final_*
-    runs = pd.DataFrame({
-        "run_id": finished["run_id"],
-        "variant_hash": finished[f"tags.{tracking.VARIANT_HASH}"],
-        "context": finished.apply(_context_key, axis=1),
-        "data": finished.apply(_data_label, axis=1),
-        "settings": finished.apply(
-            lambda run: settings({k[len("params."):]: v for k, v in run.items() if k.startswith("params.")}), axis=1),
-        "model": finished["params.model.name"],
-        "regularizer": finished["params.regularizer.name"],
-        "optimizer": finished["params.optimizer.name"],
-        "scheduler": _column(finished, "params.scheduler.name").fillna("none"),
-        "params": finished["params.model.parameters"].astype(int),
-        "epochs": finished["params.trainer.epochs"].astype(int),
-        "train_size": pd.to_numeric(_column(finished, "params.data.train_size")),
-        "final_test_acc_pct": 100 * final,
-        "best_test_acc_pct": 100 * _metric(finished, "best_test_acc"),
-        "test_loss": _metric(finished, "final_test_loss").fillna(_metric(finished, "test_loss")),
-        "train_eval_acc_pct": 100 * _metric(finished, "train_eval_acc"),
-        "train_time_s": _metric(finished, "train_time_s"),
-        "seed": pd.to_numeric(_column(finished, "params.trainer.seed")),
-        "val_acc_pct": 100 * _metric(finished, "final_val_acc"),
-        "run_params": finished.apply(
-            lambda run: {k[len("params."):]: v for k, v in run.items() if k.startswith("params.") and not pd.isna(v)},
-            axis=1),
-    })
+    runs = pd.DataFrame(
+        {
+            "run_id": finished["run_id"],
+            "variant_hash": finished[f"tags.{tracking.VARIANT_HASH}"],
+            "context": finished.apply(_context_key, axis=1),
+            "data": finished.apply(_data_label, axis=1),
+            "settings": finished.apply(
+                lambda run: settings({k[len("params.") :]: v for k, v in run.items() if k.startswith("params.")}),
+                axis=1,
+            ),
+            "model": finished["params.model.name"],
+            "regularizer": finished["params.regularizer.name"],
+            "optimizer": finished["params.optimizer.name"],
+            "scheduler": _column(finished, "params.scheduler.name").fillna("none"),
+            "params": finished["params.model.parameters"].astype(int),
+            "epochs": finished["params.trainer.epochs"].astype(int),
+            "train_size": pd.to_numeric(_column(finished, "params.data.train_size")),
+            "final_test_acc_pct": 100 * final,
+            "best_test_acc_pct": 100 * _metric(finished, "best_test_acc"),
+            "test_loss": _metric(finished, "final_test_loss").fillna(_metric(finished, "test_loss")),
+            "train_eval_acc_pct": 100 * _metric(finished, "train_eval_acc"),
+            "train_time_s": _metric(finished, "train_time_s"),
+            "seed": pd.to_numeric(_column(finished, "params.trainer.seed")),
+            "val_acc_pct": 100 * _metric(finished, "final_val_acc"),
+            "run_params": finished.apply(
+                lambda run: {
+                    k[len("params.") :]: v for k, v in run.items() if k.startswith("params.") and not pd.isna(v)
+                },
+                axis=1,
+            ),
+        }
+    )
     runs["acc_pct"] = runs["final_test_acc_pct"] if metric == "final" else 100 * _metric(finished, METRICS[metric])
     schedule = runs["scheduler"].map(lambda name: "" if name == "none" else f"+{name}")
     runs["variant"] = runs["model"] + "/" + runs["regularizer"] + "/" + runs["optimizer"] + schedule
@@ -257,11 +288,32 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
     grouped = runs.groupby(["variant_hash", "context"], sort=False)
-    table = grouped[["variant", "model", "regularizer", "optimizer", "scheduler", "data", "settings", "params",
-                     "epochs", "train_size", "run_params"]].first()
+    table = grouped[
+        [
+            "variant",
+            "model",
+            "regularizer",
+            "optimizer",
+            "scheduler",
+            "data",
+            "settings",
+            "params",
+            "epochs",
+            "train_size",
+            "run_params",
+        ]
+    ].first()
     table["n"] = grouped.size()
-    for column in ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct", "gap_pp",
-                   "train_time_s", "val_acc_pct"):
+    for column in (
+        "acc_pct",
+        "final_test_acc_pct",
+        "best_test_acc_pct",
+        "test_loss",
+        "train_eval_acc_pct",
+        "gap_pp",
+        "train_time_s",
+        "val_acc_pct",
+    ):
         table[column] = grouped[column].mean()
     table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
     samples = grouped["acc_pct"].apply(list)
@@ -296,7 +348,7 @@ def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str
     'seed 2 (run 1a2b3c4d, 11.35%)'."""
     notes = []
     for i, (acc, seed, run_id) in enumerate(zip(accuracies, seeds, run_ids)):
-        others = accuracies[:i] + accuracies[i + 1:]
+        others = accuracies[:i] + accuracies[i + 1 :]
         if acc < CHANCE_PCT or (others and acc <= np.median(others) - COLLAPSE_PP):
             notes.append(f"seed {seed} (run {run_id[:8]}, {acc:.2f}%)")
     return notes
@@ -306,9 +358,18 @@ def comparison(a, b) -> dict:
     """a against b over their seeds: the numbers and the verdict the table and the report show
     (`p_adj` and `verdict` provisional until adjust() sees the whole family)."""
     d = compare(by_seed(a), by_seed(b))
-    return {"baseline": b.variant, "vs_baseline_pp": d.diff, "vs_baseline_pp_ci_low": d.ci_low,
-            "vs_baseline_pp_ci_high": d.ci_high, "p_value": d.p_value, "test": d.test, "n_compared": d.n,
-            "seeds_needed": seeds_needed(d), "p_adj": d.p_value, "verdict": _verdict(d.diff, d.p_value)}
+    return {
+        "baseline": b.variant,
+        "vs_baseline_pp": d.diff,
+        "vs_baseline_pp_ci_low": d.ci_low,
+        "vs_baseline_pp_ci_high": d.ci_high,
+        "p_value": d.p_value,
+        "test": d.test,
+        "n_compared": d.n,
+        "seeds_needed": seeds_needed(d),
+        "p_adj": d.p_value,
+        "verdict": _verdict(d.diff, d.p_value),
+    }
 
 
 def adjust(comparisons: list[dict]) -> list[dict]:
@@ -326,8 +387,18 @@ def _verdict(diff: float, p_adj: float) -> str:
     return "better" if diff > 0 else "worse"
 
 
-COMPARISON = ["baseline", "vs_baseline_pp", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high", "p_value", "p_adj",
-              "test", "n_compared", "verdict", "seeds_needed"]
+COMPARISON = [
+    "baseline",
+    "vs_baseline_pp",
+    "vs_baseline_pp_ci_low",
+    "vs_baseline_pp_ci_high",
+    "p_value",
+    "p_adj",
+    "test",
+    "n_compared",
+    "verdict",
+    "seeds_needed",
+]
 
 
 def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
@@ -369,7 +440,8 @@ def _disambiguate(table: pd.DataFrame) -> None:
         differing = sorted({key for s in settings for key in s if any(o.get(key) != s.get(key) for o in settings)})
         labels = [
             " ".join([variant, *(f"{key.split('.', 1)[-1]}={s.get(key, '-')}" for key in differing)])
-            if differing else f"{variant} [{data}]"
+            if differing
+            else f"{variant} [{data}]"
             for s, data in zip(settings, rows["data"])
         ]
         if len(set(labels)) < len(labels):  # same settings, other data: both differ
@@ -377,8 +449,9 @@ def _disambiguate(table: pd.DataFrame) -> None:
         table.loc[rows.index, "variant"] = labels
 
 
-def histories(tracking_uri: str, finished: pd.DataFrame,
-              keys=("test_acc", "test_loss", "train_acc", "train_loss", "lr")):
+def histories(
+    tracking_uri: str, finished: pd.DataFrame, keys=("test_acc", "test_loss", "train_acc", "train_loss", "lr")
+):
     """Per-epoch metrics of every finished run: columns run_id, variant, epoch, and one per key (fractions)."""
     from mlflow.tracking import MlflowClient
 
@@ -386,9 +459,7 @@ def histories(tracking_uri: str, finished: pd.DataFrame,
     variants = per_run(finished)
     frames = []
     for run in variants.itertuples():
-        series = {
-            key: {m.step: m.value for m in client.get_metric_history(run.run_id, key)} for key in keys
-        }
+        series = {key: {m.step: m.value for m in client.get_metric_history(run.run_id, key)} for key in keys}
         frame = pd.DataFrame(series).rename_axis("epoch").reset_index()
         frame.insert(0, "variant", run.variant)
         frame.insert(0, "run_id", run.run_id)
@@ -425,15 +496,25 @@ def train_overrides(row) -> list[str]:
     """The overrides of conf/train.yaml that train `row`'s variant again: its config groups, then each
     setting that differs from what they compose to."""
     params = row.run_params
-    names = {"model": row.model, "optimizer": row.optimizer, "scheduler": row.scheduler,
-             "regularizer": "none" if row.regularizer == "none" else f"[{row.regularizer.replace('+', ',')}]"}
+    names = {
+        "model": row.model,
+        "optimizer": row.optimizer,
+        "scheduler": row.scheduler,
+        "regularizer": "none" if row.regularizer == "none" else f"[{row.regularizer.replace('+', ',')}]",
+    }
     choices = tuple(f"{group}={names[group]}" for group in GROUPS)
     if "[" in choices[1] and "," not in choices[1]:
         choices = (choices[0], f"regularizer={row.regularizer}", *choices[2:])
     default = _composed(choices)
     skip = ("force", "trainer.seed", "trainer.threads", "trainer.checkpoint_dir", "data.cache_dir")
-    return [*choices, *(f"{key}={value}" for key, value in sorted(params.items())
-                        if key in default and default[key] != value and not key.startswith(skip))]
+    return [
+        *choices,
+        *(
+            f"{key}={value}"
+            for key, value in sorted(params.items())
+            if key in default and default[key] != value and not key.startswith(skip)
+        ),
+    ]
 
 
 def train_command(rows: list, seeds: list[int]) -> str:
@@ -441,18 +522,26 @@ def train_command(rows: list, seeds: list[int]) -> str:
     merged into one sweep where the variants differ in one config group only."""
     lists = [train_overrides(row) for row in rows]
     contiguous = len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
-    seeds_override = (f"'trainer.seed=range({seeds[0]},{seeds[-1] + 1})'" if contiguous  # Hydra's sweep range
-                      else "trainer.seed=" + ",".join(str(s) for s in seeds))
-    differing = [i for i in range(len(lists[0])) if len({tuple(x) for x in lists}) > 1
-                 and len({x[i] if i < len(x) else None for x in lists}) > 1]
+    seeds_override = (
+        f"'trainer.seed=range({seeds[0]},{seeds[-1] + 1})'"
+        if contiguous  # Hydra's sweep range
+        else "trainer.seed=" + ",".join(str(s) for s in seeds)
+    )
+    differing = [
+        i
+        for i in range(len(lists[0]))
+        if len({tuple(x) for x in lists}) > 1 and len({x[i] if i < len(x) else None for x in lists}) > 1
+    ]
     if all(len(x) == len(lists[0]) for x in lists) and len(differing) == 1 and differing[0] < len(GROUPS):
         i = differing[0]
         group = GROUPS[i]
         values = ",".join(dict.fromkeys(x[i].split("=", 1)[1] for x in lists))
-        merged = [*lists[0][:i], f"{group}={values}", *lists[0][i + 1:]]
+        merged = [*lists[0][:i], f"{group}={values}", *lists[0][i + 1 :]]
         return " ".join(["python train.py -m", *map(_quoted, merged), seeds_override])
-    return " && ".join(" ".join(["python train.py -m", *map(_quoted, x), seeds_override])
-                       for x in dict.fromkeys(tuple(x) for x in lists))
+    return " && ".join(
+        " ".join(["python train.py -m", *map(_quoted, x), seeds_override])
+        for x in dict.fromkeys(tuple(x) for x in lists)
+    )
 
 
 def _quoted(override: str) -> str:
@@ -472,8 +561,9 @@ def more_seeds(rows: list, needed: int) -> list[int]:
     return fresh_seeds(rows, max(needed - have, 0))
 
 
-def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str,
-                  metric: str) -> tuple[str, str, str, bool]:
+def register_best(
+    tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str, metric: str
+) -> tuple[str, str, str, bool]:
     """Register the model of the best variant (by mean over seeds, on validation where every variant has
     a validation split) in the Model Registry.
 
@@ -490,21 +580,36 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
     chosen_on = "final_val_acc" if basis == "validation" else METRICS[metric]
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        (model,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
-                                               experiment_ids=[finished.set_index("run_id").loc[run_id, "experiment_id"]])
+        (model,) = mlflow.search_logged_models(
+            filter_string=f"source_run_id = '{run_id}'",
+            output_format="list",
+            experiment_ids=[finished.set_index("run_id").loc[run_id, "experiment_id"]],
+        )
         client = mlflow.MlflowClient(tracking_uri)
-        same = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-                if v.source == model.model_uri]
+        same = [
+            v
+            for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            if v.source == model.model_uri
+        ]
         if same:
             return best.variant, f"models:/{name}/{same[0].version}", basis, False
         version = mlflow.register_model(
-            model.model_uri, name,
-            tags={"variant": best.variant, "metric": chosen_on, "variant_mean_pct": f"{best.acc_pct:.2f}",
-                  "seeds": str(best.n), "data": best.data, "run_id": run_id},
+            model.model_uri,
+            name,
+            tags={
+                "variant": best.variant,
+                "metric": chosen_on,
+                "variant_mean_pct": f"{best.acc_pct:.2f}",
+                "seeds": str(best.n),
+                "data": best.data,
+                "run_id": run_id,
+            },
         )
     except (MlflowException, ValueError) as error:  # ValueError: the run logged no model (or several)
-        raise AnalysisError(f"--register {name}: cannot register the model of run {run_id} "
-                            f"({best.variant}): {str(error).splitlines()[0]}") from None
+        raise AnalysisError(
+            f"--register {name}: cannot register the model of run {run_id} "
+            f"({best.variant}): {str(error).splitlines()[0]}"
+        ) from None
     return best.variant, f"models:/{name}/{version.version}", basis, True
 
 
@@ -524,27 +629,34 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
         "95% CI": [_interval(lo, hi) for lo, hi in zip(table["acc_pct_ci_low"], table["acc_pct_ci_high"])],
     }
     if wide:
-        shown = pd.DataFrame({
-            "variant": marked, "data": table["data"], "params": table["params"], **common,
-            "best %": table["best_test_acc_pct"].map(_number("{:.2f}")),
-            "val %": table["val_acc_pct"].map(_number("{:.2f}")),
-            "test loss": table["test_loss"].map(_number("{:.4f}")),
-            "train (eval) %": table["train_eval_acc_pct"].map(_number("{:.2f}")),
-            "gap pp": table["gap_pp"].map(_number("{:+.2f}")),
-            "epochs": table["epochs"],
-            "time s": table["train_time_s"].map(_number("{:.1f}")),
-            "Δ MLP pp": table["vs_mlp_pp"].map(_signed),
-            "Δ LeNet-5 pp": table["vs_lenet5_pp"].map(_signed),
-            "vs baseline": [_versus(row) for row in table.itertuples()],
-            "seeds needed": table["seeds_needed"].map(lambda n: "" if pd.isna(n) else str(n)),
-        })
+        shown = pd.DataFrame(
+            {
+                "variant": marked,
+                "data": table["data"],
+                "params": table["params"],
+                **common,
+                "best %": table["best_test_acc_pct"].map(_number("{:.2f}")),
+                "val %": table["val_acc_pct"].map(_number("{:.2f}")),
+                "test loss": table["test_loss"].map(_number("{:.4f}")),
+                "train (eval) %": table["train_eval_acc_pct"].map(_number("{:.2f}")),
+                "gap pp": table["gap_pp"].map(_number("{:+.2f}")),
+                "epochs": table["epochs"],
+                "time s": table["train_time_s"].map(_number("{:.1f}")),
+                "Δ MLP pp": table["vs_mlp_pp"].map(_signed),
+                "Δ LeNet-5 pp": table["vs_lenet5_pp"].map(_signed),
+                "vs baseline": [_versus(row) for row in table.itertuples()],
+                "seeds needed": table["seeds_needed"].map(lambda n: "" if pd.isna(n) else str(n)),
+            }
+        )
         return shown.to_markdown(index=False, disable_numparse=True) + _notes(table, {})
-    narrow = pd.DataFrame({
-        **common,
-        "Δ baseline pp (95% CI)": [_diff(row) for row in table.itertuples()],
-        "p Holm": table["p_adj"].map(_number("{:.3f}")),
-        "test": table["test"].fillna(""),
-    })
+    narrow = pd.DataFrame(
+        {
+            **common,
+            "Δ baseline pp (95% CI)": [_diff(row) for row in table.itertuples()],
+            "p Holm": table["p_adj"].map(_number("{:.3f}")),
+            "test": table["test"].fillna(""),
+        }
+    )
     key: dict[str, str] = {}
     for shorten in (False, True):
         labels = marked.map(lambda v: short(v, key)) if shorten else marked
@@ -554,7 +666,7 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
     else:  # still too wide: cut the labels (--wide shows them whole)
         room = WIDTH - max(map(len, text.splitlines())) + labels.str.len().max()
         head = room // 2
-        labels = labels.map(lambda v: v if len(v) <= room else v[:head] + "…" + v[len(v) - room + head + 1:])
+        labels = labels.map(lambda v: v if len(v) <= room else v[:head] + "…" + v[len(v) - room + head + 1 :])  # noqa: B023
         text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
     return text + _notes(table, key)
 
@@ -571,10 +683,15 @@ def short(variant: str, key: dict[str, str] | None = None) -> str:
 
 def _notes(table: pd.DataFrame, key: dict[str, str]) -> str:
     """Under the table: what Δ compares, collapsed seeds by run id, the key to short names."""
-    lines = ["Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
-                 "p Holm: adjusted within each baseline's family; test: paired over matched seeds, else Welch."]
-    lines += [f"* {row.variant}: collapsed {', '.join(row.collapsed)}; kept in every statistic"
-              for row in table.itertuples() if row.collapsed]
+    lines = [
+        "Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
+        "p Holm: adjusted within each baseline's family; test: paired over matched seeds, else Welch."
+    ]
+    lines += [
+        f"* {row.variant}: collapsed {', '.join(row.collapsed)}; kept in every statistic"
+        for row in table.itertuples()
+        if row.collapsed
+    ]
     if key:
         lines.append("key: " + ", ".join(f"{short} = {name}" for short, name in key.items()))
     return "\n\n" + "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines)
@@ -601,8 +718,10 @@ def _versus(row) -> str:
         return ""
     if pd.isna(row.p_value):
         return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} (1 seed: no test)"
-    return (f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p={row.p_value:.3f}, "
-            f"Holm {row.p_adj:.3f}: {row.verdict})")
+    return (
+        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p={row.p_value:.3f}, "
+        f"Holm {row.p_adj:.3f}: {row.verdict})"
+    )
 
 
 def _diff(row) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mnist_exp.data import save_atomically
-from mnist_exp.training import EpochMetrics, TrainingState, Training
+from mnist_exp.training import EpochMetrics, Training, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,16 @@ def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str
 
 
 def save(path: Path, run_id: str, training: Training, progress: TrainingState) -> None:
-    save_atomically({
-        "run_id": run_id,
-        "model_state": training.model.state_dict(),
-        "optimizer_state": training.optimizer.state_dict(),
-        "scheduler_state": training.scheduler.state_dict() if training.scheduler is not None else None,
-        "progress": asdict(progress),  # with the best epoch's weights, for early stopping
-    }, path)
+    save_atomically(
+        {
+            "run_id": run_id,
+            "model_state": training.model.state_dict(),
+            "optimizer_state": training.optimizer.state_dict(),
+            "scheduler_state": training.scheduler.state_dict() if training.scheduler is not None else None,
+            "progress": asdict(progress),  # with the best epoch's weights, for early stopping
+        },
+        path,
+    )
 
 
 def load(path: Path) -> Checkpoint | None:
@@ -49,8 +52,9 @@ def load(path: Path) -> Checkpoint | None:
         payload = torch.load(path, weights_only=True)
         fields = payload["progress"]
         progress = TrainingState(**{**fields, "history": [EpochMetrics(**m) for m in fields["history"]]})
-        return Checkpoint(payload["run_id"], payload["model_state"], payload["optimizer_state"],
-                          payload["scheduler_state"], progress)
+        return Checkpoint(
+            payload["run_id"], payload["model_state"], payload["optimizer_state"], payload["scheduler_state"], progress
+        )
     except Exception as error:  # a damaged checkpoint costs a restart, never a crash
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
         return None

@@ -20,8 +20,11 @@ from mnist_exp import tracking
 from mnist_exp.analysis import AnalysisError, _require_store
 
 # Tags that are settings of a run: what code trained it, on how many threads.
-SETTING_TAGS = {tracking.CODE_VERSION: "code version", tracking.PREFIX + "threads": "threads (used)",
-                tracking.PREFIX + "device": "device"}
+SETTING_TAGS = {
+    tracking.CODE_VERSION: "code version",
+    tracking.PREFIX + "threads": "threads (used)",
+    tracking.PREFIX + "device": "device",
+}
 CURVES = (("accuracy (%)", ("test_acc", "val_acc"), 100), ("cross-entropy loss", ("train_loss", "test_loss"), 1))
 
 
@@ -35,24 +38,31 @@ class Side:
 
 def find(client, experiment_id: str, ref: str) -> Side:
     """The run or variant `ref` names (see the module's docstring); an AnalysisError names what exists."""
-    runs = [run for run in client.search_runs([experiment_id], max_results=50_000)
-            if run.data.tags.get(tracking.ROLE) != "sweep"]
+    runs = [
+        run
+        for run in client.search_runs([experiment_id], max_results=50_000)
+        if run.data.tags.get(tracking.ROLE) != "sweep"
+    ]
     by_id = [run for run in runs if run.info.run_id == ref or (len(ref) >= 6 and run.info.run_id.startswith(ref))]
     by_name = sorted((run for run in runs if run.info.run_name == ref), key=lambda run: run.info.start_time)
     if len(by_id) == 1 or by_name:  # a name used twice (force=true trained it again): its latest run
         run = by_id[0] if len(by_id) == 1 else by_name[-1]
         return Side(f"run {run.info.run_id[:8]} ({run.info.run_name})", [run])
-    seeds = _latest_per_config([run for run in runs if run.data.tags.get(tracking.VARIANT) == ref
-                                and run.info.status == "FINISHED"])
+    seeds = _latest_per_config(
+        [run for run in runs if run.data.tags.get(tracking.VARIANT) == ref and run.info.status == "FINISHED"]
+    )
     variants = {run.data.tags.get(tracking.VARIANT_HASH) for run in seeds}
     if len(variants) > 1:
         names = "; ".join(sorted(run.info.run_name for run in seeds))
-        raise AnalysisError(f"{ref!r} names {len(variants)} variants that differ in other settings; "
-                            f"name one of their runs: {names}")
+        raise AnalysisError(
+            f"{ref!r} names {len(variants)} variants that differ in other settings; name one of their runs: {names}"
+        )
     if not seeds:
         known = sorted({run.data.tags.get(tracking.VARIANT) for run in runs} - {None})
-        raise AnalysisError(f"no run ID, run name or variant {ref!r} (with FINISHED runs) in this experiment; "
-                            f"variants: {', '.join(known) or 'none'}")
+        raise AnalysisError(
+            f"no run ID, run name or variant {ref!r} (with FINISHED runs) in this experiment; "
+            f"variants: {', '.join(known) or 'none'}"
+        )
     return Side(f"variant {ref} ({len(seeds)} run{'s' * (len(seeds) > 1)})", seeds)
 
 
@@ -81,8 +91,9 @@ def final_metrics(side: Side) -> dict[str, str]:
     frame = frame[sorted(column for column in frame if not column.startswith("system/"))]
     if len(frame) == 1:
         return {key: f"{value:.6g}" for key, value in frame.iloc[0].dropna().items()}
-    return {key: f"{values.mean():.6g} ± {values.std(ddof=1):.2g}" for key, values in frame.items()
-            if values.notna().any()}
+    return {
+        key: f"{values.mean():.6g} ± {values.std(ddof=1):.2g}" for key, values in frame.items() if values.notna().any()
+    }
 
 
 def diff_text(a: Side, b: Side) -> str:
@@ -94,8 +105,16 @@ def diff_text(a: Side, b: Side) -> str:
         frame = pd.DataFrame(rows, columns=[header, "A", "B"])
         return frame.to_markdown(index=False, disable_numparse=True) if rows else f"no {header} differs"
 
-    return "\n".join([f"A: {a.label}", f"B: {b.label}", "", table(settings(a), settings(b), "setting", True), "",
-                      table(final_metrics(a), final_metrics(b), "final metric", False)])
+    return "\n".join(
+        [
+            f"A: {a.label}",
+            f"B: {b.label}",
+            "",
+            table(settings(a), settings(b), "setting", True),
+            "",
+            table(final_metrics(a), final_metrics(b), "final metric", False),
+        ]
+    )
 
 
 def plot_curves(client, a: Side, b: Side, path: Path) -> Path:
@@ -113,8 +132,15 @@ def plot_curves(client, a: Side, b: Side, path: Path) -> Path:
                     history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
                     if history:
                         steps, values = zip(*history)
-                        ax.plot(steps, [scale * v for v in values], style, color=color, alpha=0.8, markersize=4,
-                                label=f"{name} {key}" if i == 0 else None)
+                        ax.plot(
+                            steps,
+                            [scale * v for v in values],
+                            style,
+                            color=color,
+                            alpha=0.8,
+                            markersize=4,
+                            label=f"{name} {key}" if i == 0 else None,
+                        )
         ax.set(xlabel="epoch", ylabel=ylabel, title=ylabel.split(" (")[0])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -139,13 +165,20 @@ def command(client, side: Side) -> tuple[str, str]:
     run = side.runs[0]
     with tempfile.TemporaryDirectory() as folder:
         try:
-            overrides = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "hydra/overrides.yaml",
-                                                                      folder)).read_text()) or []
-            hydra = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "hydra/hydra.yaml",
-                                                                   folder)).read_text())["hydra"]
+            overrides = (
+                yaml.safe_load(
+                    Path(client.download_artifacts(run.info.run_id, "hydra/overrides.yaml", folder)).read_text()
+                )
+                or []
+            )
+            hydra = yaml.safe_load(
+                Path(client.download_artifacts(run.info.run_id, "hydra/hydra.yaml", folder)).read_text()
+            )["hydra"]
         except Exception:  # MLflow raises several types for a missing artifact
-            raise AnalysisError(f"run {run.info.run_id} ({run.info.run_name}) has no hydra/overrides.yaml: "
-                                "it stopped before logging Hydra's files") from None
+            raise AnalysisError(
+                f"run {run.info.run_id} ({run.info.run_name}) has no hydra/overrides.yaml: "
+                "it stopped before logging Hydra's files"
+            ) from None
     threads = run.data.tags.get(tracking.PREFIX + "threads")
     if threads and not any(o.split("=", 1)[0].lstrip("+~") == "trainer.threads" for o in overrides):
         overrides.append(f"trainer.threads={threads}")

@@ -131,7 +131,7 @@ def _require(found: Located | None, root: Path, wanted: str) -> Located:
 
 
 def _find_course(root: Path) -> Located | None:
-    for kind, paths in (("tar", {s: root / f"{s}.tar" for s in SPLITS}), ("folder", {s: root / s for s in SPLITS})):
+    for _, paths in (("tar", {s: root / f"{s}.tar" for s in SPLITS}), ("folder", {s: root / s for s in SPLITS})):
         present = {split: path for split, path in paths.items() if path.exists()}
         if len(present) == len(SPLITS):
             return Located("course", root, {split: (path,) for split, path in present.items()})

@@ -15,9 +15,9 @@ import multiprocessing
 import re
 import tarfile
 import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -36,8 +36,8 @@ def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndar
 
     Images are ordered by ID (numerically where IDs are numbers), so a tar and its
     extracted folder give identical arrays. With `workers` > 0, PNGs are decoded in that many
-    forked processes (at most MAX_DECODE_WORKERS) while this one goes on reading the archive: tarfile's header parsing and
-    PIL's decode are both pure-Python-bound, so only processes run them side by side.
+    forked processes (at most MAX_DECODE_WORKERS) while this one goes on reading the archive: tarfile's header
+    parsing and PIL's decode are both pure-Python-bound, so only processes run them side by side.
     """
     members = _tar_members(path) if path.is_file() else _folder_members(path)
     labelled = []  # (sort key, label, member name), in archive order
@@ -157,7 +157,7 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     a word at a cut or garbled header, so every member's data and the end-of-archive block are checked."""
     raw = _read(path)
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+        archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")  # noqa: SIM115 (closed by `with archive` below)
     except tarfile.TarError as error:
         raise DataError(f"{path}: not a readable tar archive ({_one_line(error)})") from None
     last = None  # the name of the last member read whole
@@ -183,11 +183,18 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         end = raw[archive.offset : archive.offset + tarfile.BLOCKSIZE]
     # One zero block suffices, as for GNU tar ("a lone zero block"): every member before it is whole.
     if end != bytes(tarfile.BLOCKSIZE):
-        problem = ("ends" if not end else "ends inside a header" if len(end) < tarfile.BLOCKSIZE
-                   else "holds no valid tar header")
+        problem = (
+            "ends"
+            if not end
+            else "ends inside a header"
+            if len(end) < tarfile.BLOCKSIZE
+            else "holds no valid tar header"
+        )
         cause = "truncated" if len(end) < tarfile.BLOCKSIZE else "corrupt"
-        raise DataError(f"{path}: {problem} after {_after(last)}, at byte {archive.offset} of {len(raw)}, "
-                        f"without tar's end-of-archive block; the file is {cause}")
+        raise DataError(
+            f"{path}: {problem} after {_after(last)}, at byte {archive.offset} of {len(raw)}, "
+            f"without tar's end-of-archive block; the file is {cause}"
+        )
 
 
 def _after(member: str | None) -> str:
@@ -195,8 +202,11 @@ def _after(member: str | None) -> str:
 
 
 # Compressions tarfile reads, by their magic bytes; each decompressor refuses a stream that ends early.
-DECOMPRESSORS = {b"\x1f\x8b": ("gzip", gzip.decompress), b"BZh": ("bzip2", bz2.decompress),
-                 b"\xfd7zXZ\x00": ("xz", lzma.decompress)}
+DECOMPRESSORS = {
+    b"\x1f\x8b": ("gzip", gzip.decompress),
+    b"BZh": ("bzip2", bz2.decompress),
+    b"\xfd7zXZ\x00": ("xz", lzma.decompress),
+}
 
 
 def _read(path: Path) -> bytes:

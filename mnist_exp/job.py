@@ -28,8 +28,8 @@ from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
 from mnist_exp.regularization import layer_switches, variant_name
-from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, run_name, write_job_status
 from mnist_exp.shipped import PixelClassifier
+from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, run_name, write_job_status
 from mnist_exp.training import Diverged, Training, TrainingState, evaluate, fit, resolve_device
 from mnist_exp.validation import ConfigError, validate
 
@@ -113,8 +113,9 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
 
     data_params = data_params_of(data) if data is not None else None
     twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
-    checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash,
-                                                  data_params and tracking.data_identity(data_params))
+    checkpoint_file = checkpoints.checkpoint_path(
+        cfg.trainer.checkpoint_dir, config_hash, data_params and tracking.data_identity(data_params)
+    )
     claim = None
     if problem is None:  # only one process at a time trains an identity: tracking.Claim
         if skipped := _skip(cfg, twins, overrides):
@@ -143,8 +144,9 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # two INFO lines per run otherwise
         # The active run: MLflow fluent calls in this job land in it. Resumed, its system metrics continue.
         mlflow.start_run(run_id=run_id, log_system_metrics=cfg.mlflow.system_metrics)
-        log.info("MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment,
-                 cfg.mlflow.tracking_uri)
+        log.info(
+            "MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri
+        )
 
         previous_sigterm = _sigterm_raises_interrupt()
         status = "FINISHED"
@@ -191,16 +193,26 @@ def _skip(cfg, twins: list, overrides: list[str]) -> JobStatus | None:
     run = finished[0]
     trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
     other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
-    log.info("skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
-             run.info.run_id, run.info.run_name, other_code)
-    return JobStatus("skipped", overrides, run.info.run_id, None, None, run.info.run_name,
-                     objective_of(run.data.metrics))
+    log.info(
+        "skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
+        run.info.run_id,
+        run.info.run_name,
+        other_code,
+    )
+    return JobStatus(
+        "skipped", overrides, run.info.run_id, None, None, run.info.run_name, objective_of(run.data.metrics)
+    )
 
 
 def _say_waiting(holder: dict[str, str]) -> None:
     run = holder.get("run") or "its run (not opened yet)"
-    log.info("waiting: %s, the same config on the same data, is being trained by pid %s on %s; "
-             "this job reuses it once it finishes, or takes over if it stops", run, holder.get("pid"), holder.get("host"))
+    log.info(
+        "waiting: %s, the same config on the same data, is being trained by pid %s on %s; "
+        "this job reuses it once it finishes, or takes over if it stops",
+        run,
+        holder.get("pid"),
+        holder.get("host"),
+    )
 
 
 def variant_label(cfg) -> str:
@@ -247,8 +259,9 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
     return run_id, checkpoint
 
 
-def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path,
-                  trial: search.JobTrial | None = None) -> float | None:
+def train_and_log(
+    cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path, trial: search.JobTrial | None = None
+) -> float | None:
     """A run's steps, as in pytorch/examples' mnist: model, optimizer, epochs, then the results."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.trainer.seed)
@@ -256,8 +269,15 @@ def train_and_log(cfg, data, device, checkpoint, checkpoint_file: Path, output_d
     training = Training.from_config(built.model.to(device), cfg, device, len(data.train))
     log.info(
         "%s: %d parameters (LeNet-5: %d); data: %s (%s), %d train / %d test images; %s, %d threads",
-        built.description, built.parameters, built.lenet5_parameters, data.source, data.location,
-        len(data.train), len(data.test), device, torch.get_num_threads(),
+        built.description,
+        built.parameters,
+        built.lenet5_parameters,
+        data.source,
+        data.location,
+        len(data.train),
+        len(data.test),
+        device,
+        torch.get_num_threads(),
     )
     datasets = tracking.datasets(data)
     state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, data, datasets)
@@ -290,12 +310,14 @@ def objective_of(metrics: dict[str, float]) -> float | None:
 
 def _start(cfg, built, data, datasets) -> TrainingState:
     """A new run's record of what it trains and on which data."""
-    mlflow.log_params({
-        "model.parameters": str(built.parameters),
-        "model.lenet5_parameters": str(built.lenet5_parameters),
-        "model.description": built.description,
-        "regularizer.name": variant_name(cfg.regularizer),
-    })
+    mlflow.log_params(
+        {
+            "model.parameters": str(built.parameters),
+            "model.lenet5_parameters": str(built.lenet5_parameters),
+            "model.description": built.description,
+            "regularizer.name": variant_name(cfg.regularizer),
+        }
+    )
     tracking.log_datasets(datasets)
     if data.fallback:
         mlflow.set_tag(tracking.FALLBACK, data.fallback)
@@ -333,15 +355,24 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     if training.early_stopping is not None:  # which epoch's weights are delivered, and when training ended
         summary.update(best_epoch=state.best_epoch, stopped_epoch=state.epochs_done)
     mlflow.log_metrics(summary, step=state.epochs_done)
-    model_info = tracking.log_model(PixelClassifier(model, cfg.data.mean, cfg.data.std).eval(), data.test.images[:5],
-                                    variant_label(cfg))
+    model_info = tracking.log_model(
+        PixelClassifier(model, cfg.data.mean, cfg.data.std).eval(), data.test.images[:5], variant_label(cfg)
+    )
     # What the delivered model scores, linked to it (mlflow.search_logged_models) and to each split.
-    mlflow.log_metrics({"final_test_loss": test_loss, "final_test_acc": test_acc}, step=state.epochs_done,
-                       model_id=model_info.model_id, dataset=datasets["test"])
+    mlflow.log_metrics(
+        {"final_test_loss": test_loss, "final_test_acc": test_acc},
+        step=state.epochs_done,
+        model_id=model_info.model_id,
+        dataset=datasets["test"],
+    )
     if data.validation is not None:
         val_loss, val_acc, _ = evaluate(model, data.validation, batch, inputs, device)
-        mlflow.log_metrics({"final_val_loss": val_loss, "final_val_acc": val_acc}, step=state.epochs_done,
-                           model_id=model_info.model_id, dataset=datasets["validation"])
+        mlflow.log_metrics(
+            {"final_val_loss": val_loss, "final_val_acc": val_acc},
+            step=state.epochs_done,
+            model_id=model_info.model_id,
+            dataset=datasets["validation"],
+        )
     return predictions
 
 

@@ -17,9 +17,10 @@ import queue
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
@@ -79,8 +80,9 @@ class ParallelLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         requested = {j.config.trainer.threads for j in jobs} - {None}
-        workers, threads = plan(len(jobs), available_cores(), self.workers,
-                                self.threads_per_job or (max(requested) if requested else None))
+        workers, threads = plan(
+            len(jobs), available_cores(), self.workers, self.threads_per_job or (max(requested) if requested else None)
+        )
         for job in jobs:
             if job.config.trainer.threads is None:  # the job logs the threads it was given
                 job.config.trainer.threads = threads
@@ -97,8 +99,13 @@ class ParallelLauncher(Launcher):
 
     def _run_here(self, job: Job) -> JobReturn:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.config,
-                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=job.config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
     def _compose(self, index: int, overrides: list[str]) -> Job:
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -134,8 +141,11 @@ class Pool:
 
     def _start(self, worker_id: int) -> None:
         tasks = self.context.Queue()
-        process = self.context.Process(target=_worker, args=(worker_id, tasks, self.events, self.threads, self.payload),
-                                       name=f"mnist-exp worker {worker_id}")  # not daemon: jobs fork decoders
+        process = self.context.Process(
+            target=_worker,
+            args=(worker_id, tasks, self.events, self.threads, self.payload),
+            name=f"mnist-exp worker {worker_id}",
+        )  # not daemon: jobs fork decoders
         process.start()
         self.workers[worker_id] = (process, tasks, None)
 
@@ -186,8 +196,9 @@ class Pool:
 
     def _stop(self, display: SweepDisplay) -> None:
         """Ctrl-C or SIGTERM: every running job closes its run KILLED; then the workers end."""
-        display.message("interrupted: stopping every job (their runs are closed as KILLED; "
-                        "the same command resumes them)")
+        display.message(
+            "interrupted: stopping every job (their runs are closed as KILLED; the same command resumes them)"
+        )
         for process, _, job in self.workers.values():
             if process.is_alive() and job is not None:
                 os.kill(process.pid, signal.SIGINT)  # the terminal may have sent one already: workers take one
@@ -206,7 +217,8 @@ def _close_dead_job(job: Job, process) -> str:
     """A job whose worker died without reporting (SIGKILL, the out-of-memory killer): its run is closed
     FAILED with the cause (the same command resumes it) and its status written for the sweep's summary."""
     from mnist_exp import tracking
-    from mnist_exp.sweep import JobStatus as Status, read_sweep_info, write_job_status
+    from mnist_exp.sweep import JobStatus as Status
+    from mnist_exp.sweep import read_sweep_info, write_job_status
 
     code = process.exitcode
     cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
@@ -258,12 +270,17 @@ def _worker(worker_id: int, tasks, events, threads: int, payload: bytes) -> None
         setup_globals()
         Singleton.set_state(singleton_state)
         try:
-            result = run_job(hydra_context=hydra_context, task_function=_forward_logs(task_function, events, worker_id,
-                                                                                     index),
-                             config=config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            result = run_job(
+                hydra_context=hydra_context,
+                task_function=_forward_logs(task_function, events, worker_id, index),
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
         except KeyboardInterrupt:  # the job closed its run as KILLED and wrote its status
-            result = JobReturn(overrides=list(config.hydra.overrides.task), status=JobStatus.FAILED,
-                               _return_value=KeyboardInterrupt())
+            result = JobReturn(
+                overrides=list(config.hydra.overrides.task), status=JobStatus.FAILED, _return_value=KeyboardInterrupt()
+            )
             events.put(("done", worker_id, index, cloudpickle.dumps(result)))
             return
         # cloudpickle: Hydra's plugin scan imports its config classes twice, which plain pickle refuses
@@ -312,9 +329,15 @@ class SweepDisplay:
 
             # A terminal that never said its size reports 0 x 0, on which tqdm draws nothing.
             sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-            self.bar = tqdm(total=self.total, file=sys.stderr, leave=True, dynamic_ncols=sized,
-                            ncols=None if sized else 120, nrows=None if sized else 24,
-                            bar_format="{desc} | {elapsed} elapsed, ETA {remaining}")
+            self.bar = tqdm(
+                total=self.total,
+                file=sys.stderr,
+                leave=True,
+                dynamic_ncols=sized,
+                ncols=None if sized else 120,
+                nrows=None if sized else 24,
+                bar_format="{desc} | {elapsed} elapsed, ETA {remaining}",
+            )
             self._refresh()
 
     def __enter__(self) -> SweepDisplay:
@@ -348,7 +371,10 @@ class SweepDisplay:
 
     def _refresh(self) -> None:
         finished = sum(1 for job in self.jobs if job.result is not None)
-        running = [f"{job.name} (epoch {job.epoch}/{job.epochs})" for job in self.jobs
-                   if job.name and job.result is None]
-        self.bar.set_description_str(f"sweep {finished}/{len(self.jobs)} jobs done" +
-                                     (f" | running: {', '.join(running)}" if running else ""), refresh=True)
+        running = [
+            f"{job.name} (epoch {job.epoch}/{job.epochs})" for job in self.jobs if job.name and job.result is None
+        ]
+        self.bar.set_description_str(
+            f"sweep {finished}/{len(self.jobs)} jobs done" + (f" | running: {', '.join(running)}" if running else ""),
+            refresh=True,
+        )

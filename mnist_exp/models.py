@@ -1,4 +1,4 @@
-"""LeNet-5 (on 28x28 input, or the paper's 32x32 layout) and an MLP of the same size, built from the `model` config group."""
+"""LeNet-5 (on 28x28 input, or the paper's 32x32 layout) and an MLP of the same size, built from the `model` group."""
 
 from __future__ import annotations
 

@@ -42,8 +42,15 @@ def confusion_figure(counts: np.ndarray, title: str, path: Path) -> None:
     image = ax.imshow(counts, cmap="Blues")
     threshold = counts.max() / 2
     for (true, predicted), count in np.ndenumerate(counts):
-        ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
-                color="white" if count > threshold else "black")
+        ax.text(
+            predicted,
+            true,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if count > threshold else "black",
+        )
     ax.set(xlabel="predicted", ylabel="true", title=title, xticks=range(10), yticks=range(10))
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.subplots_adjust(left=0.1, right=0.9, bottom=0.1, top=0.93)
@@ -91,10 +98,22 @@ def model_curves(history, title: str):
     for (row, quantity), (col, split) in panels:
         ax, key = axes[row, col], f"{split}_{quantity}"
         bounds = (0, 100) if quantity == "acc" else (0, np.inf)
-        sns.lineplot(frame, x="epoch", y=key, hue="model", palette=palette, marker="o", ax=ax, legend=False,
-                     errorbar=lambda v, b=bounds: _ci95(v, b))
-        ax.set(title=f"{split} {'accuracy' if quantity == 'acc' else 'loss'}", xlabel="epoch",
-               ylabel="accuracy (%)" if quantity == "acc" else "cross-entropy")
+        sns.lineplot(
+            frame,
+            x="epoch",
+            y=key,
+            hue="model",
+            palette=palette,
+            marker="o",
+            ax=ax,
+            legend=False,
+            errorbar=lambda v, b=bounds: _ci95(v, b),
+        )
+        ax.set(
+            title=f"{split} {'accuracy' if quantity == 'acc' else 'loss'}",
+            xlabel="epoch",
+            ylabel="accuracy (%)" if quantity == "acc" else "cross-entropy",
+        )
         _epochs(ax)
     handles = [plt.Line2D([], [], color=palette[m], marker="o", label=m) for m in models]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(models), frameon=False)
@@ -111,20 +130,30 @@ def regularizer_panels(history, baseline: str, title: str):
     variants = [v for v in dict.fromkeys(frame["label"]) if v != baseline]
     cols = min(3, len(variants))
     rows = -(-len(variants) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows + 1.2), sharex=True, sharey=True,
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(3.3 * cols, 2.6 * rows + 1.2),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     colour = _palette(1)[0]
     plain = frame[frame["label"] == baseline]
     for ax, variant in zip(axes.flat, variants):
         for data, color in ((plain, GREY), (frame[frame["label"] == variant], colour)):
-            sns.lineplot(data, x="epoch", y="test_acc", color=color, marker="o", ax=ax,
-                         errorbar=lambda v: _ci95(v, (0, 100)))
+            sns.lineplot(
+                data, x="epoch", y="test_acc", color=color, marker="o", ax=ax, errorbar=lambda v: _ci95(v, (0, 100))
+            )
         ax.set(title=variant, xlabel="epoch", ylabel="test accuracy (%)")
         _epochs(ax)
-    for ax in axes.flat[len(variants):]:
+    for ax in axes.flat[len(variants) :]:
         ax.set_visible(False)
-    handles = [plt.Line2D([], [], color=GREY, marker="o", label="plain LeNet-5 (no regularizer)"),
-               plt.Line2D([], [], color=colour, marker="o", label="with the panel's regularizer")]
+    handles = [
+        plt.Line2D([], [], color=GREY, marker="o", label="plain LeNet-5 (no regularizer)"),
+        plt.Line2D([], [], color=colour, marker="o", label="with the panel's regularizer"),
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
     fig.suptitle(f"{title}\nmean over seeds, band: 95% CI of the mean")
     return fig
@@ -141,8 +170,15 @@ def forest(comparisons, title: str):
     ax.errorbar(rows["diff"], rows.index, xerr=np.nan_to_num(errors), fmt="none", ecolor=colour, capsize=3)
     for significant, face in ((True, colour), (False, "white")):
         chosen = rows[rows["significant"] == significant]
-        ax.scatter(chosen["diff"], chosen.index, s=36, facecolor=face, edgecolor=colour, zorder=3,
-                   label="significant (Holm-adjusted p < 0.05)" if significant else "not significant")
+        ax.scatter(
+            chosen["diff"],
+            chosen.index,
+            s=36,
+            facecolor=face,
+            edgecolor=colour,
+            zorder=3,
+            label="significant (Holm-adjusted p < 0.05)" if significant else "not significant",
+        )
     ax.set_yticks(rows.index, rows["label"])
     ax.set(xlabel="difference in test accuracy (pp), 95% CI", title=title, ylim=(-0.7, len(rows) - 0.3))
     ax.grid(axis="x", alpha=0.3)

@@ -12,8 +12,17 @@ import jinja2
 import pandas as pd
 
 from mnist_exp import plots
-from mnist_exp.analysis import (SHORT, adjust, choose_best, comparison, fresh_seeds, more_seeds, short,
-                                train_command, train_overrides)
+from mnist_exp.analysis import (
+    SHORT,
+    adjust,
+    choose_best,
+    comparison,
+    fresh_seeds,
+    more_seeds,
+    short,
+    train_command,
+    train_overrides,
+)
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
 STUDENTS_TEST_ACC = 98.8  # what the course's own solutions report for LeNet-5 on full MNIST
@@ -55,20 +64,30 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
 def regularizers(table: pd.DataFrame) -> list[dict]:
     """Per group trained alike: every regularized LeNet-5 against plain LeNet-5 (one Holm family)."""
     answers = []
-    for rows in groups(table, lambda r: _plain(r, "lenet5") is not None
-                       and ((r["model"] == "lenet5") & (r["regularizer"] != "none")).any()):
+    for rows in groups(
+        table,
+        lambda r: _plain(r, "lenet5") is not None and ((r["model"] == "lenet5") & (r["regularizer"] != "none")).any(),
+    ):
         plain = _plain(rows, "lenet5")
         regularized = rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")]
         family = adjust([comparison(row, plain) for row in regularized.itertuples()])
-        answers.append({"plain": plain, "trained": _trained(plain),
-                        "entries": [{"row": row, "c": _with_commands(c, [row, plain])}
-                                  for row, c in zip(regularized.itertuples(), family)]})
+        answers.append(
+            {
+                "plain": plain,
+                "trained": _trained(plain),
+                "entries": [
+                    {"row": row, "c": _with_commands(c, [row, plain])}
+                    for row, c in zip(regularized.itertuples(), family)
+                ],
+            }
+        )
     return answers
 
 
 def combinations(table: pd.DataFrame) -> list[dict]:
     """Per group trained alike with pairs and single regularizers of LeNet-5: every pair against the best
     single one (chosen on validation where there is one), one Holm family."""
+
     def parts(rows):
         lenet = rows[rows["model"] == "lenet5"]
         count = lenet["regularizer"].str.count(r"\+")
@@ -82,9 +101,17 @@ def combinations(table: pd.DataFrame) -> list[dict]:
         family = adjust([comparison(row, single) for row in pairs.itertuples()])
         entries = [{"row": row, "c": _with_commands(c, [row, single])} for row, c in zip(pairs.itertuples(), family)]
         best = next(item for item in entries if item["row"].variant == best_pair.variant)
-        answers.append({"single": single, "best": best, "entries": entries, "basis": basis, "trained": _trained(single),
-                        "better": [i["row"].regularizer for i in entries if i["c"]["verdict"] == "better"],
-                        "retest": _retest(basis, [best_pair, single])})
+        answers.append(
+            {
+                "single": single,
+                "best": best,
+                "entries": entries,
+                "basis": basis,
+                "trained": _trained(single),
+                "better": [i["row"].regularizer for i in entries if i["c"]["verdict"] == "better"],
+                "retest": _retest(basis, [best_pair, single]),
+            }
+        )
     return answers
 
 
@@ -104,8 +131,17 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         c = None
         if reference is not None and reference.variant != best.variant:
             c = _with_commands(adjust([comparison(best, reference)])[0], [best, reference])
-        answers.append({"model": model, "best": best, "basis": basis, "reference": reference, "c": c,
-                        "changes": " ".join(train_overrides(best)), "retest": _retest(basis, [best])})
+        answers.append(
+            {
+                "model": model,
+                "best": best,
+                "basis": basis,
+                "reference": reference,
+                "c": c,
+                "changes": " ".join(train_overrides(best)),
+                "retest": _retest(basis, [best]),
+            }
+        )
     return answers
 
 
@@ -157,17 +193,27 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
     for answer in regularizers(table)[:1]:
         variants = [answer["plain"].variant, *(i["row"].variant for i in answer["entries"])]
         made["regularizers"] = plots.regularizer_panels(
-            history[history["variant"].isin(variants)], "none",
-            f"Test accuracy of each regularizer ({answer['trained']})")
+            history[history["variant"].isin(variants)],
+            "none",
+            f"Test accuracy of each regularizer ({answer['trained']})",
+        )
     compared = table[table["baseline"].notna()]
     if len(compared):
-        made["differences"] = plots.forest(pd.DataFrame({
-            "label": [short(v) + (" vs LeNet-5" if r == "none" else "")
-                      for v, r in zip(compared["variant"], compared["regularizer"])],
-            "diff": compared["vs_baseline_pp"],
-            "low": compared["vs_baseline_pp_ci_low"], "high": compared["vs_baseline_pp_ci_high"],
-            "significant": compared["verdict"].isin(["better", "worse"]),
-        }), "Each variant minus its baseline:\nthe same model unregularized, trained alike")
+        made["differences"] = plots.forest(
+            pd.DataFrame(
+                {
+                    "label": [
+                        short(v) + (" vs LeNet-5" if r == "none" else "")
+                        for v, r in zip(compared["variant"], compared["regularizer"])
+                    ],
+                    "diff": compared["vs_baseline_pp"],
+                    "low": compared["vs_baseline_pp_ci_low"],
+                    "high": compared["vs_baseline_pp_ci_high"],
+                    "significant": compared["verdict"].isin(["better", "worse"]),
+                }
+            ),
+            "Each variant minus its baseline:\nthe same model unregularized, trained alike",
+        )
     return made
 
 
@@ -175,39 +221,76 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters.update(
         pp=lambda x: f"{x:+.2f}",
         p=lambda x: f"{x:.3g}",
-        acc=lambda row: f"{row.acc_pct:.2f}" + ("" if pd.isna(row.acc_pct_std) else f" ± {row.acc_pct_std:.2f}")
-        + f"% (n = {row.n})",
+        acc=lambda row: (
+            f"{row.acc_pct:.2f}"
+            + ("" if pd.isna(row.acc_pct_std) else f" ± {row.acc_pct_std:.2f}")
+            + f"% (n = {row.n})"
+        ),
         count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
         ci=lambda r: "" if pd.isna(r.acc_pct_ci_low) else f", 95% CI {r.acc_pct_ci_low:.2f}–{r.acc_pct_ci_high:.2f}",
         thousands="{:,}".format,
     )
-    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN,
-                       helps={"better": "helps", "worse": "hurts", "undecided": "undecided",
-                              "one seed": "one seed only, noise unknown"})
+    env.globals.update(
+        lecun_acc=LECUN_1998_TEST_ACC,
+        students_acc=STUDENTS_TEST_ACC,
+        full_mnist=FULL_MNIST_TRAIN,
+        helps={
+            "better": "helps",
+            "worse": "hurts",
+            "undecided": "undecided",
+            "one seed": "one seed only, noise unknown",
+        },
+    )
     return env
 
 
 def answers(table: pd.DataFrame, course: str | None = None) -> dict:
     """Everything the template words: each question's numbers and verdicts."""
-    return {"models": lenet5_vs_mlp(table), "regularizers": regularizers(table), "combinations": combinations(table),
-            "recipes": recipes(table, course), "lecun": versus_lecun(table),
-            "collapsed": [row for row in table.itertuples() if row.collapsed], "short": SHORT}
+    return {
+        "models": lenet5_vs_mlp(table),
+        "regularizers": regularizers(table),
+        "combinations": combinations(table),
+        "recipes": recipes(table, course),
+        "lecun": versus_lecun(table),
+        "collapsed": [row for row in table.itertuples() if row.collapsed],
+        "short": SHORT,
+    }
 
 
-def render(table: pd.DataFrame, table_markdown: str, figures: dict[str, Path], description: str, folder: Path,
-           course: str | None = None) -> str:
+def render(
+    table: pd.DataFrame,
+    table_markdown: str,
+    figures: dict[str, Path],
+    description: str,
+    folder: Path,
+    course: str | None = None,
+) -> str:
     links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
-    return _environment().get_template(TEMPLATE.name).render(
-        description=description, table=table_markdown, figures=links, **answers(table, course))
+    return (
+        _environment()
+        .get_template(TEMPLATE.name)
+        .render(description=description, table=table_markdown, figures=links, **answers(table, course))
+    )
 
 
-def write_report(table: pd.DataFrame, table_markdown: str, figures: dict[str, Path], description: str,
-                 folder: Path, course: str | None = None) -> Path:
+def write_report(
+    table: pd.DataFrame,
+    table_markdown: str,
+    figures: dict[str, Path],
+    description: str,
+    folder: Path,
+    course: str | None = None,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     report = folder / "report.md"
     report.write_text(render(table, table_markdown, figures, description, folder, course))

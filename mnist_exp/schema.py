@@ -5,7 +5,7 @@ conf/, the single source of defaults. Value ranges are checked in mnist_exp.vali
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -44,7 +44,7 @@ class SGDConfig:
 class AdamConfig:
     name: str = MISSING
     lr: float = MISSING
-    betas: List[float] = MISSING
+    betas: list[float] = MISSING
 
 
 @dataclass
@@ -66,7 +66,7 @@ class BatchNormConfig:
 class AugmentConfig:
     degrees: float = MISSING
     translate: float = MISSING
-    scale: List[float] = MISSING
+    scale: list[float] = MISSING
 
 
 @dataclass
@@ -109,8 +109,8 @@ class DataConfig:
     root: str = MISSING
     source: str = MISSING
     cache_dir: str = MISSING
-    limit_train: Optional[int] = MISSING
-    limit_test: Optional[int] = MISSING
+    limit_train: int | None = MISSING
+    limit_test: int | None = MISSING
     validation_size: int = MISSING
     mean: float = MISSING
     std: float = MISSING
@@ -123,7 +123,7 @@ class TrainerConfig:
     eval_batch_size: int = MISSING
     seed: int = MISSING
     device: str = MISSING
-    threads: Optional[int] = MISSING
+    threads: int | None = MISSING
     checkpoint_dir: str = MISSING
 
 
@@ -155,13 +155,13 @@ class OptunaSweeperConfig:
     _target_: str = MISSING
     _recursive_: bool = MISSING
     direction: str = MISSING
-    study_name: Optional[str] = MISSING
-    storage: Optional[str] = MISSING
+    study_name: str | None = MISSING
+    storage: str | None = MISSING
     n_trials: int = MISSING
     n_jobs: int = MISSING
     sampler: Any = MISSING  # an optuna.samplers class and its arguments
     pruner: Any = MISSING  # an optuna.pruners class and its arguments
-    params: Optional[Dict[str, Any]] = MISSING
+    params: dict[str, Any] | None = MISSING
 
 
 def register() -> None:

@@ -48,7 +48,7 @@ def storage_url(storage: str | None, tracking_uri: str) -> str:
     if storage:
         return storage
     if tracking_uri.startswith("sqlite:///"):
-        store = Path(tracking_uri[len("sqlite:///"):])
+        store = Path(tracking_uri[len("sqlite:///") :])
         return f"sqlite:///{store.with_name(store.stem + '.optuna.db')}"
     return "sqlite:///optuna.db"
 
@@ -98,8 +98,17 @@ def search_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, direction: str, study_name: str | None, storage: str | None, n_trials: int, n_jobs: int,
-                 sampler: DictConfig, pruner: DictConfig, params: DictConfig | None = None) -> None:
+    def __init__(
+        self,
+        direction: str,
+        study_name: str | None,
+        storage: str | None,
+        n_trials: int,
+        n_jobs: int,
+        sampler: DictConfig,
+        pruner: DictConfig,
+        params: DictConfig | None = None,
+    ) -> None:
         self.direction, self.study_name, self.storage = direction, study_name, storage
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.sampler, self.pruner, self.params = sampler, pruner, params
@@ -109,8 +118,9 @@ class OptunaSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
-                                                                task_function=task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
@@ -121,23 +131,34 @@ class OptunaSweeper(Sweeper):
         optuna.logging.enable_propagation()
         space, fixed = search_space(OmegaConf.to_container(self.params or {}), arguments)
         if not space:
-            raise ValueError("hydra.sweeper.params: nothing to search; give at least one key a choice, range "
-                             "or interval, e.g. optimizer.lr='tag(log, interval(1e-4, 0.1))'")
+            raise ValueError(
+                "hydra.sweeper.params: nothing to search; give at least one key a choice, range "
+                "or interval, e.g. optimizer.lr='tag(log, interval(1e-4, 0.1))'"
+            )
         info = read_sweep_info(self.config.hydra.sweep.dir)  # written by the sweep's callback before this
         name = study_name(self.study_name, self.config.mlflow.experiment, info.key)
         url = storage_url(self.storage, self.config.mlflow.tracking_uri)
-        study = optuna.create_study(study_name=name, storage=url, sampler=self._sampler(0),
-                                    direction=self.direction, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name, storage=url, sampler=self._sampler(0), direction=self.direction, load_if_exists=True
+        )
         requeued = self._requeue_interrupted(study)
         study.sampler = self._sampler(len(study.trials))  # a resumed study must not draw its first trials again
-        log.info("Optuna study %s in %s: %d of %d trials done%s; pruner %s", name, shown(url), counted(study),
-                 self.n_trials, f", {requeued} interrupted trial(s) asked again" if requeued else "",
-                 type(instantiate(self.pruner)).__name__)
+        log.info(
+            "Optuna study %s in %s: %d of %d trials done%s; pruner %s",
+            name,
+            shown(url),
+            counted(study),
+            self.n_trials,
+            f", {requeued} interrupted trial(s) asked again" if requeued else "",
+            type(instantiate(self.pruner)).__name__,
+        )
         index = 0
         while (todo := self.n_trials - counted(study)) > 0:
             trials = [study.ask(space) for _ in range(min(todo, self.n_jobs))]
-            overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()),
-                          f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}"] for t in trials]
+            overrides = [
+                [*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}"]
+                for t in trials
+            ]
             returns = self.launcher.launch(overrides, initial_job_idx=index)
             index += len(returns)
             for trial, ret in zip(trials, returns):
@@ -191,8 +212,13 @@ class OptunaSweeper(Sweeper):
             return
         best = study.best_trial
         log.info("best trial %d: value %.4f, params %s", best.number, best.value, best.params)
-        results = {"name": "optuna", "study": study.study_name, "best_trial": best.number,
-                   "best_params": best.params, "best_value": best.value}
+        results = {
+            "name": "optuna",
+            "study": study.study_name,
+            "best_trial": best.number,
+            "best_params": best.params,
+            "best_value": best.value,
+        }
         OmegaConf.save(OmegaConf.create(results), Path(self.config.hydra.sweep.dir) / RESULTS_FILE)
         client, _ = tracking.connect(self.config.mlflow.tracking_uri, self.config.mlflow.experiment)
         client.log_metric(info.parent_run_id, "best_value", best.value)
@@ -205,8 +231,12 @@ def counted(study) -> int:
     """Trials that count toward n_trials: every finished one but those a kill interrupted (asked again)."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get(REQUEUED)))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and not t.user_attrs.get(REQUEUED))
+    )
 
 
 class JobTrial:
@@ -224,8 +254,11 @@ class JobTrial:
         latest = history[-1]
         if latest.epoch < self.epochs and self.trial.should_prune():
             self.trial.set_user_attr(PRUNED_AT, latest.epoch)
-            raise Pruned(f"pruned by {type(self.trial.study.pruner).__name__} after epoch {latest.epoch} of "
-                         f"{self.epochs} (trial {self.trial.number}, val_acc {latest.val_acc:.4f})", latest.val_acc)
+            raise Pruned(
+                f"pruned by {type(self.trial.study.pruner).__name__} after epoch {latest.epoch} of "
+                f"{self.epochs} (trial {self.trial.number}, val_acc {latest.val_acc:.4f})",
+                latest.val_acc,
+            )
 
 
 def job_trial(cfg) -> JobTrial | None:
@@ -242,9 +275,12 @@ def job_trial(cfg) -> JobTrial | None:
 
     hydra = HydraConfig.get()
     name = study_name(hydra.sweeper.study_name, cfg.mlflow.experiment, read_sweep_info(hydra.sweep.dir).key)
-    study = optuna.load_study(study_name=name, storage=storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri),
-                              pruner=instantiate(hydra.sweeper.pruner),
-                              sampler=optuna.samplers.RandomSampler())  # the job samples nothing
+    study = optuna.load_study(
+        study_name=name,
+        storage=storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri),
+        pruner=instantiate(hydra.sweeper.pruner),
+        sampler=optuna.samplers.RandomSampler(),
+    )  # the job samples nothing
     trial = optuna.trial.Trial(study, int(trial_id))
     run_id = mlflow.active_run().info.run_id
     mlflow.set_tag(TRIAL_TAG, str(trial.number))

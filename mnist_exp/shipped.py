@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 SIDE = 28
-EXPECTED = (f"expected digits as uint8 pixels 0-255 or floats in [0, 1], shaped ({SIDE}, {SIDE}), "
-            f"(N, {SIDE}, {SIDE}) or (N, {SIDE * SIDE})")
+EXPECTED = (
+    f"expected digits as uint8 pixels 0-255 or floats in [0, 1], shaped ({SIDE}, {SIDE}), "
+    f"(N, {SIDE}, {SIDE}) or (N, {SIDE * SIDE})"
+)
 
 
 class PixelClassifier(nn.Module):
@@ -44,9 +46,9 @@ def as_pixels(data) -> torch.Tensor:
         raise ValueError(f"{EXPECTED}; got shape {np.shape(data)}")
     if array.dtype == np.uint8:
         return torch.tensor(array)  # a copy: the input may be read-only
-    if np.issubdtype(array.dtype, np.integer) and 0 <= array.min() and array.max() <= 255:  # JSON's integers
+    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255:  # JSON's integers
         return torch.from_numpy(array.astype(np.uint8))
-    if np.issubdtype(array.dtype, np.floating) and 0 <= array.min() and array.max() <= 1:  # NaN fails both
+    if np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1:  # NaN fails both
         return torch.from_numpy(array.astype(np.float32))
     span = f" from {array.min()} to {array.max()}" if np.issubdtype(array.dtype, np.number) else ""
     raise ValueError(f"{EXPECTED}; got {array.dtype} values{span}")

@@ -105,6 +105,7 @@ def seeds_needed(d: Difference, power: float = POWER) -> int | None:
         return None
     solver = TTestPower() if d.test == "paired" else TTestIndPower()
     effect = abs(d.diff) / d.sd
+
     def enough(n: int) -> bool:
         return solver.power(effect, n, ALPHA) >= power
 

@@ -22,8 +22,8 @@ import socket
 import sys
 import tempfile
 import uuid
-from datetime import datetime
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -87,8 +87,11 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
 def run_name(variant: str, seed: int, overrides: list[str], swept: list[str]) -> str:
     """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's value of every other swept key."""
     values = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
-    extras = [f"{_short_key(key)}={_short_value(values[key])}" for key in swept
-              if key in values and key not in NAMED_BY_VARIANT]
+    extras = [
+        f"{_short_key(key)}={_short_value(values[key])}"
+        for key in swept
+        if key in values and key not in NAMED_BY_VARIANT
+    ]
     return " ".join([variant, *extras, f"seed={seed}"])
 
 
@@ -136,13 +139,21 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str
     it is still running (then this launch gets a parent run of its own, so each lists its own members)."""
     from mnist_exp import tracking
 
-    existing = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{sweep_key}' "
-                                                                 f"and tags.`{tracking.ROLE}` = 'sweep'")
+    existing = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{sweep_key}' and tags.`{tracking.ROLE}` = 'sweep'",
+    )
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
-    tags = {tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
-            tracking.LAUNCHER: f"{socket.gethostname()} {os.getpid()}", **tracking.source_tags()}
-    free = [run for run in existing
-            if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(tracking.LAUNCHER, "")) is False]
+    tags = {
+        tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
+        tracking.LAUNCHER: f"{socket.gethostname()} {os.getpid()}",
+        **tracking.source_tags(),
+    }
+    free = [
+        run
+        for run in existing
+        if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(tracking.LAUNCHER, "")) is False
+    ]
     if not free:
         tags = {tracking.ROLE: "sweep", tracking.SWEEP_KEY: sweep_key, **tags}
         return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
@@ -173,8 +184,9 @@ def sweep_members(client, parent_run_id: str) -> set[str]:
 def summarize(statuses: list[JobStatus]) -> str:
     counts = {s: sum(1 for j in statuses if j.status == s) for s in ("finished", "skipped", "failed", "killed")}
     pruned = sum(1 for j in statuses if j.status == "pruned")  # trials an Optuna pruner stopped early
-    lines = [f"sweep summary: {', '.join(f'{n} {s}' for s, n in counts.items())}" +
-             (f", {pruned} pruned" if pruned else "")]
+    lines = [
+        f"sweep summary: {', '.join(f'{n} {s}' for s, n in counts.items())}" + (f", {pruned} pruned" if pruned else "")
+    ]
     for job in statuses:
         if job.status in ("failed", "killed"):
             lines.append(f"  {job.status.upper()}: {' '.join(job.overrides) or '(defaults)'}: {job.error}")
@@ -215,17 +227,28 @@ class LaunchCallback(Callback):
         client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
         sweeper_params = dict(config.hydra.sweeper.get("params") or {})
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
-            _exit("a hyperparameter search must not tune on the test set: hold out a validation split "
-                  "with data.validation_size=N (e.g. data.validation_size=1000)")
+            _exit(
+                "a hyperparameter search must not tune on the test set: hold out a validation split "
+                "with data.validation_size=N (e.g. data.validation_size=1000)"
+            )
         task_overrides = list(config.hydra.overrides.task)
         key, name = sweep_identity(task_overrides, sweeper_params)
         previous = read_sweep_info(config.hydra.sweep.dir)
         if previous and _launcher_alive(previous.launcher):
-            _exit(f"hydra.sweep.dir={config.hydra.sweep.dir} is in use by a sweep still running (launched by "
-                  f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder")
+            _exit(
+                f"hydra.sweep.dir={config.hydra.sweep.dir} is in use by a sweep still running (launched by "
+                f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder"
+            )
         parent = open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
-        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept_keys(task_overrides, sweeper_params),
-                         f"{socket.gethostname()} {os.getpid()}")
+        info = SweepInfo(
+            key,
+            name,
+            parent,
+            experiment_id,
+            uuid.uuid4().hex,
+            swept_keys(task_overrides, sweeper_params),
+            f"{socket.gethostname()} {os.getpid()}",
+        )
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
         self.open_sweep = (config, info)
@@ -251,8 +274,10 @@ class LaunchCallback(Callback):
         if self.interrupted:
             self._close("interrupted; the same command resumes it")
         else:
-            self._close(f"the launcher stopped after {ran} job(s), for the reason printed on the console "
-                        "(e.g. Hydra rejected a job's config)")
+            self._close(
+                f"the launcher stopped after {ran} job(s), for the reason printed on the console "
+                "(e.g. Hydra rejected a job's config)"
+            )
 
     def _close(self, stopped: str | None) -> bool:
         """Record the members and the summary on the parent run and close it; True if any job failed."""
@@ -277,8 +302,11 @@ class LaunchCallback(Callback):
         except Exception as error:  # the store may be gone; the summary must still be printed
             url = f"(could not record the sweep in MLflow: {error})"
         print(summary, flush=True)
-        print(f"runs: {url}" + ("  (run `mlflow ui` in this folder first)" if url.startswith("http://127.0.0.1:5000")
-                                else ""), flush=True)
+        print(
+            f"runs: {url}"
+            + ("  (run `mlflow ui` in this folder first)" if url.startswith("http://127.0.0.1:5000") else ""),
+            flush=True,
+        )
         return failed
 
 
@@ -299,8 +327,10 @@ def _preflight(config: DictConfig, output_dir: str, key: str):
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        _exit(f"cannot write the output folder {output_dir} ({key}): {error.strerror}; "
-              f"run from a writable folder or set {key}=<writable folder>")
+        _exit(
+            f"cannot write the output folder {output_dir} ({key}): {error.strerror}; "
+            f"run from a writable folder or set {key}=<writable folder>"
+        )
     return connected
 
 

@@ -106,8 +106,9 @@ def store_error(tracking_uri: str, error: Exception) -> TrackingError:
     detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if "error code 401" in detail or "error code 403" in detail:
         return TrackingError(_refused(tracking_uri, detail))
-    return TrackingError(credentials.redact(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: "
-                                            f"{detail}"))
+    return TrackingError(
+        credentials.redact(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: {detail}")
+    )
 
 
 @contextlib.contextmanager
@@ -128,8 +129,10 @@ def _sqlite_creation_lock(tracking_uri: str):
                 pass
         folder = os.open(path.parent, os.O_RDONLY)
     except OSError as error:
-        raise TrackingError(f"cannot write the MLflow store mlflow.tracking_uri={tracking_uri}: {error.strerror} "
-                            f"({error.filename}); point it to a writable folder with free space") from None
+        raise TrackingError(
+            f"cannot write the MLflow store mlflow.tracking_uri={tracking_uri}: {error.strerror} "
+            f"({error.filename}); point it to a writable folder with free space"
+        ) from None
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)  # a lock on the folder: nothing extra is left beside mlflow.db
         yield True
@@ -144,10 +147,12 @@ def check_server(tracking_uri: str) -> None:
             return
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise TrackingError(credentials.redact(
-            f"cannot reach the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason}); "
-            "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
-        )) from None
+        raise TrackingError(
+            credentials.redact(
+                f"cannot reach the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason}); "
+                "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
+            )
+        ) from None
 
 
 def _refused(tracking_uri: str, detail: str) -> str:
@@ -156,10 +161,14 @@ def _refused(tracking_uri: str, detail: str) -> str:
     who = f"MLFLOW_TRACKING_USERNAME={user}" if user else "no MLFLOW_TRACKING_USERNAME"
     tracking_uri = credentials.redact(tracking_uri)
     if "error code 403" in detail:
-        return (f"the MLflow server at mlflow.tracking_uri={tracking_uri} refuses {who} (HTTP 403): "
-                "ask its admin for permission on the experiment")
-    return (f"the MLflow server at mlflow.tracking_uri={tracking_uri} refused the credentials (HTTP 401, {who}): "
-            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an account on that server")
+        return (
+            f"the MLflow server at mlflow.tracking_uri={tracking_uri} refuses {who} (HTTP 403): "
+            "ask its admin for permission on the experiment"
+        )
+    return (
+        f"the MLflow server at mlflow.tracking_uri={tracking_uri} refused the credentials (HTTP 401, {who}): "
+        "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an account on that server"
+    )
 
 
 def ui_url(tracking_uri: str, experiment_id: str) -> str:
@@ -190,8 +199,11 @@ def flat_params(cfg) -> dict[str, str]:
 def identity(params: dict[str, str], ignore: tuple[str, ...] = ()) -> dict[str, str]:
     """The params that say what a run computes: without NOT_IDENTITY and the key prefixes in `ignore`,
     and without a setting added later while it holds the value runs recorded before it had."""
-    return {key: value for key, value in params.items()
-            if not key.startswith(NOT_IDENTITY + ignore) and ADDED_LATER.get(key) != value}
+    return {
+        key: value
+        for key, value in params.items()
+        if not key.startswith(NOT_IDENTITY + ignore) and ADDED_LATER.get(key) != value
+    }
 
 
 def config_hash(params: dict[str, str], ignore: tuple[str, ...] = ()) -> str:
@@ -206,8 +218,9 @@ def runs_with_config(client: MlflowClient, experiment_id: str, hash_: str, data_
     """Runs of the same requested config that read the same data, or died before recording what they read."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{CONFIG_HASH}` = '{hash_}'")
     wanted = data_identity(data_params)
-    return [run for run in runs
-            if data_identity(run.data.params) == wanted or not run.data.params.get(DATA_IDENTITY[0])]
+    return [
+        run for run in runs if data_identity(run.data.params) == wanted or not run.data.params.get(DATA_IDENTITY[0])
+    ]
 
 
 @functools.cache
@@ -215,10 +228,16 @@ def code_version() -> tuple[str | None, str]:
     """(git commit or None, a readable version): the commit, '-dirty' when files differ from it."""
     repo = TRAIN_SCRIPT.parent
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return commit, commit[:12] + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed package), or no git
         return None, f"mnist-exp {metadata.version('mnist-exp')}"
@@ -291,8 +310,11 @@ def datasets(data) -> dict:
         with warnings.catch_warnings():  # MLflow registers two equivalent sources for local paths and says so
             warnings.simplefilter("ignore", UserWarning)
             datasets[context] = mlflow.data.from_numpy(
-                split.images.numpy(), targets=split.labels.numpy(), source=data.url or data.location,
-                name=f"{data.name}-{context}", digest=split.sha256[:16],  # MLflow stores at most 36 characters
+                split.images.numpy(),
+                targets=split.labels.numpy(),
+                source=data.url or data.location,
+                name=f"{data.name}-{context}",
+                digest=split.sha256[:16],  # MLflow stores at most 36 characters
             )
     return datasets
 
@@ -332,10 +354,16 @@ def log_model(classifier, example, variant: str):
     # that check their own input keeps it from refusing, before shipped.as_pixels sees them, the other forms.
     signature._is_signature_from_type_hint = True
     return Model.log(
-        artifact_path=None, name=model_name(variant),
-        flavor=_PytorchShippedPyfunc, flavor_name="pytorch", pytorch_model=classifier, signature=signature,
-        input_example=example.numpy(), code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
-        serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        artifact_path=None,
+        name=model_name(variant),
+        flavor=_PytorchShippedPyfunc,
+        flavor_name="pytorch",
+        pytorch_model=classifier,
+        signature=signature,
+        input_example=example.numpy(),
+        code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         validate_serving_input=False,  # loading and predicting again costs 0.3 s a run; tests check the pyfunc
     )
 
@@ -419,8 +447,11 @@ class Claim:
             mine = 0 if newest is None else newest + 1
             name = f"{prefix}{mine}"
             try:
-                client.create_registered_model(name, tags=_holder_tags(), description=(
-                    "mnist-exp: this process is training this run identity (deleted when it finishes)"))
+                client.create_registered_model(
+                    name,
+                    tags=_holder_tags(),
+                    description=("mnist-exp: this process is training this run identity (deleted when it finishes)"),
+                )
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -431,10 +462,9 @@ class Claim:
                 continue
             for older in claims:
                 if older < mine:
-                    try:
+                    # Failing to delete another user's claim on a shared server is harmless: it is just older.
+                    with contextlib.suppress(MlflowException):
                         client.delete_registered_model(f"{prefix}{older}")
-                    except MlflowException:  # another user's claim on a shared server: harmless, just older
-                        pass
             return cls(client, name)
 
     def note_run(self, run_id: str, run_name: str) -> None:
@@ -453,15 +483,13 @@ class Claim:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            try:
+            with contextlib.suppress(Exception):  # a store hiccup: the next beat tries again, the lease allows several
                 self.client.set_registered_model_tag(self.name, "heartbeat", str(time.time()))
-            except Exception:  # a store hiccup: the next beat tries again, the lease allows several
-                pass
 
 
 def _claims(client: MlflowClient, prefix: str) -> dict[int, object]:
     found = client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
-    return {int(m.name[len(prefix):]): m for m in found if m.name[len(prefix):].isdigit()}
+    return {int(m.name[len(prefix) :]): m for m in found if m.name[len(prefix) :].isdigit()}
 
 
 def _holder_tags() -> dict[str, str]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,11 @@ from torch import nn
 
 from mnist_exp.data import MNIST, Split
 from mnist_exp.regularization import (
-    EarlyStopping, early_stopping, label_smoothing, train_augmentation, weight_decay,
+    EarlyStopping,
+    early_stopping,
+    label_smoothing,
+    train_augmentation,
+    weight_decay,
 )
 
 SCHEDULERS = ("step", "cosine", "onecycle")
@@ -76,9 +80,15 @@ class Training:
         """The optimizer, schedule, input pipeline and loss a run's config asks for, around `model`."""
         optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
         batches_per_epoch = math.ceil(train_images / cfg.trainer.batch_size)
-        return cls(model, optimizer, make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches_per_epoch),
-                   InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer)), device,
-                   label_smoothing(cfg.regularizer), early_stopping(cfg.regularizer))
+        return cls(
+            model,
+            optimizer,
+            make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches_per_epoch),
+            InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer)),
+            device,
+            label_smoothing(cfg.regularizer),
+            early_stopping(cfg.regularizer),
+        )
 
 
 class InputPipeline:
@@ -122,8 +132,12 @@ def make_optimizer(model: nn.Module, optimizer_cfg, weight_decay: float) -> torc
     fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
     if optimizer_cfg.name == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=optimizer_cfg.lr, momentum=optimizer_cfg.momentum,
-            nesterov=optimizer_cfg.nesterov, weight_decay=weight_decay, **fused,
+            model.parameters(),
+            lr=optimizer_cfg.lr,
+            momentum=optimizer_cfg.momentum,
+            nesterov=optimizer_cfg.nesterov,
+            weight_decay=weight_decay,
+            **fused,
         )
     return torch.optim.Adam(
         model.parameters(), lr=optimizer_cfg.lr, betas=tuple(optimizer_cfg.betas), weight_decay=weight_decay, **fused
@@ -136,8 +150,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int,
         return None
     schedulers, total = torch.optim.lr_scheduler, epochs * batches_per_epoch
     if scheduler_cfg.name == "step":
-        return schedulers.StepLR(optimizer, step_size=scheduler_cfg.step_size * batches_per_epoch,
-                                 gamma=scheduler_cfg.gamma)
+        return schedulers.StepLR(
+            optimizer, step_size=scheduler_cfg.step_size * batches_per_epoch, gamma=scheduler_cfg.gamma
+        )
     if scheduler_cfg.name == "cosine":
         warmup = scheduler_cfg.warmup_epochs * batches_per_epoch
         cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=scheduler_cfg.min_lr)
@@ -146,8 +161,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int,
         ramp = schedulers.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
         return schedulers.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
     return schedulers.OneCycleLR(
-        optimizer, max_lr=scheduler_cfg.max_lr, total_steps=total, pct_start=scheduler_cfg.pct_start,
-        div_factor=scheduler_cfg.div_factor, final_div_factor=scheduler_cfg.final_div_factor,
+        optimizer,
+        max_lr=scheduler_cfg.max_lr,
+        total_steps=total,
+        pct_start=scheduler_cfg.pct_start,
+        div_factor=scheduler_cfg.div_factor,
+        final_div_factor=scheduler_cfg.final_div_factor,
         cycle_momentum=scheduler_cfg.cycle_momentum,
     )
 
@@ -206,7 +225,11 @@ def evaluate(
 
 
 def fit(
-    training: Training, data: MNIST, trainer_cfg, progress: TrainingState, on_epoch_end: Callable[[TrainingState], None],
+    training: Training,
+    data: MNIST,
+    trainer_cfg,
+    progress: TrainingState,
+    on_epoch_end: Callable[[TrainingState], None],
     on_batch: Callable[[float], None] | None = None,
 ) -> TrainingState:
     """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each.

@@ -37,7 +37,9 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
     check_optional_count("trainer.threads", trainer.threads)
     check(
         re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", trainer.device) is not None,
-        "trainer.device", trainer.device, "auto, cpu, mps, cuda or cuda:N",
+        "trainer.device",
+        trainer.device,
+        "auto, cpu, mps, cuda or cuda:N",
     )
 
     check(data.source in SOURCES, "data.source", data.source, f"one of {', '.join(SOURCES)}")
@@ -52,8 +54,12 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
     if "hidden_layers" in model:
         check(model.hidden_layers >= 1, "model.hidden_layers", model.hidden_layers, ">= 1")
     if "parity_with" in model:
-        check(model.parity_with in LENET5_LAYOUTS, "model.parity_with", model.parity_with,
-              f"one of {', '.join(LENET5_LAYOUTS)}")
+        check(
+            model.parity_with in LENET5_LAYOUTS,
+            "model.parity_with",
+            model.parity_with,
+            f"one of {', '.join(LENET5_LAYOUTS)}",
+        )
     if "pooling" in model:
         check(model.pooling in POOLING, "model.pooling", model.pooling, f"one of {', '.join(POOLING)}")
 
@@ -68,7 +74,9 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
     problems += _repeated_regularizers(overrides)
     for key in regularizer:
         if key not in REGULARIZERS:
-            problems.append(f"regularizer.{key} is not a regularizer this project applies: use {', '.join(REGULARIZERS)}")
+            problems.append(
+                f"regularizer.{key} is not a regularizer this project applies: use {', '.join(REGULARIZERS)}"
+            )
     if regularizer.get("l2") is not None:
         wd = regularizer.l2.weight_decay
         check(wd >= 0, "regularizer.l2.weight_decay", wd, ">= 0")
@@ -85,7 +93,9 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
         scale = list(augment.scale)
         check(
             len(scale) == 2 and 0 < scale[0] <= scale[1],
-            "regularizer.augment.scale", scale, "[min, max] with 0 < min <= max",
+            "regularizer.augment.scale",
+            scale,
+            "[min, max] with 0 < min <= max",
         )
 
     if regularizer.get("label_smoothing") is not None:
@@ -96,8 +106,10 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
         check(stopping.patience >= 1, "regularizer.early_stopping.patience", stopping.patience, ">= 1")
         check(stopping.min_delta >= 0, "regularizer.early_stopping.min_delta", stopping.min_delta, ">= 0")
         if data.validation_size < 1:
-            problems.append("regularizer=early_stopping watches the validation loss: hold out a validation "
-                            "split with data.validation_size=N (e.g. data.validation_size=1000)")
+            problems.append(
+                "regularizer=early_stopping watches the validation loss: hold out a validation "
+                "split with data.validation_size=N (e.g. data.validation_size=1000)"
+            )
 
     scheduler = cfg.scheduler
     if scheduler:
@@ -106,18 +118,28 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
         check(scheduler.step_size >= 1, "scheduler.step_size", scheduler.step_size, ">= 1 (epochs)")
         check(0 < scheduler.gamma <= 1, "scheduler.gamma", scheduler.gamma, "in (0, 1]")
     if scheduler.get("name") == "cosine":
-        check(0 <= scheduler.warmup_epochs < trainer.epochs, "scheduler.warmup_epochs", scheduler.warmup_epochs,
-              f">= 0 and below trainer.epochs={trainer.epochs}")
-        check(0 <= scheduler.min_lr < optimizer.lr, "scheduler.min_lr", scheduler.min_lr,
-              f">= 0 and below optimizer.lr={optimizer.lr}")
+        check(
+            0 <= scheduler.warmup_epochs < trainer.epochs,
+            "scheduler.warmup_epochs",
+            scheduler.warmup_epochs,
+            f">= 0 and below trainer.epochs={trainer.epochs}",
+        )
+        check(
+            0 <= scheduler.min_lr < optimizer.lr,
+            "scheduler.min_lr",
+            scheduler.min_lr,
+            f">= 0 and below optimizer.lr={optimizer.lr}",
+        )
     if scheduler.get("name") == "onecycle":
         check(scheduler.max_lr > 0, "scheduler.max_lr", scheduler.max_lr, "> 0")
         check(0 < scheduler.pct_start < 1, "scheduler.pct_start", scheduler.pct_start, "in (0, 1)")
         check(scheduler.div_factor >= 1, "scheduler.div_factor", scheduler.div_factor, ">= 1")
         check(scheduler.final_div_factor >= 1, "scheduler.final_div_factor", scheduler.final_div_factor, ">= 1")
         if scheduler.cycle_momentum and optimizer.get("momentum", 1) == 0:
-            problems.append("scheduler.cycle_momentum=true cycles SGD's momentum, which is 0 here: "
-                            "set optimizer.momentum > 0 or scheduler.cycle_momentum=false")
+            problems.append(
+                "scheduler.cycle_momentum=true cycles SGD's momentum, which is 0 here: "
+                "set optimizer.momentum > 0 or scheduler.cycle_momentum=false"
+            )
 
     check(bool(cfg.mlflow.experiment.strip()), "mlflow.experiment", repr(cfg.mlflow.experiment), "a non-empty name")
     if problems:
@@ -134,25 +156,40 @@ def _repeated_regularizers(overrides: Sequence[str]) -> list[str]:
         names = override.value()
         repeated = sorted({name for name in names if names.count(name) > 1}) if isinstance(names, list) else []
         if repeated:
-            problems.append(f"regularizer={override.get_value_element_as_str()} names {', '.join(repeated)} more than "
-                            "once: list each regularizer once, e.g. regularizer=[l2,dropout]")
+            problems.append(
+                f"regularizer={override.get_value_element_as_str()} names {', '.join(repeated)} more than "
+                "once: list each regularizer once, e.g. regularizer=[l2,dropout]"
+            )
     return problems
 
 
 SCHEMAS = {
-    "": schema.TrainConfig, "trainer": schema.TrainerConfig, "data": schema.DataConfig, "mlflow": schema.MLflowConfig,
-    "model.lenet5": schema.LeNet5Config, "model.lenet5_32": schema.LeNet532Config, "model.mlp": schema.MLPConfig,
-    "optimizer.sgd": schema.SGDConfig, "optimizer.adam": schema.AdamConfig,
-    "scheduler.step": schema.StepSchedulerConfig, "scheduler.cosine": schema.CosineSchedulerConfig,
+    "": schema.TrainConfig,
+    "trainer": schema.TrainerConfig,
+    "data": schema.DataConfig,
+    "mlflow": schema.MLflowConfig,
+    "model.lenet5": schema.LeNet5Config,
+    "model.lenet5_32": schema.LeNet532Config,
+    "model.mlp": schema.MLPConfig,
+    "optimizer.sgd": schema.SGDConfig,
+    "optimizer.adam": schema.AdamConfig,
+    "scheduler.step": schema.StepSchedulerConfig,
+    "scheduler.cosine": schema.CosineSchedulerConfig,
     "scheduler.onecycle": schema.OneCycleSchedulerConfig,
 }
 
 
 def _check_known_keys(cfg, problems: list[str]) -> None:
     """Hydra's `+key=value` can add keys no schema knows; a typo there must not pass silently."""
-    nodes = {"": cfg, "trainer": cfg.trainer, "data": cfg.data, "mlflow": cfg.mlflow,
-             f"model.{cfg.model.name}": cfg.model, f"optimizer.{cfg.optimizer.name}": cfg.optimizer,
-             f"scheduler.{cfg.scheduler.get('name')}": cfg.scheduler}
+    nodes = {
+        "": cfg,
+        "trainer": cfg.trainer,
+        "data": cfg.data,
+        "mlflow": cfg.mlflow,
+        f"model.{cfg.model.name}": cfg.model,
+        f"optimizer.{cfg.optimizer.name}": cfg.optimizer,
+        f"scheduler.{cfg.scheduler.get('name')}": cfg.scheduler,
+    }
     for schema_key, node in nodes.items():
         if schema_key not in SCHEMAS:  # an unknown model or optimizer name is reported by validate
             continue

@@ -35,7 +35,9 @@ for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # a user's o
 
 
 def pytest_addoption(parser):
-    parser.addoption("--cluster", action="store_true", help="run the tests marked cluster, only those (make test-cluster)")
+    parser.addoption(
+        "--cluster", action="store_true", help="run the tests marked cluster, only those (make test-cluster)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,8 +76,12 @@ class Digits:
 def sample_digits() -> dict[str, Digits]:
     """The shipped offline sample (real MNIST digits), both splits."""
     return {
-        "train": Digits(*read_idx_split(SAMPLE_DIR / "train-images-idx3-ubyte.gz", SAMPLE_DIR / "train-labels-idx1-ubyte.gz")),
-        "test": Digits(*read_idx_split(SAMPLE_DIR / "t10k-images-idx3-ubyte.gz", SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz")),
+        "train": Digits(
+            *read_idx_split(SAMPLE_DIR / "train-images-idx3-ubyte.gz", SAMPLE_DIR / "train-labels-idx1-ubyte.gz")
+        ),
+        "test": Digits(
+            *read_idx_split(SAMPLE_DIR / "t10k-images-idx3-ubyte.gz", SAMPLE_DIR / "t10k-labels-idx1-ubyte.gz")
+        ),
     }
 
 
@@ -98,7 +104,10 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
 
 def write_course_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> Path:
     """A course-format tar: one PNG per digit, named {split}/{ID:05d}_{label}.png."""
-    return write_tar(path, [(f"{split}/{i:05d}_{label}.png", png_bytes(image)) for i, (image, label) in enumerate(zip(images, labels))])
+    return write_tar(
+        path,
+        [(f"{split}/{i:05d}_{label}.png", png_bytes(image)) for i, (image, label) in enumerate(zip(images, labels))],
+    )
 
 
 @dataclass(frozen=True)
@@ -160,11 +169,18 @@ def unreachable_root(tmp_path) -> Path:
     return blocker / "mnist"
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None
-               ) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """train.py or analyze.py as a user runs it: its own process, launched from `cwd` (extra `env` on top)."""
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def job_runs(tracking_uri: str, experiment_name: str = "mnist-exp") -> list:

@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
 from mnist_exp import tracking
 from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
 from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
@@ -24,13 +24,35 @@ from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
 
 
-def log_run(client, experiment_id, model, regularizer, optimizer, seed, test_acc, train_eval_acc,
-            status="FINISHED", epochs=2, tags=None, data="a", extra=None, val_acc=None):
+def log_run(
+    client,
+    experiment_id,
+    model,
+    regularizer,
+    optimizer,
+    seed,
+    test_acc,
+    train_eval_acc,
+    status="FINISHED",
+    epochs=2,
+    tags=None,
+    data="a",
+    extra=None,
+    val_acc=None,
+):
     params = {
-        "model.name": model, "regularizer.name": regularizer, "optimizer.name": optimizer,
-        "model.parameters": str(PARAMETERS[model]), "trainer.epochs": str(epochs), "trainer.seed": str(seed),
-        "data.resolved_source": "course", "data.train_size": "8000", "data.test_size": "2000",
-        "data.train_sha256": data * 64, "data.test_sha256": "b" * 64, **(extra or {}),
+        "model.name": model,
+        "regularizer.name": regularizer,
+        "optimizer.name": optimizer,
+        "model.parameters": str(PARAMETERS[model]),
+        "trainer.epochs": str(epochs),
+        "trainer.seed": str(seed),
+        "data.resolved_source": "course",
+        "data.train_size": "8000",
+        "data.test_size": "2000",
+        "data.train_sha256": data * 64,
+        "data.test_sha256": "b" * 64,
+        **(extra or {}),
     }
     run_tags = {
         tracking.CONFIG_HASH: tracking.config_hash(params),
@@ -38,14 +60,20 @@ def log_run(client, experiment_id, model, regularizer, optimizer, seed, test_acc
         tracking.VARIANT: f"{model}/{regularizer}/{optimizer}",
         **(tags or {}),
     }
-    run_id = client.create_run(experiment_id, run_name=f"{model}/{regularizer}/{optimizer} seed={seed}",
-                               tags=run_tags).info.run_id
+    run_id = client.create_run(
+        experiment_id, run_name=f"{model}/{regularizer}/{optimizer} seed={seed}", tags=run_tags
+    ).info.run_id
     client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
     if status == "FINISHED":
         metrics = {
-            "test_acc": test_acc, "final_test_acc": test_acc, "best_test_acc": test_acc + 0.001,
-            "final_test_loss": 1 - test_acc, "train_acc": train_eval_acc - 0.01, "train_eval_acc": train_eval_acc,
-            "train_time_s": 10.0 + seed, **({"final_val_acc": val_acc} if val_acc is not None else {}),
+            "test_acc": test_acc,
+            "final_test_acc": test_acc,
+            "best_test_acc": test_acc + 0.001,
+            "final_test_loss": 1 - test_acc,
+            "train_acc": train_eval_acc - 0.01,
+            "train_eval_acc": train_eval_acc,
+            "train_time_s": 10.0 + seed,
+            **({"final_val_acc": val_acc} if val_acc is not None else {}),
         }
         client.log_batch(run_id, metrics=[Metric(key, value, 0, epochs) for key, value in metrics.items()])
     client.set_terminated(run_id, status)
@@ -77,12 +105,12 @@ GRID = [
 EXPECTED = pd.DataFrame(
     [
         # variant,              n, mean,  std,             gap, vs_mlp, vs_lenet5
-        ("mlp/none/adam",       1, 80.0,  math.nan,        1.0, 0.0,    -5.0),
-        ("lenet5/none/adam",    1, 85.0,  math.nan,        1.0, 5.0,    0.0),
-        ("mlp/none/sgd",        3, 92.0,  2.0,             4.0, 0.0,    -6.0),
-        ("lenet5/none/sgd",     2, 98.0,  math.sqrt(2),    1.5, 6.0,    0.0),
-        ("lenet5/dropout/sgd",  2, 98.25, 0.5 / math.sqrt(2), 0.5, 6.25, 0.25),
-        ("lenet5/l2/sgd",       1, 97.5,  math.nan,        0.5, 5.5,    -0.5),
+        ("mlp/none/adam", 1, 80.0, math.nan, 1.0, 0.0, -5.0),
+        ("lenet5/none/adam", 1, 85.0, math.nan, 1.0, 5.0, 0.0),
+        ("mlp/none/sgd", 3, 92.0, 2.0, 4.0, 0.0, -6.0),
+        ("lenet5/none/sgd", 2, 98.0, math.sqrt(2), 1.5, 6.0, 0.0),
+        ("lenet5/dropout/sgd", 2, 98.25, 0.5 / math.sqrt(2), 0.5, 6.25, 0.25),
+        ("lenet5/l2/sgd", 1, 97.5, math.nan, 0.5, 5.5, -0.5),
     ],
     columns=["variant", "n", "acc_pct", "acc_pct_std", "gap_pp", "vs_mlp_pp", "vs_lenet5_pp"],
 )
@@ -110,8 +138,15 @@ def store(tmp_path_factory):
     for key in ("keya", "keyb"):
         parents[key] = open_sweep_run(client, sweeps, key, f"sweep: {key}")
         # The launch stamp has one-second resolution; give the two sweeps distinct launch times.
-        client.set_tag(parents[key], tracking.LAST_LAUNCH, {"keya": "2026-01-01T10:00:00", "keyb": "2026-01-01T11:00:00"}[key])
-    membership = {"r1": ["keya"], "r2": ["keya", "keyb"], "r3": ["keyb"], "r4": []}  # r2: skipped by sweep B, still a member
+        client.set_tag(
+            parents[key], tracking.LAST_LAUNCH, {"keya": "2026-01-01T10:00:00", "keyb": "2026-01-01T11:00:00"}[key]
+        )
+    membership = {
+        "r1": ["keya"],
+        "r2": ["keya", "keyb"],
+        "r3": ["keyb"],
+        "r4": [],
+    }  # r2: skipped by sweep B, still a member
     for seed, (name, keys) in enumerate(membership.items()):
         tags = {tracking.PARENT: parents[keys[0]]} if keys else {}
         runs[name] = log_run(client, sweeps, "lenet5", "none", "sgd", seed, 0.9, 0.95, tags=tags)
@@ -204,7 +239,10 @@ def test_all_selects_every_training_run_but_no_sweep_parent(store):
 
 
 def test_unknown_sweep_lists_the_known_ones(store):
-    with pytest.raises(AnalysisError, match="--sweep nope matches 0 sweeps; known sweeps: .*sweep: keya.*sweep: keyb|--sweep nope matches 0 sweeps; known sweeps: .*sweep: keyb.*sweep: keya"):
+    with pytest.raises(
+        AnalysisError,
+        match="--sweep nope matches 0 sweeps; known sweeps: .*(sweep: keya.*sweep: keyb|sweep: keyb.*sweep: keya)",
+    ):
         select_runs(store["uri"], "sweeps", "nope")
 
 
@@ -257,7 +295,9 @@ def test_experiment_without_runs(store):
 def test_analyze_exits_1_with_one_line_when_every_run_failed(store):
     result = subprocess.run(
         [sys.executable, str(REPO / "analyze.py"), "--tracking-uri", store["uri"], "--experiment", "failed-only"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
     assert result.returncode == 1
@@ -271,14 +311,25 @@ def test_analyze_exits_1_with_one_line_when_every_run_failed(store):
 def test_analyze_refuses_in_one_line_what_it_cannot_answer(store, tmp_path, case):
     args, env, expected = {
         "--metric val without a validation split": (
-            ["--tracking-uri", store["uri"], "--experiment", "grid", "--sweep", "all", "--metric", "val"], {},
-            ["--metric val: 10 of 10 runs held out no validation split", "lenet5/dropout/sgd", "data.validation_size"]),
+            ["--tracking-uri", store["uri"], "--experiment", "grid", "--sweep", "all", "--metric", "val"],
+            {},
+            ["--metric val: 10 of 10 runs held out no validation split", "lenet5/dropout/sgd", "data.validation_size"],
+        ),
         "a tracking URI MLflow cannot open": (
-            [], {"MLFLOW_TRACKING_URI": "foo://x"}, ["cannot use the MLflow store mlflow.tracking_uri=foo://x: "]),
+            [],
+            {"MLFLOW_TRACKING_URI": "foo://x"},
+            ["cannot use the MLflow store mlflow.tracking_uri=foo://x: "],
+        ),
     }[case]
 
-    result = subprocess.run([sys.executable, str(REPO / "analyze.py"), *args], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path, env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "analyze.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
 
     assert result.returncode == 1 and result.stdout == "", result.stdout
     lines = result.stderr.strip().splitlines()
@@ -305,7 +356,9 @@ def test_confidence_intervals_and_tests_match_hand_computation(store):
     assert mlp.baseline == "lenet5/none/sgd" and mlp.test == "Welch"
     assert mlp.vs_baseline_pp == pytest.approx(-6.0)
     assert mlp.p_value == pytest.approx(0.0315776, abs=1e-6) and mlp.p_adj == mlp.p_value  # a family of one
-    assert (mlp.vs_baseline_pp_ci_low, mlp.vs_baseline_pp_ci_high) == pytest.approx((-6 - 4.97547, -6 + 4.97547), abs=1e-4)
+    assert (mlp.vs_baseline_pp_ci_low, mlp.vs_baseline_pp_ci_high) == pytest.approx(
+        (-6 - 4.97547, -6 + 4.97547), abs=1e-4
+    )
     assert mlp.verdict == "worse"
 
     lenet = table.loc["lenet5/none/sgd"]
@@ -322,8 +375,13 @@ def test_confidence_intervals_and_tests_match_hand_computation(store):
 
 
 # Four regularizers against one plain LeNet-5 on seeds 0-2 (paired): Holm adjusts the four p-values together.
-FAMILY = {"none": [0.970, 0.972, 0.968], "batchnorm": [0.979, 0.978, 0.978], "l2": [0.971, 0.970, 0.969],
-          "dropout": [0.975, 0.973, 0.969], "augment": [0.980, 0.976, 0.977]}
+FAMILY = {
+    "none": [0.970, 0.972, 0.968],
+    "batchnorm": [0.979, 0.978, 0.978],
+    "l2": [0.971, 0.970, 0.969],
+    "dropout": [0.975, 0.973, 0.969],
+    "augment": [0.980, 0.976, 0.977],
+}
 
 
 @pytest.fixture(scope="module")
@@ -347,9 +405,10 @@ def test_a_family_of_comparisons_is_holm_adjusted_and_judged_on_the_adjusted_p(f
     assert list(family.loc[regularized, "p_value"]) == pytest.approx(raw)
     assert list(family.loc[regularized, "p_adj"]) == pytest.approx(adjusted)
     assert (family.loc[regularized, "test"] == "paired").all()
-    for regularizer, p_raw, p_adj in zip(regularized, raw, adjusted):
-        expected = "undecided" if p_adj >= 0.05 else ("better" if family.loc[regularizer, "vs_baseline_pp"] > 0
-                                                      else "worse")
+    for regularizer, p_adj in zip(regularized, adjusted):
+        expected = (
+            "undecided" if p_adj >= 0.05 else ("better" if family.loc[regularizer, "vs_baseline_pp"] > 0 else "worse")
+        )
         assert family.loc[regularizer, "verdict"] == expected
     assert any(p < 0.05 <= a for p, a in zip(raw, adjusted)), "the family must hold a claim Holm withdraws"
 
@@ -399,8 +458,10 @@ def test_several_sweeps_pool_their_members(store):
 def test_a_collapsed_seed_is_named_with_its_run_and_kept_in_the_statistics(store):
     client = store["client"]
     experiment = client.create_experiment("collapsed")
-    ids = [log_run(client, experiment, "lenet5", "dropout", "sgd", seed, acc, acc)
-           for seed, acc in enumerate((0.97, 0.975, 0.1135))]
+    ids = [
+        log_run(client, experiment, "lenet5", "dropout", "sgd", seed, acc, acc)
+        for seed, acc in enumerate((0.97, 0.975, 0.1135))
+    ]
     log_run(client, experiment, "lenet5", "none", "sgd", 0, 0.96, 0.96)
     table = variant_table(select_runs(store["uri"], "collapsed", "all").finished).set_index("variant")
 
@@ -427,9 +488,11 @@ def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_ret
     client = store["client"]
     experiment = client.create_experiment("validation")
     # dropout wins on test, l2 on validation: validation decides.
-    for regularizer, test_accs, val_accs in (("l2", (0.970, 0.972), (0.99, 0.99)),
-                                             ("dropout", (0.980, 0.982), (0.95, 0.95)),
-                                             ("l2+dropout", (0.975, 0.976), (0.96, 0.96))):
+    for regularizer, test_accs, val_accs in (
+        ("l2", (0.970, 0.972), (0.99, 0.99)),
+        ("dropout", (0.980, 0.982), (0.95, 0.95)),
+        ("l2+dropout", (0.975, 0.976), (0.96, 0.96)),
+    ):
         for seed, (acc, val) in enumerate(zip(test_accs, val_accs)):
             log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc, val_acc=val)
     table = variant_table(select_runs(store["uri"], "validation", "all").finished)
@@ -439,8 +502,10 @@ def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_ret
     without = table.assign(val_acc_pct=np.nan)  # runs without a validation split
     (answer,) = report.combinations(without)
     assert answer["single"].regularizer == "dropout" and answer["basis"] == "test"
-    assert answer["retest"] == ("python train.py -m model=lenet5 'regularizer=[l2,dropout],dropout' optimizer=sgd "
-                                "scheduler=none trainer.epochs=2 trainer.seed=2,3,4")
+    assert answer["retest"] == (
+        "python train.py -m model=lenet5 'regularizer=[l2,dropout],dropout' optimizer=sgd "
+        "scheduler=none trainer.epochs=2 trainer.seed=2,3,4"
+    )
 
 
 def test_seeds_needed_come_with_the_command_adding_exactly_those_seeds(family):
@@ -448,8 +513,9 @@ def test_seeds_needed_come_with_the_command_adding_exactly_those_seeds(family):
 
     dropout = family.loc["dropout"]
     plain = family.loc["none"]
-    expected = seeds_needed(compare(dict(zip(dropout.seeds, dropout.acc_pct_samples)),
-                                    dict(zip(plain.seeds, plain.acc_pct_samples))))
+    expected = seeds_needed(
+        compare(dict(zip(dropout.seeds, dropout.acc_pct_samples)), dict(zip(plain.seeds, plain.acc_pct_samples)))
+    )
     assert dropout.verdict == "undecided" and dropout.seeds_needed == expected and expected > 3
 
     from mnist_exp import report
@@ -457,8 +523,10 @@ def test_seeds_needed_come_with_the_command_adding_exactly_those_seeds(family):
     (answer,) = report.regularizers(family.reset_index())
     entry = next(e for e in answer["entries"] if e["row"].regularizer == "dropout")
     # Seeds 0-2 exist: only the missing ones train, as Hydra's range(3, expected) (its stop is exclusive).
-    assert entry["c"]["command"] == (f"python train.py -m model=lenet5 regularizer=dropout,none optimizer=sgd "
-                                     f"scheduler=none trainer.epochs=2 'trainer.seed=range(3,{expected})'")
+    assert entry["c"]["command"] == (
+        f"python train.py -m model=lenet5 regularizer=dropout,none optimizer=sgd "
+        f"scheduler=none trainer.epochs=2 'trainer.seed=range(3,{expected})'"
+    )
 
 
 def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):
@@ -476,16 +544,29 @@ def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):
     wide = format_table(table, "markdown", wide=True)
     assert "lenet5/batchnorm+augment+label_smoothing/sgd+onecycle" in wide and "test loss" in wide
     assert {"p_value", "p_adj", "test", "verdict", "seeds_needed", "collapsed"} <= set(
-        pd.read_csv(io.StringIO(format_table(table, "csv"))).columns)
+        pd.read_csv(io.StringIO(format_table(table, "csv"))).columns
+    )
 
 
 def test_report_is_written_and_logged_to_the_sweep_run(store, tmp_path):
     client = store["client"]
     parent = store["parents"]["keyb"]
     result = subprocess.run(
-        [sys.executable, str(REPO / "analyze.py"), "--tracking-uri", store["uri"], "--experiment", "sweeps",
-         "--sweep", "keyb", "--report", str(tmp_path / "report")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "analyze.py"),
+            "--tracking-uri",
+            store["uri"],
+            "--experiment",
+            "sweeps",
+            "--sweep",
+            "keyb",
+            "--report",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "state.pt"
     save_atomically({"x": 1}, path)
 
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the pickler
         save_atomically({"x": lambda: None}, path)  # cannot be pickled: fails half way through
 
     assert torch.load(path, weights_only=True) == {"x": 1}

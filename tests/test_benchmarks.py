@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -23,45 +22,101 @@ SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if p.name !=
 # the start of their name cells) and the figure columns no row may leave empty (None: all of them).
 EXPECTED_TABLES = {
     "data_prep.py": {
-        "Data preparation, ": (["step", "seconds", "images/s", "vs reference", "vs PIL alone"], 1,
-                               ["reference decode", "PIL decode alone", "ours: read_course_split, workers=0",
-                                "ours: read_course_split, workers=1", "ours: load_split, cold",
-                                "ours: load_split, warm"], None),
+        "Data preparation, ": (
+            ["step", "seconds", "images/s", "vs reference", "vs PIL alone"],
+            1,
+            [
+                "reference decode",
+                "PIL decode alone",
+                "ours: read_course_split, workers=0",
+                "ours: read_course_split, workers=1",
+                "ours: load_split, cold",
+                "ours: load_split, warm",
+            ],
+            None,
+        ),
     },
     "epoch_throughput.py": {
-        "Training throughput": (["model", "batch", "steps", "seed img/s", "preloaded img/s", "ours NCHW img/s",
-                                 "ours img/s", "ours/seed", "ours/preloaded"], 1,
-                                ["lenet5 64", "lenet5 256", "mlp 64", "mlp 256"], None),
-        "Evaluation throughput": (["model", "batch", "seed img/s", "ours NCHW img/s", "ours img/s", "ours/seed"], 1,
-                                  ["lenet5", "mlp"], None),
+        "Training throughput": (
+            [
+                "model",
+                "batch",
+                "steps",
+                "seed img/s",
+                "preloaded img/s",
+                "ours NCHW img/s",
+                "ours img/s",
+                "ours/seed",
+                "ours/preloaded",
+            ],
+            1,
+            ["lenet5 64", "lenet5 256", "mlp 64", "mlp 256"],
+            None,
+        ),
+        "Evaluation throughput": (
+            ["model", "batch", "seed img/s", "ours NCHW img/s", "ours img/s", "ours/seed"],
+            1,
+            ["lenet5", "mlp"],
+            None,
+        ),
     },
     "grid.py": {
-        "Grid of 2 runs": (["launcher", "wall s (each sweep)", "wall s (mean)", "CPU s user+sys (each)",
-                            "peak RSS of a job"], 1,
-                           ["default", "hydra/launcher=basic", "hydra/launcher=joblib"], None),
+        "Grid of 2 runs": (
+            ["launcher", "wall s (each sweep)", "wall s (mean)", "CPU s user+sys (each)", "peak RSS of a job"],
+            1,
+            ["default", "hydra/launcher=basic", "hydra/launcher=joblib"],
+            None,
+        ),
     },
     "hardware_efficiency.py": {
-        "FLOP/s achieved": (["model", "pass", "forward MACs/image", "images/s", "GFLOP/s", "of peak"], 2,
-                            [f"{model} {step}" for model in ("lenet5", "mlp")
-                             for step in ("train, batch 64", "train, batch 256", "evaluate, batch 1000")]
-                            + ["torch.mm"], ["GFLOP/s", "of peak"]),
+        "FLOP/s achieved": (
+            ["model", "pass", "forward MACs/image", "images/s", "GFLOP/s", "of peak"],
+            2,
+            [
+                f"{model} {step}"
+                for model in ("lenet5", "mlp")
+                for step in ("train, batch 64", "train, batch 256", "evaluate, batch 1000")
+            ]
+            + ["torch.mm"],
+            ["GFLOP/s", "of peak"],
+        ),
     },
     "search_pruning.py": {
-        "Search of ": (["pruner", "wall s", "best val_acc", "completed", "pruned", "epochs trained"], 1,
-                       ["none", "median"], None),
+        "Search of ": (
+            ["pruner", "wall s", "best val_acc", "completed", "pruned", "epochs trained"],
+            1,
+            ["none", "median"],
+            None,
+        ),
     },
     "run_overhead.py": {
-        "Per-run overhead in one process": (["step", "first run (s)", "later runs, median (s)"], 1,
-                                            ["whole job", "  of which training", "  of which logging the MLflow model",
-                                             "per-run overhead", "seed: fluent mlflow"], None),
+        "Per-run overhead in one process": (
+            ["step", "first run (s)", "later runs, median (s)"],
+            1,
+            [
+                "whole job",
+                "  of which training",
+                "  of which logging the MLflow model",
+                "per-run overhead",
+                "seed: fluent mlflow",
+            ],
+            None,
+        ),
         "Whole processes": (["process", "seconds (best)"], 1, ["python train.py --help"], None),
     },
     "system_metrics.py": {
-        "One system metrics sample": (["step", "CPU s (best)", "wall s (best)", "CPU share of the interval"], 1,
-                                      ["read the machine", "read the run", "log the sample", "one sample"],
-                                      ["CPU s (best)", "wall s (best)"]),
-        "Runs with system metrics on and off": (["step", "off, median (s)", "on, median (s)", "cost"], 1,
-                                                ["whole job", "  of which training"], None),
+        "One system metrics sample": (
+            ["step", "CPU s (best)", "wall s (best)", "CPU share of the interval"],
+            1,
+            ["read the machine", "read the run", "log the sample", "one sample"],
+            ["CPU s (best)", "wall s (best)"],
+        ),
+        "Runs with system metrics on and off": (
+            ["step", "off, median (s)", "on, median (s)", "cost"],
+            1,
+            ["whole job", "  of which training"],
+            None,
+        ),
     },
 }
 # A figure: 12.9, 14,532, 3.5x, 8.4%, 926 MiB, <0.01 s; several (one per sweep) separated by ", ".
@@ -100,13 +155,15 @@ def check_tables(script: str, stdout: str) -> None:
         assert all(len(row) == len(columns) for row in rows), f"{script}, {found[0]}: ragged rows {rows}"
         names = [" ".join(row[:keys]) for row in rows]
         for name in promised:  # a row's name cells, and the figures after them, start with the promised words
-            assert any(" ".join(row).startswith(name.strip()) for row in rows), \
+            assert any(" ".join(row).startswith(name.strip()) for row in rows), (
                 f"{script}, {found[0]}: no row {name.strip()!r}; rows: {names}"
+            )
         for row, name in zip(rows, names):
             for column, cell in zip(columns[keys:], row[keys:]):
                 needed = required is None or column in required
-                assert is_figure(cell) or (not cell and not needed), \
+                assert is_figure(cell) or (not cell and not needed), (
                     f"{script}, {found[0]}, row {name!r}: {column} = {cell!r} is not a number"
+                )
 
 
 def test_the_table_check_tells_figures_from_anything_else():
@@ -115,8 +172,15 @@ def test_the_table_check_tells_figures_from_anything_else():
 
 
 def test_every_benchmark_script_is_covered():
-    assert SCRIPTS == ["data_prep.py", "epoch_throughput.py", "grid.py", "hardware_efficiency.py", "run_overhead.py",
-                       "search_pruning.py", "system_metrics.py"]
+    assert SCRIPTS == [
+        "data_prep.py",
+        "epoch_throughput.py",
+        "grid.py",
+        "hardware_efficiency.py",
+        "run_overhead.py",
+        "search_pruning.py",
+        "system_metrics.py",
+    ]
     assert sorted(EXPECTED_TABLES) == SCRIPTS
 
 
@@ -124,7 +188,10 @@ def test_every_benchmark_script_is_covered():
 def test_benchmark_runs_in_smoke_mode_and_prints_a_table(script):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--threads", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -17,9 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO, job_runs, run_script
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.cluster
 
@@ -30,8 +29,14 @@ PARTITION = os.environ.get("MNIST_EXP_SLURM_PARTITION", "local")
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "slurmstepd", "postgres")
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2"]
 # A job long enough to be signalled half way: ~2 s per epoch on one thread.
-LONG = ["model=lenet5", "regularizer=augment", "data.source=sample", "data.limit_train=1500", "data.limit_test=300",
-        "trainer.epochs=6"]
+LONG = [
+    "model=lenet5",
+    "regularizer=augment",
+    "data.source=sample",
+    "data.limit_train=1500",
+    "data.limit_test=300",
+    "trainer.epochs=6",
+]
 ON_SLURM = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}"]
 
 
@@ -76,8 +81,11 @@ def engines():
 def server() -> dict[str, str]:
     """The authenticated server's address and the admin's credentials (read from its 0600 file)."""
     port = os.environ.get("MNIST_EXP_MLFLOW_PORT", "5055")
-    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": (SERVER_STATE / "admin-password").read_text().strip()}
+    return {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": (SERVER_STATE / "admin-password").read_text().strip(),
+    }
 
 
 def experiment_name() -> str:
@@ -96,8 +104,10 @@ def train(cwd: Path, *args: str, env: dict | None = None, timeout: float = 900) 
 
 
 def metric_history(client: MlflowClient, run) -> dict[str, list[tuple[int, float]]]:
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-            for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr")}
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    }
 
 
 def slurm_job_ids(sweep_dir: Path) -> list[str]:
@@ -109,8 +119,13 @@ def signalled_at_epoch_2(project_dir: Path, command: list[str], signal: str) -> 
     """train.py `command` (a one-job SLURM sweep into project_dir/sweep), its job sent `signal` by
     scancel once it logged epoch 2: (train.py's exit code, its output)."""
     sweep_dir = project_dir / "sweep"
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *command],
+        cwd=project_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     wait_for_line("epoch 2/6", sweep_dir)
     (job,) = slurm_job_ids(sweep_dir / ".submitit")
     subprocess.run(["scancel", f"--signal={signal}", job], check=True)
@@ -130,8 +145,15 @@ def wait_for_line(pattern: str, folder: Path, timeout: float = 300) -> None:
 
 def test_a_sweep_runs_as_a_slurm_array_and_every_run_lands_in_mlflow(project_dir):
     sweep_dir = project_dir / "sweep"
-    result = train(project_dir, "-m", *ON_SLURM, "model=lenet5,mlp", "regularizer=none,l2,dropout", *SMALL,
-                   f"hydra.sweep.dir={sweep_dir}")
+    result = train(
+        project_dir,
+        "-m",
+        *ON_SLURM,
+        "model=lenet5,mlp",
+        "regularizer=none,l2,dropout",
+        *SMALL,
+        f"hydra.sweep.dir={sweep_dir}",
+    )
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sweep summary: 6 finished, 0 skipped, 0 failed, 0 killed" in result.stdout
@@ -140,8 +162,9 @@ def test_a_sweep_runs_as_a_slurm_array_and_every_run_lands_in_mlflow(project_dir
     (array,) = {job_id.split("_")[0] for job_id in slurm_job_ids(sweep_dir / ".submitit")}
     deadline = time.monotonic() + 60  # a task writes its result just before it ends
     while True:  # they ran under slurmd, as one array job of 6 tasks
-        states = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"], capture_output=True,
-                                text=True).stdout.split()
+        states = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"], capture_output=True, text=True
+        ).stdout.split()
         if len(states) == 6 and all(s.endswith("|COMPLETED") for s in states) or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -166,7 +189,8 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_same_metrics(project_dir
     # the signal a preemption, not a time-out) and the requeued job resumes from its checkpoint.
     sweep_dir = project_dir / "sweep"
     returncode, output = signalled_at_epoch_2(
-        project_dir, ["-m", *ON_SLURM, *LONG, "hydra.launcher.timeout_min=30", f"hydra.sweep.dir={sweep_dir}"], "USR2")
+        project_dir, ["-m", *ON_SLURM, *LONG, "hydra.launcher.timeout_min=30", f"hydra.sweep.dir={sweep_dir}"], "USR2"
+    )
 
     assert returncode == 0, output[-3000:]
     assert "sweep summary: 1 finished" in output
@@ -199,8 +223,15 @@ def test_a_job_over_its_time_limit_is_recorded_and_resumable(project_dir):
     # before it would end. (A 1-minute limit let the signal land before the job had started.)
     sweep_dir = project_dir / "sweep"
     long_job = ["model=lenet5", "regularizer=augment", "data.source=sample", "trainer.epochs=200"]
-    result = train(project_dir, "-m", *ON_SLURM, *long_job, "hydra.launcher.timeout_min=3",
-                   "hydra.launcher.signal_delay_s=60", f"hydra.sweep.dir={sweep_dir}")
+    result = train(
+        project_dir,
+        "-m",
+        *ON_SLURM,
+        *long_job,
+        "hydra.launcher.timeout_min=3",
+        "hydra.launcher.signal_delay_s=60",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
 
     assert result.returncode == 1, result.stdout[-3000:]
     assert "sweep summary: 0 finished, 0 skipped, 0 failed, 1 killed" in result.stdout
@@ -276,9 +307,22 @@ def test_eight_concurrent_jobs_lose_and_duplicate_nothing(tmp_path, server):
     for kind, folder in folders.items():
         folder.mkdir()
         processes[kind] = subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), "-m", *commands[kind], "model=lenet5,mlp", "regularizer=none,l2",
-             f"trainer.seed={0 if kind == 'joblib' else 1}", *SMALL], cwd=folder, env={**os.environ, **env},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                str(REPO / "train.py"),
+                "-m",
+                *commands[kind],
+                "model=lenet5,mlp",
+                "regularizer=none,l2",
+                f"trainer.seed={0 if kind == 'joblib' else 1}",
+                *SMALL,
+            ],
+            cwd=folder,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     for kind, process in processes.items():
         output, _ = process.communicate(timeout=900)
         assert process.returncode == 0, f"{kind}:\n{output[-3000:]}"
@@ -292,8 +336,9 @@ def test_eight_concurrent_jobs_lose_and_duplicate_nothing(tmp_path, server):
         assert run.info.status == "FINISHED"
         for key, history in metric_history(client, run).items():
             assert [step for step, _ in history] == [1, 2], (run.info.run_name, key)
-        assert {"config.yaml", "history.csv", "learning_curves.png"} <= {a.path for a in client.list_artifacts(
-            run.info.run_id)}
+        assert {"config.yaml", "history.csv", "learning_curves.png"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
     assert len(client.search_logged_models([experiment.experiment_id])) == 8
     table = run_script("analyze.py", "--sweep", "all", "--format", "json", cwd=tmp_path, env=env)
     assert table.returncode == 0, table.stderr
@@ -304,8 +349,14 @@ def test_a_server_restart_mid_sweep_loses_and_duplicates_nothing(project_dir, se
     name = experiment_name()
     env = {**server, "MLFLOW_EXPERIMENT_NAME": name}
     command = ["-m", "model=lenet5,mlp", "trainer.seed=0,1", *LONG[1:], f"hydra.sweep.dir={project_dir}/sweep"]
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
-                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *command],
+        cwd=project_dir,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     wait_for_line("epoch 1/6", project_dir / "sweep")
     script(SERVER, "restart-mlflow")
     output, _ = process.communicate(timeout=900)
@@ -328,9 +379,17 @@ def test_two_sweeps_sharing_a_variant_train_it_once_on_the_server(tmp_path, serv
 
     env = {**server, "MLFLOW_EXPERIMENT_NAME": experiment_name()}
     command = [sys.executable, str(REPO / "train.py"), "-m", "model=mlp", "hydra.launcher.workers=1", *SMALL]
-    processes = [subprocess.Popen([*command, regularizers], cwd=tmp_path, env={**os.environ, **env},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for regularizers in ("regularizer=l2,none", "regularizer=l2,dropout")]
+    processes = [
+        subprocess.Popen(
+            [*command, regularizers],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for regularizers in ("regularizer=l2,none", "regularizer=l2,dropout")
+    ]
     for process in processes:
         output, _ = process.communicate(timeout=900)
         assert process.returncode == 0, output[-3000:]

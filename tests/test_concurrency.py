@@ -13,9 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from conftest import REPO, job_runs, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, job_runs, sweep_runs
 from mnist_exp import tracking
 from mnist_exp.sweep import SWEEP_FILE, SweepInfo, sweep_members
 
@@ -29,8 +29,9 @@ def tiny(course) -> list[str]:
 def launch(cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     log = cwd / f"train-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
     return process, log
 
 
@@ -88,9 +89,13 @@ def test_a_store_that_refuses_writes_is_answered_in_one_line_within_seconds(tmp_
 
     store = unwritable_folder(tmp_path) / "mlflow.db"
     started = time.monotonic()
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *tiny(course_dataset),
-                             f"mlflow.tracking_uri=sqlite:///{store}"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", *tiny(course_dataset), f"mlflow.tracking_uri=sqlite:///{store}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert time.monotonic() - started < 20  # ~5 s on a quiet machine, mostly imports; SQLAlchemy retried 105 s
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
@@ -103,9 +108,16 @@ def test_a_sweep_folder_in_use_by_a_running_launch_is_refused(project_dir, cours
     folder.mkdir()
     running = SweepInfo("key", "name", "parent", "0", "launch", [], f"{socket.gethostname()} {os.getpid()}")
     (folder / SWEEP_FILE).write_text(json.dumps(asdict(running)))  # this test's process: alive
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *tiny(course_dataset),
-                             f"hydra.sweep.dir={folder}"], cwd=project_dir, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", *tiny(course_dataset), f"hydra.sweep.dir={folder}"],
+        cwd=project_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"train.py: error: hydra.sweep.dir={folder} is in use by a sweep still running"), line
-    assert job_runs(f"sqlite:///{project_dir}/mlflow.db") == [] and sweep_runs(f"sqlite:///{project_dir}/mlflow.db") == []
+    assert (
+        job_runs(f"sqlite:///{project_dir}/mlflow.db") == [] and sweep_runs(f"sqlite:///{project_dir}/mlflow.db") == []
+    )

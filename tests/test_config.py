@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CONF_DIR, REPO
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import CONF_DIR, REPO
 from mnist_exp.validation import ConfigError, validate
 
 
@@ -26,7 +26,15 @@ COMBINATIONS = list(itertools.product(*(options(group) for group in GROUPS)))
 def test_the_option_lists_are_read_from_conf():
     # Guards the parametrization below against silently testing nothing.
     assert options("model") == ["lenet5", "lenet5_32", "mlp"]
-    assert options("regularizer") == ["augment", "batchnorm", "dropout", "early_stopping", "l2", "label_smoothing", "none"]
+    assert options("regularizer") == [
+        "augment",
+        "batchnorm",
+        "dropout",
+        "early_stopping",
+        "l2",
+        "label_smoothing",
+        "none",
+    ]
     assert options("optimizer") == ["adam", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
     assert options("data") == ["mnist"]
@@ -37,8 +45,16 @@ def test_the_option_lists_are_read_from_conf():
 @pytest.mark.parametrize(GROUPS, COMBINATIONS, ids=["/".join(c) for c in COMBINATIONS])
 def test_every_combination_of_options_composes_and_validates(compose, model, regularizer, optimizer, scheduler, data):
     watched = ["data.validation_size=100"] if regularizer == "early_stopping" else []  # it needs one to watch
-    cfg = compose([f"model={model}", f"regularizer={regularizer}", f"optimizer={optimizer}", f"scheduler={scheduler}",
-                   f"data={data}", *watched])
+    cfg = compose(
+        [
+            f"model={model}",
+            f"regularizer={regularizer}",
+            f"optimizer={optimizer}",
+            f"scheduler={scheduler}",
+            f"data={data}",
+            *watched,
+        ]
+    )
 
     validate(cfg)
 
@@ -90,8 +106,9 @@ def test_every_study_sweeps_only_values_that_compose(compose_hydra, compose, gro
         if (CONF_DIR / str(key)).is_dir():  # a config group: each value names its files
             for choice in values:
                 for name in choice.strip("[]").split(","):
-                    assert name and (CONF_DIR / str(key) / f"{name}.yaml").is_file(), \
+                    assert name and (CONF_DIR / str(key) / f"{name}.yaml").is_file(), (
                         f"conf/{group}/{option}.yaml: {key}={choice} names no file conf/{key}/{name}.yaml"
+                    )
         for choice in values:
             validate(compose([f"{group}={option}", f"{key}={choice}"]))
 
@@ -189,8 +206,10 @@ OUT_OF_RANGE = [
     (["model=lenet5_32", "model.pooling=median"], "model.pooling"),
     (["model=mlp", "model.parity_with=alexnet"], "model.parity_with"),
     (["regularizer=label_smoothing", "regularizer.label_smoothing.epsilon=1.0"], "regularizer.label_smoothing.epsilon"),
-    (["regularizer=early_stopping", "data.validation_size=10", "regularizer.early_stopping.patience=0"],
-     "regularizer.early_stopping.patience"),
+    (
+        ["regularizer=early_stopping", "data.validation_size=10", "regularizer.early_stopping.patience=0"],
+        "regularizer.early_stopping.patience",
+    ),
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size"),
     (["scheduler=step", "scheduler.gamma=1.5"], "scheduler.gamma"),
     (["scheduler=cosine", "scheduler.warmup_epochs=10"], "scheduler.warmup_epochs"),
@@ -268,7 +287,9 @@ def test_train_help_lists_every_group_and_option():
 
 
 def test_early_stopping_without_a_validation_split_says_which_setting_to_give(compose):
-    with pytest.raises(ConfigError, match=r"regularizer=early_stopping watches the validation loss: .*data\.validation_size=N"):
+    with pytest.raises(
+        ConfigError, match=r"regularizer=early_stopping watches the validation loss: .*data\.validation_size=N"
+    ):
         validate(compose(["regularizer=early_stopping"]))
 
 
@@ -281,10 +302,16 @@ def test_onecycle_cannot_cycle_a_momentum_of_zero(compose):
 # Identity hashes of the course's configs as the code before the scheduler, label smoothing, early
 # stopping and lenet5_32 options computed them: new options at their defaults keep runs' identity.
 COURSE_IDENTITIES = {
-    ("lenet5", "none"): "2c7f3daf77927599", ("lenet5", "l2"): "aa13ae2b8530c0d2",
-    ("lenet5", "dropout"): "2c0f18d93d30d023", ("lenet5", "batchnorm"): "a9cc400fa5899dc1",
-    ("lenet5", "augment"): "e3cd3514bcb15b6d", ("mlp", "none"): "221809fdeed03ffc", ("mlp", "l2"): "8af167af6ae6c5b5",
-    ("mlp", "dropout"): "ba83d2c04b9bf37b", ("mlp", "batchnorm"): "1683e211d6fe22ca", ("mlp", "augment"): "45dd3f6a70b7fba8",
+    ("lenet5", "none"): "2c7f3daf77927599",
+    ("lenet5", "l2"): "aa13ae2b8530c0d2",
+    ("lenet5", "dropout"): "2c0f18d93d30d023",
+    ("lenet5", "batchnorm"): "a9cc400fa5899dc1",
+    ("lenet5", "augment"): "e3cd3514bcb15b6d",
+    ("mlp", "none"): "221809fdeed03ffc",
+    ("mlp", "l2"): "8af167af6ae6c5b5",
+    ("mlp", "dropout"): "ba83d2c04b9bf37b",
+    ("mlp", "batchnorm"): "1683e211d6fe22ca",
+    ("mlp", "augment"): "45dd3f6a70b7fba8",
 }
 
 
@@ -334,16 +361,24 @@ def test_regularizer_combos_is_lenet5_with_none_each_single_and_every_pair_three
     for job in jobs:  # every job composes and validates, all trained alike on a validation split
         cfg = compose(["experiment=regularizer_combos", *job])
         validate(cfg)
-        assert (cfg.model.name, cfg.scheduler.name, cfg.trainer.epochs, cfg.data.validation_size) == \
-            ("lenet5", "onecycle", 20, 1000)
+        assert (cfg.model.name, cfg.scheduler.name, cfg.trainer.epochs, cfg.data.validation_size) == (
+            "lenet5",
+            "onecycle",
+            20,
+            1000,
+        )
 
 
-@pytest.mark.parametrize(("experiment", "model", "regularizers"), [
-    ("lenet5_best", "lenet5", ["batchnorm", "augment", "label_smoothing"]),
-    ("mlp_best", "mlp", ["batchnorm", "augment"]),
-])
-def test_the_best_recipes_train_three_seeds_on_the_whole_training_split(compose_hydra, compose, experiment, model,
-                                                                       regularizers):
+@pytest.mark.parametrize(
+    ("experiment", "model", "regularizers"),
+    [
+        ("lenet5_best", "lenet5", ["batchnorm", "augment", "label_smoothing"]),
+        ("mlp_best", "mlp", ["batchnorm", "augment"]),
+    ],
+)
+def test_the_best_recipes_train_three_seeds_on_the_whole_training_split(
+    compose_hydra, compose, experiment, model, regularizers
+):
     jobs = expanded_jobs(compose_hydra, experiment)
 
     assert jobs == [["trainer.seed=0"], ["trainer.seed=1"], ["trainer.seed=2"]]

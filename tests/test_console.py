@@ -34,6 +34,7 @@ def stderr(monkeypatch):
     def use(stream):
         monkeypatch.setattr("sys.stderr", stream)
         return stream
+
     return use
 
 
@@ -56,5 +57,7 @@ def test_no_bars_in_a_sweep_worker_even_on_a_terminal(stderr, caplog, monkeypatc
     run_two_epochs(caplog)
     assert shown.getvalue() == ""
     assert [events.get_nowait() for _ in range(3)] == [
-        ("start", 3, 7, ("mlp seed=0", 2, 0)), ("epoch", 3, 7, 1), ("epoch", 3, 7, 2)
+        ("start", 3, 7, ("mlp seed=0", 2, 0)),
+        ("epoch", 3, 7, 1),
+        ("epoch", 3, 7, 2),
     ]

@@ -18,7 +18,12 @@ from mnist_exp.data import SAMPLE_DIR, content_hash, load_mnist, locate
 from mnist_exp.formats import DataError
 from mnist_exp.validation import ConfigError, validate
 
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def copy_sample_idx(folder):
@@ -177,7 +182,14 @@ def test_second_load_is_served_from_the_cache(course_dataset, data_cfg, tmp_path
     # Replace the cached split with different but self-consistent content: only a load that
     # really reads the cache file can return it.
     doctored = 255 - first.train.images
-    torch.save({"images": doctored, "labels": first.train.labels, "sha256": content_hash(doctored.numpy(), first.train.labels.numpy())}, cache_file)
+    torch.save(
+        {
+            "images": doctored,
+            "labels": first.train.labels,
+            "sha256": content_hash(doctored.numpy(), first.train.labels.numpy()),
+        },
+        cache_file,
+    )
 
     with caplog.at_level(logging.INFO, logger="mnist_exp.data"):
         second = load_mnist(cfg)
@@ -187,7 +199,9 @@ def test_second_load_is_served_from_the_cache(course_dataset, data_cfg, tmp_path
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bytes changed"])
-def test_damaged_cache_is_detected_warned_about_and_rebuilt_identically(course_dataset, data_cfg, tmp_path, caplog, damage):
+def test_damaged_cache_is_detected_warned_about_and_rebuilt_identically(
+    course_dataset, data_cfg, tmp_path, caplog, damage
+):
     cfg = data_cfg(course_dataset.root)
     first = load_mnist(cfg)
     [cache_file] = cache_files(tmp_path / "cache", "train")
@@ -202,7 +216,10 @@ def test_damaged_cache_is_detected_warned_about_and_rebuilt_identically(course_d
     with caplog.at_level(logging.INFO, logger="mnist_exp.data"):
         second = load_mnist(cfg)
 
-    assert any(r.levelno == logging.WARNING and str(cache_file) in r.getMessage() and "unusable" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and str(cache_file) in r.getMessage() and "unusable" in r.getMessage()
+        for r in caplog.records
+    )
     assert len(decoded_messages(caplog)) == 1  # only the damaged split was decoded again
     assert torch.equal(second.train.images, first.train.images) and second.train.sha256 == first.train.sha256
     caplog.clear()
@@ -299,8 +316,9 @@ def truncated_roots(base, course_dataset) -> dict:
 
 def test_truncated_data_fails_its_run_in_one_line_naming_the_file_before_training(project_dir, course_dataset):
     roots = truncated_roots(project_dir / "cut", course_dataset)
-    result = run_script("train.py", "-m", "model=mlp", "trainer.epochs=1",
-                        f"data.root={','.join(map(str, roots))}", cwd=project_dir)
+    result = run_script(
+        "train.py", "-m", "model=mlp", "trainer.epochs=1", f"data.root={','.join(map(str, roots))}", cwd=project_dir
+    )
 
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output, output[-3000:]

@@ -13,9 +13,9 @@ import sys
 import mlflow
 import numpy as np
 import pytest
+from conftest import REPO, job_runs, run_script
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, job_runs, run_script
 from mnist_exp import compare, shipped
 from mnist_exp.analysis import AnalysisError
 
@@ -55,8 +55,16 @@ def two_runs(tmp_path_factory, empty_store):
     """Two MLPs that differ in their learning rate only: (project folder, {lr: run})."""
     folder = tmp_path_factory.mktemp("finished-runs")
     shutil.copy(empty_store, folder / "mlflow.db")
-    result = run_script("train.py", "-m", "model=mlp", "optimizer.lr=0.01,0.05", *SMALL, cwd=folder, timeout=300,
-                        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})  # MLflow's own: these runs last ~2 s
+    result = run_script(
+        "train.py",
+        "-m",
+        "model=mlp",
+        "optimizer.lr=0.01,0.05",
+        *SMALL,
+        cwd=folder,
+        timeout=300,
+        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"},
+    )  # MLflow's own: these runs last ~2 s
     assert result.returncode == 0, result.stderr[-2000:]
     return folder, {run.data.params["optimizer.lr"]: run for run in job_runs(uri(folder))}
 
@@ -71,8 +79,13 @@ def test_the_model_loads_as_an_nn_module_without_this_repository(two_runs, sampl
 
     model_uri = f"runs:/{run.info.run_id}/mlp-none-sgd"
     digits = str(tmp_path / "digits.npz")
-    result = subprocess.run([sys.executable, "-I", "-c", LOAD_ALONE, uri(folder), model_uri, digits], cwd=elsewhere,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_ALONE, uri(folder), model_uri, digits],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
@@ -108,8 +121,11 @@ def test_the_pyfunc_takes_one_image_flat_columns_and_floats_and_refuses_the_rest
     same(model.predict(images.tolist()))  # JSON's nested integers
     same(model.predict(images / 255.0))
 
-    for bad, got in ((images[:, :14], "got shape (3, 14, 28)"), (images * 1.0, "got float64 values from 0.0 to 255.0"),
-                     (np.array(["7"]), "got shape (1,)")):
+    for bad, got in (
+        (images[:, :14], "got shape (3, 14, 28)"),
+        (images * 1.0, "got float64 values from 0.0 to 255.0"),
+        (np.array(["7"]), "got shape (1,)"),
+    ):
         with pytest.raises(ValueError) as refused:
             model.predict(bad)
         assert str(refused.value) == f"{shipped.EXPECTED}; {got}"
@@ -127,8 +143,16 @@ def test_diff_of_two_runs_prints_exactly_the_setting_that_differs(two_runs, tmp_
     folder, runs = two_runs
     a, b = runs["0.01"], runs["0.05"]
 
-    result = run_script("analyze.py", "--diff", a.info.run_id, b.info.run_name, "--plots", str(tmp_path / "plots"),
-                        cwd=folder, timeout=120)
+    result = run_script(
+        "analyze.py",
+        "--diff",
+        a.info.run_id,
+        b.info.run_name,
+        "--plots",
+        str(tmp_path / "plots"),
+        cwd=folder,
+        timeout=120,
+    )
 
     assert result.returncode == 0, result.stderr
     settings, metrics = result.stdout.split("| final metric")
@@ -161,5 +185,6 @@ def test_command_re_creates_the_run_to_the_last_digit(two_runs):
     client = MlflowClient(uri(folder))
     for key in ("final_test_acc", "final_test_loss", "train_loss", "train_eval_loss"):
         assert rerun.data.metrics[key] == run.data.metrics[key], key
-    assert ([m.value for m in client.get_metric_history(rerun.info.run_id, "test_loss")]
-            == [m.value for m in client.get_metric_history(run.info.run_id, "test_loss")])
+    assert [m.value for m in client.get_metric_history(rerun.info.run_id, "test_loss")] == [
+        m.value for m in client.get_metric_history(run.info.run_id, "test_loss")
+    ]

@@ -67,7 +67,9 @@ def test_tar_decodes_every_digit_with_its_label(tmp_path, digits):
 def test_members_are_ordered_by_numeric_id_not_by_position_or_text(tmp_path, digits):
     images, labels = digits
     ids = [10, 2, 33, 1]  # as text "10" < "2"; numerically 1 < 2 < 10 < 33
-    tar = write_tar(tmp_path / "t.tar", [(f"train/{i}_{labels[k]}.png", png_bytes(images[k])) for k, i in enumerate(ids)])
+    tar = write_tar(
+        tmp_path / "t.tar", [(f"train/{i}_{labels[k]}.png", png_bytes(images[k])) for k, i in enumerate(ids)]
+    )
 
     decoded_images, decoded_labels = read_course_split(tar)
 
@@ -232,7 +234,10 @@ def test_bad_file_in_an_extracted_folder_is_named_too(tmp_path, digits):
 
 def test_duplicate_ids_name_both_members(tmp_path, digits):
     images, _ = digits
-    tar = write_tar(tmp_path / "train.tar", [("train/00001_3.png", png_bytes(images[0])), ("train/00001_5.png", png_bytes(images[1]))])
+    tar = write_tar(
+        tmp_path / "train.tar",
+        [("train/00001_3.png", png_bytes(images[0])), ("train/00001_5.png", png_bytes(images[1]))],
+    )
 
     with pytest.raises(DataError) as error:
         read_course_split(tar)

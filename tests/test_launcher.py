@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, job_runs, run_script, sweep_runs
 from mnist_exp.launcher import job_cost, plan
 
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2"]
@@ -43,9 +43,15 @@ def test_workers_and_threads_follow_the_cores_and_the_jobs(jobs, cores, workers,
 
 
 def test_the_longest_jobs_start_first(compose):
-    costs = {overrides: job_cost(compose(list(overrides))) for overrides in [
-        ("model=mlp", "trainer.epochs=10"), ("model=lenet5", "trainer.epochs=10"),
-        ("model=lenet5", "trainer.epochs=20"), ("model=mlp", "trainer.epochs=20")]}
+    costs = {
+        overrides: job_cost(compose(list(overrides)))
+        for overrides in [
+            ("model=mlp", "trainer.epochs=10"),
+            ("model=lenet5", "trainer.epochs=10"),
+            ("model=lenet5", "trainer.epochs=20"),
+            ("model=mlp", "trainer.epochs=20"),
+        ]
+    }
 
     order = sorted(costs, key=lambda o: -costs[o])
 
@@ -61,8 +67,11 @@ slow = pytest.mark.slow
 def metrics_of(uri: str) -> dict[str, list]:
     client = MlflowClient(uri)
     return {
-        run.info.run_name: [(m.step, m.value) for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
-                            for m in client.get_metric_history(run.info.run_id, key)]
+        run.info.run_name: [
+            (m.step, m.value)
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+            for m in client.get_metric_history(run.info.run_id, key)
+        ]
         for run in job_runs(uri)
     }
 
@@ -101,8 +110,13 @@ def test_a_sweep_runs_side_by_side_with_the_same_numbers_as_hydras_sequential_la
 def test_on_a_terminal_the_sweep_shows_one_progress_line(project_dir):
     main, replica = pty.openpty()  # stderr is a terminal; stdout stays a pipe, as with `| tee`
     fcntl.ioctl(replica, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns, as a window has
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", "model=lenet5,mlp", *SMALL],
-                               cwd=project_dir, stdout=subprocess.PIPE, stderr=replica, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "-m", "model=lenet5,mlp", *SMALL],
+        cwd=project_dir,
+        stdout=subprocess.PIPE,
+        stderr=replica,
+        text=True,
+    )
     os.close(replica)
     screen = b""
     while True:
@@ -129,12 +143,26 @@ def test_on_a_terminal_the_sweep_shows_one_progress_line(project_dir):
 
 @slow
 def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(project_dir):
-    command = ["-m", "model=lenet5", "trainer.seed=0,1", "data.source=sample", "data.limit_train=2000",
-               "data.limit_test=200", "trainer.epochs=6", "regularizer=augment", f"hydra.sweep.dir={project_dir}/sweep"]
+    command = [
+        "-m",
+        "model=lenet5",
+        "trainer.seed=0,1",
+        "data.source=sample",
+        "data.limit_train=2000",
+        "data.limit_test=200",
+        "trainer.epochs=6",
+        "regularizer=augment",
+        f"hydra.sweep.dir={project_dir}/sweep",
+    ]
     log = project_dir / "sweep.log"
     with open(log, "w") as out:  # its own process group, as a terminal's Ctrl-C reaches the whole group
-        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *command],
+            cwd=project_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 180
     while sum("epoch 1/6" in line for line in log.read_text().splitlines()) < 2:
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -160,12 +188,21 @@ def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(pr
 
 @slow
 def test_a_job_whose_worker_dies_fails_alone(project_dir):
-    command = ["-m", "model=mlp", "trainer.seed=0,1,2", "data.source=sample", "data.limit_train=4000",
-               "data.limit_test=200", "trainer.epochs=8", "trainer.batch_size=16"]
+    command = [
+        "-m",
+        "model=mlp",
+        "trainer.seed=0,1,2",
+        "data.source=sample",
+        "data.limit_train=4000",
+        "data.limit_test=200",
+        "trainer.epochs=8",
+        "trainer.batch_size=16",
+    ]
     log = project_dir / "sweep.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, stdout=out, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 180
     while "epoch 1/8" not in log.read_text():
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -193,8 +230,11 @@ def children(pid: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid and "multiprocessing" in cmdline(int(entry.name)) and \
-                    "resource_tracker" not in cmdline(int(entry.name)):
+            if (
+                int(fields[1]) == pid
+                and "multiprocessing" in cmdline(int(entry.name))
+                and "resource_tracker" not in cmdline(int(entry.name))
+            ):
                 found.append(int(entry.name))
     return found
 
@@ -210,8 +250,18 @@ def cmdline(pid: int) -> str:
 def test_workers_decode_a_course_tar_themselves(project_dir, make_course_dataset):
     """A job decodes PNGs in forked processes of its own, so its worker must be allowed children."""
     course = make_course_dataset(project_dir / "course", n_train=1200, n_test=200)
-    result = run_script("train.py", "-m", "model=mlp", "trainer.seed=0,1", "trainer.epochs=1", "data.source=course",
-                        f"data.root={course.root}", f"data.cache_dir={project_dir}/cache", cwd=project_dir, timeout=300)
+    result = run_script(
+        "train.py",
+        "-m",
+        "model=mlp",
+        "trainer.seed=0,1",
+        "trainer.epochs=1",
+        "data.source=course",
+        f"data.root={course.root}",
+        f"data.cache_dir={project_dir}/cache",
+        cwd=project_dir,
+        timeout=300,
+    )
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sweep summary: 2 finished, 0 skipped, 0 failed, 0 killed" in result.stdout

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import REPO, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, job_runs, run_script, sweep_runs
 from mnist_exp import job, tracking
 
 pytestmark = pytest.mark.slow
@@ -46,8 +46,14 @@ def test_a_run_on_the_offline_fallback_never_stands_in_for_one_on_real_data(proj
     (project_dir / "blocker").write_text("a regular file: nothing can be created below it\n")
     link = project_dir / "mnist"
     link.symlink_to(project_dir / "blocker" / "mnist")
-    command = ["-m", "data.root=mnist", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1",
-               "trainer.threads=1"]  # data.source=auto, the default
+    command = [
+        "-m",
+        "data.root=mnist",
+        "data.limit_train=300",
+        "data.limit_test=100",
+        "trainer.epochs=1",
+        "trainer.threads=1",
+    ]  # data.source=auto, the default
 
     offline = train(project_dir, *command)
     assert offline.returncode == 0, offline.stderr[-2000:]
@@ -74,7 +80,9 @@ def test_a_run_on_the_offline_fallback_never_stands_in_for_one_on_real_data(proj
 def test_every_run_records_its_code_and_a_skip_names_other_code(project_dir):
     assert train(project_dir, "-m", *SMALL).returncode == 0
     (run,) = job_runs(uri(project_dir))
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     assert run.data.tags["mlflow.source.git.commit"] == commit
     assert run.data.tags[tracking.CODE_VERSION].startswith(commit[:12])
 
@@ -119,8 +127,14 @@ def test_runs_carry_mlflows_context_tags_and_where_they_ran(project_dir):
 
 def test_mlflow_calls_in_user_code_land_in_the_jobs_run(compose, tmp_path, empty_store, monkeypatch):
     shutil.copy(empty_store, tmp_path / "mlflow.db")
-    cfg = compose([*SMALL, f"mlflow.tracking_uri={uri(tmp_path)}", f"trainer.checkpoint_dir={tmp_path}/checkpoints",
-                   f"data.cache_dir={tmp_path}/cache"])
+    cfg = compose(
+        [
+            *SMALL,
+            f"mlflow.tracking_uri={uri(tmp_path)}",
+            f"trainer.checkpoint_dir={tmp_path}/checkpoints",
+            f"data.cache_dir={tmp_path}/cache",
+        ]
+    )
     build_model = job.build_model
 
     def users_model(*args):  # what a user's own code might do while a job builds its model
@@ -210,13 +224,26 @@ def test_a_sweep_hydra_rejects_leaves_no_sweep_run_running(project_dir):
 
 
 def test_ctrl_c_closes_the_sweep_and_its_runs_killed_and_the_same_command_resumes(project_dir):
-    command = ["-m", "model=lenet5", "data.source=sample", "data.limit_train=1500", "data.limit_test=300",
-               "trainer.epochs=3", "trainer.threads=1", "regularizer=augment",
-               f"hydra.sweep.dir={project_dir}/sweep"]
+    command = [
+        "-m",
+        "model=lenet5",
+        "data.source=sample",
+        "data.limit_train=1500",
+        "data.limit_test=300",
+        "trainer.epochs=3",
+        "trainer.threads=1",
+        "regularizer=augment",
+        f"hydra.sweep.dir={project_dir}/sweep",
+    ]
     log = project_dir / "sweep.log"
     with open(log, "w") as out:  # its own process group, as a terminal's Ctrl-C reaches the whole group
-        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *command],
+            cwd=project_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 120
     while "epoch 1/3" not in log.read_text():
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -251,15 +278,22 @@ def test_the_sweep_run_lists_every_member_and_names_say_what_differs(project_dir
 
     runs = job_runs(uri(project_dir))
     assert sorted(r.info.run_name for r in runs) == [
-        "lenet5/none/sgd lr=0.01 seed=0", "lenet5/none/sgd lr=0.02 seed=0",
-        "mlp/none/sgd lr=0.01 seed=0", "mlp/none/sgd lr=0.02 seed=0"]
-    assert not any(key.startswith(tracking.PREFIX + "sweep.") for r in runs for key in r.data.tags), \
+        "lenet5/none/sgd lr=0.01 seed=0",
+        "lenet5/none/sgd lr=0.02 seed=0",
+        "mlp/none/sgd lr=0.01 seed=0",
+        "mlp/none/sgd lr=0.02 seed=0",
+    ]
+    assert not any(key.startswith(tracking.PREFIX + "sweep.") for r in runs for key in r.data.tags), (
         "membership must not add a tag column per sweep"
+    )
     parent = next(p for p in sweep_runs(uri(project_dir)) if "model=lenet5,mlp" in p.info.run_name)
     assert parent.info.run_name.startswith("sweep: model=lenet5,mlp optimizer.lr=0.01,0.02 (data.limit_test=100 ")
     description = parent.data.tags[tracking.NOTE]
     for run in runs:  # the two reused runs were trained by the first sweep, nested there, and listed here
-        assert f"[{run.info.run_name}](#/experiments/1/runs/{run.info.run_id}?workflowType=machine_learning)" in description
+        assert (
+            f"[{run.info.run_name}](#/experiments/1/runs/{run.info.run_id}?workflowType=machine_learning)"
+            in description
+        )
     assert description.count("reused (already FINISHED)") == 2
 
     table = analyze(project_dir, "--format", "csv")
@@ -298,9 +332,11 @@ def test_plus_experiment_gets_a_one_line_hint(project_dir):
     result = train(project_dir, "+experiment=course_grid")
 
     assert result.returncode != 0
-    assert result.stderr.strip() == ("train.py: error: +experiment=course_grid: write experiment=course_grid without "
-                                     "'+': the experiment group is already in conf/train.yaml's defaults, so it is "
-                                     "chosen, not added")
+    assert result.stderr.strip() == (
+        "train.py: error: +experiment=course_grid: write experiment=course_grid without "
+        "'+': the experiment group is already in conf/train.yaml's defaults, so it is "
+        "chosen, not added"
+    )
 
 
 def test_a_search_without_a_validation_split_is_refused_before_any_run(project_dir):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_exp.validation import ConfigError, validate
 from mnist_exp.models import ACTIVATIONS, MLP, LayerSwitches, LeNet5, ScaledTanh, build_model, count_parameters
+from mnist_exp.validation import ConfigError, validate
 
 # conv1 6*(5*5*1)+6 = 156, conv2 16*(5*5*6)+16 = 2,416, fc1 256*120+120 = 30,840,
 # fc2 120*84+84 = 10,164, fc3 84*10+10 = 850: the paper's architecture on unpadded 28x28 input.
@@ -40,8 +40,10 @@ def test_lenet5_has_the_papers_parameter_count(compose):
     layers = [m for m in built.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
     # The built layers are the paper's: two 5x5 convolutions, then fully connected 16*4*4 -> 120 -> 84 -> 10.
-    assert [(m.in_channels, m.out_channels, m.kernel_size) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
-            for m in layers] == [(1, 6, (5, 5)), (6, 16, (5, 5)), (256, 120), (120, 84), (84, 10)]
+    assert [
+        (m.in_channels, m.out_channels, m.kernel_size) if isinstance(m, nn.Conv2d) else (m.in_features, m.out_features)
+        for m in layers
+    ] == [(1, 6, (5, 5)), (6, 16, (5, 5)), (256, 120), (120, 84), (84, 10)]
     assert all(m.bias is not None for m in layers)
     others = [m for m in built.model.modules() if m not in layers and list(m.parameters(recurse=False))]
     assert others == [], "no parameters outside the convolutions and linear layers"
@@ -101,8 +103,10 @@ def test_every_activation_builds_and_is_used(compose, model, activation):
 @pytest.mark.parametrize("model", ["lenet5", "mlp"])
 def test_unknown_activation_is_an_error_naming_the_key(compose, model):
     cfg = compose([f"model={model}", "model.activation=swish"])  # the schema types it only as a string
-    with pytest.raises(ConfigError, match="model.activation=swish is out of range: must be one of relu, tanh, sigmoid, "
-                                          "gelu, scaled_tanh"):
+    with pytest.raises(
+        ConfigError,
+        match="model.activation=swish is out of range: must be one of relu, tanh, sigmoid, gelu, scaled_tanh",
+    ):
         validate(cfg)  # names are checked there, once, before anything is built
 
 
@@ -118,14 +122,16 @@ def test_lenet5_32_is_the_papers_32x32_layout(compose):
 
 
 def test_the_papers_average_pooling_and_scaled_tanh_are_settings(compose):
-    model = build_model(compose(["model=lenet5_32", "model.pooling=avg", "model.activation=scaled_tanh"]).model,
-                        LayerSwitches()).model
+    model = build_model(
+        compose(["model=lenet5_32", "model.pooling=avg", "model.activation=scaled_tanh"]).model, LayerSwitches()
+    ).model
 
     assert len([m for m in model.modules() if isinstance(m, nn.AvgPool2d)]) == 2
     assert not [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
     assert len([m for m in model.modules() if isinstance(m, ScaledTanh)]) == 4
     assert ScaledTanh()(torch.tensor([1.0, -3.0])).tolist() == pytest.approx(
-        [1.7159 * math.tanh(2 / 3), -1.7159 * math.tanh(2.0)])
+        [1.7159 * math.tanh(2 / 3), -1.7159 * math.tanh(2.0)]
+    )
 
 
 def test_the_mlp_is_sized_to_the_lenet5_it_names(compose):

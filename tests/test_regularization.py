@@ -136,7 +136,10 @@ def test_augmentation_is_reproducible_under_the_same_seed_only(compose, raw_digi
 
 def test_augmentation_strength_follows_the_config(compose, raw_digits):
     cfg, gentle = augmenting_pipeline(
-        compose, "regularizer.augment.degrees=0", "regularizer.augment.translate=0", "regularizer.augment.scale=[1.0,1.0]"
+        compose,
+        "regularizer.augment.degrees=0",
+        "regularizer.augment.translate=0",
+        "regularizer.augment.scale=[1.0,1.0]",
     )
     plain = InputPipeline(cfg.data.mean, cfg.data.std)
 

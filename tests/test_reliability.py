@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO as ROOT
 from conftest import job_runs, png_bytes, run_script, sweep_runs, write_tar
+from mlflow.tracking import MlflowClient
+
 from mnist_exp import checkpoints, tracking
+
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
 
 pytestmark = pytest.mark.slow
@@ -103,11 +104,15 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
     write_course_tar(corrupt / "test.tar", images, labels)
     roots = ["no_label", "label_out_of_range", "duplicate_ids", "wrong_size", "empty_tar", "corrupt_png", "missing"]
 
-    result = train(project_dir, "data.source=course", "data.root=" + ",".join(roots), "trainer.epochs=1", "trainer.threads=1")
+    result = train(
+        project_dir, "data.source=course", "data.root=" + ",".join(roots), "trainer.epochs=1", "trainer.threads=1"
+    )
 
     assert result.returncode == 1
     assert f"0 finished, 0 skipped, {len(roots)} failed" in result.stdout
-    errors = {Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store_uri(project_dir))}
+    errors = {
+        Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store_uri(project_dir))
+    }
     assert "member 'train/00000.png' is not a labelled PNG" in errors["no_label"]
     assert "has label 12, outside 0-9" in errors["label_out_of_range"]
     assert "ID '00005' appears twice" in errors["duplicate_ids"]
@@ -144,8 +149,12 @@ def test_repeated_sweep_skips_finished_runs_and_force_trains_again(project_dir):
 # --- 3. resume ---
 
 RESUMABLE = [
-    "trainer.epochs=4", "data.source=sample", "data.limit_train=1500", "data.limit_test=300",
-    "trainer.threads=1", "regularizer=[dropout,augment]",
+    "trainer.epochs=4",
+    "data.source=sample",
+    "data.limit_train=1500",
+    "data.limit_test=300",
+    "trainer.threads=1",
+    "regularizer=[dropout,augment]",
 ]
 
 
@@ -204,8 +213,9 @@ def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(project_dir):
     (run,) = job_runs(store_uri(project_dir))
     assert run.info.status == "FINISHED"
     assert tracking.ERROR not in run.data.tags
-    assert "traceback.txt" not in {a.path for a in store(project_dir).list_artifacts(run.info.run_id)}, \
+    assert "traceback.txt" not in {a.path for a in store(project_dir).list_artifacts(run.info.run_id)}, (
         "a FINISHED run carries no traceback of the attempt it resumed"
+    )
 
 
 CHECKPOINT_WRITER = """
@@ -231,8 +241,9 @@ def test_checkpoint_survives_kills_in_the_middle_of_writing(tmp_path):
     path = tmp_path / "checkpoint.pt"
     rng = np.random.default_rng(0)
     for attempt in range(6):
-        writer = subprocess.Popen([sys.executable, "-c", CHECKPOINT_WRITER, str(path)], cwd=ROOT,
-                                  stdout=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", CHECKPOINT_WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         writer.stdout.readline()  # at least one checkpoint is complete
         time.sleep(rng.uniform(0.0, 0.3))  # each write takes ~10 ms: kills land mid-write often
         writer.kill()
@@ -257,8 +268,15 @@ def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path, caplog):
 def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path, jobs):
     # tmp_path, not project_dir: the store must not exist yet, the case where parallel jobs used to race
     result = train(
-        tmp_path, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "model=lenet5,mlp",
-        "regularizer=none,l2", "trainer.epochs=2", "data.source=sample", "data.limit_train=300", "data.limit_test=100",
+        tmp_path,
+        "hydra/launcher=joblib",
+        f"hydra.launcher.n_jobs={jobs}",
+        "model=lenet5,mlp",
+        "regularizer=none,l2",
+        "trainer.epochs=2",
+        "data.source=sample",
+        "data.limit_train=300",
+        "data.limit_test=100",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     client = store(tmp_path)
@@ -298,17 +316,40 @@ def unwritable_folder(tmp_path: Path) -> Path:
     "overrides, message, answered_by, first_line",
     [
         (["model=lenet"], "Could not find 'model/lenet'", "hydra", "In 'train': Could not find 'model/lenet'"),
-        (["trainer.epochs=abc"], "Value 'abc' of type 'str' could not be converted to Integer", "hydra",
-         "Error merging override trainer.epochs=abc"),
-        (["regularizer=dropout", "regularizer.dropout.p=1.5"], "regularizer.dropout.p=1.5 is out of range: must be in [0, 1)",
-         "job", None),
-        (["data.source=course", "data.root=no/such/folder"], "no/such/folder does not exist: expected train.tar and test.tar",
-         "job", None),
-        (["mlflow.tracking_uri=http://127.0.0.1:9"], "cannot reach the MLflow tracking server at mlflow.tracking_uri=http://127.0.0.1:9",
-         "train.py", None),
+        (
+            ["trainer.epochs=abc"],
+            "Value 'abc' of type 'str' could not be converted to Integer",
+            "hydra",
+            "Error merging override trainer.epochs=abc",
+        ),
+        (
+            ["regularizer=dropout", "regularizer.dropout.p=1.5"],
+            "regularizer.dropout.p=1.5 is out of range: must be in [0, 1)",
+            "job",
+            None,
+        ),
+        (
+            ["data.source=course", "data.root=no/such/folder"],
+            "no/such/folder does not exist: expected train.tar and test.tar",
+            "job",
+            None,
+        ),
+        (
+            ["mlflow.tracking_uri=http://127.0.0.1:9"],
+            "cannot reach the MLflow tracking server at mlflow.tracking_uri=http://127.0.0.1:9",
+            "train.py",
+            None,
+        ),
         (["hydra.run.dir=UNWRITABLE"], "cannot write the output folder", "train.py", None),
     ],
-    ids=["unknown-option", "wrong-type", "out-of-range", "missing-data-folder", "unreachable-server", "read-only-output"],
+    ids=[
+        "unknown-option",
+        "wrong-type",
+        "out-of-range",
+        "missing-data-folder",
+        "unreachable-server",
+        "read-only-output",
+    ],
 )
 def test_bad_input_is_answered_in_one_line(project_dir, overrides, message, answered_by, first_line):
     if any("UNWRITABLE" in o for o in overrides):

@@ -9,9 +9,9 @@ import shutil
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from conftest import run_script
 from matplotlib.collections import PolyCollection
 
-from conftest import run_script
 from mnist_exp import plots, report
 from mnist_exp.analysis import histories, select_runs, variant_table
 
@@ -24,10 +24,20 @@ def sweep(tmp_path_factory, course_dataset, empty_store):
     cwd = tmp_path_factory.mktemp("report-sweep")
     shutil.copy(empty_store, cwd / "mlflow.db")
     uri = f"sqlite:///{cwd}/mlflow.db"
-    result = run_script("train.py", "-m", "model=lenet5,mlp", "regularizer=none,dropout,[l2,dropout]",
-                        "trainer.seed=1,2", "trainer.epochs=2", "hydra/launcher=basic", "trainer.threads=1",
-                        "data.validation_size=100",
-                        f"data.root={course_dataset.root}", f"mlflow.tracking_uri={uri}", cwd=cwd)
+    result = run_script(
+        "train.py",
+        "-m",
+        "model=lenet5,mlp",
+        "regularizer=none,dropout,[l2,dropout]",
+        "trainer.seed=1,2",
+        "trainer.epochs=2",
+        "hydra/launcher=basic",
+        "trainer.threads=1",
+        "data.validation_size=100",
+        f"data.root={course_dataset.root}",
+        f"mlflow.tracking_uri={uri}",
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     finished = select_runs(uri, "mnist-exp").finished
     return {"cwd": cwd, "uri": uri, "table": variant_table(finished), "history": histories(uri, finished)}
@@ -66,8 +76,13 @@ def test_the_table_the_report_and_the_family_agree(sweep):
 
 def _series(ax) -> int:
     """Lines a reader tells apart on one panel: data lines with more than one point, reference lines left out."""
-    return len({tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
-                for line in ax.get_lines() if len(line.get_xdata()) > 1 and len(set(line.get_xdata())) > 1})
+    return len(
+        {
+            tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+            for line in ax.get_lines()
+            if len(line.get_xdata()) > 1 and len(set(line.get_xdata())) > 1
+        }
+    )
 
 
 def test_every_figure_has_few_series_per_panel_and_accuracy_bands_within_0_100(sweep):

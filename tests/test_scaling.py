@@ -12,8 +12,8 @@ import time
 
 import pytest
 import yaml
-
 from conftest import CONF_DIR, job_runs, run_script, sweep_runs
+
 from mnist_exp import search, tracking
 
 pytestmark = pytest.mark.slow
@@ -29,9 +29,15 @@ def test_optuna_search_records_every_trial_side_by_side_and_survives_a_failing_o
     # pinned optuna and seed 5 its three trials draw each choice once: the failing trial is sure to happen.
     # They run at once, in the default launcher's worker processes, each reporting to its trial.
     result = train(
-        project_dir, "-m", "hparams_search=lenet5_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=5",
+        project_dir,
+        "-m",
+        "hparams_search=lenet5_optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.seed=5",
         "hydra.sweeper.n_jobs=3",
-        "optimizer.lr=choice(-1.0,0.01,0.05)", "data.validation_size=100", *TINY,
+        "optimizer.lr=choice(-1.0,0.01,0.05)",
+        "data.validation_size=100",
+        *TINY,
     )
 
     assert "sweep summary: 2 finished, 0 skipped, 1 failed" in result.stdout, result.stdout[-3000:]
@@ -70,10 +76,24 @@ def free_port() -> int:
 def test_sweep_against_a_real_tracking_server_then_analyze_then_shut_it_down(tmp_path):
     port = free_port()
     server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            os.path.join(os.path.dirname(sys.executable), "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job workers needed
     )
     uri = f"http://127.0.0.1:{port}"
@@ -122,15 +142,16 @@ def sbatch_script(launcher, folder) -> str:
     """The sbatch file submitit writes for this launcher config: its keys passed on as
     hydra_submitit_launcher's launch() passes them (shared ones by submitit's own names for SLURM,
     the rest as SLURM's), so a key submitit does not know fails here as it would on a cluster."""
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
     from submitit.slurm import slurm
 
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
     shared, names = set(OmegaConf.structured(BaseQueueConf).keys()), slurm.SlurmExecutor._equivalence_dict()
-    params = {(names.get(key, key) if key in shared else key): value
-              for key, value in OmegaConf.to_container(launcher, resolve=True).items()
-              if key not in ("_target_", "submitit_folder", "max_num_timeout") and value is not None}
+    params = {
+        (names.get(key, key) if key in shared else key): value
+        for key, value in OmegaConf.to_container(launcher, resolve=True).items()
+        if key not in ("_target_", "submitit_folder", "max_num_timeout") and value is not None
+    }
     params["mem"] = slurm._convert_mem(params["mem"])
     return slurm._make_sbatch_string(command="python -u -m submitit.core._submit", folder=str(folder), **params)
 
@@ -142,8 +163,9 @@ def test_slurm_launcher_composes_with_its_cluster_keys(tmp_path):
 
     schema.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert {"timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb"} <= set(launcher)
@@ -155,15 +177,27 @@ def test_slurm_launcher_composes_with_its_cluster_keys(tmp_path):
     assert "export OMP_NUM_THREADS=1" in script
 
 
-COURSE_GRID = {(model, regularizer, str(seed)) for model in ("lenet5", "mlp")
-               for regularizer in ("none", "l2", "dropout", "batchnorm", "augment") for seed in (0, 1, 2)}
+COURSE_GRID = {
+    (model, regularizer, str(seed))
+    for model in ("lenet5", "mlp")
+    for regularizer in ("none", "l2", "dropout", "batchnorm", "augment")
+    for seed in (0, 1, 2)
+}
 
 
 def test_course_grid_experiment_is_thirty_runs_in_one_command(project_dir):
     # No -m: the experiment file sets Hydra's mode to MULTIRUN. Tiny jobs, one after another (the
     # basic launcher): on two cores that beats starting worker processes for runs this short.
-    result = train(project_dir, "experiment=course_grid", "hydra/launcher=basic", "data.source=sample",
-                   "data.limit_train=32", "data.limit_test=32", "trainer.epochs=1", "trainer.threads=1")
+    result = train(
+        project_dir,
+        "experiment=course_grid",
+        "hydra/launcher=basic",
+        "data.source=sample",
+        "data.limit_train=32",
+        "data.limit_test=32",
+        "trainer.epochs=1",
+        "trainer.threads=1",
+    )
 
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Launching 30 jobs locally" in result.stdout
@@ -171,7 +205,8 @@ def test_course_grid_experiment_is_thirty_runs_in_one_command(project_dir):
     assert summary == ["sweep summary: 30 finished, 0 skipped, 0 failed, 0 killed"], result.stdout[-2000:]
     runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
     assert len(runs) == 30 and {r.info.status for r in runs} == {"FINISHED"}
-    assert {(r.data.params["model.name"], r.data.params["regularizer.name"], r.data.params["trainer.seed"])
-            for r in runs} == COURSE_GRID
+    assert {
+        (r.data.params["model.name"], r.data.params["regularizer.name"], r.data.params["trainer.seed"]) for r in runs
+    } == COURSE_GRID
     (sweep,) = sweep_runs(f"sqlite:///{project_dir}/mlflow.db")
     assert {r.data.tags[tracking.PARENT] for r in runs} == {sweep.info.run_id}, "one command, one sweep"

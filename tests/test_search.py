@@ -12,17 +12,25 @@ import time
 
 import optuna
 import pytest
+from conftest import REPO, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, job_runs, run_script, sweep_runs
 from mnist_exp import search, tracking
 
 pytestmark = pytest.mark.slow
 
 
 def search_command(course_dataset, *overrides: str) -> list[str]:
-    return ["-m", "hparams_search=lenet5_optuna", "model=mlp", "data.source=course", f"data.root={course_dataset.root}",
-            "data.validation_size=100", "trainer.threads=1", *overrides]
+    return [
+        "-m",
+        "hparams_search=lenet5_optuna",
+        "model=mlp",
+        "data.source=course",
+        f"data.root={course_dataset.root}",
+        "data.validation_size=100",
+        "trainer.threads=1",
+        *overrides,
+    ]
 
 
 def study_of(project_dir) -> optuna.Study:
@@ -34,12 +42,14 @@ def epochs_logged(client: MlflowClient, run) -> list[int]:
 
 
 def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(project_dir, course_dataset):
-    command = search_command(course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=4",
-                             "hydra/sweeper/pruner=none")
+    command = search_command(
+        course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=4", "hydra/sweeper/pruner=none"
+    )
     log = project_dir / "first.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, stdout=out, stderr=subprocess.STDOUT
+        )
     try:  # the third trial has checkpointed its first epoch: two trials are done, one is half done
         deadline = time.monotonic() + 300
         while log.read_text().count("epoch 1/4") < 3:
@@ -76,10 +86,18 @@ def pruned_search(tmp_path_factory, empty_store, course_dataset):
     the second with the first after every epoch. (tests/test_scaling.py runs trials side by side.)"""
     project_dir = tmp_path_factory.mktemp("search")
     shutil.copy(empty_store, project_dir / "mlflow.db")
-    result = run_script("train.py", *search_command(
-        course_dataset, "hydra.sweeper.n_trials=2", "trainer.epochs=3",
-        "hydra/sweeper/sampler=random", "hydra.sweeper.pruner.n_startup_trials=1", "optimizer.lr=choice(0.05,1e-5)",
-    ), cwd=project_dir)
+    result = run_script(
+        "train.py",
+        *search_command(
+            course_dataset,
+            "hydra.sweeper.n_trials=2",
+            "trainer.epochs=3",
+            "hydra/sweeper/sampler=random",
+            "hydra.sweeper.pruner.n_startup_trials=1",
+            "optimizer.lr=choice(0.05,1e-5)",
+        ),
+        cwd=project_dir,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return project_dir, result
 
@@ -89,8 +107,9 @@ def test_a_hopeless_trial_is_pruned_and_every_trial_is_a_tagged_nested_run(prune
     uri = f"sqlite:///{project_dir}/mlflow.db"
     client = MlflowClient(uri)
     runs = {r.data.tags[search.TRIAL_TAG]: r for r in job_runs(uri)}
-    assert {n: r.data.params["optimizer.lr"] for n, r in runs.items()} == {"0": "0.05", "1": "1e-05"}, \
+    assert {n: r.data.params["optimizer.lr"] for n, r in runs.items()} == {"0": "0.05", "1": "1e-05"}, (
         "the seeded draws this test is built on"
+    )
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     assert epochs_logged(client, runs["1"]) == [1], "pruned after its first of 3 epochs"
     assert runs["1"].data.tags[search.PRUNED_TAG].startswith("pruned by MedianPruner after epoch 1 of 3")

@@ -25,12 +25,15 @@ USER, PASSWORD = "alice", "s3cret-Pa55word"  # the auth app wants 12 characters 
 
 
 def test_redact_hides_every_password_in_a_text_and_keeps_the_user():
-    text = ("cannot reach http://alice:s3cret@127.0.0.1:5077 (refused); store "
-            "postgresql+psycopg2://mlflow:p@ss@db:5432/mlflow, 'https://bob@host/x', sqlite:///mlflow.db")
+    text = (
+        "cannot reach http://alice:s3cret@127.0.0.1:5077 (refused); store "
+        "postgresql+psycopg2://mlflow:p@ss@db:5432/mlflow, 'https://bob@host/x', sqlite:///mlflow.db"
+    )
 
     assert credentials.redact(text) == (
         "cannot reach http://alice:***@127.0.0.1:5077 (refused); store "
-        "postgresql+psycopg2://mlflow:***@db:5432/mlflow, 'https://bob@host/x', sqlite:///mlflow.db")
+        "postgresql+psycopg2://mlflow:***@db:5432/mlflow, 'https://bob@host/x', sqlite:///mlflow.db"
+    )
 
 
 def test_overrides_and_the_environment_lose_their_credentials_to_mlflows_variables(monkeypatch):
@@ -39,7 +42,8 @@ def test_overrides_and_the_environment_lose_their_credentials_to_mlflows_variabl
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://carol:pw1@mlflow.example:443/")
 
     args = credentials.move_out_of_overrides(
-        ["-m", "model=mlp", "mlflow.tracking_uri='http://alice:p%40ss:w@127.0.0.1:5077'", "+x=http://a:b@c"])
+        ["-m", "model=mlp", "mlflow.tracking_uri='http://alice:p%40ss:w@127.0.0.1:5077'", "+x=http://a:b@c"]
+    )
 
     assert args == ["-m", "model=mlp", "mlflow.tracking_uri='http://127.0.0.1:5077'", "+x=http://a:b@c"]
     assert os.environ["MLFLOW_TRACKING_URI"] == "https://mlflow.example:443/"
@@ -66,17 +70,38 @@ def server(tmp_path_factory):
     (folder / "auth.ini").write_text(
         f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder}/auth.db\n"
         f"admin_username = {USER}\nadmin_password = {PASSWORD}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--app-name", "basic-auth",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/store.db", "--artifacts-destination", str(folder / "artifacts")],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
-             "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        [
+            os.path.join(os.path.dirname(sys.executable), "mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/store.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={
+            **os.environ,
+            "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        },
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -102,13 +127,21 @@ def files_holding(folder: Path, secret: str) -> list[Path]:
 
 
 def test_a_sweep_and_analyze_authenticate_with_the_uris_credentials_and_the_password_leaks_nowhere(
-        server, project_dir, course_dataset, monkeypatch):
+    server, project_dir, course_dataset, monkeypatch
+):
     plain = f"http://127.0.0.1:{server['port']}"
     uri = f"http://{USER}:{PASSWORD}@127.0.0.1:{server['port']}"
 
     # A one-job sweep (run in the launching process): Hydra writes multirun.yaml, a sweep run and its summary too.
-    result = run_script("train.py", "-m", "model=mlp", "trainer.epochs=1",
-                        f"data.root={course_dataset.root}", f"mlflow.tracking_uri={uri}", cwd=project_dir)
+    result = run_script(
+        "train.py",
+        "-m",
+        "model=mlp",
+        "trainer.epochs=1",
+        f"data.root={course_dataset.root}",
+        f"mlflow.tracking_uri={uri}",
+        cwd=project_dir,
+    )
     table = run_script("analyze.py", "--sweep", "all", "--tracking-uri", uri, "--format", "csv", cwd=project_dir)
 
     output = result.stdout + result.stderr

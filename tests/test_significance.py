@@ -40,6 +40,7 @@ def test_one_seed_has_no_interval_and_no_test():
 
 # --- paired or Welch, Holm, seeds needed: each against scipy/statsmodels called directly here ---
 
+
 def test_matched_seeds_are_paired_and_unmatched_ones_welch():
     from scipy import stats
 

@@ -6,7 +6,14 @@ import socket
 import subprocess
 
 from mnist_exp.sweep import (
-    JobStatus, SweepInfo, members_description, read_job_statuses, run_name, summarize, sweep_identity, swept_keys,
+    JobStatus,
+    SweepInfo,
+    members_description,
+    read_job_statuses,
+    run_name,
+    summarize,
+    sweep_identity,
+    swept_keys,
     write_job_status,
 )
 
@@ -21,8 +28,9 @@ def test_a_sweep_is_identified_by_its_overrides_not_their_order_nor_force_nor_th
 
 
 def test_a_sweeps_name_leads_with_its_own_choices_and_shortens_paths():
-    _, name = sweep_identity(["data.root=/home/student/datasets/mnist-10k", "trainer.epochs=3",
-                              "model=lenet5,mlp", "regularizer=none,l2"])
+    _, name = sweep_identity(
+        ["data.root=/home/student/datasets/mnist-10k", "trainer.epochs=3", "model=lenet5,mlp", "regularizer=none,l2"]
+    )
 
     assert name == "model=lenet5,mlp regularizer=none,l2 (data.root=…/mnist-10k trainer.epochs=3)"
 
@@ -31,8 +39,10 @@ def test_an_experiment_files_sweep_params_name_the_sweep():
     _, name = sweep_identity(["experiment=course_grid"], {"model": "lenet5,mlp", "trainer.seed": "0,1,2"})
 
     assert name == "model=lenet5,mlp trainer.seed=0,1,2 (experiment=course_grid)"
-    assert swept_keys(["experiment=course_grid"], {"model": "lenet5,mlp", "trainer.seed": "0,1,2"}) == \
-        ["model", "trainer.seed"]
+    assert swept_keys(["experiment=course_grid"], {"model": "lenet5,mlp", "trainer.seed": "0,1,2"}) == [
+        "model",
+        "trainer.seed",
+    ]
 
 
 def test_a_sweeper_param_pinned_on_the_command_line_is_not_swept():
@@ -45,10 +55,25 @@ def test_a_sweeper_param_pinned_on_the_command_line_is_not_swept():
 
 
 def test_run_names_say_what_the_sweep_varies_beyond_the_variant():
-    swept = swept_keys(["model=lenet5,mlp", "optimizer=sgd,adam", "optimizer.lr=0.01,0.003",
-                        "regularizer.dropout.p=0.3,0.5", "data.root=/a/x,/b/y", "trainer.epochs=3"], {})
-    overrides = ["model=mlp", "optimizer=adam", "optimizer.lr=0.003", "regularizer.dropout.p=0.3",
-                 "data.root=/b/y", "trainer.epochs=3"]
+    swept = swept_keys(
+        [
+            "model=lenet5,mlp",
+            "optimizer=sgd,adam",
+            "optimizer.lr=0.01,0.003",
+            "regularizer.dropout.p=0.3,0.5",
+            "data.root=/a/x,/b/y",
+            "trainer.epochs=3",
+        ],
+        {},
+    )
+    overrides = [
+        "model=mlp",
+        "optimizer=adam",
+        "optimizer.lr=0.003",
+        "regularizer.dropout.p=0.3",
+        "data.root=/b/y",
+        "trainer.epochs=3",
+    ]
 
     assert swept == ["model", "optimizer", "optimizer.lr", "regularizer.dropout.p", "data.root"]
     assert run_name("mlp/dropout/adam", 0, overrides, swept) == "mlp/dropout/adam lr=0.003 dropout.p=0.3 root=y seed=0"
@@ -70,7 +95,9 @@ def test_the_summary_counts_only_jobs_of_this_launch_in_a_reused_sweep_folder(tm
 def test_the_summary_names_each_failed_job_and_its_error():
     statuses = [
         JobStatus("finished", ["model=mlp"], "a", None, "x"),
-        JobStatus("failed", ["model=lenet5", "optimizer.lr=-1"], "b", "ConfigError: optimizer.lr=-1.0 is out of range", "x"),
+        JobStatus(
+            "failed", ["model=lenet5", "optimizer.lr=-1"], "b", "ConfigError: optimizer.lr=-1.0 is out of range", "x"
+        ),
     ]
 
     lines = summarize(statuses).splitlines()
@@ -81,14 +108,19 @@ def test_the_summary_names_each_failed_job_and_its_error():
 
 def test_the_sweep_runs_description_links_every_member_reused_ones_too():
     info = SweepInfo("k", "model=lenet5,mlp", "parent", "7", "launch")
-    statuses = [JobStatus("finished", [], "r1", None, "launch", "lenet5/none/sgd seed=0"),
-                JobStatus("skipped", [], "r2", None, "launch", "mlp/none/sgd seed=0"),
-                JobStatus("failed", [], None, "no store", "launch")]
+    statuses = [
+        JobStatus("finished", [], "r1", None, "launch", "lenet5/none/sgd seed=0"),
+        JobStatus("skipped", [], "r2", None, "launch", "mlp/none/sgd seed=0"),
+        JobStatus("failed", [], None, "no store", "launch"),
+    ]
 
     text = members_description(info, statuses, stopped=None)
 
     assert "- [lenet5/none/sgd seed=0](#/experiments/7/runs/r1?workflowType=machine_learning): finished" in text
-    assert "- [mlp/none/sgd seed=0](#/experiments/7/runs/r2?workflowType=machine_learning): reused (already FINISHED)" in text
+    assert (
+        "- [mlp/none/sgd seed=0](#/experiments/7/runs/r2?workflowType=machine_learning): reused (already FINISHED)"
+        in text
+    )
     assert text.count("- [") == 2  # a job that never got a run has nothing to link
 
 

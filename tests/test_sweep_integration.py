@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_script
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import run_script
 from mnist_exp import tracking
 from mnist_exp.data import content_hash
 
@@ -53,8 +53,13 @@ def sweep(tmp_path_factory, make_course_dataset):
     dataset = make_course_dataset(cwd / "course")
     uri = f"sqlite:///{cwd}/mlflow.db"
     command = [
-        "-m", "model=lenet5,mlp", "regularizer=none,l2,dropout", "trainer.epochs=2", "trainer.threads=1",
-        f"data.root={dataset.root}", f"mlflow.tracking_uri={uri}",
+        "-m",
+        "model=lenet5,mlp",
+        "regularizer=none,l2,dropout",
+        "trainer.epochs=2",
+        "trainer.threads=1",
+        f"data.root={dataset.root}",
+        f"mlflow.tracking_uri={uri}",
     ]
     result = run(cwd, "train.py", *command)
     return {"cwd": cwd, "uri": uri, "command": command, "result": result, "dataset": dataset}
@@ -70,7 +75,9 @@ def runs_by_role(uri):
 
 
 def analyze(sweep, *args):
-    return run(sweep["cwd"], "analyze.py", "--tracking-uri", sweep["uri"], "--experiment", "mnist-exp", *args, timeout=120)
+    return run(
+        sweep["cwd"], "analyze.py", "--tracking-uri", sweep["uri"], "--experiment", "mnist-exp", *args, timeout=120
+    )
 
 
 def test_sweep_exits_0_and_reports_six_finished_jobs(sweep):
@@ -122,7 +129,7 @@ def test_every_run_has_its_artifacts_and_its_mlflow_model_reproduces_its_accurac
     client, _, children = runs_by_role(sweep["uri"])
     for child in children:
         run_id = child.info.run_id
-        assert ARTIFACTS <= {a.path for a in client.list_artifacts(run_id)}, child.info.run_name
+        assert {a.path for a in client.list_artifacts(run_id)} >= ARTIFACTS, child.info.run_name
         folder = client.download_artifacts(run_id, "", str(sweep["cwd"] / "downloads" / run_id))
         for figure in ("learning_curves.png", "confusion_matrix.png"):
             with Image.open(f"{folder}/{figure}") as image:
@@ -133,10 +140,19 @@ def test_every_run_has_its_artifacts_and_its_mlflow_model_reproduces_its_accurac
 
     test = sweep["dataset"].test
     np.savez(sweep["cwd"] / "test.npz", images=test.images, labels=test.labels)
-    scored = subprocess.run([sys.executable, "-c", SCORE_MODELS, sweep["uri"], str(sweep["cwd"] / "test.npz"),
-                             *(part for c in children
-                               for part in (c.info.run_id, tracking.model_name(c.data.tags[tracking.VARIANT])))],
-                            capture_output=True, text=True, cwd=sweep["cwd"])
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SCORE_MODELS,
+            sweep["uri"],
+            str(sweep["cwd"] / "test.npz"),
+            *(part for c in children for part in (c.info.run_id, tracking.model_name(c.data.tags[tracking.VARIANT]))),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=sweep["cwd"],
+    )
     assert scored.returncode == 0, scored.stderr[-3000:]
     scores = json.loads(scored.stdout.strip().splitlines()[-1])
     for child in children:  # exactly: both are correct / total over the same 200 digits

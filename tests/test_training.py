@@ -3,6 +3,7 @@ diverges; and evaluation that matches a computation by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -24,10 +25,17 @@ def setup(compose, course_dataset, tmp_path):
     """setup(*overrides) -> (cfg, data, inputs) for a short run on 300 train / 100 test real digits."""
 
     def _setup(*overrides):
-        cfg = compose([
-            f"data.root={course_dataset.root}", f"data.cache_dir={tmp_path / 'cache'}",
-            "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2", "trainer.batch_size=16", *overrides,
-        ])
+        cfg = compose(
+            [
+                f"data.root={course_dataset.root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "data.limit_train=300",
+                "data.limit_test=100",
+                "trainer.epochs=2",
+                "trainer.batch_size=16",
+                *overrides,
+            ]
+        )
         inputs = InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer))
         return cfg, load_mnist(cfg.data), inputs
 
@@ -37,7 +45,9 @@ def setup(compose, course_dataset, tmp_path):
 def build(cfg, data) -> Training:
     """What job.py builds for a run of this config."""
     torch.manual_seed(cfg.trainer.seed)
-    return Training.from_config(build_model(cfg.model, layer_switches(cfg.regularizer)).model, cfg, CPU, len(data.train))
+    return Training.from_config(
+        build_model(cfg.model, layer_switches(cfg.regularizer)).model, cfg, CPU, len(data.train)
+    )
 
 
 def train(cfg, data, inputs, stop_after=None, checkpoint=None):
@@ -57,28 +67,38 @@ def train(cfg, data, inputs, stop_after=None, checkpoint=None):
         pass
 
     def on_epoch_end(progress):
-        saved.update(copy.deepcopy({
-            "model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
-            "scheduler": training.scheduler.state_dict() if training.scheduler else None, "progress": progress,
-        }))
+        saved.update(
+            copy.deepcopy(
+                {
+                    "model": training.model.state_dict(),
+                    "optimizer": training.optimizer.state_dict(),
+                    "scheduler": training.scheduler.state_dict() if training.scheduler else None,
+                    "progress": progress,
+                }
+            )
+        )
         if progress.epochs_done == stop_after:
             raise Killed
 
-    try:
+    with contextlib.suppress(Killed):
         fit(training, data, cfg.trainer, progress, on_epoch_end)
-    except Killed:
-        pass
     return progress, training, saved
 
 
 def metrics(progress):
     """Per-epoch results without the wall-clock time, which legitimately differs."""
-    return [(m.epoch, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.val_loss, m.val_acc, m.lr)
-            for m in progress.history]
+    return [
+        (m.epoch, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.val_loss, m.val_acc, m.lr)
+        for m in progress.history
+    ]
 
 
 # Dropout and augmentation draw random numbers every batch: the strictest reproducibility case.
-@pytest.mark.parametrize("overrides", [[], ["model=mlp", "regularizer=[dropout,augment]", "optimizer=adam"]], ids=["lenet5", "mlp+dropout+augment"])
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["model=mlp", "regularizer=[dropout,augment]", "optimizer=adam"]],
+    ids=["lenet5", "mlp+dropout+augment"],
+)
 def test_same_seed_gives_identical_per_epoch_metrics(setup, overrides):
     cfg, data, inputs = setup(*overrides)
 
@@ -94,9 +114,13 @@ def test_same_seed_gives_identical_per_epoch_metrics(setup, overrides):
 
 @pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle"])
 def test_resuming_mid_schedule_reproduces_an_uninterrupted_run(setup, scheduler):
-    cfg, data, inputs = setup("regularizer=dropout", f"scheduler={scheduler}", "trainer.epochs=4",
-                              *(["scheduler.step_size=1"] if scheduler == "step" else []),
-                              *(["scheduler.warmup_epochs=1"] if scheduler == "cosine" else []))
+    cfg, data, inputs = setup(
+        "regularizer=dropout",
+        f"scheduler={scheduler}",
+        "trainer.epochs=4",
+        *(["scheduler.step_size=1"] if scheduler == "step" else []),
+        *(["scheduler.warmup_epochs=1"] if scheduler == "cosine" else []),
+    )
 
     straight, _, _ = train(cfg, data, inputs)
     _, _, checkpoint = train(cfg, data, inputs, stop_after=2)
@@ -134,7 +158,9 @@ def test_evaluate_matches_a_hand_computation(sample_digits):
     assert loss == pytest.approx(per_image.mean(), rel=1e-5)
     np.testing.assert_array_equal(predicted.numpy(), logits.argmax(1))
     assert accuracy == pytest.approx(np.mean(logits.argmax(1) == labels))
-    assert not math.isclose(loss, np.mean([per_image[0:2].mean(), per_image[2:4].mean(), per_image[4:].mean()]), rel_tol=1e-6)
+    assert not math.isclose(
+        loss, np.mean([per_image[0:2].mean(), per_image[2:4].mean(), per_image[4:].mean()]), rel_tol=1e-6
+    )
 
 
 def test_evaluate_runs_in_evaluation_mode(setup):
@@ -167,8 +193,9 @@ def test_step_schedule_multiplies_by_gamma_every_step_size_epochs(setup):
 
 
 def test_cosine_schedule_warms_up_linearly_then_anneals_to_min_lr(setup):
-    cfg, data, inputs = setup("scheduler=cosine", "scheduler.warmup_epochs=1", "scheduler.min_lr=0.001",
-                              "trainer.epochs=3")  # 300 images in batches of 16: 19 steps per epoch
+    cfg, data, inputs = setup(
+        "scheduler=cosine", "scheduler.warmup_epochs=1", "scheduler.min_lr=0.001", "trainer.epochs=3"
+    )  # 300 images in batches of 16: 19 steps per epoch
     progress, training, _ = train(cfg, data, inputs)
 
     steps, warmup = 19 * 3, 19
@@ -180,8 +207,14 @@ def test_cosine_schedule_warms_up_linearly_then_anneals_to_min_lr(setup):
 
 
 def test_onecycle_peaks_at_max_lr_and_ignores_the_optimizers_lr(setup):
-    cfg, data, inputs = setup("scheduler=onecycle", "scheduler.max_lr=0.2", "scheduler.pct_start=0.5",
-                              "scheduler.cycle_momentum=false", "trainer.epochs=2", "optimizer.lr=0.5")
+    cfg, data, inputs = setup(
+        "scheduler=onecycle",
+        "scheduler.max_lr=0.2",
+        "scheduler.pct_start=0.5",
+        "scheduler.cycle_momentum=false",
+        "trainer.epochs=2",
+        "optimizer.lr=0.5",
+    )
     progress, _, _ = train(cfg, data, inputs)
 
     assert progress.history[0].lr == pytest.approx(0.2 / 25)  # max_lr / div_factor
@@ -193,7 +226,9 @@ def test_onecycle_peaks_at_max_lr_and_ignores_the_optimizers_lr(setup):
 
 def test_label_smoothing_changes_the_training_loss_only(setup):
     cfg, data, inputs = setup("trainer.epochs=1")
-    smooth_cfg, _, _ = setup("trainer.epochs=1", "regularizer=label_smoothing", "regularizer.label_smoothing.epsilon=0.2")
+    smooth_cfg, _, _ = setup(
+        "trainer.epochs=1", "regularizer=label_smoothing", "regularizer.label_smoothing.epsilon=0.2"
+    )
     plain = build(cfg, data)
     smooth = build(smooth_cfg, data)
     assert smooth.label_smoothing == 0.2
@@ -209,10 +244,17 @@ def test_label_smoothing_changes_the_training_loss_only(setup):
 
 def test_early_stopping_stops_on_patience_and_delivers_the_best_epochs_weights(setup):
     # A step schedule that kills the learning rate after epoch 2: the validation loss stalls at once.
-    cfg, data, inputs = setup("regularizer=early_stopping", "regularizer.early_stopping.patience=2",
-                              "regularizer.early_stopping.min_delta=0.05", "data.validation_size=60",
-                              "scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.0001", "trainer.epochs=10",
-                              "optimizer.lr=0.05")
+    cfg, data, inputs = setup(
+        "regularizer=early_stopping",
+        "regularizer.early_stopping.patience=2",
+        "regularizer.early_stopping.min_delta=0.05",
+        "data.validation_size=60",
+        "scheduler=step",
+        "scheduler.step_size=2",
+        "scheduler.gamma=0.0001",
+        "trainer.epochs=10",
+        "optimizer.lr=0.05",
+    )
     progress, training, _ = train(cfg, data, inputs)
 
     val_losses = [m.val_loss for m in progress.history]
@@ -227,8 +269,13 @@ def test_early_stopping_stops_on_patience_and_delivers_the_best_epochs_weights(s
 
 
 def test_a_run_resumed_after_early_stopping_ends_where_it_stopped(setup):
-    cfg, data, inputs = setup("regularizer=early_stopping", "regularizer.early_stopping.patience=1",
-                              "regularizer.early_stopping.min_delta=0.5", "data.validation_size=60", "trainer.epochs=6")
+    cfg, data, inputs = setup(
+        "regularizer=early_stopping",
+        "regularizer.early_stopping.patience=1",
+        "regularizer.early_stopping.min_delta=0.5",
+        "data.validation_size=60",
+        "trainer.epochs=6",
+    )
     straight, straight_training, _ = train(cfg, data, inputs)
     assert straight.stopped_early and len(straight.history) == 2  # nothing improves by 0.5 after epoch 1
 
