@@ -17,6 +17,10 @@ class ConfigError(ValueError):
 
 def validate(cfg, overrides: Sequence[str] = ()) -> None:
     """Every out-of-range value of cfg, in one ConfigError; `overrides` are the job's (Hydra's overrides.task)."""
+    if missing := sorted(OmegaConf.missing_keys(cfg)):  # the checks below would stop at the first
+        raise ConfigError(
+            "; ".join(f"{key} has no value: give it in its conf/ file or as {key}=VALUE" for key in missing)
+        )
     problems = [*_node_problems(cfg, "", cfg), *_repeated_regularizers(overrides)]
     if problems:
         raise ConfigError("; ".join(problems))
@@ -32,11 +36,10 @@ def _node_problems(node: DictConfig, path: str, cfg: DictConfig) -> Iterator[str
                 settings = ", ".join(sorted(k for k in known if not k.startswith("_")))
                 yield f"{path}{key} is not a setting (added with +?); known: {settings}"
         for key, spec in known.items():
-            if OmegaConf.is_missing(node, key):
-                yield f"{path}{key} has no value: give it in its conf/ file or as {path}{key}=VALUE"
-            elif key in node and (problem := _field_problem(f"{path}{key}", node[key], spec.metadata)):
+            if key in node and (problem := _field_problem(f"{path}{key}", node[key], spec.metadata)):
                 yield problem
-        yield from getattr(schema, "cross_check", lambda node, cfg: ())(node, cfg)
+        if cross_check := getattr(schema, "cross_check", None):  # rules that read other settings
+            yield from cross_check(node, cfg)
     for key, value in node.items():
         if isinstance(value, DictConfig):
             yield from _node_problems(value, f"{path}{key}.", cfg)
