@@ -18,6 +18,7 @@ class ScaledTanh(nn.Module):
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "scaled_tanh": ScaledTanh}
 POOLING = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 LENET5_LAYOUTS = {"lenet5": 0, "lenet5_32": 2}  # model.name -> padding of the 28x28 input
+MODELS = (*LENET5_LAYOUTS, "mlp")  # the model.name values build_model builds
 NUM_CLASSES = 10
 INPUT_PIXELS = 28 * 28
 PARITY_TOLERANCE = 0.02  # the MLP's parameter count stays within 2% of LeNet-5's
@@ -37,7 +38,7 @@ def _hidden_block(layer: nn.Module, width: int, activation: str, switches: Layer
     if switches.batchnorm_momentum is not None:
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
         block.append(norm(width, momentum=switches.batchnorm_momentum))
-    block.append(ACTIVATIONS[activation]())  # names are checked once, in mnist_exp.validation
+    block.append(ACTIVATIONS[activation]())  # names are checked once, before anything is built (schema.one_of)
     if dims == 1 and switches.dropout > 0:
         block.append(nn.Dropout(switches.dropout))
     return block
@@ -71,7 +72,7 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-def lenet5(name: str, activation: str, switches: LayerSwitches, pooling: str = "max") -> LeNet5:
+def lenet5(name: str, activation: str, switches: LayerSwitches, pooling: str) -> LeNet5:
     return LeNet5(activation, switches, padding=LENET5_LAYOUTS[name], pooling=pooling)
 
 
@@ -121,13 +122,14 @@ def build_model(model_cfg, switches: LayerSwitches) -> BuiltModel:
     """The configured network. The MLP's width is solved against the LeNet-5 layout it names
     (model.parity_with), built with the same activation and regularizer layers."""
     if model_cfg.name in LENET5_LAYOUTS:
-        pooling = model_cfg.get("pooling", "max")  # only the paper's layout offers average pooling
+        # Not a default: the 28x28 layout has no pooling setting (its runs' identities have none); it max-pools.
+        pooling = model_cfg.get("pooling", "max")
         model = lenet5(model_cfg.name, model_cfg.activation, switches, pooling)
         parameters = count_parameters(model)
         layout = "32x32 input" if LENET5_LAYOUTS[model_cfg.name] else "28x28 input"
         return BuiltModel(model, parameters, parameters, f"LeNet-5 ({layout})")
     yardstick = model_cfg.parity_with
-    target = count_parameters(lenet5(yardstick, model_cfg.activation, switches))
+    target = count_parameters(lenet5(yardstick, model_cfg.activation, switches, "max"))  # pooling has no parameters
     width = parity_width(target, model_cfg.hidden_layers, model_cfg.activation, switches)
     mlp = MLP([width] * model_cfg.hidden_layers, model_cfg.activation, switches)
     parameters = count_parameters(mlp)

@@ -1,142 +1,215 @@
-"""Types of every config key, so Hydra rejects `trainer.epochs=abc` or `model.foo=1` itself.
+"""The config's one description: each node's keys, their types, and the values they may take.
 
-Only types live here: every field is MISSING and gets its value from the YAML files in
-conf/, the single source of defaults. Value ranges are checked in mnist_exp.validation.
+Every field is MISSING and gets its value from the YAML files in conf/, the single source of
+defaults. Hydra checks the types while composing (`trainer.epochs=abc`, `model.foo=1`);
+mnist_exp.validation checks, before any work, each field's range (its metadata, from the helpers
+below) and each node's `cross_check`, the rules that read other settings.
 """
 
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+
+def ranged(allowed: str, ok: Callable[[Any], bool], **metadata) -> Any:
+    """A field whose values must pass `ok`; `allowed` ends the error "<key>=<value> is out of range: must be ..."."""
+    return field(default=MISSING, metadata={"ok": ok, "allowed": allowed, **metadata})
+
+
+def at_least(low, unit: str = "", **metadata) -> Any:
+    return ranged(f">= {low}{unit}", lambda v: v >= low, **metadata)
+
+
+def above(low) -> Any:
+    return ranged(f"> {low}", lambda v: v > low)
+
+
+def within(low, high, brackets: str = "[)") -> Any:
+    """low..high, each end in or out as brackets say: "[)" is low <= v < high."""
+    above_low = (lambda v: v >= low) if brackets[0] == "[" else (lambda v: v > low)
+    below_high = (lambda v: v <= high) if brackets[1] == "]" else (lambda v: v < high)
+    return ranged(f"in {brackets[0]}{low}, {high}{brackets[1]}", lambda v: above_low(v) and below_high(v))
+
+
+def optional_count() -> Any:
+    return ranged("null or >= 1", lambda v: v is None or v >= 1)
+
+
+def one_of(choices: str) -> Any:
+    """A name from the collection at the dotted path `choices`: the code that implements the names owns
+    the list; it is imported when checked, so composing needs no torch."""
+    return field(default=MISSING, metadata={"choices": choices})
 
 
 @dataclass
-class LeNet5Config:
-    name: str = MISSING
-    activation: str = MISSING
+class ModelConfig:
+    name: str = one_of("mnist_exp.models.MODELS")
+    activation: str = one_of("mnist_exp.models.ACTIVATIONS")
 
 
 @dataclass
-class LeNet532Config:
-    name: str = MISSING
-    activation: str = MISSING
-    pooling: str = MISSING
+class LeNet5Config(ModelConfig):
+    pass
 
 
 @dataclass
-class MLPConfig:
-    name: str = MISSING
-    activation: str = MISSING
-    hidden_layers: int = MISSING
-    parity_with: str = MISSING
+class LeNet532Config(ModelConfig):
+    pooling: str = one_of("mnist_exp.models.POOLING")
 
 
 @dataclass
-class SGDConfig:
-    name: str = MISSING
-    lr: float = MISSING
-    momentum: float = MISSING
+class MLPConfig(ModelConfig):
+    hidden_layers: int = at_least(1)
+    parity_with: str = one_of("mnist_exp.models.LENET5_LAYOUTS")
+
+
+@dataclass
+class OptimizerConfig:
+    """A torch.optim class, built by hydra.utils.instantiate (mnist_exp.training.make_optimizer)."""
+
+    _target_: str = MISSING
+    _partial_: bool = MISSING  # the parameters and regularizer.l2's weight decay come when it is built
+    name: str = MISSING  # how run names and tables call it
+    lr: float = above(0)
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = within(0, 1)
     nesterov: bool = MISSING
 
 
 @dataclass
-class AdamConfig:
-    name: str = MISSING
-    lr: float = MISSING
-    betas: list[float] = MISSING
+class AdamConfig(OptimizerConfig):
+    betas: list[float] = ranged("two values in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
 
 
 @dataclass
 class L2Config:
-    weight_decay: float = MISSING
+    weight_decay: float = at_least(0)
 
 
 @dataclass
 class DropoutConfig:
-    p: float = MISSING
+    p: float = within(0, 1)
 
 
 @dataclass
 class BatchNormConfig:
-    momentum: float = MISSING
+    momentum: float = within(0, 1, "(]")
 
 
 @dataclass
 class AugmentConfig:
-    degrees: float = MISSING
-    translate: float = MISSING
-    scale: list[float] = MISSING
+    degrees: float = within(0, 180, "[]")
+    translate: float = within(0, 1)
+    scale: list[float] = ranged("[min, max] with 0 < min <= max", lambda v: len(v) == 2 and 0 < v[0] <= v[1])
 
 
 @dataclass
 class LabelSmoothingConfig:
-    epsilon: float = MISSING
+    epsilon: float = within(0, 1)
 
 
 @dataclass
 class EarlyStoppingConfig:
-    patience: int = MISSING
-    min_delta: float = MISSING
+    patience: int = at_least(1)
+    min_delta: float = at_least(0)
+
+    @staticmethod
+    def cross_check(node, cfg) -> Iterator[str]:
+        if cfg.data.validation_size < 1:
+            yield (
+                "regularizer=early_stopping watches the validation loss: hold out a validation "
+                "split with data.validation_size=N (e.g. data.validation_size=1000)"
+            )
 
 
 @dataclass
-class StepSchedulerConfig:
-    name: str = MISSING
-    step_size: int = MISSING
-    gamma: float = MISSING
+class SchedulerConfig:
+    """A torch.optim.lr_scheduler class (or a function making one), built by hydra.utils.instantiate and
+    stepped after every batch (mnist_exp.training.make_scheduler): fields with metadata epochs=True are
+    lengths in epochs, turned into batches; a target taking `total_steps` gets the run's."""
+
+    _target_: str = MISSING
+    _partial_: bool = MISSING  # the optimizer comes when it is built
+    name: str = MISSING  # how run names and tables call it
 
 
 @dataclass
-class CosineSchedulerConfig:
-    name: str = MISSING
-    warmup_epochs: int = MISSING
+class StepSchedulerConfig(SchedulerConfig):
+    step_size: int = at_least(1, " (epochs)", epochs=True)
+    gamma: float = within(0, 1, "(]")
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    warmup_epochs: int = field(default=MISSING, metadata={"epochs": True})
     min_lr: float = MISSING
 
+    @staticmethod
+    def cross_check(node, cfg) -> Iterator[str]:
+        epochs, lr = cfg.trainer.epochs, cfg.optimizer.lr
+        if not 0 <= node.warmup_epochs < epochs:
+            yield out_of_range("scheduler.warmup_epochs", node.warmup_epochs, f">= 0 and below trainer.epochs={epochs}")
+        if not 0 <= node.min_lr < lr:
+            yield out_of_range("scheduler.min_lr", node.min_lr, f">= 0 and below optimizer.lr={lr}")
+
 
 @dataclass
-class OneCycleSchedulerConfig:
-    name: str = MISSING
-    max_lr: float = MISSING
-    pct_start: float = MISSING
-    div_factor: float = MISSING
-    final_div_factor: float = MISSING
+class OneCycleSchedulerConfig(SchedulerConfig):
+    max_lr: float = above(0)
+    pct_start: float = within(0, 1, "()")
+    div_factor: float = at_least(1)
+    final_div_factor: float = at_least(1)
     cycle_momentum: bool = MISSING
+
+    @staticmethod
+    def cross_check(node, cfg) -> Iterator[str]:
+        if node.cycle_momentum and cfg.optimizer.get("momentum", 1) == 0:
+            yield (
+                "scheduler.cycle_momentum=true cycles SGD's momentum, which is 0 here: "
+                "set optimizer.momentum > 0 or scheduler.cycle_momentum=false"
+            )
 
 
 @dataclass
 class DataConfig:
     root: str = MISSING
-    source: str = MISSING
+    source: str = one_of("mnist_exp.data.SOURCES")
     cache_dir: str = MISSING
-    limit_train: int | None = MISSING
-    limit_test: int | None = MISSING
-    validation_size: int = MISSING
+    limit_train: int | None = optional_count()
+    limit_test: int | None = optional_count()
+    validation_size: int = at_least(0)
     mean: float = MISSING
-    std: float = MISSING
+    std: float = above(0)
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    seed: int = MISSING
-    device: str = MISSING
-    threads: int | None = MISSING
+    epochs: int = at_least(1)
+    batch_size: int = at_least(1)
+    eval_batch_size: int = at_least(1)
+    seed: int = at_least(0)
+    device: str = ranged("auto, cpu, mps, cuda or cuda:N", lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v))
+    threads: int | None = optional_count()
     checkpoint_dir: str = MISSING
 
 
 @dataclass
 class MLflowConfig:
     tracking_uri: str = MISSING
-    experiment: str = MISSING
+    experiment: str = ranged("a non-empty name", lambda v: bool(v.strip()))
     system_metrics: bool = MISSING
 
 
 @dataclass
 class TrainConfig:
-    # model and optimizer differ per option: each option file attaches its own schema.
+    # model, optimizer and scheduler differ per option: each option file attaches its own schema.
     model: Any = MISSING
     optimizer: Any = MISSING
     # Regularizers compose; each attaches the schema of its own sub-key (l2, dropout, ...).
@@ -146,6 +219,14 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     force: bool = MISSING
+
+    @staticmethod
+    def cross_check(node, cfg) -> Iterator[str]:
+        from mnist_exp.regularization import REGULARIZERS
+
+        for key in cfg.regularizer:
+            if key not in REGULARIZERS:
+                yield f"regularizer.{key} is not a regularizer this project applies: use {', '.join(REGULARIZERS)}"
 
 
 @dataclass
@@ -162,6 +243,12 @@ class OptunaSweeperConfig:
     sampler: Any = MISSING  # an optuna.samplers class and its arguments
     pruner: Any = MISSING  # an optuna.pruners class and its arguments
     params: dict[str, Any] | None = MISSING
+
+
+def out_of_range(key: str, value, allowed: str) -> str:
+    if isinstance(value, str) and value.strip() != value or value == "":
+        value = repr(value)  # blanks would not show
+    return f"{key}={value} is out of range: must be {allowed}"
 
 
 def register() -> None:
@@ -187,3 +274,9 @@ def register() -> None:
     store.store(name="cosine_schema", node=CosineSchedulerConfig)
     store.store(name="onecycle_schema", node=OneCycleSchedulerConfig)
     store.store(name="optuna_sweeper_schema", node=OptunaSweeperConfig)
+
+
+def in_epochs(node) -> list[str]:
+    """The keys of a scheduler node that its schema gives in epochs (mnist_exp.training.make_scheduler)."""
+    schema = OmegaConf.get_type(node)
+    return [f.name for f in fields(schema) if f.metadata.get("epochs")] if is_dataclass(schema) else []

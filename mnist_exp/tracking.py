@@ -182,13 +182,15 @@ def ui_url(tracking_uri: str, experiment_id: str) -> str:
 
 
 def flat_params(cfg) -> dict[str, str]:
-    """The resolved config as MLflow params: {"optimizer.lr": "0.01", ...}."""
+    """The resolved config as MLflow params: {"optimizer.lr": "0.01", ...}; without Hydra's `_target_`,
+    `_partial_` (how the option is built: its `name` says which), so they leave runs' identity as it was."""
     flat: dict[str, str] = {}
 
     def walk(node, prefix: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
+                if not (key.startswith("_") and key.endswith("_")):
+                    walk(value, f"{prefix}{key}.")
         else:
             flat[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
 

@@ -7,6 +7,7 @@ learning-rate scheduler and early stopping keep their state in the checkpoint fo
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 
 from mnist_exp.data import MNIST, Split
@@ -24,8 +26,7 @@ from mnist_exp.regularization import (
     train_augmentation,
     weight_decay,
 )
-
-SCHEDULERS = ("step", "cosine", "onecycle")
+from mnist_exp.schema import in_epochs
 
 
 class Diverged(RuntimeError):
@@ -126,49 +127,42 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: nn.Module, optimizer_cfg, weight_decay: float) -> torch.optim.Optimizer:
+    """The `optimizer` group's `_target_` over the model's parameters, with regularizer.l2's weight decay."""
     # The fused kernels update every parameter in one call instead of a few small ops per tensor:
     # 4-25% more images/s on CPU for these small models (benchmarks/README.md). A checkpoint keeps
     # the setting it was trained with, so resuming an older run continues it unfused.
-    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
-    if optimizer_cfg.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=optimizer_cfg.lr,
-            momentum=optimizer_cfg.momentum,
-            nesterov=optimizer_cfg.nesterov,
-            weight_decay=weight_decay,
-            **fused,
-        )
-    return torch.optim.Adam(
-        model.parameters(), lr=optimizer_cfg.lr, betas=tuple(optimizer_cfg.betas), weight_decay=weight_decay, **fused
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return _build(
+        optimizer_cfg, model.parameters(), weight_decay=weight_decay, optional={"fused": True} if fused else {}
     )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int, batches_per_epoch: int):
-    """The `scheduler` group as a torch.optim.lr_scheduler stepped after every batch; None for none."""
+    """The `scheduler` group's `_target_`, stepped after every batch; None for none. Its lengths in epochs
+    (schema fields with metadata epochs=True) become batches, and one that takes total_steps gets the run's."""
     if not scheduler_cfg:
         return None
-    schedulers, total = torch.optim.lr_scheduler, epochs * batches_per_epoch
-    if scheduler_cfg.name == "step":
-        return schedulers.StepLR(
-            optimizer, step_size=scheduler_cfg.step_size * batches_per_epoch, gamma=scheduler_cfg.gamma
-        )
-    if scheduler_cfg.name == "cosine":
-        warmup = scheduler_cfg.warmup_epochs * batches_per_epoch
-        cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=scheduler_cfg.min_lr)
-        if not warmup:
-            return cosine
-        ramp = schedulers.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup)
-        return schedulers.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
-    return schedulers.OneCycleLR(
-        optimizer,
-        max_lr=scheduler_cfg.max_lr,
-        total_steps=total,
-        pct_start=scheduler_cfg.pct_start,
-        div_factor=scheduler_cfg.div_factor,
-        final_div_factor=scheduler_cfg.final_div_factor,
-        cycle_momentum=scheduler_cfg.cycle_momentum,
-    )
+    lengths = {key: scheduler_cfg[key] * batches_per_epoch for key in in_epochs(scheduler_cfg)}
+    return _build(scheduler_cfg, optimizer, **lengths, optional={"total_steps": epochs * batches_per_epoch})
+
+
+def _build(node, *args, optional: dict | None = None, **kwargs):
+    """hydra.utils.instantiate of a `_partial_` node, called with args, kwargs and those `optional` arguments its
+    target takes; `name` is the option's label, not an argument."""
+    build = instantiate({key: value for key, value in node.items() if key != "name"}, _convert_="all")
+    takes = inspect.signature(build.func).parameters
+    return build(*args, **kwargs, **{key: value for key, value in (optional or {}).items() if key in takes})
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_epochs: int, min_lr: float, total_steps: int):
+    """CosineAnnealingLR down to min_lr after a linear warm-up (LinearLR) of warmup_epochs, which make_scheduler
+    has turned into batches; the `_target_` of conf/scheduler/cosine.yaml."""
+    schedulers = torch.optim.lr_scheduler
+    cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_epochs, eta_min=min_lr)
+    if not warmup_epochs:
+        return cosine
+    ramp = schedulers.LinearLR(optimizer, start_factor=1 / warmup_epochs, total_iters=warmup_epochs)
+    return schedulers.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup_epochs])
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
