@@ -10,9 +10,10 @@ compared. Accuracies are percentages here, named `..._pct`, and differences perc
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
+import shlex
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from mnist_exp import tracking
 from mnist_exp.search import PRUNED_TAG
@@ -49,7 +51,7 @@ DERIVED = (
     "model.description",
     "regularizer.name",
     "data.",
-    "trainer.resolved",
+    "trainer.resolved",  # _device, _threads: runs before 1edc110 (2026-11-26) logged them; until none is analyzed
     "trainer.seed",
 )
 # A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
@@ -208,7 +210,7 @@ def _context_key(run: pd.Series) -> str:
         key: value
         for key, value in run.items()
         if key.startswith("params.")
-        and not key[len("params.") :].startswith(tracking.NOT_IDENTITY + COMPARED + ("data.", "trainer.resolved"))
+        and not key[len("params.") :].startswith(tracking.NOT_IDENTITY + COMPARED + DERIVED)
     }
     data = {key: run.get(f"params.{key}") for key in tracking.DATA_IDENTITY}
     return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -259,12 +261,6 @@ def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
             "train_time_s": _metric(finished, "train_time_s"),
             "seed": pd.to_numeric(_column(finished, "params.trainer.seed")),
             "val_acc_pct": 100 * _metric(finished, "final_val_acc"),
-            "run_params": finished.apply(
-                lambda run: {
-                    k[len("params.") :]: v for k, v in run.items() if k.startswith("params.") and not pd.isna(v)
-                },
-                axis=1,
-            ),
         }
     )
     runs["acc_pct"] = runs["final_test_acc_pct"] if metric == "final" else 100 * _metric(finished, METRICS[metric])
@@ -300,7 +296,6 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
             "params",
             "epochs",
             "train_size",
-            "run_params",
         ]
     ].first()
     table["n"] = grouped.size()
@@ -477,75 +472,59 @@ def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
     return rows.sort_values(column, ascending=False, kind="stable").iloc[0], basis
 
 
-GROUPS = ("model", "regularizer", "optimizer", "scheduler")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+def hydra_file(client, run_id: str, name: str, run_name: str = ""):
+    """A file Hydra wrote for the run's job (hydra/NAME.yaml, logged by mnist_exp.job), parsed."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, f"hydra/{name}.yaml", folder)
+        except Exception:  # MLflow raises several types for a missing artifact
+            raise AnalysisError(
+                f"run {run_id}{f' ({run_name})' * bool(run_name)} has no hydra/{name}.yaml: "
+                "it stopped before logging Hydra's files"
+            ) from None
+        return yaml.safe_load(Path(path).read_text())
 
 
-@functools.cache
-def _composed(choices: tuple[str, ...]) -> dict[str, str]:
-    from hydra import compose, initialize_config_dir
+def with_overrides(table: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
+    """`table` with each variant's overrides of conf/train.yaml, as Hydra logged them for its latest run, the
+    seed left out: what train_command trains again. None for a search's trial (its overrides would launch the
+    search again) and for runs older than Hydra's files (1edc110)."""
+    from mlflow.tracking import MlflowClient
 
-    from mnist_exp import schema
+    client = MlflowClient(tracking_uri)
 
-    schema.register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return tracking.flat_params(compose(config_name="train", overrides=list(choices)))
+    def overrides(run_id: str) -> list[str] | None:
+        try:
+            if hydra_file(client, run_id, "hydra")["hydra"]["runtime"]["choices"].get("hydra/sweeper") != "basic":
+                return None
+            logged = hydra_file(client, run_id, "overrides") or []
+        except AnalysisError:
+            return None
+        return [o for o in logged if o.split("=", 1)[0].lstrip("+~") != "trainer.seed"]
 
-
-def train_overrides(row) -> list[str]:
-    """The overrides of conf/train.yaml that train `row`'s variant again: its config groups, then each
-    setting that differs from what they compose to."""
-    params = row.run_params
-    names = {
-        "model": row.model,
-        "optimizer": row.optimizer,
-        "scheduler": row.scheduler,
-        "regularizer": "none" if row.regularizer == "none" else f"[{row.regularizer.replace('+', ',')}]",
-    }
-    choices = tuple(f"{group}={names[group]}" for group in GROUPS)
-    if "[" in choices[1] and "," not in choices[1]:
-        choices = (choices[0], f"regularizer={row.regularizer}", *choices[2:])
-    default = _composed(choices)
-    skip = ("force", "trainer.seed", "trainer.threads", "trainer.checkpoint_dir", "data.cache_dir")
-    return [
-        *choices,
-        *(
-            f"{key}={value}"
-            for key, value in sorted(params.items())
-            if key in default and default[key] != value and not key.startswith(skip)
-        ),
-    ]
+    return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]])
 
 
-def train_command(rows: list, seeds: list[int]) -> str:
+def train_command(rows: list, seeds: list[int]) -> str | None:
     """One `python train.py -m` line training `seeds` of each row's variant (finished runs are skipped),
-    merged into one sweep where the variants differ in one config group only."""
-    lists = [train_overrides(row) for row in rows]
+    merged into one sweep where the variants' overrides differ in one value only; None without overrides."""
+    lists = [getattr(row, "overrides", None) for row in rows]
+    if any(not isinstance(x, list) for x in lists):
+        return None
     contiguous = len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
     seeds_override = (
-        f"'trainer.seed=range({seeds[0]},{seeds[-1] + 1})'"
-        if contiguous  # Hydra's sweep range
+        f"trainer.seed=range({seeds[0]},{seeds[-1] + 1})"  # Hydra's sweep range
+        if contiguous
         else "trainer.seed=" + ",".join(str(s) for s in seeds)
     )
-    differing = [
-        i
-        for i in range(len(lists[0]))
-        if len({tuple(x) for x in lists}) > 1 and len({x[i] if i < len(x) else None for x in lists}) > 1
-    ]
-    if all(len(x) == len(lists[0]) for x in lists) and len(differing) == 1 and differing[0] < len(GROUPS):
-        i = differing[0]
-        group = GROUPS[i]
-        values = ",".join(dict.fromkeys(x[i].split("=", 1)[1] for x in lists))
-        merged = [*lists[0][:i], f"{group}={values}", *lists[0][i + 1 :]]
-        return " ".join(["python train.py -m", *map(_quoted, merged), seeds_override])
-    return " && ".join(
-        " ".join(["python train.py -m", *map(_quoted, x), seeds_override])
-        for x in dict.fromkeys(tuple(x) for x in lists)
-    )
-
-
-def _quoted(override: str) -> str:
-    return f"'{override}'" if any(c in override for c in "[] ") else override  # brackets: shell globs
+    distinct = list(dict.fromkeys(tuple(x) for x in lists))
+    keys = {tuple(o.split("=", 1)[0] for o in x) for x in distinct}
+    differing = [i for i in range(len(distinct[0])) if len({x[i] for x in distinct}) > 1] if len(keys) == 1 else []
+    if len(differing) == 1:
+        (i,) = differing
+        values = ",".join(x[i].split("=", 1)[1] for x in distinct)
+        distinct = [(*distinct[0][:i], f"{distinct[0][i].split('=', 1)[0]}={values}", *distinct[0][i + 1 :])]
+    return " && ".join(" ".join(["python train.py -m", *map(shlex.quote, [*x, seeds_override])]) for x in distinct)
 
 
 def fresh_seeds(rows: list, count: int) -> list[int]:
@@ -618,9 +597,9 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
     seeds, the key to short names); csv and json keep every column, `acc_pct_samples` holding each seed's
     accuracy (in the order of `seeds`)."""
     if fmt == "csv":
-        return table.drop(columns=["run_params"]).to_csv(index=False, float_format="%.6g")
+        return table.to_csv(index=False, float_format="%.6g")
     if fmt == "json":
-        return table.drop(columns=["run_params"]).to_json(orient="records", indent=2)
+        return table.to_json(orient="records", indent=2)
     accuracy = HEADERS[table.attrs.get("metric", "final")]
     marked = table["variant"] + table["collapsed"].map(lambda notes: " *" if notes else "")
     common = {

@@ -24,6 +24,14 @@ class Checkpoint:
     scheduler_state: dict | None
     progress: TrainingState
 
+    def restore(self, training: Training) -> TrainingState:
+        """Put the weights, optimizer and schedule back into `training`; returns where the run was."""
+        training.model.load_state_dict(self.model_state)
+        training.optimizer.load_state_dict(self.optimizer_state)
+        if training.scheduler is not None:
+            training.scheduler.load_state_dict(self.scheduler_state)
+        return self.progress
+
 
 def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str, str] | None) -> Path:
     """One file per run identity: the requested config and the data it read."""

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from mnist_exp import tracking
-from mnist_exp.analysis import AnalysisError, _require_store
+from mnist_exp.analysis import AnalysisError, _require_store, hydra_file
 
 # Tags that are settings of a run: what code trained it, on how many threads.
 SETTING_TAGS = {
@@ -163,22 +161,8 @@ def command(client, side: Side) -> tuple[str, str]:
         names = "; ".join(run.info.run_name for run in side.runs)
         raise AnalysisError(f"--command needs one run; {side.label} has {len(side.runs)}: {names}")
     run = side.runs[0]
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            overrides = (
-                yaml.safe_load(
-                    Path(client.download_artifacts(run.info.run_id, "hydra/overrides.yaml", folder)).read_text()
-                )
-                or []
-            )
-            hydra = yaml.safe_load(
-                Path(client.download_artifacts(run.info.run_id, "hydra/hydra.yaml", folder)).read_text()
-            )["hydra"]
-        except Exception:  # MLflow raises several types for a missing artifact
-            raise AnalysisError(
-                f"run {run.info.run_id} ({run.info.run_name}) has no hydra/overrides.yaml: "
-                "it stopped before logging Hydra's files"
-            ) from None
+    overrides = hydra_file(client, run.info.run_id, "overrides", run.info.run_name) or []
+    hydra = hydra_file(client, run.info.run_id, "hydra", run.info.run_name)["hydra"]
     threads = run.data.tags.get(tracking.PREFIX + "threads")
     if threads and not any(o.split("=", 1)[0].lstrip("+~") == "trainer.threads" for o in overrides):
         overrides.append(f"trainer.threads={threads}")

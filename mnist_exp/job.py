@@ -324,17 +324,14 @@ def _start(cfg, built, data, datasets) -> TrainingState:
     return TrainingState()
 
 
-def _resume(checkpoint, training: Training) -> TrainingState:
-    training.model.load_state_dict(checkpoint.model_state)
-    training.optimizer.load_state_dict(checkpoint.optimizer_state)
-    if training.scheduler is not None:
-        training.scheduler.load_state_dict(checkpoint.scheduler_state)
+def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingState:
+    progress = checkpoint.restore(training)
     run_id = mlflow.active_run().info.run_id
     logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "test_acc")}
-    for metrics in checkpoint.progress.history:  # a kill between checkpoint and log_metrics leaves a gap
+    for metrics in progress.history:  # a kill between checkpoint and log_metrics leaves a gap
         if metrics.epoch not in logged:
             mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
-    return checkpoint.progress
+    return progress
 
 
 def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> torch.Tensor:

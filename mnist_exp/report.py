@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import jinja2
@@ -21,7 +22,6 @@ from mnist_exp.analysis import (
     more_seeds,
     short,
     train_command,
-    train_overrides,
 )
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
@@ -124,6 +124,7 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         if rows.empty:
             continue
         best, basis = choose_best(rows)
+        overrides = best.get("overrides")
         course_rows = table[table["settings"].map(lambda s: _same_but_groups(s, course))] if course else table.iloc[:0]
         reference = _plain(course_rows[course_rows["data"] == best.data], model)
         if reference is None:
@@ -138,7 +139,7 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
                 "basis": basis,
                 "reference": reference,
                 "c": c,
-                "changes": " ".join(train_overrides(best)),
+                "changes": " ".join(map(shlex.quote, overrides)) if isinstance(overrides, list) else None,
                 "retest": _retest(basis, [best]),
             }
         )

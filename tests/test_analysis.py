@@ -13,12 +13,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import tracking
-from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
+from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table, with_overrides
 from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
@@ -39,6 +40,8 @@ def log_run(
     data="a",
     extra=None,
     val_acc=None,
+    logs_overrides=False,
+    sweeper="basic",
 ):
     params = {
         "model.name": model,
@@ -76,6 +79,11 @@ def log_run(
             **({"final_val_acc": val_acc} if val_acc is not None else {}),
         }
         client.log_batch(run_id, metrics=[Metric(key, value, 0, epochs) for key, value in metrics.items()])
+    if logs_overrides:  # what Hydra writes for a job of `train.py -m model=... regularizer=... trainer.epochs=...`
+        groups = "[" + regularizer.replace("+", ",") + "]" if "+" in regularizer else regularizer
+        overrides = [f"model={model}", f"regularizer={groups}", f"optimizer={optimizer}", f"trainer.epochs={epochs}"]
+        client.log_text(run_id, yaml.safe_dump([*overrides, f"trainer.seed={seed}"]), "hydra/overrides.yaml")
+        client.log_dict(run_id, {"hydra": {"runtime": {"choices": {"hydra/sweeper": sweeper}}}}, "hydra/hydra.yaml")
     client.set_terminated(run_id, status)
     return run_id
 
@@ -119,7 +127,8 @@ EXPECTED = pd.DataFrame(
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One sqlite store, several experiments: creating a store costs seconds, an experiment does not."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder}/mlflow.db"
     client = MlflowClient(uri)
 
     grid = client.create_experiment("grid")
@@ -152,7 +161,7 @@ def store(tmp_path_factory):
         runs[name] = log_run(client, sweeps, "lenet5", "none", "sgd", seed, 0.9, 0.95, tags=tags)
     for key in parents:
         list_members(client, parents[key], [runs[name] for name, keys in membership.items() if key in keys])
-    return {"uri": uri, "client": client, "runs": runs, "parents": parents}
+    return {"uri": uri, "folder": folder, "client": client, "runs": runs, "parents": parents}
 
 
 # --- the variant table ---
@@ -387,11 +396,12 @@ FAMILY = {
 @pytest.fixture(scope="module")
 def family(store):
     client = store["client"]
-    experiment = client.create_experiment("family")
+    experiment = client.create_experiment("family", artifact_location=str(store["folder"] / "family"))
     for regularizer, accuracies in FAMILY.items():
         for seed, acc in enumerate(accuracies):
-            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc)
-    return variant_table(select_runs(store["uri"], "family", "all").finished).set_index("regularizer")
+            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc, logs_overrides=True)
+    table = variant_table(select_runs(store["uri"], "family", "all").finished)
+    return with_overrides(table, store["uri"]).set_index("regularizer")
 
 
 def test_a_family_of_comparisons_is_holm_adjusted_and_judged_on_the_adjusted_p(family):
@@ -486,7 +496,7 @@ def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_ret
     from mnist_exp import report
 
     client = store["client"]
-    experiment = client.create_experiment("validation")
+    experiment = client.create_experiment("validation", artifact_location=str(store["folder"] / "validation"))
     # dropout wins on test, l2 on validation: validation decides.
     for regularizer, test_accs, val_accs in (
         ("l2", (0.970, 0.972), (0.99, 0.99)),
@@ -494,8 +504,8 @@ def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_ret
         ("l2+dropout", (0.975, 0.976), (0.96, 0.96)),
     ):
         for seed, (acc, val) in enumerate(zip(test_accs, val_accs)):
-            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc, val_acc=val)
-    table = variant_table(select_runs(store["uri"], "validation", "all").finished)
+            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc, val_acc=val, logs_overrides=True)
+    table = with_overrides(variant_table(select_runs(store["uri"], "validation", "all").finished), store["uri"])
 
     (answer,) = report.combinations(table)
     assert answer["single"].regularizer == "l2" and answer["basis"] == "validation" and answer["retest"] is None
@@ -503,8 +513,8 @@ def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_ret
     (answer,) = report.combinations(without)
     assert answer["single"].regularizer == "dropout" and answer["basis"] == "test"
     assert answer["retest"] == (
-        "python train.py -m model=lenet5 'regularizer=[l2,dropout],dropout' optimizer=sgd "
-        "scheduler=none trainer.epochs=2 trainer.seed=2,3,4"
+        "python train.py -m model=lenet5 'regularizer=[l2,dropout],dropout' optimizer=sgd trainer.epochs=2 "
+        "trainer.seed=2,3,4"
     )
 
 
@@ -524,8 +534,40 @@ def test_seeds_needed_come_with_the_command_adding_exactly_those_seeds(family):
     entry = next(e for e in answer["entries"] if e["row"].regularizer == "dropout")
     # Seeds 0-2 exist: only the missing ones train, as Hydra's range(3, expected) (its stop is exclusive).
     assert entry["c"]["command"] == (
-        f"python train.py -m model=lenet5 regularizer=dropout,none optimizer=sgd "
-        f"scheduler=none trainer.epochs=2 'trainer.seed=range(3,{expected})'"
+        f"python train.py -m model=lenet5 regularizer=dropout,none optimizer=sgd trainer.epochs=2 "
+        f"'trainer.seed=range(3,{expected})'"
+    )
+
+
+def test_runs_from_before_1edc110_pool_with_newer_runs_of_their_variant(store):
+    client = store["client"]
+    experiment = client.create_experiment("before-1edc110")
+    for seed in (0, 1):
+        for regularizer, acc in (("dropout", 0.98), ("none", 0.97)):
+            run_id = log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc + seed / 1000, 0.99)
+            if seed == 0:  # logged beside the config, outside its hash, by the code before 1edc110
+                client.log_batch(
+                    run_id, params=[Param("trainer.resolved_device", "cpu"), Param("trainer.resolved_threads", "2")]
+                )
+    table = variant_table(select_runs(store["uri"], "before-1edc110", "all").finished).set_index("variant")
+
+    assert list(table["n"]) == [2, 2]
+    assert table.loc["lenet5/dropout/sgd", "test"] == "paired"
+
+
+def test_runs_of_a_search_get_no_command_that_would_launch_the_search_again(store):
+    from mnist_exp.analysis import train_command
+
+    client = store["client"]
+    experiment = client.create_experiment("searched", artifact_location=str(store["folder"] / "searched"))
+    for sweeper, regularizer in (("optuna", "l2"), ("basic", "none")):
+        log_run(client, experiment, "lenet5", regularizer, "sgd", 0, 0.97, 0.98, logs_overrides=True, sweeper=sweeper)
+    table = with_overrides(variant_table(select_runs(store["uri"], "searched", "all").finished), store["uri"])
+    searched, plain = (table[table["regularizer"] == name].iloc[0] for name in ("l2", "none"))
+
+    assert train_command([searched], [1]) is None and train_command([searched, plain], [1]) is None
+    assert train_command([plain], [1, 2]) == (
+        "python train.py -m model=lenet5 regularizer=none optimizer=sgd trainer.epochs=2 trainer.seed=1,2"
     )
 
 

@@ -21,6 +21,7 @@ from conftest import REPO, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import job, tracking
+from mnist_exp.data import load_mnist
 
 pytestmark = pytest.mark.slow
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
@@ -90,6 +91,24 @@ def test_every_run_records_its_code_and_a_skip_names_other_code(project_dir):
     skipped = train(project_dir, "-m", *SMALL)
     assert "sweep summary: 0 finished, 1 skipped" in skipped.stdout
     assert f"trained by other code (0123456789ab; this is {commit[:12]}" in skipped.stdout + skipped.stderr
+
+
+def test_a_run_recorded_before_model_parity_with_existed_is_still_skipped(project_dir, compose, tmp_path):
+    command = ["model=mlp", *SMALL]
+    cfg = compose([*command, f"data.cache_dir={tmp_path / 'cache'}"])
+    before = {key: value for key, value in tracking.flat_params(cfg).items() if key != "model.parity_with"}
+    client = MlflowClient(uri(project_dir))
+    experiment = client.create_experiment("mnist-exp", artifact_location=str(project_dir / "mlruns"))
+    run_id = client.create_run(experiment, tags={tracking.CONFIG_HASH: tracking.config_hash(before)}).info.run_id
+    params = {**before, **job.data_params_of(load_mnist(cfg.data))}  # as code before b0d2687 logged them
+    client.log_batch(run_id, params=[mlflow.entities.Param(key, value) for key, value in params.items()])
+    client.set_terminated(run_id, "FINISHED")
+
+    again = train(project_dir, *command)
+
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"skipped: identical run {run_id}" in again.stdout + again.stderr
+    assert [run.info.run_id for run in job_runs(uri(project_dir))] == [run_id]
 
 
 # --- MLflow's environment and context ---

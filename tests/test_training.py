@@ -4,7 +4,6 @@ diverges; and evaluation that matches a computation by hand."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_exp import checkpoints
 from mnist_exp.data import Split, load_mnist
 from mnist_exp.models import build_model
 from mnist_exp.regularization import layer_switches, train_augmentation
@@ -50,39 +50,26 @@ def build(cfg, data) -> Training:
     )
 
 
-def train(cfg, data, inputs, stop_after=None, checkpoint=None):
-    """Fit a run built from cfg, from scratch or from a checkpoint; with stop_after, as if killed after
-    that epoch. Returns (progress, training, checkpoint): the checkpoint as checkpoints.save stores it."""
+def train(cfg, data, inputs, checkpoint_file=None, stop_after=None):
+    """Fit a run built from cfg; with a checkpoint file, resumed from it when it exists and saved to it after
+    each epoch (checkpoints.save/load, as job.py does); with stop_after, as if killed after that epoch's save.
+    Returns (progress, training)."""
     training = build(cfg, data)
-    progress = TrainingState()
-    if checkpoint is not None:
-        training.model.load_state_dict(checkpoint["model"])
-        training.optimizer.load_state_dict(checkpoint["optimizer"])
-        if training.scheduler is not None:
-            training.scheduler.load_state_dict(checkpoint["scheduler"])
-        progress = copy.deepcopy(checkpoint["progress"])
-    saved = {}
+    saved = checkpoints.load(checkpoint_file) if checkpoint_file else None
+    progress = saved.restore(training) if saved else TrainingState()
 
     class Killed(Exception):
         pass
 
     def on_epoch_end(progress):
-        saved.update(
-            copy.deepcopy(
-                {
-                    "model": training.model.state_dict(),
-                    "optimizer": training.optimizer.state_dict(),
-                    "scheduler": training.scheduler.state_dict() if training.scheduler else None,
-                    "progress": progress,
-                }
-            )
-        )
+        if checkpoint_file:
+            checkpoints.save(checkpoint_file, "run", training, progress)
         if progress.epochs_done == stop_after:
             raise Killed
 
     with contextlib.suppress(Killed):
         fit(training, data, cfg.trainer, progress, on_epoch_end)
-    return progress, training, saved
+    return progress, training
 
 
 def metrics(progress):
@@ -102,9 +89,9 @@ def metrics(progress):
 def test_same_seed_gives_identical_per_epoch_metrics(setup, overrides):
     cfg, data, inputs = setup(*overrides)
 
-    first, _, _ = train(cfg, data, inputs)
-    second, _, _ = train(cfg, data, inputs)
-    other_seed, _, _ = train(setup("trainer.seed=1", *overrides)[0], data, inputs)
+    first, _ = train(cfg, data, inputs)
+    second, _ = train(cfg, data, inputs)
+    other_seed, _ = train(setup("trainer.seed=1", *overrides)[0], data, inputs)
 
     assert len(first.history) == 2
     assert metrics(first) == metrics(second)
@@ -113,7 +100,7 @@ def test_same_seed_gives_identical_per_epoch_metrics(setup, overrides):
 
 
 @pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle"])
-def test_resuming_mid_schedule_reproduces_an_uninterrupted_run(setup, scheduler):
+def test_resuming_mid_schedule_reproduces_an_uninterrupted_run(setup, scheduler, tmp_path):
     cfg, data, inputs = setup(
         "regularizer=dropout",
         f"scheduler={scheduler}",
@@ -122,9 +109,9 @@ def test_resuming_mid_schedule_reproduces_an_uninterrupted_run(setup, scheduler)
         *(["scheduler.warmup_epochs=1"] if scheduler == "cosine" else []),
     )
 
-    straight, _, _ = train(cfg, data, inputs)
-    _, _, checkpoint = train(cfg, data, inputs, stop_after=2)
-    resumed, _, _ = train(cfg, data, inputs, checkpoint=checkpoint)
+    straight, _ = train(cfg, data, inputs)
+    train(cfg, data, inputs, tmp_path / "checkpoint.pt", stop_after=2)
+    resumed, _ = train(cfg, data, inputs, tmp_path / "checkpoint.pt")
 
     assert len(straight.history) == 4
     assert metrics(resumed) == metrics(straight)
@@ -182,13 +169,13 @@ def test_evaluate_runs_in_evaluation_mode(setup):
 
 def test_constant_learning_rate_is_logged_every_epoch(setup):
     cfg, data, inputs = setup("trainer.epochs=3")
-    progress, _, _ = train(cfg, data, inputs)
+    progress, _ = train(cfg, data, inputs)
     assert [m.lr for m in progress.history] == [0.01, 0.01, 0.01]
 
 
 def test_step_schedule_multiplies_by_gamma_every_step_size_epochs(setup):
     cfg, data, inputs = setup("scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5", "trainer.epochs=5")
-    progress, _, _ = train(cfg, data, inputs)
+    progress, _ = train(cfg, data, inputs)
     assert [m.lr for m in progress.history] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
 
 
@@ -196,7 +183,7 @@ def test_cosine_schedule_warms_up_linearly_then_anneals_to_min_lr(setup):
     cfg, data, inputs = setup(
         "scheduler=cosine", "scheduler.warmup_epochs=1", "scheduler.min_lr=0.001", "trainer.epochs=3"
     )  # 300 images in batches of 16: 19 steps per epoch
-    progress, training, _ = train(cfg, data, inputs)
+    progress, training = train(cfg, data, inputs)
 
     steps, warmup = 19 * 3, 19
     assert progress.history[0].lr == pytest.approx(0.01 / warmup)  # the first step of the ramp
@@ -215,7 +202,7 @@ def test_onecycle_peaks_at_max_lr_and_ignores_the_optimizers_lr(setup):
         "trainer.epochs=2",
         "optimizer.lr=0.5",
     )
-    progress, _, _ = train(cfg, data, inputs)
+    progress, _ = train(cfg, data, inputs)
 
     assert progress.history[0].lr == pytest.approx(0.2 / 25)  # max_lr / div_factor
     assert progress.history[1].lr == pytest.approx(0.2, rel=0.01)  # half way: the peak
@@ -255,7 +242,7 @@ def test_early_stopping_stops_on_patience_and_delivers_the_best_epochs_weights(s
         "trainer.epochs=10",
         "optimizer.lr=0.05",
     )
-    progress, training, _ = train(cfg, data, inputs)
+    progress, training = train(cfg, data, inputs)
 
     val_losses = [m.val_loss for m in progress.history]
     best = 1
@@ -268,7 +255,7 @@ def test_early_stopping_stops_on_patience_and_delivers_the_best_epochs_weights(s
     assert delivered_loss == pytest.approx(val_losses[progress.best_epoch - 1], rel=1e-6)
 
 
-def test_a_run_resumed_after_early_stopping_ends_where_it_stopped(setup):
+def test_a_run_resumed_after_early_stopping_ends_where_it_stopped(setup, tmp_path):
     cfg, data, inputs = setup(
         "regularizer=early_stopping",
         "regularizer.early_stopping.patience=1",
@@ -276,11 +263,11 @@ def test_a_run_resumed_after_early_stopping_ends_where_it_stopped(setup):
         "data.validation_size=60",
         "trainer.epochs=6",
     )
-    straight, straight_training, _ = train(cfg, data, inputs)
+    straight, straight_training = train(cfg, data, inputs)
     assert straight.stopped_early and len(straight.history) == 2  # nothing improves by 0.5 after epoch 1
 
-    _, _, checkpoint = train(cfg, data, inputs, stop_after=2)  # killed right after deciding to stop
-    resumed, resumed_training, _ = train(cfg, data, inputs, checkpoint=checkpoint)
+    train(cfg, data, inputs, tmp_path / "checkpoint.pt", stop_after=2)  # killed right after deciding to stop
+    resumed, resumed_training = train(cfg, data, inputs, tmp_path / "checkpoint.pt")
 
     assert metrics(resumed) == metrics(straight)
     for key, value in straight_training.model.state_dict().items():
