@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import resource
-import signal
 import traceback
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,8 @@ from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
 from mnist_exp.regularization import layer_switches, variant_name
 from mnist_exp.shipped import PixelClassifier
-from mnist_exp.sweep import JobStatus, SweepInfo, read_sweep_info, run_name, write_job_status
+from mnist_exp.stopping import RAISE, REQUEUE, STOPS, Interrupted, JobSignals
+from mnist_exp.sweep import JobOutcome, SweepInfo, read_sweep_info, run_name, write_job_status
 from mnist_exp.training import Diverged, Training, TrainingState, evaluate, fit, resolve_device
 from mnist_exp.validation import ConfigError, validate
 
@@ -42,26 +42,6 @@ USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, Diverged)
 SYSTEM_METRICS_INTERVAL_S = 2
 
 
-class Interrupted(KeyboardInterrupt):
-    """The job was stopped from outside while its run was open (Ctrl-C, SIGTERM, SLURM's preemption or
-    time limit); carries the run, the reason and what stopped it, so the sweep can name them."""
-
-    def __init__(self, run_id: str, name: str, reason: str, cause: BaseException):
-        super().__init__(f"run {run_id}: {reason}")
-        self.run_id, self.run_name, self.reason, self.cause = run_id, name, reason, cause
-
-
-def stop_reason(error: BaseException) -> str | None:
-    """Why a job was stopped from outside, or None for an error of its own."""
-    if isinstance(error, SystemExit):  # submitit requeues a preempted SLURM job, then exits
-        return "preempted: SLURM requeued the job, which resumes the run"
-    if type(error).__name__ == "UncompletedJobError":  # submitit, when SLURM signals the time limit
-        return "stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it"
-    if isinstance(error, KeyboardInterrupt):
-        return "interrupted (Ctrl-C or SIGTERM); the same command resumes it"
-    return None
-
-
 def run_hydra_job(cfg: DictConfig) -> float | None:
     """The task function behind train.py. Returns the run's objective, the value Optuna maximizes:
     the final validation accuracy (a search without a validation split is refused before it starts)."""
@@ -71,22 +51,22 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     launch_id = sweep.launch_id if sweep else None
-    preemption = _note_preemption() if os.environ.get("SUBMITIT_EXECUTOR") else {}
+    signals = JobSignals()
     try:
-        outcome = run_job(cfg, sweep, output_dir, overrides)
+        outcome = run_job(cfg, sweep, output_dir, overrides, signals)
     except tracking.TrackingError as error:  # no MLflow run could be opened to record it on
-        outcome = JobStatus("failed", overrides, None, str(error))
-    except KeyboardInterrupt as interrupt:
+        outcome = JobOutcome("failed", overrides, None, str(error))
+    except KeyboardInterrupt as interrupt:  # what follows is the stop's row of stopping.STOPS
+        cause = getattr(interrupt, "cause", interrupt)
+        stop = signals.stop_of(cause)  # again: a preemption noted since the run was closed decides
         run_id, name = getattr(interrupt, "run_id", None), getattr(interrupt, "run_name", None)
-        requeued = preemption.get("signalled") or isinstance(getattr(interrupt, "cause", None), SystemExit)
-        reason = stop_reason(SystemExit()) if requeued else getattr(interrupt, "reason", "interrupted")
-        write_job_status(output_dir, JobStatus("killed", overrides, run_id, reason, launch_id, name))
-        if requeued:  # no result: the launching process waits for the requeued job, which resumes the run
-            raise SystemExit(-1) from None
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            log.error("KILLED: %s", reason)
-            return None  # one job of an array was stopped: the others go on, the summary lists it
-        raise
+        write_job_status(output_dir, JobOutcome(stop.job, overrides, run_id, stop.reason, launch_id, name))
+        if stop.then == REQUEUE:  # no result: the launching process waits for the requeued job
+            raise (cause if isinstance(cause, SystemExit) else SystemExit(-1)) from None
+        if stop.then == RAISE:
+            raise
+        log.error("KILLED: %s", stop.reason)
+        return None
     write_job_status(output_dir, replace(outcome, launch_id=launch_id))
     if outcome.status == "failed":
         log.error("FAILED: %s", outcome.error)
@@ -95,7 +75,9 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     return outcome.objective
 
 
-def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, overrides: list[str]) -> JobStatus:
+def run_job(
+    cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, overrides: list[str], signals: JobSignals
+) -> JobOutcome:
     params = tracking.flat_params(cfg)
     config_hash = tracking.config_hash(params)
     client, experiment_id = tracking.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
@@ -148,44 +130,43 @@ def run_job(cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, override
             "MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri
         )
 
-        previous_sigterm = _sigterm_raises_interrupt()
         status = "FINISHED"
-        try:
-            trial = search.job_trial(cfg)  # None unless an Optuna search launched this job
-            if problem is not None:
-                raise problem
-            objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir, trial)
-        except search.Pruned as pruned:  # the search stopped an unpromising trial: its epochs so far stand
-            log.info("%s", pruned)
-            mlflow.set_tag(search.PRUNED_TAG, str(pruned))
-            checkpoints.remove(checkpoint_file)
-            return JobStatus("pruned", overrides, run_id, None, None, name, pruned.value)
-        except BaseException as error:
-            reason = stop_reason(error)
-            status = "KILLED" if reason else "FAILED"
-            traceback_file = output_dir / "traceback.txt"
-            traceback_file.write_text(traceback.format_exc())
-            if reason is None and not isinstance(error, USER_ERRORS):
-                log.error("%s", traceback.format_exc())
+        with signals.sigterm_interrupts():
             try:
-                tracking.record_failure(client, run_id, reason or f"{type(error).__name__}: {error}", traceback_file)
-                _log_hydra_files(output_dir)
-            except Exception as tracking_error:  # the store itself may be what failed
-                log.error("could not record the failure in MLflow: %s", tracking_error)
-            if reason:
-                raise Interrupted(run_id, name, reason, error) from None
-            return JobStatus("failed", overrides, run_id, f"{type(error).__name__}: {error}", None, name)
-        finally:
-            _end_run(status)
-            if previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, previous_sigterm)
-        return JobStatus("finished", overrides, run_id, None, None, name, objective)
+                trial = search.job_trial(cfg)  # None unless an Optuna search launched this job
+                if problem is not None:
+                    raise problem
+                objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir, trial)
+            except search.Pruned as pruned:  # the search stopped an unpromising trial: its epochs so far stand
+                log.info("%s", pruned)
+                mlflow.set_tag(search.PRUNED_TAG, str(pruned))
+                checkpoints.remove(checkpoint_file)
+                return JobOutcome("pruned", overrides, run_id, None, None, name, pruned.value)
+            except BaseException as error:
+                stop = signals.stop_of(error)
+                status = stop.run if stop else "FAILED"
+                traceback_file = output_dir / "traceback.txt"
+                traceback_file.write_text(traceback.format_exc())
+                if stop is None and not isinstance(error, USER_ERRORS):
+                    log.error("%s", traceback.format_exc())
+                message = stop.reason if stop else f"{type(error).__name__}: {error}"
+                try:
+                    tracking.record_failure(client, run_id, message, traceback_file)
+                    _log_hydra_files(output_dir)
+                except Exception as tracking_error:  # the store itself may be what failed
+                    log.error("could not record the failure in MLflow: %s", tracking_error)
+                if stop:
+                    raise Interrupted(run_id, name, stop, error) from None
+                return JobOutcome("failed", overrides, run_id, message, None, name)
+            finally:
+                _end_run(status)
+        return JobOutcome("finished", overrides, run_id, None, None, name, objective)
     finally:
         if claim is not None:
             claim.release(finished=status == "FINISHED")
 
 
-def _skip(cfg, twins: list, overrides: list[str]) -> JobStatus | None:
+def _skip(cfg, twins: list, overrides: list[str]) -> JobOutcome | None:
     """A skipped job's status when an identical run already FINISHED (and force is not set)."""
     finished = [run for run in twins if run.info.status == "FINISHED" and search.PRUNED_TAG not in run.data.tags]
     if not finished or cfg.force:
@@ -199,7 +180,7 @@ def _skip(cfg, twins: list, overrides: list[str]) -> JobStatus | None:
         run.info.run_name,
         other_code,
     )
-    return JobStatus(
+    return JobOutcome(
         "skipped", overrides, run.info.run_id, None, None, run.info.run_name, objective_of(run.data.metrics)
     )
 
@@ -254,8 +235,8 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
         if run.info.status == "RUNNING" and run.info.run_id != run_id:
             # We hold the identity's claim, so its process died (before its first checkpoint, or its
             # checkpoint is elsewhere): it can only be continued by this run and must not stay RUNNING.
-            client.set_tag(run.info.run_id, tracking.ERROR, f"abandoned: superseded by run {run_id}")
-            client.set_terminated(run.info.run_id, "KILLED")
+            client.set_tag(run.info.run_id, tracking.ERROR, STOPS["abandoned"].reason.format(run_id=run_id))
+            client.set_terminated(run.info.run_id, STOPS["abandoned"].run)
     return run_id, checkpoint
 
 
@@ -404,31 +385,3 @@ def _end_run(status: str) -> None:
         mlflow.end_run(status)
     except Exception as error:  # the store may be what failed; the run was recorded as far as it could be
         log.error("could not close the MLflow run: %s", error)
-
-
-def _note_preemption() -> dict:
-    """Under submitit, note SLURM's preemption signal before submitit's own handler requeues the job:
-    the SIGTERM with which SLURM then stops it must end this process without a result."""
-    noted = {"signalled": False}
-    signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-    submitits = signal.getsignal(signum)
-    if callable(submitits):
-
-        def note(number, frame):
-            noted["signalled"] = True
-            submitits(number, frame)
-
-        signal.signal(signum, note)
-    return noted
-
-
-def _sigterm_raises_interrupt():
-    """Turn SIGTERM (SLURM preemption, `kill`) into KeyboardInterrupt so the run is closed as KILLED."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (some launchers): leave signals alone
-        return None

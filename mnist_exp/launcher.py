@@ -5,7 +5,8 @@ job runs), the longest jobs start first, and worker processes, started once and 
 one job at a time with `threads` torch threads. Workers send their log lines and epochs to this
 process, which prints them prefixed with the job's name, never interleaved mid-line, under one
 progress line for the whole sweep on a terminal. Ctrl-C stops every worker: each closes its run
-KILLED, and the same command resumes them. Hydra finds it through hydra_plugins/mnist_exp.
+KILLED, and the same command resumes them (mnist_exp/stopping.py: what each stop does). Hydra finds
+it through hydra_plugins/mnist_exp.
 """
 
 from __future__ import annotations
@@ -99,13 +100,16 @@ class ParallelLauncher(Launcher):
 
     def _run_here(self, job: Job) -> JobReturn:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-        return run_job(
+        result = run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
             config=job.config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
+        # As Hydra's BasicLauncher does: back to the launcher's logging, out of this job's log file.
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return result
 
     def _compose(self, index: int, overrides: list[str]) -> Job:
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -217,12 +221,13 @@ def _close_dead_job(job: Job, process) -> str:
     """A job whose worker died without reporting (SIGKILL, the out-of-memory killer): its run is closed
     FAILED with the cause (the same command resumes it) and its status written for the sweep's summary."""
     from mnist_exp import tracking
-    from mnist_exp.sweep import JobStatus as Status
-    from mnist_exp.sweep import read_sweep_info, write_job_status
+    from mnist_exp.stopping import STOPS
+    from mnist_exp.sweep import JobOutcome, read_sweep_info, write_job_status
 
-    code = process.exitcode
-    cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    reason = f"its worker process was {cause} (out of memory?); the same command resumes its run"
+    code, stop = process.exitcode, STOPS["worker_died"]
+    reason = stop.reason.format(
+        cause=f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    )
     run_id, name = None, job.name or None
     try:
         client, _ = tracking.connect(job.config.mlflow.tracking_uri, job.config.mlflow.experiment)
@@ -233,24 +238,17 @@ def _close_dead_job(job: Job, process) -> str:
     output_dir.mkdir(parents=True, exist_ok=True)
     info = read_sweep_info(str(job.config.hydra.sweep.dir))
     launch_id = info.launch_id if info else None
-    write_job_status(output_dir, Status("failed", job.overrides, run_id, reason, launch_id, name))
+    write_job_status(output_dir, JobOutcome(stop.job, job.overrides, run_id, reason, launch_id, name))
     return reason
 
 
 def _worker(worker_id: int, tasks, events, threads: int, payload: bytes) -> None:
     """A worker process: runs the jobs it is given, one at a time, reporting to the launching process."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # before torch is imported
+    from mnist_exp.stopping import Interrupts
 
-    def interrupt(signum, frame):  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
     import cloudpickle
-
-    from mnist_exp import console
 
     hydra_context, task_function, singleton_state = cloudpickle.loads(payload)
     launcher = os.getppid()
@@ -266,7 +264,6 @@ def _worker(worker_id: int, tasks, events, threads: int, payload: bytes) -> None
         if task is None:
             return
         index, config = task
-        console.report_to(events, worker_id, index)
         setup_globals()
         Singleton.set_state(singleton_state)
         try:
@@ -288,32 +285,22 @@ def _worker(worker_id: int, tasks, events, threads: int, payload: bytes) -> None
 
 
 def _forward_logs(task_function, events, worker_id: int, index: int):
-    """Run the task with its console log lines sent to the launching process instead of the terminal."""
+    """Run the task with its console log lines and progress sent to the launching process, through a
+    console.Channel that replaces its console log handler (or, with none, sends progress only)."""
 
     def task(cfg):
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
-                forward = _Forward(events, worker_id, index)
-                forward.setFormatter(handler.formatter)
-                forward.setLevel(handler.level)
-                root.removeHandler(handler)
-                root.addHandler(forward)
+        from mnist_exp.console import Channel
+
+        root, channel = logging.getLogger(), Channel(events, worker_id, index)
+        shown = [h for h in root.handlers if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)]
+        channel.setLevel(shown[0].level if shown else logging.CRITICAL + 1)
+        channel.setFormatter(shown[0].formatter if shown else None)
+        for handler in shown:
+            root.removeHandler(handler)
+        root.addHandler(channel)
         return task_function(cfg)
 
     return task
-
-
-class _Forward(logging.Handler):
-    def __init__(self, events, worker_id: int, index: int):
-        super().__init__()
-        self.events, self.worker_id, self.index = events, worker_id, index
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.events.put(("log", self.worker_id, self.index, self.format(record)))
-        except Exception:
-            self.handleError(record)
 
 
 class SweepDisplay:

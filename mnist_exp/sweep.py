@@ -4,10 +4,10 @@ launching process talk, and what is recorded and printed at the end.
 Before any job starts, Hydra's callback checks the output folder, creates the MLflow store and
 experiment once (parallel jobs racing to create a fresh sqlite store corrupt it), opens the
 sweep's parent run and writes SWEEP_FILE, through which jobs find it with every launcher. Each
-job writes its JobStatus to its folder. At the end the callback lists every member on the parent
+job writes its JobOutcome to its folder. At the end the callback lists every member on the parent
 run (MEMBERS_FILE, which analysis reads back), prints what happened to each job and exits non-zero
 if any failed; a sweep that stops early (Hydra rejects a job's config, Ctrl-C, SIGTERM) still
-closes its parent run, FAILED or KILLED.
+closes its parent run, FAILED or KILLED (mnist_exp/stopping.py: what each stop does).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from mnist_exp import stopping
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class SweepInfo:
 
 
 @dataclass(frozen=True)
-class JobStatus:
+class JobOutcome:
     """What became of one job: written by the job to its folder, read back by the launching process."""
 
     status: str  # finished | skipped | failed | killed | pruned
@@ -125,12 +126,12 @@ def read_sweep_info(sweep_dir: str) -> SweepInfo | None:
     return SweepInfo(**json.loads(path.read_text())) if path.exists() else None
 
 
-def write_job_status(output_dir: Path, status: JobStatus) -> None:
+def write_job_status(output_dir: Path, status: JobOutcome) -> None:
     (Path(output_dir) / STATUS_FILE).write_text(json.dumps(asdict(status), indent=2))
 
 
-def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobStatus]:
-    statuses = [JobStatus(**json.loads(p.read_text())) for p in sorted(Path(sweep_dir).rglob(STATUS_FILE))]
+def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobOutcome]:
+    statuses = [JobOutcome(**json.loads(p.read_text())) for p in sorted(Path(sweep_dir).rglob(STATUS_FILE))]
     return [status for status in statuses if status.launch_id == launch_id]
 
 
@@ -181,7 +182,7 @@ def sweep_members(client, parent_run_id: str) -> set[str]:
     return {member["run_id"] for member in members}
 
 
-def summarize(statuses: list[JobStatus]) -> str:
+def summarize(statuses: list[JobOutcome]) -> str:
     counts = {s: sum(1 for j in statuses if j.status == s) for s in ("finished", "skipped", "failed", "killed")}
     pruned = sum(1 for j in statuses if j.status == "pruned")  # trials an Optuna pruner stopped early
     lines = [
@@ -193,7 +194,7 @@ def summarize(statuses: list[JobStatus]) -> str:
     return "\n".join(lines)
 
 
-def members_description(info: SweepInfo, statuses: list[JobStatus], stopped: str | None) -> str:
+def members_description(info: SweepInfo, statuses: list[JobOutcome], stopped: str | None) -> str:
     """The parent run's description in `mlflow ui`: every member, reused ones too, linked."""
     lines = [f"**Sweep** `{info.name}`", ""]
     if stopped:
@@ -213,7 +214,7 @@ class LaunchCallback(Callback):
 
     def __init__(self) -> None:
         self.open_sweep: tuple[DictConfig, SweepInfo] | None = None
-        self.interrupted = False
+        self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
@@ -253,8 +254,7 @@ class LaunchCallback(Callback):
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
         self.open_sweep = (config, info)
         atexit.register(self._close_if_open)  # Hydra rejected a job, or an interrupt: never leave it RUNNING
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._interrupt)
+        self.interrupts = stopping.Interrupts()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.open_sweep is None:  # on_multirun_start failed, and said so
@@ -262,22 +262,21 @@ class LaunchCallback(Callback):
         if self._close(stopped=None):
             sys.exit(1)
 
-    def _interrupt(self, signum, frame) -> None:
-        self.interrupted = True
-        raise KeyboardInterrupt(f"signal {signum}")
-
     def _close_if_open(self) -> None:
         if self.open_sweep is None:
             return
         config, info = self.open_sweep
         ran = len(read_job_statuses(config.hydra.sweep.dir, info.launch_id))
-        if self.interrupted:
-            self._close("interrupted; the same command resumes it")
+        if self._interrupted():
+            self._close(stopping.STOPS["interrupt"].reason)
         else:
             self._close(
                 f"the launcher stopped after {ran} job(s), for the reason printed on the console "
                 "(e.g. Hydra rejected a job's config)"
             )
+
+    def _interrupted(self) -> bool:
+        return self.interrupts is not None and self.interrupts.received is not None
 
     def _close(self, stopped: str | None) -> bool:
         """Record the members and the summary on the parent run and close it; True if any job failed."""
@@ -296,7 +295,8 @@ class LaunchCallback(Callback):
             client.set_tag(info.parent_run_id, tracking.NOTE, members_description(info, statuses, stopped))
             for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
                 client.log_artifact(info.parent_run_id, str(result))
-            status = "KILLED" if self.interrupted else "FAILED" if stopped or failed else "FINISHED"
+            finished = "FAILED" if stopped or failed else "FINISHED"
+            status = stopping.STOPS["interrupt"].sweep if self._interrupted() else finished
             client.set_terminated(info.parent_run_id, status)
             url = tracking.ui_url(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed

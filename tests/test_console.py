@@ -50,14 +50,25 @@ def test_no_bars_when_stderr_is_not_a_terminal(stderr, caplog):
     assert shown.getvalue() == ""
 
 
-def test_no_bars_in_a_sweep_worker_even_on_a_terminal(stderr, caplog, monkeypatch):
-    shown = stderr(Terminal())
+@pytest.fixture
+def channel():
+    """A job's console.Channel, installed as a launcher's worker installs it: on the root logger."""
     events = queue.Queue()
-    monkeypatch.setattr(console, "_sweep", (events, 3, 7))
+    installed = console.Channel(events, 3, 7)
+    logging.getLogger().addHandler(installed)
+    yield events
+    logging.getLogger().removeHandler(installed)
+
+
+def test_no_bars_in_a_sweep_worker_even_on_a_terminal(stderr, caplog, channel):
+    shown = stderr(Terminal())
     run_two_epochs(caplog)
     assert shown.getvalue() == ""
-    assert [events.get_nowait() for _ in range(3)] == [
+    line = "epoch {}/2  train loss 0.4000 acc 90.00%  test loss 0.3000 acc 91.00%  (1.5s)"
+    assert [channel.get_nowait() for _ in range(channel.qsize())] == [
         ("start", 3, 7, ("mlp seed=0", 2, 0)),
+        ("log", 3, 7, line.format(1)),
         ("epoch", 3, 7, 1),
+        ("log", 3, 7, line.format(2)),
         ("epoch", 3, 7, 2),
     ]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from mnist_exp.launcher import job_cost, plan
 
@@ -104,6 +105,39 @@ def test_a_sweep_runs_side_by_side_with_the_same_numbers_as_hydras_sequential_la
 
     assert results["parallel"][1] == results["basic"][1], "the launcher must not change a single digit"
     assert len(results["basic"][1]) == 4
+
+
+@slow
+def test_jobs_run_in_this_process_each_log_only_their_own_lines(project_dir):
+    sweep_dir = project_dir / "sweep"
+    result = run_script(
+        "train.py",
+        "-m",
+        "model=mlp",
+        "trainer.seed=0,1",
+        "data.source=sample",
+        "data.limit_train=200",
+        "data.limit_test=100",
+        "trainer.epochs=1",
+        "mlflow.system_metrics=false",
+        "hydra.launcher.workers=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=project_dir,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Launching 2 job(s) in this process" in result.stdout
+    for job, other in (("0", "1"), ("1", "0")):
+        log = (sweep_dir / job / "train.log").read_text()
+        assert f"seed={job}" in log and f"seed={other}" not in log, f"job {job}'s log:\n{log}"
+        assert "mnist_exp.launcher" not in log, "the launcher's own lines stay out of a job's log"
+
+
+def test_help_names_the_default_launcher():
+    config = OmegaConf.load(REPO / "conf" / "train.yaml")
+    (default,) = [entry["override hydra/launcher"] for entry in config.defaults if "override hydra/launcher" in entry]
+    assert f"{default}, the default" in config.hydra.help.footer
 
 
 @slow

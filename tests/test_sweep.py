@@ -6,7 +6,7 @@ import socket
 import subprocess
 
 from mnist_exp.sweep import (
-    JobStatus,
+    JobOutcome,
     SweepInfo,
     members_description,
     read_job_statuses,
@@ -84,7 +84,7 @@ def test_the_summary_counts_only_jobs_of_this_launch_in_a_reused_sweep_folder(tm
     for job, status, launch in ((0, "failed", "earlier"), (1, "finished", "earlier"), (0, "skipped", "now")):
         folder = tmp_path / launch / str(job)  # two launches that wrote to the same sweep folder
         folder.mkdir(parents=True)
-        write_job_status(folder, JobStatus(status, [f"model=m{job}"], "run", "boom", launch))
+        write_job_status(folder, JobOutcome(status, [f"model=m{job}"], "run", "boom", launch))
 
     statuses = read_job_statuses(str(tmp_path), "now")
 
@@ -94,8 +94,8 @@ def test_the_summary_counts_only_jobs_of_this_launch_in_a_reused_sweep_folder(tm
 
 def test_the_summary_names_each_failed_job_and_its_error():
     statuses = [
-        JobStatus("finished", ["model=mlp"], "a", None, "x"),
-        JobStatus(
+        JobOutcome("finished", ["model=mlp"], "a", None, "x"),
+        JobOutcome(
             "failed", ["model=lenet5", "optimizer.lr=-1"], "b", "ConfigError: optimizer.lr=-1.0 is out of range", "x"
         ),
     ]
@@ -109,9 +109,9 @@ def test_the_summary_names_each_failed_job_and_its_error():
 def test_the_sweep_runs_description_links_every_member_reused_ones_too():
     info = SweepInfo("k", "model=lenet5,mlp", "parent", "7", "launch")
     statuses = [
-        JobStatus("finished", [], "r1", None, "launch", "lenet5/none/sgd seed=0"),
-        JobStatus("skipped", [], "r2", None, "launch", "mlp/none/sgd seed=0"),
-        JobStatus("failed", [], None, "no store", "launch"),
+        JobOutcome("finished", [], "r1", None, "launch", "lenet5/none/sgd seed=0"),
+        JobOutcome("skipped", [], "r2", None, "launch", "mlp/none/sgd seed=0"),
+        JobOutcome("failed", [], None, "no store", "launch"),
     ]
 
     text = members_description(info, statuses, stopped=None)

@@ -1,0 +1,172 @@
+"""Stopping from outside, in one place: which signal or event leads to which MLflow run status, job
+status, sweep run status and exit (STOPS, the table docs/stopping.md shows), and the handlers that act on it.
+
+Every stop keeps the job's last checkpoint: the same command resumes the run where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+# What the job's process does once its run is closed.
+RAISE = "raise"  # KeyboardInterrupt up to train.py (exit 130); in a sweep, every running job stops likewise
+RETURN = "return"  # the job ends without a value: the sweep goes on, its summary lists the job
+REQUEUE = "requeue"  # the process ends without a result: SLURM starts the job again, which resumes and finishes it
+NOTHING = "nothing"  # nothing could run: the same command resumes or closes what was left RUNNING
+
+
+@dataclass(frozen=True)
+class Stop:
+    event: str  # what happened
+    run: str  # the job's MLflow run status
+    job: str  # the job's status (job_status.json, the sweep summary)
+    then: str  # RAISE, RETURN, REQUEUE or NOTHING
+    sweep: str  # the sweep's parent run status
+    exit: str  # train.py's exit status
+    reason: str  # on the run (tag mnist_exp.error) and in the sweep summary
+
+
+STOPS = {
+    "interrupt": Stop(
+        "Ctrl-C (SIGINT) or SIGTERM (`kill`) to train.py, a single run or a sweep on this machine",
+        "KILLED",
+        "killed",
+        RAISE,
+        "KILLED",
+        "130",
+        "interrupted (Ctrl-C or SIGTERM); the same command resumes it",
+    ),
+    "cancelled": Stop(
+        "SIGTERM to one SLURM or submitit job (`scancel`)",
+        "KILLED",
+        "killed",
+        RETURN,
+        "FAILED",
+        "1",
+        "interrupted (Ctrl-C or SIGTERM); the same command resumes it",
+    ),
+    "preempted": Stop(
+        "SLURM preemption (USR2 before the time limit): submitit requeues the job",
+        "KILLED",
+        "killed",
+        REQUEUE,
+        "not stopped",
+        "0, once the requeued job finished",
+        "preempted: SLURM requeued the job, which resumes the run",
+    ),
+    "time_limit": Stop(
+        "SLURM time limit (hydra.launcher.timeout_min): submitit raises UncompletedJobError",
+        "KILLED",
+        "killed",
+        RETURN,
+        "FAILED",
+        "1",
+        "stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it",
+    ),
+    "worker_died": Stop(
+        "a worker of the parallel launcher killed (SIGKILL, out of memory)",
+        "FAILED",
+        "failed",
+        RETURN,
+        "FAILED",
+        "1",
+        "its worker process was {cause} (out of memory?); the same command resumes its run",
+    ),
+    "abandoned": Stop(
+        "train.py or a job killed outright (SIGKILL, power loss): its run stays RUNNING until the same "
+        "command resumes it from its checkpoint, or closes it if it had none",
+        "KILLED",
+        "none",
+        NOTHING,
+        "RUNNING, until the same command reopens it",
+        "137 (SIGKILL)",
+        "abandoned: superseded by run {run_id}",
+    ),
+}
+
+
+class Interrupted(KeyboardInterrupt):
+    """A job stopped from outside while its run was open; carries the run, the stop and what raised it."""
+
+    def __init__(self, run_id: str, name: str, stop: Stop, cause: BaseException):
+        super().__init__(f"run {run_id}: {stop.reason}")
+        self.run_id, self.run_name, self.stop, self.cause = run_id, name, stop, cause
+
+
+class Interrupts:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in this process, and are remembered (`received`).
+    once=True: later ones are ignored, so a second Ctrl-C cannot stop the cleanup of the first."""
+
+    def __init__(self, once: bool = False):
+        self.once, self.received = once, None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._interrupt)
+
+    def _interrupt(self, signum, frame) -> None:
+        self.received = signum
+        if self.once:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+class JobSignals:
+    """A job's side: SIGTERM stops it as Ctrl-C does while its run is open, and under submitit SLURM's
+    preemption signal is noted before submitit's own handler requeues the job, so that the SIGTERM with
+    which SLURM then stops it ends the process without a result."""
+
+    def __init__(self):
+        self.submitit = bool(os.environ.get("SUBMITIT_EXECUTOR"))
+        self.preempted = False
+        if self.submitit:
+            signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+            submitits = signal.getsignal(signum)
+            if callable(submitits):
+
+                def note(number, frame):
+                    self.preempted = True
+                    submitits(number, frame)
+
+                signal.signal(signum, note)
+
+    def stop_of(self, error: BaseException) -> Stop | None:
+        """Which stop `error` is, or None for an error of the job's own."""
+        if isinstance(error, _time_limit_errors()):  # raised by submitit's USR2 handler: no preemption
+            return STOPS["time_limit"]
+        if self.preempted or isinstance(error, SystemExit):  # submitit requeues a preempted job, then exits
+            return STOPS["preempted"]
+        if isinstance(error, KeyboardInterrupt):
+            return STOPS["cancelled" if self.submitit else "interrupt"]
+        return None
+
+    @contextmanager
+    def sigterm_interrupts(self):
+        """SIGTERM raises KeyboardInterrupt inside the block, unless this process's Interrupts already does."""
+        previous = signal.getsignal(signal.SIGTERM)
+        if isinstance(getattr(previous, "__self__", None), Interrupts):
+            previous = None
+        else:
+            try:
+                signal.signal(signal.SIGTERM, _raise_interrupt)
+            except ValueError:  # not the main thread (some launchers): leave signals alone
+                previous = None
+        try:
+            yield
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _time_limit_errors() -> tuple[type, ...]:
+    try:  # imported here: submitit is only there to launch on SLURM, and costs time to import
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:
+        return ()
+    return (UncompletedJobError,)

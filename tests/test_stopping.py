@@ -1,0 +1,131 @@
+"""mnist_exp/stopping.py: each stop told apart by what raised it, real signals turned into interrupts, the
+table shown to users in docs/stopping.md, and, through submitit's local executor, a preempted job requeued."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, job_runs
+from submitit.core.utils import UncompletedJobError
+
+from mnist_exp import stopping
+from mnist_exp.stopping import STOPS, Interrupts, JobSignals
+
+
+@pytest.fixture
+def handlers():
+    """Leave SIGINT, SIGTERM and SIGUSR2 as they were."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+class UncompletedJobErrorLookalike(Exception):
+    """Named as submitit's error, but not it: a name alone must not make a time limit."""
+
+
+UncompletedJobErrorLookalike.__name__ = "UncompletedJobError"
+
+
+@pytest.mark.parametrize(
+    ("error", "submitit", "preempted", "stop"),
+    [
+        (KeyboardInterrupt(), False, False, "interrupt"),
+        (KeyboardInterrupt(), True, False, "cancelled"),  # scancel's SIGTERM: the other jobs go on
+        (KeyboardInterrupt(), True, True, "preempted"),  # the SIGTERM that follows SLURM's requeue
+        (SystemExit(-1), True, False, "preempted"),  # submitit exits once it requeued the job
+        (UncompletedJobError("timed-out too many times"), True, True, "time_limit"),  # USR2 noted, yet no requeue
+        (UncompletedJobErrorLookalike(), True, False, None),
+        (RuntimeError("boom"), False, False, None),
+    ],
+)
+def test_each_stop_is_told_apart_by_what_raised_it(monkeypatch, handlers, error, submitit, preempted, stop):
+    if submitit:
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    else:
+        monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    signal.signal(signal.SIGUSR2, lambda *_: None)  # stands where submitit's requeueing handler is
+    signals = JobSignals()
+    if preempted:
+        os.kill(os.getpid(), signal.SIGUSR2)
+    assert signals.preempted is preempted
+    assert signals.stop_of(error) is (STOPS[stop] if stop else None)
+
+
+def test_sigterm_interrupts_a_job_only_while_its_run_is_open(handlers):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with pytest.raises(KeyboardInterrupt), JobSignals().sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_a_sweeps_interrupts_are_remembered_and_once_ignores_the_second(handlers):
+    interrupts = Interrupts(once=True)
+    with pytest.raises(KeyboardInterrupt), JobSignals().sigterm_interrupts():  # a job in the sweep's process
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert interrupts.received == signal.SIGTERM, "the sweep, not only the job, knows it was interrupted"
+    os.kill(os.getpid(), signal.SIGINT)  # ignored: it must not break the first one's cleanup
+
+
+def test_docs_show_the_same_table():
+    page = (REPO / "docs" / "stopping.md").read_text()
+    for stop in STOPS.values():
+        row = f"| {stop.event} | {stop.run} | {stop.job} | {stop.sweep} | {stop.exit} |"
+        assert row in page, f"docs/stopping.md lacks, or differs from, stopping.STOPS's row:\n{row}"
+    assert page.count("\n| ") == 1 + len(STOPS), "a header and one row per stop, no other"
+    assert stopping.__doc__ and "docs/stopping.md" in stopping.__doc__
+
+
+def submitit_task(sweep_dir: Path) -> int | None:
+    """The pid of the process that runs a submitit job of this sweep (python -m submitit.core._submit)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if "submitit.core._submit" in command and str(sweep_dir) in command:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_job_is_requeued_and_resumes_its_run(project_dir):
+    # USR2 long before timeout_min is a preemption: submitit requeues the job and exits with the local
+    # executor's requeue code, which the job must pass on for the executor to start it again.
+    sweep_dir = project_dir / "sweep"
+    command = [
+        "-m",
+        "hydra/launcher=local_executor",
+        "model=lenet5",
+        "data.source=sample",
+        "data.limit_train=1000",
+        "data.limit_test=200",
+        "trainer.epochs=4",
+        "trainer.threads=1",
+        "mlflow.system_metrics=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # submitit's job imports mnist_exp from this checkout
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, env=env, stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 180
+    while not any("epoch 1/4" in p.read_text() for p in sweep_dir.rglob("*_log.out")):
+        assert process.poll() is None and time.monotonic() < deadline, "the job never finished an epoch"
+        time.sleep(0.2)
+    os.kill(submitit_task(sweep_dir), signal.SIGUSR2)
+    output, _ = process.communicate(timeout=300)
+
+    assert process.returncode == 0, output[-3000:]
+    assert "sweep summary: 1 finished, 0 skipped, 0 failed, 0 killed" in output
+    (run,) = job_runs(f"sqlite:///{project_dir}/mlflow.db")
+    assert run.info.status == "FINISHED"
+    log = "".join(p.read_text() for p in sweep_dir.rglob("*_log.out"))
+    assert "this job is preempted" in log and f"resuming run {run.info.run_id} after epoch" in log
