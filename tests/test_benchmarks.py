@@ -13,7 +13,8 @@ import sys
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+# xdist: one worker runs the scripts one at a time: they share the data they generate in benchmarks/.cache
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if p.name != "benchlib.py")
 
 

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from mnist_exp import search, tracking
 
-pytestmark = pytest.mark.slow
+# xdist: one worker runs this module, so its fixture runs the pruned search once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
 
 
 def search_command(course_dataset, *overrides: str) -> list[str]:
