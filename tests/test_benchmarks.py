@@ -13,8 +13,7 @@ import sys
 import pytest
 from conftest import REPO
 
-# xdist: one worker runs the scripts one at a time: they share the data they generate in benchmarks/.cache
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
+pytestmark = pytest.mark.slow
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if p.name != "benchlib.py")
 
 

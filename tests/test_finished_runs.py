@@ -19,8 +19,7 @@ from mlflow.tracking import MlflowClient
 from mnist_exp import compare, shipped
 from mnist_exp.analysis import AnalysisError
 
-# xdist: one worker runs this module, so its fixture trains the two runs once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
+pytestmark = pytest.mark.slow
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2", "trainer.threads=1"]
 
 # Run with python -I (no PYTHON* variables, no script folder on sys.path) from outside the repository;

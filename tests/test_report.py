@@ -15,8 +15,7 @@ from matplotlib.collections import PolyCollection
 from mnist_exp import plots, report
 from mnist_exp.analysis import histories, select_runs, variant_table
 
-# xdist: one worker runs this module, so its fixture trains the sweep once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_exp import search, tracking
 
-# xdist: one worker runs this module, so its fixture runs the pruned search once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
+pytestmark = pytest.mark.slow
 
 
 def search_command(course_dataset, *overrides: str) -> list[str]:

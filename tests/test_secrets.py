@@ -19,8 +19,6 @@ from mlflow.tracking import MlflowClient
 from mnist_exp import credentials, tracking
 
 USER, PASSWORD = "alice", "s3cret-Pa55word"  # the auth app wants 12 characters or more
-# xdist: one worker runs this module, so its fixture starts the server once
-pytestmark = pytest.mark.xdist_group(__name__)
 
 
 # --- the helpers, on their own ---

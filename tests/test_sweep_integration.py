@@ -19,8 +19,7 @@ from PIL import Image
 from mnist_exp import tracking
 from mnist_exp.data import content_hash
 
-# xdist: one worker runs this module, so its fixture trains the sweep once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(__name__)]
+pytestmark = pytest.mark.slow
 
 VARIANTS = {f"{m}/{r}/sgd" for m in ("lenet5", "mlp") for r in ("none", "l2", "dropout")}
 EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
