@@ -31,8 +31,9 @@ sweep: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# -n 0: one process, as the cluster tests share the one cluster and server their module fixture starts and stops.
 test-cluster: $(STAMP)
-	$(BIN)/python -m pytest --cluster $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cluster -n 0 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

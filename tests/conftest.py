@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SHARED_DATASET = REPO.parent / "shared" / "datasets" / "mnist-10k"  # the course tars, where present
 
-# Two cores shared with other work: one thread keeps timings stable and the suite polite.
+# Two cores shared by two xdist workers: one torch thread per process, in the tests and in every train.py,
+# analyze.py or benchmark they start (torch reads OMP_NUM_THREADS); a worker using every core slows both 10x.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per downloaded file drowns pytest's output
 for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):  # a user's own store is never a test's
     os.environ.pop(variable, None)

@@ -339,14 +339,6 @@ def test_accuracies_are_exact_fractions_everywhere_and_percent_columns_say_so(pr
     assert not {"test_acc", "train_acc", "gap"} & set(header), "a bare metric name holds a fraction in MLflow"
 
 
-def test_an_experiment_file_runs_its_grid_without_dash_m(project_dir):
-    result = train(project_dir, "experiment=course_grid", "regularizer=none", "trainer.seed=0", *SMALL)
-
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "sweep summary: 2 finished" in result.stdout
-    assert sorted(r.data.params["model.name"] for r in job_runs(uri(project_dir))) == ["lenet5", "mlp"]
-
-
 def test_plus_experiment_gets_a_one_line_hint(project_dir):
     result = train(project_dir, "+experiment=course_grid")
 

@@ -128,7 +128,10 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
 
 
 def test_repeated_sweep_skips_finished_runs_and_force_trains_again(project_dir):
-    sweep = ["model=lenet5,mlp", *SMALL]
+    # One after another in this process: skipping is the job's decision, and three sweeps of two
+    # spawned workers each cost more than their tiny runs (test_sweep_integration repeats a sweep on
+    # the default launcher).
+    sweep = ["model=lenet5,mlp", "hydra/launcher=basic", *SMALL]
     assert train(project_dir, *sweep).returncode == 0
     first = {r.info.run_id for r in job_runs(store_uri(project_dir))}
 
