@@ -43,6 +43,7 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
     import mlflow
 
     from mnist_exp import job, tracking
+    from mnist_exp.stopping import JobSignals
 
     cfg = benchlib.compose(
         [
@@ -69,7 +70,7 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
     job.tracking.log_model = timed_log_model
     try:
         started = time.perf_counter()
-        outcome = job.run_job(cfg, None, output_dir, [])
+        outcome = job.run_job(cfg, None, output_dir, [], JobSignals())
         seconds = time.perf_counter() - started
     finally:
         job.tracking.log_model = log_model

@@ -72,6 +72,7 @@ def one_run(workdir: Path, index: int, on: bool, size: list[str]) -> tuple[float
     import mlflow
 
     from mnist_exp import job
+    from mnist_exp.stopping import JobSignals
 
     cfg = benchlib.compose(
         [
@@ -88,7 +89,7 @@ def one_run(workdir: Path, index: int, on: bool, size: list[str]) -> tuple[float
     output_dir = workdir / "outputs" / f"{index}-{on}"
     output_dir.mkdir(parents=True)
     started = time.perf_counter()
-    outcome = job.run_job(cfg, None, output_dir, [])
+    outcome = job.run_job(cfg, None, output_dir, [], JobSignals())
     seconds = time.perf_counter() - started
     assert outcome.status == "finished", outcome
     run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(outcome.run_id)

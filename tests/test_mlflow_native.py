@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_exp import job, tracking
 from mnist_exp.data import load_mnist
+from mnist_exp.stopping import JobSignals
 
 pytestmark = pytest.mark.slow
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
@@ -164,7 +165,7 @@ def test_mlflow_calls_in_user_code_land_in_the_jobs_run(compose, tmp_path, empty
     monkeypatch.setattr(job, "build_model", users_model)
     (tmp_path / "job").mkdir()
     try:
-        outcome = job.run_job(cfg, None, tmp_path / "job", [])
+        outcome = job.run_job(cfg, None, tmp_path / "job", [], JobSignals())
     finally:
         mlflow.set_tracking_uri(None)
 
