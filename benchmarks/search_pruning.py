@@ -1,7 +1,7 @@
 """The same Optuna search with and without pruning: wall time and best validation accuracy.
 
     .venv/bin/python benchmarks/search_pruning.py            # 20 trials x 5 epochs of LeNet-5 on mnist-10k, ~3-4 min
-    .venv/bin/python benchmarks/search_pruning.py --smoke    # 3 trials x 2 epochs on 300 images (CI)
+    .venv/bin/python benchmarks/search_pruning.py --smoke    # 2 trials x 2 epochs on 300 images (CI)
 
 Each search is `train.py -m hparams_search=lenet5_optuna data.source=sample` (the shipped
 mnist-10k: 7,000 training images after the 1,000 held out for validation), one trial at a time,
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=5)
     args = p.parse_args()
-    trials, epochs = (3, 2) if args.smoke else (args.trials, args.epochs)
+    trials, epochs = (2, 2) if args.smoke else (args.trials, args.epochs)
     print(f"# {benchlib.machine_line()}")
     work = Path(tempfile.mkdtemp(prefix="mnist-exp-search-"))
     try:
@@ -75,7 +75,7 @@ def main() -> None:
             overrides += ["data.limit_train=300", "data.limit_test=100", "data.validation_size=100"]
         if args.threads is not None:
             overrides.append(f"trainer.threads={args.threads}")
-        # a 3-trial smoke search prunes once a single trial has completed
+        # a 2-trial smoke search can prune its second trial once the first has completed
         startup = ["hydra.sweeper.pruner.n_startup_trials=1"] if args.smoke else []
         rows = [search(work, pruner, overrides + (startup if pruner == "median" else [])) for pruner in PRUNERS]
         print(

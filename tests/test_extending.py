@@ -39,6 +39,7 @@ def test_an_optimizer_added_as_a_yaml_file_trains_through_train_py(project_dir, 
         "--config-dir",
         str(my_conf),
         "optimizer=adam,adamw",
+        "hydra/launcher=basic",  # the recipe, not the launcher, is under test
         "regularizer=l2",
         "regularizer.l2.weight_decay=0.1",  # large, so Adam's L2 and AdamW's decoupled decay differ visibly
         *("model=mlp", "trainer.epochs=1", "trainer.threads=1"),
