@@ -317,7 +317,13 @@ def truncated_roots(base, course_dataset) -> dict:
 def test_truncated_data_fails_its_run_in_one_line_naming_the_file_before_training(project_dir, course_dataset):
     roots = truncated_roots(project_dir / "cut", course_dataset)
     result = run_script(
-        "train.py", "-m", "model=mlp", "trainer.epochs=1", f"data.root={','.join(map(str, roots))}", cwd=project_dir
+        "train.py",
+        "-m",
+        "hydra/launcher=basic",
+        "model=mlp",
+        "trainer.epochs=1",
+        f"data.root={','.join(map(str, roots))}",
+        cwd=project_dir,
     )
 
     output = result.stdout + result.stderr

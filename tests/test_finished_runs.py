@@ -58,6 +58,7 @@ def two_runs(tmp_path_factory, empty_store):
     result = run_script(
         "train.py",
         "-m",
+        "hydra/launcher=basic",
         "model=mlp",
         "optimizer.lr=0.01,0.05",
         *SMALL,

@@ -24,6 +24,7 @@ def search_command(course_dataset, *overrides: str) -> list[str]:
     return [
         "-m",
         "hparams_search=lenet5_optuna",
+        "hydra/launcher=basic",  # trials one at a time in this process (test_scaling runs them side by side)
         "model=mlp",
         "data.source=course",
         f"data.root={course_dataset.root}",
