@@ -183,7 +183,7 @@ def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(pr
         "data.source=sample",
         "data.limit_train=2000",
         "data.limit_test=200",
-        "trainer.epochs=3",
+        "trainer.epochs=6",
         "regularizer=augment",
         f"hydra.sweep.dir={project_dir}/sweep",
     ]
@@ -197,7 +197,7 @@ def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(pr
             start_new_session=True,
         )
     deadline = time.monotonic() + 180
-    while sum("epoch 1/3" in line for line in log.read_text().splitlines()) < 2:
+    while sum("epoch 1/6" in line for line in log.read_text().splitlines()) < 2:
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.1)
     interrupted = time.monotonic()
