@@ -107,7 +107,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_its_run(project_dir):
         "data.source=sample",
         "data.limit_train=1000",
         "data.limit_test=200",
-        "trainer.epochs=4",
+        "trainer.epochs=3",
         "trainer.threads=1",
         "mlflow.system_metrics=false",
         f"hydra.sweep.dir={sweep_dir}",
@@ -117,7 +117,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_its_run(project_dir):
         [sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, env=env, stdout=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 180
-    while not any("epoch 1/4" in p.read_text() for p in sweep_dir.rglob("*_log.out")):
+    while not any("epoch 1/3" in p.read_text() for p in sweep_dir.rglob("*_log.out")):
         assert process.poll() is None and time.monotonic() < deadline, "the job never finished an epoch"
         time.sleep(0.2)
     os.kill(submitit_task(sweep_dir), signal.SIGUSR2)
