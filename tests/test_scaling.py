@@ -207,5 +207,7 @@ def test_course_grid_experiment_is_thirty_runs_in_one_command(project_dir):
     assert len(runs) == 30 and {r.info.status for r in runs} == {"FAILED"}
     assert {(r.data.tags[tracking.VARIANT], r.data.params["trainer.seed"]) for r in runs} == COURSE_GRID
     assert {r.data.params["trainer.epochs"] for r in runs} == {"10"}, "the experiment file's own settings"
+    # each job passed config validation and stopped only at the data: the grid's configs are all valid
+    assert all("no-such-folder does not exist" in r.data.tags[tracking.ERROR] for r in runs), runs[0].data.tags
     (sweep,) = sweep_runs(f"sqlite:///{project_dir}/mlflow.db")
     assert {r.data.tags[tracking.PARENT] for r in runs} == {sweep.info.run_id}, "one command, one sweep"
