@@ -3,12 +3,16 @@ course's tar format, and a throwaway sqlite MLflow store."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,3 +213,39 @@ def sweep_runs(tracking_uri: str) -> list:
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'sweep'")
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, *args: str, env: dict[str, str] | None = None):
+    """A real `mlflow server` on a free local port storing everything in `folder` (store.db, artifacts/), up
+    and answering /health; yields (uri, process) and stops its process group with SIGTERM on the way out."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", *args, "--host", "127.0.0.1"]
+        + ["--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{folder}/store.db"]
+        + ["--artifacts-destination", str(folder / "artifacts")],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        # no GenAI job workers needed
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        from mnist_exp import tracking
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                tracking.check_server(uri)  # /health answers without credentials
+                break
+            except tracking.TrackingError:
+                assert process.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(0.5)
+        yield uri, process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and every worker it started
+        process.wait(timeout=30)

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
-from conftest import CONF_DIR, job_runs, run_script, sweep_runs
+from conftest import CONF_DIR, job_runs, mlflow_server, run_script, sweep_runs
 
 from mnist_exp import search, tracking
 
@@ -67,62 +64,23 @@ def test_submitit_local_executor_runs_a_sweep_to_finished_runs(project_dir):
     assert list((project_dir / "outputs" / "sweeps").glob("*/.submitit/*")), "the jobs went through submitit"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sweep_against_a_real_tracking_server_then_analyze_then_shut_it_down(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            os.path.join(os.path.dirname(sys.executable), "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job workers needed
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                tracking.check_server(uri)
-                break
-            except tracking.TrackingError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
-                time.sleep(0.5)
-
+    folder = tmp_path / "server"
+    folder.mkdir()
+    with mlflow_server(folder) as (uri, server):
         # One job after another (the basic launcher): the server, not the default launcher, is what is tested here.
         result = train(tmp_path, "-m", "model=lenet5,mlp", "hydra/launcher=basic", f"mlflow.tracking_uri={uri}", *TINY)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         runs = job_runs(uri)
         assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
         # Artifacts went through the server, into its artifact root, not into the client's folder.
-        assert list((tmp_path / "server-artifacts").rglob("learning_curves.png"))
-        assert list((tmp_path / "server-artifacts").rglob("MLmodel")), "the logged models went through the server too"
+        assert list((folder / "artifacts").rglob("learning_curves.png"))
+        assert list((folder / "artifacts").rglob("MLmodel")), "the logged models went through the server too"
         assert not (tmp_path / "mlruns").exists()
 
         table = run_script("analyze.py", "--tracking-uri", uri, "--format", "csv", cwd=tmp_path, timeout=120)
         assert table.returncode == 0, table.stderr
         assert len(table.stdout.strip().splitlines()) == 1 + 2  # header + one row per model
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and every worker it started
-        server.wait(timeout=30)
     deadline = time.monotonic() + 30
     while group_alive(server.pid):
         if time.monotonic() > deadline:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import job_runs, run_script
+from conftest import job_runs, mlflow_server, run_script
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import credentials, tracking
@@ -72,54 +69,12 @@ def server(tmp_path_factory):
         f"admin_username = {USER}\nadmin_password = {PASSWORD}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            os.path.join(os.path.dirname(sys.executable), "mlflow"),
-            "server",
-            "--app-name",
-            "basic-auth",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder}/store.db",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-        ],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={
-            **os.environ,
-            "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        },
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                tracking.check_server(uri)  # /health answers without credentials
-                break
-            except tracking.TrackingError:
-                assert process.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
-                time.sleep(0.5)
-        yield {"port": port, "folder": folder}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
-        process.wait(timeout=30)
-        time.sleep(1)
-        with contextlib.suppress(ProcessLookupError):  # a worker that outlived SIGTERM
-            os.killpg(process.pid, signal.SIGKILL)
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key"}
+    with mlflow_server(folder, "--app-name", "basic-auth", env=env) as (uri, process):
+        yield {"port": int(uri.rsplit(":", 1)[1]), "folder": folder}
+    time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):  # a worker that outlived SIGTERM
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def files_holding(folder: Path, secret: str) -> list[Path]:
