@@ -189,6 +189,32 @@ def run_script(
     )
 
 
+class Hold:
+    """Stops the train.py processes started with `env` at the checkpoint of `epoch` (before or after writing
+    it; past the first `skip` of each process) until release(): a test then kills or signals them at a point
+    it chose, whatever the machine's speed. The hook is tests/hooks/sitecustomize.py, never shipped."""
+
+    def __init__(self, folder: Path, epoch: int, when: str = "after", skip: int = 0):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        hooks = str(REPO / "tests" / "hooks")
+        self.env = {
+            "MNIST_EXP_TEST_HOLD": f"{folder}:{epoch}:{when}:{skip}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [hooks, os.environ.get("PYTHONPATH")])),
+        }
+
+    def wait(self, processes: int = 1, alive: subprocess.Popen | None = None, timeout: float = 600) -> None:
+        """Until `processes` processes are held; fails early if `alive` ends first."""
+        deadline = time.monotonic() + timeout
+        while len(list(self.folder.glob("held-*"))) < processes:
+            assert alive is None or alive.poll() is None, f"the process ended before {processes} held"
+            assert time.monotonic() < deadline, f"fewer than {processes} processes held after {timeout} s"
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        (self.folder / "release").touch()
+
+
 def job_runs(tracking_uri: str, experiment_name: str = "mnist-exp") -> list:
     """Every training run of an experiment, sweep parent runs left out."""
     from mlflow.tracking import MlflowClient

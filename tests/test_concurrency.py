@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from conftest import REPO, job_runs, sweep_runs
+from conftest import REPO, Hold, job_runs, sweep_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import tracking
@@ -26,11 +26,15 @@ def tiny(course) -> list[str]:
     return ["model=mlp", "trainer.epochs=1", "data.source=course", f"data.root={course.root}", "trainer.threads=1"]
 
 
-def launch(cwd: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+def launch(cwd: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
     log = cwd / f"train-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(REPO / "train.py"), *args],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     return process, log
 
@@ -62,11 +66,9 @@ def test_two_sweeps_sharing_a_variant_on_a_fresh_store_train_it_once(tmp_path, c
 
 def test_a_killed_claimant_is_resumed_by_one_of_two_launches_the_other_reuses_it(project_dir, course_dataset):
     command = [*tiny(course_dataset), "trainer.epochs=4", "trainer.batch_size=8", "trainer.threads=1"]
-    process, log = launch(project_dir, *command)
-    deadline = time.monotonic() + 300
-    while "epoch 1/4" not in log.read_text():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.05)
+    hold = Hold(project_dir / "hold", epoch=1)
+    process, log = launch(project_dir, *command, env=hold.env)
+    hold.wait(alive=process)  # its checkpoint holds epoch 1
     process.kill()
     process.wait()
     (killed,) = job_runs(f"sqlite:///{project_dir}/mlflow.db")
@@ -96,7 +98,9 @@ def test_a_store_that_refuses_writes_is_answered_in_one_line_within_seconds(tmp_
         text=True,
         timeout=120,
     )
-    assert time.monotonic() - started < 20  # ~5 s on a quiet machine, mostly imports; SQLAlchemy retried 105 s
+    # ~5 s on a quiet machine, mostly imports; SQLAlchemy used to retry for 105 s. 60 s allows a machine
+    # 3x slower than the slowest we know, under load.
+    assert time.monotonic() - started < 60
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"train.py: error: cannot write the MLflow store mlflow.tracking_uri=sqlite:///{store}")

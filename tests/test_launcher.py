@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, job_runs, run_script, sweep_runs
+from conftest import REPO, Hold, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -181,13 +181,13 @@ def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(pr
         "model=lenet5",
         "trainer.seed=0,1",
         "data.source=sample",
-        "data.limit_train=2000",
-        "data.limit_test=200",
-        "trainer.epochs=6",
-        "regularizer=augment",
+        "data.limit_train=500",
+        "data.limit_test=100",
+        "trainer.epochs=2",
         f"hydra.sweep.dir={project_dir}/sweep",
     ]
     log = project_dir / "sweep.log"
+    hold = Hold(project_dir / "hold", epoch=1)  # both workers wait after epoch 1: only the signal can stop them
     with open(log, "w") as out:  # its own process group, as a terminal's Ctrl-C reaches the whole group
         process = subprocess.Popen(
             [sys.executable, str(REPO / "train.py"), *command],
@@ -195,15 +195,14 @@ def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(pr
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **hold.env},
         )
-    deadline = time.monotonic() + 180
-    while sum("epoch 1/6" in line for line in log.read_text().splitlines()) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
+    hold.wait(processes=2, alive=process)
     interrupted = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)
-    assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
-    assert time.monotonic() - interrupted < 30, "workers must stop promptly"
+    assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
+    # ~3 s on a quiet machine; without the signal reaching them the held workers would never stop.
+    assert time.monotonic() - interrupted < 90, "workers must stop promptly"
 
     uri = f"sqlite:///{project_dir}/mlflow.db"
     runs = job_runs(uri)
@@ -226,22 +225,24 @@ def test_a_job_whose_worker_dies_fails_alone(project_dir):
         "model=mlp",
         "trainer.seed=0,1,2",
         "data.source=sample",
-        "data.limit_train=4000",
-        "data.limit_test=200",
-        "trainer.epochs=5",
-        "trainer.batch_size=16",
+        "data.limit_train=500",
+        "data.limit_test=100",
+        "trainer.epochs=2",
     ]
     log = project_dir / "sweep.log"
+    hold = Hold(project_dir / "hold", epoch=1)  # both workers mid-job, each after its epoch 1
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(REPO / "train.py"), *command],
+            cwd=project_dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **hold.env},
         )
-    deadline = time.monotonic() + 180
-    while "epoch 1/5" not in log.read_text():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
+    hold.wait(processes=2, alive=process)
     os.kill(children(process.pid)[0], signal.SIGKILL)  # a worker, as the kernel's out-of-memory killer would
-    assert process.wait(timeout=300) == 1
+    hold.release()
+    assert process.wait(timeout=600) == 1
 
     text = log.read_text()
     assert "sweep summary: 2 finished, 0 skipped, 1 failed, 0 killed" in text, text[-3000:]

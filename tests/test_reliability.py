@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO as ROOT
-from conftest import job_runs, png_bytes, run_script, sweep_runs, write_tar
+from conftest import Hold, job_runs, png_bytes, run_script, sweep_runs, write_tar
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import checkpoints, tracking
@@ -30,21 +30,18 @@ def train(cwd: Path, *overrides: str, multirun: bool = True) -> subprocess.Compl
     return run_script("train.py", *(["-m"] if multirun else []), *overrides, cwd=cwd, timeout=300)
 
 
-def start_train(cwd: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
+def start_train(cwd: Path, *overrides: str, hold: Hold | None = None) -> tuple[subprocess.Popen, Path]:
+    """train.py in the background, its output in a log; held at `hold`'s epoch until released."""
     log = cwd / f"train-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(ROOT / "train.py"), *overrides],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(hold.env if hold else {})},
         )
     return process, log
-
-
-def wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text():
-        assert process.poll() is None, f"train.py ended before printing {text!r}:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"no {text!r} after {timeout}s:\n{log.read_text()}"
-        time.sleep(0.05)
 
 
 def store(cwd: Path) -> MlflowClient:
@@ -157,18 +154,19 @@ def test_repeated_sweep_skips_finished_runs_and_force_trains_again(project_dir):
 # --- 3. resume ---
 
 RESUMABLE = [
-    "trainer.epochs=4",
+    "trainer.epochs=2",
     "data.source=sample",
-    "data.limit_train=1500",
-    "data.limit_test=300",
+    "data.limit_train=500",
+    "data.limit_test=100",
     "trainer.threads=1",
     "regularizer=[dropout,augment]",
 ]
 
 
 def test_run_killed_before_its_first_checkpoint_is_closed_by_the_next_attempt(project_dir):
-    process, log = start_train(project_dir, *RESUMABLE)
-    wait_for(log, "parameters (LeNet-5", process)
+    hold = Hold(project_dir / "hold", epoch=1, when="before")  # it trained an epoch, saved nothing yet
+    process, _ = start_train(project_dir, *RESUMABLE, hold=hold)
+    hold.wait(alive=process)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
@@ -179,8 +177,9 @@ def test_run_killed_before_its_first_checkpoint_is_closed_by_the_next_attempt(pr
 
 
 def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(project_dir):
-    process, log = start_train(project_dir, *RESUMABLE)
-    wait_for(log, "epoch 1/4", process)
+    hold = Hold(project_dir / "hold", epoch=1)
+    process, _ = start_train(project_dir, *RESUMABLE, hold=hold)
+    hold.wait(alive=process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) != 0
     (run,) = job_runs(store_uri(project_dir))

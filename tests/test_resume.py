@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import job_runs
+from conftest import Hold, job_runs
 from mlflow.tracking import MlflowClient
 from test_reliability import start_train, store, store_uri, train
 
@@ -33,7 +33,6 @@ KILLED_MID_RUN = {
         "trainer.epochs=10",
     ],
 }
-# LeNet-5 epochs on 1000 digits take ~0.3 s: time enough to kill after the epoch aimed at.
 TINY = ["data.source=sample", "data.limit_train=1000", "data.limit_test=300", "trainer.threads=1"]
 # Wall-clock time and memory legitimately differ between two runs of the same command; nothing else may.
 NOT_REPRODUCIBLE = ("epoch_time_s", "train_time_s", "peak_rss_mib", "system/")
@@ -67,15 +66,9 @@ def resume_store(tmp_path_factory, empty_store):
 
 def kill_after_checkpoint(cwd: Path, overrides: list[str], epoch: int) -> checkpoints.Checkpoint:
     """Start train.py, SIGKILL it once its checkpoint holds `epoch` epochs; returns the checkpoint it left."""
-    process, log = start_train(cwd, *overrides)
-    deadline = time.monotonic() + 300
-    while True:
-        found = [checkpoints.load(path) for path in (cwd / "checkpoints").glob("*.pt")]
-        if any(c is not None and c.progress.epochs_done >= epoch for c in found):
-            break
-        assert process.poll() is None, f"train.py ended before epoch {epoch}:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch}:\n{log.read_text()}"
-        time.sleep(0.02)
+    hold = Hold(cwd / f"hold-{time.monotonic_ns()}", epoch)
+    process, _ = start_train(cwd, *overrides, hold=hold)
+    hold.wait(alive=process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     (path,) = (cwd / "checkpoints").glob("*.pt")

@@ -81,11 +81,11 @@ def test_sweep_against_a_real_tracking_server_then_analyze_then_shut_it_down(tmp
         table = run_script("analyze.py", "--tracking-uri", uri, "--format", "csv", cwd=tmp_path, timeout=120)
         assert table.returncode == 0, table.stderr
         assert len(table.stdout.strip().splitlines()) == 1 + 2  # header + one row per model
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # ~1 s on a quiet machine
     while group_alive(server.pid):
         if time.monotonic() > deadline:
             os.killpg(server.pid, signal.SIGKILL)
-            pytest.fail("mlflow server workers outlived SIGTERM by 30 s")
+            pytest.fail("mlflow server workers outlived SIGTERM by 90 s")
         time.sleep(0.2)
 
 

@@ -4,15 +4,14 @@ the study in its sqlite file beside a real MLflow store, a real SIGKILL in the m
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
-from conftest import REPO, job_runs, run_script, sweep_runs
+from conftest import REPO, Hold, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import search, tracking
@@ -46,17 +45,17 @@ def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(p
     command = search_command(
         course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=4", "hydra/sweeper/pruner=none"
     )
-    log = project_dir / "first.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *command], cwd=project_dir, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:  # the third trial has checkpointed its first epoch: two trials are done, one is half done
-        deadline = time.monotonic() + 300
-        while log.read_text().count("epoch 1/4") < 3:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
+    # Held once the third trial has checkpointed its first epoch: two trials are done, one is half done.
+    hold = Hold(project_dir / "hold", epoch=1, skip=2)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *command],
+        cwd=project_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **hold.env},
+    )
+    try:
+        hold.wait(alive=process)
     finally:
         process.kill()
         process.wait()
