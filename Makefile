@@ -7,7 +7,8 @@
 # make bench runs every benchmark (BENCH_ARGS=--smoke for a quick check).
 # Afterwards `source .venv/bin/activate` gives the plain python train.py / mlflow ui / python analyze.py.
 
-PYTHON ?= python3
+# The newest supported Python on PATH (a pyenv shim that cannot run counts as absent); PYTHON=... chooses.
+PYTHON ?= $(or $(firstword $(foreach p,python3.13 python3.12 python3.11,$(shell $(p) -c '' 2>/dev/null && echo $(p)))),python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -17,7 +18,7 @@ BENCHMARKS := epoch_throughput data_prep run_overhead grid hardware_efficiency
 .PHONY: setup sweep test test-cluster lint bench ui clean
 
 $(STAMP): pyproject.toml requirements.lock
-	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "mnist-exp needs Python 3.11 (set PYTHON=python3.11)"'
+	@$(PYTHON) -c 'import sys; sys.exit(None if (3, 11) <= sys.version_info[:2] <= (3, 13) else "mnist-exp needs Python 3.11, 3.12 or 3.13, not $(PYTHON) (" + sys.version.split()[0] + "): set PYTHON=python3.12")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $@

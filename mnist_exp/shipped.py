@@ -1,72 +1,72 @@
-"""What a logged model ships besides its weights: the network's wrapper and its pyfunc loader.
+"""What a logged model ships besides its weights: the network's wrapper, which takes pixels as people hand them.
 
 Logged models carry this file and models.py (MLflow's code_paths), so they load as nn.Modules
-where this repository is not installed. Keep both importable with torch and numpy alone.
+where this repository is not installed. Keep both importable with torch and MLflow alone.
 """
 
 from __future__ import annotations
 
-import os
+import json
 
-import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from torch import nn
 
 SIDE = 28
 EXPECTED = (
-    f"expected digits as uint8 pixels 0-255 or floats in [0, 1], shaped ({SIDE}, {SIDE}), "
+    f"expected digits as integer pixels 0-255 or floats in [0, 1], shaped ({SIDE}, {SIDE}), "
     f"(N, {SIDE}, {SIDE}) or (N, {SIDE * SIDE})"
 )
 
 
+class BadPixels(MlflowException, ValueError):
+    """An input the model refuses, and why, in one line.
+
+    MLflow's scoring server answers a failed prediction with serialize_as_json(), after putting the
+    whole input in front of the message; the reason alone is the answer (HTTP 400)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, error_code=INVALID_PARAMETER_VALUE)
+        self.reason = reason
+
+    def serialize_as_json(self) -> str:
+        return json.dumps({"error_code": self.error_code, "message": self.reason})
+
+
 class PixelClassifier(nn.Module):
-    """The trained network as it is shipped: pixels [N, 28, 28] in (raw uint8, or floats in [0, 1]),
-    ten logits out. It scales and normalizes exactly as training's InputPipeline does."""
+    """The trained network as it is shipped: pixels in (see as_pixels), ten logits out. It scales
+    and normalizes exactly as training's InputPipeline does."""
 
     def __init__(self, model: nn.Module, mean: float, std: float):
         super().__init__()
         self.model, self.mean, self.std = model, mean, std
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.unsqueeze(1).float()
-        if not pixels.is_floating_point():
-            x = x.div(255)
-        return self.model(x.sub(self.mean).div(self.std))
+        return self.model(as_pixels(pixels).unsqueeze(1).sub(self.mean).div(self.std))
 
 
-def as_pixels(data) -> torch.Tensor:
-    """One image, a batch, or a batch flattened to 784 columns (array, DataFrame or nested lists from
-    JSON) as a [N, 28, 28] tensor; anything else is refused in one line."""
-    array = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data)
-    if array.shape == (SIDE, SIDE):
-        array = array[None]
-    elif array.ndim == 2 and array.shape[1] == SIDE * SIDE:
-        array = array.reshape(-1, SIDE, SIDE)
-    if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE) or array.shape[0] == 0:
-        raise ValueError(f"{EXPECTED}; got shape {np.shape(data)}")
-    if array.dtype == np.uint8:
-        return torch.tensor(array)  # a copy: the input may be read-only
-    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255:  # JSON's integers
-        return torch.from_numpy(array.astype(np.uint8))
-    if np.issubdtype(array.dtype, np.floating) and array.min() >= 0 and array.max() <= 1:  # NaN fails both
-        return torch.from_numpy(array.astype(np.float32))
-    span = f" from {array.min()} to {array.max()}" if np.issubdtype(array.dtype, np.number) else ""
-    raise ValueError(f"{EXPECTED}; got {array.dtype} values{span}")
-
-
-class Predictor:
-    """The pyfunc flavour: logits [N, 10] for whatever as_pixels accepts."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model.eval()
-
-    def predict(self, data, params=None) -> np.ndarray:
-        with torch.no_grad():
-            return self.model(as_pixels(data)).numpy()
-
-
-def _load_pyfunc(data_path: str, model_config=None) -> Predictor:
-    """MLflow's pyfunc loader hook; data_path is the model's data/ folder."""
-    import mlflow.pytorch
-
-    return Predictor(mlflow.pytorch.load_model(os.path.dirname(os.path.abspath(data_path))))
+def as_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """One image [28, 28], a batch [N, 28, 28] or a batch of 784 columns [N, 784], of integers 0-255
+    (raw pixels) or floats in [0, 1], as floats [N, 28, 28] in [0, 1]; anything else raises BadPixels."""
+    shape = tuple(pixels.shape)
+    if shape == (SIDE, SIDE):
+        pixels = pixels[None]
+    elif len(shape) == 2 and shape[1] == SIDE * SIDE:
+        pixels = pixels.reshape(-1, SIDE, SIDE)
+    if pixels.dim() != 3 or pixels.shape[1:] != (SIDE, SIDE) or pixels.shape[0] == 0:
+        raise BadPixels(f"{EXPECTED}; got shape {shape}")
+    if pixels.dtype == torch.uint8:
+        return pixels.float().div(255)
+    dtype = str(pixels.dtype).removeprefix("torch.")
+    if pixels.dtype == torch.bool or pixels.is_complex():
+        raise BadPixels(f"{EXPECTED}; got {dtype} values")
+    low, high = pixels.min().item(), pixels.max().item()
+    if not pixels.is_floating_point() and low >= 0 and high <= 255:  # JSON's integers arrive as int64
+        return pixels.float().div(255)
+    if pixels.is_floating_point() and low >= 0 and high <= 1:  # NaN fails both
+        return pixels.float()
+    # MLflow's pytorch flavour hands a DataFrame's columns over as float32, raw pixels too
+    raw = pixels.is_floating_point() and low >= 0 and high <= 255
+    hint = " (raw pixels as floats: divide them by 255)" if raw else ""
+    raise BadPixels(f"{EXPECTED}; got {dtype} values from {low} to {high}{hint}")

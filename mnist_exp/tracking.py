@@ -341,54 +341,35 @@ def model_name(variant: str) -> str:
 
 
 def log_model(classifier, example, variant: str):
-    """The trained network as an MLflow model named after its variant: an nn.Module with its code.
+    """The trained network as an MLflow model named after its variant, with MLflow's pytorch flavour.
 
     mlflow.pytorch.load_model gives back the PixelClassifier itself (eval, to, parameters,
     state_dict, fine-tuning), pickled with the two modules it needs (models.py, shipped.py) as
-    code_paths, so it loads where this repository is not installed. The pyfunc flavour is
-    shipped.Predictor: it takes one image, a batch, or a batch of 784 columns, uint8 or floats in
-    [0, 1]. Requirements are given, not inferred: inference would load the model again in a subprocess.
+    code_paths, so it loads where this repository is not installed. Its pyfunc is the flavour's
+    own: an array or DataFrame goes to PixelClassifier as a tensor, which takes one image, a batch,
+    or a batch of 784 columns, integer pixels or floats in [0, 1], and refuses the rest in one line.
+    No signature: MLflow would enforce one dtype and shape before the model sees the input,
+    refusing DataFrames (dataframe_split, dataframe_records) or raw pixels. Requirements are given,
+    not inferred: inference would load the model again in a subprocess.
     """
+    import mlflow.pytorch
     import torch
-    from mlflow.models import Model, infer_signature
 
-    with torch.no_grad():
-        signature = infer_signature(example.numpy(), classifier(example).numpy())
-    # The signature states the canonical input (raw uint8 [N, 28, 28]); the flag MLflow sets for models
-    # that check their own input keeps it from refusing, before shipped.as_pixels sees them, the other forms.
-    signature._is_signature_from_type_hint = True
-    return Model.log(
-        artifact_path=None,
-        name=model_name(variant),
-        flavor=_PytorchShippedPyfunc,
-        flavor_name="pytorch",
-        pytorch_model=classifier,
-        signature=signature,
-        input_example=example.numpy(),
-        code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
-        serialization_format="pickle",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        validate_serving_input=False,  # loading and predicting again costs 0.3 s a run; tests check the pyfunc
-    )
-
-
-class _PytorchShippedPyfunc:
-    """mlflow.pytorch's flavour, with shipped.Predictor as its pyfunc (Model.log calls save_model)."""
-
-    @staticmethod
-    def save_model(path, mlflow_model, validate_serving_input, **kwargs):
-        import mlflow.pytorch
-        from mlflow import pyfunc
-
-        quiet = logging.getLogger("mlflow.pytorch")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # its warning that pickles run code: this model's code ships with it
-        try:
-            mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
-        finally:
-            quiet.setLevel(level)
-        mlflow_model.flavors[pyfunc.FLAVOR_NAME][pyfunc.MAIN] = "mnist_exp.shipped"
-        mlflow_model.save(os.path.join(path, "MLmodel"))
+    quiet = logging.getLogger("mlflow.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warning that pickles run code: this model's code ships with it
+    try:
+        return mlflow.pytorch.log_model(
+            classifier,
+            name=model_name(variant),
+            code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
+            serialization_format="pickle",
+            signature=False,
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    finally:
+        quiet.setLevel(level)
 
 
 @functools.cache

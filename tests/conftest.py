@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,13 +242,17 @@ def sweep_runs(tracking_uri: str) -> list:
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'sweep'")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def mlflow_server(folder: Path, *args: str, env: dict[str, str] | None = None):
     """A real `mlflow server` on a free local port storing everything in `folder` (store.db, artifacts/), up
     and answering /health; yields (uri, process) and stops its process group with SIGTERM on the way out."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", *args, "--host", "127.0.0.1"]
         + ["--port", str(port), "--workers", "1", "--backend-store-uri", f"sqlite:///{folder}/store.db"]
@@ -274,4 +279,36 @@ def mlflow_server(folder: Path, *args: str, env: dict[str, str] | None = None):
         yield uri, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server and every worker it started
+        process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def model_server(model_uri: str, cwd: Path, env: dict[str, str] | None = None):
+    """`mlflow models serve -m MODEL_URI --env-manager local` on a free local port, as a user with the venv
+    activated runs it (it starts uvicorn from PATH), up and answering /ping; yields its /invocations URL."""
+    port = free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    process = subprocess.Popen(
+        [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ["PATH"]]), **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5):
+                    break
+            except OSError:
+                assert process.poll() is None, f"mlflow models serve exited {process.returncode}"
+                assert time.monotonic() < deadline, "mlflow models serve did not come up"
+                time.sleep(0.5)
+        yield f"{url}/invocations"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the CLI and the uvicorn it started
         process.wait(timeout=30)

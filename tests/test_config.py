@@ -276,7 +276,7 @@ def test_a_key_no_schema_knows_added_with_plus_is_refused(compose, overrides, ke
         validate(compose(overrides))
 
 
-def test_train_help_lists_every_group_and_option():
+def test_train_help_lists_every_group_and_option_the_readme_lists():
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
     )
@@ -284,6 +284,10 @@ def test_train_help_lists_every_group_and_option():
     assert result.returncode == 0, result.stderr
     for group in ("model", "regularizer", "optimizer", "data"):
         assert f"{group}: {', '.join(options(group))}" in result.stdout
+    table = re.findall(r"^\| `([a-z_/]+)` \|", (REPO / "README.md").read_text(), re.MULTILINE)
+    assert len(table) == 11, "the README's table of config groups"
+    listed = {line.split(":")[0] for line in result.stdout.splitlines()}
+    assert set(table) <= listed, f"--help omits {sorted(set(table) - listed)}"
 
 
 def test_early_stopping_without_a_validation_split_says_which_setting_to_give(compose):

@@ -1,5 +1,5 @@
 """What a finished run offers, end to end with the real train.py and analyze.py: its model as an
-nn.Module that loads without this repository, a pyfunc that takes what people hand it, a diff with
+nn.Module that loads without this repository, a pyfunc and a model server that take what people hand them, a diff with
 another run, the command that re-creates it, and the machine's use while it trained."""
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import REPO, job_runs, run_script
+from conftest import REPO, job_runs, model_server, run_script
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import compare, shipped
@@ -99,38 +102,79 @@ def test_the_model_loads_as_an_nn_module_without_this_repository(two_runs, sampl
 
 def test_the_pyfunc_takes_one_image_flat_columns_and_floats_and_refuses_the_rest_in_one_line(two_runs):
     folder, runs = two_runs
-    run = runs["0.05"]
     mlflow.set_tracking_uri(uri(folder))
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/mlp-none-sgd")
-        signature = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/mlp-none-sgd").signature
+        model = mlflow.pyfunc.load_model(f"runs:/{runs['0.05'].info.run_id}/mlp-none-sgd")
     finally:
         mlflow.set_tracking_uri(None)
-    assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 28, 28)}}]
+    pyfunc = model.metadata.flavors["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pytorch" and model.metadata.signature is None, "the flavour's own"
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     logits = model.predict(images)
     assert logits.shape == (3, 10) and logits.dtype == np.float32
 
-    import pandas as pd
-
     def same(other):  # float sums may group differently in another layout or batch: equal to ~1e-7
-        np.testing.assert_allclose(other, logits, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(other), logits, rtol=1e-5, atol=1e-6)
 
     same(np.concatenate([model.predict(image) for image in images]))  # one image at a time
     same(model.predict(images.reshape(3, 784)))
-    same(model.predict(pd.DataFrame(images.reshape(3, 784))))
-    same(model.predict(images.tolist()))  # JSON's nested integers
+    same(model.predict(images.astype(np.int64)))  # JSON's integers
     same(model.predict(images / 255.0))
+    same(model.predict(pd.DataFrame(images.reshape(3, 784) / 255.0)))  # a DataFrame reaches the model as float32
 
     for bad, got in (
         (images[:, :14], "got shape (3, 14, 28)"),
-        (images * 1.0, "got float64 values from 0.0 to 255.0"),
-        (np.array(["7"]), "got shape (1,)"),
+        (images * 1.0, "got float64 values from 0.0 to 255.0 (raw pixels as floats: divide them by 255)"),
+        (pd.DataFrame(images.reshape(3, 784)), "got float32 values from 0.0 to 255.0 (raw pixels as floats: "),
+        (images.astype(np.int64) - 1, "got int64 values from -1 to 254"),
+        (np.array([[True] * 784]), "got bool values"),
     ):
-        with pytest.raises(ValueError) as refused:
+        with pytest.raises(shipped.BadPixels) as refused:
             model.predict(bad)
-        assert str(refused.value) == f"{shipped.EXPECTED}; {got}"
-    assert "\n" not in shipped.EXPECTED and "(N, 784)" in shipped.EXPECTED and "uint8" in shipped.EXPECTED
+        assert str(refused.value).startswith(f"{shipped.EXPECTED}; {got}")
+        assert isinstance(refused.value, ValueError) and "\n" not in str(refused.value)
+    assert "(N, 784)" in shipped.EXPECTED and "0-255" in shipped.EXPECTED
+
+
+def test_the_served_model_answers_every_payload_mlflow_documents_and_refuses_in_one_line(two_runs):
+    """The four JSON payloads of MLflow's scoring server, as docs/mlflow.md describes them, through a real
+    `mlflow models serve`: each answers the pyfunc's logits for the same data; a wrong shape, our one line."""
+    folder, runs = two_runs
+    (logged,) = MlflowClient(uri(folder)).search_logged_models(
+        [runs["0.05"].info.experiment_id], filter_string=f"source_run_id = '{runs['0.05'].info.run_id}'"
+    )
+    images = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    columns = pd.DataFrame(images.reshape(3, 784) / 255)  # floats in [0, 1]: MLflow reads DataFrames as float32
+    payloads = {
+        "inputs": {"inputs": images.tolist()},
+        "instances": {"instances": images.tolist()},
+        "dataframe_split": {"dataframe_split": columns.to_dict(orient="split")},
+        "dataframe_records": {"dataframe_records": columns.to_dict(orient="records")},
+    }
+    mlflow.set_tracking_uri(uri(folder))
+    try:
+        expected = mlflow.pyfunc.load_model(logged.model_uri).predict(images)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    def post(url, payload):
+        request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    with model_server(logged.model_uri, folder, env={"MLFLOW_TRACKING_URI": uri(folder)}) as url:
+        answers = {name: post(url, payload) for name, payload in payloads.items()}
+        refused = post(url, {"inputs": images[:, :14].tolist()})
+
+    for name, (status, body) in answers.items():
+        assert status == 200, (name, body)
+        predictions = pd.DataFrame(body["predictions"]).to_numpy()  # a DataFrame's rows come back as records
+        np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+    message = f"{shipped.EXPECTED}; got shape (3, 14, 28)"
+    assert refused == (400, {"error_code": "INVALID_PARAMETER_VALUE", "message": message})
 
 
 def test_a_run_logs_the_machines_use_as_system_metrics(two_runs):

@@ -221,11 +221,12 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
         assert linked["final_test_loss"] == run.data.metrics["final_test_loss"]
     mlflow.set_tracking_uri(uri(project_dir))
     try:
-        signature = mlflow.models.get_model_info(models[0].model_uri).signature
+        info = mlflow.models.get_model_info(models[0].model_uri)
     finally:
         mlflow.set_tracking_uri(None)
-    assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 28, 28)}}]
-    assert signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 10)}}]
+    assert set(info.flavors) == {"pytorch", "python_function"}, "MLflow's pytorch flavour"
+    assert info.flavors["python_function"]["loader_module"] == "mlflow.pytorch", "and its own pyfunc"
+    assert info.signature is None and info.saved_input_example_info["type"] == "ndarray"  # see tracking.log_model
 
     assert {m.name for m in models} == {"lenet5-none-sgd", "mlp-none-sgd"}, "named after the variant"
 

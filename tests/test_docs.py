@@ -1,0 +1,220 @@
+"""The docs' commands run as pasted: every shell command and Python snippet in README.md's and docs/*.md's
+code blocks runs here, in order, in one scratch folder with one tiny store, shrunk by the rewrites below
+(REWRITES, SHRINK); a command too long to train is composed instead (COMPOSED, `--cfg job`), and one that
+cannot run here is listed with the reason (NOT_RUN). A command added to the docs runs until it is listed.
+
+Blocks tagged `yaml` (a file's contents) or `text` (a file tree) hold no commands. In a block whose lines
+start with `$ `, those lines are the commands and the rest their output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO, free_port
+from mlflow.tracking import MlflowClient
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+VENV_BIN = os.path.dirname(sys.executable)
+
+# The rewrites every command and snippet gets, in order: (what the docs say, what runs, why).
+REWRITES = [
+    (".venv/bin/", "", "the venv's bin folder is first on PATH, as after `source .venv/bin/activate`"),
+    ("/tmp/readme-ex", "{folder}", "the README's example store is the one scratch store"),
+    ("<partition>", "debug", "a SLURM partition, for composing"),
+    ("<model_id>", "{model_id}", "the best model in the scratch store"),
+    ("5001", "{port}", "the model server's port: a free one"),
+]
+# train.py commands (not COMPOSED) train tiny: these settings replace the command's own, or are added.
+SHRINK = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1"]
+SHRINK += ["trainer.threads=1", "hydra/launcher=basic"]  # one thread; jobs one after another, no worker processes
+
+COMPOSED = {  # train.py commands too long to train here: their config is composed, `--cfg job`
+    "python train.py experiment=course_grid data.source=sample": (
+        "the course grid, 30 runs of 10 epochs (tests/test_scaling.py expands its 30 jobs)"
+    ),
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=<partition> experiment=course_grid "
+    "mlflow.tracking_uri=http://tracking-host:5055": "a SLURM cluster and a team server: make test-cluster runs them",
+    "python train.py -m hparams_search=lenet5_optuna": "20 trials of 10 epochs (tests/test_search.py searches)",
+    "python train.py -m hparams_search=lenet5_optuna hydra.sweeper.n_trials=50": "the search above, continued",
+    "python train.py -m hparams_search=lenet5_optuna hydra/sweeper/pruner=none": "the search above, unpruned",
+    "python train.py -m hparams_search=lenet5_optuna hydra.sweeper.n_jobs=2": "the search above, 2 trials at once",
+}
+NOT_RUN = {
+    "make sweep": "the default grid for 10 epochs; its train.py command runs here (README.md's three plain commands)",
+    "make test": "the test suite itself",
+    "make test PYTEST_ARGS='-m \"not slow\"'": "the test suite itself",
+    "make lint": "CI runs it (.ci/run)",
+    ".venv/bin/ruff check --fix . && .venv/bin/ruff format .": "it rewrites the checkout; CI's make lint checks",
+    ".venv/bin/pre-commit install": "it writes the checkout's git hooks",
+    "python analyze.py --sweep experiment=course_grid --report docs/report": "it reads the course grid (composed)",
+    "sudo deploy/tracking-server.sh start": "needs root and PostgreSQL: make test-cluster runs the team server",
+    "export MLFLOW_TRACKING_URI=http://127.0.0.1:5055 MLFLOW_TRACKING_USERNAME=admin": "the team server's block",
+    'export MLFLOW_TRACKING_PASSWORD="$(sudo cat /var/lib/mnist-exp-tracking/admin-password)"': "the same",
+    "python train.py -m model=lenet5,mlp": "through the team server: make test-cluster runs it",
+    "sudo deploy/tracking-server.sh stop": "the team server's block",
+    "# mnist_exp/schema.py": "an excerpt to add to mnist_exp/schema.py, not a script",
+}
+# Commands that start a server run in the background while the page's later snippets run; each answers its
+# check (the UI: the store's experiment, so it opens the store the docs say).
+SERVERS = {
+    "mlflow ui": (
+        "--port {port} --host 127.0.0.1",
+        "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-exp",
+    ),
+    "mlflow models serve": ("", "/ping"),
+}
+
+
+@dataclass(frozen=True)
+class Snippet:
+    where: str  # file:line
+    kind: str  # "shell" (one command) or "python" (a whole block)
+    text: str
+
+    @property
+    def key(self) -> str:  # how COMPOSED and NOT_RUN name it
+        return self.text if self.kind == "shell" else self.text.splitlines()[0]
+
+
+def snippets(path: Path) -> list[Snippet]:
+    """The shell commands (one per line, `\\` continuations joined, comments cut) and Python blocks of a page."""
+    found, lines = [], path.read_text().splitlines()
+    name = path.relative_to(REPO)
+    i = 0
+    while i < len(lines):
+        fence = re.fullmatch(r"(\s*)```(\w*)\s*", lines[i])
+        i += 1
+        if not fence:
+            continue
+        start, block = i, []
+        while not lines[i].strip().startswith("```"):
+            block.append(lines[i][len(fence.group(1)) :])
+            i += 1
+        i += 1
+        language = fence.group(2)
+        if language == "python":
+            found.append(Snippet(f"{name}:{start}", "python", "\n".join(block)))
+        elif language in ("", "bash", "sh", "console"):
+            transcript = any(line.startswith("$ ") for line in block)
+            command = ""
+            for number, line in enumerate(block, start + 1):
+                if transcript and not command and not line.startswith("$ "):
+                    continue  # output
+                if not command:
+                    first = number
+                command = f"{command} {line.removeprefix('$ ').strip()}".strip()
+                if command.endswith("\\"):
+                    command = command[:-1]
+                    continue
+                command = re.sub(r"\s+#\s.*$", "", command)  # a trailing comment
+                if command.strip():
+                    found.append(Snippet(f"{name}:{first}", "shell", " ".join(command.split())))
+                command = ""
+    return found
+
+
+def every_snippet() -> list[Snippet]:
+    return [snippet for path in DOCS for snippet in snippets(path)]
+
+
+def test_every_command_in_the_docs_is_run_composed_or_listed_with_its_reason():
+    found = every_snippet()
+    keys = {snippet.key for snippet in found}
+    assert len(found) > 30 and any(s.kind == "python" for s in found), "the extraction finds the docs' commands"
+    stale = sorted((set(COMPOSED) | set(NOT_RUN)) - keys)
+    assert not stale, f"listed here, but no longer in the docs: {stale}"
+    assert all(key.startswith("python train.py") for key in COMPOSED), "only train.py composes"
+    assert not set(COMPOSED) & set(NOT_RUN)
+
+
+@contextlib.contextmanager
+def background(command: str, folder: Path, env: dict, url: str, check: str):
+    """A server the docs start: up (/health), answering `check`, and stopped with its process group afterwards."""
+    log = folder / f"server-{url.rsplit(':', 1)[1]}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            ["bash", "-c", command], cwd=folder, env=env, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{command} did not come up: {log.read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        with urllib.request.urlopen(url + check, timeout=30):
+            yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def rewritten(snippet: Snippet, values: dict[str, str]) -> str:
+    text = snippet.text
+    for said, runs, _ in REWRITES:
+        text = text.replace(said, runs.format(**values))
+    if snippet.kind == "python":
+        return text
+    words = [str(REPO / word) if word in ("train.py", "analyze.py") else word for word in shlex.split(text)]
+    if "train.py" in snippet.text:
+        if snippet.key in COMPOSED:  # Hydra composes one job's config, without -m
+            words = [word for word in words if word not in ("-m", "--multirun")] + ["--cfg", "job"]
+        else:
+            keys = {setting.split("=")[0] for setting in SHRINK}
+            words = [word for word in words if word.split("=")[0] not in keys] + SHRINK
+    return shlex.join(words)
+
+
+@pytest.mark.slow
+def test_the_docs_commands_and_snippets_run_as_pasted(tmp_path, empty_store):
+    folder = tmp_path / "project"  # where a user would launch from: its default store, mlflow.db
+    folder.mkdir()
+    (folder / "mlflow.db").write_bytes(empty_store.read_bytes())
+    env = {**os.environ, "PATH": os.pathsep.join([VENV_BIN, os.environ["PATH"]])}
+    done, failures = set(), []
+
+    for path in DOCS:
+        with contextlib.ExitStack() as servers:  # a page's servers stay up for its later snippets
+            port = free_port()
+            for snippet in snippets(path):
+                if snippet.key in NOT_RUN or snippet.key in done:
+                    continue
+                done.add(snippet.key)
+                model_id = best_model_id(folder) if "<model_id>" in snippet.text else ""
+                command = rewritten(snippet, {"folder": str(folder), "port": str(port), "model_id": model_id})
+                server = next((name for name in SERVERS if snippet.text.startswith(name)), None)
+                if server:
+                    arguments, check = SERVERS[server]
+                    url = f"http://127.0.0.1:{port}"
+                    servers.enter_context(
+                        background(f"{command} {arguments.format(port=port)}", folder, env, url, check)
+                    )
+                    continue
+                argv = [sys.executable, "-c", command] if snippet.kind == "python" else ["bash", "-c", command]
+                result = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+                if result.returncode != 0:
+                    failures.append(f"{snippet.where}: {snippet.key}\n  ran: {command}\n{result.stderr[-1500:]}")
+
+    assert not failures, "\n\n".join(failures)
+
+
+def best_model_id(folder: Path) -> str:
+    """The logged model with the highest final_test_acc in the folder's store."""
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name("mnist-exp")
+    order = [{"field_name": "metrics.final_test_acc", "ascending": False}]
+    return client.search_logged_models([experiment.experiment_id], order_by=order, max_results=1)[0].model_id
