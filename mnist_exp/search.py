@@ -321,7 +321,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
 
 def study_lock(client, experiment_id: str, name: str):
     """A context manager holding the study's claim (tracking.Claim: atomic on every MLflow store) while
-    this launch creates the study or asks trials; a killed holder's claim dies with its pid or heartbeat."""
+    this launch creates the study or asks trials; a killed holder's claim dies with its pid or heartbeat.
+    Optuna has no public lock: this costs about five MLflow calls per ask, and a 2 s wait when another holds it."""
     from mnist_exp import tracking
 
     key = "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -414,12 +415,7 @@ class JobTrial:
             if prune:
                 self.trial.set_user_attr(PRUNED_AT, latest.epoch)
         except optuna.exceptions.UpdateFinishedTrialError:
-            log.warning(
-                "trial %d was failed as stale by another launch (no heartbeat from this one); "
-                "this run trains on and the trial's retry reuses it",
-                self.trial.number,
-            )
-            self.ended = True
+            self.orphaned()
             return
         if prune:
             raise Pruned(
@@ -427,6 +423,14 @@ class JobTrial:
                 f"{self.epochs} (trial {self.trial.number}, val_acc {latest.val_acc:.4f})",
                 latest.val_acc,
             )
+
+    def orphaned(self) -> None:
+        log.warning(
+            "trial %d was failed as stale by another launch (no heartbeat from this one); "
+            "this run trains on and the trial's retry reuses it",
+            self.trial.number,
+        )
+        self.ended = True
 
 
 def job_trial(cfg) -> JobTrial | None:
@@ -449,10 +453,15 @@ def job_trial(cfg) -> JobTrial | None:
     pruner, sampler = instantiate(hydra.sweeper.pruner), optuna.samplers.RandomSampler()  # the job samples nothing
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))
+    # Optuna's docs leave Trial(study, id) to study.optimize; it is the public way to report to a trial that
+    # another process asked.
     trial = optuna.trial.Trial(study, trial_id)
-    if trial.user_attrs.get(PRUNED_AT) is not None:  # a retry inherits its stale original's user attrs
-        trial.set_user_attr(PRUNED_AT, None)
-    run_id = mlflow.active_run().info.run_id
     mlflow.set_tag(tracking.TRIAL, str(trial.number))
-    trial.set_user_attr("mlflow_run_id", run_id)
-    return JobTrial(trial, cfg.trainer.epochs)
+    job = JobTrial(trial, cfg.trainer.epochs)
+    try:
+        if trial.user_attrs.get(PRUNED_AT) is not None:  # a retry inherits its stale original's user attrs
+            trial.set_user_attr(PRUNED_AT, None)
+        trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+    except optuna.exceptions.UpdateFinishedTrialError:  # its launch died before this job started
+        job.orphaned()
+    return job
