@@ -12,6 +12,7 @@ MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME when set, else sqlite:///mlflow.d
 """
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -118,7 +119,6 @@ def main(argv=None) -> int:
         variant_table,
         with_overrides,
     )
-    from mnist_exp.search import PRUNED_TAG
     from mnist_exp.tracking import TrackingError
 
     try:
@@ -182,8 +182,9 @@ def main(argv=None) -> int:
     if fallback:
         print(f"  trained on the offline fallback sample, not on your data: {', '.join(fallback)}", file=sys.stderr)
     for run in selection.unfinished.to_dict("records"):
-        pruned = run.get(f"tags.{PRUNED_TAG}")
+        pruned, superseded = run.get(f"tags.{tracking.PRUNED}"), run.get(f"tags.{tracking.SUPERSEDED_BY}")
         error = run.get(f"tags.{tracking.ERROR}") if pd.isna(pruned) else pruned
+        error = error if pd.isna(superseded) else f"{error}; trained in full since as run {superseded}"
         status = run["status"] if pd.isna(pruned) else "pruned"
         print(f"  not in the table: {run['run_name']} ({status}) {'' if pd.isna(error) else error}", file=sys.stderr)
     return 0
@@ -192,8 +193,8 @@ def main(argv=None) -> int:
 def write_figures_and_report(args, selection, finished, table, table_markdown: str, defaults) -> None:
     from mlflow.tracking import MlflowClient
 
-    from mnist_exp import report, tracking
-    from mnist_exp.analysis import histories, settings
+    from mnist_exp import compare, report, tracking
+    from mnist_exp.analysis import AnalysisError, histories, settings
 
     course = settings(tracking.flat_params(defaults))  # the course's plain LeNet-5: the reference of the report
     figures_dir = args.plots or args.report
@@ -201,9 +202,14 @@ def write_figures_and_report(args, selection, finished, table, table_markdown: s
     figures = report.plot_all(table, history, figures_dir)
     print(f"wrote {len(figures)} figures to {figures_dir}", file=sys.stderr)
     if args.report:
-        path = report.write_report(table, table_markdown, figures, selection.description, args.report, course)
-        print(f"wrote {path}", file=sys.stderr)
         client = MlflowClient(args.tracking_uri)
+        trials = report.search(table, selection.runs)
+        if trials and trials["best"] is not None:
+            with contextlib.suppress(AnalysisError):  # a run logged without Hydra's files: no command to give
+                best = compare.Side("best trial", [client.get_run(trials["run_id"])])
+                trials["command"] = compare.command(client, best)[0]
+        path = report.write_report(table, table_markdown, figures, selection.description, args.report, course, trials)
+        print(f"wrote {path}", file=sys.stderr)
         for parent in selection.parent_run_ids:  # one click away in mlflow ui, on the sweep's own run
             client.log_artifact(parent, str(path), "report")
             for figure in figures.values():

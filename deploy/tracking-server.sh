@@ -68,6 +68,7 @@ URI=http://$HOST:$PORT
 PG_ROLE=mlflow
 PG_DB=mlflow
 PG_AUTH_DB=mlflow_auth
+PG_OPTUNA_DB=optuna  # Optuna studies that searches on several machines share (docs/search.md)
 PGPASS=$STATE/pgpass
 ADMIN_USER="admin"
 ADMIN_PASSWORD_FILE=$STATE/admin-password
@@ -178,6 +179,7 @@ SELECT 'CREATE ROLE ${PG_ROLE} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHE
 ALTER ROLE ${PG_ROLE} PASSWORD '${verifier}';
 SELECT 'CREATE DATABASE ${PG_DB} OWNER ${PG_ROLE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '${PG_DB}')\gexec
 SELECT 'CREATE DATABASE ${PG_AUTH_DB} OWNER ${PG_ROLE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '${PG_AUTH_DB}')\gexec
+SELECT 'CREATE DATABASE ${PG_OPTUNA_DB} OWNER ${PG_ROLE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '${PG_OPTUNA_DB}')\gexec
 EOF
 }
 

@@ -24,9 +24,8 @@ import pandas as pd
 import yaml
 
 from mnist_exp import tracking
-from mnist_exp.search import PRUNED_TAG
 from mnist_exp.significance import ALPHA, compare, estimate, holm, seeds_needed
-from mnist_exp.sweep import sweep_members
+from mnist_exp.sweep import clip, significant, sweep_members
 
 # --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
 # without looking at the test set.
@@ -93,7 +92,7 @@ class Selection:
 
     @property
     def pruned(self) -> pd.Series:
-        return _column(self.runs, f"tags.{PRUNED_TAG}").notna()
+        return _column(self.runs, f"tags.{tracking.PRUNED}").notna()
 
 
 def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
@@ -428,20 +427,29 @@ def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
 
 def _disambiguate(table: pd.DataFrame) -> None:
     """Variants that share a model/regularizer/optimizer name differ elsewhere: name what differs,
-    'mlp/none/sgd lr=0.02', or the data when that is all."""
+    'mlp/none/sgd lr=0.02' (numbers to the fewest significant figures, from 3, that tell the rows apart),
+    or the data when that is all."""
     duplicated = table["variant"].duplicated(keep=False)
     for variant, rows in table[duplicated].groupby("variant"):
         settings = [json.loads(s) for s in rows["settings"]]
         differing = sorted({key for s in settings for key in s if any(o.get(key) != s.get(key) for o in settings)})
-        labels = [
-            " ".join([variant, *(f"{key.split('.', 1)[-1]}={s.get(key, '-')}" for key in differing)])
-            if differing
-            else f"{variant} [{data}]"
-            for s, data in zip(settings, rows["data"])
-        ]
+        for figures in (3, 4, 6, 17):  # 17: every digit of a float
+            labels = [
+                " ".join([variant, *(_setting(key, s.get(key, "-"), figures) for key in differing)])
+                if differing
+                else f"{variant} [{data}]"
+                for s, data in zip(settings, rows["data"])
+            ]
+            if len(set(labels)) == len(labels):
+                break
         if len(set(labels)) < len(labels):  # same settings, other data: both differ
             labels = [f"{label} [{data}]" for label, data in zip(labels, rows["data"])]
         table.loc[rows.index, "variant"] = labels
+
+
+def _setting(key: str, value: str, figures: int) -> str:
+    """'lr=0.0229': a setting in a label, its group left out, a number to `figures` significant figures."""
+    return f"{key.split('.', 1)[-1]}={significant(value, figures)}"
 
 
 def histories(
@@ -479,8 +487,8 @@ def hydra_file(client, run_id: str, name: str, run_name: str = ""):
             path = client.download_artifacts(run_id, f"hydra/{name}.yaml", folder)
         except Exception:  # MLflow raises several types for a missing artifact
             raise AnalysisError(
-                f"run {run_id}{f' ({run_name})' * bool(run_name)} has no hydra/{name}.yaml: "
-                "it stopped before logging Hydra's files"
+                f"run {run_id}{f' ({run_name})' * bool(run_name)} has no hydra/{name}.yaml to say how it was "
+                "launched: it was trained by code that logged Hydra's files only as a run ended, and stopped before"
             ) from None
         return yaml.safe_load(Path(path).read_text())
 
@@ -637,17 +645,17 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
         }
     )
     key: dict[str, str] = {}
-    for shorten in (False, True):
+    for shorten, compact in ((False, False), (True, False), (True, True)):
         labels = marked.map(lambda v: short(v, key)) if shorten else marked
-        text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
+        columns = narrow.loc[:, (narrow != "").any()] if compact else narrow  # compact: without columns no row fills
+        text = pd.concat([labels.rename("variant"), columns], axis=1).to_markdown(index=False, disable_numparse=True)
         if max(map(len, text.splitlines())) <= WIDTH:
             break
-    else:  # still too wide: cut the labels (--wide shows them whole)
+    else:  # still too wide: labels cut between words, never inside a number (--wide shows them whole)
         room = WIDTH - max(map(len, text.splitlines())) + labels.str.len().max()
-        head = room // 2
-        labels = labels.map(lambda v: v if len(v) <= room else v[:head] + "…" + v[len(v) - room + head + 1 :])  # noqa: B023
-        text = pd.concat([labels.rename("variant"), narrow], axis=1).to_markdown(index=False, disable_numparse=True)
-    return text + _notes(table, key)
+        labels = labels.map(clip, limit=room)
+        text = pd.concat([labels.rename("variant"), columns], axis=1).to_markdown(index=False, disable_numparse=True)
+    return text + _notes(table, key, compared="p Holm" in columns)
 
 
 def short(variant: str, key: dict[str, str] | None = None) -> str:
@@ -660,12 +668,14 @@ def short(variant: str, key: dict[str, str] | None = None) -> str:
     return variant
 
 
-def _notes(table: pd.DataFrame, key: dict[str, str]) -> str:
-    """Under the table: what Δ compares, collapsed seeds by run id, the key to short names."""
-    lines = [
-        "Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
-        "p Holm: adjusted within each baseline's family; test: paired over matched seeds, else Welch."
-    ]
+def _notes(table: pd.DataFrame, key: dict[str, str], compared: bool = True) -> str:
+    """Under the table: what Δ compares (where shown), collapsed seeds by run id, the key to short names."""
+    lines = []
+    if compared:
+        lines.append(
+            "Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
+            "p Holm: adjusted within each baseline's family; test: paired over matched seeds, else Welch."
+        )
     lines += [
         f"* {row.variant}: collapsed {', '.join(row.collapsed)}; kept in every statistic"
         for row in table.itertuples()
@@ -673,7 +683,8 @@ def _notes(table: pd.DataFrame, key: dict[str, str]) -> str:
     ]
     if key:
         lines.append("key: " + ", ".join(f"{short} = {name}" for short, name in key.items()))
-    return "\n\n" + "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines)
+    text = "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines)
+    return f"\n\n{text}" if text else ""
 
 
 def _number(template: str):

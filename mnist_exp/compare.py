@@ -47,7 +47,13 @@ def find(client, experiment_id: str, ref: str) -> Side:
         run = by_id[0] if len(by_id) == 1 else by_name[-1]
         return Side(f"run {run.info.run_id[:8]} ({run.info.run_name})", [run])
     seeds = _latest_per_config(
-        [run for run in runs if run.data.tags.get(tracking.VARIANT) == ref and run.info.status == "FINISHED"]
+        [
+            run
+            for run in runs
+            if run.data.tags.get(tracking.VARIANT) == ref
+            and run.info.status == "FINISHED"
+            and tracking.PRUNED not in run.data.tags  # stopped early by a search: not a seed of the variant
+        ]
     )
     variants = {run.data.tags.get(tracking.VARIANT_HASH) for run in seeds}
     if len(variants) > 1:
@@ -155,7 +161,9 @@ def command(client, side: Side) -> tuple[str, str]:
     """(the train.py command that re-creates the run, a note on where and with what code to run it).
 
     The overrides are the run's own, as Hydra wrote them (hydra/overrides.yaml); the thread count is
-    added when they leave it to torch, since other thread counts sum in another order.
+    added when they leave it to torch, since other thread counts sum in another order. A search's trial
+    is trained alone (hydra.mode=RUN: its overrides hold the search's config, which would search again);
+    a pruned trial cannot be re-created as it stopped, so its command trains that config in full.
     """
     if len(side.runs) != 1:
         names = "; ".join(run.info.run_name for run in side.runs)
@@ -166,12 +174,21 @@ def command(client, side: Side) -> tuple[str, str]:
     threads = run.data.tags.get(tracking.PREFIX + "threads")
     if threads and not any(o.split("=", 1)[0].lstrip("+~") == "trainer.threads" for o in overrides):
         overrides.append(f"trainer.threads={threads}")
+    if hydra["runtime"]["choices"].get("hydra/sweeper", "basic") != "basic":
+        overrides.append("hydra.mode=RUN")
     launched_from = hydra["runtime"]["cwd"]
     script = os.path.relpath(tracking.TRAIN_SCRIPT, launched_from)
     script = script if not script.startswith("..") else str(tracking.TRAIN_SCRIPT)
     line = " ".join(["python", shlex.quote(script), *map(shlex.quote, overrides)])
     trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded"), tracking.code_version()[1]
     code = f"code {now}" + ("" if trained_by == now else f"; the run was trained by {trained_by}")
+    if tracking.PRUNED in run.data.tags:
+        return line, (
+            f"run it from {launched_from} ({code}). No command re-creates this run as it stopped "
+            f"({run.data.tags[tracking.PRUNED]}: the pruner judged it against other trials); this one trains its "
+            "config in full, resuming this run from its checkpoint where that is still there, else in a new run "
+            "that supersedes it"
+        )
     return line, f"run it from {launched_from} ({code}); add force=true to train it again beside the run"
 
 

@@ -81,7 +81,8 @@ def run_job(
     params = tracking.flat_params(cfg)
     config_hash = tracking.config_hash(params)
     client, experiment_id = tracking.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
-    name = run_name(variant_label(cfg), cfg.trainer.seed, overrides, sweep.swept if sweep else [])
+    drawn = bool(os.environ.get(search.TRIAL_ENV))  # by an Optuna search: values named to 3 significant figures
+    name = run_name(variant_label(cfg), cfg.trainer.seed, overrides, sweep.swept if sweep else [], drawn)
     console.announce(name, cfg.trainer.epochs)
     data = problem = None
     try:  # a bad value or bad data still gets a run, FAILED, that says why
@@ -129,6 +130,7 @@ def run_job(
         log.info(
             "MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri
         )
+        _log_hydra_files(output_dir, logs=False)  # from the start: `analyze.py --command` works for any run
 
         status = "FINISHED"
         with signals.sigterm_interrupts():
@@ -139,8 +141,9 @@ def run_job(
                 objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir, trial)
             except search.Pruned as pruned:  # the search stopped an unpromising trial: its epochs so far stand
                 log.info("%s", pruned)
-                mlflow.set_tag(search.PRUNED_TAG, str(pruned))
-                checkpoints.remove(checkpoint_file)
+                mlflow.set_tag(tracking.PRUNED, str(pruned))
+                _log_hydra_files(output_dir)
+                # Its checkpoint stays: this config trained in full later (a grid, --command) resumes this run.
                 return JobOutcome("pruned", overrides, run_id, None, None, name, pruned.value)
             except BaseException as error:
                 stop = signals.stop_of(error)
@@ -160,6 +163,7 @@ def run_job(
                 return JobOutcome("failed", overrides, run_id, message, None, name)
             finally:
                 _end_run(status)
+        _supersede_pruned(client, twins, run_id)
         return JobOutcome("finished", overrides, run_id, None, None, name, objective)
     finally:
         if claim is not None:
@@ -168,7 +172,7 @@ def run_job(
 
 def _skip(cfg, twins: list, overrides: list[str]) -> JobOutcome | None:
     """A skipped job's status when an identical run already FINISHED (and force is not set)."""
-    finished = [run for run in twins if run.info.status == "FINISHED" and search.PRUNED_TAG not in run.data.tags]
+    finished = [run for run in twins if run.info.status == "FINISHED" and tracking.PRUNED not in run.data.tags]
     if not finished or cfg.force:
         return None
     run = finished[0]
@@ -220,9 +224,10 @@ def data_params_of(data) -> dict[str, str]:
 
 
 def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_file):
-    """Resume the run a checkpoint belongs to, or start a new one; close runs a kill left RUNNING."""
+    """Resume the run a checkpoint belongs to (killed, failed, or pruned by a search), or start a new one;
+    close runs a kill left RUNNING."""
     checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
-    unfinished = {run.info.run_id: run for run in twins if run.info.status != "FINISHED"}
+    unfinished = {r.info.run_id: r for r in twins if r.info.status != "FINISHED" or tracking.PRUNED in r.data.tags}
     if checkpoint is not None and checkpoint.run_id in unfinished:
         run_id = checkpoint.run_id
         tracking.forget_failure(client, unfinished[run_id])
@@ -238,6 +243,14 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
             client.set_tag(run.info.run_id, tracking.ERROR, STOPS["abandoned"].reason.format(run_id=run_id))
             client.set_terminated(run.info.run_id, STOPS["abandoned"].run)
     return run_id, checkpoint
+
+
+def _supersede_pruned(client, twins: list, run_id: str) -> None:
+    """Runs of this config a search pruned, now trained in full by another run: marked, so they never count
+    as its result (analysis and _skip leave pruned runs out; the tag says which run replaced them)."""
+    for run in twins:
+        if run.info.run_id != run_id and tracking.PRUNED in run.data.tags:
+            client.set_tag(run.info.run_id, tracking.SUPERSEDED_BY, run_id)
 
 
 def train_and_log(
@@ -368,9 +381,9 @@ def _log_artifacts(cfg, state: TrainingState, data, predictions: torch.Tensor, t
     _log_hydra_files(output_dir)
 
 
-def _log_hydra_files(output_dir: Path) -> None:
+def _log_hydra_files(output_dir: Path, logs: bool = True) -> None:
     """The job's composed config (.hydra/) and its log, as Hydra wrote them, under hydra/."""
-    for path in [*(output_dir / ".hydra").glob("*.yaml"), *output_dir.glob("*.log")]:
+    for path in [*(output_dir / ".hydra").glob("*.yaml"), *(output_dir.glob("*.log") if logs else [])]:
         mlflow.log_artifact(str(path), "hydra")
 
 

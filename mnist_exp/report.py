@@ -12,7 +12,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from mnist_exp import plots
+from mnist_exp import plots, tracking
 from mnist_exp.analysis import (
     SHORT,
     adjust,
@@ -146,6 +146,38 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
     return answers
 
 
+def search(table: pd.DataFrame, runs: pd.DataFrame) -> dict | None:
+    """The trials of an Optuna search among `runs` (the selection, every status): how many ended how, and
+    the best trial trained in full, chosen on the validation split, with the settings the search varied."""
+    column = f"tags.{tracking.TRIAL}"
+    trials = runs[runs[column].notna()] if column in runs else runs.iloc[:0]
+    if trials.empty:
+        return None
+    numbers = dict(zip(trials["run_id"], trials[column]))
+    rows = table[table["run_ids"].map(lambda ids: any(run_id in numbers for run_id in ids))]
+    pruned = trials[f"tags.{tracking.PRUNED}"].notna() if f"tags.{tracking.PRUNED}" in trials else False
+    counts = {
+        "finished": len(rows),
+        "pruned": int(((trials["status"] == "FINISHED") & pruned).sum()),
+        "failed": int((trials["status"] != "FINISHED").sum()),
+    }
+    if rows.empty:
+        return {"best": None, "command": None, **counts}
+    best, basis = choose_best(rows)
+    run_id = best.run_ids[-1]
+    varied = [c for c in trials if c.startswith("params.") and trials[c].nunique() > 1]  # pruned trials too
+    chosen = trials.set_index("run_id").loc[run_id]
+    return {
+        "best": best,
+        "basis": basis,
+        "trial": numbers[run_id],
+        "run_id": run_id,
+        "settings": {column.removeprefix("params."): chosen[column] for column in varied},
+        "command": None,  # analyze.py adds it: it needs the run's logged files
+        **counts,
+    }
+
+
 def versus_lecun(table: pd.DataFrame) -> dict | None:
     lenet = table[table["model"].isin(["lenet5", "lenet5_32"])]
     if lenet.empty:
@@ -255,9 +287,10 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def answers(table: pd.DataFrame, course: str | None = None) -> dict:
-    """Everything the template words: each question's numbers and verdicts."""
+def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None = None) -> dict:
+    """Everything the template words: each question's numbers and verdicts, and a search's best trial."""
     return {
+        "search": trials,
         "models": lenet5_vs_mlp(table),
         "regularizers": regularizers(table),
         "combinations": combinations(table),
@@ -275,12 +308,13 @@ def render(
     description: str,
     folder: Path,
     course: str | None = None,
+    trials: dict | None = None,
 ) -> str:
     links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
     return (
         _environment()
         .get_template(TEMPLATE.name)
-        .render(description=description, table=table_markdown, figures=links, **answers(table, course))
+        .render(description=description, table=table_markdown, figures=links, **answers(table, course, trials))
     )
 
 
@@ -291,8 +325,10 @@ def write_report(
     description: str,
     folder: Path,
     course: str | None = None,
+    trials: dict | None = None,
 ) -> Path:
+    """report.md in `folder`; `trials`: search()'s answer, its best trial's `command` added where known."""
     folder.mkdir(parents=True, exist_ok=True)
     report = folder / "report.md"
-    report.write_text(render(table, table_markdown, figures, description, folder, course))
+    report.write_text(render(table, table_markdown, figures, description, folder, course, trials))
     return report

@@ -240,6 +240,9 @@ class OptunaSweeperConfig:
     storage: str | None = MISSING
     n_trials: int = MISSING
     n_jobs: int = MISSING
+    heartbeat_interval: int = MISSING
+    grace_period: int = MISSING
+    max_retry: int | None = MISSING
     sampler: Any = MISSING  # an optuna.samplers class and its arguments
     pruner: Any = MISSING  # an optuna.pruners class and its arguments
     params: dict[str, Any] | None = MISSING

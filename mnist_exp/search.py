@@ -5,15 +5,26 @@ them to the launcher, n_jobs at a time; each job reports its validation accuracy
 trial through the study's storage (jobs may run in other processes, even on other machines) and
 stops when the pruner says so; the sweeper tells the study how each trial ended. The study lives
 in an SQLite file beside the MLflow store, so the same command continues it after a kill or with
-a larger n_trials. Hydra finds the sweeper through hydra_plugins/mnist_exp. Optuna is imported
-inside functions: Hydra imports this module on every start of train.py.
+a larger n_trials.
+
+Any number of launches of one search share its study: each asks only while the study holds fewer
+than n_trials trials finished or running, one launch at a time (asking under a tracking.Claim, the
+store's atomic lock), and beats each trial it runs (Optuna's RDBStorage heartbeat). A trial whose
+beat stops (its launch was killed) is failed by the next launch that looks and asked again through
+Optuna's RetryHeartbeatStaleTrialCallback, so its run resumes from its checkpoint. Hydra finds the
+sweeper through hydra_plugins/mnist_exp. Optuna is imported inside functions: Hydra imports this
+module on every start of train.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-TRIAL_ENV = "MNIST_EXP_OPTUNA_TRIAL"  # a job's trial id, set through hydra.job.env_set: every launcher passes it
-TRIAL_TAG = "mnist_exp.trial"  # the trial number, on the trial's MLflow run
-PRUNED_TAG = "mnist_exp.pruned"  # why a run stopped early, on a pruned trial's (FINISHED) run
-REQUEUED = "requeued"  # user attr of a trial a killed search left RUNNING: failed, its params asked again
+TRIAL_ENV = "MNIST_EXP_OPTUNA_TRIAL"  # a job's trial number, set through hydra.job.env_set: every launcher passes it
 PRUNED_AT = "pruned_at_epoch"  # user attr set by the job: tells the sweeper the trial was pruned
 RESULTS_FILE = "optimization_results.yaml"  # in the sweep folder; the sweep's callback logs it on the sweep run
 
@@ -105,12 +113,16 @@ class OptunaSweeper(Sweeper):
         storage: str | None,
         n_trials: int,
         n_jobs: int,
+        heartbeat_interval: int,
+        grace_period: int,
+        max_retry: int | None,
         sampler: DictConfig,
         pruner: DictConfig,
         params: DictConfig | None = None,
     ) -> None:
         self.direction, self.study_name, self.storage = direction, study_name, storage
         self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
         self.sampler, self.pruner, self.params = sampler, pruner, params
         self.config = self.launcher = None
 
@@ -124,84 +136,137 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
+        from sqlalchemy.engine import make_url
 
+        from mnist_exp import tracking
         from mnist_exp.sweep import read_sweep_info
 
-        optuna.logging.disable_default_handler()  # its lines go through Hydra's logging, like ours
-        optuna.logging.enable_propagation()
+        quiet_optuna()
         space, fixed = search_space(OmegaConf.to_container(self.params or {}), arguments)
         if not space:
             raise ValueError(
                 "hydra.sweeper.params: nothing to search; give at least one key a choice, range "
                 "or interval, e.g. optimizer.lr='tag(log, interval(1e-4, 0.1))'"
             )
+        if not 0 < self.heartbeat_interval < self.grace_period:
+            raise ValueError(
+                f"hydra.sweeper.grace_period={self.grace_period} must exceed hydra.sweeper.heartbeat_interval="
+                f"{self.heartbeat_interval} > 0: a trial is failed after grace_period s without a heartbeat"
+            )
+        if self.storage and make_url(self.storage).password:
+            raise ValueError(
+                "hydra.sweeper.storage holds a password, which every trial's logged Hydra config would keep: "
+                "put it in the database's own password file instead (PostgreSQL: ~/.pgpass or PGPASSFILE)"
+            )
         info = read_sweep_info(self.config.hydra.sweep.dir)  # written by the sweep's callback before this
         name = study_name(self.study_name, self.config.mlflow.experiment, info.key)
         url = storage_url(self.storage, self.config.mlflow.tracking_uri)
-        study = optuna.create_study(
-            study_name=name, storage=url, sampler=self._sampler(0), direction=self.direction, load_if_exists=True
-        )
-        requeued = self._requeue_interrupted(study)
-        study.sampler = self._sampler(len(study.trials))  # a resumed study must not draw its first trials again
+        client, _ = tracking.connect(self.config.mlflow.tracking_uri, self.config.mlflow.experiment)
+        lock = study_lock(client, info.experiment_id, name)
+        with lock():  # several launches creating one study at once race on its tables and its row
+            storage = open_storage(url, self.heartbeat_interval, self.grace_period, self.max_retry)
+            study = optuna.create_study(study_name=name, storage=storage, direction=self.direction, load_if_exists=True)
+        trials = study.get_trials(deepcopy=False)
         log.info(
-            "Optuna study %s in %s: %d of %d trials done%s; pruner %s",
+            "Optuna study %s in %s: %d of %d trials done, %d running; pruner %s",
             name,
             shown(url),
-            counted(study),
+            counted(trials),
             self.n_trials,
-            f", {requeued} interrupted trial(s) asked again" if requeued else "",
+            running(trials),
             type(instantiate(self.pruner)).__name__,
         )
-        index = 0
-        while (todo := self.n_trials - counted(study)) > 0:
-            trials = [study.ask(space) for _ in range(min(todo, self.n_jobs))]
-            overrides = [
-                [*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"++hydra.job.env_set.{TRIAL_ENV}={t._trial_id}"]
-                for t in trials
-            ]
-            returns = self.launcher.launch(overrides, initial_job_idx=index)
-            index += len(returns)
-            for trial, ret in zip(trials, returns):
-                self._tell(study, trial, ret)
-        self._report_best(study, info)
+        index, waiting_for = 0, None
+        with Heartbeat(storage, storage.get_study_id_from_name(name), self.heartbeat_interval) as heartbeat:
+            while True:
+                with lock():  # one launch asks at a time: the study never holds more than n_trials
+                    optuna.storages.fail_stale_trials(study)  # failed and queued again by the retry callback
+                    trials = study.get_trials(deepcopy=False)
+                    free = self.n_trials - counted(trials) - running(trials)
+                    asked = [self._ask(study, space, heartbeat) for _ in range(min(free, self.n_jobs))]
+                if not asked:
+                    others = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+                    if not others:
+                        break
+                    if others != waiting_for:
+                        log.info(
+                            "waiting for trial(s) %s of another launch (asked again if silent for %d s)",
+                            ", ".join(map(str, others)),
+                            self.grace_period,
+                        )
+                        waiting_for = others
+                    heartbeat.wait()
+                    continue
+                overrides = [
+                    [*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"]
+                    for t in asked
+                ]
+                try:
+                    returns = self.launcher.launch(overrides, initial_job_idx=index)
+                except BaseException:  # Ctrl-C, SIGTERM: the next launch asks these trials again at once
+                    for trial in asked:
+                        self._fail_and_retry(study, storage, heartbeat, trial)
+                    raise
+                index += len(returns)
+                for trial, ret in zip(asked, returns):
+                    self._tell(study, storage, heartbeat, trial, ret)
+        self._report_best(study, info, client)
+
+    def _ask(self, study, space: dict, heartbeat: Heartbeat):
+        """A trial to run: a queued retry first, else a new one; beating from now on."""
+        # Trial k is drawn with seed + k: a resumed study, or two launches at once, never draw alike.
+        study.sampler = self._sampler(len(study.get_trials(deepcopy=False)))
+        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize: we beat here
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask(space)
+        heartbeat.add(trial.number)
+        return trial
 
     def _sampler(self, offset: int):
-        """The configured sampler, its seed moved on by the trials the study already has."""
+        """The configured sampler, its seed moved on by `offset`."""
         seed = self.sampler.get("seed")
         return instantiate(self.sampler, **({"seed": seed + offset} if seed is not None else {}))
 
     @staticmethod
-    def _requeue_interrupted(study) -> int:
-        """Trials left RUNNING by a killed search (one search per study at a time): failed, and their
-        params asked again first, so the same MLflow run resumes from its checkpoint."""
-        from optuna.trial import TrialState
-
-        stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for trial in stale:
-            study._storage.set_trial_user_attr(trial._trial_id, REQUEUED, True)
-            study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"resumes_trial": trial.number})
-        return len(stale)
-
-    @staticmethod
-    def _tell(study, trial, ret) -> None:
+    def _tell(study, storage, heartbeat: Heartbeat, trial, ret) -> None:
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
+        trial_id = heartbeat.discard(trial.number)
         value = ret.return_value if ret.status == JobStatus.COMPLETED else None
-        pruned_at = study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_AT)
+        pruned_at = storage.get_trial_user_attrs(trial_id).get(PRUNED_AT)  # the job's, from the store
         if value is not None and pruned_at is not None:
-            study.tell(trial, state=TrialState.PRUNED)
+            told = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             outcome = f"pruned after epoch {pruned_at}"
         elif value is not None:
-            study.tell(trial, float(value))
+            told = study.tell(trial, float(value), skip_if_finished=True)
             outcome = f"{value:.4f}"
-        else:  # the job failed (and said why) or was stopped: the search goes on
-            study.tell(trial, state=TrialState.FAIL)
+        else:  # the job failed (and said why): the search goes on
+            told = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             outcome = "failed"
+        if told.state == TrialState.FAIL and outcome != "failed":
+            outcome += " (but another launch had failed it as stale and queued it again: its retry reuses this run)"
         log.info("trial %d: %s", trial.number, outcome)
 
-    def _report_best(self, study, info) -> None:
+    @staticmethod
+    def _fail_and_retry(study, storage, heartbeat: Heartbeat, trial) -> None:
+        """A trial this launch stopped: FAIL, and queued again as a stale one is, so it does not count and the
+        next launch asks it at once, without waiting for its heartbeat to go stale."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        trial_id = heartbeat.discard(trial.number)
+        try:
+            study.tell(trial, state=TrialState.FAIL)
+            storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+        except (ValueError, UpdateFinishedTrialError):  # "Cannot tell a FAIL trial": another launch queued it
+            return
+        except Exception as error:  # the store may be what failed: the trial goes stale, then is asked again
+            log.warning("trial %d: stopped; not queued again (%s)", trial.number, error)
+            return
+        log.info("trial %d: stopped; queued again, its run resumes at the next launch", trial.number)
+
+    def _report_best(self, study, info, client) -> None:
         """Print the best trial, write RESULTS_FILE and record both on the sweep's MLflow run."""
         from optuna.trial import TrialState
 
@@ -220,69 +285,183 @@ class OptunaSweeper(Sweeper):
             "best_value": best.value,
         }
         OmegaConf.save(OmegaConf.create(results), Path(self.config.hydra.sweep.dir) / RESULTS_FILE)
-        client, _ = tracking.connect(self.config.mlflow.tracking_uri, self.config.mlflow.experiment)
-        client.log_metric(info.parent_run_id, "best_value", best.value)
-        client.set_tag(info.parent_run_id, "mnist_exp.best_trial", str(best.number))
-        client.set_tag(info.parent_run_id, "mnist_exp.best_params", json.dumps(best.params))
-        client.set_tag(info.parent_run_id, "mnist_exp.optuna_study", study.study_name)
+        client.log_metric(info.parent_run_id, tracking.BEST_VALUE, best.value)
+        client.set_tag(info.parent_run_id, tracking.BEST_TRIAL, str(best.number))
+        client.set_tag(info.parent_run_id, tracking.BEST_PARAMS, json.dumps(best.params))
+        client.set_tag(info.parent_run_id, tracking.STUDY, study.study_name)
 
 
-def counted(study) -> int:
-    """Trials that count toward n_trials: every finished one but those a kill interrupted (asked again)."""
+def quiet_optuna() -> None:
+    """Optuna's lines through Hydra's logging, like ours; no warning that the heartbeat, its retry callback
+    and fail_stale_trials are experimental (they are, since Optuna 2.9: the route this sweeper relies on)."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry=None):
+    """The study's RDBStorage; with a heartbeat interval, trials silent for grace_period s are stale and
+    queued again, at most max_retry times (None: always)."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    # SQLite's writers queue on one lock: launches, their heartbeats and jobs wait for it rather than fail.
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    if heartbeat_interval is None:
+        return RDBStorage(url, engine_kwargs=engine)
+    return RDBStorage(
+        url,
+        engine_kwargs=engine,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+    )
+
+
+def study_lock(client, experiment_id: str, name: str):
+    """A context manager holding the study's claim (tracking.Claim: atomic on every MLflow store) while
+    this launch creates the study or asks trials; a killed holder's claim dies with its pid or heartbeat.
+    Optuna has no public lock: this costs about five MLflow calls per ask, and a 2 s wait when another holds it."""
+    from mnist_exp import tracking
+
+    key = "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+    @contextlib.contextmanager
+    def held():
+        claim = tracking.Claim.take(client, experiment_id, key, lambda holder: None)
+        try:
+            yield
+        finally:
+            claim.release(finished=True)
+
+    return held
+
+
+class Heartbeat:
+    """Beats for this launch's running trials every `interval` s: Optuna's own heartbeat thread runs only
+    inside study.optimize. Trials are named by number; the storage beats by ID, one query to map them
+    (the public route: Trial and FrozenTrial keep their ID private)."""
+
+    def __init__(self, storage, study_id: int, interval: int):
+        self.storage, self.study_id, self.interval = storage, study_id, interval
+        self.trial_ids: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, number: int) -> None:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        self.storage.record_heartbeat(trial_id)  # at once: a trial that never beat is never found stale
+        self.trial_ids[number] = trial_id
+
+    def discard(self, number: int) -> int:
+        return self.trial_ids.pop(number)
+
+    def wait(self) -> None:
+        self._stop.wait(self.interval)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for trial_id in list(self.trial_ids.values()):
+                with contextlib.suppress(Exception):  # a busy store: grace_period allows several missed beats
+                    self.storage.record_heartbeat(trial_id)
+
+
+def counted(trials: list) -> int:
+    """Trials that count toward n_trials: every finished one but those failed and queued again (a
+    retry, RUNNING or WAITING or finished, takes their place)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get(REQUEUED))
-    )
+    retried = {number for t in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    return sum(1 for t in trials if t.state in done or (t.state == TrialState.FAIL and t.number not in retried))
+
+
+def running(trials: list) -> int:
+    from optuna.trial import TrialState
+
+    return sum(1 for t in trials if t.state == TrialState.RUNNING)
 
 
 class JobTrial:
     """The Optuna trial a job is, seen from inside the job: reports each epoch's validation accuracy
-    and raises Pruned when the pruner stops the trial (never at the last epoch: nothing to save there)."""
+    and raises Pruned when the pruner stops the trial (never at the last epoch: nothing to save there).
+    If another launch failed the trial as stale meanwhile, the run trains on: the trial's retry reuses it."""
 
     def __init__(self, trial, epochs: int):
-        self.trial, self.epochs, self.reported = trial, epochs, set()
+        self.trial, self.epochs, self.reported, self.ended = trial, epochs, set(), False
 
     def epoch_end(self, history) -> None:
-        for metrics in history:  # a resumed run reports the epochs it trained before, too
-            if metrics.epoch not in self.reported and metrics.val_acc is not None:
-                self.trial.report(metrics.val_acc, metrics.epoch)
-                self.reported.add(metrics.epoch)
+        import optuna
+
+        if self.ended:
+            return
         latest = history[-1]
-        if latest.epoch < self.epochs and self.trial.should_prune():
-            self.trial.set_user_attr(PRUNED_AT, latest.epoch)
+        try:
+            for metrics in history:  # a resumed run reports the epochs it trained before, too
+                if metrics.epoch not in self.reported and metrics.val_acc is not None:
+                    self.trial.report(metrics.val_acc, metrics.epoch)
+                    self.reported.add(metrics.epoch)
+            prune = latest.epoch < self.epochs and self.trial.should_prune()
+            if prune:
+                self.trial.set_user_attr(PRUNED_AT, latest.epoch)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.orphaned()
+            return
+        if prune:
             raise Pruned(
                 f"pruned by {type(self.trial.study.pruner).__name__} after epoch {latest.epoch} of "
                 f"{self.epochs} (trial {self.trial.number}, val_acc {latest.val_acc:.4f})",
                 latest.val_acc,
             )
 
+    def orphaned(self) -> None:
+        log.warning(
+            "trial %d was failed as stale by another launch (no heartbeat from this one); "
+            "this run trains on and the trial's retry reuses it",
+            self.trial.number,
+        )
+        self.ended = True
+
 
 def job_trial(cfg) -> JobTrial | None:
-    """The trial of this job when a search launched it (its id in TRIAL_ENV), else None. Tags the
+    """The trial of this job when a search launched it (its number in TRIAL_ENV), else None. Tags the
     active MLflow run with the trial number and records the run on the trial."""
-    trial_id = os.environ.get(TRIAL_ENV)
-    if not trial_id:
+    number = os.environ.get(TRIAL_ENV)
+    if not number:
         return None
     import mlflow
     import optuna
     from hydra.core.hydra_config import HydraConfig
 
+    from mnist_exp import tracking
     from mnist_exp.sweep import read_sweep_info
 
+    quiet_optuna()
     hydra = HydraConfig.get()
     name = study_name(hydra.sweeper.study_name, cfg.mlflow.experiment, read_sweep_info(hydra.sweep.dir).key)
-    study = optuna.load_study(
-        study_name=name,
-        storage=storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri),
-        pruner=instantiate(hydra.sweeper.pruner),
-        sampler=optuna.samplers.RandomSampler(),
-    )  # the job samples nothing
-    trial = optuna.trial.Trial(study, int(trial_id))
-    run_id = mlflow.active_run().info.run_id
-    mlflow.set_tag(TRIAL_TAG, str(trial.number))
-    trial.set_user_attr("mlflow_run_id", run_id)
-    return JobTrial(trial, cfg.trainer.epochs)
+    storage = open_storage(storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri))
+    pruner, sampler = instantiate(hydra.sweeper.pruner), optuna.samplers.RandomSampler()  # the job samples nothing
+    study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))
+    # Optuna's docs leave Trial(study, id) to study.optimize; it is the public way to report to a trial that
+    # another process asked.
+    trial = optuna.trial.Trial(study, trial_id)
+    mlflow.set_tag(tracking.TRIAL, str(trial.number))
+    job = JobTrial(trial, cfg.trainer.epochs)
+    try:
+        if trial.user_attrs.get(PRUNED_AT) is not None:  # a retry inherits its stale original's user attrs
+            trial.set_user_attr(PRUNED_AT, None)
+        trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+    except optuna.exceptions.UpdateFinishedTrialError:  # its launch died before this job started
+        job.orphaned()
+    return job

@@ -39,6 +39,7 @@ MEMBERS_FILE = "sweep_members.json"
 IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=true or logged elsewhere
 NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "scheduler", "trainer.seed")  # already in every run's name
 MAX_LISTED = 60  # members listed in the parent run's description; all of them are in MEMBERS_FILE
+MAX_RUN_NAME = 250  # MLflow's limit on a run name
 
 
 @dataclass(frozen=True)
@@ -79,17 +80,19 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
     kept = sorted(o for o in task_overrides if not o.startswith(IGNORED_OVERRIDES))
     swept = swept_keys(kept, sweeper_params or {})
     by_key = {_key(o): o for o in kept}
-    choices = [by_key.get(key, f"{key}={(sweeper_params or {}).get(key)}") for key in swept]
+    # A sweeper's expression without its blanks (tag(log,interval(0.001,0.3))): the name splits between overrides.
+    choices = [by_key.get(key, f"{key}={''.join(str((sweeper_params or {}).get(key)).split())}") for key in swept]
     fixed = [_short_paths(o) for o in kept if _key(o) not in swept]
     name = " ".join(choices) + (f" ({' '.join(fixed)})" if fixed and choices else " ".join(fixed))
     return hashlib.sha256((" ".join(kept) or "(defaults)").encode()).hexdigest()[:12], name or "(defaults)"
 
 
-def run_name(variant: str, seed: int, overrides: list[str], swept: list[str]) -> str:
-    """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's value of every other swept key."""
+def run_name(variant: str, seed: int, overrides: list[str], swept: list[str], drawn: bool = False) -> str:
+    """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's value of every other swept key; values
+    a search `drawn` to 3 significant figures (lr=0.0229: the run's params keep every digit)."""
     values = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     extras = [
-        f"{_short_key(key)}={_short_value(values[key])}"
+        f"{_short_key(key)}={_short_value(values[key], 3 if drawn else None)}"
         for key in swept
         if key in values and key not in NAMED_BY_VARIANT
     ]
@@ -112,8 +115,25 @@ def _short_key(key: str) -> str:
     return key.split(".", 1)[1] if "." in key else key
 
 
-def _short_value(value: str) -> str:
-    return value.rstrip("/").rsplit("/", 1)[-1] if "/" in value else value
+def _short_value(value: str, figures: int | None = None) -> str:
+    if "/" in value:
+        return value.rstrip("/").rsplit("/", 1)[-1]
+    return significant(value, figures) if figures else value
+
+
+def significant(value: str, figures: int = 3) -> str:
+    """A number to `figures` significant figures where that is shorter (0.022881136684755242 -> 0.0229,
+    1e-5 stays 1e-5); anything else as it is."""
+    try:
+        rounded = f"{float(value):.{figures}g}"
+    except ValueError:
+        return value
+    return rounded if len(rounded) < len(value) else value
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, cut between words (never inside one), '…' marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 def _short_paths(override: str) -> str:
@@ -240,7 +260,7 @@ class LaunchCallback(Callback):
                 f"hydra.sweep.dir={config.hydra.sweep.dir} is in use by a sweep still running (launched by "
                 f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder"
             )
-        parent = open_sweep_run(client, experiment_id, key, f"sweep: {name}"[:250])
+        parent = open_sweep_run(client, experiment_id, key, clip(f"sweep: {name}", MAX_RUN_NAME))
         info = SweepInfo(
             key,
             name,

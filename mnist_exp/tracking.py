@@ -45,6 +45,13 @@ ROLE = PREFIX + "role"  # "sweep" on a sweep's parent run
 SWEEP_KEY = PREFIX + "sweep_key"
 LAST_LAUNCH = PREFIX + "last_launch"
 LAUNCHER = PREFIX + "launcher"  # "host pid" of the process running a sweep
+TRIAL = PREFIX + "trial"  # the Optuna trial number, on a search trial's run
+PRUNED = PREFIX + "pruned"  # why a search stopped the run early, on a pruned trial's (FINISHED) run
+SUPERSEDED_BY = PREFIX + "superseded_by"  # on a pruned run: the full run of its config trained later
+BEST_TRIAL = PREFIX + "best_trial"  # on a search's sweep run: the best trial's number,
+BEST_PARAMS = PREFIX + "best_params"  # its params (JSON)
+BEST_VALUE = "best_value"  # and its value (a metric)
+STUDY = PREFIX + "optuna_study"  # and the Optuna study's name
 PARENT = "mlflow.parentRunId"  # what nests child runs under their sweep in `mlflow ui`
 NOTE = "mlflow.note.content"  # a run's description in `mlflow ui`
 # MLflow 3's UI opens experiments of other kinds in its GenAI view, where training runs do not show.
@@ -294,9 +301,10 @@ def record_failure(client: MlflowClient, run_id: str, message: str, traceback_fi
 
 
 def forget_failure(client: MlflowClient, run) -> None:
-    """A resumed run must not keep the error and traceback of the attempt it continues."""
-    if ERROR in run.data.tags:
-        client.delete_tag(run.info.run_id, ERROR)
+    """A resumed run must not keep the error and traceback of the attempt it continues, nor a pruner's stop."""
+    for tag in (ERROR, PRUNED, SUPERSEDED_BY):
+        if tag in run.data.tags:
+            client.delete_tag(run.info.run_id, tag)
     if any(a.path == "traceback.txt" for a in client.list_artifacts(run.info.run_id)):
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 

@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import tracking
-from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table, with_overrides
+from mnist_exp.analysis import AnalysisError, format_table, select_runs, short, variant_table, with_overrides
 from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
@@ -206,6 +206,29 @@ def test_variants_differing_beyond_their_name_get_separate_labelled_rows(store):
     assert sorted(table["variant"]) == ["mlp/none/sgd epochs=2", "mlp/none/sgd epochs=5"]
     assert sorted(table["epochs"]) == [2, 5]
     assert list(table["vs_mlp_pp"]) == [0.0, 0.0]  # each is its own baseline, never the other's
+
+
+def test_trials_are_labelled_to_3_significant_figures_more_where_needed_and_never_cut_mid_number(store):
+    client = store["client"]
+    experiment = client.create_experiment("trials")
+    for lr in ("0.022881136684755242", "0.022893136684755242", "0.012132675491046142"):  # two alike to 3 figures
+        extra = {"optimizer.lr": lr, "regularizer.dropout.p": "0.3616580256429863"}
+        log_run(client, experiment, "lenet5", "l2+dropout", "sgd", 0, 0.9, 0.95, extra=extra)
+    table = variant_table(select_runs(store["uri"], "trials", "all").finished)
+
+    assert sorted(table["variant"]) == [
+        "lenet5/l2+dropout/sgd lr=0.01213",
+        "lenet5/l2+dropout/sgd lr=0.02288",
+        "lenet5/l2+dropout/sgd lr=0.02289",
+    ]
+    long = " l2.weight_decay=0.000726 dropout.p=0.362 and a label long enough to be cut x=0.0123456 y=7"
+    for labels in (table["variant"], table["variant"] + long):
+        lines = format_table(table.assign(variant=labels), "markdown").splitlines()
+        assert max(map(len, lines)) <= 120
+        for line, label in zip(lines[2:5], labels):
+            shown = line.split("|")[1].strip().removesuffix("…")
+            words = [" ".join(full.split()[:n]) for full in (label, short(label)) for n in range(1, 40)]
+            assert shown in words, "cut between words only"
 
 
 def test_markdown_shows_mean_std_and_signed_deltas(store):

@@ -400,3 +400,44 @@ def test_two_sweeps_sharing_a_variant_train_it_once_on_the_server(tmp_path, serv
     assert len(parents) == 2
     for parent in parents:
         assert l2 in sweep_members(client, parent.info.run_id) and len(sweep_members(client, parent.info.run_id)) == 2
+
+
+def test_two_identical_searches_on_two_machines_share_one_study_in_postgresql(tmp_path, server):
+    import optuna
+
+    name = experiment_name()
+    env = {**server, "MLFLOW_EXPERIMENT_NAME": name, "PGPASSFILE": str(SERVER_STATE / "pgpass")}
+    storage = f"postgresql+psycopg2://mlflow@127.0.0.1:{os.environ.get('MNIST_EXP_PG_PORT', '5433')}/optuna"
+    command = [
+        "-m",
+        "hparams_search=lenet5_optuna",
+        "hydra/launcher=basic",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.n_trials=4",
+        "hydra/sweeper/pruner=none",
+        "data.validation_size=100",
+        "trainer.threads=1",
+        *SMALL,
+    ]
+    hold = Hold(tmp_path / "hold", epoch=1)  # both held in a trial of their own: the launches overlap for sure
+    processes = []
+    for machine in ("a", "b"):  # two launch folders: no checkpoint, output or sqlite file in common
+        (tmp_path / machine).mkdir()
+        processes.append(launch(tmp_path / machine, command, {**env, **hold.env}))
+    try:
+        hold.wait(processes=2)
+    finally:
+        hold.release()
+    for process in processes:
+        output, _ = process.communicate(timeout=900)
+        assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+
+    os.environ["PGPASSFILE"] = env["PGPASSFILE"]
+    (summary,) = [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"{name}/")]
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4, "no live trial failed by the other launch, none extra"
+    client = client_of(server)
+    experiment = client.get_experiment_by_name(name)
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mnist_exp.role") != "sweep"]
+    assert sorted(r.data.tags["mnist_exp.trial"] for r in runs) == ["0", "1", "2", "3"], "one run per trial"
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -63,6 +63,11 @@ NOT_RUN = {
     'export MLFLOW_TRACKING_PASSWORD="$(sudo cat /var/lib/mnist-exp-tracking/admin-password)"': "the same",
     "python train.py -m model=lenet5,mlp": "through the team server: make test-cluster runs it",
     "sudo deploy/tracking-server.sh stop": "the team server's block",
+    "export PGPASSFILE=/var/lib/mnist-exp-tracking/pgpass": "the team server's PostgreSQL, for a search's study",
+    "python train.py -m hparams_search=lenet5_optuna "
+    "hydra.sweeper.storage=postgresql+psycopg2://mlflow@127.0.0.1:5433/optuna": (
+        "a search's study in the team server's PostgreSQL: make test-cluster runs two such searches at once"
+    ),
     "# mnist_exp/schema.py": "an excerpt to add to mnist_exp/schema.py, not a script",
 }
 # Commands that start a server run in the background while the page's later snippets run; each answers its

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import CONF_DIR, job_runs, mlflow_server, run_script, sweep_runs
 
-from mnist_exp import search, tracking
+from mnist_exp import tracking
 
 pytestmark = pytest.mark.slow
 TINY = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
@@ -43,7 +43,7 @@ def test_optuna_search_records_every_trial_side_by_side_and_survives_a_failing_o
     assert {lr: r.info.status for lr, r in runs.items()} == {"-1.0": "FAILED", "0.01": "FINISHED", "0.05": "FINISHED"}
     weight_decays = {r.data.params["regularizer.l2.weight_decay"] for r in runs.values()}
     assert len(weight_decays) == 3, "the other hyperparameters are searched too"
-    assert sorted(r.data.tags[search.TRIAL_TAG] for r in runs.values()) == ["0", "1", "2"]
+    assert sorted(r.data.tags[tracking.TRIAL] for r in runs.values()) == ["0", "1", "2"]
     for lr in ("0.01", "0.05"):
         assert runs[lr].data.params["data.validation_size_used"] == "100"
         assert "val_acc" in runs[lr].data.metrics

@@ -1,20 +1,23 @@
 """Optuna searches through our sweeper (hydra/sweeper=optuna), for real: train.py in a subprocess,
-the study in its sqlite file beside a real MLflow store, a real SIGKILL in the middle of a trial."""
+the study in its sqlite file beside a real MLflow store, a real SIGKILL in the middle of a trial, two
+identical searches at once, and the commands analyze.py prints for a trial."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 
+import mlflow
 import optuna
 import pytest
 from conftest import REPO, Hold, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import search, tracking
+from mnist_exp import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +44,49 @@ def epochs_logged(client: MlflowClient, run) -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
 
 
-def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(project_dir, course_dataset):
+def test_identical_searches_launched_together_share_the_study_s_trials(project_dir, course_dataset):
     command = search_command(
-        course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=4", "hydra/sweeper/pruner=none"
+        course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=1", "hydra/sweeper/pruner=none"
+    )
+    hold = Hold(project_dir / "hold", epoch=1)  # both held in a trial of their own: the launches overlap for sure
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *command],
+            cwd=project_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **hold.env},
+        )
+        for _ in range(2)
+    ]
+    try:
+        hold.wait(processes=2)
+    finally:
+        hold.release()
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+    trials = study_of(project_dir).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4, "no live trial failed by the other launch, none extra"
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4, "the launches drew different trials"
+    runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
+    assert sorted(r.data.tags[tracking.TRIAL] for r in runs) == ["0", "1", "2", "3"], "one run per trial"
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    trained = [int(output.split("sweep summary: ")[1].split(" finished")[0]) for output in outputs]
+    assert sorted(trained)[0] >= 1 and sum(trained) == 4, trained
+
+
+def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(project_dir, course_dataset):
+    # The next launch fails a trial whose heartbeat stopped 3 s ago (default: 60) and asks it again.
+    command = search_command(
+        course_dataset,
+        "hydra.sweeper.n_trials=4",
+        "trainer.epochs=4",
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=3",
     )
     # Held once the third trial has checkpointed its first epoch: two trials are done, one is half done.
     hold = Hold(project_dir / "hold", epoch=1, skip=2)
@@ -67,15 +110,17 @@ def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(p
     result = run_script("train.py", *command, cwd=project_dir)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 of 4 trials done, 1 interrupted trial(s) asked again" in result.stdout
-    states = [t.state for t in study_of(project_dir).trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and len(states) == 5, states
+    assert "2 of 4 trials done, 1 running" in result.stdout, "the killed trial, until its heartbeat is stale"
+    trials = study_of(project_dir).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    (retry,) = [t for t in trials[3:] if t.params == trials[2].params]  # 3 or 4: whether 3 s passed at start-up
     client = MlflowClient(uri)
     runs = {r.info.run_id: r for r in job_runs(uri)}
     assert len(runs) == 4 and set(before) <= set(runs), "the finished trials were not trained again"
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     assert epochs_logged(client, runs[interrupted]) == [1, 2, 3, 4], "the interrupted trial's run resumed"
-    assert sorted(r.data.tags[search.TRIAL_TAG] for r in runs.values()) == ["0", "1", "3", "4"]
+    assert sorted(r.data.tags[tracking.TRIAL] for r in runs.values()) == ["0", "1", "3", "4"]
+    assert runs[interrupted].data.tags[tracking.TRIAL] == str(retry.number)
     (sweep,) = sweep_runs(uri)
     assert {r.data.tags[tracking.PARENT] for r in runs.values()} == {sweep.info.run_id}
 
@@ -106,32 +151,110 @@ def test_a_hopeless_trial_is_pruned_and_every_trial_is_a_tagged_nested_run(prune
     project_dir, result = pruned_search
     uri = f"sqlite:///{project_dir}/mlflow.db"
     client = MlflowClient(uri)
-    runs = {r.data.tags[search.TRIAL_TAG]: r for r in job_runs(uri)}
+    runs = {r.data.tags[tracking.TRIAL]: r for r in job_runs(uri)}
     assert {n: r.data.params["optimizer.lr"] for n, r in runs.items()} == {"0": "0.05", "1": "1e-05"}, (
         "the seeded draws this test is built on"
     )
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     assert epochs_logged(client, runs["1"]) == [1], "pruned after its first of 3 epochs"
-    assert runs["1"].data.tags[search.PRUNED_TAG].startswith("pruned by MedianPruner after epoch 1 of 3")
-    assert epochs_logged(client, runs["0"]) == [1, 2, 3] and search.PRUNED_TAG not in runs["0"].data.tags
+    assert runs["1"].data.tags[tracking.PRUNED].startswith("pruned by MedianPruner after epoch 1 of 3")
+    assert epochs_logged(client, runs["0"]) == [1, 2, 3] and tracking.PRUNED not in runs["0"].data.tags
     assert [t.state.name for t in study_of(project_dir).trials] == ["COMPLETE", "PRUNED"]
     assert "sweep summary: 1 finished, 0 skipped, 0 failed, 0 killed, 1 pruned" in result.stdout
 
     (sweep,) = sweep_runs(uri)
     assert {r.data.tags[tracking.PARENT] for r in runs.values()} == {sweep.info.run_id}
     best = "0"
-    assert sweep.data.metrics["best_value"] == pytest.approx(runs[best].data.metrics["final_val_acc"])
-    assert sweep.data.tags["mnist_exp.best_trial"] == best
-    assert json.loads(sweep.data.tags["mnist_exp.best_params"])["optimizer.lr"] == 0.05
+    assert sweep.data.metrics[tracking.BEST_VALUE] == pytest.approx(runs[best].data.metrics["final_val_acc"])
+    assert sweep.data.tags[tracking.BEST_TRIAL] == best
+    assert json.loads(sweep.data.tags[tracking.BEST_PARAMS])["optimizer.lr"] == 0.05
     assert f"best trial {best}: value {runs[best].data.metrics['final_val_acc']:.4f}" in result.stdout
 
 
-def test_analyze_lists_a_pruned_trial_apart_from_the_compared_runs(pruned_search):
+def test_analyze_reports_a_search_readably_with_its_pruned_trial_apart(pruned_search):
     project_dir, _ = pruned_search
 
-    result = run_script("analyze.py", cwd=project_dir)
+    result = run_script("analyze.py", "--report", "report", cwd=project_dir)
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 finished runs" in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "not in the table" in line]
     assert "lr=1e-05" in line and "(pruned) pruned by MedianPruner after epoch 1 of 3" in line
+    text = (project_dir / "report" / "report.md").read_text()
+    runs = {r.data.tags[tracking.TRIAL]: r for r in job_runs(f"sqlite:///{project_dir}/mlflow.db")}
+    assert f"The best trial (chosen on the validation split) is trial 0, run `{runs['0'].info.run_id}`" in text
+    assert "- `optimizer.lr=0.05`" in text, "the settings the search varied"
+    assert f"`python {REPO / 'train.py'} hparams_search=lenet5_optuna" in text and "hydra.mode=RUN`" in text
+    sections = text.split("\n## ")[1:]
+    assert "Figures" not in [section.split("\n")[0] for section in sections], "no figure applies to a search"
+    assert all(section.split("\n", 1)[1].strip() for section in sections), "no empty section"
+    (sweep,) = sweep_runs(f"sqlite:///{project_dir}/mlflow.db")
+    assert sweep.info.run_name.endswith(("…", ")")) and " " not in sweep.info.run_name.split("=", 1)[1].split(" ")[0]
+
+
+# The two tests below train the trials again, so they come last: the tests above read the search as it ended.
+
+
+def test_the_printed_command_of_a_trial_trains_it_alone_to_the_same_numbers(pruned_search):
+    project_dir, _ = pruned_search
+    uri = f"sqlite:///{project_dir}/mlflow.db"
+    trial = {r.data.tags[tracking.TRIAL]: r for r in job_runs(uri)}["0"]
+
+    printed = run_script("analyze.py", "--command", trial.info.run_id, cwd=project_dir, timeout=120)
+
+    assert printed.returncode == 0, printed.stderr
+    words = shlex.split(printed.stdout.strip())
+    assert words[:2] == ["python", str(REPO / "train.py")] and "hydra.mode=RUN" in words
+    assert "optimizer.lr=0.05" in words and not any(w.startswith("hydra.sweeper") for w in words)
+    again = run_script("train.py", *words[2:], "force=true", cwd=project_dir, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    (rerun,) = [r for r in job_runs(uri) if tracking.TRIAL not in r.data.tags]
+    assert rerun.data.tags[tracking.CONFIG_HASH] == trial.data.tags[tracking.CONFIG_HASH], "the same config"
+    for key in ("final_val_acc", "final_test_acc", "final_test_loss", "train_eval_loss"):
+        assert rerun.data.metrics[key] == trial.data.metrics[key], key
+
+
+def test_the_printed_command_of_a_pruned_trial_trains_it_in_full_in_its_own_run(pruned_search):
+    project_dir, _ = pruned_search
+    uri = f"sqlite:///{project_dir}/mlflow.db"
+    pruned = {r.data.tags.get(tracking.TRIAL): r for r in job_runs(uri)}["1"]
+
+    printed = run_script("analyze.py", "--command", pruned.info.run_id, cwd=project_dir, timeout=120)
+
+    assert printed.returncode == 0, printed.stderr
+    assert "No command re-creates this run as it stopped (pruned by MedianPruner after epoch 1" in printed.stderr
+    again = run_script("train.py", *shlex.split(printed.stdout.strip())[2:], cwd=project_dir, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f"resuming run {pruned.info.run_id} after epoch 1" in again.stdout + again.stderr
+    twins = [r for r in job_runs(uri) if r.data.tags[tracking.CONFIG_HASH] == pruned.data.tags[tracking.CONFIG_HASH]]
+    (run,) = twins  # one run of that config: the pruned one, trained on to its last epoch
+    assert run.info.run_id == pruned.info.run_id and run.info.status == "FINISHED"
+    assert tracking.PRUNED not in run.data.tags and epochs_logged(MlflowClient(uri), run) == [1, 2, 3]
+
+
+def test_a_pruned_run_without_its_checkpoint_is_superseded_by_the_full_run_of_its_config(compose, project_dir):
+    from mnist_exp import compare, job
+    from mnist_exp.analysis import select_runs
+    from mnist_exp.stopping import JobSignals
+
+    uri = f"sqlite:///{project_dir}/mlflow.db"
+    cfg = compose(
+        ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1"]
+        + [f"mlflow.tracking_uri={uri}", f"trainer.checkpoint_dir={project_dir}/checkpoints", "trainer.threads=1"]
+    )
+    client = MlflowClient(uri)
+    runs = []
+    try:
+        for attempt in ("pruned", "full"):
+            (project_dir / attempt).mkdir()
+            runs.append(job.run_job(cfg, None, project_dir / attempt, [], JobSignals()).run_id)
+            if attempt == "pruned":  # as a search leaves a pruned trial's run, its checkpoint gone elsewhere
+                client.set_tag(runs[0], tracking.PRUNED, "pruned by MedianPruner after epoch 1 of 2")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    pruned, full = (client.get_run(run_id) for run_id in runs)
+    assert full.info.status == "FINISHED" and pruned.data.tags[tracking.SUPERSEDED_BY] == full.info.run_id
+    assert list(select_runs(uri, "mnist-exp", "all").finished["run_id"]) == [full.info.run_id]
+    variant = full.data.tags[tracking.VARIANT]
+    assert [r.info.run_id for r in compare.find(client, full.info.experiment_id, variant).runs] == [full.info.run_id]

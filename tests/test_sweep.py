@@ -8,6 +8,7 @@ import subprocess
 from mnist_exp.sweep import (
     JobOutcome,
     SweepInfo,
+    clip,
     members_description,
     read_job_statuses,
     run_name,
@@ -52,6 +53,25 @@ def test_a_sweeper_param_pinned_on_the_command_line_is_not_swept():
 
     assert swept_keys(["experiment=x", "trainer.seed=0", "optimizer.lr=0.5,0.05"], params) == ["optimizer.lr", "model"]
     assert name == "optimizer.lr=0.5,0.05 model=lenet5,mlp (experiment=x trainer.seed=0)"
+
+
+def test_a_searchs_name_splits_between_overrides_and_its_trials_are_named_to_3_significant_figures():
+    params = {"optimizer.lr": "tag(log, interval(0.001, 0.3))", "regularizer.dropout.p": "interval(0.0, 0.6)"}
+    _, name = sweep_identity(["hparams_search=lenet5_optuna", "trainer.epochs=2"], params)
+
+    assert name == (
+        "optimizer.lr=tag(log,interval(0.001,0.3)) regularizer.dropout.p=interval(0.0,0.6) "
+        "(hparams_search=lenet5_optuna trainer.epochs=2)"
+    )
+    assert clip(f"sweep: {name}", 60) == "sweep: optimizer.lr=tag(log,interval(0.001,0.3))…"
+    trial = ["optimizer.lr=0.022881136684755242", "regularizer.dropout.p=6.862489040693198e-05", "trainer.epochs=2"]
+    assert (
+        run_name("lenet5/dropout/sgd", 0, trial, list(params), drawn=True)
+        == "lenet5/dropout/sgd lr=0.0229 dropout.p=6.86e-05 seed=0"
+    )
+    lr = ["optimizer.lr"]
+    assert run_name("mlp/none/sgd", 0, ["optimizer.lr=1e-5"], lr, drawn=True) == "mlp/none/sgd lr=1e-5 seed=0"
+    assert run_name("mlp/none/sgd", 0, ["optimizer.lr=0.12345"], lr) == "mlp/none/sgd lr=0.12345 seed=0", "typed: kept"
 
 
 def test_run_names_say_what_the_sweep_varies_beyond_the_variant():
