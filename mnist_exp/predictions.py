@@ -62,20 +62,21 @@ def write_split(folder: Path, split: str, predicted, labels, sha256: str) -> Pat
     return save(path, Answers(np.asarray(predicted), np.asarray(labels), sha256))
 
 
-def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """{run_id: correct (bool [N])} of `runs` (a frame of finished runs) on `split`, and {run_id: why not}
-    for those that have none. A run without its file is re-scored from its logged model, and the file
-    is logged to it, so that happens once."""
+def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+    """{run_id: correct (bool [N])} of `runs` (a frame of finished runs) on `split`, {run_id: why not} for
+    those that have none, and the runs re-scored: a run without its file is re-scored from its logged
+    model, and the file is logged to it, so that happens once."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    found, missing = {}, {}
+    found, missing, rescored = {}, {}, []
     for run in runs.to_dict("records"):
         run_id, digest = run["run_id"], run.get(f"params.{tracking.SPLIT_DIGEST[split]}")
         try:
             answers = _logged(client, run_id, split)
             if answers is None:
                 answers = rescore(client, run, split)
+                rescored.append(run_id)
             if answers.sha256 != digest:
                 raise PredictionsError(
                     f"{tracking.PREDICTIONS[split]} of run {run_id} scored images {answers.sha256[:12]}, "
@@ -84,7 +85,7 @@ def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.n
             found[run_id] = answers.correct
         except PredictionsError as error:
             missing[run_id] = str(error)
-    return found, missing
+    return found, missing, rescored
 
 
 def _logged(client, run_id: str, split: str) -> Answers | None:
@@ -99,7 +100,6 @@ def _logged(client, run_id: str, split: str) -> Answers | None:
 def rescore(client, run: dict, split: str) -> Answers:
     """The run's logged model on its own `split`, read again as its config says (data.root relative to
     this folder, as train.py's); the images must hash to what the run recorded. Logs the file to the run."""
-    import mlflow
     import mlflow.pytorch
     import torch
     from omegaconf import OmegaConf
@@ -111,12 +111,10 @@ def rescore(client, run: dict, split: str) -> Answers:
     with tempfile.TemporaryDirectory() as folder:
         try:
             config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
-            (model,) = mlflow.search_logged_models(
-                filter_string=f"source_run_id = '{run_id}'",
-                experiment_ids=[run["experiment_id"]],
-                output_format="list",
+            (model,) = client.search_logged_models(
+                experiment_ids=[run["experiment_id"]], filter_string=f"source_run_id = '{run_id}'"
             )
-            classifier = mlflow.pytorch.load_model(model.model_uri).eval()
+            classifier = mlflow.pytorch.load_model(model.artifact_location).eval()  # not the default store's
         except Exception as error:  # no config or no model (or several): it cannot be re-scored
             raise PredictionsError(f"run {run_id} has no {tracking.PREDICTIONS[split]} and no model to re-score") from (
                 error
