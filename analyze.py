@@ -212,7 +212,8 @@ def main(argv=None) -> int:
         done = "registered the model of" if new else "already registered: the model of"
         print(f"{done} {variant} (chosen on the {basis} split): {uri}")
         if basis == "test":
-            from mnist_exp.report import VALIDATION, train_command
+            from mnist_exp.analysis import train_command
+            from mnist_exp.report import VALIDATION
 
             candidates = list(table.itertuples())
             seeds = sorted({seed for row in candidates for seed in row.seeds})

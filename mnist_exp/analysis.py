@@ -703,7 +703,7 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
         {
             **common,
             "Δ baseline pp (CI)": [_diff(row) for row in table.itertuples()],
-            "p Holm": table["p_adj"].map(lambda p: "" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"),
+            "p Holm": table["p_adj"].map(_p),
             "verdict": [verdict_word(row, smallest) for row in table.itertuples()],
         }
     )
@@ -770,6 +770,11 @@ def _interval(low: float, high: float) -> str:
 _signed = _number("{:+.2f}")
 
 
+def _p(p: float) -> str:
+    """A p-value in three decimals; never 0.000, which reads as certainty."""
+    return "" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def verdict_word(row, smallest: float) -> str:
     """The narrow table's verdict: 'better', 'better <0.5', '±0.5' (no difference worth having), 'undecided',
     or why there is no test; ', 1 seed' for McNemar's."""
@@ -792,8 +797,8 @@ def _versus(row, smallest: float) -> str:
     if row.test is None:
         return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.why_untested}: no test)"
     return (
-        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p={row.p_value:.3f}, "
-        f"Holm {row.p_adj:.3f}: {verdict_word(row, smallest)})"
+        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p {_p(row.p_value)}, "
+        f"Holm {_p(row.p_adj)}: {verdict_word(row, smallest)})"
     )
 
 

@@ -53,7 +53,6 @@ def _family(pairs: list, table: pd.DataFrame) -> list[dict]:
     plan, the command adding seeds (at least one)."""
     family = adjust([comparison(row, baseline) for row, baseline in pairs], table.attrs["judging"])
     for c, (row, baseline) in zip(family, pairs):
-        c["family"] = len(family)
         c["have"] = min(row.n, baseline.n)
         if c["verdict"] == "undecided" and c["seeds_needed"]:
             c["command"] = train_command([row, baseline], more_seeds([row, baseline], c["seeds_needed"]))

@@ -108,6 +108,15 @@ def test_every_figure_has_few_series_per_panel_and_accuracy_bands_within_0_100(s
     assert [ax.get_title() for ax in models.axes] == ["train loss", "test loss", "train accuracy", "test accuracy"]
 
 
+def test_every_run_logs_its_answer_per_image_of_each_split_it_scored(sweep):
+    finished = select_runs(sweep["uri"], "mnist-exp").finished
+    for split, images in (("test", 200), ("validation", 100)):
+        found, missing, rescored = predictions.correct_answers(sweep["uri"], finished, split)
+        assert not missing and not rescored and {len(correct) for correct in found.values()} == {images}
+    final = finished.set_index("run_id")["metrics.final_val_acc"]
+    assert all(found[run_id].mean() == final[run_id] for run_id in found)  # the very answers it scored
+
+
 def test_a_run_without_answers_is_rescored_once_from_its_logged_model(sweep):
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.tracking import MlflowClient
