@@ -255,10 +255,12 @@ def per_image_answers(tracking_uri: str, finished, metric: str) -> dict:
             file=sys.stderr,
         )
     if missing:
-        first = next(iter(missing.values()))
+        names = finished.set_index("run_id").loc[list(missing), "run_name"].tolist()
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         print(
-            f"{len(missing)} runs have no per-image answers, so their comparisons have no test ({first}); run "
-            "analyze.py in the folder they were trained from (data.root is relative to it) to re-score them",
+            f"{len(missing)} runs have no per-image answers, so their comparisons have no test: {listed} "
+            f"({next(iter(missing.values()))}); run analyze.py in the folder they were trained from (data.root "
+            "is relative to it) to re-score them from their logged models",
             file=sys.stderr,
         )
     return found

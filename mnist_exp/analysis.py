@@ -704,7 +704,7 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
             **common,
             "Δ baseline pp (CI)": [_diff(row) for row in table.itertuples()],
             "p Holm": table["p_adj"].map(_p),
-            "verdict": [verdict_word(row, smallest) for row in table.itertuples()],
+            "verdict": [_verdict_word(row, smallest) for row in table.itertuples()],
         }
     )
     key: dict[str, str] = {}
@@ -775,7 +775,7 @@ def _p(p: float) -> str:
     return "" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def verdict_word(row, smallest: float) -> str:
+def _verdict_word(row, smallest: float) -> str:
     """The narrow table's verdict: 'better', 'better <0.5', '±0.5' (no difference worth having), 'undecided',
     or why there is no test; ', 1 seed' for McNemar's."""
     if pd.isna(row.baseline):
@@ -798,7 +798,7 @@ def _versus(row, smallest: float) -> str:
         return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.why_untested}: no test)"
     return (
         f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p {_p(row.p_value)}, "
-        f"Holm {_p(row.p_adj)}: {verdict_word(row, smallest)})"
+        f"Holm {_p(row.p_adj)}: {_verdict_word(row, smallest)})"
     )
 
 

@@ -724,6 +724,10 @@ def test_report_is_written_and_logged_to_the_sweep_run(store, tmp_path):
     assert result.returncode == 0, result.stderr
     report_text = (tmp_path / "report" / "report.md").read_text()
     assert "This selection lacks a plain LeNet-5 and a plain MLP trained alike." in report_text
+    assert (  # runs logged without answers or a model: named, with what to do, in one line
+        "2 runs have no per-image answers, so their comparisons have no test: lenet5/none/sgd seed=1, "
+        "lenet5/none/sgd seed=2 (run "
+    ) in result.stderr and "to re-score them from their logged models" in result.stderr
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/report.md" in logged
 
