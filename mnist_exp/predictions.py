@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,10 @@ def _logged(client, run_id: str, split: str) -> Answers | None:
             path = client.download_artifacts(run_id, tracking.PREDICTIONS[split], folder)
         except Exception:  # MLflow raises several types for a missing artifact
             return None
-        return read(Path(path))
+        try:
+            return read(Path(path))
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile):  # half-written by a concurrent re-score
+            return None
 
 
 def rescore(client, run: dict, split: str) -> Answers:
