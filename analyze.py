@@ -6,6 +6,7 @@
     python analyze.py --sweep experiment=course_grid --sweep experiment=lenet5_best --report reports/best
     python analyze.py --diff RUN_A RUN_B --plots figs   settings that differ, final metrics, curves of both
     python analyze.py --command RUN                       the train.py command that re-creates a run
+    python analyze.py --check reports/latest/claims.json  do the report's claims still hold on the store?
 
 Defaults for --tracking-uri and --experiment come from conf/train.yaml, like train.py's: MLflow's own
 MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME when set, else sqlite:///mlflow.db and mnist-exp.
@@ -31,7 +32,20 @@ def default_config():
         return compose(config_name="train")
 
 
+def _points(text: str) -> float:
+    """A positive number of percentage points."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of percentage points (0.5), got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    from mnist_exp.significance import SMALLEST_EFFECT_PP
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     parser.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else mnist-exp)")
@@ -60,6 +74,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="order rows best first by test_acc, best_test_acc, test_loss, gap, params, "
         "train_time_s or variant (default: MLP, LeNet-5, regularized LeNet-5)",
     )
+    parser.add_argument(
+        "--smallest-effect",
+        type=_points,
+        default=SMALLEST_EFFECT_PP,
+        metavar="PP",
+        help=f"the smallest difference worth having, in percentage points (default {SMALLEST_EFFECT_PP}): "
+        "an interval inside ±PP is 'no difference worth having'; plans detect it with 80%% power",
+    )
+    parser.add_argument(
+        "--half-width",
+        type=_points,
+        metavar="PP",
+        help="plan seeds for an interval this narrow (± PP) instead of for detecting --smallest-effect",
+    )
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     parser.add_argument(
         "--wide",
@@ -72,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--report",
         type=Path,
         metavar="DIR",
-        help="write report.md and its figures to DIR, and log them to the sweep's MLflow run",
+        help="write report.md, its figures and claims.json (its claims, for --check) to DIR, and log them to "
+        "the sweep's MLflow run",
     )
     parser.add_argument(
         "--register",
@@ -88,6 +117,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "their seeds): the settings that differ and the final metrics; --plots DIR adds curves",
     )
     parser.add_argument("--command", metavar="RUN", help="print the train.py command that re-creates a run")
+    parser.add_argument(
+        "--check",
+        type=Path,
+        metavar="FILE",
+        help="recompute the claims of a report's claims.json from the store (--tracking-uri, else the one it "
+        "names) and exit 1 naming each claim that no longer holds",
+    )
     return parser.parse_args(argv)
 
 
@@ -98,6 +134,8 @@ def main(argv=None) -> int:
 
     credentials.move_out_of_variable()  # as train.py does: a password in a URI would be printed
     defaults = default_config()
+    if args.check:
+        return check(args, defaults)
     args.tracking_uri = credentials.move_out_of_uri(args.tracking_uri or defaults.mlflow.tracking_uri)
     args.experiment = args.experiment or defaults.mlflow.experiment
     if args.diff or args.command:
@@ -142,7 +180,14 @@ def main(argv=None) -> int:
                     f"split ({', '.join(sorted(set(names)))}); train them with data.validation_size=N, "
                     "leave them out with --filter, or rank on the test split (--metric final)"
                 )
-        table = variant_table(finished, metric=args.metric, sort=args.sort)
+        table = variant_table(
+            finished,
+            metric=args.metric,
+            sort=args.sort,
+            answers=per_image_answers(args.tracking_uri, finished, args.metric),
+            smallest_effect=args.smallest_effect,
+            half_width=args.half_width,
+        )
     except (AnalysisError, TrackingError) as error:
         print(f"analyze.py: {error}", file=sys.stderr)
         return 1
@@ -167,13 +212,16 @@ def main(argv=None) -> int:
         done = "registered the model of" if new else "already registered: the model of"
         print(f"{done} {variant} (chosen on the {basis} split): {uri}")
         if basis == "test":
-            from mnist_exp.analysis import fresh_seeds, train_command
+            from mnist_exp.analysis import train_command
+            from mnist_exp.report import VALIDATION
 
-            row = table[table["variant"] == variant].iloc[0]
-            retest = train_command([row], fresh_seeds([row], 3))
+            candidates = list(table.itertuples())
+            seeds = sorted({seed for row in candidates for seed in row.seeds})
+            instead = train_command(candidates, seeds, (VALIDATION,))
             print(
-                "  its margin is optimistic (no validation split)"
-                + (f"; re-test it on fresh seeds: {retest}" if retest else ""),
+                "  chosen on the test split (no validation split): its margin is optimistic, and fresh seeds on "
+                "the same test images cannot remove that selection"
+                + (f"; to choose on a validation split instead: {instead}" if instead else ""),
                 file=sys.stderr,
             )
 
@@ -190,13 +238,50 @@ def main(argv=None) -> int:
     return 0
 
 
+def per_image_answers(tracking_uri: str, finished, metric: str) -> dict:
+    """{run_id: correct per image} on the metric's split; runs without them are re-scored from their logged
+    models, and those that cannot be are named on stderr with what to do."""
+    from mnist_exp import predictions
+    from mnist_exp.analysis import SPLITS
+
+    if metric not in SPLITS:
+        print(f"--metric {metric}: each run's best epoch was chosen on the test split: no tests", file=sys.stderr)
+        return {}
+    found, missing, rescored = predictions.correct_answers(tracking_uri, finished, SPLITS[metric])
+    if rescored:
+        print(
+            f"re-scored {len(rescored)} runs that predate per-image answers from their logged models "
+            f"(nothing retrained); their {SPLITS[metric]} answers are now logged with them",
+            file=sys.stderr,
+        )
+    if missing:
+        names = finished.set_index("run_id").loc[list(missing), "run_name"].tolist()
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        print(
+            f"{len(missing)} runs have no per-image answers, so their comparisons have no test: {listed} "
+            f"({next(iter(missing.values()))}); run analyze.py in the folder they were trained from (data.root "
+            "is relative to it) to re-score them from their logged models",
+            file=sys.stderr,
+        )
+    return found
+
+
+def course_settings(defaults) -> str:
+    """The course's plain LeNet-5 (conf/train.yaml as it is): the report's reference for the best recipes."""
+    from mnist_exp import tracking
+    from mnist_exp.analysis import settings
+
+    return settings(tracking.flat_params(defaults))
+
+
 def write_figures_and_report(args, selection, finished, table, table_markdown: str, defaults) -> None:
     from mlflow.tracking import MlflowClient
 
-    from mnist_exp import compare, report, tracking
-    from mnist_exp.analysis import AnalysisError, histories, settings
+    from mnist_exp import claims, compare, credentials, report
+    from mnist_exp.analysis import AnalysisError, histories
+    from mnist_exp.significance import ALPHA, POWER
 
-    course = settings(tracking.flat_params(defaults))  # the course's plain LeNet-5: the reference of the report
+    course = course_settings(defaults)
     figures_dir = args.plots or args.report
     history = histories(args.tracking_uri, finished)
     figures = report.plot_all(table, history, figures_dir)
@@ -209,13 +294,48 @@ def write_figures_and_report(args, selection, finished, table, table_markdown: s
                 best = compare.Side("best trial", [client.get_run(trials["run_id"])])
                 trials["command"] = compare.command(client, best)[0]
         path = report.write_report(table, table_markdown, figures, selection.description, args.report, course, trials)
-        print(f"wrote {path}", file=sys.stderr)
+        claimed = claims.write(
+            args.report / "claims.json",
+            claims.collect(report.answers(table, course)),
+            {
+                "tracking_uri": credentials.redact(args.tracking_uri),
+                "experiment": args.experiment,
+                "sweep": args.sweep or ["latest"],
+                "parent_run_ids": selection.parent_run_ids,
+                "description": selection.description,
+                "filter": args.filter,
+                "metric": args.metric,
+            },
+            {"smallest_effect": args.smallest_effect, "half_width": args.half_width, "alpha": ALPHA, "power": POWER},
+        )
+        print(f"wrote {path} and {claimed}", file=sys.stderr)
         for parent in selection.parent_run_ids:  # one click away in mlflow ui, on the sweep's own run
-            client.log_artifact(parent, str(path), "report")
-            for figure in figures.values():
-                client.log_artifact(parent, str(figure), "report")
+            for artifact in (path, claimed, *figures.values()):
+                client.log_artifact(parent, str(artifact), "report")
         if selection.parent_run_ids:
             print(f"logged the report to sweep run(s) {', '.join(selection.parent_run_ids)}", file=sys.stderr)
+
+
+def check(args, defaults) -> int:
+    """--check FILE: 0 when every claim holds on the store now, else 1; each claim's state on stdout."""
+    from mnist_exp import claims, credentials
+    from mnist_exp.analysis import AnalysisError
+    from mnist_exp.tracking import TrackingError
+
+    try:
+        document = claims.read(args.check)
+        recorded = document["selection"]
+        uri = credentials.move_out_of_uri(args.tracking_uri or recorded["tracking_uri"])
+        results = claims.check(document, uri, args.experiment or recorded["experiment"], course_settings(defaults))
+    except (ValueError, AnalysisError, TrackingError) as error:
+        print(f"analyze.py: {error}", file=sys.stderr)
+        return 1
+    broken = [(claim, why) for claim, why in results if why]
+    for claim, why in results:
+        state = "no longer holds: " + "; ".join(why) if why else f"holds ({claim['verdict']})"
+        print(f"{claim['id']}: {state}")
+    print(f"\n{len(results) - len(broken)} of {len(results)} claims of {args.check} hold on {uri}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 Each variant is compared with its baseline trained alike (every setting and the data equal but the
 model and the regularizer): a regularized variant with its model unregularized, the plain MLP with
-plain LeNet-5. Over matched seeds the test is paired, else Welch's; p-values are Holm-adjusted within
-each family (the variants sharing a baseline). Runs trained on different data are never pooled or
-compared. Accuracies are percentages here, named `..._pct`, and differences percentage points,
-`..._pp`; MLflow and history.csv hold fractions.
+plain LeNet-5, image by image over seeds and test images (mnist_exp.significance); each family (the
+variants sharing a baseline) gets Holm-adjusted verdicts and Bonferroni intervals. Runs trained on
+different data are never pooled or compared. Accuracies are percentages here, named `..._pct`, and
+differences percentage points, `..._pp`; MLflow and history.csv hold fractions.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ import pandas as pd
 import yaml
 
 from mnist_exp import tracking
-from mnist_exp.significance import ALPHA, compare, estimate, holm, seeds_needed
-from mnist_exp.sweep import clip, significant, sweep_members
+from mnist_exp.significance import MCNEMAR, SMALLEST_EFFECT_PP, Difference, Estimate, accuracy, difference, judge
+from mnist_exp.sweep import clip, significant, sweep_identity, sweep_members
 
 # --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
 # without looking at the test set.
 METRICS = {"final": "final_test_acc", "best": "best_test_acc", "val": "final_val_acc"}
 HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
+# The split whose per-image answers a metric is about; the best epoch's are not kept (it is chosen on test).
+SPLITS = {"final": "test", "val": "validation"}
 SORT_KEYS = {  # --sort name: (column, ascending); best first
     "test_acc": ("acc_pct", False),
     "best_test_acc": ("best_test_acc_pct", False),
@@ -260,6 +262,7 @@ def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
             "train_time_s": _metric(finished, "train_time_s"),
             "seed": pd.to_numeric(_column(finished, "params.trainer.seed")),
             "val_acc_pct": 100 * _metric(finished, "final_val_acc"),
+            "digest": _column(finished, f"params.{tracking.SPLIT_DIGEST[SPLITS.get(metric, 'test')]}"),
         }
     )
     runs["acc_pct"] = runs["final_test_acc_pct"] if metric == "final" else 100 * _metric(finished, METRICS[metric])
@@ -269,15 +272,23 @@ def per_run(finished: pd.DataFrame, metric: str = "final") -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
-def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | None = None) -> pd.DataFrame:
+def variant_table(
+    finished: pd.DataFrame,
+    metric: str = "final",
+    sort: str | None = None,
+    answers: dict | None = None,
+    smallest_effect: float = SMALLEST_EFFECT_PP,
+    half_width: float | None = None,
+) -> pd.DataFrame:
     """One row per variant: accuracy over its seeds, and its distance to the baselines.
 
+    `answers`: {run_id: correct per image} on the metric's split (mnist_exp.predictions); a variant
+    with every run's gets a 95% interval over seeds and images, and comparisons image by image.
     `vs_mlp_pp` / `vs_lenet5_pp`: difference of mean accuracy to the unregularized MLP / LeNet-5
     trained the same way on the same data. `vs_baseline_pp` compares a regularized variant with its own
-    model unregularized, and the plain MLP with plain LeNet-5: its interval and `p_value` from `test`
-    (paired or Welch), `p_adj` Holm-adjusted within the family sharing that baseline, `verdict` from
-    `p_adj`, and `seeds_needed` per variant for 80% power where undecided. `collapsed` names seeds far
-    below the others (kept in every statistic).
+    model unregularized, and the plain MLP with plain LeNet-5: COMPARISON's columns, judged within the
+    family sharing that baseline against `smallest_effect` (pp), planned by it or by `half_width`.
+    `collapsed` names seeds far below the others (kept in every statistic).
     """
     if finished.empty:
         raise AnalysisError("no FINISHED runs to compare")
@@ -295,6 +306,7 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
             "params",
             "epochs",
             "train_size",
+            "digest",
         ]
     ].first()
     table["n"] = grouped.size()
@@ -310,16 +322,28 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
     ):
         table[column] = grouped[column].mean()
     table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
-    samples = grouped["acc_pct"].apply(list)
-    estimates = samples.map(lambda accuracies: estimate(accuracies, bounds=(0, 100)))
+    table["acc_pct_samples"] = grouped["acc_pct"].apply(list)
+    table["seeds"] = grouped["seed"].apply(lambda seeds: [int(s) for s in seeds])
+    table["run_ids"] = grouped["run_id"].apply(list)
+    answers = answers or {}
+    table["answers"] = [  # {seed: correct per image}; None where a run has none
+        dict(zip(r.seeds, (answers[i] for i in r.run_ids))) if all(i in answers for i in r.run_ids) else None
+        for r in table.itertuples()
+    ]
+    estimates = [
+        accuracy(np.stack(list(r.answers.values())))
+        if r.answers is not None
+        else Estimate(
+            np.mean(r.acc_pct_samples), np.std(r.acc_pct_samples, ddof=1) if r.n > 1 else np.nan, r.n, np.nan, np.nan
+        )
+        for r in table.itertuples()
+    ]
     table["acc_pct_std"] = [e.std for e in estimates]
     table["acc_pct_ci_low"] = [e.ci_low for e in estimates]
     table["acc_pct_ci_high"] = [e.ci_high for e in estimates]
-    table["acc_pct_samples"] = samples
-    table["seeds"] = grouped["seed"].apply(lambda seeds: [int(s) for s in seeds])
-    table["run_ids"] = grouped["run_id"].apply(list)
     table["collapsed"] = [collapsed_seeds(r.acc_pct_samples, r.seeds, r.run_ids) for r in table.itertuples()]
     table = table.reset_index()
+    table.attrs["judging"] = {"smallest_effect": smallest_effect, "half_width": half_width}
 
     plain = table[table["regularizer"] == "none"]
     for column, model in (("vs_mlp_pp", "mlp"), ("vs_lenet5_pp", "lenet5")):
@@ -330,11 +354,6 @@ def variant_table(finished: pd.DataFrame, metric: str = "final", sort: str | Non
     table = _sorted(table, sort).drop(columns=["variant_hash"]).reset_index(drop=True)
     table.attrs["metric"] = metric
     return table
-
-
-def by_seed(row) -> dict[int, float]:
-    """{seed: accuracy} of a table row: what compare() pairs on."""
-    return dict(zip(row.seeds, row.acc_pct_samples))
 
 
 def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str]) -> list[str]:
@@ -349,36 +368,41 @@ def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str
 
 
 def comparison(a, b) -> dict:
-    """a against b over their seeds: the numbers and the verdict the table and the report show
-    (`p_adj` and `verdict` provisional until adjust() sees the whole family)."""
-    d = compare(by_seed(a), by_seed(b))
+    """a against b (table rows) image by image over their seeds: the numbers the table and the report
+    show; adjust() adds the family's verdict, interval and plan."""
+    if a.answers is None or b.answers is None or a.digest != b.digest:
+        why = "no per-image answers" if a.answers is None or b.answers is None else "other test images"
+        d = Difference(a.acc_pct - b.acc_pct, np.nan, np.nan, np.nan, None, min(a.n, b.n), 0, why)
+    else:
+        d = difference(a.answers, b.answers)
     return {
         "baseline": b.variant,
         "vs_baseline_pp": d.diff,
-        "vs_baseline_pp_ci_low": d.ci_low,
-        "vs_baseline_pp_ci_high": d.ci_high,
         "p_value": d.p_value,
         "test": d.test,
-        "n_compared": d.n,
-        "seeds_needed": seeds_needed(d),
-        "p_adj": d.p_value,
-        "verdict": _verdict(d.diff, d.p_value),
+        "why_untested": d.why,
+        "n_compared": d.seeds,
+        "images": d.images,
+        "difference": d,
     }
 
 
-def adjust(comparisons: list[dict]) -> list[dict]:
-    """One family of comparisons: Holm-adjusted p-values, and each verdict on its adjusted p."""
-    for c, p_adj in zip(comparisons, holm([c["p_value"] for c in comparisons])):
-        c.update(p_adj=p_adj, verdict=_verdict(c["vs_baseline_pp"], p_adj))
+def adjust(comparisons: list[dict], judging: dict) -> list[dict]:
+    """One family of comparisons (one question): Holm-adjusted p, Bonferroni interval, verdict, plan
+    (significance.judge; `judging`: the table's smallest effect and half-width)."""
+    for c, j in zip(comparisons, judge([c["difference"] for c in comparisons], **judging)):
+        c.update(
+            p_adj=j.p_adj,
+            confidence=j.confidence,
+            vs_baseline_pp_ci_low=j.ci_low,
+            vs_baseline_pp_ci_high=j.ci_high,
+            verdict=j.verdict,
+            holm_only=j.holm_only,
+            seeds_needed=j.seeds_needed,
+            larger_test_set=j.larger_test_set,
+            floor_half_width=j.floor_half_width,
+        )
     return comparisons
-
-
-def _verdict(diff: float, p_adj: float) -> str:
-    if pd.isna(p_adj):
-        return "one seed"
-    if p_adj >= ALPHA:
-        return "undecided"
-    return "better" if diff > 0 else "worse"
 
 
 COMPARISON = [
@@ -386,12 +410,18 @@ COMPARISON = [
     "vs_baseline_pp",
     "vs_baseline_pp_ci_low",
     "vs_baseline_pp_ci_high",
+    "confidence",
     "p_value",
     "p_adj",
     "test",
+    "why_untested",
     "n_compared",
+    "images",
     "verdict",
+    "holm_only",
     "seeds_needed",
+    "larger_test_set",
+    "floor_half_width",
 ]
 
 
@@ -404,10 +434,11 @@ def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
         if baseline is not None:
             families.setdefault((baseline_model, row.model, row.context), []).append((i, comparison(row, baseline)))
     for column in COMPARISON:
-        table[column] = None if column in ("baseline", "test", "verdict") else np.nan
-    table["seeds_needed"] = table["seeds_needed"].astype(object)
+        table[column] = None if column in ("baseline", "test", "why_untested", "verdict") else np.nan
+    for column in ("seeds_needed", "holm_only", "larger_test_set"):
+        table[column] = table[column].astype(object)
     for members in families.values():
-        for (i, _), c in zip(members, adjust([c for _, c in members])):
+        for (i, _), c in zip(members, adjust([c for _, c in members], table.attrs["judging"])):
             for column in COMPARISON:
                 table.at[i, column] = c[column]
 
@@ -513,12 +544,17 @@ def with_overrides(table: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
     return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]])
 
 
-def train_command(rows: list, seeds: list[int]) -> str | None:
-    """One `python train.py -m` line training `seeds` of each row's variant (finished runs are skipped),
-    merged into one sweep where the variants' overrides differ in one value only; None without overrides."""
+def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[list[str]] | None:
+    """The overrides of the `python train.py -m` sweeps training `seeds` of each row's variant (with `extra`
+    overrides), merged into one sweep where the variants' overrides differ in one value only; None without
+    overrides."""
+    if not seeds:  # `trainer.seed=` with no value would train the default seed, not what was asked
+        raise ValueError("a command that adds seeds needs at least one seed")
     lists = [getattr(row, "overrides", None) for row in rows]
     if any(not isinstance(x, list) for x in lists):
         return None
+    replaced = {o.split("=", 1)[0] for o in extra}
+    lists = [[o for o in x if o.split("=", 1)[0] not in replaced] + list(extra) for x in lists]
     contiguous = len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
     seeds_override = (
         f"trainer.seed=range({seeds[0]},{seeds[-1] + 1})"  # Hydra's sweep range
@@ -532,7 +568,33 @@ def train_command(rows: list, seeds: list[int]) -> str | None:
         (i,) = differing
         values = ",".join(x[i].split("=", 1)[1] for x in distinct)
         distinct = [(*distinct[0][:i], f"{distinct[0][i].split('=', 1)[0]}={values}", *distinct[0][i + 1 :])]
-    return " && ".join(" ".join(["python train.py -m", *map(shlex.quote, [*x, seeds_override])]) for x in distinct)
+    return [[*x, seeds_override] for x in distinct]
+
+
+def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> str | None:
+    """One `python train.py -m` line (or several, joined by &&) training `seeds` of each row's variant;
+    finished runs are skipped. None where a row has no overrides (a search's trial)."""
+    sweeps = _sweeps(rows, seeds, extra)
+    if sweeps is None:
+        return None
+    return " && ".join(" ".join(["python train.py -m", *map(shlex.quote, x)]) for x in sweeps)
+
+
+def analyze_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), report: str | None = None) -> str:
+    """The `python analyze.py` line that reads exactly the sweeps train_command(rows, seeds, extra) runs,
+    by their keys: those runs alone. Call it only where train_command gives a command."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeps = _sweeps(rows, seeds, extra)
+    parsed = OverridesParser.create().parse_overrides(sweeps[0])
+    settings = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}  # Hydra's escapes undone
+    store = [
+        f"{option} {shlex.quote(str(settings[key]))}"
+        for key, option in (("mlflow.tracking_uri", "--tracking-uri"), ("mlflow.experiment", "--experiment"))
+        if key in settings
+    ]
+    sweep_args = [f"--sweep {sweep_identity(x)[0]}" for x in sweeps]
+    return " ".join(["python analyze.py", *store, *sweep_args, *([f"--report {report}"] if report else [])])
 
 
 def fresh_seeds(rows: list, count: int) -> list[int]:
@@ -543,9 +605,9 @@ def fresh_seeds(rows: list, count: int) -> list[int]:
 
 
 def more_seeds(rows: list, needed: int) -> list[int]:
-    """The seeds that bring each row to `needed` seeds, counting up from the highest used."""
+    """The seeds that bring each row to `needed` seeds, counting up from the highest used; at least one."""
     have = max(len(row.seeds) for row in rows)
-    return fresh_seeds(rows, max(needed - have, 0))
+    return fresh_seeds(rows, max(needed - have, 1))
 
 
 def register_best(
@@ -602,12 +664,13 @@ def register_best(
 
 def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
     """markdown for people: by default what fits WIDTH columns, `wide` every column, then notes (collapsed
-    seeds, the key to short names); csv and json keep every column, `acc_pct_samples` holding each seed's
-    accuracy (in the order of `seeds`)."""
+    seeds, the key to short names); csv and json keep every column but the per-image answers,
+    `acc_pct_samples` holding each seed's accuracy (in the order of `seeds`)."""
     if fmt == "csv":
-        return table.to_csv(index=False, float_format="%.6g")
+        return table.drop(columns="answers").to_csv(index=False, float_format="%.6g")
     if fmt == "json":
-        return table.to_json(orient="records", indent=2)
+        return table.drop(columns="answers").to_json(orient="records", indent=2)
+    smallest = table.attrs["judging"]["smallest_effect"]
     accuracy = HEADERS[table.attrs.get("metric", "final")]
     marked = table["variant"] + table["collapsed"].map(lambda notes: " *" if notes else "")
     common = {
@@ -631,17 +694,17 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
                 "time s": table["train_time_s"].map(_number("{:.1f}")),
                 "Δ MLP pp": table["vs_mlp_pp"].map(_signed),
                 "Δ LeNet-5 pp": table["vs_lenet5_pp"].map(_signed),
-                "vs baseline": [_versus(row) for row in table.itertuples()],
-                "seeds needed": table["seeds_needed"].map(lambda n: "" if pd.isna(n) else str(n)),
+                "vs baseline": [_versus(row, smallest) for row in table.itertuples()],
+                "seeds needed": [_plan(row) for row in table.itertuples()],
             }
         )
-        return shown.to_markdown(index=False, disable_numparse=True) + _notes(table, {})
+        return shown.to_markdown(index=False, disable_numparse=True) + _notes(table, {}, smallest)
     narrow = pd.DataFrame(
         {
             **common,
-            "Δ baseline pp (95% CI)": [_diff(row) for row in table.itertuples()],
-            "p Holm": table["p_adj"].map(_number("{:.3f}")),
-            "test": table["test"].fillna(""),
+            "Δ baseline pp (CI)": [_diff(row) for row in table.itertuples()],
+            "p Holm": table["p_adj"].map(_p),
+            "verdict": [_verdict_word(row, smallest) for row in table.itertuples()],
         }
     )
     key: dict[str, str] = {}
@@ -655,7 +718,7 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
         room = WIDTH - max(map(len, text.splitlines())) + labels.str.len().max()
         labels = labels.map(clip, limit=room)
         text = pd.concat([labels.rename("variant"), columns], axis=1).to_markdown(index=False, disable_numparse=True)
-    return text + _notes(table, key, compared="p Holm" in columns)
+    return text + _notes(table, key, smallest, compared="p Holm" in columns)
 
 
 def short(variant: str, key: dict[str, str] | None = None) -> str:
@@ -668,13 +731,18 @@ def short(variant: str, key: dict[str, str] | None = None) -> str:
     return variant
 
 
-def _notes(table: pd.DataFrame, key: dict[str, str], compared: bool = True) -> str:
-    """Under the table: what Δ compares (where shown), collapsed seeds by run id, the key to short names."""
+def _notes(table: pd.DataFrame, key: dict[str, str], smallest: float, compared: bool = True) -> str:
+    """Under the table: what Δ compares and what its intervals cover (where shown), collapsed seeds by run id,
+    the key to short names."""
     lines = []
     if compared:
         lines.append(
-            "Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike; "
-            "p Holm: adjusted within each baseline's family; test: paired over matched seeds, else Welch."
+            "Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike, image by "
+            "image; intervals cover other seeds and other digits drawn like the test set (95% for accuracy; for Δ, "
+            "1 - 0.05/m within each baseline's family of m: Bonferroni); p Holm: adjusted within that family; "
+            f"verdict: Holm's, and '<{smallest:g}' or '±{smallest:g}' where the whole interval lies within "
+            f"±{smallest:g} pp, the smallest difference worth having (within: no difference worth having); "
+            "'1 seed': McNemar's test, about that seed's models only."
         )
     lines += [
         f"* {row.variant}: collapsed {', '.join(row.collapsed)}; kept in every statistic"
@@ -702,20 +770,46 @@ def _interval(low: float, high: float) -> str:
 _signed = _number("{:+.2f}")
 
 
-def _versus(row) -> str:
-    """'+0.41 vs lenet5/none/sgd (paired, p=0.012, Holm 0.036: better)'."""
+def _p(p: float) -> str:
+    """A p-value in three decimals; never 0.000, which reads as certainty."""
+    return "" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _verdict_word(row, smallest: float) -> str:
+    """The narrow table's verdict: 'better', 'better <0.5', '±0.5' (no difference worth having), 'undecided',
+    or why there is no test; ', 1 seed' for McNemar's."""
     if pd.isna(row.baseline):
         return ""
-    if pd.isna(row.p_value):
-        return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} (1 seed: no test)"
+    if row.test is None:
+        return row.why_untested
+    word = {
+        "better by less": f"better <{smallest:g}",
+        "worse by less": f"worse <{smallest:g}",
+        "equivalent": f"±{smallest:g}",
+    }.get(row.verdict, row.verdict)
+    return word + (", 1 seed" if row.test == MCNEMAR else "")
+
+
+def _versus(row, smallest: float) -> str:
+    """'+0.41 vs lenet5/none/sgd (seeds x images, p=0.012, Holm 0.036: better)'."""
+    if pd.isna(row.baseline):
+        return ""
+    if row.test is None:
+        return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.why_untested}: no test)"
     return (
-        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p={row.p_value:.3f}, "
-        f"Holm {row.p_adj:.3f}: {row.verdict})"
+        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p {_p(row.p_value)}, "
+        f"Holm {_p(row.p_adj)}: {_verdict_word(row, smallest)})"
     )
 
 
+def _plan(row) -> str:
+    if row.larger_test_set is True:
+        return "larger test set"
+    return "" if pd.isna(row.seeds_needed) else str(int(row.seeds_needed))
+
+
 def _diff(row) -> str:
-    """'+0.41 (-0.20 to +1.02)'; the difference alone where one seed allows no interval."""
+    """'+0.41 (-0.20 to +1.02)'; the difference alone where there is no test."""
     if pd.isna(row.baseline):
         return ""
     if pd.isna(row.vs_baseline_pp_ci_low):

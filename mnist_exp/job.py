@@ -26,6 +26,7 @@ from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
+from mnist_exp.predictions import write_split
 from mnist_exp.regularization import layer_switches, variant_name
 from mnist_exp.shipped import PixelClassifier
 from mnist_exp.stopping import RAISE, REQUEUE, STOPS, Interrupted, JobSignals
@@ -215,11 +216,11 @@ def data_params_of(data) -> dict[str, str]:
         "data.train_size": str(len(data.train)),
         "data.test_size": str(len(data.test)),
         "data.validation_size_used": str(len(data.validation) if data.validation is not None else 0),
-        "data.train_sha256": data.train.sha256,
-        "data.test_sha256": data.test.sha256,
+        tracking.SPLIT_DIGEST["train"]: data.train.sha256,
+        tracking.SPLIT_DIGEST["test"]: data.test.sha256,
     }
     if data.validation is not None:
-        params["data.validation_sha256"] = data.validation.sha256
+        params[tracking.SPLIT_DIGEST["validation"]] = data.validation.sha256
     return params
 
 
@@ -328,10 +329,11 @@ def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingS
     return progress
 
 
-def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> torch.Tensor:
-    """Summary metrics and the delivered model with what it scores; returns its test predictions."""
+def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> dict[str, torch.Tensor]:
+    """Summary metrics and the delivered model with what it scores; returns its predictions per split."""
     model, inputs, device, batch = training.model, training.inputs, training.device, cfg.trainer.eval_batch_size
-    test_loss, test_acc, predictions = evaluate(model, data.test, batch, inputs, device)
+    test_loss, test_acc, test_predicted = evaluate(model, data.test, batch, inputs, device)
+    predictions = {"test": test_predicted}
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
     # the generalization gap needs the finished model's accuracy on the training images themselves.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
@@ -357,7 +359,7 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
         dataset=datasets["test"],
     )
     if data.validation is not None:
-        val_loss, val_acc, _ = evaluate(model, data.validation, batch, inputs, device)
+        val_loss, val_acc, predictions["validation"] = evaluate(model, data.validation, batch, inputs, device)
         mlflow.log_metrics(
             {"final_val_loss": val_loss, "final_val_acc": val_acc},
             step=state.epochs_done,
@@ -367,16 +369,19 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     return predictions
 
 
-def _log_artifacts(cfg, state: TrainingState, data, predictions: torch.Tensor, title: str, output_dir: Path) -> None:
-    """The config, history, curves, confusion matrix and Hydra's files."""
+def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: str, output_dir: Path) -> None:
+    """The config, history, curves, confusion matrix, the answer per image of each split, Hydra's files."""
     folder = output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (folder / "history.csv").write_text(_history_csv(state))
     plots.learning_curves(state.history, title, folder / "learning_curves.png")
-    counts = plots.confusion_matrix(data.test.labels.numpy(), predictions.numpy())
+    counts = plots.confusion_matrix(data.test.labels.numpy(), predictions["test"].numpy())
     np.savetxt(folder / "confusion_matrix.csv", counts, fmt="%d", delimiter=",")
     plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / "confusion_matrix.png")
+    for split, predicted in predictions.items():  # what significance needs to count the test images as noise
+        scored = getattr(data, split)
+        write_split(folder, split, predicted.numpy(), scored.labels.numpy(), scored.sha256)
     mlflow.log_artifacts(str(folder))
     _log_hydra_files(output_dir)
 

@@ -159,12 +159,14 @@ def regularizer_panels(history, baseline: str, title: str):
     return fig
 
 
-def forest(comparisons, title: str):
-    """Each variant's difference from its baseline: a dot with its 95% interval, a zero line, sorted by
-    effect; filled where significant after Holm's adjustment. `comparisons`: label, diff, low, high, significant."""
+def forest(comparisons, title: str, smallest: float):
+    """Each variant's difference from its baseline: a dot with its interval (Bonferroni within its family),
+    a zero line and the band of differences smaller than `smallest` (pp), sorted by effect; filled where
+    Holm's adjustment finds a difference. `comparisons`: label, diff, low, high, significant."""
     rows = comparisons.sort_values("diff").reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * len(rows)), layout="constrained")
     colour = _palette(1)[0]
+    ax.axvspan(-smallest, smallest, color=GREY, alpha=0.2, lw=0, zorder=0, label=f"±{smallest:g} pp: not worth having")
     ax.axvline(0, color=GREY, lw=1, zorder=0)
     errors = np.vstack([rows["diff"] - rows["low"], rows["high"] - rows["diff"]])
     ax.errorbar(rows["diff"], rows.index, xerr=np.nan_to_num(errors), fmt="none", ecolor=colour, capsize=3)
@@ -177,12 +179,16 @@ def forest(comparisons, title: str):
             facecolor=face,
             edgecolor=colour,
             zorder=3,
-            label="significant (Holm-adjusted p < 0.05)" if significant else "not significant",
+            label="different (Holm-adjusted p < 0.05)" if significant else "not shown different",
         )
     ax.set_yticks(rows.index, rows["label"])
-    ax.set(xlabel="difference in test accuracy (pp), 95% CI", title=title, ylim=(-0.7, len(rows) - 0.3))
+    ax.set(
+        xlabel="difference in test accuracy (pp); interval at 1 - 0.05/m within each family of m",
+        title=title,
+        ylim=(-0.7, len(rows) - 0.3),
+    )
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(loc="outside lower center", ncol=2, frameon=False)
+    fig.legend(loc="outside lower center", ncol=3, frameon=False)
     return fig
 
 

@@ -16,6 +16,7 @@ from mnist_exp import plots, tracking
 from mnist_exp.analysis import (
     SHORT,
     adjust,
+    analyze_command,
     choose_best,
     comparison,
     fresh_seeds,
@@ -23,6 +24,7 @@ from mnist_exp.analysis import (
     short,
     train_command,
 )
+from mnist_exp.significance import ALPHA, MCNEMAR, POWER
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
 STUDENTS_TEST_ACC = 98.8  # what the course's own solutions report for LeNet-5 on full MNIST
@@ -30,6 +32,8 @@ FULL_MNIST_TRAIN = 60_000
 FIGURES = {"models": "lenet5_vs_mlp.png", "regularizers": "regularizers.png", "differences": "differences.png"}
 MODELS = ("lenet5", "lenet5_32", "mlp")
 TEMPLATE = Path(__file__).with_name("report.md.j2")
+VALIDATION = "data.validation_size=1000"  # what a winner chosen on the test split is chosen on instead
+RETEST_SEEDS = 3
 
 
 def groups(table: pd.DataFrame, wanted) -> list[pd.DataFrame]:
@@ -44,11 +48,27 @@ def _plain(rows: pd.DataFrame, model: str) -> pd.Series | None:
     return plain.iloc[0] if len(plain) else None
 
 
-def _with_commands(c: dict, rows: list) -> dict:
-    """A comparison plus, where undecided, the command adding the seeds it needs."""
-    if c["verdict"] == "undecided" and c["seeds_needed"]:
-        c["command"] = train_command(rows, more_seeds(rows, c["seeds_needed"]))
-    return c
+def _family(pairs: list, table: pd.DataFrame) -> list[dict]:
+    """[(row, baseline)] judged as one family, each comparison with its rows and, where undecided with a
+    plan, the command adding seeds (at least one)."""
+    family = adjust([comparison(row, baseline) for row, baseline in pairs], table.attrs["judging"])
+    for c, (row, baseline) in zip(family, pairs):
+        c["have"] = min(row.n, baseline.n)
+        if c["verdict"] == "undecided" and c["seeds_needed"]:
+            c["command"] = train_command([row, baseline], more_seeds([row, baseline], c["seeds_needed"]))
+    return family
+
+
+def _unjudged(c: dict) -> dict:
+    """A comparison chosen on the test split: the difference stays, no p-value or interval (the same images
+    chose it)."""
+    return {
+        **c,
+        **dict.fromkeys(("p_value", "p_adj", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high"), float("nan")),
+        "verdict": "selected on test",
+        "holm_only": False,
+        "command": None,
+    }
 
 
 def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
@@ -56,29 +76,31 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
     answers = []
     for rows in groups(table, lambda r: _plain(r, "lenet5") is not None and _plain(r, "mlp") is not None):
         lenet, mlp = _plain(rows, "lenet5"), _plain(rows, "mlp")
-        c = _with_commands(adjust([comparison(lenet, mlp)])[0], [lenet, mlp])
-        answers.append({"lenet": lenet, "mlp": mlp, "c": c, "trained": _trained(lenet)})
+        (c,) = _family([(lenet, mlp)], table)
+        answers.append({"lenet": lenet, "mlp": mlp, "c": c, "trained": _trained(lenet), "runs": [lenet, mlp]})
     return answers
 
 
 def regularizers(table: pd.DataFrame) -> list[dict]:
-    """Per group trained alike: every regularized LeNet-5 against plain LeNet-5 (one Holm family)."""
+    """Per group trained alike: every regularized LeNet-5 against plain LeNet-5 (one family; those with
+    one seed each, McNemar's, apart)."""
     answers = []
     for rows in groups(
         table,
         lambda r: _plain(r, "lenet5") is not None and ((r["model"] == "lenet5") & (r["regularizer"] != "none")).any(),
     ):
         plain = _plain(rows, "lenet5")
-        regularized = rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")]
-        family = adjust([comparison(row, plain) for row in regularized.itertuples()])
+        regularized = list(rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")].itertuples())
+        entries = [
+            {"row": row, "c": c} for row, c in zip(regularized, _family([(r, plain) for r in regularized], table))
+        ]
         answers.append(
             {
                 "plain": plain,
                 "trained": _trained(plain),
-                "entries": [
-                    {"row": row, "c": _with_commands(c, [row, plain])}
-                    for row, c in zip(regularized.itertuples(), family)
-                ],
+                "entries": [e for e in entries if e["c"]["test"] != MCNEMAR],
+                "one_seed": [e for e in entries if e["c"]["test"] == MCNEMAR],
+                "runs": [plain, *regularized],
             }
         )
     return answers
@@ -86,7 +108,8 @@ def regularizers(table: pd.DataFrame) -> list[dict]:
 
 def combinations(table: pd.DataFrame) -> list[dict]:
     """Per group trained alike with pairs and single regularizers of LeNet-5: every pair against the best
-    single one (chosen on validation where there is one), one Holm family."""
+    single one, one family, the best pair counted as chosen from it. Chosen on the test split: no
+    p-values, and the command that chooses on a validation split instead."""
 
     def parts(rows):
         lenet = rows[rows["model"] == "lenet5"]
@@ -98,9 +121,12 @@ def combinations(table: pd.DataFrame) -> list[dict]:
         singles, pairs = parts(rows)
         single, basis = choose_best(singles)
         best_pair, _ = choose_best(pairs)
-        family = adjust([comparison(row, single) for row in pairs.itertuples()])
-        entries = [{"row": row, "c": _with_commands(c, [row, single])} for row, c in zip(pairs.itertuples(), family)]
+        family = _family([(row, single) for row in pairs.itertuples()], table)
+        if basis == "test":
+            family = [_unjudged(c) for c in family]
+        entries = [{"row": row, "c": c} for row, c in zip(pairs.itertuples(), family)]
         best = next(item for item in entries if item["row"].variant == best_pair.variant)
+        candidates = [*singles.itertuples(), *pairs.itertuples()]
         answers.append(
             {
                 "single": single,
@@ -108,8 +134,9 @@ def combinations(table: pd.DataFrame) -> list[dict]:
                 "entries": entries,
                 "basis": basis,
                 "trained": _trained(single),
-                "better": [i["row"].regularizer for i in entries if i["c"]["verdict"] == "better"],
-                "retest": _retest(basis, [best_pair, single]),
+                "better": [i["row"].regularizer for i in entries if i["c"]["verdict"].startswith("better")],
+                "retest": _retest(basis, [best_pair, single], candidates),
+                "runs": candidates,
             }
         )
     return answers
@@ -117,7 +144,9 @@ def combinations(table: pd.DataFrame) -> list[dict]:
 
 def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
     """Each model's best variant (on validation where every one has it) against the same model unregularized,
-    trained the course's way where the selection has it, else trained alike."""
+    trained the course's way where the selection has it, else trained alike: adjusted within every
+    candidate's comparison with that reference (the family it was chosen from); chosen on the test split,
+    no p-value."""
     answers = []
     for model in MODELS:
         rows = table[table["model"] == model]
@@ -129,18 +158,26 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         reference = _plain(course_rows[course_rows["data"] == best.data], model)
         if reference is None:
             reference = _plain(table[table["context"] == best.context], model)
+        seeded = rows[rows["n"] >= 2] if (rows["n"] >= 2).any() else rows  # what choose_best chose among
+        candidates = [r for r in seeded.itertuples() if reference is None or r.variant != reference.variant]
         c = None
         if reference is not None and reference.variant != best.variant:
-            c = _with_commands(adjust([comparison(best, reference)])[0], [best, reference])
+            family = _family([(row, reference) for row in candidates], table)
+            c = next(c for row, c in zip(candidates, family) if row.variant == best.variant)
+            c = _unjudged(c) if basis == "test" else c
         answers.append(
             {
                 "model": model,
                 "best": best,
                 "basis": basis,
                 "reference": reference,
+                "candidates": len(candidates),
                 "c": c,
                 "changes": " ".join(map(shlex.quote, overrides)) if isinstance(overrides, list) else None,
-                "retest": _retest(basis, [best]),
+                "retest": _retest(
+                    basis, [best] + ([reference] if reference is not None else []), list(seeded.itertuples())
+                ),
+                "runs": [*seeded.itertuples(), *([reference] if reference is not None else [])],
             }
         )
     return answers
@@ -194,9 +231,18 @@ def _same_but_groups(settings: str, course: str) -> bool:
     return strip(settings) == strip(course)
 
 
-def _retest(basis: str, rows: list) -> str | None:
-    """Chosen on the test split: the command that trains the winner (and what it beat) on 3 fresh seeds."""
-    return None if basis == "validation" else train_command(rows, fresh_seeds(rows, 3))
+def _retest(basis: str, rows: list, candidates: list) -> dict | None:
+    """Chosen on validation: train the winner and its baseline (`rows`) on fresh seeds, and analyze those
+    runs alone. Chosen on the test split, fresh seeds on the same test images cannot undo the choice:
+    the candidates again with a validation split, and the analysis that chooses on it."""
+    if basis == "validation":
+        seeds, extra = fresh_seeds(rows, RETEST_SEEDS), ()
+    else:
+        rows, seeds, extra = candidates, sorted({s for row in candidates for s in row.seeds}), (VALIDATION,)
+    train = train_command(rows, seeds, extra)
+    if train is None:
+        return None
+    return {"train": train, "analyze": analyze_command(rows, seeds, extra), "basis": basis}
 
 
 def _trained(row) -> str:
@@ -242,10 +288,11 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
                     "diff": compared["vs_baseline_pp"],
                     "low": compared["vs_baseline_pp_ci_low"],
                     "high": compared["vs_baseline_pp_ci_high"],
-                    "significant": compared["verdict"].isin(["better", "worse"]),
+                    "significant": compared["verdict"].str.startswith(("better", "worse")),
                 }
             ),
             "Each variant minus its baseline:\nthe same model unregularized, trained alike",
+            table.attrs["judging"]["smallest_effect"],
         )
     return made
 
@@ -272,17 +319,15 @@ def _environment() -> jinja2.Environment:
         count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
         ci=lambda r: "" if pd.isna(r.acc_pct_ci_low) else f", 95% CI {r.acc_pct_ci_low:.2f}–{r.acc_pct_ci_high:.2f}",
         thousands="{:,}".format,
+        level=lambda confidence: f"{100 * confidence:.4g}%",
     )
     env.globals.update(
         lecun_acc=LECUN_1998_TEST_ACC,
         students_acc=STUDENTS_TEST_ACC,
         full_mnist=FULL_MNIST_TRAIN,
-        helps={
-            "better": "helps",
-            "worse": "hurts",
-            "undecided": "undecided",
-            "one seed": "one seed only, noise unknown",
-        },
+        alpha=ALPHA,
+        power=POWER,
+        MCNEMAR=MCNEMAR,
     )
     return env
 
@@ -291,6 +336,8 @@ def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None 
     """Everything the template words: each question's numbers and verdicts, and a search's best trial."""
     return {
         "search": trials,
+        **table.attrs["judging"],
+        "images": sorted({len(next(iter(a.values()))) for a in table["answers"] if a is not None}),
         "models": lenet5_vs_mlp(table),
         "regularizers": regularizers(table),
         "combinations": combinations(table),

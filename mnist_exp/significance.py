@@ -1,47 +1,52 @@
-"""How sure we are: 95% intervals over seeds, paired or Welch t-tests, Holm's adjustment, seeds needed.
+"""How sure we are, over seeds and test images: intervals, tests, families of them, verdicts, plans.
 
-Seeds are few (typically 3), so intervals use Student's t, not the normal approximation. Two variants
-run with the same seeds see the same data order (and start from the same weights when the architecture
-is the same): they are compared seed by seed (paired t-test), which removes that shared noise.
+A run's test accuracy is a sample twice over: of seeds (another seed trains another model) and of
+images (other digits drawn like the test set). Every seed answers every test image, so the runs of a
+variant, or the differences of two variants trained alike, form a seeds x images table; its two-way
+analysis of variance gives the three variance components (seed, image, their interaction) and the
+variance of the mean, (MS_seed + MS_image - MS_resid) / (S * N), with Satterthwaite's degrees of freedom
+(Searle, Casella & McCulloch 1992, ch. 4; Bouthillier et al. 2021). Seeds are few (typically 3), so
+intervals use Student's t. Everything is in percent (accuracies) or percentage points (differences).
+
+A family of comparisons (one question) gets Holm-adjusted verdicts and Bonferroni intervals (1 - alpha/m),
+an equivalence verdict (TOST, Lakens 2017) on the same interval against the smallest effect worth having,
+and, where undecided, a plan: the seeds that would detect that effect, or the news that no number of seeds
+can on this test set. docs/analysis.md explains each choice.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
 
-CONFIDENCE = 0.95
-ALPHA = 1 - CONFIDENCE
+ALPHA = 0.05
+CONFIDENCE = 1 - ALPHA
 POWER = 0.8
+SMALLEST_EFFECT_PP = 0.5  # --smallest-effect's default: half a point, ten of 2,000 test images
+# A plan's seed variance is the upper bound of this one-sided confidence interval of the pooled estimate:
+# from 2-8 degrees of freedom the point estimate is too often far too small (Browne 1995).
+PLAN_CONFIDENCE = 0.8
+MAX_SEEDS = 100_000  # a plan asking for more says the test images, not the seeds, are what is missing
+# Tests: the seeds of both variants match (seeds x images), differ (seeds within variants x images),
+# or each variant has one seed (McNemar's exact test on the images: about that seed's models only).
+CROSSED, NESTED, MCNEMAR = "seeds x images", "seeds in variants x images", "McNemar"
 
 
 @dataclass(frozen=True)
 class Estimate:
     mean: float
-    std: float  # sample standard deviation (ddof=1); NaN for one seed
+    std: float  # sample standard deviation over seeds (ddof=1); NaN for one seed
     n: int
     ci_low: float  # 95% confidence interval of the mean; NaN for one seed
     ci_high: float
 
 
-@dataclass(frozen=True)
-class Difference:
-    """mean(a) - mean(b) with its 95% interval and p-value, from `test`."""
-
-    diff: float
-    ci_low: float
-    ci_high: float
-    p_value: float  # NaN when a side has one seed: no test
-    test: str | None  # "paired" (over `n` matched seeds), "Welch", or None (no test)
-    n: int  # matched seeds (paired), else the smaller side's seeds
-    sd: float  # the spread the test sees: of the seed-by-seed differences (paired), else pooled
-
-
 def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
-    """`bounds`: the values' valid range (an accuracy's 0..100), which the interval is clipped to."""
+    """Over seeds alone (the learning curves' bands: per-epoch answers are not kept); `bounds`: the
+    values' valid range (an accuracy's 0..100), which the interval is clipped to."""
     x = np.asarray(values, dtype=float)
     n, mean = len(x), float(x.mean())
     if n < 2:
@@ -52,36 +57,182 @@ def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Est
     return Estimate(mean, float(x.std(ddof=1)), n, float(low), float(high))
 
 
-def compare(a: dict, b: dict) -> Difference:
-    """a - b, each {seed: value}: paired over the seeds both have when they share at least two of them
-    and neither has others, else Welch's unpaired test on every seed."""
-    shared = sorted(set(a) & set(b))
-    if len(shared) >= 2 and set(a) == set(b):
-        return paired([a[s] for s in shared], [b[s] for s in shared])
-    return welch(list(a.values()), list(b.values()))
+# --- seeds x images ---
 
 
-def paired(a, b) -> Difference:
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    diff, sd = float(d.mean()), float(d.std(ddof=1))
-    if np.ptp(d) == 0:  # every seed moved by the same amount: exact (scipy: p NaN)
-        return Difference(diff, diff, diff, 0.0 if diff else 1.0, "paired", len(d), 0.0)
-    test = stats.ttest_rel(a, b)
-    low, high = map(float, test.confidence_interval(CONFIDENCE))
-    return Difference(diff, low, high, float(test.pvalue), "paired", len(d), sd)
+@dataclass(frozen=True)
+class Anova:
+    """Two-way analysis of variance of a seeds x images table with one value per cell: the seed x image
+    interaction cannot be told from the residual, so it is the residual."""
+
+    seeds: int
+    images: int
+    mean: float
+    ms_seed: float
+    ms_image: float
+    ms_resid: float
 
 
-def welch(a, b) -> Difference:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    diff, n = float(a.mean() - b.mean()), min(len(a), len(b))
-    if n < 2:
-        return Difference(diff, math.nan, math.nan, math.nan, None, n, math.nan)
-    sd = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
-    if sd == 0:  # identical seeds on both sides: the difference is exact (scipy: p NaN)
-        return Difference(diff, diff, diff, 0.0 if diff else 1.0, "Welch", n, 0.0)
-    test = stats.ttest_ind(a, b, equal_var=False)  # Welch's: unequal variances, Welch-Satterthwaite df
-    low, high = map(float, test.confidence_interval(CONFIDENCE))
-    return Difference(diff, low, high, float(test.pvalue), "Welch", n, sd)
+def anova(table) -> Anova:
+    y = np.asarray(table, dtype=float)
+    s, n = y.shape
+    grand, by_seed, by_image = y.mean(), y.mean(axis=1), y.mean(axis=0)
+    resid = y - by_seed[:, None] - by_image[None, :] + grand
+    return Anova(
+        s,
+        n,
+        float(grand),
+        float(n * ((by_seed - grand) ** 2).sum() / (s - 1)) if s > 1 else math.nan,
+        float(s * ((by_image - grand) ** 2).sum() / (n - 1)),
+        float((resid**2).sum() / ((s - 1) * (n - 1))) if s > 1 else math.nan,
+    )
+
+
+def satterthwaite(terms) -> tuple[float, float]:
+    """(sum, degrees of freedom) of a linear combination of mean squares: terms = (coefficient x MS, df)."""
+    total = sum(value for value, _ in terms)
+    denominator = sum(value**2 / df for value, df in terms if value)
+    return float(total), (float(total**2 / denominator) if denominator else math.inf)
+
+
+def _mean_variance(a: Anova) -> tuple[float, float]:
+    """Var(mean) of a crossed seeds x images table and its df: (MS_seed + MS_image - MS_resid) / (S * N),
+    each variance component kept at 0 or above (a mean square below the residual's estimates 0)."""
+    keep_seed, keep_image = a.ms_seed > a.ms_resid, a.ms_image > a.ms_resid
+    df_resid = (a.seeds - 1) * (a.images - 1)
+    terms = [(a.ms_resid * (1 - keep_seed - keep_image), df_resid)]
+    terms += [(a.ms_seed, a.seeds - 1)] * keep_seed + [(a.ms_image, a.images - 1)] * keep_image
+    total, df = satterthwaite(terms)
+    return total / (a.seeds * a.images), df
+
+
+def accuracy(correct) -> Estimate:
+    """A variant's accuracy (%) over its seeds x test images (correct: bool [S, N]); its 95% interval covers
+    other seeds and other digits drawn like the test set. One seed: no interval (seed noise unknown)."""
+    y = 100.0 * np.asarray(correct, dtype=float)
+    per_seed = y.mean(axis=1)
+    s = len(per_seed)
+    if s < 2:
+        return Estimate(float(per_seed.mean()), math.nan, s, math.nan, math.nan)
+    a = anova(y)
+    variance, df = _mean_variance(a)
+    half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(variance) if variance > 0 else 0.0
+    low, high = np.clip((a.mean - half, a.mean + half), 0, 100)
+    return Estimate(a.mean, float(per_seed.std(ddof=1)), s, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(a) - mean(b) in percentage points, with its standard error over seeds and images."""
+
+    diff: float
+    se: float  # NaN: no test (why says why)
+    df: float
+    p_value: float
+    test: str | None  # CROSSED, NESTED, MCNEMAR or None
+    seeds: int  # per variant (matched), else the smaller side's
+    images: int
+    why: str | None = None  # why there is no test
+    # For plans: the mean square of seeds per variant and its df, how many variants' seeds add to the
+    # variance (1 matched, 2 not), and the variance no number of seeds removes (the images').
+    seed_ms: float = math.nan
+    seed_df: int = 0
+    sides: int = 1
+    floor: float = math.nan
+
+    def interval(self, confidence: float) -> tuple[float, float]:
+        if math.isnan(self.se):
+            return math.nan, math.nan
+        half = stats.t.ppf(1 - (1 - confidence) / 2, self.df) * self.se
+        return self.diff - half, self.diff + half
+
+
+def difference(a: dict, b: dict) -> Difference:
+    """a - b, each {seed: correct (bool [N], the same N test images)}. The same seeds on both sides (two or
+    more): the crossed seeds x images table of differences. Other seeds, two or more a side: seeds nested in
+    variants, images crossed. One seed each: McNemar's exact test. One seed on one side only: no test."""
+    ya = {s: 100.0 * np.asarray(v, dtype=float) for s, v in a.items()}
+    yb = {s: 100.0 * np.asarray(v, dtype=float) for s, v in b.items()}
+    images = len(next(iter(ya.values())))
+    diff = float(np.mean(list(ya.values())) - np.mean(list(yb.values())))
+    seeds = min(len(ya), len(yb))
+    if set(ya) == set(yb) and len(ya) >= 2:
+        d = anova(np.stack([ya[s] - yb[s] for s in sorted(ya)]))
+        variance, df = _mean_variance(d)
+        floor = max(d.ms_image - d.ms_resid, 0) / (d.seeds * d.images)
+        found = Difference(diff, math.sqrt(variance), df, math.nan, CROSSED, seeds, images, None, d.ms_seed, seeds - 1)
+        return _tested(replace(found, floor=floor))
+    if len(ya) == len(yb) == 1:
+        return _mcnemar(next(iter(ya.values())) > 0, next(iter(yb.values())) > 0)
+    if seeds < 2:
+        return Difference(diff, math.nan, math.nan, math.nan, None, seeds, images, "one seed on a side")
+    return _nested(list(ya.values()), list(yb.values()), diff)
+
+
+def _nested(a: list, b: list, diff: float) -> Difference:
+    """Seeds differ between the variants, images are shared: Var = sum over variants of
+    max(MS_seed - MS_resid, 0) / (S * N), plus the variance over images of the per-image difference
+    of the two variants' mean answers, / N (it holds each variant's residual / S once)."""
+    sides = [anova(np.stack(x)) for x in (a, b)]
+    images = sides[0].images
+    per_image = np.stack(a).mean(axis=0) - np.stack(b).mean(axis=0)
+    s2 = float(per_image.var(ddof=1))
+    terms = [(s2, images - 1)]
+    for side in sides:
+        if side.ms_seed > side.ms_resid:
+            terms += [(side.ms_seed / side.seeds, side.seeds - 1)]
+            terms += [(-side.ms_resid / side.seeds, (side.seeds - 1) * (images - 1))]
+    total, df = satterthwaite(terms)
+    seed_df = sum(side.seeds - 1 for side in sides)
+    pooled = sum(side.ms_seed * (side.seeds - 1) for side in sides) / seed_df
+    floor = max(s2 - sum(side.ms_resid / side.seeds for side in sides), 0) / images
+    seeds = min(side.seeds for side in sides)
+    found = Difference(diff, math.sqrt(total / images), df, math.nan, NESTED, seeds, images, None, pooled, seed_df, 2)
+    return _tested(replace(found, floor=floor))
+
+
+def _tested(d: Difference) -> Difference:
+    """The t-test of a seeds x images difference; none without spread (identical answers everywhere):
+    no spread is not certainty."""
+    if not d.se > 0:
+        return replace(d, se=math.nan, df=math.nan, test=None, why="no spread")
+    return replace(d, p_value=float(2 * stats.t.sf(abs(d.diff) / d.se, d.df)))
+
+
+def _mcnemar(a: np.ndarray, b: np.ndarray) -> Difference:
+    """One run each: McNemar's exact test on the images both answered (this seed's models, other digits
+    drawn like the test set); the interval: Student's t over the per-image differences."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    d = 100.0 * (a.astype(float) - b.astype(float))
+    diff = float(d.mean())
+    if only_a + only_b == 0:
+        return Difference(diff, math.nan, math.nan, math.nan, None, 1, len(d), "no spread")
+    table = [[int((a & b).sum()), only_a], [only_b, int((~a & ~b).sum())]]
+    p = float(mcnemar(table, exact=True).pvalue)
+    return Difference(diff, float(d.std(ddof=1) / math.sqrt(len(d))), len(d) - 1.0, p, MCNEMAR, 1, len(d))
+
+
+# --- a family of comparisons: verdicts, intervals, plans ---
+
+
+@dataclass(frozen=True)
+class Judgement:
+    p_adj: float  # Holm within the family; NaN: no test
+    confidence: float  # of the interval: 1 - ALPHA / m (Bonferroni)
+    ci_low: float
+    ci_high: float
+    verdict: str  # VERDICTS
+    holm_only: bool = False  # better or worse by Holm, while the Bonferroni interval still touches 0
+    seeds_needed: int | None = None  # per variant, to detect the smallest effect (or reach the half-width)
+    larger_test_set: bool = False  # no number of seeds can, on this test set
+    floor_half_width: float = math.nan  # the interval half-width these test images leave with unlimited seeds
+
+
+# better / worse: by Holm; "... by less": and the whole interval inside +/- the smallest effect;
+# equivalent: not different, the interval inside +/- the smallest effect (TOST); untested: no test.
+VERDICTS = ("better", "worse", "better by less", "worse by less", "equivalent", "undecided", "untested")
 
 
 def holm(p_values) -> list[float]:
@@ -96,27 +247,93 @@ def holm(p_values) -> list[float]:
     return adjusted.tolist()
 
 
-def seeds_needed(d: Difference, power: float = POWER) -> int | None:
-    """Seeds per variant for a two-sided test at 5% to detect d.diff with `power`, if the spread is d.sd;
-    None when there is no spread to go by (one seed) or nothing to detect."""
-    from statsmodels.stats.power import TTestIndPower, TTestPower
+def judge(diffs: list[Difference], smallest_effect: float = SMALLEST_EFFECT_PP, half_width: float | None = None):
+    """One family of comparisons (one question). McNemar's comparisons (one seed each) are about those
+    seeds' models only: they form their own family, apart from the seeds x images ones."""
+    judged: list[Judgement | None] = [None] * len(diffs)
+    for kind in (False, True):
+        members = [i for i, d in enumerate(diffs) if (d.test == MCNEMAR) == kind]
+        for i, j in zip(members, _judge_family([diffs[i] for i in members], smallest_effect, half_width)):
+            judged[i] = j
+    return judged
 
-    if d.test is None or not d.sd or not d.diff or math.isnan(d.sd):
-        return None
-    solver = TTestPower() if d.test == "paired" else TTestIndPower()
-    effect = abs(d.diff) / d.sd
 
-    def enough(n: int) -> bool:
-        return solver.power(effect, n, ALPHA) >= power
+def _judge_family(diffs: list[Difference], smallest: float, half_width: float | None) -> list[Judgement]:
+    m = max(sum(d.test is not None for d in diffs), 1)
+    confidence = 1 - ALPHA / m
+    pooled = _pooled_seed_ms(diffs)
+    judged = []
+    for d, p_adj in zip(diffs, holm([d.p_value for d in diffs])):
+        if d.test is None:
+            judged.append(Judgement(math.nan, confidence, math.nan, math.nan, "untested"))
+            continue
+        low, high = d.interval(confidence)
+        inside = -smallest < low and high < smallest
+        if p_adj < ALPHA:
+            verdict = ("better" if d.diff > 0 else "worse") + (" by less" if inside else "")
+        else:
+            verdict = "equivalent" if inside else "undecided"
+        j = Judgement(p_adj, confidence, low, high, verdict, holm_only=p_adj < ALPHA and low <= 0 <= high)
+        if verdict == "undecided" and _design(d) in pooled:
+            j = replace(j, **plan(d, pooled[_design(d)], m, smallest, half_width))
+        judged.append(j)
+    return judged
 
-    # The smallest whole n with that power, by doubling then bisection (solve_power's root finder gives up
-    # on small effects, and on large ones below n = 2).
-    low, high = 1, 2
+
+def _design(d: Difference) -> tuple:
+    return d.test, d.seeds, d.sides, d.images
+
+
+def _pooled_seed_ms(diffs: list[Difference]) -> dict[tuple, tuple[float, int]]:
+    """The seed mean square pooled over the comparisons sharing a design (test, seeds, images): one
+    comparison's rests on 2 degrees of freedom at 3 seeds, a family's on several times that."""
+    pooled: dict[tuple, tuple[float, int]] = {}
+    for d in diffs:
+        if d.test in (CROSSED, NESTED) and d.seed_df > 0:
+            total, df = pooled.get(_design(d), (0.0, 0))
+            pooled[_design(d)] = (total + d.seed_ms * d.seed_df, df + d.seed_df)
+    return {design: (total / df, df) for design, (total, df) in pooled.items()}
+
+
+def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, half_width: float | None = None) -> dict:
+    """Seeds per variant for a seeds x images comparison like `d` to detect `smallest` pp with POWER at
+    ALPHA / m (two-sided), or, given `half_width`, for its interval at 1 - ALPHA / m to be that narrow.
+
+    With S seeds, Var = sides * MS_seed / (S * N) + floor, the floor being the images' share; MS_seed is
+    the upper PLAN_CONFIDENCE bound of the pooled estimate. Where even unlimited seeds fall short,
+    larger_test_set is set instead."""
+    ms, df = seed_ms
+    upper = ms * df / stats.chi2.ppf(1 - PLAN_CONFIDENCE, df)
+    images = d.images
+    level = 1 - ALPHA / m / 2
+
+    def variance_df(seeds: float) -> tuple[float, float]:
+        if math.isinf(seeds):
+            return d.floor, images - 1.0
+        return satterthwaite([(d.sides * upper / (seeds * images), d.sides * (seeds - 1)), (d.floor, images - 1)])
+
+    def enough(seeds: float) -> bool:
+        variance, dof = variance_df(seeds)
+        if variance <= 0:
+            return True
+        critical = stats.t.ppf(level, dof)
+        if half_width is not None:
+            return critical * math.sqrt(variance) <= half_width
+        shift = smallest / math.sqrt(variance)
+        power = stats.nct.sf(critical, dof, shift) + stats.nct.sf(critical, dof, -shift)  # both tails
+        if not math.isfinite(power):  # statsmodels' TTestPower returns NaN at some n: never read it as "too few"
+            raise ArithmeticError(f"power of a t-test at {dof:.1f} df, shift {shift:.3f}: {power}")
+        return power >= POWER
+
+    floor = stats.t.ppf(level, images - 1) * math.sqrt(d.floor)
+    if not enough(math.inf):
+        return {"larger_test_set": True, "floor_half_width": floor}
+    low, high = 1, 2  # the smallest whole number of seeds: doubling, then bisection (more seeds never hurt)
     while not enough(high):
         low, high = high, high * 2
-        if high > 1_000_000:
-            return None
+        if high > MAX_SEEDS:
+            return {"larger_test_set": True, "floor_half_width": floor}
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (low, middle) if enough(middle) else (middle, high)
-    return high
+    return {"seeds_needed": high, "floor_half_width": floor}

@@ -65,7 +65,10 @@ NOT_IDENTITY = ("mlflow.", "force", "trainer.threads", "trainer.checkpoint_dir",
 # (a new hash re-tagged on stored runs; tests/test_config.py's golden hashes change with it).
 ADDED_LATER = {"model.parity_with": "lenet5"}
 # What the resolved data adds to a run's identity: the same request may read other digits later.
-DATA_IDENTITY = ("data.resolved_source", "data.train_sha256", "data.test_sha256", "data.validation_sha256")
+SPLIT_DIGEST = {"train": "data.train_sha256", "test": "data.test_sha256", "validation": "data.validation_sha256"}
+DATA_IDENTITY = ("data.resolved_source", *SPLIT_DIGEST.values())
+# The delivered model's answer per image of each split it scores at its end (mnist_exp/predictions.py).
+PREDICTIONS = {"test": "predictions/test.npz", "validation": "predictions/validation.npz"}
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 SERVER_TIMEOUT_S = 5
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 import io
 import math
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,11 +22,32 @@ from conftest import REPO
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import tracking
+from mnist_exp import predictions, tracking
 from mnist_exp.analysis import AnalysisError, format_table, select_runs, short, variant_table, with_overrides
-from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run
+from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run, sweep_identity
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
+IMAGES = 1000  # test images of a synthetic run: every accuracy below is a whole number of them
+DIFFICULTY = np.random.default_rng(0).random(IMAGES)  # shared by every run: the hard digits are hard for all
+
+
+def log_answers(client, run_id: str, name: str, test_acc: float) -> None:
+    """What mnist_exp.job logs: the answer per test image, right on round(test_acc * IMAGES) of them, mostly
+    the easy ones (each run its own mix)."""
+    noise = np.random.default_rng(zlib.crc32(name.encode())).random(IMAGES)
+    right = np.argsort(DIFFICULTY + 0.5 * noise)[: round(test_acc * IMAGES)]
+    labels = np.arange(IMAGES) % 10
+    predicted = (labels + 1) % 10
+    predicted[right] = labels[right]
+    with tempfile.TemporaryDirectory() as folder:
+        path = predictions.write_split(Path(folder), "test", predicted, labels, "b" * 64)
+        client.log_artifact(run_id, str(path), "predictions")
+
+
+def table_of(uri: str, experiment: str, **options) -> pd.DataFrame:
+    """variant_table of every finished run of `experiment`, with their per-image answers, as analyze.py builds it."""
+    finished = select_runs(uri, experiment, "all").finished
+    return variant_table(finished, answers=predictions.correct_answers(uri, finished, "test")[0], **options)
 
 
 def log_run(
@@ -42,6 +67,7 @@ def log_run(
     val_acc=None,
     logs_overrides=False,
     sweeper="basic",
+    answers=False,
 ):
     params = {
         "model.name": model,
@@ -79,6 +105,8 @@ def log_run(
             **({"final_val_acc": val_acc} if val_acc is not None else {}),
         }
         client.log_batch(run_id, metrics=[Metric(key, value, 0, epochs) for key, value in metrics.items()])
+        if answers:
+            log_answers(client, run_id, f"{model}/{regularizer}/{optimizer} seed={seed}", test_acc)
     if logs_overrides:  # what Hydra writes for a job of `train.py -m model=... regularizer=... trainer.epochs=...`
         groups = "[" + regularizer.replace("+", ",") + "]" if "+" in regularizer else regularizer
         overrides = [f"model={model}", f"regularizer={groups}", f"optimizer={optimizer}", f"trainer.epochs={epochs}"]
@@ -131,9 +159,9 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{folder}/mlflow.db"
     client = MlflowClient(uri)
 
-    grid = client.create_experiment("grid")
+    grid = client.create_experiment("grid", artifact_location=str(folder / "grid"))
     for row in GRID:
-        log_run(client, grid, *row)
+        log_run(client, grid, *row, answers=True)
     log_run(client, grid, "lenet5", "batchnorm", "sgd", 0, 0.0, 0.0, status="FAILED")
 
     client.create_experiment("empty")
@@ -369,44 +397,92 @@ def test_analyze_refuses_in_one_line_what_it_cannot_answer(store, tmp_path, case
     assert all(part in lines[0] for part in expected), lines[0]
 
 
-# --- statistics: intervals, paired or Welch, Holm ---
-# By hand (scipy only for Student's t quantiles and tails):
-#   mlp/none/sgd = 90, 92, 94 % (seeds 0-2): mean 92, s = 2, 95% CI 92 +- t(0.975, 2) * 2 / sqrt(3) = 92 +- 4.96828
-#   vs lenet5/none/sgd = 97, 99 % (seeds 0-1): the seeds differ, so Welch: diff -6; se^2 = 4/3 + 2/2 = 7/3;
-#   df = (7/3)^2 / ((4/3)^2/2 + 1^2/1) = 2.88235; t = -3.92792; p = 0.0315776; 95% CI -6 +- 4.97547.
-#   lenet5/dropout/sgd = 98.0, 98.5 vs lenet5/none/sgd = 97, 99 on the same seeds 0, 1: paired, differences
-#   +1.0, -0.5: mean +0.25, s = 1.06066, t = 0.25 / (1.06066 / sqrt(2)) = 0.33333 on 1 df, p = 0.79517.
-#   Its family (every regularized LeNet-5 with sgd): dropout alone has a test (l2 has one seed), so Holm leaves it.
-#   lenet5/none/sgd = 97, 99 %: 95% CI 98 +- t(0.975, 1) * sqrt(2) / sqrt(2) = 98 +- 12.7062, clipped to 100 %.
+# --- statistics: the table's comparisons are significance's, on each run's logged answers ---
 
 
-def test_confidence_intervals_and_tests_match_hand_computation(store):
-    table = variant_table(select_runs(store["uri"], "grid", "all").finished).set_index("variant")
+def test_the_table_compares_image_by_image_over_seeds_as_significance_does(store):
+    from mnist_exp.significance import CROSSED, NESTED, accuracy, difference, judge
+
+    finished = select_runs(store["uri"], "grid", "all").finished
+    answers = predictions.correct_answers(store["uri"], finished, "test")[0]
+    table = variant_table(finished, answers=answers).set_index("variant")
+
+    def runs(variant):
+        row = table.loc[variant]
+        return {seed: answers[run_id] for seed, run_id in zip(row.seeds, row.run_ids)}
 
     mlp = table.loc["mlp/none/sgd"]
-    assert (mlp.acc_pct_ci_low, mlp.acc_pct_ci_high) == pytest.approx((92 - 4.96828, 92 + 4.96828), abs=1e-4)
-    assert mlp.baseline == "lenet5/none/sgd" and mlp.test == "Welch"
-    assert mlp.vs_baseline_pp == pytest.approx(-6.0)
-    assert mlp.p_value == pytest.approx(0.0315776, abs=1e-6) and mlp.p_adj == mlp.p_value  # a family of one
-    assert (mlp.vs_baseline_pp_ci_low, mlp.vs_baseline_pp_ci_high) == pytest.approx(
-        (-6 - 4.97547, -6 + 4.97547), abs=1e-4
-    )
-    assert mlp.verdict == "worse"
+    e = accuracy(np.stack(list(runs("mlp/none/sgd").values())))
+    assert (mlp.acc_pct, mlp.acc_pct_ci_low, mlp.acc_pct_ci_high) == pytest.approx((92.0, e.ci_low, e.ci_high))
+    # Seeds 0-2 against 0-1: not matched, so nested in their variants; a family of one: 95%, Holm = raw p.
+    d = difference(runs("mlp/none/sgd"), runs("lenet5/none/sgd"))
+    assert mlp.baseline == "lenet5/none/sgd" and mlp.test == NESTED and d.test == NESTED
+    assert mlp.vs_baseline_pp == pytest.approx(-6.0) and mlp.p_value == pytest.approx(d.p_value)
+    assert mlp.p_adj == mlp.p_value and mlp.confidence == 0.95
+    assert (mlp.vs_baseline_pp_ci_low, mlp.vs_baseline_pp_ci_high) == pytest.approx(d.interval(0.95))
+    assert mlp.verdict == judge([d])[0].verdict == "worse"
 
-    lenet = table.loc["lenet5/none/sgd"]
-    assert (lenet.acc_pct_ci_low, lenet.acc_pct_ci_high) == pytest.approx((98 - 12.7062, 100), abs=1e-4)
-
+    # dropout and plain LeNet-5 share seeds 0, 1: crossed. l2 has one seed against two: no test, and its
+    # family therefore holds one test (m = 1).
     dropout = table.loc["lenet5/dropout/sgd"]
-    assert dropout.baseline == "lenet5/none/sgd" and dropout.test == "paired" and dropout.n_compared == 2
-    assert dropout.vs_baseline_pp == pytest.approx(0.25) and dropout.p_value == pytest.approx(0.79517, abs=1e-5)
-    assert dropout.verdict == "undecided" and dropout.vs_baseline_pp_ci_low < 0 < dropout.vs_baseline_pp_ci_high
-
+    d = difference(runs("lenet5/dropout/sgd"), runs("lenet5/none/sgd"))
+    assert dropout.test == CROSSED and dropout.n_compared == 2 and dropout.images == IMAGES
+    assert dropout.vs_baseline_pp == pytest.approx(0.25) and dropout.p_value == pytest.approx(d.p_value)
+    assert (dropout.vs_baseline_pp_ci_low, dropout.vs_baseline_pp_ci_high) == pytest.approx(d.interval(0.95))
     one_seed = table.loc["lenet5/l2/sgd"]
-    assert math.isnan(one_seed.p_value) and one_seed.verdict == "one seed" and one_seed.test is None
+    assert one_seed.test is None and one_seed.why_untested == "one seed on a side" and one_seed.verdict == "untested"
+    assert math.isnan(one_seed.acc_pct_ci_low)  # one seed: seed noise unknown, no interval
     assert pd.isna(table.loc["lenet5/none/sgd"].baseline), "plain LeNet-5 is the reference, not compared"
 
 
-# Four regularizers against one plain LeNet-5 on seeds 0-2 (paired): Holm adjusts the four p-values together.
+def test_runs_without_answers_get_no_test_and_say_why(store):
+    table = variant_table(select_runs(store["uri"], "grid", "all").finished).set_index("variant")
+
+    assert table.loc["lenet5/dropout/sgd", "why_untested"] == "no per-image answers"
+    assert math.isnan(table.loc["lenet5/dropout/sgd", "p_value"])
+    assert table.loc["lenet5/dropout/sgd", "vs_baseline_pp"] == pytest.approx(0.25)
+    without = select_runs(store["uri"], "sweeps", "all").finished  # runs logged with no answers and no model
+    found, missing, _ = predictions.correct_answers(store["uri"], without, "test")
+    assert not found and all("has no predictions/test.npz and no model to re-score" in why for why in missing.values())
+
+
+def _analyze():
+    """analyze.py's main, in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("analyze_script", REPO / "analyze.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_claims_recheck_on_their_store_and_fail_naming_the_claim_a_new_seed_reverses(store, tmp_path, capsys):
+    client = store["client"]
+    experiment = client.create_experiment("claims", artifact_location=str(store["folder"] / "claims"))
+    for seed in range(3):
+        for regularizer, acc in (("none", 0.950), ("batchnorm", 0.970)):
+            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc + seed / 1000, acc, answers=True)
+    main = _analyze()
+    assert main(["--tracking-uri", store["uri"], "--experiment", "claims", "--report", str(tmp_path)]) == 0
+    claims_file = tmp_path / "claims.json"
+    claim = "regularizers: lenet5/batchnorm/sgd vs lenet5/none/sgd"
+    capsys.readouterr()
+
+    assert main(["--check", str(claims_file)]) == 0  # the store it came from: every claim holds
+    assert f"{claim}: holds (better)" in capsys.readouterr().out
+
+    for regularizer, acc in (("none", 0.975), ("batchnorm", 0.900)):  # seed 3 reverses it
+        log_run(client, experiment, "lenet5", regularizer, "sgd", 3, acc, acc, answers=True)
+    assert main(["--check", str(claims_file)]) == 1
+    out = capsys.readouterr().out
+    assert f"{claim}: no longer holds: verdict better -> " in out and "now 4 seeds, was 3" in out
+
+    (tmp_path / "other.json").write_text("{}")
+    assert main(["--check", str(tmp_path / "other.json")]) == 1
+    assert "not a claims file" in capsys.readouterr().err
+
+
+# Four regularizers against one plain LeNet-5 on seeds 0-2 (crossed): one family, Holm and Bonferroni.
 FAMILY = {
     "none": [0.970, 0.972, 0.968],
     "batchnorm": [0.979, 0.978, 0.978],
@@ -422,28 +498,27 @@ def family(store):
     experiment = client.create_experiment("family", artifact_location=str(store["folder"] / "family"))
     for regularizer, accuracies in FAMILY.items():
         for seed, acc in enumerate(accuracies):
-            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc, logs_overrides=True)
-    table = variant_table(select_runs(store["uri"], "family", "all").finished)
+            log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc, acc, logs_overrides=True, answers=True)
+    table = table_of(store["uri"], "family", smallest_effect=1.0)
     return with_overrides(table, store["uri"]).set_index("regularizer")
 
 
-def test_a_family_of_comparisons_is_holm_adjusted_and_judged_on_the_adjusted_p(family):
-    from scipy import stats
+def test_a_family_of_comparisons_is_holm_adjusted_with_bonferroni_intervals(family):
     from statsmodels.stats.multitest import multipletests
 
     regularized = [r for r in FAMILY if r != "none"]
-    raw = [stats.ttest_rel(np.array(FAMILY[r]) * 100, np.array(FAMILY["none"]) * 100).pvalue for r in regularized]
-    adjusted = multipletests(raw, method="holm")[1]
+    adjusted = multipletests(list(family.loc[regularized, "p_value"]), method="holm")[1]
 
-    assert list(family.loc[regularized, "p_value"]) == pytest.approx(raw)
     assert list(family.loc[regularized, "p_adj"]) == pytest.approx(adjusted)
-    assert (family.loc[regularized, "test"] == "paired").all()
+    assert list(family.loc[regularized, "confidence"]) == pytest.approx([1 - 0.05 / 4] * 4)
+    assert (family.loc[regularized, "test"] == "seeds x images").all()
     for regularizer, p_adj in zip(regularized, adjusted):
-        expected = (
-            "undecided" if p_adj >= 0.05 else ("better" if family.loc[regularizer, "vs_baseline_pp"] > 0 else "worse")
-        )
-        assert family.loc[regularizer, "verdict"] == expected
-    assert any(p < 0.05 <= a for p, a in zip(raw, adjusted)), "the family must hold a claim Holm withdraws"
+        row = family.loc[regularizer]
+        inside = max(abs(row.vs_baseline_pp_ci_low), abs(row.vs_baseline_pp_ci_high)) < 1.0
+        if p_adj < 0.05:
+            assert row.verdict.startswith("better" if row.vs_baseline_pp > 0 else "worse")
+        else:
+            assert row.verdict == ("equivalent" if inside else "undecided")
 
 
 def test_metric_best_uses_each_runs_best_epoch(store):
@@ -531,35 +606,47 @@ def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_ret
     table = with_overrides(variant_table(select_runs(store["uri"], "validation", "all").finished), store["uri"])
 
     (answer,) = report.combinations(table)
-    assert answer["single"].regularizer == "l2" and answer["basis"] == "validation" and answer["retest"] is None
-    without = table.assign(val_acc_pct=np.nan)  # runs without a validation split
-    (answer,) = report.combinations(without)
-    assert answer["single"].regularizer == "dropout" and answer["basis"] == "test"
-    assert answer["retest"] == (
-        "python train.py -m model=lenet5 'regularizer=[l2,dropout],dropout' optimizer=sgd trainer.epochs=2 "
+    # Chosen on validation: the winner's comparison keeps its p (adjusted within the pairs it was chosen from),
+    # and the re-test trains the winner and its baseline on fresh seeds, analyzed from that sweep alone.
+    assert answer["single"].regularizer == "l2" and answer["basis"] == "validation"
+    train = (
+        "python train.py -m model=lenet5 'regularizer=[l2,dropout],l2' optimizer=sgd trainer.epochs=2 "
         "trainer.seed=2,3,4"
     )
-
-
-def test_seeds_needed_come_with_the_command_adding_exactly_those_seeds(family):
-    from mnist_exp.significance import compare, seeds_needed
-
-    dropout = family.loc["dropout"]
-    plain = family.loc["none"]
-    expected = seeds_needed(
-        compare(dict(zip(dropout.seeds, dropout.acc_pct_samples)), dict(zip(plain.seeds, plain.acc_pct_samples)))
+    key = sweep_identity(shlex.split(train)[3:])[0]  # the sweep key train.py gives that command
+    assert answer["retest"] == {"train": train, "analyze": f"python analyze.py --sweep {key}", "basis": "validation"}
+    without = table.assign(val_acc_pct=np.nan)  # runs without a validation split
+    (answer,) = report.combinations(without)
+    # Chosen on the test split: no p-value at all, and the command that chooses on a validation split instead.
+    assert answer["single"].regularizer == "dropout" and answer["basis"] == "test"
+    assert math.isnan(answer["best"]["c"]["p_adj"]) and answer["best"]["c"]["verdict"] == "selected on test"
+    assert answer["retest"]["train"] == (
+        "python train.py -m model=lenet5 'regularizer=dropout,l2,[l2,dropout]' optimizer=sgd trainer.epochs=2 "
+        "data.validation_size=1000 trainer.seed=0,1"
     )
-    assert dropout.verdict == "undecided" and dropout.seeds_needed == expected and expected > 3
 
+
+def test_a_plan_comes_with_the_command_adding_its_seeds_and_never_an_empty_one(family):
     from mnist_exp import report
+    from mnist_exp.analysis import more_seeds, train_command
 
     (answer,) = report.regularizers(family.reset_index())
-    entry = next(e for e in answer["entries"] if e["row"].regularizer == "dropout")
-    # Seeds 0-2 exist: only the missing ones train, as Hydra's range(3, expected) (its stop is exclusive).
-    assert entry["c"]["command"] == (
-        f"python train.py -m model=lenet5 regularizer=dropout,none optimizer=sgd trainer.epochs=2 "
-        f"'trainer.seed=range(3,{expected})'"
-    )
+    planned = [e for e in answer["entries"] if e["c"]["seeds_needed"]]
+    assert planned, "the family must hold an undecided comparison with a plan"
+    for entry in planned:
+        c, have = entry["c"], 3
+        added = max(c["seeds_needed"] - have, 1)
+        assert c["command"] == (
+            f"python train.py -m model=lenet5 regularizer={entry['row'].regularizer},none optimizer=sgd "
+            f"trainer.epochs=2 trainer.seed={','.join(str(s) for s in range(3, 3 + added))}"
+            if added <= 3
+            else f"python train.py -m model=lenet5 regularizer={entry['row'].regularizer},none optimizer=sgd "
+            f"trainer.epochs=2 'trainer.seed=range(3,{3 + added})'"
+        )
+    rows = list(family.reset_index().itertuples())
+    assert more_seeds(rows, 2) == [3]  # the plan is met: one more seed still, never none
+    with pytest.raises(ValueError, match="at least one seed"):
+        train_command(rows, [])
 
 
 def test_runs_from_before_1edc110_pool_with_newer_runs_of_their_variant(store):
@@ -575,7 +662,7 @@ def test_runs_from_before_1edc110_pool_with_newer_runs_of_their_variant(store):
     table = variant_table(select_runs(store["uri"], "before-1edc110", "all").finished).set_index("variant")
 
     assert list(table["n"]) == [2, 2]
-    assert table.loc["lenet5/dropout/sgd", "test"] == "paired"
+    assert table.loc["lenet5/dropout/sgd", "n_compared"] == 2
 
 
 def test_runs_of_a_search_get_no_command_that_would_launch_the_search_again(store):
@@ -605,10 +692,10 @@ def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):
 
     narrow = format_table(table, "markdown")
     assert max(map(len, narrow.splitlines())) <= 120
-    assert "lenet5/bn+aug+ls/sgd+1cyc" in narrow and "bn = batchnorm" in narrow and "paired" in narrow
+    assert "lenet5/bn+aug+ls/sgd+1cyc" in narrow and "bn = batchnorm" in narrow and "no per-image answers" in narrow
     wide = format_table(table, "markdown", wide=True)
     assert "lenet5/batchnorm+augment+label_smoothing/sgd+onecycle" in wide and "test loss" in wide
-    assert {"p_value", "p_adj", "test", "verdict", "seeds_needed", "collapsed"} <= set(
+    assert {"p_value", "p_adj", "test", "verdict", "seeds_needed", "larger_test_set", "collapsed"} <= set(
         pd.read_csv(io.StringIO(format_table(table, "csv"))).columns
     )
 
@@ -637,6 +724,10 @@ def test_report_is_written_and_logged_to_the_sweep_run(store, tmp_path):
     assert result.returncode == 0, result.stderr
     report_text = (tmp_path / "report" / "report.md").read_text()
     assert "This selection lacks a plain LeNet-5 and a plain MLP trained alike." in report_text
+    assert (  # runs logged without answers or a model: named, with what to do, in one line
+        "2 runs have no per-image answers, so their comparisons have no test: lenet5/none/sgd seed=1, "
+        "lenet5/none/sgd seed=2 (run "
+    ) in result.stderr and "to re-score them from their logged models" in result.stderr
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/report.md" in logged
 

@@ -43,6 +43,8 @@ COMPOSED = {  # train.py commands too long to train here: their config is compos
     "python train.py experiment=course_grid data.source=sample": (
         "the course grid, 30 runs of 10 epochs (tests/test_scaling.py expands its 30 jobs)"
     ),
+    "python train.py experiment=course_grid data.source=sample trainer.threads=1 hydra.launcher.workers=1 "
+    "mlflow.tracking_uri=sqlite:////work/runs/course-grid/mlflow.db": "the course grid into the store docs/report read",
     "python train.py -m hydra/launcher=slurm hydra.launcher.partition=<partition> experiment=course_grid "
     "mlflow.tracking_uri=http://tracking-host:5055": "a SLURM cluster and a team server: make test-cluster runs them",
     "python train.py -m hparams_search=lenet5_optuna": "20 trials of 10 epochs (tests/test_search.py searches)",
@@ -57,7 +59,11 @@ NOT_RUN = {
     "make lint": "CI runs it (.ci/run)",
     ".venv/bin/ruff check --fix . && .venv/bin/ruff format .": "it rewrites the checkout; CI's make lint checks",
     ".venv/bin/pre-commit install": "it writes the checkout's git hooks",
-    "python analyze.py --sweep experiment=course_grid --report docs/report": "it reads the course grid (composed)",
+    "python analyze.py --tracking-uri sqlite:////work/runs/course-grid/mlflow.db --sweep experiment=course_grid "
+    "--report docs/report": "it reads the course grid's store (composed above); tests/test_report.py writes reports",
+    "python analyze.py --check docs/report/claims.json": (
+        "it re-checks against the course grid's store; tests/test_analysis.py runs --check on a store it makes"
+    ),
     "sudo deploy/tracking-server.sh start": "needs root and PostgreSQL: make test-cluster runs the team server",
     "export MLFLOW_TRACKING_URI=http://127.0.0.1:5055 MLFLOW_TRACKING_USERNAME=admin": "the team server's block",
     'export MLFLOW_TRACKING_PASSWORD="$(sudo cat /var/lib/mnist-exp-tracking/admin-password)"': "the same",

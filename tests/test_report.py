@@ -1,6 +1,7 @@
 """analyze.py --report on one real sweep trained with non-default settings (2 epochs, a validation split):
-every course question it has runs for is answered with paired, Holm-adjusted statistics, and every
-figure is readable (few series per panel, accuracy bands within 0-100)."""
+every course question it has runs for is answered image by image over seeds and test images, Holm-adjusted,
+from the answers each run logged, and every figure is readable (few series per panel, accuracy bands within
+0-100)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from conftest import run_script
 from matplotlib.collections import PolyCollection
 
-from mnist_exp import plots, report
+from mnist_exp import plots, predictions, report
 from mnist_exp.analysis import histories, select_runs, variant_table
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,9 @@ def sweep(tmp_path_factory, course_dataset, empty_store):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     finished = select_runs(uri, "mnist-exp").finished
-    return {"cwd": cwd, "uri": uri, "table": variant_table(finished), "history": histories(uri, finished)}
+    answers = predictions.correct_answers(uri, finished, "test")[0]
+    table = variant_table(finished, answers=answers)
+    return {"cwd": cwd, "uri": uri, "table": table, "history": histories(uri, finished), "answers": answers}
 
 
 def test_every_question_with_runs_is_answered_from_runs_trained_alike(sweep):
@@ -52,13 +55,14 @@ def test_every_question_with_runs_is_answered_from_runs_trained_alike(sweep):
     assert "lacks a plain LeNet-5" not in text and "has no regularized LeNet-5" not in text
     assert "has no LeNet-5 runs with pairs" not in text
     assert "(2 epochs, sgd, a constant learning rate, on course 300/200 +100 val):\nLeNet-5 (44,426 parameters)" in text
-    assert "paired over 2 matched seeds" in text and "Holm-adjusted" in text and "Welch, p =" not in text
-    assert "the best pair, l2+dropout (chosen on the validation split)" in text
+    assert "2 matched seeds x 200 test images" in text and "Holm-adjusted" in text
+    assert "the best pair, l2+dropout (chosen on the validation split among 1 candidate," in text
+    assert "re-scored" not in result.stderr  # every run logged its answers per image
     for figure in report.FIGURES.values():
         assert f"]({figure})" in text and (cwd / "out" / figure).stat().st_size > 10_000
     table = result.stdout.split("\n\n")[0]
     assert max(map(len, result.stdout.splitlines())) <= 120
-    assert "paired" in table and "p Holm" in table
+    assert "verdict" in table and "p Holm" in table
 
 
 def test_the_table_the_report_and_the_family_agree(sweep):
@@ -66,7 +70,8 @@ def test_the_table_the_report_and_the_family_agree(sweep):
     (answer,) = report.regularizers(sweep["table"])
     dropout = next(i["c"] for i in answer["entries"] if i["row"].regularizer == "dropout")
 
-    assert dropout["test"] == "paired" and dropout["p_adj"] == pytest.approx(table.loc["lenet5/dropout/sgd", "p_adj"])
+    assert dropout["test"] == "seeds x images"
+    assert dropout["p_adj"] == pytest.approx(table.loc["lenet5/dropout/sgd", "p_adj"])
     from statsmodels.stats.multitest import multipletests
 
     family = table[(table["model"] == "lenet5") & (table["regularizer"] != "none")]
@@ -101,3 +106,28 @@ def test_every_figure_has_few_series_per_panel_and_accuracy_bands_within_0_100(s
         plt.close(fig)
     models = figures["models"]
     assert [ax.get_title() for ax in models.axes] == ["train loss", "test loss", "train accuracy", "test accuracy"]
+
+
+def test_every_run_logs_its_answer_per_image_of_each_split_it_scored(sweep):
+    finished = select_runs(sweep["uri"], "mnist-exp").finished
+    for split, images in (("test", 200), ("validation", 100)):
+        found, missing, rescored = predictions.correct_answers(sweep["uri"], finished, split)
+        assert not missing and not rescored and {len(correct) for correct in found.values()} == {images}
+    final = finished.set_index("run_id")["metrics.final_val_acc"]
+    assert all(found[run_id].mean() == final[run_id] for run_id in found)  # the very answers it scored
+
+
+def test_a_run_without_answers_is_rescored_once_from_its_logged_model(sweep):
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.tracking import MlflowClient
+
+    run = select_runs(sweep["uri"], "mnist-exp").finished.iloc[[0]]
+    run_id = run["run_id"].iloc[0]
+    artifacts = MlflowClient(sweep["uri"]).get_run(run_id).info.artifact_uri
+    get_artifact_repository(artifacts).delete_artifacts("predictions")  # as a run logged before they existed
+
+    found, missing, rescored = predictions.correct_answers(sweep["uri"], run, "test")
+
+    assert rescored == [run_id] and not missing
+    assert (found[run_id] == sweep["answers"][run_id]).all()  # the logged model answers as the run did
+    assert predictions.correct_answers(sweep["uri"], run, "test")[2] == []  # logged back: re-scored once

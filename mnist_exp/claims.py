@@ -1,0 +1,136 @@
+"""The report's claims as a file (claims.json beside report.md), and `analyze.py --check FILE`.
+
+Each claim: its question, the variants compared, the difference, its interval and verdict, and every run
+its family and its selection rest on. --check recomputes each claim, with the same settings, from every
+FINISHED run now in the store of the variants those runs belong to (trained alike, on the same data),
+whichever sweep trained them: added seeds, re-trained runs and changed code all count. A claim no longer
+holds when its verdict (or its winner) changed, or its difference or interval moved beyond the printed
+precision (0.01 pp). Nothing here is random. FORMAT and VERSION name the file's layout; a reader takes
+every version up to its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+FORMAT, VERSION = "mnist-exp claims", 1
+
+
+def collect(answers: dict) -> list[dict]:
+    """The claims of report.answers(): one per comparison the report words."""
+    claims = []
+    for a in answers["models"]:
+        claims.append(_claim("LeNet-5 vs the MLP", a["lenet"].variant, a["mlp"].variant, a["c"], a["runs"]))
+    for a in answers["regularizers"]:
+        for entry in a["entries"] + a["one_seed"]:
+            claims.append(_claim("regularizers", entry["row"].variant, a["plain"].variant, entry["c"], a["runs"]))
+    for a in answers["combinations"]:
+        name = f"best pair vs best single ({a['trained']})"
+        claims.append(_claim(name, a["best"]["row"].variant, a["single"].variant, a["best"]["c"], a["runs"], a))
+    for a in answers["recipes"]:
+        if a["c"] is not None:
+            name = f"best recipe for {a['model']} vs {a['reference'].variant}"
+            claims.append(_claim(name, a["best"].variant, a["reference"].variant, a["c"], a["runs"], a))
+    return claims
+
+
+def _claim(question: str, variant: str, baseline: str, c: dict, runs: list, chosen: dict | None = None) -> dict:
+    """`chosen`: the answer of a question that picks its variant (keyed by the question, not the winner)."""
+    return {
+        "id": question if chosen else f"{question}: {variant} vs {baseline}",
+        "question": question,
+        "variant": variant,
+        "baseline": baseline,
+        "chosen_on": chosen["basis"] if chosen else None,
+        "difference_pp": _number(c["vs_baseline_pp"]),
+        "interval_pp": [_number(c["vs_baseline_pp_ci_low"]), _number(c["vs_baseline_pp_ci_high"])],
+        "confidence": _number(c.get("confidence", math.nan)),
+        "p_holm": _number(c["p_adj"]),
+        "test": c["test"],
+        "verdict": c["verdict"],
+        "seeds": int(c["n_compared"]),
+        "images": int(c["images"]),
+        "runs": {row.variant: list(row.run_ids) for row in runs},
+    }
+
+
+def _number(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def write(path: Path, claims: list[dict], selection: dict, settings: dict) -> Path:
+    """`selection`: the store, experiment, sweeps, filters and metric the report read; `settings`: how it judged."""
+    document = {"format": FORMAT, "version": VERSION, "selection": selection, "settings": settings, "claims": claims}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def read(path: Path) -> dict:
+    """The claims file, or ValueError with one line naming the file and what is wrong."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--check {path}: cannot read it as a claims file ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"--check {path}: not a claims file (analyze.py --report writes claims.json)")
+    if document.get("version", 0) > VERSION:
+        raise ValueError(
+            f"--check {path}: claims format version {document['version']}; this code reads up to {VERSION}"
+        )
+    return document
+
+
+def differences(before: dict, after: dict | None) -> list[str]:
+    """Why a claim no longer holds, in words; [] while it holds."""
+    if after is None:
+        return ["no longer made: its runs or their comparison are gone"]
+    found = []
+    if after["chosen_on"] and after["variant"] != before["variant"]:
+        found.append(f"winner {before['variant']} -> {after['variant']}")
+    if after["verdict"] != before["verdict"]:
+        found.append(f"verdict {before['verdict']} -> {after['verdict']}")
+    shown = {key: (_shown(before[key]), _shown(after[key])) for key in ("difference_pp", "interval_pp")}
+    if shown["difference_pp"][0] != shown["difference_pp"][1]:
+        found.append("difference {} -> {} pp".format(*shown["difference_pp"]))
+    if shown["interval_pp"][0] != shown["interval_pp"][1]:
+        found.append("interval {} -> {} pp".format(*shown["interval_pp"]))
+    if found and after["seeds"] != before["seeds"]:
+        found.append(f"now {after['seeds']} seeds, was {before['seeds']}")
+    return found
+
+
+def _shown(value) -> str:
+    """As the report prints it: 0.01 pp."""
+    if isinstance(value, list):
+        return " to ".join(map(_shown, value))
+    return "none" if value is None else f"{value:+.2f}"
+
+
+def check(document: dict, tracking_uri: str, experiment: str, course: str | None) -> list[tuple[dict, list[str]]]:
+    """Each recorded claim with why it no longer holds ([] while it holds), recomputed from the store now."""
+    from mnist_exp import predictions, report
+    from mnist_exp.analysis import SPLITS, AnalysisError, apply_filters, per_run, select_runs, variant_table
+
+    recorded, settings = document["selection"], document["settings"]
+    finished = apply_filters(select_runs(tracking_uri, experiment, "all").finished, recorded["filter"])
+    if finished.empty:
+        raise AnalysisError(f"no FINISHED runs in {experiment!r} at {tracking_uri} to check the claims on")
+    runs = per_run(finished, recorded["metric"])
+    used = {run_id for claim in document["claims"] for ids in claim["runs"].values() for run_id in ids}
+    wanted = {key for key, run_id in zip(zip(runs["variant_hash"], runs["context"]), runs["run_id"]) if run_id in used}
+    if not wanted:
+        raise AnalysisError(f"none of the runs the claims rest on is in {experiment!r} at {tracking_uri} any more")
+    kept = finished[[key in wanted for key in zip(runs["variant_hash"], runs["context"])]]
+    split = SPLITS.get(recorded["metric"])
+    answers = predictions.correct_answers(tracking_uri, kept, split)[0] if split else {}
+    table = variant_table(
+        kept,
+        recorded["metric"],
+        answers=answers,
+        smallest_effect=settings["smallest_effect"],
+        half_width=settings["half_width"],
+    )
+    now = {claim["id"]: claim for claim in collect(report.answers(table, course))}
+    return [(claim, differences(claim, now.get(claim["id"]))) for claim in document["claims"]]
