@@ -31,9 +31,12 @@ def test_the_option_lists_are_read_from_conf():
         "batchnorm",
         "dropout",
         "early_stopping",
+        "elastic",
+        "ema",
         "l2",
         "label_smoothing",
         "none",
+        "swa",
     ]
     assert options("optimizer") == ["adam", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
