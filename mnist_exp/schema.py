@@ -252,6 +252,15 @@ class TrainConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    """hydra.sweeper.confirm: after the trials, the best trial's recipe and the plain model on fresh seeds
+    (mnist_exp/confirmation.py)."""
+
+    seeds: int = MISSING  # 0: no confirmation
+    overrides: list[str] = MISSING  # what the confirmation changes from the trials
+
+
+@dataclass
 class OptunaSweeperConfig:
     """hydra.sweeper under hydra/sweeper=optuna (mnist_exp/search.py)."""
 
@@ -268,6 +277,7 @@ class OptunaSweeperConfig:
     sampler: Any = MISSING  # an optuna.samplers class and its arguments
     pruner: Any = MISSING  # an optuna.pruners class and its arguments
     params: dict[str, Any] | None = MISSING
+    confirm: ConfirmConfig = field(default_factory=lambda: ConfirmConfig())
 
 
 def out_of_range(key: str, value, allowed: str) -> str:

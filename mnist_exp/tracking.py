@@ -55,6 +55,7 @@ STUDY = PREFIX + "optuna_study"  # and the Optuna study's name
 PARENT = "mlflow.parentRunId"  # what nests child runs under their sweep in `mlflow ui`
 NOTE = "mlflow.note.content"  # a run's description in `mlflow ui`
 MEAN_USED, STD_USED = "data.mean_used", "data.std_used"  # params: the normalization (data.mean/std null: computed)
+CONFIRMATION = PREFIX + "confirmation"  # on a search's sweep run: {"recipe": [run IDs], "plain": [run IDs]}
 # MLflow 3's UI opens experiments of other kinds in its GenAI view, where training runs do not show.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 

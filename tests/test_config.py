@@ -41,7 +41,7 @@ def test_the_option_lists_are_read_from_conf():
     assert options("optimizer") == ["adam", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
     assert options("data") == ["mnist"]
-    assert options("experiment") == ["course_grid", "lenet5_best", "mlp_best", "regularizer_combos"]
+    assert options("experiment") == ["course_grid", "lenet5_best", "mlp_best", "regularizer_combos", "tune"]
     assert options("hparams_search") == ["lenet5_optuna"]
 
 
