@@ -202,8 +202,8 @@ class Elastic:
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """torchvision.transforms.v2.functional.gaussian_blur with the kernel ElasticTransform uses (+-4 sigma,
-    edges reflected), as two small matrix products: its 2-D convolution (33 x 33 at sigma 4) costs several
-    LeNet-5 training steps per batch; these a few percent of one (benchmarks/augmentation.py)."""
+    edges reflected), as two small matrix products: 0.7 ms a batch of 64 where its 2-D convolution
+    (33 x 33 at sigma 4) took 11 ms, in one run on 1 thread."""
     height, width = images.shape[-2:]
     return blur_matrix(height, sigma).T.to(images.dtype) @ images @ blur_matrix(width, sigma).to(images.dtype)
 
