@@ -74,8 +74,10 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
 
 
 def _table(config: DictConfig, best_trial, run_ids: list[str]) -> str:
-    """analyze.py's table of the confirmation's finished runs, under a line saying what they are."""
-    from mnist_exp.analysis import AnalysisError, format_table, select_runs, variant_table
+    """analyze.py's table of the confirmation's finished runs (over seeds and test images), under a line
+    saying what they are."""
+    from mnist_exp import predictions
+    from mnist_exp.analysis import SPLITS, AnalysisError, format_table, select_runs, variant_table
 
     heading = (
         f"Confirmation on the test split: trial {best_trial.number}'s recipe (chosen on the validation split) "
@@ -83,7 +85,8 @@ def _table(config: DictConfig, best_trial, run_ids: list[str]) -> str:
     )
     selection = select_runs(config.mlflow.tracking_uri, config.mlflow.experiment, "all")
     finished = selection.finished[selection.finished["run_id"].isin(run_ids)]
+    answers, _, _ = predictions.correct_answers(config.mlflow.tracking_uri, finished, SPLITS["final"])
     try:
-        return f"{heading}:\n\n{format_table(variant_table(finished), 'markdown')}"
+        return f"{heading}:\n\n{format_table(variant_table(finished, answers=answers), 'markdown')}"
     except AnalysisError as error:  # every confirmation job failed, and said why
         return f"{heading}: no table ({error})"
