@@ -23,13 +23,16 @@ class Checkpoint:
     optimizer_state: dict
     scheduler_state: dict | None
     progress: TrainingState
+    averaged_state: dict | None = None  # EMA or SWA: the averaged weights so far
 
     def restore(self, training: Training) -> TrainingState:
-        """Put the weights, optimizer and schedule back into `training`; returns where the run was."""
+        """Put the weights, their average, optimizer and schedule back into `training`; returns where the run was."""
         training.model.load_state_dict(self.model_state)
         training.optimizer.load_state_dict(self.optimizer_state)
         if training.scheduler is not None:
             training.scheduler.load_state_dict(self.scheduler_state)
+        if training.averaged is not None:
+            training.averaged.load_state_dict(self.averaged_state)
         return self.progress
 
 
@@ -47,6 +50,7 @@ def save(path: Path, run_id: str, training: Training, progress: TrainingState) -
             "optimizer_state": training.optimizer.state_dict(),
             "scheduler_state": training.scheduler.state_dict() if training.scheduler is not None else None,
             "progress": asdict(progress),  # with the best epoch's weights, for early stopping
+            "averaged_state": training.averaged.state_dict() if training.averaged is not None else None,
         },
         path,
     )
@@ -61,7 +65,12 @@ def load(path: Path) -> Checkpoint | None:
         fields = payload["progress"]
         progress = TrainingState(**{**fields, "history": [EpochMetrics(**m) for m in fields["history"]]})
         return Checkpoint(
-            payload["run_id"], payload["model_state"], payload["optimizer_state"], payload["scheduler_state"], progress
+            payload["run_id"],
+            payload["model_state"],
+            payload["optimizer_state"],
+            payload["scheduler_state"],
+            progress,
+            payload.get("averaged_state"),
         )
     except Exception as error:  # a damaged checkpoint costs a restart, never a crash
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)

@@ -261,7 +261,7 @@ def train_and_log(
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.trainer.seed)
     built = build_model(cfg.model, layer_switches(cfg.regularizer))
-    training = Training.from_config(built.model.to(device), cfg, device, len(data.train))
+    training = Training.from_config(built.model.to(device), cfg, device, data.train)
     log.info(
         "%s: %d parameters (LeNet-5: %d); data: %s (%s), %d train / %d test images; %s, %d threads",
         built.description,
@@ -275,7 +275,7 @@ def train_and_log(
         torch.get_num_threads(),
     )
     datasets = tracking.datasets(data)
-    state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, data, datasets)
+    state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, training, data, datasets)
 
     run = mlflow.active_run().info
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
@@ -303,7 +303,7 @@ def objective_of(metrics: dict[str, float]) -> float | None:
     return metrics.get("val_acc")
 
 
-def _start(cfg, built, data, datasets) -> TrainingState:
+def _start(cfg, built, training: Training, data, datasets) -> TrainingState:
     """A new run's record of what it trains and on which data."""
     mlflow.log_params(
         {
@@ -311,6 +311,8 @@ def _start(cfg, built, data, datasets) -> TrainingState:
             "model.lenet5_parameters": str(built.lenet5_parameters),
             "model.description": built.description,
             "regularizer.name": variant_name(cfg.regularizer),
+            tracking.MEAN_USED: str(training.inputs.mean),
+            tracking.STD_USED: str(training.inputs.std),
         }
     )
     tracking.log_datasets(datasets)
@@ -331,7 +333,7 @@ def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingS
 
 def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> dict[str, torch.Tensor]:
     """Summary metrics and the delivered model with what it scores; returns its predictions per split."""
-    model, inputs, device, batch = training.model, training.inputs, training.device, cfg.trainer.eval_batch_size
+    model, inputs, device, batch = training.delivered, training.inputs, training.device, cfg.trainer.eval_batch_size
     test_loss, test_acc, test_predicted = evaluate(model, data.test, batch, inputs, device)
     predictions = {"test": test_predicted}
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
@@ -349,7 +351,7 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
         summary.update(best_epoch=state.best_epoch, stopped_epoch=state.epochs_done)
     mlflow.log_metrics(summary, step=state.epochs_done)
     model_info = tracking.log_model(
-        PixelClassifier(model, cfg.data.mean, cfg.data.std).eval(), data.test.images[:5], variant_label(cfg)
+        PixelClassifier(model, inputs.mean, inputs.std).eval(), data.test.images[:5], variant_label(cfg)
     )
     # What the delivered model scores, linked to it (mlflow.search_logged_models) and to each split.
     mlflow.log_metrics(

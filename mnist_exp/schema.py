@@ -108,6 +108,28 @@ class AugmentConfig:
     degrees: float = within(0, 180, "[]")
     translate: float = within(0, 1)
     scale: list[float] = ranged("[min, max] with 0 < min <= max", lambda v: len(v) == 2 and 0 < v[0] <= v[1])
+    shear: float = within(0, 90)
+
+
+@dataclass
+class ElasticConfig:
+    alpha: float = at_least(0, " (pixels)")
+    sigma: float = within(0, 6, "(]")  # its Gaussian spans +-4 sigma, which must fit a 28-pixel side
+
+
+@dataclass
+class EMAConfig:
+    decay: float = within(0, 1)
+
+
+@dataclass
+class SWAConfig:
+    start: float = within(0, 1)
+
+    @staticmethod
+    def cross_check(node, cfg) -> Iterator[str]:
+        if "ema" in cfg.regularizer:
+            yield "regularizer=[ema,swa]: the run delivers one average of its weights; choose ema or swa"
 
 
 @dataclass
@@ -185,8 +207,8 @@ class DataConfig:
     limit_train: int | None = optional_count()
     limit_test: int | None = optional_count()
     validation_size: int = at_least(0)
-    mean: float = MISSING
-    std: float = above(0)
+    mean: float | None = MISSING  # null: the training split's own
+    std: float | None = ranged("null or > 0", lambda v: v is None or v > 0)
 
 
 @dataclass
@@ -230,6 +252,15 @@ class TrainConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    """hydra.sweeper.confirm: after the trials, the best trial's recipe and the plain model on fresh seeds
+    (mnist_exp/confirmation.py)."""
+
+    seeds: int = MISSING  # 0: no confirmation
+    overrides: list[str] = MISSING  # what the confirmation changes from the trials
+
+
+@dataclass
 class OptunaSweeperConfig:
     """hydra.sweeper under hydra/sweeper=optuna (mnist_exp/search.py)."""
 
@@ -246,6 +277,7 @@ class OptunaSweeperConfig:
     sampler: Any = MISSING  # an optuna.samplers class and its arguments
     pruner: Any = MISSING  # an optuna.pruners class and its arguments
     params: dict[str, Any] | None = MISSING
+    confirm: ConfirmConfig = field(default_factory=lambda: ConfirmConfig())
 
 
 def out_of_range(key: str, value, allowed: str) -> str:
@@ -273,6 +305,9 @@ def register() -> None:
     store.store(name="augment_schema", node=AugmentConfig)
     store.store(name="label_smoothing_schema", node=LabelSmoothingConfig)
     store.store(name="early_stopping_schema", node=EarlyStoppingConfig)
+    store.store(name="elastic_schema", node=ElasticConfig)
+    store.store(name="ema_schema", node=EMAConfig)
+    store.store(name="swa_schema", node=SWAConfig)
     store.store(name="step_schema", node=StepSchedulerConfig)
     store.store(name="cosine_schema", node=CosineSchedulerConfig)
     store.store(name="onecycle_schema", node=OneCycleSchedulerConfig)

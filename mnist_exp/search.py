@@ -119,11 +119,12 @@ class OptunaSweeper(Sweeper):
         sampler: DictConfig,
         pruner: DictConfig,
         params: DictConfig | None = None,
+        confirm: DictConfig | None = None,
     ) -> None:
         self.direction, self.study_name, self.storage = direction, study_name, storage
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
-        self.sampler, self.pruner, self.params = sampler, pruner, params
+        self.sampler, self.pruner, self.params, self.confirm = sampler, pruner, params, confirm
         self.config = self.launcher = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -211,6 +212,10 @@ class OptunaSweeper(Sweeper):
                 for trial, ret in zip(asked, returns):
                     self._tell(study, storage, heartbeat, trial, ret)
         self._report_best(study, info, client)
+        if self.confirm and self.confirm.seeds:
+            from mnist_exp.confirmation import confirm
+
+            confirm(self.launcher, self.config, fixed, study, info, index)
 
     def _ask(self, study, space: dict, heartbeat: Heartbeat):
         """A trial to run: a queued retry first, else a new one; beating from now on."""

@@ -54,6 +54,8 @@ BEST_VALUE = "best_value"  # and its value (a metric)
 STUDY = PREFIX + "optuna_study"  # and the Optuna study's name
 PARENT = "mlflow.parentRunId"  # what nests child runs under their sweep in `mlflow ui`
 NOTE = "mlflow.note.content"  # a run's description in `mlflow ui`
+MEAN_USED, STD_USED = "data.mean_used", "data.std_used"  # params: the normalization (data.mean/std null: computed)
+CONFIRMATION = PREFIX + "confirmation"  # on a search's sweep run: {"recipe": [run IDs], "plain": [run IDs]}
 # MLflow 3's UI opens experiments of other kinds in its GenAI view, where training runs do not show.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -63,7 +65,8 @@ NOT_IDENTITY = ("mlflow.", "force", "trainer.threads", "trainer.checkpoint_dir",
 # so those runs keep their identity (and are skipped, not trained again). model.parity_with: since b0d2687
 # (2026-11-26); every MLP run's hash leaves it out since then, so it stays until identities are migrated
 # (a new hash re-tagged on stored runs; tests/test_config.py's golden hashes change with it).
-ADDED_LATER = {"model.parity_with": "lenet5"}
+# regularizer.augment.shear: likewise, for every augment run recorded before it.
+ADDED_LATER = {"model.parity_with": "lenet5", "regularizer.augment.shear": "0.0"}
 # What the resolved data adds to a run's identity: the same request may read other digits later.
 SPLIT_DIGEST = {"train": "data.train_sha256", "test": "data.test_sha256", "validation": "data.validation_sha256"}
 DATA_IDENTITY = ("data.resolved_source", *SPLIT_DIGEST.values())

@@ -2,7 +2,8 @@
 
 Every epoch reseeds torch's generator from (seed, epoch), so shuffling, dropout and
 augmentation of epoch k are the same whether the run started at epoch 1 or resumed at k; the
-learning-rate scheduler and early stopping keep their state in the checkpoint for the same reason.
+learning-rate scheduler, early stopping and the weights' average keep their state in the checkpoint
+for the same reason.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
-from mnist_exp.data import MNIST, Split
+from mnist_exp.data import MNIST, Split, normalization
 from mnist_exp.regularization import (
     EarlyStopping,
+    WeightAveraging,
     early_stopping,
     label_smoothing,
     train_augmentation,
+    weight_averaging,
     weight_decay,
 )
 from mnist_exp.schema import in_epochs
@@ -75,20 +79,35 @@ class Training:
     device: torch.device
     label_smoothing: float = 0.0
     early_stopping: EarlyStopping | None = None
+    averaging: WeightAveraging | None = None
+    averaged: AveragedModel | None = field(default=None, init=False)  # the averaging's copy of the model
+
+    def __post_init__(self) -> None:
+        if self.averaging is not None:
+            self.averaged = self.averaging.wrap(self.model)
+
+    @property
+    def delivered(self) -> nn.Module:
+        """The weights evaluated and delivered: their average once there is one, else the trained ones."""
+        if self.averaged is not None and self.averaged.n_averaged > 0:
+            return self.averaged.module
+        return self.model
 
     @classmethod
-    def from_config(cls, model: nn.Module, cfg, device: torch.device, train_images: int) -> Training:
-        """The optimizer, schedule, input pipeline and loss a run's config asks for, around `model`."""
+    def from_config(cls, model: nn.Module, cfg, device: torch.device, train: Split) -> Training:
+        """The optimizer, schedule, input pipeline, loss and weight averaging a run's config asks for, around
+        `model`, which trains on `train`."""
         optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
-        batches_per_epoch = math.ceil(train_images / cfg.trainer.batch_size)
+        batches_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
         return cls(
             model,
             optimizer,
             make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches_per_epoch),
-            InputPipeline(cfg.data.mean, cfg.data.std, train_augmentation(cfg.regularizer)),
+            InputPipeline(*normalization(cfg.data, train), train_augmentation(cfg.regularizer)),
             device,
             label_smoothing(cfg.regularizer),
             early_stopping(cfg.regularizer),
+            weight_averaging(cfg.regularizer, cfg.trainer.epochs),
         )
 
 
@@ -186,6 +205,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if training.averaging is not None:
+            training.averaging.after_step(training.averaged, model)
         if training.scheduler is not None:
             training.scheduler.step()
         batch_loss = loss.item()
@@ -228,9 +249,9 @@ def fit(
 ) -> TrainingState:
     """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each.
 
-    With early stopping it ends once patience runs out and leaves the best epoch's weights in the model.
+    With early stopping it ends once patience runs out and leaves the best epoch's weights in the delivered model.
     """
-    model, inputs, device = training.model, training.inputs, training.device
+    inputs, device = training.inputs, training.device
     for epoch in range(progress.epochs_done + 1, trainer_cfg.epochs + 1):
         if progress.stopped_early:
             break
@@ -238,6 +259,10 @@ def fit(
         lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(training, data.train, trainer_cfg.batch_size, on_batch)
+        if training.averaging is not None:
+            batches = batched_inputs(data.train, trainer_cfg.eval_batch_size, inputs, device)
+            training.averaging.after_epoch(training.averaged, training.model, epoch, batches)
+        model = training.delivered
         test_loss, test_acc, _ = evaluate(model, data.test, trainer_cfg.eval_batch_size, inputs, device)
         val_loss = val_acc = None
         if data.validation is not None:
@@ -251,8 +276,14 @@ def fit(
             _watch(training, progress)
         on_epoch_end(progress)
     if progress.best_state is not None:
-        model.load_state_dict(progress.best_state)
+        training.delivered.load_state_dict(progress.best_state)
     return progress
+
+
+def batched_inputs(split: Split, batch_size: int, inputs: InputPipeline, device: torch.device):
+    """The split's images as model inputs, batch by batch, not augmented: what update_bn estimates batch norm on."""
+    for start in range(0, len(split), batch_size):
+        yield inputs(split.images[start : start + batch_size].to(device), train=False)
 
 
 def _watch(training: Training, progress: TrainingState) -> None:
@@ -261,6 +292,6 @@ def _watch(training: Training, progress: TrainingState) -> None:
     best = progress.history[progress.best_epoch - 1].val_loss if progress.best_epoch else None
     if training.early_stopping.improved(latest.val_loss, best):
         progress.best_epoch = latest.epoch
-        progress.best_state = {key: value.detach().clone() for key, value in training.model.state_dict().items()}
+        progress.best_state = {key: value.detach().clone() for key, value in training.delivered.state_dict().items()}
     elif latest.epoch - progress.best_epoch >= training.early_stopping.patience:
         progress.stopped_early = True

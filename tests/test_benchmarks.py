@@ -21,6 +21,20 @@ SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if p.name !=
 # columns, how many leading columns name a row (the rest hold figures), the rows it promises (by
 # the start of their name cells) and the figure columns no row may leave empty (None: all of them).
 EXPECTED_TABLES = {
+    "augmentation.py": {
+        "Augmentation of ": (
+            ["contender", "s per epoch", "images/s", "vs ours", "of a LeNet-5 epoch"],
+            1,
+            [
+                "ours: affine",
+                "torchvision per image: affine",
+                "ours: affine + elastic",
+                "torchvision per image: affine + elastic",
+                "LeNet-5 training epoch",
+            ],
+            ["s per epoch", "images/s", "of a LeNet-5 epoch"],
+        ),
+    },
     "data_prep.py": {
         "Data preparation, ": (
             ["step", "seconds", "images/s", "vs reference", "vs PIL alone"],
@@ -173,6 +187,7 @@ def test_the_table_check_tells_figures_from_anything_else():
 
 def test_every_benchmark_script_is_covered():
     assert SCRIPTS == [
+        "augmentation.py",
         "data_prep.py",
         "epoch_throughput.py",
         "grid.py",

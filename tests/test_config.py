@@ -31,14 +31,17 @@ def test_the_option_lists_are_read_from_conf():
         "batchnorm",
         "dropout",
         "early_stopping",
+        "elastic",
+        "ema",
         "l2",
         "label_smoothing",
         "none",
+        "swa",
     ]
     assert options("optimizer") == ["adam", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
     assert options("data") == ["mnist"]
-    assert options("experiment") == ["course_grid", "lenet5_best", "mlp_best", "regularizer_combos"]
+    assert options("experiment") == ["course_grid", "lenet5_best", "mlp_best", "regularizer_combos", "tune"]
     assert options("hparams_search") == ["lenet5_optuna"]
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import job_runs, run_script, write_course_split
 
 from mnist_exp import tracking
-from mnist_exp.data import SAMPLE_DIR, content_hash, load_mnist, locate
+from mnist_exp.data import SAMPLE_DIR, content_hash, load_mnist, locate, normalization, pixel_statistics
 from mnist_exp.formats import DataError
 from mnist_exp.validation import ConfigError, validate
 
@@ -284,6 +284,21 @@ def test_limit_above_the_split_size_keeps_everything(course_dataset, data_cfg):
     full = load_mnist(data_cfg(course_dataset.root))
     limited = load_mnist(data_cfg(course_dataset.root, "data.limit_train=100000"))
     assert limited.train.sha256 == full.train.sha256 and len(limited.train) == 400
+
+
+# --- input normalization ---
+
+
+def test_null_mean_and_std_are_the_training_splits_own_as_numpy_computes_them(course_dataset, data_cfg):
+    cfg = data_cfg(course_dataset.root, "data.mean=null", "data.std=null", "data.validation_size=100")
+    data = load_mnist(cfg)
+    trained_on = course_dataset.train.images[:300] / 255  # the validation split's 100 images are not
+
+    assert pixel_statistics(data.train) == pytest.approx((np.mean(trained_on), np.std(trained_on)), rel=1e-12)
+    assert normalization(cfg, data.train) == pixel_statistics(data.train)
+    assert normalization(data_cfg(course_dataset.root), data.train) == (0.1307, 0.3081)  # the course's, by default
+    only_std = normalization(data_cfg(course_dataset.root, "data.std=null"), data.train)
+    assert only_std == (0.1307, pytest.approx(np.std(trained_on), rel=1e-12))
 
 
 # --- data that ends early: refused in one line naming the file, before any training ---

@@ -51,6 +51,10 @@ COMPOSED = {  # train.py commands too long to train here: their config is compos
     "python train.py -m hparams_search=lenet5_optuna hydra.sweeper.n_trials=50": "the search above, continued",
     "python train.py -m hparams_search=lenet5_optuna hydra/sweeper/pruner=none": "the search above, unpruned",
     "python train.py -m hparams_search=lenet5_optuna hydra.sweeper.n_jobs=2": "the search above, 2 trials at once",
+    "python train.py experiment=tune model=mlp data.root=DIR": (
+        "30 trials of 20 epochs, then 6 runs on every image (tests/test_tune.py runs it with 2 trials of 1 epoch)"
+    ),
+    "python train.py experiment=tune model=lenet5 data.source=sample": "the same, for LeNet-5 on mnist-10k",
 }
 NOT_RUN = {
     "make sweep": "the default grid for 10 epochs; its train.py command runs here (README.md's three plain commands)",

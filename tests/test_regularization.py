@@ -3,13 +3,27 @@ claims to change (model, optimizer or training images) and nothing else."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as tv
 
 from mnist_exp.data import Split
 from mnist_exp.models import LayerSwitches, LeNet5, build_model
-from mnist_exp.regularization import layer_switches, train_augmentation, variant_name, weight_decay
+from mnist_exp.regularization import (
+    IDENTITY,
+    Elastic,
+    affine_matrices,
+    gaussian_blur,
+    layer_switches,
+    train_augmentation,
+    variant_name,
+    warp,
+    weight_decay,
+)
 from mnist_exp.tracking import config_hash, flat_params
 from mnist_exp.training import InputPipeline, evaluate, make_optimizer
 
@@ -161,6 +175,94 @@ def test_augmentation_is_never_applied_at_evaluation(compose, raw_digits, sample
     with_plain = evaluate(model, split, 16, plain, torch.device("cpu"))
     assert with_augmenting[:2] == with_plain[:2]
     assert torch.equal(with_augmenting[2], with_plain[2])
+
+
+def one_pixel(side: int, row: int, column: int) -> torch.Tensor:
+    image = torch.zeros(1, 1, side, side)
+    image[0, 0, row, column] = 1.0
+    return image
+
+
+def moved_to(image: torch.Tensor) -> tuple[int, int]:
+    """Where the single lit pixel of `image` is, checking that it is lit fully and alone."""
+    assert image.max().item() == pytest.approx(1.0, abs=1e-5) and image.sum().item() == pytest.approx(1.0, abs=1e-5)
+    row, column = divmod(int(image.flatten().argmax()), image.shape[-1])
+    return row, column
+
+
+def one(value: float) -> torch.Tensor:
+    return torch.tensor([value])
+
+
+def test_a_shift_moves_a_known_pixel_by_the_shift_in_pixels():
+    # A shift of s in [-1, 1] coordinates samples the input s further on: the image moves s * side / 2
+    # pixels the other way, here 3 columns right and 2 rows up.
+    theta = affine_matrices(one(0.0), one(1.0), torch.tensor([[-6 / 28, 4 / 28]]), one(0.0))
+
+    assert moved_to(warp(one_pixel(28, 10, 7), theta)) == (8, 10)
+
+
+def test_a_shear_maps_a_known_point_along_the_x_axis_by_its_height():
+    # 45 degrees parallel to the x axis: a point dy rows below the centre moves dy columns left (y down).
+    # 29 pixels, so the centre is a pixel and every mapped point lands on one.
+    theta = affine_matrices(one(0.0), one(1.0), torch.zeros(1, 2), one(math.radians(45)))
+
+    assert moved_to(warp(one_pixel(29, 14 + 3, 14), theta)) == (17, 11)
+    assert moved_to(warp(one_pixel(29, 14 - 5, 14 + 2), theta)) == (9, 21)  # above it: right
+    assert moved_to(warp(one_pixel(29, 14, 4), theta)) == (14, 4)  # on the centre row: stays
+
+
+def test_rotation_zoom_and_shear_equal_torchvisions_affine(raw_digits):
+    images = raw_digits[:8].unsqueeze(1).float() / 255
+    angle, zoom, shear = 0.3, 1.15, -0.25
+    theta = affine_matrices(one(angle).expand(8), one(zoom).expand(8), torch.zeros(8, 2), one(shear).expand(8))
+
+    expected = tv.affine(
+        images,
+        angle=-math.degrees(angle),  # torchvision turns counter-clockwise as shown (y down)
+        translate=[0.0, 0.0],
+        scale=zoom,
+        shear=[math.degrees(shear), 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+    )
+    assert torch.allclose(warp(images, theta), expected, atol=1e-5)
+
+
+def test_elastic_distortion_equals_torchvisions_elastic_for_the_same_displacements(raw_digits):
+    images = raw_digits[:8].unsqueeze(1).float() / 255
+    torch.manual_seed(0)
+    displacement = Elastic(34.0, 4.0).draw(8, 28, 28)
+
+    expected = torch.cat([tv.elastic(images[i : i + 1], displacement[i : i + 1]) for i in range(8)])
+    assert torch.allclose(warp(images, IDENTITY.expand(8, 2, 3), displacement), expected, atol=1e-5)
+    # Simard et al.'s field: smoothed uniform noise scaled by alpha, here 34 pixels: a pixel or two on average.
+    pixels = displacement * 14
+    assert 0.5 < pixels.abs().mean() < 3 and pixels.abs().max() < 10
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 6.0])
+def test_the_displacements_are_smoothed_as_torchvisions_gaussian_blur_smooths(sigma):
+    noise = torch.rand(4, 2, 28, 28) * 2 - 1
+    size = int(8 * sigma + 1) | 1
+
+    assert torch.allclose(gaussian_blur(noise, sigma), tv.gaussian_blur(noise, [size, size], [sigma, sigma]), atol=1e-5)
+
+
+def test_elastic_and_affine_distort_each_image_in_one_resampling(compose, raw_digits):
+    cfg = compose(["regularizer=[augment,elastic]", "regularizer.augment.shear=15"])
+    distortion = train_augmentation(cfg.regularizer)
+    same = raw_digits[:1].expand(16, -1, -1).unsqueeze(1).float() / 255
+
+    torch.manual_seed(0)
+    distorted = distortion(same)
+
+    assert distortion.affine.shear == 15 and distortion.elastic.alpha == cfg.regularizer.elastic.alpha
+    # Sixteen copies of one digit, sixteen distortions: parameters are drawn per image, not per batch.
+    assert len({tuple(image.flatten().tolist()) for image in distorted}) == 16
+    torch.manual_seed(0)
+    assert torch.equal(distortion(same), distorted)
+    calm = compose(["regularizer=elastic", "regularizer.elastic.alpha=0"])
+    assert torch.allclose(train_augmentation(calm.regularizer)(same), same, atol=1e-5)
 
 
 # --- none and naming ---

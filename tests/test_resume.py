@@ -20,10 +20,16 @@ from mnist_exp import checkpoints
 pytestmark = pytest.mark.slow
 
 # Killed mid-run, then the same command again. onecycle moves the learning rate every batch (and dropout
-# and augmentation draw random numbers), so the scheduler's state must come back exactly; early stopping
-# is killed after its best epoch, so the weights it delivers exist only in the checkpoint.
+# and the distortions draw random numbers), so the scheduler's state must come back exactly, and so must
+# the weights' moving average (ema); early stopping is killed after its best epoch, so the weights it
+# delivers exist only in the checkpoint.
 KILLED_MID_RUN = {
-    "onecycle+dropout+augment": ["scheduler=onecycle", "regularizer=[dropout,augment]", "trainer.epochs=4"],
+    "onecycle+dropout+augment+elastic+ema": [
+        "scheduler=onecycle",
+        "regularizer=[dropout,augment,elastic,ema]",
+        "regularizer.augment.shear=10",
+        "trainer.epochs=4",
+    ],
     "early_stopping": [  # Adam at 0.003 overfits 800 digits: best epoch 6, stopped at 8 of 10
         "optimizer=adam",
         "optimizer.lr=0.003",

@@ -45,9 +45,7 @@ def setup(compose, course_dataset, tmp_path):
 def build(cfg, data) -> Training:
     """What job.py builds for a run of this config."""
     torch.manual_seed(cfg.trainer.seed)
-    return Training.from_config(
-        build_model(cfg.model, layer_switches(cfg.regularizer)).model, cfg, CPU, len(data.train)
-    )
+    return Training.from_config(build_model(cfg.model, layer_switches(cfg.regularizer)).model, cfg, CPU, data.train)
 
 
 def train(cfg, data, inputs, checkpoint_file=None, stop_after=None):
@@ -116,6 +114,69 @@ def test_resuming_mid_schedule_reproduces_an_uninterrupted_run(setup, scheduler,
     assert len(straight.history) == 4
     assert metrics(resumed) == metrics(straight)
     assert len({m.lr for m in straight.history}) == (1 if scheduler == "none" else 4), "the schedule moves the lr"
+
+
+def parameters(model: nn.Module) -> list[np.ndarray]:
+    return [p.detach().double().numpy().copy() for p in model.parameters()]
+
+
+def test_ema_delivers_the_exponential_average_of_the_weights_after_every_step(setup):
+    cfg, data, _ = setup("model=mlp", "regularizer=ema", "regularizer.ema.decay=0.9")
+    training = build(cfg, data)
+    steps = []  # the trained weights after every optimizer step
+
+    def after_step(_):
+        steps.append(parameters(training.model))
+
+    fit(training, data, cfg.trainer, TrainingState(), lambda _: None, after_step)
+
+    average = steps[0]  # AveragedModel copies the first weights it sees
+    for n, weights in enumerate(steps[1:], start=1):  # then the n-th update keeps min(decay, (1 + n) / (10 + n))
+        keep = min(0.9, (1 + n) / (10 + n))
+        average = [keep * a + (1 - keep) * w for a, w in zip(average, weights)]
+    assert len(steps) == 2 * math.ceil(300 / 16)
+    assert training.delivered is training.averaged.module and training.delivered is not training.model
+    for got, expected in zip(parameters(training.delivered), average):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_swa_delivers_the_mean_of_the_last_epochs_weights_with_batch_norm_estimated_for_them(setup):
+    cfg, data, _ = setup("model=mlp", "regularizer=[batchnorm,swa]", "regularizer.swa.start=0.5", "trainer.epochs=4")
+    training = build(cfg, data)
+    epochs = []  # the trained weights at the end of every epoch
+
+    fit(training, data, cfg.trainer, TrainingState(), lambda _: epochs.append(parameters(training.model)))
+
+    for got, *averaged in zip(parameters(training.delivered), *epochs[2:]):  # epochs 3 and 4 of 4
+        np.testing.assert_allclose(got, np.mean(averaged, axis=0), rtol=1e-5, atol=1e-7)
+    # Batch norm's statistics are those of the averaged weights' own activations on the training images.
+    delivered = training.delivered
+    norm = delivered.layers[2]
+    with torch.no_grad():
+        first = delivered.layers[1](training.inputs(data.train.images, train=False).flatten(1))
+    assert isinstance(norm, nn.BatchNorm1d)
+    assert torch.allclose(norm.running_mean, first.mean(0), atol=1e-5)
+    assert torch.allclose(norm.running_var, first.var(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["regularizer=[batchnorm,augment,elastic,ema]", "regularizer.augment.shear=10"],
+        ["regularizer=[batchnorm,swa]", "regularizer.swa.start=0.25"],
+    ],
+    ids=["ema", "swa"],
+)
+def test_a_run_resumed_mid_way_continues_its_weight_average_exactly(setup, overrides, tmp_path):
+    cfg, data, inputs = setup("trainer.epochs=4", *overrides)
+
+    straight, finished = train(cfg, data, inputs)
+    train(cfg, data, inputs, tmp_path / "checkpoint.pt", stop_after=2)  # SWA has averaged epoch 2 of 4 by then
+    resumed, continued = train(cfg, data, inputs, tmp_path / "checkpoint.pt")
+
+    assert metrics(resumed) == metrics(straight)
+    for key, value in finished.averaged.state_dict().items():
+        assert torch.equal(continued.averaged.state_dict()[key], value), key
 
 
 def test_huge_learning_rate_raises_diverged(setup):

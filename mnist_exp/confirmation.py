@@ -1,0 +1,92 @@
+"""A search's last stage: the best trial's recipe trained again on fresh seeds, beside the plain model
+trained alike, and the two compared on the test split with analyze.py's statistics.
+
+The Optuna sweeper (mnist_exp/search.py) calls confirm() after its trials when hydra.sweeper.confirm.seeds
+is above 0. The jobs are one more batch through the sweep's own launcher, nested in the same sweep run,
+so the same command that resumes the search also continues its confirmation: finished runs are skipped,
+a killed one resumes from its checkpoint. The trials chose the recipe on their validation split; the
+confirmation's seeds never took part in that choice, so its test accuracy is an honest estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mnist_exp.sweep import _key
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "confirmation.md"  # in the sweep folder and on the sweep run: what confirm() printed
+
+
+def jobs(fixed: list[str], best: dict, changes: list[str], seeds: list[int]) -> tuple[list[list[str]], list[list[str]]]:
+    """(recipe jobs, plain jobs): each job's overrides. The recipe is the search's fixed overrides, the best
+    trial's params and `changes`, later ones winning; the plain model is the same without any regularizer."""
+    merged: dict[str, str] = {}
+    for override in [*fixed, *(f"{key}={value}" for key, value in best.items()), *changes]:
+        merged.pop(_key(override), None)  # the later one wins, in the later one's place
+        merged[_key(override)] = override
+    recipe = list(merged.values())
+    plain = [o for k, o in merged.items() if k != "regularizer" and not k.startswith("regularizer.")]
+    plain.append("regularizer=none")
+    return [[*recipe, f"trainer.seed={s}"] for s in seeds], [[*plain, f"trainer.seed={s}"] for s in seeds]
+
+
+def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial_job_idx: int) -> None:
+    """Train the study's best trial's recipe and the plain model on hydra.sweeper.confirm.seeds fresh seeds
+    (after the trials' trainer.seed), print their table and record it on the sweep run."""
+    from optuna.trial import TrialState
+
+    from mnist_exp import tracking
+    from mnist_exp.sweep import read_job_statuses
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        log.warning("no trial completed: nothing to confirm")
+        return
+    best_trial, settings = study.best_trial, config.hydra.sweeper.confirm
+    seeds = [config.trainer.seed + 1 + i for i in range(settings.seeds)]
+    recipe, plain = jobs(fixed, best_trial.params, list(settings.overrides), seeds)
+    log.info(
+        "confirmation: trial %d's recipe and the plain model (regularizer=none), trained alike%s, seeds %s: %d runs",
+        best_trial.number,
+        f" with {' '.join(settings.overrides)}" if settings.overrides else "",
+        ", ".join(map(str, seeds)),
+        len(recipe) + len(plain),
+    )
+    launcher.launch([*recipe, *plain], initial_job_idx=initial_job_idx)
+
+    statuses = {tuple(s.overrides): s for s in read_job_statuses(config.hydra.sweep.dir, info.launch_id)}
+    run_ids = {
+        role: [statuses[tuple(job)].run_id for job in batch if tuple(job) in statuses and statuses[tuple(job)].run_id]
+        for role, batch in (("recipe", recipe), ("plain", plain))
+    }
+    client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+    client.set_tag(info.parent_run_id, tracking.CONFIRMATION, json.dumps(run_ids))
+    text = _table(config, best_trial, [*run_ids["recipe"], *run_ids["plain"]])
+    path = Path(config.hydra.sweep.dir) / RESULTS_FILE
+    path.write_text(text + "\n")
+    client.log_artifact(info.parent_run_id, str(path))
+    log.info("%s", text)
+
+
+def _table(config: DictConfig, best_trial, run_ids: list[str]) -> str:
+    """analyze.py's table of the confirmation's finished runs (over seeds and test images), under a line
+    saying what they are."""
+    from mnist_exp import predictions
+    from mnist_exp.analysis import SPLITS, AnalysisError, format_table, select_runs, variant_table
+
+    heading = (
+        f"Confirmation on the test split: trial {best_trial.number}'s recipe (chosen on the validation split) "
+        "and the plain model, trained alike on fresh seeds"
+    )
+    selection = select_runs(config.mlflow.tracking_uri, config.mlflow.experiment, "all")
+    finished = selection.finished[selection.finished["run_id"].isin(run_ids)]
+    answers, _, _ = predictions.correct_answers(config.mlflow.tracking_uri, finished, SPLITS["final"])
+    try:
+        return f"{heading}:\n\n{format_table(variant_table(finished, answers=answers), 'markdown')}"
+    except AnalysisError as error:  # every confirmation job failed, and said why
+        return f"{heading}: no table ({error})"
