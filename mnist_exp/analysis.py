@@ -574,11 +574,11 @@ def hydra_file(client, run_id: str, name: str, run_name: str = ""):
         return yaml.safe_load(Path(path).read_text())
 
 
-def with_overrides(table: pd.DataFrame, tracking_uri: str, extends: str | None = None) -> pd.DataFrame:
+def with_overrides(table: pd.DataFrame, tracking_uri: str, sweep_key: str | None = None) -> pd.DataFrame:
     """`table` with each variant's overrides of conf/train.yaml, as Hydra logged them for its latest run, the
-    seed left out: what train_command trains again; with mlflow.extends=`extends`, the key of the sweep the
-    runs it adds belong to. None for a search's trial (its overrides would launch the search again) and for
-    runs older than Hydra's files (1edc110)."""
+    seed and mlflow.extends left out: what train_command trains again (None for a search's trial, whose
+    overrides would launch the search again, and for runs older than Hydra's files, 1edc110); and the
+    `sweep_key` of the sweep they were selected from, which seeds added to it extend."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -590,10 +590,9 @@ def with_overrides(table: pd.DataFrame, tracking_uri: str, extends: str | None =
             logged = hydra_file(client, run_id, "overrides") or []
         except AnalysisError:
             return None
-        kept = [o for o in logged if o.split("=", 1)[0].lstrip("+~") not in ("trainer.seed", "mlflow.extends")]
-        return kept + [f"mlflow.extends={extends}"] * bool(extends)
+        return [o for o in logged if o.split("=", 1)[0].lstrip("+~") not in ("trainer.seed", "mlflow.extends")]
 
-    return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]])
+    return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]], sweep_key=sweep_key)
 
 
 def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[list[str]] | None:
@@ -623,9 +622,14 @@ def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[l
     return [[*x, seeds_override] for x in distinct]
 
 
-def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> str | None:
+def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), pooled: bool = False) -> str | None:
     """One `python train.py -m` line (or several, joined by &&) training `seeds` of each row's variant;
-    finished runs are skipped. None where a row has no overrides (a search's trial)."""
+    finished runs are skipped. None where a row has no overrides (a search's trial). `pooled`: the new
+    seeds join the rows' sweep (mlflow.extends=its key), so analyze.py reads them with it; a re-test on
+    fresh seeds stays apart."""
+    keys = {getattr(row, "sweep_key", None) for row in rows}
+    if pooled and len(keys) == 1 and None not in keys:
+        extra = (*extra, f"mlflow.extends={next(iter(keys))}")
     sweeps = _sweeps(rows, seeds, extra)
     if sweeps is None:
         return None

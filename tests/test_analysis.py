@@ -744,8 +744,9 @@ def test_runs_of_a_search_get_no_command_that_would_launch_the_search_again(stor
     assert train_command([plain], [1, 2]) == (
         "python train.py -m model=lenet5 regularizer=none optimizer=sgd trainer.epochs=2 trainer.seed=1,2"
     )
-    extending = with_overrides(table, store["uri"], extends="a1b2c3").set_index("regularizer").loc["none"]
-    assert train_command([extending], [1]).endswith(" mlflow.extends=a1b2c3 trainer.seed=1"), "read with its sweep"
+    selected = with_overrides(table, store["uri"], "a1b2c3").set_index("regularizer").loc["none"]
+    assert train_command([selected], [1], pooled=True).endswith(" mlflow.extends=a1b2c3 trainer.seed=1")
+    assert "mlflow.extends" not in train_command([selected], [1]), "a re-test on fresh seeds stays apart"
 
 
 def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):

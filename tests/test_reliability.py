@@ -61,7 +61,7 @@ def write_course_tar(path: Path, images: np.ndarray, labels, names: list[str] | 
 # --- 1. isolated failures ---
 
 
-def test_failed_jobs_are_recorded_the_sweep_goes_on_and_a_refused_sweep_runs_nothing(project_dir):
+def test_failed_jobs_are_recorded_the_sweep_goes_on_a_refused_one_runs_nothing_added_seeds_join_it(project_dir):
     result = train(project_dir, "optimizer.lr=0.01,1e6", "hydra/launcher=basic", *SMALL)
 
     assert result.returncode == 1
@@ -85,6 +85,15 @@ def test_failed_jobs_are_recorded_the_sweep_goes_on_and_a_refused_sweep_runs_not
     )
     assert len(job_runs(store_uri(project_dir))) == 2 and len(sweep_runs(store_uri(project_dir))) == 1
     assert select_runs(store_uri(project_dir), "mnist-exp").parent_run_ids == [parent.info.run_id], "still the latest"
+
+    # A seed added to that sweep, as the report's commands add them, is read with it as one sweep.
+    key = parent.data.tags[tracking.SWEEP_KEY]
+    unknown = train(project_dir, "optimizer.lr=0.01", "trainer.seed=1", "mlflow.extends=nope", *SMALL)
+    assert unknown.stderr.splitlines()[-1].startswith("train.py: error: mlflow.extends=nope: no sweep of this")
+    added = train(project_dir, "optimizer.lr=0.01", "trainer.seed=1", f"mlflow.extends={key}", *SMALL)
+    assert added.returncode == 0, added.stderr[-2000:]
+    selection = select_runs(store_uri(project_dir), "mnist-exp")
+    assert selection.sweep_keys == [key] and len(selection.finished) == 2, selection.description
 
 
 def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, sample_digits):
