@@ -97,7 +97,6 @@ class Selection:
         return self.runs[~_compared(self.runs)]
 
 
-
 def _compared(runs: pd.DataFrame) -> pd.Series:
     """FINISHED and not stopped early by a search's pruner."""
     return (runs["status"] == "FINISHED") & _column(runs, f"tags.{tracking.PRUNED}").isna()
