@@ -13,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SWEEP ?= model=lenet5,mlp regularizer=none,l2,dropout
-BENCHMARKS := epoch_throughput data_prep run_overhead grid hardware_efficiency
+BENCHMARKS := epoch_throughput data_prep run_overhead grid hardware_efficiency sweep_prep
 
 .PHONY: setup sweep test test-cluster lint bench ui clean
 

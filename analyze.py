@@ -14,7 +14,6 @@ MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME when set, else sqlite:///mlflow.d
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -129,7 +128,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per small file
     from mnist_exp import credentials
 
     credentials.move_out_of_variable()  # as train.py does: a password in a URI would be printed
@@ -199,7 +197,8 @@ def main(argv=None) -> int:
     else:
         print(text)
     if args.report or args.register:  # their commands train a variant again with its runs' own overrides
-        table = with_overrides(table, args.tracking_uri)
+        keys = selection.sweep_keys
+        table = with_overrides(table, args.tracking_uri, keys[0] if len(keys) == 1 else None)
     if args.plots or args.report:
         write_figures_and_report(args, selection, finished, table, format_table(table, "markdown"), defaults)
 

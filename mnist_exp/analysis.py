@@ -10,8 +10,10 @@ differences percentage points, `..._pp`; MLflow and history.csv hold fractions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 import shlex
 import tempfile
 import textwrap
@@ -58,6 +60,7 @@ DERIVED = (
 # A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
 CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
 WIDTH = 120  # the default terminal table fits this many columns
+GRIDS = ("grid", "basic")  # sweepers whose job's overrides train that job again (a search's would search again)
 # Short names for the narrow table and the figures, printed as a key where used.
 SHORT = {
     "batchnorm": "bn",
@@ -78,27 +81,32 @@ class AnalysisError(RuntimeError):
 class Selection:
     runs: pd.DataFrame  # one row per run of the selection, every status
     description: str  # which sweep(s), or "all runs", were selected
-    parent_run_ids: list[str] = field(default_factory=list)
+    parent_run_ids: list[str] = field(default_factory=list)  # each sweep's first launch: where its report goes
+    sweep_keys: list[str] = field(default_factory=list)  # what a command adding runs to them names (mlflow.extends)
 
     @property
     def finished(self) -> pd.DataFrame:
         """FINISHED runs, one per identity: a run re-trained with force=true counts once, its latest."""
-        finished = self.runs[(self.runs["status"] == "FINISHED") & ~self.pruned].sort_values("start_time")
+        finished = self.runs[_compared(self.runs)].sort_values("start_time")
         identity = [f"tags.{tracking.CONFIG_HASH}", *(f"params.{key}" for key in tracking.DATA_IDENTITY)]
         return finished.drop_duplicates([c for c in identity if c in finished], keep="last")
 
     @property
     def unfinished(self) -> pd.DataFrame:
         """Runs not compared: not FINISHED, or FINISHED early because a search pruned them."""
-        return self.runs[(self.runs["status"] != "FINISHED") | self.pruned]
+        return self.runs[~_compared(self.runs)]
 
-    @property
-    def pruned(self) -> pd.Series:
-        return _column(self.runs, f"tags.{tracking.PRUNED}").notna()
+
+def _compared(runs: pd.DataFrame) -> pd.Series:
+    """FINISHED and not stopped early by a search's pruner."""
+    return (runs["status"] == "FINISHED") & _column(runs, f"tags.{tracking.PRUNED}").isna()
 
 
 def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
-    """The runs of some sweeps ('latest', parent run IDs or sweep keys), or of all runs ('all')."""
+    """The runs of some sweeps (see find_sweep), or of all runs ('all').
+
+    A sweep is every launch of one command (its key; two launches at once each get a parent run) and
+    every launch that adds runs to it (mlflow.extends=KEY, which the report's commands carry)."""
     _require_store(tracking_uri)
     from mlflow.tracking import MlflowClient
 
@@ -122,30 +130,74 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
                 f"--sweep {' '.join(sweeps)}: experiment {experiment!r} holds no sweeps (train.py -m ...)"
             )
         return Selection(children, f"all {len(children)} runs of experiment {experiment!r} (it holds no sweeps)")
-    chosen = [_find_parent(parents, s) for s in sweeps]
-    members = set()
-    for parent in chosen:
-        members |= sweep_members(client, parent["run_id"])
-        members |= set(children.loc[_column(children, f"tags.{tracking.PARENT}") == parent["run_id"], "run_id"])
-    described = " + ".join(f"sweep {p['run_id'][:8]} ({p['run_name']})" for p in chosen)
-    return Selection(children[children["run_id"].isin(members)], described, [p["run_id"] for p in chosen])
-
-
-def _find_parent(parents: pd.DataFrame, sweep: str) -> pd.Series:
-    """'latest', a parent run ID (or its prefix), a sweep key, or words of the sweep's name such as
-    'experiment=course_grid' (the latest such sweep)."""
-    if sweep == "latest":
-        return parents.sort_values(f"tags.{tracking.LAST_LAUNCH}").iloc[-1]
-    matches = parents[parents["run_id"].str.startswith(sweep) | (parents[f"tags.{tracking.SWEEP_KEY}"] == sweep)]
-    if matches.empty:
-        matches = parents[parents["run_name"].str.contains(sweep, regex=False)].sort_values(
-            f"tags.{tracking.LAST_LAUNCH}"
+    parents = parents.assign(
+        sweep=_column(parents, f"tags.{tracking.EXTENDS}").fillna(parents[f"tags.{tracking.SWEEP_KEY}"])
+    )
+    parents = parents.assign(launched=_column(parents, f"tags.{tracking.LAST_LAUNCH}").fillna(""))
+    members_of = functools.cache(
+        lambda parent: (
+            sweep_members(client, parent)
+            | set(children.loc[_column(children, f"tags.{tracking.PARENT}") == parent, "run_id"])
         )
-        matches = matches.tail(1)
-    if len(matches) != 1:
-        known = "; ".join(f"{r.run_id[:8]} ({r.run_name})" for r in parents.itertuples())
-        raise AnalysisError(f"--sweep {sweep} matches {len(matches)} sweeps; known sweeps: {known}")
-    return matches.iloc[0]
+    )
+    keys, described, notes = [], [], []
+    for selector in sweeps:
+        key, passed = find_sweep(
+            parents, selector, lambda parent: _compared(children[children["run_id"].isin(members_of(parent))]).any()
+        )
+        keys.append(key)
+        launches = parents[parents["sweep"] == key].sort_values("start_time")
+        first = launches.iloc[0]
+        more = f" and {len(launches) - 1} more launch(es) of it" if len(launches) > 1 else ""
+        described.append(f"sweep {first['run_id'][:8]} ({first['run_name']}){more}")
+        notes += [f"{p.run_id[:8]} ({p.status}, {p.run_name})" for p in passed.itertuples()]
+    members = set().union(*(members_of(p) for p in parents.loc[parents["sweep"].isin(keys), "run_id"]))
+    description = " + ".join(described)
+    if notes:
+        description += f"; later launches with no FINISHED run, not read: {'; '.join(notes)}"
+    bases = [parents[parents["sweep"] == key].sort_values("start_time")["run_id"].iloc[0] for key in keys]
+    return Selection(children[children["run_id"].isin(members)], description, bases, keys)
+
+
+def find_sweep(parents: pd.DataFrame, selector: str, has_finished_run) -> tuple[str, pd.DataFrame]:
+    """(the sweep's key, the later launches passed over) for `selector`: 'latest' (the latest launch with a
+    FINISHED run, failed and aborted launches passed over; the latest if none has one), a sweep's key, a
+    parent run ID (or its first characters), a sweep's full name, or words of one that only one sweep's
+    launches hold. `parents` carries each parent run's `sweep` (its key, or the key it extends) and
+    `launched` (its last launch)."""
+    if selector == "latest":
+        ordered = parents.sort_values("launched", ascending=False)
+        for position, parent in enumerate(ordered.itertuples()):
+            if has_finished_run(parent.run_id):
+                return parent.sweep, ordered.iloc[:position]
+        return ordered.iloc[0]["sweep"], parents.iloc[:0]  # none has: the latest, whose runs say why
+    names = parents["run_name"]
+    exact = (
+        parents["run_id"].str.startswith(selector)
+        | (parents["sweep"] == selector)
+        | (parents[f"tags.{tracking.SWEEP_KEY}"] == selector)
+        | (names == selector)
+        | (names == f"sweep: {selector}")
+    )
+    matches = parents[exact] if exact.any() else parents[names.str.contains(selector, regex=False)]
+    keys = matches["sweep"].unique()
+    if len(keys) == 1:
+        return keys[0], parents.iloc[:0]
+    if len(keys) == 0:
+        raise AnalysisError(f"--sweep {selector} matches no sweep; known sweeps: {_launches(parents)}")
+    raise AnalysisError(f"--sweep {selector} matches {len(keys)} sweeps; give one's key: {_launches(matches)}")
+
+
+def _launches(parents: pd.DataFrame) -> str:
+    """Each sweep of `parents`, latest first, as --sweep takes it: 'KEY (FAILED, 2026-12-05 10:00:00): sweep: ...',
+    with its first launch's name and its latest launch's status and time, and how many launches it had."""
+    described = []
+    for key, launches in sorted(parents.groupby("sweep"), key=lambda item: item[1]["launched"].max(), reverse=True):
+        latest, first = launches.sort_values("launched").iloc[-1], launches.sort_values("start_time").iloc[0]
+        count = f"{len(launches)} launches, latest " if len(launches) > 1 else ""
+        when = latest["launched"][:19].replace("T", " ")
+        described.append(f"{key} ({count}{latest['status']}, {when}): {first['run_name']}")
+    return "; ".join(described)
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -160,14 +212,11 @@ def _metric(frame: pd.DataFrame, key: str) -> pd.Series:
 
 def _require_store(tracking_uri: str) -> None:
     """Reading must not create an empty sqlite store as a side effect."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        path = Path(tracking_uri[len("sqlite:///") :])
-        if not path.exists():
-            raise AnalysisError(
-                f"no MLflow store at {path.resolve()} ({tracking_uri}): run train.py first, or pass --tracking-uri"
-            )
-    elif parsed.scheme in ("http", "https"):
+    tracking.check_store(tracking_uri, "--tracking-uri ")
+    path = tracking.sqlite_path(tracking_uri)
+    if path is not None and not path.exists():
+        raise AnalysisError(f"no MLflow store at {path} ({tracking_uri}): run train.py first, or pass --tracking-uri")
+    if urlparse(tracking_uri).scheme in ("http", "https"):
         tracking.check_server(tracking_uri)
 
 
@@ -524,24 +573,25 @@ def hydra_file(client, run_id: str, name: str, run_name: str = ""):
         return yaml.safe_load(Path(path).read_text())
 
 
-def with_overrides(table: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
+def with_overrides(table: pd.DataFrame, tracking_uri: str, sweep_key: str | None = None) -> pd.DataFrame:
     """`table` with each variant's overrides of conf/train.yaml, as Hydra logged them for its latest run, the
-    seed left out: what train_command trains again. None for a search's trial (its overrides would launch the
-    search again) and for runs older than Hydra's files (1edc110)."""
+    seed and mlflow.extends left out: what train_command trains again (None for a search's trial, whose
+    overrides would launch the search again, and for runs older than Hydra's files, 1edc110); and the
+    `sweep_key` of the sweep they were selected from, which seeds added to it extend."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
 
     def overrides(run_id: str) -> list[str] | None:
         try:
-            if hydra_file(client, run_id, "hydra")["hydra"]["runtime"]["choices"].get("hydra/sweeper") != "basic":
+            if hydra_file(client, run_id, "hydra")["hydra"]["runtime"]["choices"].get("hydra/sweeper") not in GRIDS:
                 return None
             logged = hydra_file(client, run_id, "overrides") or []
         except AnalysisError:
             return None
-        return [o for o in logged if o.split("=", 1)[0].lstrip("+~") != "trainer.seed"]
+        return [o for o in logged if o.split("=", 1)[0].lstrip("+~") not in ("trainer.seed", "mlflow.extends")]
 
-    return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]])
+    return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]], sweep_key=sweep_key)
 
 
 def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[list[str]] | None:
@@ -571,9 +621,14 @@ def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[l
     return [[*x, seeds_override] for x in distinct]
 
 
-def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> str | None:
+def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), pooled: bool = False) -> str | None:
     """One `python train.py -m` line (or several, joined by &&) training `seeds` of each row's variant;
-    finished runs are skipped. None where a row has no overrides (a search's trial)."""
+    finished runs are skipped. None where a row has no overrides (a search's trial). `pooled`: the new
+    seeds join the rows' sweep (mlflow.extends=its key), so analyze.py reads them with it; a re-test on
+    fresh seeds stays apart."""
+    keys = {getattr(row, "sweep_key", None) for row in rows}
+    if pooled and len(keys) == 1 and None not in keys:
+        extra = (*extra, f"mlflow.extends={next(iter(keys))}")
     sweeps = _sweeps(rows, seeds, extra)
     if sweeps is None:
         return None
@@ -610,11 +665,32 @@ def more_seeds(rows: list, needed: int) -> list[int]:
     return fresh_seeds(rows, max(needed - have, 1))
 
 
+def named_variants(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows a model name selects: each of its words (split at - and .) that names an option of a
+    variant's groups keeps the variants with that option (mnist-lenet5: LeNet-5's; lenet5-dropout: LeNet-5's
+    with dropout); a name naming none keeps all. Refused when no row is left."""
+    conf = tracking.TRAIN_SCRIPT.parent / "conf"
+    groups = ("model", "regularizer", "optimizer", "scheduler")
+    options = {group: {path.stem for path in (conf / group).glob("*.yaml")} for group in groups}
+    words = sorted({word for word in re.split(r"[-.]", name) if any(word in known for known in options.values())})
+    chosen = {group: table[group].str.split("+") for group in groups}  # each variant's options, per group
+    kept = pd.Series(True, index=table.index)
+    for word in words:
+        having = [chosen[group].map(lambda values, w=word: w in values) for group in groups if word in options[group]]
+        kept &= pd.concat(having, axis=1).any(axis=1)
+    if not kept.any():
+        raise AnalysisError(
+            f"--register {name}: the name says {' and '.join(words)}, which no variant of this selection is "
+            f"({', '.join(table['variant'])}); give another name, or select such runs (--sweep, --filter)"
+        )
+    return table[kept]
+
+
 def register_best(
     tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str, metric: str
 ) -> tuple[str, str, str, bool]:
-    """Register the model of the best variant (by mean over seeds, on validation where every variant has
-    a validation split) in the Model Registry.
+    """Register the model of the best variant that `name` selects (named_variants; by mean over seeds, on
+    validation where every variant has a validation split) in the Model Registry.
 
     Of that variant's seeds, the run with the highest accuracy on the same split supplies the weights.
     Returns the variant, the models:/NAME/<version> URI, the split it was chosen on, and whether that
@@ -623,7 +699,7 @@ def register_best(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    best, basis = choose_best(table)
+    best, basis = choose_best(named_variants(table, name))
     runs = per_run(finished, metric).set_index("run_id").loc[best.run_ids]
     run_id = runs["val_acc_pct" if basis == "validation" else "acc_pct"].idxmax()
     chosen_on = "final_val_acc" if basis == "validation" else METRICS[metric]

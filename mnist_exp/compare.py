@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_exp import tracking
-from mnist_exp.analysis import AnalysisError, _require_store, hydra_file
+from mnist_exp.analysis import GRIDS, AnalysisError, _require_store, hydra_file
 
 # Tags that are settings of a run: what code trained it, on how many threads.
 SETTING_TAGS = {
@@ -174,7 +174,7 @@ def command(client, side: Side) -> tuple[str, str]:
     threads = run.data.tags.get(tracking.PREFIX + "threads")
     if threads and not any(o.split("=", 1)[0].lstrip("+~") == "trainer.threads" for o in overrides):
         overrides.append(f"trainer.threads={threads}")
-    if hydra["runtime"]["choices"].get("hydra/sweeper", "basic") != "basic":
+    if hydra["runtime"]["choices"].get("hydra/sweeper", "basic") not in GRIDS:
         overrides.append("hydra.mode=RUN")
     launched_from = hydra["runtime"]["cwd"]
     script = os.path.relpath(tracking.TRAIN_SCRIPT, launched_from)

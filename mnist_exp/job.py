@@ -104,9 +104,12 @@ def run_job(
     if problem is None:  # only one process at a time trains an identity: tracking.Claim
         if skipped := _skip(cfg, twins, overrides):
             return skipped
-        claim = tracking.Claim.take(client, experiment_id, checkpoint_file.stem, _say_waiting)
+        known = {run.info.run_id for run in twins if run.info.status == "FINISHED"}
+        claim = tracking.Claim.take(
+            client, experiment_id, checkpoint_file.stem, lambda holder: _say_waiting(holder, cfg.force)
+        )
         twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params)
-        if skipped := _skip(cfg, twins, overrides):  # finished while we waited for the claim
+        if skipped := _skip(cfg, twins, overrides, known):  # finished while we waited for the claim
             claim.release(finished=True)
             return skipped
     status = "FAILED"
@@ -171,33 +174,45 @@ def run_job(
             claim.release(finished=status == "FINISHED")
 
 
-def _skip(cfg, twins: list, overrides: list[str]) -> JobOutcome | None:
-    """A skipped job's status when an identical run already FINISHED (and force is not set)."""
-    finished = [run for run in twins if run.info.status == "FINISHED" and tracking.PRUNED not in run.data.tags]
-    if not finished or cfg.force:
+def _skip(cfg, twins: list, overrides: list[str], known: set[str] | None = None) -> JobOutcome | None:
+    """A skipped job's status when an identical run already FINISHED. With force=true, only a run that was
+    not among the FINISHED runs `known` before this job waited for its claim: another launch trained it
+    meanwhile, and it is the new run that both asked for."""
+    finished = [
+        run
+        for run in twins
+        if run.info.status == "FINISHED"
+        and tracking.PRUNED not in run.data.tags
+        and not (cfg.force and (known is None or run.info.run_id in known))
+    ]
+    if not finished:
         return None
     run = finished[0]
     trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
     other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
     log.info(
-        "skipped: identical run %s (%s) already FINISHED on the same data%s; force=true trains it again",
+        "skipped: identical run %s (%s) %s",
         run.info.run_id,
         run.info.run_name,
-        other_code,
+        "was trained by another launch while this one waited: with force=true, the new run this one asked for"
+        if cfg.force
+        else f"already FINISHED on the same data{other_code}; force=true trains it again",
     )
     return JobOutcome(
         "skipped", overrides, run.info.run_id, None, None, run.info.run_name, objective_of(run.data.metrics)
     )
 
 
-def _say_waiting(holder: dict[str, str]) -> None:
+def _say_waiting(holder: dict[str, str], force: bool) -> None:
     run = holder.get("run") or "its run (not opened yet)"
+    reuse = "reuses it as the new run force=true asks for" if force else "reuses it"
     log.info(
         "waiting: %s, the same config on the same data, is being trained by pid %s on %s; "
-        "this job reuses it once it finishes, or takes over if it stops",
+        "this job %s once it finishes, or takes over if it stops",
         run,
         holder.get("pid"),
         holder.get("host"),
+        reuse,
     )
 
 

@@ -1,8 +1,9 @@
 """The default launcher of `train.py -m`: jobs side by side on the cores this process may use.
 
-Hydra composes every job's config here first (so a rejected override stops the sweep before any
-job runs), the longest jobs start first, and worker processes, started once and reused, each run
-one job at a time with `threads` torch threads. Workers send their log lines and epochs to this
+The launch callback has checked every job's config before the sweep began (mnist_exp/grid.py); here
+each job's cost is estimated from its fast composition (grid.JobConfigs), the longest jobs start first,
+each is composed by Hydra as it starts, and worker processes, started once and reused, each run one
+job at a time with `threads` torch threads. Workers send their log lines and epochs to this
 process, which prints them prefixed with the job's name, never interleaved mid-line, under one
 progress line for the whole sweep on a terminal. Ctrl-C stops every worker: each closes its run
 KILLED, and the same command resumes them (mnist_exp/stopping.py: what each stop does). Hydra finds
@@ -27,6 +28,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict
+
+from mnist_exp import grid
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,9 @@ def available_cores() -> int:
 class Job:
     index: int
     overrides: list[str]
-    config: DictConfig
     cost: float
+    threads: int | None  # as the job's config requests (trainer.threads)
+    config: DictConfig | None = None  # composed when it starts
     name: str = ""
     epochs: int = 0
     epoch: int = 0
@@ -71,6 +75,7 @@ class ParallelLauncher(Launcher):
     def __init__(self, workers: int | None = None, threads_per_job: int | None = None) -> None:
         self.workers, self.threads_per_job = workers, threads_per_job
         self.config = self.task_function = self.hydra_context = None
+        self.threads = 1  # each job's torch threads where its config leaves them to the launcher
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -79,23 +84,24 @@ class ParallelLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        requested = {j.config.trainer.threads for j in jobs} - {None}
-        workers, threads = plan(
+        configs = grid.JobConfigs(self.config.hydra.job.config_name, self.hydra_context.config_loader)
+        jobs = []
+        for i, overrides in enumerate(job_overrides):
+            config = configs(overrides)
+            jobs.append(Job(initial_job_idx + i, list(overrides), job_cost(config), config.trainer.threads))
+        requested = {j.threads for j in jobs} - {None}
+        workers, self.threads = plan(
             len(jobs), available_cores(), self.workers, self.threads_per_job or (max(requested) if requested else None)
         )
-        for job in jobs:
-            if job.config.trainer.threads is None:  # the job logs the threads it was given
-                job.config.trainer.threads = threads
         if workers == 1:  # nothing to run side by side: this process runs them, as Hydra's basic launcher does
-            log.info(f"Launching {len(jobs)} job(s) in this process with {threads} thread(s)")
+            log.info(f"Launching {len(jobs)} job(s) in this process with {self.threads} thread(s)")
             return [self._run_here(job) for job in jobs]
-        log.info(f"Launching {len(jobs)} jobs on {workers} workers x {threads} thread(s), longest first")
+        log.info(f"Launching {len(jobs)} jobs on {workers} workers x {self.threads} thread(s), longest first")
         for job in jobs:
             log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
         order = sorted(jobs, key=lambda j: -j.cost)
-        with Pool(workers, threads, self.hydra_context, self.task_function) as pool, SweepDisplay(jobs) as display:
-            pool.run(order, display)
+        with Pool(workers, self.threads, self.hydra_context, self.task_function) as pool, SweepDisplay(jobs) as display:
+            pool.run(order, display, self._compose)
         return [job.result for job in jobs]
 
     def _run_here(self, job: Job) -> JobReturn:
@@ -103,7 +109,7 @@ class ParallelLauncher(Launcher):
         result = run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
-            config=job.config,
+            config=self._compose(job),
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
@@ -111,12 +117,15 @@ class ParallelLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return result
 
-    def _compose(self, index: int, overrides: list[str]) -> Job:
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(config):
-            config.hydra.job.id = index
-            config.hydra.job.num = index
-        return Job(index, overrides, config, job_cost(config))
+    def _compose(self, job: Job) -> DictConfig:
+        """The job's config, as Hydra composes it, when it starts."""
+        job.config = self.hydra_context.config_loader.load_sweep_config(self.config, job.overrides)
+        with open_dict(job.config):
+            job.config.hydra.job.id = job.index
+            job.config.hydra.job.num = job.index
+            if job.config.trainer.threads is None:  # the job logs the threads it was given
+                job.config.trainer.threads = self.threads
+        return job.config
 
 
 class Pool:
@@ -153,7 +162,8 @@ class Pool:
         process.start()
         self.workers[worker_id] = (process, tasks, None)
 
-    def run(self, order: list[Job], display: SweepDisplay) -> None:
+    def run(self, order: list[Job], display: SweepDisplay, compose) -> None:
+        """Every job of `order`, in that order, each composed (compose(job)) as a worker takes it."""
         waiting, by_index = list(order), {job.index: job for job in order}
         for worker_id in range(min(self.size, len(order))):
             self._start(worker_id)
@@ -162,7 +172,7 @@ class Pool:
                 for worker_id, (process, tasks, job) in list(self.workers.items()):
                     if job is None and waiting and process.is_alive():
                         job = waiting.pop(0)
-                        tasks.put((job.index, job.config))
+                        tasks.put((job.index, compose(job)))
                         self.workers[worker_id] = (process, tasks, job)
                     elif job is not None and not process.is_alive():  # died without a word (out of memory?)
                         reason = _close_dead_job(job, process)

@@ -55,7 +55,8 @@ def _family(pairs: list, table: pd.DataFrame) -> list[dict]:
     for c, (row, baseline) in zip(family, pairs):
         c["have"] = min(row.n, baseline.n)
         if c["verdict"] == "undecided" and c["seeds_needed"]:
-            c["command"] = train_command([row, baseline], more_seeds([row, baseline], c["seeds_needed"]))
+            seeds = more_seeds([row, baseline], c["seeds_needed"])
+            c["command"] = train_command([row, baseline], seeds, pooled=True)
     return family
 
 

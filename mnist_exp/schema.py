@@ -227,6 +227,7 @@ class MLflowConfig:
     tracking_uri: str = MISSING
     experiment: str = ranged("a non-empty name", lambda v: bool(v.strip()))
     system_metrics: bool = MISSING
+    extends: str | None = MISSING
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The sweep's protocol, all of it: the parent run, the files through which jobs and the
 launching process talk, and what is recorded and printed at the end.
 
-Before any job starts, Hydra's callback checks the output folder, creates the MLflow store and
+Before any job starts, Hydra's callback checks every job's config (mnist_exp/grid.py: a refused one
+stops the whole launch before any run exists), checks the output folder, creates the MLflow store and
 experiment once (parallel jobs racing to create a fresh sqlite store corrupt it), opens the
 sweep's parent run and writes SWEEP_FILE, through which jobs find it with every launcher. Each
 job writes its JobOutcome to its folder. At the end the callback lists every member on the parent
@@ -155,9 +156,10 @@ def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobOutcome]:
     return [status for status in statuses if status.launch_id == launch_id]
 
 
-def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str:
+def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extends: str | None = None) -> str:
     """The parent run of a sweep: reopened when the same sweep command runs again, unless a launch of
-    it is still running (then this launch gets a parent run of its own, so each lists its own members)."""
+    it is still running (then this launch gets a parent run of its own, so each lists its own members;
+    analysis reads runs of one key as one sweep). `extends`: the key of the sweep it adds runs to."""
     from mnist_exp import tracking
 
     existing = client.search_runs(
@@ -169,6 +171,7 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str) -> str
         tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
         tracking.LAUNCHER: f"{socket.gethostname()} {os.getpid()}",
         **tracking.source_tags(),
+        **({tracking.EXTENDS: extends} if extends else {}),
     }
     free = [
         run
@@ -237,21 +240,29 @@ class LaunchCallback(Callback):
         self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from mnist_exp import grid
+
+        if problems := grid.check(config, sweeping=False):  # before the store is touched
+            _exit(*problems)
         self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         from mnist_exp import tracking
 
-        print(f"run: {tracking.ui_url(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
+        print(f"run: {tracking.ui_hint(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
+        from mnist_exp import grid
+
         sweeper_params = dict(config.hydra.sweeper.get("params") or {})
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
             _exit(
                 "a hyperparameter search must not tune on the test set: hold out a validation split "
                 "with data.validation_size=N (e.g. data.validation_size=1000)"
             )
+        if problems := grid.check(config, sweeping=True):  # a refused job: no run of this launch may exist
+            _exit(*problems[:-1], problems[-1] + "; nothing was launched")
+        client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
         task_overrides = list(config.hydra.overrides.task)
         key, name = sweep_identity(task_overrides, sweeper_params)
         previous = read_sweep_info(config.hydra.sweep.dir)
@@ -260,7 +271,8 @@ class LaunchCallback(Callback):
                 f"hydra.sweep.dir={config.hydra.sweep.dir} is in use by a sweep still running (launched by "
                 f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder"
             )
-        parent = open_sweep_run(client, experiment_id, key, clip(f"sweep: {name}", MAX_RUN_NAME))
+        extends = _extended_sweep(client, experiment_id, config.mlflow.extends)
+        parent = open_sweep_run(client, experiment_id, key, clip(f"sweep: {name}", MAX_RUN_NAME), extends)
         info = SweepInfo(
             key,
             name,
@@ -318,16 +330,28 @@ class LaunchCallback(Callback):
             finished = "FAILED" if stopped or failed else "FINISHED"
             status = stopping.STOPS["interrupt"].sweep if self._interrupted() else finished
             client.set_terminated(info.parent_run_id, status)
-            url = tracking.ui_url(config.mlflow.tracking_uri, info.experiment_id)
+            url = tracking.ui_hint(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed
             url = f"(could not record the sweep in MLflow: {error})"
         print(summary, flush=True)
-        print(
-            f"runs: {url}"
-            + ("  (run `mlflow ui` in this folder first)" if url.startswith("http://127.0.0.1:5000") else ""),
-            flush=True,
-        )
+        print(f"runs: {url}", flush=True)
         return failed
+
+
+def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
+    """The key of the sweep that mlflow.extends=KEY adds runs to: KEY, or the sweep KEY itself extends."""
+    from mnist_exp import tracking
+
+    if not key:
+        return None
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{key}' and tags.`{tracking.ROLE}` = 'sweep'",
+        max_results=1,
+    )
+    if not found:
+        _exit(f"mlflow.extends={key}: no sweep of this experiment has that key; the report prints the one to give")
+    return found[0].data.tags.get(tracking.EXTENDS, key)
 
 
 def _preflight(config: DictConfig, output_dir: str, key: str):
@@ -354,6 +378,7 @@ def _preflight(config: DictConfig, output_dir: str, key: str):
     return connected
 
 
-def _exit(message: str) -> None:
-    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+def _exit(*lines: str) -> None:
+    for line in lines:
+        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
     sys.exit(1)

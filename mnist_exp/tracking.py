@@ -17,7 +17,9 @@ import logging
 import os
 import platform
 import re
+import shlex
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -26,6 +28,7 @@ import urllib.request
 import warnings
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -44,6 +47,7 @@ FALLBACK = PREFIX + "data_fallback"
 ROLE = PREFIX + "role"  # "sweep" on a sweep's parent run
 SWEEP_KEY = PREFIX + "sweep_key"
 LAST_LAUNCH = PREFIX + "last_launch"
+EXTENDS = PREFIX + "extends"  # on a sweep's parent run: the key of the sweep it adds runs to (mlflow.extends)
 LAUNCHER = PREFIX + "launcher"  # "host pid" of the process running a sweep
 TRIAL = PREFIX + "trial"  # the Optuna trial number, on a search trial's run
 PRUNED = PREFIX + "pruned"  # why a search stopped the run early, on a pruned trial's (FINISHED) run
@@ -74,6 +78,17 @@ DATA_IDENTITY = ("data.resolved_source", *SPLIT_DIGEST.values())
 PREDICTIONS = {"test": "predictions/test.npz", "validation": "predictions/validation.npz"}
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 SERVER_TIMEOUT_S = 5
+# A sqlite store's artifacts live beside its file, in a folder named as `mlflow server` names its own
+# (./mlartifacts, beside its ./mlflow.db), one subfolder per experiment: one store, one folder. MLflow's
+# default, ./mlruns of whichever folder a process runs in, mixes the files of every store launched there.
+ARTIFACTS_FOLDER = "mlartifacts"
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # any of them: a store, or one being created
+
+# Our commands print our lines: not MLflow's notes on creating a store's tables, nor a progress bar per
+# downloaded file (MLflow reads the variable at each download).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class TrackingError(RuntimeError):
@@ -88,6 +103,7 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead (for a database, its own "
             "password file, e.g. PostgreSQL's ~/.pgpass)"
         )
+    check_store(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri)
     try:
@@ -98,7 +114,8 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
                 client.search_registered_models(max_results=1)
         if found is None:
             try:
-                experiment_id = client.create_experiment(experiment, tags=dict([EXPERIMENT_KIND]))
+                location = artifact_location(tracking_uri, experiment)
+                experiment_id = client.create_experiment(experiment, location, tags=dict([EXPERIMENT_KIND]))
                 return client, experiment_id
             except MlflowException:  # another process created it first
                 found = client.get_experiment_by_name(experiment)
@@ -126,14 +143,77 @@ def store_error(tracking_uri: str, error: Exception) -> TrackingError:
     )
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite store, absolute; None for any other store."""
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).absolute()
+
+
+def check_store(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None:
+    """Refuse in one line what MLflow would misuse: a bare path (its deprecated file store) and a file that
+    is not a sqlite store (MLflow would write its tables into another program's database, or fail at length).
+    `option` is how the user gave the URI: 'mlflow.tracking_uri=' or '--tracking-uri '."""
+    scheme = urlparse(tracking_uri).scheme
+    if scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
+        path = Path(tracking_uri.removeprefix("file://"))
+        database = path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "mlflow.db"
+        migrate = " (`mlflow migrate-filestore` copies its runs into one)" if (path / "0").is_dir() else ""
+        raise TrackingError(
+            f"{option}{tracking_uri} is a path, which MLflow reads as its deprecated file store: "
+            f"give a sqlite store instead, {option}sqlite:///{database}{migrate}"
+        )
+    path = sqlite_path(tracking_uri)
+    if path is not None and path.is_dir():
+        raise TrackingError(
+            f"{option}{tracking_uri}: {path} is a folder; give a file in it, {option}sqlite:///{path / 'mlflow.db'}"
+        )
+    if path is not None and (held := _not_a_store(path)):
+        raise TrackingError(f"{option}{tracking_uri}: {path} {held}, not an MLflow store; give another file")
+
+
+def _not_a_store(path: Path) -> str | None:
+    """What the file `path` holds when it is not a sqlite MLflow store (None: a store, an empty file, nothing)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError:  # unreadable: connect() says so, naming the cause
+        return None
+    if not head:
+        return None  # an empty file is an empty database: MLflow creates its tables there
+    if not head.startswith(SQLITE_HEADER):
+        size = path.stat().st_size
+        if b"\0" in head:
+            return f"holds {size} bytes of binary data"
+        first = (head.decode(errors="replace").strip().splitlines() or [""])[0]
+        return f"holds text ({size} bytes: {first[:40]!r}{'...' * (len(first) > 40)})"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as database:
+            tables = {row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:  # MLflow's own message says more
+        return None
+    if tables and not tables & MLFLOW_TABLES:
+        return f"is a sqlite database of another program (tables: {', '.join(sorted(tables)[:5])})"
+    return None
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its runs' files: <database folder>/mlartifacts/<experiment> for a sqlite
+    store (ARTIFACTS_FOLDER); None elsewhere (a server has its own artifact root)."""
+    path = sqlite_path(tracking_uri)
+    return (path.parent / ARTIFACTS_FOLDER / model_name(experiment)).as_uri() if path else None
+
+
 @contextlib.contextmanager
 def _sqlite_creation_lock(tracking_uri: str):
     """For a sqlite store: refuse an unwritable one at once (SQLAlchemy would retry it for minutes), and
     let one process at a time create its schema (MLflow's creation races: 'table ... already exists')."""
-    if not tracking_uri.startswith("sqlite:///") or tracking_uri.startswith("sqlite:///:memory:"):
+    path = sqlite_path(tracking_uri)
+    if path is None:
         yield False
         return
-    path = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).absolute()
     try:  # sqlite writes its journal beside the file, so the folder must take a file too
         path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
         probe = path.parent / f".{path.name}.write-test-{os.getpid()}"
@@ -191,6 +271,16 @@ def ui_url(tracking_uri: str, experiment_id: str) -> str:
     tracking_uri = credentials.redact(tracking_uri)
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """ui_url, and for a store no server serves yet the `mlflow ui` command that serves exactly it."""
+    url = ui_url(tracking_uri, experiment_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        return url
+    path = sqlite_path(tracking_uri)
+    store = f"sqlite:///{path}" if path else credentials.redact(tracking_uri)
+    return f"{url}  (serve it first: mlflow ui --backend-store-uri {shlex.quote(store)})"
 
 
 # --- run identity ---

@@ -23,7 +23,15 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import predictions, tracking
-from mnist_exp.analysis import AnalysisError, format_table, select_runs, short, variant_table, with_overrides
+from mnist_exp.analysis import (
+    AnalysisError,
+    format_table,
+    named_variants,
+    select_runs,
+    short,
+    variant_table,
+    with_overrides,
+)
 from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run, sweep_identity
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
@@ -301,7 +309,7 @@ def test_all_selects_every_training_run_but_no_sweep_parent(store):
 def test_unknown_sweep_lists_the_known_ones(store):
     with pytest.raises(
         AnalysisError,
-        match="--sweep nope matches 0 sweeps; known sweeps: .*(sweep: keya.*sweep: keyb|sweep: keyb.*sweep: keya)",
+        match=r"--sweep nope matches no sweep; known sweeps: keyb \(RUNNING, 2026-01-01 11:00:00\): sweep: keyb; keya ",
     ):
         select_runs(store["uri"], "sweeps", "nope")
 
@@ -320,6 +328,63 @@ def test_reopened_sweep_becomes_the_latest_again(store):
     assert open_sweep_run(client, experiment, "one", "sweep: one") == first  # the same command reopens its run
 
     assert list(select_runs(store["uri"], "reopened").runs["run_id"]) == [member]
+
+
+def test_latest_passes_over_launches_that_finished_no_run(store):
+    client = store["client"]
+    experiment = client.create_experiment("passed-over")
+    parents = {
+        name: open_sweep_run(client, experiment, name, f"sweep: {name}") for name in ("good", "failed", "aborted")
+    }
+    member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9, tags={tracking.PARENT: parents["good"]})
+    log_run(client, experiment, "mlp", "l2", "sgd", 0, 0, 0, status="FAILED", tags={tracking.PARENT: parents["failed"]})
+    for hour, (name, status) in enumerate((("good", "FINISHED"), ("failed", "FAILED"), ("aborted", "KILLED"))):
+        client.set_tag(parents[name], tracking.LAST_LAUNCH, f"2026-01-01T1{hour}:00:00")
+        client.set_terminated(parents[name], status)
+
+    selection = select_runs(store["uri"], "passed-over")
+
+    assert list(selection.runs["run_id"]) == [member]
+    assert selection.description == (
+        f"sweep {parents['good'][:8]} (sweep: good); later launches with no FINISHED run, not read: "
+        f"{parents['aborted'][:8]} (KILLED, sweep: aborted); {parents['failed'][:8]} (FAILED, sweep: failed)"
+    )
+
+
+def test_launches_of_one_sweep_and_the_seeds_added_to_it_are_read_as_one_sweep(store):
+    client = store["client"]
+    experiment = client.create_experiment("one-sweep")
+    first = open_sweep_run(client, experiment, "grid", "sweep: experiment=course_grid")
+    second = open_sweep_run(client, experiment, "grid", "sweep: experiment=course_grid")  # while the first runs
+    added = open_sweep_run(client, experiment, "more", "sweep: trainer.seed=3,4 (experiment=course_grid)", "grid")
+    runs = {
+        log_run(client, experiment, "mlp", "none", "sgd", seed, 0.9, 0.9, tags={tracking.PARENT: parent})
+        for seed, parent in enumerate((first, second, added))
+    }
+    assert first != second
+
+    for sweep in ("latest", "grid", "more", second[:8], "sweep: experiment=course_grid", "experiment=course_grid"):
+        selection = select_runs(store["uri"], "one-sweep", sweep)
+        assert set(selection.runs["run_id"]) == runs, sweep
+        assert (selection.sweep_keys, selection.parent_run_ids) == (["grid"], [first]), sweep
+    assert selection.description.startswith(f"sweep {first[:8]} (sweep: experiment=course_grid) and 2 more launch")
+
+    other = open_sweep_run(client, experiment, "other", "sweep: experiment=course_grid trainer.epochs=1")
+    client.set_tag(other, tracking.LAST_LAUNCH, "2099-01-01T10:00:00.000001")
+    listed = r"other \(RUNNING, 2099-01-01 10:00:00\): sweep: .*; grid \(3 launches, latest RUNNING, 20"
+    with pytest.raises(AnalysisError, match=f"--sweep course_grid matches 2 sweeps; give one's key: {listed}"):
+        select_runs(store["uri"], "one-sweep", "course_grid")
+    assert len(select_runs(store["uri"], "one-sweep", "sweep: experiment=course_grid").runs) == 3, "a full name"
+
+
+def test_a_registered_models_name_selects_the_variants_it_names(store):
+    table = variant_table(select_runs(store["uri"], "grid", "all").finished)
+
+    assert set(named_variants(table, "mnist-lenet5")["model"]) == {"lenet5"}
+    assert list(named_variants(table, "lenet5-dropout")["variant"]) == ["lenet5/dropout/sgd"]
+    assert named_variants(table, "mnist-best").equals(table)
+    with pytest.raises(AnalysisError, match="--register mnist-lenet5_32: the name says lenet5_32, which no variant"):
+        named_variants(table, "mnist-lenet5_32")
 
 
 def test_without_sweeps_latest_means_all_runs_and_a_named_sweep_is_an_error(store):
@@ -670,7 +735,7 @@ def test_runs_of_a_search_get_no_command_that_would_launch_the_search_again(stor
 
     client = store["client"]
     experiment = client.create_experiment("searched", artifact_location=str(store["folder"] / "searched"))
-    for sweeper, regularizer in (("optuna", "l2"), ("basic", "none")):
+    for sweeper, regularizer in (("optuna", "l2"), ("grid", "none")):
         log_run(client, experiment, "lenet5", regularizer, "sgd", 0, 0.97, 0.98, logs_overrides=True, sweeper=sweeper)
     table = with_overrides(variant_table(select_runs(store["uri"], "searched", "all").finished), store["uri"])
     searched, plain = (table[table["regularizer"] == name].iloc[0] for name in ("l2", "none"))
@@ -679,6 +744,9 @@ def test_runs_of_a_search_get_no_command_that_would_launch_the_search_again(stor
     assert train_command([plain], [1, 2]) == (
         "python train.py -m model=lenet5 regularizer=none optimizer=sgd trainer.epochs=2 trainer.seed=1,2"
     )
+    selected = with_overrides(table, store["uri"], "a1b2c3").set_index("regularizer").loc["none"]
+    assert train_command([selected], [1], pooled=True).endswith(" mlflow.extends=a1b2c3 trainer.seed=1")
+    assert "mlflow.extends" not in train_command([selected], [1]), "a re-test on fresh seeds stays apart"
 
 
 def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):
@@ -736,5 +804,5 @@ def test_a_sweep_is_also_found_by_words_of_its_name(store):
     selection = select_runs(store["uri"], "sweeps", "sweep: keya")
 
     assert set(selection.runs["run_id"]) == {store["runs"]["r1"], store["runs"]["r2"]}
-    with pytest.raises(AnalysisError, match="--sweep experiment=nothing matches 0 sweeps"):
+    with pytest.raises(AnalysisError, match="--sweep experiment=nothing matches no sweep"):
         select_runs(store["uri"], "sweeps", "experiment=nothing")

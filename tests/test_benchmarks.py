@@ -118,6 +118,14 @@ EXPECTED_TABLES = {
         ),
         "Whole processes": (["process", "seconds (best)"], 1, ["python train.py --help"], None),
     },
+    "sweep_prep.py": {
+        "Sweep preparation": (
+            ["sweeper", "jobs", "first line s", "sweep run line s", "then first job s", "first job s"],
+            2,
+            ["grid 20"],
+            None,
+        ),
+    },
     "system_metrics.py": {
         "One system metrics sample": (
             ["step", "CPU s (best)", "wall s (best)", "CPU share of the interval"],
@@ -194,6 +202,7 @@ def test_every_benchmark_script_is_covered():
         "hardware_efficiency.py",
         "run_overhead.py",
         "search_pruning.py",
+        "sweep_prep.py",
         "system_metrics.py",
     ]
     assert sorted(EXPECTED_TABLES) == SCRIPTS

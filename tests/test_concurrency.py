@@ -17,6 +17,7 @@ from conftest import REPO, Hold, job_runs, sweep_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import tracking
+from mnist_exp.analysis import select_runs
 from mnist_exp.sweep import SWEEP_FILE, SweepInfo, sweep_members
 
 pytestmark = pytest.mark.slow
@@ -61,6 +62,7 @@ def test_two_sweeps_sharing_a_variant_on_a_fresh_store_train_it_once(tmp_path, c
         assert len(members) == 2 and l2 in members, parent.info.run_name
     outputs = first[1].read_text() + second[1].read_text()
     assert "Traceback" not in outputs
+    assert "Creating initial MLflow database tables" not in outputs, "our lines only, not MLflow's notes"
     assert not client.search_registered_models(), "every claim is gone once its run FINISHED"
 
 
@@ -84,6 +86,32 @@ def test_a_killed_claimant_is_resumed_by_one_of_two_launches_the_other_reuses_it
     assert len(resumed) == len(reused) == 1, "\n---\n".join(outputs)
     (run,) = job_runs(f"sqlite:///{project_dir}/mlflow.db")
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+
+
+def test_two_forced_launches_of_one_sweep_at_once_train_one_new_run_read_as_one_sweep(project_dir, course_dataset):
+    command = ["-m", *tiny(course_dataset), "trainer.epochs=2", "force=true"]
+    hold = Hold(project_dir / "hold", epoch=1)
+    first, _ = launch(project_dir, *command, env=hold.env)
+    hold.wait(alive=first)  # it holds the identity's claim, its run open
+    second, second_log = launch(project_dir, *command)
+    deadline = time.monotonic() + 600
+    while "waiting: " not in second_log.read_text():  # it found the identity claimed, and waits
+        assert second.poll() is None and time.monotonic() < deadline, second_log.read_text()[-3000:]
+        time.sleep(0.2)
+    hold.release()
+    for process in (first, second):
+        assert process.wait(timeout=600) == 0
+
+    uri = f"sqlite:///{project_dir}/mlflow.db"
+    (run,) = job_runs(uri)
+    assert run.info.status == "FINISHED"
+    said = second_log.read_text()
+    assert "this job reuses it as the new run force=true asks for once it finishes" in said
+    assert f"skipped: identical run {run.info.run_id}" in said and "with force=true, the new run" in said
+    parents = sweep_runs(uri)
+    (key,) = {parent.data.tags[tracking.SWEEP_KEY] for parent in parents}
+    assert len(parents) == 2, "each launch lists its own members on its own parent run"
+    assert list(select_runs(uri, "mnist-exp", key).runs["run_id"]) == [run.info.run_id], "read as one sweep"
 
 
 def test_a_store_that_refuses_writes_is_answered_in_one_line_within_seconds(tmp_path, course_dataset):

@@ -332,14 +332,11 @@ def test_existing_runs_keep_their_identity(compose, model, regularizer):
 
 
 def expanded_jobs(compose_hydra, experiment: str) -> list[list[str]]:
-    """The jobs Hydra's basic sweeper makes of an experiment file's sweeper params."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """The jobs the grid sweeper makes of an experiment file's sweeper params (Hydra's basic sweeper's:
+    tests/test_grid.py)."""
+    from mnist_exp.grid import expand
 
-    params = compose_hydra([f"experiment={experiment}"]).hydra.sweeper.params
-    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    (batch,) = BasicSweeper.split_arguments(overrides, None)
-    return batch
+    return expand([], dict(compose_hydra([f"experiment={experiment}"]).hydra.sweeper.params))
 
 
 @pytest.fixture(scope="module")

@@ -242,18 +242,20 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
     assert f"already registered: the model of {best.data.tags[tracking.VARIANT]}" in again.stdout
     assert "models:/mnist-best/1" in again.stdout
     assert [str(v.version) for v in client.search_model_versions("name = 'mnist-best'")] == ["1"]
+    named = analyze(project_dir, "--register", "mnist-lenet5")  # whichever model is best: the name says LeNet-5
+    assert named.returncode == 0, named.stderr
+    assert client.get_model_version("mnist-lenet5", "1").run_id == runs["lenet5"].info.run_id
 
 
 # --- the sweep as the UI shows it ---
 
 
-def test_a_sweep_hydra_rejects_leaves_no_sweep_run_running(project_dir):
+def test_a_sweep_hydra_rejects_opens_no_sweep_run(project_dir):
     result = train(project_dir, "-m", "model=lenet,mlp", *SMALL)
 
     assert result.returncode != 0
     assert "Could not find 'model/lenet'" in result.stdout + result.stderr
-    assert {r.info.status for r in sweep_runs(uri(project_dir))} <= {"FAILED"}
-    assert job_runs(uri(project_dir)) == []
+    assert sweep_runs(uri(project_dir)) == [] and job_runs(uri(project_dir)) == []
 
 
 def test_ctrl_c_closes_the_sweep_and_its_runs_killed_and_the_same_command_resumes(project_dir):

@@ -20,6 +20,7 @@ from conftest import Hold, job_runs, png_bytes, run_script, sweep_runs, write_ta
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import checkpoints, tracking
+from mnist_exp.analysis import select_runs
 
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
 
@@ -60,24 +61,39 @@ def write_course_tar(path: Path, images: np.ndarray, labels, names: list[str] | 
 # --- 1. isolated failures ---
 
 
-def test_failed_jobs_are_recorded_and_the_sweep_goes_on(project_dir):
-    result = train(project_dir, "optimizer.lr=0.01,-1,1e6", "hydra/launcher=basic", *SMALL)
+def test_failed_jobs_are_recorded_the_sweep_goes_on_a_refused_one_runs_nothing_added_seeds_join_it(project_dir):
+    result = train(project_dir, "optimizer.lr=0.01,1e6", "hydra/launcher=basic", *SMALL)
 
     assert result.returncode == 1
-    assert "sweep summary: 1 finished, 0 skipped, 2 failed" in result.stdout
-    assert "FAILED: optimizer.lr=-1 " in result.stdout
+    assert "sweep summary: 1 finished, 0 skipped, 1 failed" in result.stdout
     client = store(project_dir)
     runs = {r.data.params["optimizer.lr"]: r for r in job_runs(store_uri(project_dir))}
     assert runs["0.01"].info.status == "FINISHED"
-    bad_value, diverged = runs["-1.0"], runs["1000000.0"]
-    assert bad_value.info.status == diverged.info.status == "FAILED"
-    assert "optimizer.lr=-1.0 is out of range" in bad_value.data.tags[tracking.ERROR]
+    diverged = runs["1000000.0"]
+    assert diverged.info.status == "FAILED"
     assert "Diverged: training loss became nan" in diverged.data.tags[tracking.ERROR]
-    for run in (bad_value, diverged):
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        assert "traceback.txt" in artifacts
+    assert "traceback.txt" in [a.path for a in client.list_artifacts(diverged.info.run_id)]
     parent = client.get_run(runs["0.01"].data.tags[tracking.PARENT])
     assert parent.info.status == "FAILED"
+
+    # A value validation refuses, in one job of a sweep: the whole launch is refused before any run exists.
+    refused = train(project_dir, "optimizer.lr=-1,0.01", "hydra/launcher=basic", *SMALL)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.splitlines()[-1] == (
+        "train.py: error: optimizer.lr=-1.0 is out of range: must be > 0 (in 1 of 2 jobs, e.g. optimizer.lr=-1); "
+        "nothing was launched"
+    )
+    assert len(job_runs(store_uri(project_dir))) == 2 and len(sweep_runs(store_uri(project_dir))) == 1
+    assert select_runs(store_uri(project_dir), "mnist-exp").parent_run_ids == [parent.info.run_id], "still the latest"
+
+    # A seed added to that sweep, as the report's commands add them, is read with it as one sweep.
+    key = parent.data.tags[tracking.SWEEP_KEY]
+    unknown = train(project_dir, "optimizer.lr=0.01", "trainer.seed=1", "mlflow.extends=nope", *SMALL)
+    assert unknown.stderr.splitlines()[-1].startswith("train.py: error: mlflow.extends=nope: no sweep of this")
+    added = train(project_dir, "optimizer.lr=0.01", "trainer.seed=1", f"mlflow.extends={key}", *SMALL)
+    assert added.returncode == 0, added.stderr[-2000:]
+    selection = select_runs(store_uri(project_dir), "mnist-exp")
+    assert selection.sweep_keys == [key] and len(selection.finished) == 2, selection.description
 
 
 def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, sample_digits):
@@ -301,7 +317,7 @@ def unwritable_folder(tmp_path: Path) -> Path:
         (
             ["regularizer=dropout", "regularizer.dropout.p=1.5"],
             "regularizer.dropout.p=1.5 is out of range: must be in [0, 1)",
-            "job",
+            "train.py",
             None,
         ),
         (
@@ -317,6 +333,19 @@ def unwritable_folder(tmp_path: Path) -> Path:
             None,
         ),
         (["hydra.run.dir=UNWRITABLE"], "cannot write the output folder", "train.py", None),
+        (
+            ["mlflow.tracking_uri=sqlite:///notes.db"],
+            "notes.db holds text (15 bytes: 'not a database')",
+            "train.py",
+            None,
+        ),
+        (
+            ["mlflow.tracking_uri=mlruns"],
+            "mlflow.tracking_uri=mlruns is a path, which MLflow reads as its deprecated file store: "
+            "give a sqlite store instead, mlflow.tracking_uri=sqlite:///mlruns/mlflow.db",
+            "train.py",
+            None,
+        ),
     ],
     ids=[
         "unknown-option",
@@ -325,13 +354,18 @@ def unwritable_folder(tmp_path: Path) -> Path:
         "missing-data-folder",
         "unreachable-server",
         "read-only-output",
+        "text-file-as-store",
+        "bare-path-as-store",
     ],
 )
 def test_bad_input_is_answered_in_one_line(project_dir, overrides, message, answered_by, first_line):
     if any("UNWRITABLE" in o for o in overrides):
         folder = str(unwritable_folder(project_dir))
         overrides = [o.replace("UNWRITABLE", folder) for o in overrides]
+    notes = project_dir / "notes.db"
+    notes.write_text("not a database\n")
     result = train(project_dir, *SMALL, *overrides, multirun=False)
+    assert notes.read_text() == "not a database\n", "nothing is written to a file that is not a store"
 
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -369,7 +403,7 @@ def test_analyze_answers_a_missing_store_and_one_with_only_failed_runs(tmp_path,
     assert not (tmp_path / "mlflow.db").exists(), "reading must not create a store"
     shutil.copy(empty_store, tmp_path / "mlflow.db")
 
-    assert train(tmp_path, *SMALL, "optimizer.lr=-1", "hydra/launcher=basic").returncode == 1
+    assert train(tmp_path, *SMALL, "data.source=course", "data.root=missing", "hydra/launcher=basic").returncode == 1
     only_failed = analyze(tmp_path)
     assert only_failed.returncode == 1
     assert "has no FINISHED runs" in only_failed.stderr and "FAILED" in only_failed.stderr

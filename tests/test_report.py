@@ -5,15 +5,16 @@ from the answers each run logged, and every figure is readable (few series per p
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import run_script, sweep_runs
 from matplotlib.collections import PolyCollection
 
-from mnist_exp import plots, predictions, report
+from mnist_exp import plots, predictions, report, tracking
 from mnist_exp.analysis import histories, select_runs, variant_table
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,9 @@ def test_every_question_with_runs_is_answered_from_runs_trained_alike(sweep):
     assert "2 matched seeds x 200 test images" in text and "Holm-adjusted" in text
     assert "the best pair, l2+dropout (chosen on the validation split among 1 candidate," in text
     assert "re-scored" not in result.stderr  # every run logged its answers per image
+    (key,) = {parent.data.tags[tracking.SWEEP_KEY] for parent in sweep_runs(sweep["uri"])}
+    for command in re.findall(r"to add them: `([^`]*)`", text):  # read with this sweep once trained
+        assert f" mlflow.extends={key} " in command, command
     for figure in report.FIGURES.values():
         assert f"]({figure})" in text and (cwd / "out" / figure).stat().st_size > 10_000
     table = result.stdout.split("\n\n")[0]

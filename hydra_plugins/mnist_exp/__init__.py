@@ -1,8 +1,8 @@
 """Hydra instantiates launchers and sweepers only from classes defined under the hydra_plugins namespace: this is
 how it finds mnist_exp's launcher (conf/hydra/launcher/parallel.yaml, code in mnist_exp/launcher.py) and
-sweeper (conf/hydra/sweeper/optuna.yaml, code in mnist_exp/search.py)."""
+sweepers (conf/hydra/sweeper/grid.yaml and optuna.yaml, code in mnist_exp/grid.py and search.py)."""
 
-from mnist_exp import launcher, search
+from mnist_exp import grid, launcher, search
 
 
 class ParallelLauncher(launcher.ParallelLauncher):
@@ -11,3 +11,7 @@ class ParallelLauncher(launcher.ParallelLauncher):
 
 class OptunaSweeper(search.OptunaSweeper):
     """hydra/sweeper=optuna: mnist_exp.search.OptunaSweeper, registered here."""
+
+
+class GridSweeper(grid.GridSweeper):
+    """hydra/sweeper=grid, the default: mnist_exp.grid.GridSweeper, registered here."""
