@@ -376,8 +376,8 @@ def test_regularizer_combos_is_lenet5_with_none_each_single_and_every_pair_three
 @pytest.mark.parametrize(
     ("experiment", "model", "regularizers"),
     [
-        ("lenet5_best", "lenet5", ["batchnorm", "augment", "label_smoothing"]),
-        ("mlp_best", "mlp", ["batchnorm", "augment"]),
+        ("lenet5_best", "lenet5", ["l2", "dropout", "augment", "label_smoothing", "elastic", "ema"]),
+        ("mlp_best", "mlp", ["l2", "dropout", "augment", "label_smoothing", "elastic", "ema"]),
     ],
 )
 def test_the_best_recipes_train_three_seeds_on_the_whole_training_split(
@@ -385,7 +385,7 @@ def test_the_best_recipes_train_three_seeds_on_the_whole_training_split(
 ):
     jobs = expanded_jobs(compose_hydra, experiment)
 
-    assert jobs == [["trainer.seed=0"], ["trainer.seed=1"], ["trainer.seed=2"]]
+    assert jobs == [["trainer.seed=1"], ["trainer.seed=2"], ["trainer.seed=3"]], "the confirmation's seeds"
     assert str(compose_hydra([f"experiment={experiment}"]).hydra.mode) == "RunMode.MULTIRUN"
     cfg = compose([f"experiment={experiment}"])
     validate(cfg)
