@@ -126,9 +126,9 @@ def test_a_store_that_refuses_writes_is_answered_in_one_line_within_seconds(tmp_
         text=True,
         timeout=120,
     )
-    # ~5 s on a quiet machine, mostly imports; SQLAlchemy used to retry for 105 s. 60 s allows a machine
-    # 3x slower than the slowest we know, under load.
-    assert time.monotonic() - started < 60
+    # ~5 s on a quiet machine, mostly imports; SQLAlchemy used to sleep 105 s in retries on top of that.
+    # 100 s still catches those retries and allows start-ups 20x slower (78 s seen at load 9 on 2 cores).
+    assert time.monotonic() - started < 100
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"train.py: error: cannot write the MLflow store mlflow.tracking_uri=sqlite:///{store}")

@@ -212,7 +212,7 @@ def test_ctrl_c_stops_every_worker_promptly_and_the_same_command_resumes_them(pr
     assert sorted(s["run_id"] for s in statuses) == sorted(r.info.run_id for r in runs)
     assert not [line for line in log.read_text().splitlines() if "Traceback" in line]
 
-    resumed = run_script("train.py", *command, cwd=project_dir, timeout=300)
+    resumed = run_script("train.py", *command, cwd=project_dir)  # the default guard: minutes under load
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert sum("resuming run" in line for line in resumed.stdout.splitlines()) == 2
     assert {r.info.status for r in job_runs(uri)} == {"FINISHED"} and len(job_runs(uri)) == 2
