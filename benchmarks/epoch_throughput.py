@@ -77,7 +77,7 @@ def main() -> None:
         for batch in args.batches:
             steps = max(1, args.images // batch)
             images = steps * batch
-            subset = data.train.head(images)  # train_epoch on it = `steps` batches
+            subset = data.train.part(0, images)  # train_epoch on it = `steps` batches
             contenders = {
                 "seed": (
                     benchlib.build(name, ours=False),

@@ -77,7 +77,7 @@ def main() -> None:
         training = Training(model, optimizer, None, inputs, cpu)
         for batch in (64, 256):
             seed_epoch(0, 1)
-            train_epoch(training, split.head(min(len(split), 10 * batch)), batch)  # warm-up
+            train_epoch(training, split.part(0, 10 * batch), batch)  # warm-up
             seconds = benchlib.best_of(args.repeats, lambda: train_epoch(training, split, batch))
             speed = len(split) / seconds
             achieved = speed * 3 * 2 * macs

@@ -62,16 +62,9 @@ def load(path: Path) -> Checkpoint | None:
         return None
     try:
         payload = torch.load(path, weights_only=True)
-        fields = payload["progress"]
-        progress = TrainingState(**{**fields, "history": [EpochMetrics(**m) for m in fields["history"]]})
-        return Checkpoint(
-            payload["run_id"],
-            payload["model_state"],
-            payload["optimizer_state"],
-            payload["scheduler_state"],
-            progress,
-            payload.get("averaged_state"),
-        )
+        progress = payload["progress"]
+        history = [EpochMetrics(**metrics) for metrics in progress["history"]]
+        return Checkpoint(**{**payload, "progress": TrainingState(**{**progress, "history": history})})
     except Exception as error:  # a damaged checkpoint costs a restart, never a crash
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
         return None

@@ -1,11 +1,9 @@
 """Credentials in a tracking URI (http://alice:s3cret@host): moved to MLflow's own variables, and redacted.
 
-A tracking URI is logged as a param, written to Hydra's config files and job logs, printed, and put
-in sweep names; a password in it would land in all of them. So train.py and analyze.py move a
-user and password out of an http(s) URI into MLFLOW_TRACKING_USERNAME/PASSWORD (which MLflow's
-client sends as HTTP basic auth, and child processes inherit) before Hydra or MLflow sees the URI.
-`redact` is for any text that may still hold one. Standard library only: train.py imports it
-before Hydra starts.
+A tracking URI is logged, written to Hydra's files, printed and put in sweep names, so train.py and analyze.py
+move an http(s) URI's user and password to MLFLOW_TRACKING_USERNAME/PASSWORD (sent as HTTP basic auth, inherited
+by child processes) before Hydra or MLflow sees it; `redact` is for any text that may still hold one.
+Standard library only: train.py imports it before Hydra starts.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """MNIST for training: find the digits, decode each split once, then serve it from a verified cache.
 
-A split lives in memory as uint8 tensors; training gathers and normalizes whole batches
-(mnist_exp.training), so no image is decoded twice and no per-image transform runs per epoch.
+A split lives in memory as uint8 tensors; training gathers and normalizes whole batches (mnist_exp.training).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_exp.formats import DataError, read_course_split, read_idx_split
+from mnist_exp.formats import DataError, one_line, read_course_split, read_idx_split
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,7 @@ IDX_NAMES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_FOLDERS = (".", "MNIST/raw", "idx")  # torchvision's download lands in MNIST/raw
+IDX_HINT = f"{', '.join(sum(IDX_NAMES.values(), ()))} (optionally .gz) in it, in MNIST/raw/ or in idx/"
 CACHE_FORMAT = 1  # bump when the decoded layout changes, so old cache files are ignored
 DOWNLOAD_TIMEOUT_S = 30
 DOWNLOAD_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's first MNIST mirror
@@ -43,12 +43,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int | None) -> Split:
-        return self if n is None else self.part(0, n)
-
-    def part(self, start: int, stop: int) -> Split:
+    def part(self, start: int, stop: int | None) -> Split:
         """Images [start, stop), hashed on their own: a run logs the hash of exactly what it used."""
-        if start == 0 and stop >= len(self):
+        if start == 0 and (stop is None or stop >= len(self)):
             return self
         images, labels = self.images[start:stop].clone(), self.labels[start:stop].clone()
         return Split(images, labels, content_hash(images.numpy(), labels.numpy()))
@@ -79,8 +76,8 @@ def load_mnist(data_cfg) -> MNIST:
     """Both splits as configured by the `data` config group."""
     located, fallback = locate(Path(data_cfg.root), data_cfg.source)
     cache_dir = Path(data_cfg.cache_dir)
-    train = load_split(located, "train", cache_dir).head(data_cfg.limit_train)
-    test = load_split(located, "test", cache_dir).head(data_cfg.limit_test)
+    train = load_split(located, "train", cache_dir).part(0, data_cfg.limit_train)
+    test = load_split(located, "test", cache_dir).part(0, data_cfg.limit_test)
     validation = None
     if data_cfg.validation_size:
         keep = len(train) - data_cfg.validation_size
@@ -98,10 +95,10 @@ def load_mnist(data_cfg) -> MNIST:
 def normalization(data_cfg, train: Split) -> tuple[float, float]:
     """The (mean, std) inputs are normalized with: data.mean and data.std, each null one the training
     split's own, over every pixel scaled to [0, 1]: what a dataset other than MNIST needs."""
-    if data_cfg.mean is not None and data_cfg.std is not None:
-        return data_cfg.mean, data_cfg.std
-    mean, std = pixel_statistics(train)
-    return (mean if data_cfg.mean is None else data_cfg.mean), (std if data_cfg.std is None else data_cfg.std)
+    given = data_cfg.mean, data_cfg.std
+    if None not in given:
+        return given
+    return tuple(measured if value is None else value for value, measured in zip(given, pixel_statistics(train)))
 
 
 def pixel_statistics(split: Split) -> tuple[float, float]:
@@ -121,7 +118,7 @@ def locate(root: Path, source: str) -> tuple[Located, str | None]:
     if source == "course":
         return _require(_find_course(root), root, "train.tar and test.tar, or train/ and test/ folders"), None
     if source == "idx":
-        return _require(_find_idx(root), root, _idx_hint()), None
+        return _require(_find_idx(root), root, IDX_HINT), None
     if source == "download":
         return _download(root), None
 
@@ -150,7 +147,7 @@ def _require(found: Located | None, root: Path, wanted: str) -> Located:
 
 
 def _find_course(root: Path) -> Located | None:
-    for _, paths in (("tar", {s: root / f"{s}.tar" for s in SPLITS}), ("folder", {s: root / s for s in SPLITS})):
+    for paths in ({s: root / f"{s}.tar" for s in SPLITS}, {s: root / s for s in SPLITS}):  # tars, then folders
         present = {split: path for split, path in paths.items() if path.exists()}
         if len(present) == len(SPLITS):
             return Located("course", root, {split: (path,) for split, path in present.items()})
@@ -162,22 +159,11 @@ def _find_course(root: Path) -> Located | None:
 
 def _find_idx(root: Path) -> Located | None:
     for folder in IDX_FOLDERS:
-        files = {split: tuple(_idx_file(root / folder, name) for name in names) for split, names in IDX_NAMES.items()}
-        if all(path is not None for paths in files.values() for path in paths):
+        files = {split: tuple(root / folder / name for name in names) for split, names in IDX_NAMES.items()}
+        files = {split: tuple(p if p.is_file() else p.with_suffix(".gz") for p in ps) for split, ps in files.items()}
+        if all(path.is_file() for paths in files.values() for path in paths):
             return Located("idx", (root / folder).resolve(), files)
     return None
-
-
-def _idx_file(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _idx_hint() -> str:
-    names = ", ".join(n for pair in IDX_NAMES.values() for n in pair)
-    return f"{names} (optionally .gz) in it, in MNIST/raw/ or in idx/"
 
 
 def _download(root: Path) -> Located:
@@ -190,11 +176,10 @@ def _download(root: Path) -> Located:
     try:
         TorchvisionMNIST(root=str(root), train=True, download=True)
     except Exception as error:  # network, disk and checksum failures all end the attempt
-        detail = " ".join(str(error).split())
-        raise DataError(f"downloading MNIST into {root} failed ({detail[:300]})") from None
+        raise DataError(f"downloading MNIST into {root} failed ({one_line(error)[:300]})") from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
-    return replace(_require(_find_idx(root), root, _idx_hint()), source="download")
+    return replace(_require(_find_idx(root), root, IDX_HINT), source="download")
 
 
 # --- decoding and the cache ---

@@ -24,6 +24,7 @@ from PIL import Image
 
 IMAGE_SIZE = 28
 COURSE_NAME = re.compile(r"^(?P<id>[^/]+)_(?P<label>[^_/]*)\.png$")
+DIGITS = re.compile("[0-9]+")  # not str.isdigit(), which takes characters such as '²' that int() refuses
 NAMING_HINT = "expected {ID}_{label}.png with a label 0-9, e.g. 00042_7.png"
 
 
@@ -32,13 +33,9 @@ class DataError(ValueError):
 
 
 def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Read a course split: a tar of PNGs, or the folder it was extracted into.
-
-    Images are ordered by ID (numerically where IDs are numbers), so a tar and its
-    extracted folder give identical arrays. With `workers` > 0, PNGs are decoded in that many
-    forked processes (at most MAX_DECODE_WORKERS) while this one goes on reading the archive: tarfile's header
-    parsing and PIL's decode are both pure-Python-bound, so only processes run them side by side.
-    """
+    """A course split, a tar of PNGs or the folder it was extracted into, ordered by ID (numerically where IDs
+    are numbers) so both give identical arrays. With `workers` > 0, PNGs are decoded in forked processes while
+    this one reads on: tarfile's parsing and PIL's decode are both Python-bound, so only processes overlap them."""
     members = _tar_members(path) if path.is_file() else _folder_members(path)
     labelled = []  # (sort key, label, member name), in archive order
 
@@ -50,7 +47,7 @@ def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndar
             if not match:
                 raise DataError(f"{path}: member {name!r} is not a labelled PNG; {NAMING_HINT}")
             image_id, label_text = match["id"], match["label"]
-            if not _is_number(label_text):
+            if not DIGITS.fullmatch(label_text):
                 raise DataError(f"{path}: member {name!r} has no numeric label; {NAMING_HINT}")
             label = int(label_text)
             if not 0 <= label <= 9:
@@ -60,34 +57,27 @@ def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndar
                     f"{path}: ID {image_id!r} appears twice ({seen[image_id]!r} and {name!r}); IDs must be unique"
                 )
             seen[image_id] = name
-            labelled.append(((0, int(image_id), "") if _is_number(image_id) else (1, 0, image_id), label, name))
+            labelled.append(((0, int(image_id), "") if DIGITS.fullmatch(image_id) else (1, 0, image_id), label, name))
             yield read(), f"{path}: member {name!r}"
 
     decoded = _decode_in_chunks(pngs(), workers)
     if not labelled:
         raise DataError(f"{path}: no images found; {NAMING_HINT}")
-    images = np.concatenate([chunk_images for chunk_images, _ in decoded])
-    failures = {
-        index + chunk * DECODE_CHUNK: reason for chunk, (_, errors) in enumerate(decoded) for index, reason in errors
-    }
+    errors = [error for _, chunk_errors in decoded for error in chunk_errors]
     order = sorted(range(len(labelled)), key=lambda i: labelled[i][0])
-    for i in order:  # the first bad image by ID, whichever process decoded it
-        if i in failures:
-            raise DataError(failures[i])
+    if first_bad := next((errors[i] for i in order if errors[i]), None):  # by ID, whichever process decoded it
+        raise DataError(first_bad)
+    images = np.concatenate([chunk_images for chunk_images, _ in decoded])
     return images[order], np.array([labelled[i][1] for i in order], dtype=np.int64)
 
 
 DECODE_CHUNK = 500  # PNGs per task: a few ms of pickling against ~40 ms of decoding
-# The tar walk here takes about half as long per PNG as a decode, so it feeds about two
-# decoding processes; more would only cost forks (benchmarks/data_prep.py).
-MAX_DECODE_WORKERS = 3
+MAX_DECODE_WORKERS = 3  # the tar walk takes half a decode's time per PNG: it feeds ~2 (benchmarks/data_prep.py)
 
 
-def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[tuple[np.ndarray, list]]:
+def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[tuple[np.ndarray, list[str | None]]]:
     chunks = iter(lambda: list(itertools.islice(pngs, DECODE_CHUNK)), [])
-    first = next(chunks, None)
-    if first is None:
-        return []
+    first = next(chunks, [])
     if workers < 1 or len(first) < DECODE_CHUNK or "fork" not in multiprocessing.get_all_start_methods():
         return [decode_pngs(chunk) for chunk in itertools.chain([first], chunks)]
     # fork, as torch's DataLoader workers do: no re-import of torch, and the workers only run PIL.
@@ -95,21 +85,16 @@ def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[t
         return list(pool.map(decode_pngs, itertools.chain([first], chunks)))  # submits as the tar is read
 
 
-def decode_pngs(chunk: list[tuple[bytes, str]]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Decode (png, where) pairs; returns the images and the (index, message) of those that failed."""
+def decode_pngs(chunk: list[tuple[bytes, str]]) -> tuple[np.ndarray, list[str | None]]:
+    """Decode (png, where) pairs; returns the images and, for each, why it failed or None."""
     images = np.zeros((len(chunk), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    failures = []
+    errors: list[str | None] = [None] * len(chunk)
     for i, (png, where) in enumerate(chunk):
         try:
             images[i] = decode_png(png, where)
         except DataError as error:
-            failures.append((i, str(error)))
-    return images, failures
-
-
-def _is_number(text: str) -> bool:
-    # ASCII only: str.isdigit() also accepts characters such as '²' that int() rejects.
-    return text.isascii() and text.isdigit()
+            errors[i] = str(error)
+    return images, errors
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, the last 12 bytes of every whole PNG
@@ -135,7 +120,7 @@ def decode_png(png: bytes, where: str) -> np.ndarray:
         other_format = _image_format(png)
         if other_format not in (None, "PNG"):
             raise DataError(f"{where} is a {other_format} image, not a PNG") from None
-        raise DataError(f"{where} does not decode as a PNG ({_one_line(error)})") from None
+        raise DataError(f"{where} does not decode as a PNG ({one_line(error)})") from None
 
 
 def _image_format(data: bytes) -> str | None:
@@ -146,8 +131,8 @@ def _image_format(data: bytes) -> str | None:
         return None
 
 
-def _one_line(error: BaseException) -> str:
-    """tarfile lists every compression it tried on a line of its own; a DataError is one line."""
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (tarfile lists every compression it tried on a line of its own)."""
     return " ".join(str(error).split())
 
 
@@ -159,7 +144,7 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     try:
         archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")  # noqa: SIM115 (closed by `with archive` below)
     except tarfile.TarError as error:
-        raise DataError(f"{path}: not a readable tar archive ({_one_line(error)})") from None
+        raise DataError(f"{path}: not a readable tar archive ({one_line(error)})") from None
     last = None  # the name of the last member read whole
     with archive:
         try:
@@ -178,22 +163,16 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
                 yield member.name, lambda member=member: raw[member.offset_data : member.offset_data + member.size]
         except tarfile.TarError as error:
             raise DataError(
-                f"{path}: unreadable after {_after(last)} ({_one_line(error)}); the file is corrupt"
+                f"{path}: unreadable after {_after(last)} ({one_line(error)}); the file is corrupt"
             ) from None
         end = raw[archive.offset : archive.offset + tarfile.BLOCKSIZE]
     # One zero block suffices, as for GNU tar ("a lone zero block"): every member before it is whole.
     if end != bytes(tarfile.BLOCKSIZE):
-        problem = (
-            "ends"
-            if not end
-            else "ends inside a header"
-            if len(end) < tarfile.BLOCKSIZE
-            else "holds no valid tar header"
-        )
-        cause = "truncated" if len(end) < tarfile.BLOCKSIZE else "corrupt"
+        cut = len(end) < tarfile.BLOCKSIZE
+        problem = ("ends inside a header" if end else "ends") if cut else "holds no valid tar header"
         raise DataError(
             f"{path}: {problem} after {_after(last)}, at byte {archive.offset} of {len(raw)}, "
-            f"without tar's end-of-archive block; the file is {cause}"
+            f"without tar's end-of-archive block; the file is {'truncated' if cut else 'corrupt'}"
         )
 
 
@@ -222,7 +201,7 @@ def _read(path: Path) -> bytes:
             except (EOFError, OSError, ValueError, lzma.LZMAError, zlib.error) as error:
                 # All three say "... ended before the end-of-stream marker was reached" for a cut stream.
                 cause = "truncated" if "ended before" in str(error) else "corrupt"
-                raise DataError(f"{path}: unreadable {kind} data ({_one_line(error)}); the file is {cause}") from None
+                raise DataError(f"{path}: unreadable {kind} data ({one_line(error)}); the file is {cause}") from None
     return raw
 
 

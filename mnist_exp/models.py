@@ -72,10 +72,6 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-def lenet5(name: str, activation: str, switches: LayerSwitches, pooling: str) -> LeNet5:
-    return LeNet5(activation, switches, padding=LENET5_LAYOUTS[name], pooling=pooling)
-
-
 class MLP(nn.Module):
     def __init__(self, hidden_widths: list[int], activation: str, switches: LayerSwitches):
         super().__init__()
@@ -101,6 +97,7 @@ def parity_width(target: int, hidden_layers: int, activation: str, switches: Lay
     def size(width: int) -> int:
         return count_parameters(MLP([width] * hidden_layers, activation, switches))
 
+    # Each MLP built here draws from torch's generator before the delivered one: another search changes its weights.
     low, high = 1, 1
     while size(high) < target:  # parameter count grows with width: bracket, then bisect
         low, high = high, high * 2
@@ -123,13 +120,13 @@ def build_model(model_cfg, switches: LayerSwitches) -> BuiltModel:
     (model.parity_with), built with the same activation and regularizer layers."""
     if model_cfg.name in LENET5_LAYOUTS:
         # Not a default: the 28x28 layout has no pooling setting (its runs' identities have none); it max-pools.
-        pooling = model_cfg.get("pooling", "max")
-        model = lenet5(model_cfg.name, model_cfg.activation, switches, pooling)
+        padding = LENET5_LAYOUTS[model_cfg.name]
+        model = LeNet5(model_cfg.activation, switches, padding, model_cfg.get("pooling", "max"))
         parameters = count_parameters(model)
-        layout = "32x32 input" if LENET5_LAYOUTS[model_cfg.name] else "28x28 input"
-        return BuiltModel(model, parameters, parameters, f"LeNet-5 ({layout})")
+        side = 28 + 2 * padding
+        return BuiltModel(model, parameters, parameters, f"LeNet-5 ({side}x{side} input)")
     yardstick = model_cfg.parity_with
-    target = count_parameters(lenet5(yardstick, model_cfg.activation, switches, "max"))  # pooling has no parameters
+    target = count_parameters(LeNet5(model_cfg.activation, switches, LENET5_LAYOUTS[yardstick]))  # pooling: no weights
     width = parity_width(target, model_cfg.hidden_layers, model_cfg.activation, switches)
     mlp = MLP([width] * model_cfg.hidden_layers, model_cfg.activation, switches)
     parameters = count_parameters(mlp)

@@ -1,8 +1,7 @@
-"""What each regularizer changes: the model (dropout, batch norm), the optimizer (L2 weight
-decay), the training images (augmentation, elastic distortion), the training loss (label smoothing)
-or how long training goes and which weights it delivers (early stopping, EMA and SWA of the weights).
-A regularizer is on when its key is present in the `regularizer` config node; regularizer=[l2,dropout]
-composes both.
+"""What each regularizer changes: the model (dropout, batch norm), the optimizer (L2 weight decay), the
+training images (augmentation, elastic distortion), the loss (label smoothing), or how long training goes
+and which weights it delivers (early stopping, EMA and SWA). A regularizer is on when its key is in the
+`regularizer` node: regularizer=[l2,dropout] composes both.
 """
 
 from __future__ import annotations
@@ -24,32 +23,32 @@ REGULARIZERS = ("l2", "dropout", "batchnorm", "augment", "label_smoothing", "ear
 
 def variant_name(regularizer_cfg) -> str:
     """'none', 'l2', 'l2+dropout', ..."""
-    present = [name for name in REGULARIZERS if regularizer_cfg.get(name) is not None]
-    return "+".join(present) or "none"
+    return "+".join(name for name in REGULARIZERS if regularizer_cfg.get(name) is not None) or "none"
+
+
+def _setting(regularizer_cfg, name: str, key: str, off):
+    """regularizer.<name>.<key>, or `off` when that regularizer is not chosen."""
+    node = regularizer_cfg.get(name)
+    return off if node is None else node[key]
 
 
 def layer_switches(regularizer_cfg) -> LayerSwitches:
-    dropout = regularizer_cfg.get("dropout")
-    batchnorm = regularizer_cfg.get("batchnorm")
     return LayerSwitches(
-        dropout=dropout.p if dropout is not None else 0.0,
-        batchnorm_momentum=batchnorm.momentum if batchnorm is not None else None,
+        _setting(regularizer_cfg, "dropout", "p", 0.0), _setting(regularizer_cfg, "batchnorm", "momentum", None)
     )
 
 
 def weight_decay(regularizer_cfg) -> float:
-    l2 = regularizer_cfg.get("l2")
-    return l2.weight_decay if l2 is not None else 0.0
+    return _setting(regularizer_cfg, "l2", "weight_decay", 0.0)
 
 
 def label_smoothing(regularizer_cfg) -> float:
-    smoothing = regularizer_cfg.get("label_smoothing")
-    return smoothing.epsilon if smoothing is not None else 0.0
+    return _setting(regularizer_cfg, "label_smoothing", "epsilon", 0.0)
 
 
 def early_stopping(regularizer_cfg) -> EarlyStopping | None:
     stopping = regularizer_cfg.get("early_stopping")
-    return EarlyStopping(stopping.patience, stopping.min_delta) if stopping is not None else None
+    return None if stopping is None else EarlyStopping(stopping.patience, stopping.min_delta)
 
 
 @dataclass(frozen=True)
@@ -67,17 +66,14 @@ def weight_averaging(regularizer_cfg, epochs: int) -> WeightAveraging | None:
     ema, swa = regularizer_cfg.get("ema"), regularizer_cfg.get("swa")
     if ema is not None:
         return WeightAveraging(decay=ema.decay)
-    if swa is not None:
-        return WeightAveraging(start_epoch=math.floor(swa.start * epochs) + 1)
-    return None
+    return None if swa is None else WeightAveraging(start_epoch=math.floor(swa.start * epochs) + 1)
 
 
 @dataclass(frozen=True)
 class WeightAveraging:
-    """The run delivers an average of its weights, one model's worth (torch.optim.swa_utils.AveragedModel):
-    EMA after every optimizer step, buffers (batch norm's statistics) averaged alike; or SWA's equal
-    average at the end of each epoch from start_epoch on, batch norm's statistics then recomputed for the
-    averaged weights (update_bn), as torch's SWA recipe does."""
+    """The run delivers one average of its weights (torch.optim.swa_utils.AveragedModel): EMA after every
+    step, buffers averaged alike; or SWA's equal average of each epoch's end from start_epoch on, batch
+    norm's statistics then recomputed for the averaged weights (update_bn), as torch's SWA recipe does."""
 
     decay: float | None = None  # EMA: the average keeps this share of itself per step
     start_epoch: int | None = None  # SWA: the first epoch whose weights are averaged
@@ -88,9 +84,8 @@ class WeightAveraging:
         return AveragedModel(model)
 
     def _ema(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        """get_ema_multi_avg_fn's update with tf.train.ExponentialMovingAverage's warm-up: the n-th update keeps
-        at most (1 + n) / (10 + n) of the average, so the first weights do not linger in it for long runs'
-        decays (0.999 still holds 37% of its start after 1,000 steps), and early epochs evaluate a fair model."""
+        """get_ema_multi_avg_fn with tf.train.ExponentialMovingAverage's warm-up: the n-th update keeps at most
+        (1 + n) / (10 + n), so the first weights do not linger (0.999 still holds 37% of them after 1,000 steps)."""
         n = int(updates)
         get_ema_multi_avg_fn(min(self.decay, (1 + n) / (10 + n)))(averaged, current, updates)
 
@@ -99,30 +94,25 @@ class WeightAveraging:
             averaged.update_parameters(model)
 
     def after_epoch(self, averaged: AveragedModel, model: nn.Module, epoch: int, batches) -> None:
-        """SWA: average this epoch's weights in; `batches` (an iterable of input batches) re-estimates batch norm."""
+        """SWA: average this epoch's weights in; `batches` (input batches) re-estimate batch norm."""
         if self.start_epoch is not None and epoch >= self.start_epoch:
             averaged.update_parameters(model)
             update_bn(batches, averaged)  # returns at once when the model has no batch norm
 
 
 def train_augmentation(regularizer_cfg) -> Distortion | None:
-    augment, elastic = regularizer_cfg.get("augment"), regularizer_cfg.get("elastic")
-    if augment is None and elastic is None:
+    aug, elastic = regularizer_cfg.get("augment"), regularizer_cfg.get("elastic")
+    if aug is None and elastic is None:
         return None
-    return Distortion(
-        RandomAffine(augment.degrees, augment.translate, tuple(augment.scale), augment.shear)
-        if augment is not None
-        else None,
-        Elastic(elastic.alpha, elastic.sigma) if elastic is not None else None,
-    )
+    affine = None if aug is None else RandomAffine(aug.degrees, aug.translate, tuple(aug.scale), aug.shear)
+    return Distortion(affine, None if elastic is None else Elastic(elastic.alpha, elastic.sigma))
 
 
 @dataclass(frozen=True)
 class Distortion:
-    """Each training image's own random affine transform and elastic distortion, a whole batch in one
-    grid_sample. torchvision.transforms.v2's RandomAffine and ElasticTransform draw one set of parameters
-    per call, shared by every image of a batch; per image, they cost far more (benchmarks/augmentation.py).
-    Parameters come from torch's global generator, which training reseeds every epoch."""
+    """Each training image's own random affine transform and elastic distortion, a batch in one grid_sample.
+    torchvision.transforms.v2 draws one set of parameters per call, shared by a whole batch; called per
+    image it costs far more (benchmarks/augmentation.py). Draws come from torch's generator, reseeded every epoch."""
 
     affine: RandomAffine | None
     elastic: Elastic | None
@@ -140,8 +130,8 @@ IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 def warp(images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None = None) -> torch.Tensor:
     """Sample each image at its affine map of every output pixel (theta [N, 2, 3], affine_grid's [-1, 1]
-    coordinates, y down), moved on by `displacement` [N, H, W, 2] (the same coordinates; as
-    torchvision's elastic takes it); outside the frame is black."""
+    coordinates, y down), moved on by `displacement` [N, H, W, 2] (as torchvision's elastic takes it);
+    outside the frame is black."""
     theta = theta.to(images.device, images.dtype)  # drawn on the CPU, so a GPU run draws the same
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     if displacement is not None:
@@ -152,9 +142,8 @@ def warp(images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor |
 def affine_matrices(angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, shear: torch.Tensor) -> torch.Tensor:
     """[N, 2, 3]: output position p samples the input at Shear(shear) @ Rotation(angle) @ p / zoom + shift.
 
-    Angles in radians; shift in [-1, 1] coordinates (a shift of 2/side moves the image one pixel the other
-    way). With translation 0 this is torchvision.transforms.v2.functional.affine(angle=-degrees(angle),
-    scale=zoom, shear=[degrees(shear), 0]), to the rounding (tests/test_regularization.py).
+    Radians; shift in [-1, 1] coordinates (2/side moves the image one pixel the other way). With shift 0 this is
+    torchvision's affine(angle=-degrees(angle), scale=zoom, shear=[degrees(shear), 0]) (tests/test_regularization.py).
     """
     cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
     return torch.stack(
@@ -178,8 +167,7 @@ class RandomAffine:
     def draw(self, n: int) -> torch.Tensor:
         angle = (torch.rand(n) * 2 - 1) * math.radians(self.degrees)
         zoom = self.scale[0] + torch.rand(n) * (self.scale[1] - self.scale[0])
-        # affine_grid works in [-1, 1] coordinates, so a shift of a fraction f of the image is 2f.
-        shift = (torch.rand(n, 2) * 2 - 1) * (2 * self.translate)
+        shift = (torch.rand(n, 2) * 2 - 1) * (2 * self.translate)  # a fraction f of the image is 2f in [-1, 1]
         # Drawn only when asked for, so runs without shear draw exactly what they drew before it existed.
         shear = (torch.rand(n) * 2 - 1) * math.radians(self.shear) if self.shear else torch.zeros(n)
         return affine_matrices(angle, zoom, shift, shear)
@@ -195,15 +183,13 @@ class Elastic:
 
     def draw(self, n: int, height: int, width: int) -> torch.Tensor:
         """[n, height, width, 2] displacements in affine_grid's [-1, 1] coordinates, where a pixel is 2/side."""
-        noise = torch.rand(n, 2, height, width) * 2 - 1
-        smooth = gaussian_blur(noise, self.sigma)
+        smooth = gaussian_blur(torch.rand(n, 2, height, width) * 2 - 1, self.sigma)
         return smooth.permute(0, 2, 3, 1) * torch.tensor([2 * self.alpha / width, 2 * self.alpha / height])
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """torchvision.transforms.v2.functional.gaussian_blur with the kernel ElasticTransform uses (+-4 sigma,
-    edges reflected), as two small matrix products: 0.7 ms a batch of 64 where its 2-D convolution
-    (33 x 33 at sigma 4) took 11 ms, in one run on 1 thread."""
+    """torchvision's gaussian_blur with ElasticTransform's kernel (+-4 sigma, edges reflected) as two matrix
+    products: 0.7 ms a batch of 64 where its 2-D convolution (33 x 33 at sigma 4) took 11 ms, on 1 thread."""
     height, width = images.shape[-2:]
     return blur_matrix(height, sigma).T.to(images.dtype) @ images @ blur_matrix(width, sigma).to(images.dtype)
 

@@ -56,13 +56,11 @@ def as_pixels(pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.reshape(-1, SIDE, SIDE)
     if pixels.dim() != 3 or pixels.shape[1:] != (SIDE, SIDE) or pixels.shape[0] == 0:
         raise BadPixels(f"{EXPECTED}; got shape {shape}")
-    if pixels.dtype == torch.uint8:
-        return pixels.float().div(255)
     dtype = str(pixels.dtype).removeprefix("torch.")
     if pixels.dtype == torch.bool or pixels.is_complex():
         raise BadPixels(f"{EXPECTED}; got {dtype} values")
     low, high = pixels.min().item(), pixels.max().item()
-    if not pixels.is_floating_point() and low >= 0 and high <= 255:  # JSON's integers arrive as int64
+    if not pixels.is_floating_point() and low >= 0 and high <= 255:  # uint8, or JSON's integers as int64
         return pixels.float().div(255)
     if pixels.is_floating_point() and low >= 0 and high <= 1:  # NaN fails both
         return pixels.float()

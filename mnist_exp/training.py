@@ -1,9 +1,7 @@
 """The training loop: whole-batch gathers from in-memory uint8 tensors, no DataLoader.
 
-Every epoch reseeds torch's generator from (seed, epoch), so shuffling, dropout and
-augmentation of epoch k are the same whether the run started at epoch 1 or resumed at k; the
-learning-rate scheduler, early stopping and the weights' average keep their state in the checkpoint
-for the same reason.
+Every epoch reseeds torch's generator from (seed, epoch), and the checkpoint keeps the scheduler, early
+stopping and the weights' average, so epoch k is the same whether the run started at 1 or resumed at k.
 """
 
 from __future__ import annotations
@@ -111,11 +109,13 @@ class Training:
         )
 
 
+@dataclass
 class InputPipeline:
     """Raw uint8 pixels -> [0, 1] -> optional augmentation -> normalized float batch."""
 
-    def __init__(self, mean: float, std: float, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.mean, self.std, self.augment = mean, std, augment
+    mean: float
+    std: float
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, raw: torch.Tensor, train: bool) -> torch.Tensor:
         x = raw.unsqueeze(1).float().div_(255)
@@ -125,13 +125,9 @@ class InputPipeline:
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """The same one-channel CPU batch, with channels-last strides; nothing is copied.
-
-    With one channel both layouts address the same memory; only the stride of the (size 1)
-    channel dimension says which one it is. oneDNN then runs the convolutions and their backward
-    in NHWC without reordering every activation: LeNet-5 trains 1.2-1.6x and evaluates ~1.2x
-    faster (benchmarks/epoch_throughput.py). Flatten (the MLP) still gets a view, as before.
-    """
+    """The same one-channel CPU batch with channels-last strides, nothing copied (with one channel only the
+    stride says which): oneDNN then runs LeNet-5's convolutions in NHWC without reordering, 1.2-1.6x faster
+    training and ~1.2x evaluation (benchmarks/epoch_throughput.py)."""
     if x.device.type != "cpu" or x.dim() != 4 or x.shape[1] != 1 or not x.is_contiguous():
         return x
     return x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)))
@@ -147,9 +143,7 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(model: nn.Module, optimizer_cfg, weight_decay: float) -> torch.optim.Optimizer:
     """The `optimizer` group's `_target_` over the model's parameters, with regularizer.l2's weight decay."""
-    # The fused kernels update every parameter in one call instead of a few small ops per tensor:
-    # 4-25% more images/s on CPU for these small models (benchmarks/README.md). A checkpoint keeps
-    # the setting it was trained with, so resuming an older run continues it unfused.
+    # Fused kernels update every parameter in one call: 4-25% more images/s on CPU (benchmarks/README.md).
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     return _build(
         optimizer_cfg, model.parameters(), weight_decay=weight_decay, optional={"fused": True} if fused else {}
@@ -259,8 +253,9 @@ def fit(
         lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(training, data.train, trainer_cfg.batch_size, on_batch)
-        if training.averaging is not None:
-            batches = batched_inputs(data.train, trainer_cfg.eval_batch_size, inputs, device)
+        if training.averaging is not None:  # SWA re-estimates batch norm on the plain training images
+            size, images = trainer_cfg.eval_batch_size, data.train.images
+            batches = (inputs(images[i : i + size].to(device), train=False) for i in range(0, len(images), size))
             training.averaging.after_epoch(training.averaged, training.model, epoch, batches)
         model = training.delivered
         test_loss, test_acc, _ = evaluate(model, data.test, trainer_cfg.eval_batch_size, inputs, device)
@@ -278,12 +273,6 @@ def fit(
     if progress.best_state is not None:
         training.delivered.load_state_dict(progress.best_state)
     return progress
-
-
-def batched_inputs(split: Split, batch_size: int, inputs: InputPipeline, device: torch.device):
-    """The split's images as model inputs, batch by batch, not augmented: what update_bn estimates batch norm on."""
-    for start in range(0, len(split), batch_size):
-        yield inputs(split.images[start : start + batch_size].to(device), train=False)
 
 
 def _watch(training: Training, progress: TrainingState) -> None:

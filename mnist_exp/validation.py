@@ -54,20 +54,17 @@ def _field_problem(key: str, value, rule) -> str | None:
     return None
 
 
-def _repeated_regularizers(overrides: Sequence[str]) -> list[str]:
+def _repeated_regularizers(overrides: Sequence[str]) -> Iterator[str]:
     """regularizer=[l2,l2]: Hydra merges the two l2 into one, so only the override itself shows the repeat."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     chosen = [o for o in overrides if o.lstrip("+~").startswith("regularizer=")]
     if not chosen:  # the parser costs milliseconds to create: a grid of thousands checks every job
-        return []
-    problems = []
+        return
     for override in OverridesParser.create().parse_overrides(chosen):
         names = override.value()
-        repeated = sorted({name for name in names if names.count(name) > 1}) if isinstance(names, list) else []
-        if repeated:
-            problems.append(
+        if repeated := sorted({name for name in names if names.count(name) > 1}) if isinstance(names, list) else []:
+            yield (
                 f"regularizer={override.get_value_element_as_str()} names {', '.join(repeated)} more than "
                 "once: list each regularizer once, e.g. regularizer=[l2,dropout]"
             )
-    return problems
