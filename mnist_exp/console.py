@@ -1,6 +1,6 @@
 """What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere.
 
-In a worker of the default parallel launcher (mnist_exp.launcher) a job draws no bars: through its
+In a worker of the parallel launcher (mnist_exp/launcher.py) a job draws no bars: through the worker's
 Channel it sends the launching process its log lines, its name and each finished epoch, for the sweep's
 own progress line.
 """
@@ -13,29 +13,10 @@ import logging
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from mnist_exp.launcher import Channel
 from mnist_exp.training import EpochMetrics
 
 log = logging.getLogger("mnist_exp")
-
-
-class Channel(logging.Handler):
-    """A job's line to the launching process of the parallel launcher: its log lines and its progress,
-    as (kind, worker id, job index, payload) events on the launcher's queue. The worker installs one per
-    job as the job's console log handler; the job finds it there (channel()), and Hydra's logging setup
-    for the next job removes it."""
-
-    def __init__(self, events, worker_id: int, index: int):
-        super().__init__()
-        self.events, self.worker_id, self.index = events, worker_id, index
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.report("log", self.format(record))
-        except Exception:
-            self.handleError(record)
-
-    def report(self, kind: str, payload) -> None:
-        self.events.put((kind, self.worker_id, self.index, payload))
 
 
 def channel() -> Channel | None:

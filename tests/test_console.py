@@ -9,6 +9,7 @@ import queue
 import pytest
 
 from mnist_exp import console
+from mnist_exp.launcher import Channel
 from mnist_exp.training import EpochMetrics
 
 
@@ -52,9 +53,9 @@ def test_no_bars_when_stderr_is_not_a_terminal(stderr, caplog):
 
 @pytest.fixture
 def channel():
-    """A job's console.Channel, installed as a launcher's worker installs it: on the root logger."""
+    """A job's launcher.Channel, installed as a launcher's worker installs it: on the root logger."""
     events = queue.Queue()
-    installed = console.Channel(events, 3, 7)
+    installed = Channel(events, 3, 7)
     logging.getLogger().addHandler(installed)
     yield events
     logging.getLogger().removeHandler(installed)

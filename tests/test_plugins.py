@@ -1,0 +1,29 @@
+"""hydra_plugins/mnist_exp as any Hydra app sees them: Hydra's own test suites for launchers, run against the
+parallel launcher (alone, and under the grid sweeper) on Hydra's test apps, which know nothing of mnist-exp."""
+
+from __future__ import annotations
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from pytest import mark
+
+
+
+def test_hydra_discovers_the_plugins():
+    found = {f"{c.__module__}.{c.__name__}" for kind in (Launcher, Sweeper) for c in Plugins.instance().discover(kind)}
+    assert {f"hydra_plugins.mnist_exp.{name}" for name in ("ParallelLauncher", "GridSweeper", "OptunaSweeper")} <= found
+
+
+@mark.parametrize("launcher_name, overrides", [("parallel", []), ("parallel", ["hydra/sweeper=grid"])])
+class TestParallelLauncher(LauncherTestSuite):
+    pass
+
+
+@mark.parametrize(
+    "task_launcher_cfg, extra_flags",
+    [({}, ["-m", "hydra/job_logging=hydra_debug", "hydra/job_logging=disabled", "hydra/launcher=parallel"])],
+)
+class TestParallelLauncherIntegration(IntegrationTestSuite):
+    pass
