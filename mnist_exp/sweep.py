@@ -1,8 +1,8 @@
 """The sweep's protocol, all of it: the parent run, the files through which jobs and the
 launching process talk, the launcher's hook, and what is recorded and printed at the end.
 
-Before any job starts, Hydra's callback checks every job's config (check: a refused one stops the
-whole launch before any run exists), checks the output folder, creates the MLflow store and
+Before any job starts, Hydra's callback checks every job's config (mnist_exp/validation.py: a refused one
+stops the whole launch before any run exists), checks the output folder, creates the MLflow store and
 experiment once (parallel jobs racing to create a fresh sqlite store corrupt it), opens the
 sweep's parent run and writes SWEEP_FILE, through which jobs find it with every launcher. Each
 job writes its JobOutcome to its folder. At the end the callback lists every member on the parent
@@ -14,7 +14,6 @@ closes its parent run, FAILED or KILLED (mnist_exp/stopping.py: what each stop d
 from __future__ import annotations
 
 import atexit
-import collections
 import hashlib
 import json
 import logging
@@ -28,10 +27,8 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from mnist_exp import stopping
 
@@ -44,7 +41,6 @@ IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=t
 NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "scheduler", "trainer.seed")  # already in every run's name
 MAX_LISTED = 60  # members listed in the parent run's description; all of them are in MEMBERS_FILE
 MAX_RUN_NAME = 250  # MLflow's limit on a run name
-SAY_CHECKING = 100  # jobs from which checking them takes long enough (~0.2 s and more) to say so
 # Relative cost of one epoch per image (LeNet-5's convolutions against the MLP's matrix products), to start
 # the longest jobs first so the sweep does not end on one long job with a core left idle.
 MODEL_COST = {"lenet5": 5.0, "lenet5_32": 7.0, "mlp": 1.0}
@@ -74,18 +70,10 @@ class JobOutcome:
     objective: float | None = None  # the final validation accuracy, with a validation split
 
 
-def override_key(override: str) -> str:
-    """The key an override sets: trainer.seed of `+trainer.seed=1`."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def swept_keys(task_overrides: list[str], sweeper_params: dict) -> list[str]:
     """Keys the sweep varies: `key=a,b` (or range/choice/interval) overrides, and the sweeper's params
     that the command line does not pin to one value."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(task_overrides)
-    except Exception:  # Hydra reports a malformed override itself, with a better message
-        parsed = []
+    parsed = _parse(task_overrides)
     keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
     pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
     return keys + [str(key) for key in sweeper_params if str(key) not in keys and str(key) not in pinned]
@@ -95,10 +83,10 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
     """(key, name): the key ignores order, force and the store; the name leads with what the sweep varies."""
     kept = sorted(o for o in task_overrides if not o.startswith(IGNORED_OVERRIDES))
     swept = swept_keys(kept, sweeper_params or {})
-    by_key = {override_key(o): o for o in kept}
+    by_key = {_key(o): o for o in kept}
     # A sweeper's expression without its blanks (tag(log,interval(0.001,0.3))): the name splits between overrides.
     choices = [by_key.get(key, f"{key}={''.join(str((sweeper_params or {}).get(key)).split())}") for key in swept]
-    fixed = [_short_paths(o) for o in kept if override_key(o) not in swept]
+    fixed = [_short_paths(o) for o in kept if _key(o) not in swept]
     name = " ".join(choices) + (f" ({' '.join(fixed)})" if fixed and choices else " ".join(fixed))
     return hashlib.sha256((" ".join(kept) or "(defaults)").encode()).hexdigest()[:12], name or "(defaults)"
 
@@ -106,24 +94,35 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
 def run_name(variant: str, seed: int, overrides: list[str], swept: list[str], drawn: bool = False) -> str:
     """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's value of every other swept key; values
     a search `drawn` to 3 significant figures (lr=0.0229: the run's params keep every digit)."""
-    values = {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    values = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     extras = [
-        f"{key.split('.', 1)[-1]}={_short_value(values[key], 3 if drawn else None)}"  # optimizer.lr -> lr
+        f"{_short_key(key)}={_short_value(values[key], 3 if drawn else None)}"
         for key in swept
         if key in values and key not in NAMED_BY_VARIANT
     ]
     return " ".join([variant, *extras, f"seed={seed}"])
 
 
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _parse(overrides: list[str]) -> list:
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports a malformed override itself, with a better message
+        return []
+
+
+def _short_key(key: str) -> str:
+    """optimizer.lr -> lr, regularizer.dropout.p -> dropout.p: the group is clear from the value."""
+    return key.split(".", 1)[1] if "." in key else key
+
+
 def _short_value(value: str, figures: int | None = None) -> str:
     if "/" in value:
         return value.rstrip("/").rsplit("/", 1)[-1]
     return significant(value, figures) if figures else value
-
-
-def _short_paths(override: str) -> str:
-    key, _, value = override.partition("=")
-    return f"{key}=…/{_short_value(value)}" if "/" in value else override
 
 
 def significant(value: str, figures: int = 3) -> str:
@@ -141,6 +140,11 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
+def _short_paths(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}=…/{_short_value(value)}" if "/" in value else override
+
+
 def read_sweep_info(sweep_dir: str) -> SweepInfo | None:
     path = Path(sweep_dir) / SWEEP_FILE
     return SweepInfo(**json.loads(path.read_text())) if path.exists() else None
@@ -153,45 +157,6 @@ def write_job_status(output_dir: Path, status: JobOutcome) -> None:
 def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobOutcome]:
     statuses = [JobOutcome(**json.loads(p.read_text())) for p in sorted(Path(sweep_dir).rglob(STATUS_FILE))]
     return [status for status in statuses if status.launch_id == launch_id]
-
-
-def check(config: DictConfig, sweeping: bool) -> list[str]:
-    """What Hydra's composition or mnist_exp.validation refuses in any job of this launch, each problem once
-    with how many jobs have it; [] when every job may run. Without `sweeping`, the launch is one job."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mnist_exp.grid import JobConfigs, expand
-    from mnist_exp.validation import ConfigError, validate
-
-    loader = GlobalHydra.instance().config_loader()
-    overrides = list(config.hydra.overrides.task)
-    params = {} if _searching(config) else dict(config.hydra.sweeper.get("params") or {})  # a search picks its own
-    jobs = expand(overrides, params, loader, strict=False) if sweeping else [overrides]
-    if len(jobs) >= SAY_CHECKING:
-        log.info("checking the configs of %d jobs", len(jobs))
-    configs = JobConfigs(config.hydra.job.config_name, loader)
-    problems: dict[str, list[list[str]]] = {}
-    for job in jobs:
-        try:
-            validate(configs(job), job)
-        except (ConfigError, HydraException, OmegaConfBaseException) as error:
-            # Hydra's and OmegaConf's messages span lines, and Hydra's hide their cause.
-            text = str(error).split("Config search path")[0]
-            if error.__cause__ is not None and str(error.__cause__):
-                text += f": {str(error.__cause__).splitlines()[0]}"
-            problems.setdefault(" ".join(text.split()), []).append(job)
-    every = collections.Counter(line for job in jobs for line in job)
-    swept = {line for line, count in every.items() if count < len(jobs)}  # what tells the jobs apart
-    lines = []
-    for message, found in problems.items():
-        example = " ".join(line for line in found[0] if line in swept)
-        counted = f" (in {len(found)} of {len(jobs)} jobs{', e.g. ' + example if example else ''})"
-        lines.append(message + (counted if len(jobs) > 1 else ""))
-    return lines
-
-
-def _searching(config: DictConfig) -> bool:
-    return "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()
 
 
 def launch_plan(cfg: DictConfig, threads: int | None = None) -> tuple[float, int | None]:
@@ -224,19 +189,16 @@ def worker_died(config: DictConfig, pid: int, cause: str) -> None:
     write_job_status(output_dir, JobOutcome(stop.job, overrides, run_id, reason, info and info.launch_id, name))
 
 
-def _sweep_runs(client, experiment_id: str, key: str, **kwargs) -> list:
-    from mnist_exp import tracking
-
-    wanted = f"tags.`{tracking.SWEEP_KEY}` = '{key}' and tags.`{tracking.ROLE}` = 'sweep'"
-    return client.search_runs([experiment_id], filter_string=wanted, **kwargs)
-
-
 def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extends: str | None = None) -> str:
     """The parent run of a sweep: reopened when the same sweep command runs again, unless a launch of
     it is still running (then this launch gets a parent run of its own, so each lists its own members;
     analysis reads runs of one key as one sweep). `extends`: the key of the sweep it adds runs to."""
     from mnist_exp import tracking
 
+    existing = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{sweep_key}' and tags.`{tracking.ROLE}` = 'sweep'",
+    )
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
     tags = {
         tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
@@ -246,7 +208,7 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extend
     }
     free = [
         run
-        for run in _sweep_runs(client, experiment_id, sweep_key)
+        for run in existing
         if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(tracking.LAUNCHER, "")) is False
     ]
     if not free:
@@ -311,7 +273,9 @@ class LaunchCallback(Callback):
         self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if problems := check(config, sweeping=False):  # before the store is touched
+        from mnist_exp.validation import check_launch
+
+        if problems := check_launch(config, sweeping=False):  # before the store is touched
             _exit(*problems)
         self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
 
@@ -321,13 +285,15 @@ class LaunchCallback(Callback):
         print(f"run: {tracking.ui_hint(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from mnist_exp.validation import check_launch
+
         sweeper_params = dict(config.hydra.sweeper.get("params") or {})
-        if _searching(config) and not config.data.validation_size:
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
             _exit(
                 "a hyperparameter search must not tune on the test set: hold out a validation split "
                 "with data.validation_size=N (e.g. data.validation_size=1000)"
             )
-        if problems := check(config, sweeping=True):  # a refused job: no run of this launch may exist
+        if problems := check_launch(config, sweeping=True):  # a refused job: no run of this launch may exist
             _exit(*problems[:-1], problems[-1] + "; nothing was launched")
         client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
         task_overrides = list(config.hydra.overrides.task)
@@ -340,9 +306,15 @@ class LaunchCallback(Callback):
             )
         extends = _extended_sweep(client, experiment_id, config.mlflow.extends)
         parent = open_sweep_run(client, experiment_id, key, clip(f"sweep: {name}", MAX_RUN_NAME), extends)
-        launcher = f"{socket.gethostname()} {os.getpid()}"
-        swept = swept_keys(task_overrides, sweeper_params)
-        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept, launcher)
+        info = SweepInfo(
+            key,
+            name,
+            parent,
+            experiment_id,
+            uuid.uuid4().hex,
+            swept_keys(task_overrides, sweeper_params),
+            f"{socket.gethostname()} {os.getpid()}",
+        )
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
         self.open_sweep = (config, info)
@@ -350,7 +322,9 @@ class LaunchCallback(Callback):
         self.interrupts = stopping.Interrupts()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.open_sweep is not None and self._close(stopped=None):  # None: on_multirun_start failed, and said so
+        if self.open_sweep is None:  # on_multirun_start failed, and said so
+            return
+        if self._close(stopped=None):
             sys.exit(1)
 
     def _close_if_open(self) -> None:
@@ -358,12 +332,16 @@ class LaunchCallback(Callback):
             return
         config, info = self.open_sweep
         ran = len(read_job_statuses(config.hydra.sweep.dir, info.launch_id))
-        self._close(
-            stopping.STOPS["interrupt"].reason
-            if self.interrupts.received is not None
-            else f"the launcher stopped after {ran} job(s), for the reason printed on the console "
-            "(e.g. Hydra rejected a job's config)"
-        )
+        if self._interrupted():
+            self._close(stopping.STOPS["interrupt"].reason)
+        else:
+            self._close(
+                f"the launcher stopped after {ran} job(s), for the reason printed on the console "
+                "(e.g. Hydra rejected a job's config)"
+            )
+
+    def _interrupted(self) -> bool:
+        return self.interrupts is not None and self.interrupts.received is not None
 
     def _close(self, stopped: str | None) -> bool:
         """Record the members and the summary on the parent run and close it; True if any job failed."""
@@ -382,9 +360,9 @@ class LaunchCallback(Callback):
             client.set_tag(info.parent_run_id, tracking.NOTE, members_description(info, statuses, stopped))
             for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
                 client.log_artifact(info.parent_run_id, str(result))
-            interrupted = self.interrupts is not None and self.interrupts.received is not None
             finished = "FAILED" if stopped or failed else "FINISHED"
-            client.set_terminated(info.parent_run_id, stopping.STOPS["interrupt"].sweep if interrupted else finished)
+            status = stopping.STOPS["interrupt"].sweep if self._interrupted() else finished
+            client.set_terminated(info.parent_run_id, status)
             url = tracking.ui_hint(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed
             url = f"(could not record the sweep in MLflow: {error})"
@@ -399,7 +377,11 @@ def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
 
     if not key:
         return None
-    found = _sweep_runs(client, experiment_id, key, max_results=1)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{key}' and tags.`{tracking.ROLE}` = 'sweep'",
+        max_results=1,
+    )
     if not found:
         _exit(f"mlflow.extends={key}: no sweep of this experiment has that key; the report prints the one to give")
     return found[0].data.tags.get(tracking.EXTENDS, key)
