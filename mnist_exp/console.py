@@ -24,10 +24,10 @@ def channel() -> Channel | None:
     return next((h for h in logging.getLogger().handlers if isinstance(h, Channel)), None)
 
 
-def announce(name: str, epochs: int, epochs_done: int = 0) -> None:
-    """The job's run name and length, as soon as it knows them (a skipped job too)."""
+def announce(name: str, epochs: int, epoch: int = 0) -> None:
+    """The job's run name, length and epochs done, as soon as it knows them (a skipped job too) and after each epoch."""
     if (to := channel()) is not None:
-        to.report("start", (name, epochs, epochs_done))
+        to.report("progress", (name, epochs, epoch))
 
 
 def epoch_line(m: EpochMetrics, epochs: int) -> str:
@@ -42,10 +42,10 @@ class ProgressBars(contextlib.AbstractContextManager):
     """An epoch bar and a batch bar when stderr is a terminal and no sweep draws its own; log lines only otherwise."""
 
     def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):
-        self.epochs, self.channel = epochs, channel()
+        self.title, self.epochs = title, epochs
         self._stack = contextlib.ExitStack()
         announce(title, epochs, epochs_done)
-        disable = None if self.channel is None else True  # None: tqdm draws only when stderr is a terminal
+        disable = None if channel() is None else True  # None: tqdm draws only when stderr is a terminal
         self.epoch_bar = self._stack.enter_context(
             tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0, disable=disable)
         )
@@ -61,8 +61,7 @@ class ProgressBars(contextlib.AbstractContextManager):
 
     def epoch(self, metrics: EpochMetrics) -> None:
         log.info(epoch_line(metrics, self.epochs))
-        if self.channel is not None:
-            self.channel.report("epoch", metrics.epoch)
+        announce(self.title, self.epochs, metrics.epoch)
         self.epoch_bar.update()
         self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")
         self.batch_bar.reset()

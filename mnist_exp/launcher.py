@@ -1,19 +1,16 @@
-"""hydra/launcher=parallel (hydra_plugins.mnist_exp.ParallelLauncher): a sweep's jobs side by side on the cores
-this process may use, for any Hydra app.
+"""hydra/launcher=parallel (hydra_plugins.mnist_exp.ParallelLauncher), for any Hydra app: a sweep's jobs side by
+side in worker processes, started once and reused, each running one job at a time with `threads` threads
+(OMP_NUM_THREADS); Hydra composes each job as a worker takes it. The jobs' log lines come back to this process,
+printed prefixed with the job's name, never interleaved mid-line, under one progress line for the sweep on a
+terminal (a job may also report its name and epochs: mnist_exp/console.py). Ctrl-C stops every worker
+(mnist_exp/stopping.py); a worker that dies fails its job alone, and a fresh one takes the jobs left. With one
+worker the jobs run in this process, as Hydra's basic launcher runs them.
 
-Worker processes, started once and reused, each run one job at a time with `threads` threads (OMP_NUM_THREADS);
-Hydra composes each job as a worker takes it. Workers send the jobs' log lines to this process, which prints
-them prefixed with the job's name, never interleaved mid-line, under one progress line for the whole sweep on
-a terminal (a job may also report its name and epochs: mnist_exp/console.py). Ctrl-C stops every worker
-(mnist_exp/stopping.py: what each stop does); a worker that dies fails its job alone, and a fresh one takes
-the jobs left. With one worker, the jobs run in this process, as Hydra's basic launcher runs them.
-
-The one hook: a task's structured config class may define static methods (mnist-exp's schema.TrainConfig does)
-    launch_plan(job_config, threads=None) -> (cost, threads): a job's expected cost, so the longest start first,
-        and the threads it asks for (None: the launcher's); called again with the threads given, on the config
-        the job runs with;
-    worker_died(job_config, pid, cause) -> value: what the job returns once its worker died (it records why).
-Without them, jobs start in Hydra's order and a job whose worker died returns FAILED (WorkerDied).
+The one hook, optional: static methods of the task's structured config class (mnist-exp's schema.TrainConfig)
+    launch_plan(job_config, threads=None) -> (cost, threads it asks for or None): the longest jobs start first;
+        called again, with the threads given, on the config each job runs with;
+    worker_died(job_config, pid, cause) -> what the job returns once its worker died (it records why).
+Without it, jobs start in Hydra's order and a job whose worker died returns FAILED (WorkerDied).
 """
 
 from __future__ import annotations
@@ -64,8 +61,7 @@ def available_cores() -> int:
 class Job:
     index: int
     overrides: list[str]
-    cost: float = 1.0
-    threads: int | None = None  # as the job asks (launch_plan)
+    cost: float = 1.0  # launch_plan's
     config: DictConfig | None = None  # composed when it starts
     name: str = ""
     epochs: int = 0
@@ -82,16 +78,16 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     hooks = OmegaConf.get_type(config)
     launch_plan = getattr(hooks, "launch_plan", None)
     jobs = [Job(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+    asked = set()  # the threads the jobs ask for
     if launch_plan is not None:
         from mnist_exp.grid import JobConfigs  # one composition per distinct choice of groups, not one per job
 
         configs = JobConfigs(config.hydra.job.config_name, context.config_loader)
         for job in jobs:
-            job.cost, job.threads = launch_plan(configs(job.overrides))
-    asked = [job.threads for job in jobs if job.threads]
-    workers, threads = plan(
-        len(jobs), available_cores(), launcher.workers, launcher.threads_per_job or max(asked or [0])
-    )
+            job.cost, wanted = launch_plan(configs(job.overrides))
+            asked.add(wanted)
+    threads = launcher.threads_per_job or max(asked - {None}, default=None)
+    workers, threads = plan(len(jobs), available_cores(), launcher.workers, threads)
 
     def compose(job: Job) -> DictConfig:
         job.config = context.config_loader.load_sweep_config(config, job.overrides)
@@ -103,19 +99,20 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
 
     if workers == 1:  # nothing to run side by side: this process runs them, as Hydra's basic launcher does
         log.info(f"Launching {len(jobs)} job(s) in this process with {threads} thread(s)")
-        results = []
         for job in jobs:
             log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-            results.append(
-                run_job(hydra_context=context, task_function=launcher.task_function, config=compose(job), **SWEEP_DIR)
+            job.result = run_job(
+                hydra_context=context, task_function=launcher.task_function, config=compose(job), **SWEEP_DIR
             )
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)  # back out of the job's log file
-        return results
-    log.info(f"Launching {len(jobs)} jobs on {workers} workers x {threads} thread(s), longest first")
+        return [job.result for job in jobs]
+    first = ", longest first" if launch_plan is not None else ""
+    log.info(f"Launching {len(jobs)} jobs on {workers} workers x {threads} thread(s){first}")
     for job in jobs:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-    with Pool(workers, threads, context, launcher.task_function) as pool, SweepDisplay(jobs) as display:
-        pool.run(sorted(jobs, key=lambda j: -j.cost), display, compose, getattr(hooks, "worker_died", None))
+    with SweepDisplay(jobs) as display:
+        order = sorted(jobs, key=lambda job: -job.cost)  # stable: Hydra's order without the hook
+        Pool(workers, threads, context, launcher.task_function).run(order, display, compose, hooks)
     return [job.result for job in jobs]
 
 
@@ -138,18 +135,6 @@ class Pool:
         self.events = self.context.Queue()
         self.workers: list[Worker] = []
 
-    def __enter__(self) -> Pool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for worker in self.workers:
-            if worker.process.is_alive():
-                worker.tasks.put(None)
-        for worker in self.workers:
-            worker.process.join(timeout=10)
-            if worker.process.is_alive():
-                worker.process.kill()
-
     def _start(self, number: int) -> Worker:
         tasks = self.context.Queue()
         process = self.context.Process(
@@ -158,9 +143,11 @@ class Pool:
         process.start()
         return Worker(process, tasks)
 
-    def run(self, order: list[Job], display: SweepDisplay, compose, worker_died) -> None:
-        """Every job of `order`, in that order, each composed (compose(job)) as a worker takes it."""
+    def run(self, order: list[Job], display: SweepDisplay, compose, hooks) -> None:
+        """Every job of `order`, in that order, each composed (compose(job)) as a worker takes it; then the
+        workers end."""
         waiting, by_index = list(order), {job.index: job for job in order}
+        worker_died = getattr(hooks, "worker_died", None)
         self.workers = [self._start(number) for number in range(min(self.size, len(order)))]
         try:
             while waiting or any(worker.job for worker in self.workers):
@@ -176,7 +163,7 @@ class Pool:
                             job.result.status = JobStatus.COMPLETED
                             job.result.return_value = worker_died(job.config, died.pid, died.cause)
                         display.line(job, f"FAILED: {died}")
-                        display.finished(job)
+                        display.advance(job)
                         self.workers[number] = self._start(number)
                 self._receive(by_index, display)
         except KeyboardInterrupt:
@@ -188,6 +175,14 @@ class Pool:
             while any(worker.process.is_alive() for worker in busy) and time.monotonic() < deadline:
                 self._receive(by_index, display)
             raise
+        finally:
+            for worker in self.workers:
+                if worker.process.is_alive():
+                    worker.tasks.put(None)
+            for worker in self.workers:
+                worker.process.join(timeout=10)
+                if worker.process.is_alive():
+                    worker.process.kill()
 
     def _receive(self, by_index: dict[int, Job], display: SweepDisplay) -> None:
         try:
@@ -197,17 +192,14 @@ class Pool:
         job = by_index[index]
         if kind == "log":
             display.line(job, payload)
-        elif kind == "start":
+        elif kind == "progress":
             job.name, job.epochs, job.epoch = payload
-            display.advance(job)
-        elif kind == "epoch":
-            job.epoch = payload
             display.advance(job)
         elif kind == "done":
             import cloudpickle
 
             job.result, self.workers[number].job = cloudpickle.loads(payload), None
-            display.finished(job)
+            display.advance(job)
 
 
 class Channel(logging.Handler):
@@ -323,13 +315,9 @@ class SweepDisplay:
         else:
             print(text, flush=True)
 
-    def finished(self, job: Job) -> None:
-        job.epoch = job.epochs
-        self.advance(job, done=True)
-
-    def advance(self, job: Job, done: bool = False) -> None:
-        """The job started or finished an epoch."""
-        progress = job.cost if done else job.cost * job.epoch / max(1, job.epochs)
+    def advance(self, job: Job) -> None:
+        """The job started, finished an epoch, or ended."""
+        progress = job.cost if job.result is not None else job.cost * job.epoch / max(1, job.epochs)
         if self.bar is not None:
             self.bar.update(progress - job.done_cost)
             self._refresh()

@@ -67,9 +67,9 @@ def test_no_bars_in_a_sweep_worker_even_on_a_terminal(stderr, caplog, channel):
     assert shown.getvalue() == ""
     line = "epoch {}/2  train loss 0.4000 acc 90.00%  test loss 0.3000 acc 91.00%  (1.5s)"
     assert [channel.get_nowait() for _ in range(channel.qsize())] == [
-        ("start", 3, 7, ("mlp seed=0", 2, 0)),
+        ("progress", 3, 7, ("mlp seed=0", 2, 0)),
         ("log", 3, 7, line.format(1)),
-        ("epoch", 3, 7, 1),
+        ("progress", 3, 7, ("mlp seed=0", 2, 1)),
         ("log", 3, 7, line.format(2)),
-        ("epoch", 3, 7, 2),
+        ("progress", 3, 7, ("mlp seed=0", 2, 2)),
     ]
