@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra import compose  # the running app's config loader (GlobalHydra); without Hydra's node
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
@@ -73,7 +74,7 @@ class JobConfigs:
                 if not self._chooses(override):
                     _apply(config, override)
         except (OmegaConfBaseException, ValueError):
-            return _compose(self.config_name, list(overrides))
+            return compose(self.config_name, list(overrides))
         return config
 
     def _chooses(self, override: Override) -> bool:
@@ -90,25 +91,14 @@ def _groups(config_loader, parent: str = "") -> set[str]:
     return found
 
 
-@functools.cache
-def _parsed(line: str) -> Override:
-    return _PARSER.parse_override(line)
-
-
-_PARSER = OverridesParser.create()
+_parsed = functools.cache(OverridesParser.create().parse_override)
 
 
 @functools.cache
 def _composed(config_name: str, search_path: str, chosen: tuple[str, ...]) -> DictConfig:
-    config = _compose(config_name, list(chosen))
+    config = compose(config_name, list(chosen))
     OmegaConf.resolve(config)  # once: the job's interpolations read the environment only
     return config
-
-
-def _compose(config_name: str, overrides: list[str]) -> DictConfig:
-    from hydra import compose  # the running app's config loader (GlobalHydra); without Hydra's node
-
-    return compose(config_name, overrides)
 
 
 def _apply(config: DictConfig, override: Override) -> None:

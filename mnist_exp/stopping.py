@@ -26,44 +26,27 @@ class Stop:
     then: str | None = None  # RAISE, REQUEUE or None
 
 
-STOPS = {
-    "interrupt": Stop(
-        run="KILLED",
-        job="killed",
-        then=RAISE,
-        sweep="KILLED",
-        reason="interrupted (Ctrl-C or SIGTERM); the same command resumes it",
-    ),
-    "cancelled": Stop(
-        run="KILLED",
-        job="killed",
-        sweep="FAILED",
-        reason="interrupted (Ctrl-C or SIGTERM); the same command resumes it",
-    ),
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); the same command resumes it"
+STOPS = {  # Stop(the job's MLflow run, the job, the sweep's parent run, the reason recorded, what follows)
+    "interrupt": Stop("KILLED", "killed", "KILLED", INTERRUPTED, RAISE),
+    "cancelled": Stop("KILLED", "killed", "FAILED", INTERRUPTED),
     "preempted": Stop(
-        run="KILLED",
-        job="killed",
-        then=REQUEUE,
-        sweep="not stopped",
-        reason="preempted: SLURM requeued the job, which resumes the run",
+        "KILLED", "killed", "not stopped", "preempted: SLURM requeued the job, which resumes the run", REQUEUE
     ),
     "time_limit": Stop(
-        run="KILLED",
-        job="killed",
-        sweep="FAILED",
-        reason="stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it",
+        "KILLED",
+        "killed",
+        "FAILED",
+        "stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it",
     ),
     "worker_died": Stop(
-        run="FAILED",
-        job="failed",
-        sweep="FAILED",
-        reason="its worker process was {cause} (out of memory?); the same command resumes its run",
+        "FAILED",
+        "failed",
+        "FAILED",
+        "its worker process was {cause} (out of memory?); the same command resumes its run",
     ),
     "abandoned": Stop(
-        run="KILLED",
-        job="none",
-        sweep="RUNNING, until the same command reopens it",
-        reason="abandoned: superseded by run {run_id}",
+        "KILLED", "none", "RUNNING, until the same command reopens it", "abandoned: superseded by run {run_id}"
     ),
 }
 
