@@ -10,7 +10,6 @@ from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, Launche
 from pytest import mark
 
 
-
 def test_hydra_discovers_the_plugins():
     found = {f"{c.__module__}.{c.__name__}" for kind in (Launcher, Sweeper) for c in Plugins.instance().discover(kind)}
     assert {f"hydra_plugins.mnist_exp.{name}" for name in ("ParallelLauncher", "GridSweeper", "OptunaSweeper")} <= found
