@@ -18,7 +18,7 @@ class ParallelLauncherConf:
 
     _target_: str = "hydra_plugins.mnist_exp.ParallelLauncher"
     workers: int | None = None  # jobs side by side; None: the usable cores / threads_per_job, at most one per job
-    threads_per_job: int | None = None  # None: what the jobs ask for (trainer.threads), else cores / jobs, at least 1
+    threads_per_job: int | None = None  # None: the most a job asks for (mnist-exp: trainer.threads), else cores / jobs
 
 
 @dataclass
