@@ -7,10 +7,19 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
-from pytest import mark
+from hydra.version import VersionBase
+from packaging.version import Version
+from pytest import fixture, mark
 
 # Hydra's test apps leave version_base unset, so Hydra warns in each of their jobs: theirs, not ours to fix.
 pytestmark = mark.filterwarnings("ignore:Future Hydra versions will no longer change working directory:UserWarning")
+
+
+@fixture(autouse=True)
+def hydra_defaults(hydra_restore_singletons):
+    """Hydra's test apps expect what Hydra does without a version_base (1.1: each job runs in its own folder);
+    test files run before in this process chose 1.3. The singletons are restored after each test."""
+    VersionBase.instance().setbase(Version("1.1"))
 
 
 def test_hydra_discovers_the_plugins():
