@@ -20,7 +20,9 @@ BENCHMARKS := epoch_throughput data_prep run_overhead grid hardware_efficiency s
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(None if (3, 11) <= sys.version_info[:2] <= (3, 13) else "mnist-exp needs Python 3.11, 3.12 or 3.13, not $(PYTHON) (" + sys.version.split()[0] + "): set PYTHON=python3.12")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	# compat: the checkout itself on sys.path, so Hydra's scan of the hydra_plugins namespace finds our plugins
+	# from any folder (setuptools' default editable install hides them from it: facebookresearch/hydra#2359).
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 setup: $(STAMP)

@@ -1,6 +1,6 @@
 """What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere.
 
-In a worker of the default parallel launcher (mnist_exp.launcher) a job draws no bars: through its
+In a worker of the parallel launcher (mnist_exp/launcher.py) a job draws no bars: through the worker's
 Channel it sends the launching process its log lines, its name and each finished epoch, for the sweep's
 own progress line.
 """
@@ -13,29 +13,10 @@ import logging
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from mnist_exp.launcher import Channel
 from mnist_exp.training import EpochMetrics
 
 log = logging.getLogger("mnist_exp")
-
-
-class Channel(logging.Handler):
-    """A job's line to the launching process of the parallel launcher: its log lines and its progress,
-    as (kind, worker id, job index, payload) events on the launcher's queue. The worker installs one per
-    job as the job's console log handler; the job finds it there (channel()), and Hydra's logging setup
-    for the next job removes it."""
-
-    def __init__(self, events, worker_id: int, index: int):
-        super().__init__()
-        self.events, self.worker_id, self.index = events, worker_id, index
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.report("log", self.format(record))
-        except Exception:
-            self.handleError(record)
-
-    def report(self, kind: str, payload) -> None:
-        self.events.put((kind, self.worker_id, self.index, payload))
 
 
 def channel() -> Channel | None:
@@ -43,10 +24,10 @@ def channel() -> Channel | None:
     return next((h for h in logging.getLogger().handlers if isinstance(h, Channel)), None)
 
 
-def announce(name: str, epochs: int, epochs_done: int = 0) -> None:
-    """The job's run name and length, as soon as it knows them (a skipped job too)."""
+def announce(name: str, epochs: int, epoch: int = 0) -> None:
+    """The job's run name, length and epochs done, as soon as it knows them (a skipped job too) and after each epoch."""
     if (to := channel()) is not None:
-        to.report("start", (name, epochs, epochs_done))
+        to.report("progress", (name, epochs, epoch))
 
 
 def epoch_line(m: EpochMetrics, epochs: int) -> str:
@@ -61,10 +42,10 @@ class ProgressBars(contextlib.AbstractContextManager):
     """An epoch bar and a batch bar when stderr is a terminal and no sweep draws its own; log lines only otherwise."""
 
     def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):
-        self.epochs, self.channel = epochs, channel()
+        self.title, self.epochs = title, epochs
         self._stack = contextlib.ExitStack()
         announce(title, epochs, epochs_done)
-        disable = None if self.channel is None else True  # None: tqdm draws only when stderr is a terminal
+        disable = None if channel() is None else True  # None: tqdm draws only when stderr is a terminal
         self.epoch_bar = self._stack.enter_context(
             tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0, disable=disable)
         )
@@ -80,8 +61,7 @@ class ProgressBars(contextlib.AbstractContextManager):
 
     def epoch(self, metrics: EpochMetrics) -> None:
         log.info(epoch_line(metrics, self.epochs))
-        if self.channel is not None:
-            self.channel.report("epoch", metrics.epoch)
+        announce(self.title, self.epochs, metrics.epoch)
         self.epoch_bar.update()
         self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")
         self.batch_bar.reset()

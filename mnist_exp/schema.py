@@ -251,34 +251,18 @@ class TrainConfig:
             if key not in REGULARIZERS:
                 yield f"regularizer.{key} is not a regularizer this project applies: use {', '.join(REGULARIZERS)}"
 
+    # The hook of hydra/launcher=parallel (mnist_exp/launcher.py), answered by mnist_exp/sweep.py.
+    @staticmethod
+    def launch_plan(cfg, threads: int | None = None) -> tuple[float, int | None]:
+        from mnist_exp.sweep import launch_plan
 
-@dataclass
-class ConfirmConfig:
-    """hydra.sweeper.confirm: after the trials, the best trial's recipe and the plain model on fresh seeds
-    (mnist_exp/confirmation.py)."""
+        return launch_plan(cfg, threads)
 
-    seeds: int = MISSING  # 0: no confirmation
-    overrides: list[str] = MISSING  # what the confirmation changes from the trials
+    @staticmethod
+    def worker_died(cfg, pid: int, cause: str) -> None:
+        from mnist_exp.sweep import worker_died
 
-
-@dataclass
-class OptunaSweeperConfig:
-    """hydra.sweeper under hydra/sweeper=optuna (mnist_exp/search.py)."""
-
-    _target_: str = MISSING
-    _recursive_: bool = MISSING
-    direction: str = MISSING
-    study_name: str | None = MISSING
-    storage: str | None = MISSING
-    n_trials: int = MISSING
-    n_jobs: int = MISSING
-    heartbeat_interval: int = MISSING
-    grace_period: int = MISSING
-    max_retry: int | None = MISSING
-    sampler: Any = MISSING  # an optuna.samplers class and its arguments
-    pruner: Any = MISSING  # an optuna.pruners class and its arguments
-    params: dict[str, Any] | None = MISSING
-    confirm: ConfirmConfig = field(default_factory=lambda: ConfirmConfig())
+        return worker_died(cfg, pid, cause)
 
 
 def out_of_range(key: str, value, allowed: str) -> str:
@@ -312,7 +296,6 @@ def register() -> None:
     store.store(name="step_schema", node=StepSchedulerConfig)
     store.store(name="cosine_schema", node=CosineSchedulerConfig)
     store.store(name="onecycle_schema", node=OneCycleSchedulerConfig)
-    store.store(name="optuna_sweeper_schema", node=OptunaSweeperConfig)
 
 
 def in_epochs(node) -> list[str]:

@@ -1,19 +1,18 @@
 """Hyperparameter search: Optuna's ask-and-tell behind a Hydra sweeper (hydra/sweeper=optuna).
 
-The sweeper asks the study for trials, turns each into the overrides of one Hydra job and hands
-them to the launcher, n_jobs at a time; each job reports its validation accuracy per epoch to its
-trial through the study's storage (jobs may run in other processes, even on other machines) and
-stops when the pruner says so; the sweeper tells the study how each trial ended. The study lives
-in an SQLite file beside the MLflow store, so the same command continues it after a kill or with
-a larger n_trials.
+The sweeper (hydra_plugins.mnist_exp.OptunaSweeper, its settings in hydra.sweeper) asks the study for
+trials, turns each into the overrides of one Hydra job and hands them to the launcher, n_jobs at a time;
+each job reports its validation accuracy per epoch to its trial through the study's storage (jobs may run
+in other processes, even on other machines) and stops when the pruner says so; the sweeper tells the study
+how each trial ended. The study lives in an SQLite file beside the MLflow store, so the same command
+continues it after a kill or with a larger n_trials.
 
 Any number of launches of one search share its study: each asks only while the study holds fewer
 than n_trials trials finished or running, one launch at a time (asking under a tracking.Claim, the
 store's atomic lock), and beats each trial it runs (Optuna's RDBStorage heartbeat). A trial whose
 beat stops (its launch was killed) is failed by the next launch that looks and asked again through
-Optuna's RetryHeartbeatStaleTrialCallback, so its run resumes from its checkpoint. Hydra finds the
-sweeper through hydra_plugins/mnist_exp. Optuna is imported inside functions: Hydra imports this
-module on every start of train.py.
+Optuna's RetryHeartbeatStaleTrialCallback, so its run resumes from its checkpoint. Optuna is imported
+inside functions: job.py imports this module in every job.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
-from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,13 +64,6 @@ def study_name(configured: str | None, experiment: str, sweep_key: str) -> str:
     return configured or f"{experiment}/{sweep_key}"
 
 
-def shown(url: str) -> str:
-    """A storage URL fit to print: without its password."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def distribution(override: Override) -> Any:
     """Hydra's sweep syntax as an Optuna distribution: choice(...) or a,b -> categorical,
     range(a,b[,step]) -> integers (as Hydra, without b), interval(a,b) -> uniform, tag(log, ...) -> log scale."""
@@ -105,195 +96,150 @@ def search_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
     return space, list(fixed.values())
 
 
-class OptunaSweeper(Sweeper):
-    def __init__(
-        self,
-        direction: str,
-        study_name: str | None,
-        storage: str | None,
-        n_trials: int,
-        n_jobs: int,
-        heartbeat_interval: int,
-        grace_period: int,
-        max_retry: int | None,
-        sampler: DictConfig,
-        pruner: DictConfig,
-        params: DictConfig | None = None,
-        confirm: DictConfig | None = None,
-    ) -> None:
-        self.direction, self.study_name, self.storage = direction, study_name, storage
-        self.n_trials, self.n_jobs = n_trials, n_jobs
-        self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
-        self.sampler, self.pruner, self.params, self.confirm = sampler, pruner, params, confirm
-        self.config = self.launcher = None
+def sweep(sweeper, arguments: list[str]) -> None:
+    """hydra/sweeper=optuna: trials until the study holds n_trials, then the best trial and its confirmation."""
+    import optuna
+    from sqlalchemy.engine import make_url
 
-    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
+    from mnist_exp import tracking
+    from mnist_exp.sweep import read_sweep_info
 
-        self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
+    config, settings = sweeper.config, sweeper.config.hydra.sweeper
+    quiet_optuna()
+    space, fixed = search_space(OmegaConf.to_container(settings.params or {}), arguments)
+    if not space:
+        raise ValueError(
+            "hydra.sweeper.params: nothing to search; give at least one key a choice, range "
+            "or interval, e.g. optimizer.lr='tag(log, interval(1e-4, 0.1))'"
         )
-
-    def sweep(self, arguments: list[str]) -> None:
-        import optuna
-        from sqlalchemy.engine import make_url
-
-        from mnist_exp import tracking
-        from mnist_exp.sweep import read_sweep_info
-
-        quiet_optuna()
-        space, fixed = search_space(OmegaConf.to_container(self.params or {}), arguments)
-        if not space:
-            raise ValueError(
-                "hydra.sweeper.params: nothing to search; give at least one key a choice, range "
-                "or interval, e.g. optimizer.lr='tag(log, interval(1e-4, 0.1))'"
-            )
-        if not 0 < self.heartbeat_interval < self.grace_period:
-            raise ValueError(
-                f"hydra.sweeper.grace_period={self.grace_period} must exceed hydra.sweeper.heartbeat_interval="
-                f"{self.heartbeat_interval} > 0: a trial is failed after grace_period s without a heartbeat"
-            )
-        if self.storage and make_url(self.storage).password:
-            raise ValueError(
-                "hydra.sweeper.storage holds a password, which every trial's logged Hydra config would keep: "
-                "put it in the database's own password file instead (PostgreSQL: ~/.pgpass or PGPASSFILE)"
-            )
-        info = read_sweep_info(self.config.hydra.sweep.dir)  # written by the sweep's callback before this
-        name = study_name(self.study_name, self.config.mlflow.experiment, info.key)
-        url = storage_url(self.storage, self.config.mlflow.tracking_uri)
-        client, _ = tracking.connect(self.config.mlflow.tracking_uri, self.config.mlflow.experiment)
-        lock = study_lock(client, info.experiment_id, name)
-        with lock():  # several launches creating one study at once race on its tables and its row
-            storage = open_storage(url, self.heartbeat_interval, self.grace_period, self.max_retry)
-            study = optuna.create_study(study_name=name, storage=storage, direction=self.direction, load_if_exists=True)
-        trials = study.get_trials(deepcopy=False)
-        log.info(
-            "Optuna study %s in %s: %d of %d trials done, %d running; pruner %s",
-            name,
-            shown(url),
-            counted(trials),
-            self.n_trials,
-            running(trials),
-            type(instantiate(self.pruner)).__name__,
+    if not 0 < settings.heartbeat_interval < settings.grace_period:
+        raise ValueError(
+            f"hydra.sweeper.grace_period={settings.grace_period} must exceed hydra.sweeper.heartbeat_interval="
+            f"{settings.heartbeat_interval} > 0: a trial is failed after grace_period s without a heartbeat"
         )
-        index, waiting_for = 0, None
-        with Heartbeat(storage, storage.get_study_id_from_name(name), self.heartbeat_interval) as heartbeat:
-            while True:
-                with lock():  # one launch asks at a time: the study never holds more than n_trials
-                    optuna.storages.fail_stale_trials(study)  # failed and queued again by the retry callback
-                    trials = study.get_trials(deepcopy=False)
-                    free = self.n_trials - counted(trials) - running(trials)
-                    asked = [self._ask(study, space, heartbeat) for _ in range(min(free, self.n_jobs))]
-                if not asked:
-                    others = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-                    if not others:
-                        break
-                    if others != waiting_for:
-                        log.info(
-                            "waiting for trial(s) %s of another launch (asked again if silent for %d s)",
-                            ", ".join(map(str, others)),
-                            self.grace_period,
-                        )
-                        waiting_for = others
-                    heartbeat.wait()
-                    continue
-                overrides = [
-                    [*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"]
-                    for t in asked
-                ]
-                try:
-                    returns = self.launcher.launch(overrides, initial_job_idx=index)
-                except BaseException:  # Ctrl-C, SIGTERM: the next launch asks these trials again at once
-                    for trial in asked:
-                        self._fail_and_retry(study, storage, heartbeat, trial)
-                    raise
-                index += len(returns)
-                for trial, ret in zip(asked, returns):
-                    self._tell(study, storage, heartbeat, trial, ret)
-        self._report_best(study, info, client)
-        if self.confirm and self.confirm.seeds:
-            from mnist_exp.confirmation import confirm
+    if settings.storage and make_url(settings.storage).password:
+        raise ValueError(
+            "hydra.sweeper.storage holds a password, which every trial's logged Hydra config would keep: "
+            "put it in the database's own password file instead (PostgreSQL: ~/.pgpass or PGPASSFILE)"
+        )
+    info = read_sweep_info(config.hydra.sweep.dir)  # written by the sweep's callback before this
+    name = study_name(settings.study_name, config.mlflow.experiment, info.key)
+    url = storage_url(settings.storage, config.mlflow.tracking_uri)  # no password: refused above
+    client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+    with study_claimed(client, info.experiment_id, name):  # launches creating one study at once race on its tables
+        storage = open_storage(url, settings)
+        study = optuna.create_study(study_name=name, storage=storage, direction=settings.direction, load_if_exists=True)
+    trials = study.get_trials(deepcopy=False)
+    log.info(
+        "Optuna study %s in %s: %d of %d trials done, %d running; pruner %s",
+        *(name, url, counted(trials), settings.n_trials, running(trials), type(instantiate(settings.pruner)).__name__),
+    )
+    index, waiting_for = 0, None
+    with Heartbeat(storage, storage.get_study_id_from_name(name), settings.heartbeat_interval) as heartbeat:
+        while True:
+            with study_claimed(client, info.experiment_id, name):  # one launch asks at a time: never over n_trials
+                optuna.storages.fail_stale_trials(study)  # failed and queued again by the retry callback
+                trials = study.get_trials(deepcopy=False)
+                free = settings.n_trials - counted(trials) - running(trials)
+                asked = [_ask(study, space, heartbeat, settings.sampler) for _ in range(min(free, settings.n_jobs))]
+            if not asked:
+                others = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+                if not others:
+                    break
+                if others != waiting_for:
+                    log.info(
+                        "waiting for trial(s) %s of another launch (asked again if silent for %d s)",
+                        *(", ".join(map(str, others)), settings.grace_period),
+                    )
+                    waiting_for = others
+                heartbeat.wait()
+                continue
+            overrides = [
+                [*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"]
+                for t in asked
+            ]
+            try:
+                returns = sweeper.launcher.launch(overrides, initial_job_idx=index)
+            except BaseException:  # Ctrl-C, SIGTERM: the next launch asks these trials again at once
+                for trial in asked:
+                    _fail_and_retry(study, storage, heartbeat.discard(trial.number), trial)
+                raise
+            index += len(returns)
+            for trial, ret in zip(asked, returns):
+                _tell(study, storage, heartbeat.discard(trial.number), trial, ret)
+    _report_best(study, info, client, Path(config.hydra.sweep.dir) / RESULTS_FILE)
+    if settings.confirm.seeds:
+        from mnist_exp.confirmation import confirm
 
-            confirm(self.launcher, self.config, fixed, study, info, index)
+        confirm(sweeper.launcher, config, fixed, study, info, index)
 
-    def _ask(self, study, space: dict, heartbeat: Heartbeat):
-        """A trial to run: a queued retry first, else a new one; beating from now on."""
-        # Trial k is drawn with seed + k: a resumed study, or two launches at once, never draw alike.
-        study.sampler = self._sampler(len(study.get_trials(deepcopy=False)))
-        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize: we beat here
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            trial = study.ask(space)
-        heartbeat.add(trial.number)
-        return trial
 
-    def _sampler(self, offset: int):
-        """The configured sampler, its seed moved on by `offset`."""
-        seed = self.sampler.get("seed")
-        return instantiate(self.sampler, **({"seed": seed + offset} if seed is not None else {}))
+def _ask(study, space: dict, heartbeat: Heartbeat, sampler: DictConfig):
+    """A trial to run: a queued retry first, else a new one; beating from now on."""
+    # Trial k is drawn with seed + k: a resumed study, or two launches at once, never draw alike.
+    offset, seed = len(study.get_trials(deepcopy=False)), sampler.get("seed")
+    study.sampler = instantiate(sampler, **({"seed": seed + offset} if seed is not None else {}))
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize: we beat here
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask(space)
+    heartbeat.add(trial.number)
+    return trial
 
-    @staticmethod
-    def _tell(study, storage, heartbeat: Heartbeat, trial, ret) -> None:
-        from hydra.core.utils import JobStatus
-        from optuna.trial import TrialState
 
-        trial_id = heartbeat.discard(trial.number)
-        value = ret.return_value if ret.status == JobStatus.COMPLETED else None
-        pruned_at = storage.get_trial_user_attrs(trial_id).get(PRUNED_AT)  # the job's, from the store
-        if value is not None and pruned_at is not None:
-            told = study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-            outcome = f"pruned after epoch {pruned_at}"
-        elif value is not None:
-            told = study.tell(trial, float(value), skip_if_finished=True)
-            outcome = f"{value:.4f}"
-        else:  # the job failed (and said why): the search goes on
-            told = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            outcome = "failed"
-        if told.state == TrialState.FAIL and outcome != "failed":
-            outcome += " (but another launch had failed it as stale and queued it again: its retry reuses this run)"
-        log.info("trial %d: %s", trial.number, outcome)
+def _tell(study, storage, trial_id: int, trial, ret) -> None:
+    from hydra.core.utils import JobStatus
+    from optuna.trial import TrialState
 
-    @staticmethod
-    def _fail_and_retry(study, storage, heartbeat: Heartbeat, trial) -> None:
-        """A trial this launch stopped: FAIL, and queued again as a stale one is, so it does not count and the
-        next launch asks it at once, without waiting for its heartbeat to go stale."""
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
+    value = ret.return_value if ret.status == JobStatus.COMPLETED else None
+    pruned_at = storage.get_trial_user_attrs(trial_id).get(PRUNED_AT)  # the job's, from the store
+    if value is not None and pruned_at is not None:
+        told, outcome = (
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True),
+            f"pruned after epoch {pruned_at}",
+        )
+    elif value is not None:
+        told, outcome = study.tell(trial, float(value), skip_if_finished=True), f"{value:.4f}"
+    else:  # the job failed (and said why): the search goes on
+        told, outcome = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "failed"
+    if told.state == TrialState.FAIL and outcome != "failed":
+        outcome += " (but another launch had failed it as stale and queued it again: its retry reuses this run)"
+    log.info("trial %d: %s", trial.number, outcome)
 
-        trial_id = heartbeat.discard(trial.number)
-        try:
-            study.tell(trial, state=TrialState.FAIL)
-            storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
-        except (ValueError, UpdateFinishedTrialError):  # "Cannot tell a FAIL trial": another launch queued it
-            return
-        except Exception as error:  # the store may be what failed: the trial goes stale, then is asked again
-            log.warning("trial %d: stopped; not queued again (%s)", trial.number, error)
-            return
-        log.info("trial %d: stopped; queued again, its run resumes at the next launch", trial.number)
 
-    def _report_best(self, study, info, client) -> None:
-        """Print the best trial, write RESULTS_FILE and record both on the sweep's MLflow run."""
-        from optuna.trial import TrialState
+def _fail_and_retry(study, storage, trial_id: int, trial) -> None:
+    """A trial this launch stopped: FAIL, and queued again as a stale one is, so it does not count and the
+    next launch asks it at once, without waiting for its heartbeat to go stale."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
 
-        from mnist_exp import tracking
+    try:
+        study.tell(trial, state=TrialState.FAIL)
+        storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+    except (ValueError, UpdateFinishedTrialError):  # "Cannot tell a FAIL trial": another launch queued it
+        return
+    except Exception as error:  # the store may be what failed: the trial goes stale, then is asked again
+        log.warning("trial %d: stopped; not queued again (%s)", trial.number, error)
+        return
+    log.info("trial %d: stopped; queued again, its run resumes at the next launch", trial.number)
 
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            log.warning("no trial completed: no best trial")
-            return
-        best = study.best_trial
-        log.info("best trial %d: value %.4f, params %s", best.number, best.value, best.params)
-        results = {
-            "name": "optuna",
-            "study": study.study_name,
-            "best_trial": best.number,
-            "best_params": best.params,
-            "best_value": best.value,
-        }
-        OmegaConf.save(OmegaConf.create(results), Path(self.config.hydra.sweep.dir) / RESULTS_FILE)
-        client.log_metric(info.parent_run_id, tracking.BEST_VALUE, best.value)
-        client.set_tag(info.parent_run_id, tracking.BEST_TRIAL, str(best.number))
-        client.set_tag(info.parent_run_id, tracking.BEST_PARAMS, json.dumps(best.params))
-        client.set_tag(info.parent_run_id, tracking.STUDY, study.study_name)
+
+def _report_best(study, info, client, results_file: Path) -> None:
+    """Print the best trial, write RESULTS_FILE and record both on the sweep's MLflow run."""
+    from optuna.trial import TrialState
+
+    from mnist_exp import tracking
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        log.warning("no trial completed: no best trial")
+        return
+    best = study.best_trial
+    log.info("best trial %d: value %.4f, params %s", best.number, best.value, best.params)
+    results = {"name": "optuna", "study": study.study_name, "best_trial": best.number}
+    OmegaConf.save(OmegaConf.create({**results, "best_params": best.params, "best_value": best.value}), results_file)
+    client.log_metric(info.parent_run_id, tracking.BEST_VALUE, best.value)
+    client.set_tag(info.parent_run_id, tracking.BEST_TRIAL, str(best.number))
+    client.set_tag(info.parent_run_id, tracking.BEST_PARAMS, json.dumps(best.params))
+    client.set_tag(info.parent_run_id, tracking.STUDY, study.study_name)
 
 
 def quiet_optuna() -> None:
@@ -306,41 +252,33 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry=None):
-    """The study's RDBStorage; with a heartbeat interval, trials silent for grace_period s are stale and
-    queued again, at most max_retry times (None: always)."""
+def open_storage(url: str, settings: DictConfig):
+    """The study's RDBStorage: trials silent for grace_period s are stale and queued again, at most max_retry
+    times (None: always). SQLite's writers queue on one lock: launches, their beats and jobs wait for it."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    # SQLite's writers queue on one lock: launches, their heartbeats and jobs wait for it rather than fail.
-    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    if heartbeat_interval is None:
-        return RDBStorage(url, engine_kwargs=engine)
     return RDBStorage(
         url,
-        engine_kwargs=engine,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry),
     )
 
 
-def study_lock(client, experiment_id: str, name: str):
-    """A context manager holding the study's claim (tracking.Claim: atomic on every MLflow store) while
-    this launch creates the study or asks trials; a killed holder's claim dies with its pid or heartbeat.
-    Optuna has no public lock: this costs about five MLflow calls per ask, and a 2 s wait when another holds it."""
+@contextlib.contextmanager
+def study_claimed(client, experiment_id: str, name: str):
+    """The study's claim (tracking.Claim: atomic on every MLflow store), held while this launch creates the
+    study or asks trials; a killed holder's claim dies with its pid or heartbeat. Optuna has no public lock:
+    this costs about five MLflow calls per ask, and a 2 s wait when another launch holds it."""
     from mnist_exp import tracking
 
     key = "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-
-    @contextlib.contextmanager
-    def held():
-        claim = tracking.Claim.take(client, experiment_id, key, lambda holder: None)
-        try:
-            yield
-        finally:
-            claim.release(finished=True)
-
-    return held
+    claim = tracking.Claim.take(client, experiment_id, key, lambda holder: None)
+    try:
+        yield
+    finally:
+        claim.release(finished=True)
 
 
 class Heartbeat:
@@ -454,7 +392,7 @@ def job_trial(cfg) -> JobTrial | None:
     quiet_optuna()
     hydra = HydraConfig.get()
     name = study_name(hydra.sweeper.study_name, cfg.mlflow.experiment, read_sweep_info(hydra.sweep.dir).key)
-    storage = open_storage(storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri))
+    storage = open_storage(storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri), hydra.sweeper)
     pruner, sampler = instantiate(hydra.sweeper.pruner), optuna.samplers.RandomSampler()  # the job samples nothing
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))

@@ -1,5 +1,6 @@
-"""Stopping from outside, in one place: which signal or event leads to which MLflow run status, job
-status, sweep run status and exit (STOPS, the table docs/stopping.md shows), and the handlers that act on it.
+"""Stopping from outside, in one place: which stop leads to which MLflow run status, job status and sweep
+run status, and what the job's process does then (STOPS; docs/stopping.md's table shows them with what
+causes each and how train.py exits), and the handlers that act on it.
 
 Every stop keeps the job's last checkpoint: the same command resumes the run where it stopped.
 """
@@ -11,79 +12,41 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-# What the job's process does once its run is closed.
+# What the job's process does once its run is closed; None: the job ends without a value, the sweep goes on.
 RAISE = "raise"  # KeyboardInterrupt up to train.py (exit 130); in a sweep, every running job stops likewise
-RETURN = "return"  # the job ends without a value: the sweep goes on, its summary lists the job
 REQUEUE = "requeue"  # the process ends without a result: SLURM starts the job again, which resumes and finishes it
-NOTHING = "nothing"  # nothing could run: the same command resumes or closes what was left RUNNING
 
 
 @dataclass(frozen=True)
 class Stop:
-    event: str  # what happened
     run: str  # the job's MLflow run status
     job: str  # the job's status (job_status.json, the sweep summary)
-    then: str  # RAISE, RETURN, REQUEUE or NOTHING
     sweep: str  # the sweep's parent run status
-    exit: str  # train.py's exit status
     reason: str  # on the run (tag mnist_exp.error) and in the sweep summary
+    then: str | None = None  # RAISE, REQUEUE or None
 
 
-STOPS = {
-    "interrupt": Stop(
-        event="Ctrl-C (SIGINT) or SIGTERM (`kill`) to train.py, a single run or a sweep on this machine",
-        run="KILLED",
-        job="killed",
-        then=RAISE,
-        sweep="KILLED",
-        exit="130",
-        reason="interrupted (Ctrl-C or SIGTERM); the same command resumes it",
-    ),
-    "cancelled": Stop(
-        event="SIGTERM to one SLURM or submitit job (`scancel`)",
-        run="KILLED",
-        job="killed",
-        then=RETURN,
-        sweep="FAILED",
-        exit="1",
-        reason="interrupted (Ctrl-C or SIGTERM); the same command resumes it",
-    ),
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); the same command resumes it"
+STOPS = {  # Stop(the job's MLflow run, the job, the sweep's parent run, the reason recorded, what follows)
+    "interrupt": Stop("KILLED", "killed", "KILLED", INTERRUPTED, RAISE),
+    "cancelled": Stop("KILLED", "killed", "FAILED", INTERRUPTED),
     "preempted": Stop(
-        event="SLURM preemption (USR2 before the time limit): submitit requeues the job",
-        run="KILLED",
-        job="killed",
-        then=REQUEUE,
-        sweep="not stopped",
-        exit="0, once the requeued job finished",
-        reason="preempted: SLURM requeued the job, which resumes the run",
+        "KILLED", "killed", "not stopped", "preempted: SLURM requeued the job, which resumes the run", REQUEUE
     ),
     "time_limit": Stop(
-        event="SLURM time limit (hydra.launcher.timeout_min): submitit raises UncompletedJobError",
-        run="KILLED",
-        job="killed",
-        then=RETURN,
-        sweep="FAILED",
-        exit="1",
-        reason="stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it",
+        "KILLED",
+        "killed",
+        "FAILED",
+        "stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it",
     ),
     "worker_died": Stop(
-        event="a worker of the parallel launcher killed (SIGKILL, out of memory)",
-        run="FAILED",
-        job="failed",
-        then=RETURN,
-        sweep="FAILED",
-        exit="1",
-        reason="its worker process was {cause} (out of memory?); the same command resumes its run",
+        "FAILED",
+        "failed",
+        "FAILED",
+        "its worker process was {cause} (out of memory?); the same command resumes its run",
     ),
     "abandoned": Stop(
-        event="train.py or a job killed outright (SIGKILL, power loss): its run stays RUNNING until the same "
-        "command resumes it from its checkpoint, or closes it if it had none",
-        run="KILLED",
-        job="none",
-        then=NOTHING,
-        sweep="RUNNING, until the same command reopens it",
-        exit="137 (SIGKILL)",
-        reason="abandoned: superseded by run {run_id}",
+        "KILLED", "none", "RUNNING, until the same command reopens it", "abandoned: superseded by run {run_id}"
     ),
 }
 

@@ -1,7 +1,7 @@
 """The sweep's protocol, all of it: the parent run, the files through which jobs and the
-launching process talk, and what is recorded and printed at the end.
+launching process talk, the launcher's hook, and what is recorded and printed at the end.
 
-Before any job starts, Hydra's callback checks every job's config (mnist_exp/grid.py: a refused one
+Before any job starts, Hydra's callback checks every job's config (mnist_exp/validation.py: a refused one
 stops the whole launch before any run exists), checks the output folder, creates the MLflow store and
 experiment once (parallel jobs racing to create a fresh sqlite store corrupt it), opens the
 sweep's parent run and writes SWEEP_FILE, through which jobs find it with every launcher. Each
@@ -41,6 +41,9 @@ IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=t
 NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "scheduler", "trainer.seed")  # already in every run's name
 MAX_LISTED = 60  # members listed in the parent run's description; all of them are in MEMBERS_FILE
 MAX_RUN_NAME = 250  # MLflow's limit on a run name
+# Relative cost of one epoch per image (LeNet-5's convolutions against the MLP's matrix products), to start
+# the longest jobs first so the sweep does not end on one long job with a core left idle.
+MODEL_COST = {"lenet5": 5.0, "lenet5_32": 7.0, "mlp": 1.0}
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,36 @@ def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobOutcome]:
     return [status for status in statuses if status.launch_id == launch_id]
 
 
+def launch_plan(cfg: DictConfig, threads: int | None = None) -> tuple[float, int | None]:
+    """hydra/launcher=parallel's hook (schema.TrainConfig): a job's expected cost (epochs x images x its model's
+    cost), the longest first, and the threads it asks for; the launcher's `threads` for a job that asks for
+    none, so its run records the threads it was given."""
+    if threads is not None and cfg.trainer.threads is None:
+        cfg.trainer.threads = threads
+    images = cfg.data.limit_train or 60_000
+    return cfg.trainer.epochs * images * MODEL_COST.get(cfg.model.name, 5.0), cfg.trainer.threads
+
+
+def worker_died(config: DictConfig, pid: int, cause: str) -> None:
+    """hydra/launcher=parallel's hook (schema.TrainConfig) for a job whose worker process died without a word
+    (SIGKILL, the out-of-memory killer): its run is closed FAILED with the cause (the same command resumes
+    it) and its status written for the sweep's summary; it returns None, as a failed job does."""
+    from mnist_exp import tracking
+
+    stop, run_id, name = stopping.STOPS["worker_died"], None, None
+    reason = stop.reason.format(cause=cause)
+    try:
+        client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+        run_id, name = tracking.fail_orphaned_run(client, pid, reason) or (None, None)
+    except Exception as error:  # the store may be why it died: the summary still names the job
+        log.warning("could not close the run of the dead worker: %s", error)
+    output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    info = read_sweep_info(str(config.hydra.sweep.dir))
+    overrides = list(config.hydra.overrides.task)
+    write_job_status(output_dir, JobOutcome(stop.job, overrides, run_id, reason, info and info.launch_id, name))
+
+
 def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extends: str | None = None) -> str:
     """The parent run of a sweep: reopened when the same sweep command runs again, unless a launch of
     it is still running (then this launch gets a parent run of its own, so each lists its own members;
@@ -240,9 +273,9 @@ class LaunchCallback(Callback):
         self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp import grid
+        from mnist_exp.validation import check_launch
 
-        if problems := grid.check(config, sweeping=False):  # before the store is touched
+        if problems := check_launch(config, sweeping=False):  # before the store is touched
             _exit(*problems)
         self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
 
@@ -252,7 +285,7 @@ class LaunchCallback(Callback):
         print(f"run: {tracking.ui_hint(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp import grid
+        from mnist_exp.validation import check_launch
 
         sweeper_params = dict(config.hydra.sweeper.get("params") or {})
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
@@ -260,7 +293,7 @@ class LaunchCallback(Callback):
                 "a hyperparameter search must not tune on the test set: hold out a validation split "
                 "with data.validation_size=N (e.g. data.validation_size=1000)"
             )
-        if problems := grid.check(config, sweeping=True):  # a refused job: no run of this launch may exist
+        if problems := check_launch(config, sweeping=True):  # a refused job: no run of this launch may exist
             _exit(*problems[:-1], problems[-1] + "; nothing was launched")
         client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
         task_overrides = list(config.hydra.overrides.task)

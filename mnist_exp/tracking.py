@@ -592,8 +592,8 @@ def _alive(model, seen: dict, generation: int) -> bool:
         return False
     if tags.get("host") == socket.gethostname() and not pid_alive(int(tags.get("pid", 0))):
         return False  # its pid is gone; a live pid (a reused worker) still needs a recent heartbeat
-    beat = tags.get("heartbeat")
-    if seen.get(generation, (None,))[0] != beat:  # it beat since we last looked: judge silence by our own clock
+    beat = tags.get("heartbeat")  # None where the claim was deleted between listing it and reading its tags
+    if generation not in seen or seen[generation][0] != beat:  # new, or it beat since: silence by our own clock
         seen[generation] = (beat, time.monotonic())
         return True
     return time.monotonic() - seen[generation][1] < LEASE_S

@@ -1,14 +1,24 @@
-"""Checks a composed config against its one description, mnist_exp.schema, before any work."""
+"""Checks a composed config against its one description, mnist_exp.schema, before any work; and every job's
+config of a launch, before any of its runs exists (check_launch)."""
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import fields, is_dataclass
 
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mnist_exp.schema import out_of_range
+
+log = logging.getLogger(__name__)
+
+SAY_CHECKING = 100  # jobs from which checking them takes long enough (~0.2 s and more) to say so
 
 
 class ConfigError(ValueError):
@@ -68,3 +78,37 @@ def _repeated_regularizers(overrides: Sequence[str]) -> Iterator[str]:
                 f"regularizer={override.get_value_element_as_str()} names {', '.join(repeated)} more than "
                 "once: list each regularizer once, e.g. regularizer=[l2,dropout]"
             )
+
+
+def check_launch(config: DictConfig, sweeping: bool) -> list[str]:
+    """What Hydra's composition or validate() refuses in any job of this launch (the launch callback asks before any
+    run exists), each problem once with how many jobs have it; [] when every job may run. Without `sweeping`, the
+    launch is one job."""
+    from mnist_exp.grid import JobConfigs, expand
+
+    loader = GlobalHydra.instance().config_loader()
+    overrides = list(config.hydra.overrides.task)
+    search = "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()  # its params are its to pick
+    params = {} if search else dict(config.hydra.sweeper.get("params") or {})
+    jobs = expand(overrides, params, loader, strict=False) if sweeping else [overrides]
+    if len(jobs) >= SAY_CHECKING:
+        log.info("checking the configs of %d jobs", len(jobs))
+    configs = JobConfigs(config.hydra.job.config_name, loader)
+    problems: dict[str, list[list[str]]] = {}
+    for job in jobs:
+        try:
+            validate(configs(job), job)
+        except (ConfigError, HydraException, OmegaConfBaseException) as error:
+            # Hydra's and OmegaConf's messages span lines, and Hydra's hide their cause.
+            text = str(error).split("Config search path")[0]
+            if error.__cause__ is not None and str(error.__cause__):
+                text += f": {str(error.__cause__).splitlines()[0]}"
+            problems.setdefault(" ".join(text.split()), []).append(job)
+    every = collections.Counter(line for job in jobs for line in job)
+    swept = {line for line, count in every.items() if count < len(jobs)}  # what tells the jobs apart
+    lines = []
+    for message, found in problems.items():
+        example = " ".join(line for line in found[0] if line in swept)
+        counted = f" (in {len(found)} of {len(jobs)} jobs{', e.g. ' + example if example else ''})"
+        lines.append(message + (counted if len(jobs) > 1 else ""))
+    return lines

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO, Hold, job_runs, sweep_runs
@@ -153,3 +154,10 @@ def test_a_sweep_folder_in_use_by_a_running_launch_is_refused(project_dir, cours
     assert (
         job_runs(f"sqlite:///{project_dir}/mlflow.db") == [] and sweep_runs(f"sqlite:///{project_dir}/mlflow.db") == []
     )
+
+
+def test_a_claim_listed_without_its_tags_is_waited_for_not_a_crash():
+    # Released (deleted) between the listing and the read of its tags, as two launches of one search race.
+    listed = SimpleNamespace(tags={})
+    seen = {}
+    assert tracking._alive(listed, seen, 3) and tracking._alive(listed, seen, 3), "looked at again after POLL_S"

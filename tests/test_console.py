@@ -9,6 +9,7 @@ import queue
 import pytest
 
 from mnist_exp import console
+from mnist_exp.launcher import Channel
 from mnist_exp.training import EpochMetrics
 
 
@@ -52,9 +53,9 @@ def test_no_bars_when_stderr_is_not_a_terminal(stderr, caplog):
 
 @pytest.fixture
 def channel():
-    """A job's console.Channel, installed as a launcher's worker installs it: on the root logger."""
+    """A job's launcher.Channel, installed as a launcher's worker installs it: on the root logger."""
     events = queue.Queue()
-    installed = console.Channel(events, 3, 7)
+    installed = Channel(events, 3, 7)
     logging.getLogger().addHandler(installed)
     yield events
     logging.getLogger().removeHandler(installed)
@@ -66,9 +67,9 @@ def test_no_bars_in_a_sweep_worker_even_on_a_terminal(stderr, caplog, channel):
     assert shown.getvalue() == ""
     line = "epoch {}/2  train loss 0.4000 acc 90.00%  test loss 0.3000 acc 91.00%  (1.5s)"
     assert [channel.get_nowait() for _ in range(channel.qsize())] == [
-        ("start", 3, 7, ("mlp seed=0", 2, 0)),
+        ("progress", 3, 7, ("mlp seed=0", 2, 0)),
         ("log", 3, 7, line.format(1)),
-        ("epoch", 3, 7, 1),
+        ("progress", 3, 7, ("mlp seed=0", 2, 1)),
         ("log", 3, 7, line.format(2)),
-        ("epoch", 3, 7, 2),
+        ("progress", 3, 7, ("mlp seed=0", 2, 2)),
     ]

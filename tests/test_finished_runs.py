@@ -26,9 +26,11 @@ pytestmark = pytest.mark.slow
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2", "trainer.threads=1"]
 
 # Run with python -I (no PYTHON* variables, no script folder on sys.path) from outside the repository;
-# the venv's editable install of mnist_exp is a meta path finder, removed before anything is imported.
+# the venv's editable install of mnist_exp (the checkout on sys.path, make setup's compat mode, or a meta
+# path finder) is removed before anything is imported.
 LOAD_ALONE = """
-import sys
+import os, sys
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p, "mnist_exp"))]
 sys.meta_path[:] = [f for f in sys.meta_path if "mnist_exp" not in getattr(f, "__module__", "")]
 import importlib.util
 assert importlib.util.find_spec("mnist_exp") is None, "mnist_exp is importable before loading"

@@ -1,5 +1,5 @@
-"""The grid sweeper's pieces without training: the jobs it lists, the fast configs it checks and costs, and
-the launch it refuses (train.py itself: tests/test_reliability.py)."""
+"""The grid sweeper's pieces without training: the jobs it lists, the fast configs the launch callback checks
+and the parallel launcher costs, and the launch it refuses (train.py itself: tests/test_reliability.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from mnist_exp import grid, schema
+from mnist_exp import grid, schema, validation
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +69,10 @@ def test_a_launch_with_a_refused_job_is_refused_each_problem_once_with_its_count
     with open_dict(config):
         config.hydra.overrides.task = ["optimizer.lr=-1,0.01", "model=lenet5,mlp", "trainer.epochs=2"]
 
-    (problem,) = grid.check(config, sweeping=True)
+    (problem,) = validation.check_launch(config, sweeping=True)
 
     assert problem.startswith("optimizer.lr=-1.0 is out of range: must be > 0 (in 2 of 4 jobs, e.g. ")
     assert "optimizer.lr=-1" in problem and "trainer.epochs" not in problem, "the example names what is swept"
     with open_dict(config):
         config.hydra.overrides.task = ["model=lenet5,mlp", "trainer.epochs=2"]
-    assert grid.check(config, sweeping=True) == []
+    assert validation.check_launch(config, sweeping=True) == []

@@ -23,7 +23,8 @@ from conftest import REPO, Hold, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from mnist_exp.launcher import job_cost, plan
+from mnist_exp.launcher import plan
+from mnist_exp.sweep import launch_plan
 
 
 @pytest.mark.parametrize(
@@ -43,7 +44,7 @@ def test_workers_and_threads_follow_the_cores_and_the_jobs(jobs, cores, workers,
 
 def test_the_longest_jobs_start_first(compose):
     costs = {
-        overrides: job_cost(compose(list(overrides)))
+        overrides: launch_plan(compose(list(overrides)))[0]
         for overrides in [
             ("model=mlp", "trainer.epochs=10"),
             ("model=lenet5", "trainer.epochs=10"),

@@ -13,7 +13,6 @@ import pytest
 from conftest import REPO, Hold, job_runs
 from submitit.core.utils import UncompletedJobError
 
-from mnist_exp import stopping
 from mnist_exp.stopping import STOPS, Interrupts, JobSignals
 
 
@@ -73,13 +72,13 @@ def test_a_sweeps_interrupts_are_remembered_and_once_ignores_the_second(handlers
     os.kill(os.getpid(), signal.SIGINT)  # ignored: it must not break the first one's cleanup
 
 
-def test_docs_show_the_same_table():
+def test_docs_show_the_statuses_each_stop_gives():
+    # The table's first and last columns (what stops it, how train.py exits) are written for people, by hand.
     page = (REPO / "docs" / "stopping.md").read_text()
     for stop in STOPS.values():
-        row = f"| {stop.event} | {stop.run} | {stop.job} | {stop.sweep} | {stop.exit} |"
-        assert row in page, f"docs/stopping.md lacks, or differs from, stopping.STOPS's row:\n{row}"
+        cells = f"| {stop.run} | {stop.job} | {stop.sweep} |"
+        assert cells in page, f"docs/stopping.md lacks, or differs from, stopping.STOPS's statuses:\n{cells}"
     assert page.count("\n| ") == 1 + len(STOPS), "a header and one row per stop, no other"
-    assert stopping.__doc__ and "docs/stopping.md" in stopping.__doc__
 
 
 def submitit_task(sweep_dir: Path) -> int | None:

@@ -1,17 +1,59 @@
-"""Hydra instantiates launchers and sweepers only from classes defined under the hydra_plugins namespace: this is
-how it finds mnist_exp's launcher (conf/hydra/launcher/parallel.yaml, code in mnist_exp/launcher.py) and
-sweepers (conf/hydra/sweeper/grid.yaml and optuna.yaml, code in mnist_exp/grid.py and search.py)."""
+"""mnist-exp's Hydra plugins, as Hydra's own are built: a thin class per plugin that imports its work only when a
+sweep runs (Hydra imports this package at every start), the configs in config.py (Hydra's ConfigStore).
 
-from mnist_exp import grid, launcher, search
+- hydra/launcher=parallel: jobs side by side in worker processes, the longest first (mnist_exp/launcher.py);
+- hydra/sweeper=grid: the jobs of Hydra's basic sweeper, each composed only when it starts (mnist_exp/grid.py);
+- hydra/sweeper=optuna: a stored Optuna study shared by launches, with pruning (mnist_exp/search.py).
+"""
+
+from collections.abc import Sequence
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 
-class ParallelLauncher(launcher.ParallelLauncher):
-    """The default launcher of `train.py -m`: mnist_exp.launcher.ParallelLauncher, registered here."""
+class ParallelLauncher(Launcher):
+    def __init__(self, workers: int | None = None, threads_per_job: int | None = None) -> None:
+        self.workers, self.threads_per_job = workers, threads_per_job
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from mnist_exp import launcher
+
+        return launcher.launch(self, job_overrides, initial_job_idx)
 
 
-class OptunaSweeper(search.OptunaSweeper):
-    """hydra/sweeper=optuna: mnist_exp.search.OptunaSweeper, registered here."""
+class _Sweeper(Sweeper):
+    """A sweeper's setup: its config, and the launcher it hands its jobs to."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
 
-class GridSweeper(grid.GridSweeper):
-    """hydra/sweeper=grid, the default: mnist_exp.grid.GridSweeper, registered here."""
+class GridSweeper(_Sweeper):
+    def __init__(self, params: dict[str, str] | None = None) -> None:
+        self.params = params or {}
+
+    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        from mnist_exp import grid
+
+        return grid.sweep(self, arguments)
+
+
+class OptunaSweeper(_Sweeper):
+    def __init__(self, **settings) -> None:  # config.OptunaSweeperConf: the sweep reads them in config.hydra.sweeper
+        pass
+
+    def sweep(self, arguments: list[str]) -> None:
+        from mnist_exp import search
+
+        search.sweep(self, arguments)
