@@ -55,6 +55,18 @@ COMPOSED = {  # train.py commands too long to train here: their config is compos
         "30 trials of 20 epochs, then 6 runs on every image (tests/test_tune.py runs it with 2 trials of 1 epoch)"
     ),
     "python train.py experiment=tune model=lenet5 data.source=sample": "the same, for LeNet-5 on mnist-10k",
+    "python train.py experiment=tune model=lenet5 data.source=sample hydra.sweeper.n_trials=30 trainer.epochs=40 "
+    "hydra.sweeper.pruner.n_warmup_steps=24 hydra.sweeper.n_jobs=1 hydra.launcher.workers=1 trainer.threads=1": (
+        "docs/results.md's LeNet-5 search, 30 trials of 40 epochs"
+    ),
+    "python train.py experiment=tune model=mlp data.source=sample hydra.sweeper.n_trials=30 trainer.epochs=80 "
+    "hydra.sweeper.pruner.n_warmup_steps=48 hydra.sweeper.n_jobs=1 hydra.launcher.workers=1 trainer.threads=1": (
+        "docs/results.md's MLP search, 30 trials of 80 epochs"
+    ),
+    "python train.py experiment=lenet5_best data.source=sample": "3 runs of 40 epochs (test_config expands them)",
+    "python train.py experiment=mlp_best data.source=sample": "3 runs of 80 epochs (test_config expands them)",
+    "python train.py experiment=regularizer_combos data.source=sample hydra.launcher.workers=1 trainer.threads=1 "
+    "mlflow.tracking_uri=sqlite:////work/runs/combos/mlflow.db": "33 runs of 20 epochs into the store results.md reads",
 }
 NOT_RUN = {
     "make sweep": "the default grid for 10 epochs; its train.py command runs here (README.md's three plain commands)",
@@ -65,6 +77,8 @@ NOT_RUN = {
     ".venv/bin/pre-commit install": "it writes the checkout's git hooks",
     "python analyze.py --tracking-uri sqlite:////work/runs/course-grid/mlflow.db --sweep experiment=course_grid "
     "--report docs/report": "it reads the course grid's store (composed above); tests/test_report.py writes reports",
+    "python analyze.py --tracking-uri sqlite:////work/runs/combos/mlflow.db --sweep experiment=regularizer_combos "
+    "--report docs/report-combos": "it reads the combinations' store (composed above)",
     "python analyze.py --check docs/report/claims.json": (
         "it re-checks against the course grid's store; tests/test_analysis.py runs --check on a store it makes"
     ),
