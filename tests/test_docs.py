@@ -79,6 +79,7 @@ NOT_RUN = {
     "--report docs/report": "it reads the course grid's store (composed above); tests/test_report.py writes reports",
     "python analyze.py --tracking-uri sqlite:////work/runs/combos/mlflow.db --sweep experiment=regularizer_combos "
     "--report docs/report-combos": "it reads the combinations' store (composed above)",
+    "python analyze.py --check docs/report-combos/claims.json": "it re-checks against the combinations' store",
     "python analyze.py --check docs/report/claims.json": (
         "it re-checks against the course grid's store; tests/test_analysis.py runs --check on a store it makes"
     ),
