@@ -13,7 +13,6 @@ MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME when set, else sqlite:///mlflow.d
 """
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -137,24 +136,15 @@ def main(argv=None) -> int:
     args.tracking_uri = credentials.move_out_of_uri(args.tracking_uri or defaults.mlflow.tracking_uri)
     args.experiment = args.experiment or defaults.mlflow.experiment
     if args.diff or args.command:
-        from mnist_exp import compare
-
-        return compare.main(args.tracking_uri, args.experiment, args.diff, args.command, args.plots)
+        return diff_or_command(args)
 
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from mnist_exp import tracking
-    from mnist_exp.analysis import (
-        METRICS,
-        AnalysisError,
-        apply_filters,
-        format_table,
-        register_best,
-        select_runs,
-        variant_table,
-        with_overrides,
-    )
+    from mnist_exp import record, tracking
+    from mnist_exp.commands import train_command, with_overrides
+    from mnist_exp.runs import AnalysisError, apply_filters, select_runs
+    from mnist_exp.table import METRICS, format_table, register_best, variant_table
     from mnist_exp.tracking import TrackingError
 
     try:
@@ -172,7 +162,7 @@ def main(argv=None) -> int:
             held_out = finished.get(f"metrics.{METRICS['val']}", pd.Series(index=finished.index, dtype=float))
             without = finished[held_out.isna()]
             if not without.empty:
-                names = without.get(f"tags.{tracking.VARIANT}", without["run_name"]).fillna(without["run_name"])
+                names = without.get(f"tags.{record.VARIANT}", without["run_name"]).fillna(without["run_name"])
                 raise AnalysisError(
                     f"--metric val: {len(without)} of {len(finished)} runs held out no validation "
                     f"split ({', '.join(sorted(set(names)))}); train them with data.validation_size=N, "
@@ -196,22 +186,22 @@ def main(argv=None) -> int:
         print(f"wrote {len(table)} variants to {args.out}", file=sys.stderr)
     else:
         print(text)
-    if args.report or args.register:  # their commands train a variant again with its runs' own overrides
-        keys = selection.sweep_keys
-        table = with_overrides(table, args.tracking_uri, keys[0] if len(keys) == 1 else None)
-    if args.plots or args.report:
-        write_figures_and_report(args, selection, finished, table, format_table(table, "markdown"), defaults)
+    try:
+        if args.report or args.register:  # their commands train a variant again with its runs' own overrides
+            keys = selection.sweep_keys
+            table = with_overrides(table, args.tracking_uri, keys[0] if len(keys) == 1 else None)
+        if args.plots or args.report:
+            write_figures_and_report(args, selection, finished, table, format_table(table, "markdown"), defaults)
+        if args.register:
+            variant, uri, basis, new = register_best(args.tracking_uri, table, finished, args.register, args.metric)
+    except (AnalysisError, TrackingError) as error:
+        print(f"analyze.py: {error}", file=sys.stderr)
+        return 1
 
     if args.register:
-        try:
-            variant, uri, basis, new = register_best(args.tracking_uri, table, finished, args.register, args.metric)
-        except AnalysisError as error:
-            print(f"analyze.py: {error}", file=sys.stderr)
-            return 1
         done = "registered the model of" if new else "already registered: the model of"
         print(f"{done} {variant} (chosen on the {basis} split): {uri}")
         if basis == "test":
-            from mnist_exp.analysis import train_command
             from mnist_exp.report import VALIDATION
 
             candidates = list(table.itertuples())
@@ -229,8 +219,8 @@ def main(argv=None) -> int:
     if fallback:
         print(f"  trained on the offline fallback sample, not on your data: {', '.join(fallback)}", file=sys.stderr)
     for run in selection.unfinished.to_dict("records"):
-        pruned, superseded = run.get(f"tags.{tracking.PRUNED}"), run.get(f"tags.{tracking.SUPERSEDED_BY}")
-        error = run.get(f"tags.{tracking.ERROR}") if pd.isna(pruned) else pruned
+        pruned, superseded = run.get(f"tags.{record.PRUNED}"), run.get(f"tags.{record.SUPERSEDED_BY}")
+        error = run.get(f"tags.{record.ERROR}") if pd.isna(pruned) else pruned
         error = error if pd.isna(superseded) else f"{error}; trained in full since as run {superseded}"
         status = run["status"] if pd.isna(pruned) else "pruned"
         print(f"  not in the table: {run['run_name']} ({status}) {'' if pd.isna(error) else error}", file=sys.stderr)
@@ -241,7 +231,7 @@ def per_image_answers(tracking_uri: str, finished, metric: str) -> dict:
     """{run_id: correct per image} on the metric's split; runs without them are re-scored from their logged
     models, and those that cannot be are named on stderr with what to do."""
     from mnist_exp import predictions
-    from mnist_exp.analysis import SPLITS
+    from mnist_exp.table import SPLITS
 
     if metric not in SPLITS:
         print(f"--metric {metric}: each run's best epoch was chosen on the test split: no tests", file=sys.stderr)
@@ -267,35 +257,34 @@ def per_image_answers(tracking_uri: str, finished, metric: str) -> dict:
 
 def course_settings(defaults) -> str:
     """The course's plain LeNet-5 (conf/train.yaml as it is): the report's reference for the best recipes."""
-    from mnist_exp import tracking
-    from mnist_exp.analysis import settings
+    from mnist_exp import record
+    from mnist_exp.table import settings
 
-    return settings(tracking.flat_params(defaults))
+    return settings(record.flat_params(defaults))
 
 
 def write_figures_and_report(args, selection, finished, table, table_markdown: str, defaults) -> None:
     from mlflow.tracking import MlflowClient
 
-    from mnist_exp import claims, compare, credentials, report
-    from mnist_exp.analysis import AnalysisError, histories
+    from mnist_exp import claims, commands, credentials, record, report
+    from mnist_exp.diff import Side
+    from mnist_exp.runs import histories
     from mnist_exp.significance import ALPHA, POWER
 
-    course = course_settings(defaults)
     figures_dir = args.plots or args.report
-    history = histories(args.tracking_uri, finished)
-    figures = report.plot_all(table, history, figures_dir)
+    figures = report.plot_all(table, histories(args.tracking_uri, finished), figures_dir)
     print(f"wrote {len(figures)} figures to {figures_dir}", file=sys.stderr)
     if args.report:
         client = MlflowClient(args.tracking_uri)
         trials = report.search(table, selection.runs)
         if trials and trials["best"] is not None:
-            with contextlib.suppress(AnalysisError):  # a run logged without Hydra's files: no command to give
-                best = compare.Side("best trial", [client.get_run(trials["run_id"])])
-                trials["command"] = compare.command(client, best)[0]
-        path = report.write_report(table, table_markdown, figures, selection.description, args.report, course, trials)
+            best = selection.runs[selection.runs["run_id"] == trials["run_id"]]
+            trials["command"] = commands.run_command(client, Side("best trial", best))[0]
+        found = report.answers(table, course_settings(defaults), trials)
+        path = report.write_report(args.report, found, table_markdown, figures, selection.description)
         claimed = claims.write(
-            args.report / "claims.json",
-            claims.collect(report.answers(table, course)),
+            args.report / record.CLAIMS_FILE,
+            claims.collect(found),
             {
                 "tracking_uri": credentials.redact(args.tracking_uri),
                 "experiment": args.experiment,
@@ -310,15 +299,40 @@ def write_figures_and_report(args, selection, finished, table, table_markdown: s
         print(f"wrote {path} and {claimed}", file=sys.stderr)
         for parent in selection.parent_run_ids:  # one click away in mlflow ui, on the sweep's own run
             for artifact in (path, claimed, *figures.values()):
-                client.log_artifact(parent, str(artifact), "report")
+                client.log_artifact(parent, str(artifact), record.REPORT_FOLDER)
         if selection.parent_run_ids:
             print(f"logged the report to sweep run(s) {', '.join(selection.parent_run_ids)}", file=sys.stderr)
+
+
+def diff_or_command(args) -> int:
+    """--diff A B [--plots DIR] and --command RUN."""
+    from mlflow.tracking import MlflowClient
+
+    from mnist_exp import commands, diff
+    from mnist_exp.runs import AnalysisError, select_runs
+    from mnist_exp.tracking import TrackingError
+
+    try:
+        selection = select_runs(args.tracking_uri, args.experiment, "all")
+        if args.command:
+            line, note = commands.run_command(MlflowClient(args.tracking_uri), diff.find(selection, args.command))
+            print(line)
+            print(f"# {note}", file=sys.stderr)
+            return 0
+        a, b = (diff.find(selection, ref) for ref in args.diff)
+    except (AnalysisError, TrackingError) as error:
+        print(f"analyze.py: {error}", file=sys.stderr)
+        return 1
+    print(diff.diff_text(a, b))
+    if args.plots:
+        print(f"wrote {diff.plot(args.tracking_uri, a, b, args.plots / 'diff_curves.png')}", file=sys.stderr)
+    return 0
 
 
 def check(args, defaults) -> int:
     """--check FILE: 0 when every claim holds on the store now, else 1; each claim's state on stdout."""
     from mnist_exp import claims, credentials
-    from mnist_exp.analysis import AnalysisError
+    from mnist_exp.runs import AnalysisError
     from mnist_exp.tracking import TrackingError
 
     try:

@@ -42,7 +42,7 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
     """The real job (mnist_exp.job.run_job) on 64 images for 1 epoch: (wall s, training s, model logging s)."""
     import mlflow
 
-    from mnist_exp import job, tracking
+    from mnist_exp import job, logged_model
     from mnist_exp.stopping import JobSignals
 
     cfg = benchlib.compose(
@@ -59,7 +59,7 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
     )
     output_dir = workdir / "outputs" / str(index)
     output_dir.mkdir(parents=True)
-    log_model, timed = tracking.log_model, {}
+    log_model, timed = logged_model.log_model, {}
 
     def timed_log_model(*args):
         started = time.perf_counter()
@@ -67,13 +67,13 @@ def one_run(workdir: Path, index: int) -> tuple[float, float, float]:
         timed["s"] = time.perf_counter() - started
         return result
 
-    job.tracking.log_model = timed_log_model
+    job.logged_model.log_model = timed_log_model
     try:
         started = time.perf_counter()
         outcome = job.run_job(cfg, None, output_dir, [], JobSignals())
         seconds = time.perf_counter() - started
     finally:
-        job.tracking.log_model = log_model
+        job.logged_model.log_model = log_model
     assert outcome.status == "finished", outcome
     run = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(outcome.run_id)
     return seconds, run.data.metrics["train_time_s"], timed["s"]
@@ -178,14 +178,14 @@ def main() -> None:
         importlib.import_module("mnist_exp.job")  # torch, mlflow, matplotlib: what a job imports
 
         import_time = time.perf_counter() - started
-        from mnist_exp import tracking
+        from mnist_exp import record, tracking
 
         started = time.perf_counter()  # what the sweep's preflight does once per store
         tracking.connect(f"sqlite:///{workdir}/mlflow.db", "mnist-exp")
         store_creation = time.perf_counter() - started
         measured = [one_run(workdir, index) for index in range(args.runs)]
         seed_times = []
-        params = tracking.flat_params(benchlib.compose([]))
+        params = record.flat_params(benchlib.compose([]))
         (workdir / "artifacts").mkdir()
         (workdir / "artifacts" / "history.csv").write_text("epoch,test_acc\n1,0.9\n")
         for index in range(args.runs):

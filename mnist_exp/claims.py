@@ -19,31 +19,21 @@ FORMAT, VERSION = "mnist-exp claims", 1
 
 
 def collect(answers: dict) -> list[dict]:
-    """The claims of report.answers(): one per comparison the report words."""
-    claims = []
-    for a in answers["models"]:
-        claims.append(_claim("LeNet-5 vs the MLP", a["lenet"].variant, a["mlp"].variant, a["c"], a["runs"]))
-    for a in answers["regularizers"]:
-        for entry in a["entries"] + a["one_seed"]:
-            claims.append(_claim("regularizers", entry["row"].variant, a["plain"].variant, entry["c"], a["runs"]))
-    for a in answers["combinations"]:
-        name = f"best pair vs best single ({a['trained']})"
-        claims.append(_claim(name, a["best"]["row"].variant, a["single"].variant, a["best"]["c"], a["runs"], a))
-    for a in answers["recipes"]:
-        if a["c"] is not None:
-            name = f"best recipe for {a['model']} vs {a['reference'].variant}"
-            claims.append(_claim(name, a["best"].variant, a["reference"].variant, a["c"], a["runs"], a))
-    return claims
+    """The claims of report.answers(): one per comparison the report words (each answer's `compared`)."""
+    groups = ("models", "regularizers", "combinations", "recipes")
+    return [_claim(*compared, a["runs"]) for group in groups for a in answers[group] for compared in a["compared"]]
 
 
-def _claim(question: str, variant: str, baseline: str, c: dict, runs: list, chosen: dict | None = None) -> dict:
-    """`chosen`: the answer of a question that picks its variant (keyed by the question, not the winner)."""
+def _claim(question: str, row, baseline, c: dict, chosen_on: str | None, runs: list) -> dict:
+    """`chosen_on`: the split a question that picks its variant chose it on (the claim is keyed by the
+    question, not the winner)."""
+    variant, baseline = row.variant, baseline.variant
     return {
-        "id": question if chosen else f"{question}: {variant} vs {baseline}",
+        "id": question if chosen_on else f"{question}: {variant} vs {baseline}",
         "question": question,
         "variant": variant,
         "baseline": baseline,
-        "chosen_on": chosen["basis"] if chosen else None,
+        "chosen_on": chosen_on,
         "difference_pp": _number(c["vs_baseline_pp"]),
         "interval_pp": [_number(c["vs_baseline_pp_ci_low"]), _number(c["vs_baseline_pp_ci_high"])],
         "confidence": _number(c.get("confidence", math.nan)),
@@ -111,7 +101,8 @@ def _shown(value) -> str:
 def check(document: dict, tracking_uri: str, experiment: str, course: str | None) -> list[tuple[dict, list[str]]]:
     """Each recorded claim with why it no longer holds ([] while it holds), recomputed from the store now."""
     from mnist_exp import predictions, report
-    from mnist_exp.analysis import SPLITS, AnalysisError, apply_filters, per_run, select_runs, variant_table
+    from mnist_exp.runs import AnalysisError, apply_filters, select_runs
+    from mnist_exp.table import SPLITS, per_run, variant_table
 
     recorded, settings = document["selection"], document["settings"]
     finished = apply_filters(select_runs(tracking_uri, experiment, "all").finished, recorded["filter"])

@@ -20,8 +20,6 @@ from mnist_exp.sweep import _key
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "confirmation.md"  # in the sweep folder and on the sweep run: what confirm() printed
-
 
 def jobs(fixed: list[str], best: dict, changes: list[str], seeds: list[int]) -> tuple[list[list[str]], list[list[str]]]:
     """(recipe jobs, plain jobs): each job's overrides. The recipe is the search's fixed overrides, the best
@@ -41,7 +39,7 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
     (after the trials' trainer.seed), print their table and record it on the sweep run."""
     from optuna.trial import TrialState
 
-    from mnist_exp import tracking
+    from mnist_exp import record, tracking
     from mnist_exp.sweep import read_job_statuses
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -65,9 +63,9 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
         for role, batch in (("recipe", recipe), ("plain", plain))
     }
     client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
-    client.set_tag(info.parent_run_id, tracking.CONFIRMATION, json.dumps(run_ids))
+    client.set_tag(info.parent_run_id, record.CONFIRMATION, json.dumps(run_ids))
     text = _table(config, best_trial, [*run_ids["recipe"], *run_ids["plain"]])
-    path = Path(config.hydra.sweep.dir) / RESULTS_FILE
+    path = Path(config.hydra.sweep.dir) / record.CONFIRMATION_FILE
     path.write_text(text + "\n")
     client.log_artifact(info.parent_run_id, str(path))
     log.info("%s", text)
@@ -77,7 +75,8 @@ def _table(config: DictConfig, best_trial, run_ids: list[str]) -> str:
     """analyze.py's table of the confirmation's finished runs (over seeds and test images), under a line
     saying what they are."""
     from mnist_exp import predictions
-    from mnist_exp.analysis import SPLITS, AnalysisError, format_table, select_runs, variant_table
+    from mnist_exp.runs import AnalysisError, select_runs
+    from mnist_exp.table import SPLITS, format_table, variant_table
 
     heading = (
         f"Confirmation on the test split: trial {best_trial.number}'s recipe (chosen on the validation split) "

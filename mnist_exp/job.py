@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import checkpoints, console, plots, search, tracking
+from mnist_exp import checkpoints, console, logged_model, plots, record, search, tracking
 from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
@@ -79,8 +79,8 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
 def run_job(
     cfg: DictConfig, sweep: SweepInfo | None, output_dir: Path, overrides: list[str], signals: JobSignals
 ) -> JobOutcome:
-    params = tracking.flat_params(cfg)
-    config_hash = tracking.config_hash(params)
+    params = record.flat_params(cfg)
+    config_hash = record.config_hash(params)
     client, experiment_id = tracking.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment)
     drawn = bool(os.environ.get(search.TRIAL_ENV))  # by an Optuna search: values named to 3 significant figures
     name = run_name(variant_label(cfg), cfg.trainer.seed, overrides, sweep.swept if sweep else [], drawn)
@@ -95,10 +95,10 @@ def run_job(
     except Exception as error:  # recorded on the run below, whatever it was
         problem, device = error, torch.device("cpu")
 
-    data_params = data_params_of(data) if data is not None else None
+    data_params = record.data_params(data) if data is not None else None
     twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
     checkpoint_file = checkpoints.checkpoint_path(
-        cfg.trainer.checkpoint_dir, config_hash, data_params and tracking.data_identity(data_params)
+        cfg.trainer.checkpoint_dir, config_hash, data_params and record.data_identity(data_params)
     )
     claim = None
     if problem is None:  # only one process at a time trains an identity: tracking.Claim
@@ -115,11 +115,10 @@ def run_job(
     status = "FAILED"
     try:
         tags = {
-            tracking.CONFIG_HASH: config_hash,
-            tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
-            tracking.VARIANT: variant_label(cfg),
+            **record.hashes(params),
+            record.VARIANT: variant_label(cfg),
             **tracking.context_tags(device, torch.get_num_threads()),
-            **({tracking.PARENT: sweep.parent_run_id} if sweep else {}),
+            **({record.PARENT: sweep.parent_run_id} if sweep else {}),
         }
         run_params = {**params, **(data_params or {})}
         run_id, checkpoint = _open_run(client, experiment_id, cfg, run_params, name, tags, twins, checkpoint_file)
@@ -145,14 +144,14 @@ def run_job(
                 objective = train_and_log(cfg, data, device, checkpoint, checkpoint_file, output_dir, trial)
             except search.Pruned as pruned:  # the search stopped an unpromising trial: its epochs so far stand
                 log.info("%s", pruned)
-                mlflow.set_tag(tracking.PRUNED, str(pruned))
+                mlflow.set_tag(record.PRUNED, str(pruned))
                 _log_hydra_files(output_dir)
                 # Its checkpoint stays: this config trained in full later (a grid, --command) resumes this run.
                 return JobOutcome("pruned", overrides, run_id, None, None, name, pruned.value)
             except BaseException as error:
                 stop = signals.stop_of(error)
                 status = stop.run if stop else "FAILED"
-                traceback_file = output_dir / "traceback.txt"
+                traceback_file = output_dir / record.TRACEBACK_FILE
                 traceback_file.write_text(traceback.format_exc())
                 if stop is None and not isinstance(error, USER_ERRORS):
                     log.error("%s", traceback.format_exc())
@@ -182,13 +181,13 @@ def _skip(cfg, twins: list, overrides: list[str], known: set[str] | None = None)
         run
         for run in twins
         if run.info.status == "FINISHED"
-        and tracking.PRUNED not in run.data.tags
+        and record.PRUNED not in run.data.tags
         and not (cfg.force and (known is None or run.info.run_id in known))
     ]
     if not finished:
         return None
     run = finished[0]
-    trained_by, now = run.data.tags.get(tracking.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
+    trained_by, now = run.data.tags.get(record.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
     other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
     log.info(
         "skipped: identical run %s (%s) %s",
@@ -217,33 +216,16 @@ def _say_waiting(holder: dict[str, str], force: bool) -> None:
 
 
 def variant_label(cfg) -> str:
-    """model/regularizer/optimizer[+scheduler], e.g. lenet5/l2+dropout/sgd or mlp/augment/sgd+onecycle:
-    how runs, bars and tables name a variant."""
-    schedule = f"+{cfg.scheduler.name}" if cfg.scheduler else ""
-    return f"{cfg.model.name}/{variant_name(cfg.regularizer)}/{cfg.optimizer.name}{schedule}"
-
-
-def data_params_of(data) -> dict[str, str]:
-    """What the run actually read: its identity (source and content hashes) and its size."""
-    params = {
-        "data.resolved_source": data.source,
-        "data.location": data.location,
-        "data.train_size": str(len(data.train)),
-        "data.test_size": str(len(data.test)),
-        "data.validation_size_used": str(len(data.validation) if data.validation is not None else 0),
-        tracking.SPLIT_DIGEST["train"]: data.train.sha256,
-        tracking.SPLIT_DIGEST["test"]: data.test.sha256,
-    }
-    if data.validation is not None:
-        params[tracking.SPLIT_DIGEST["validation"]] = data.validation.sha256
-    return params
+    return record.variant(
+        cfg.model.name, variant_name(cfg.regularizer), cfg.optimizer.name, cfg.scheduler and cfg.scheduler.name
+    )
 
 
 def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_file):
     """Resume the run a checkpoint belongs to (killed, failed, or pruned by a search), or start a new one;
     close runs a kill left RUNNING."""
     checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
-    unfinished = {r.info.run_id: r for r in twins if r.info.status != "FINISHED" or tracking.PRUNED in r.data.tags}
+    unfinished = {r.info.run_id: r for r in twins if r.info.status != "FINISHED" or record.PRUNED in r.data.tags}
     if checkpoint is not None and checkpoint.run_id in unfinished:
         run_id = checkpoint.run_id
         tracking.forget_failure(client, unfinished[run_id])
@@ -256,7 +238,7 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
         if run.info.status == "RUNNING" and run.info.run_id != run_id:
             # We hold the identity's claim, so its process died (before its first checkpoint, or its
             # checkpoint is elsewhere): it can only be continued by this run and must not stay RUNNING.
-            client.set_tag(run.info.run_id, tracking.ERROR, STOPS["abandoned"].reason.format(run_id=run_id))
+            client.set_tag(run.info.run_id, record.ERROR, STOPS["abandoned"].reason.format(run_id=run_id))
             client.set_terminated(run.info.run_id, STOPS["abandoned"].run)
     return run_id, checkpoint
 
@@ -265,8 +247,8 @@ def _supersede_pruned(client, twins: list, run_id: str) -> None:
     """Runs of this config a search pruned, now trained in full by another run: marked, so they never count
     as its result (analysis and _skip leave pruned runs out; the tag says which run replaced them)."""
     for run in twins:
-        if run.info.run_id != run_id and tracking.PRUNED in run.data.tags:
-            client.set_tag(run.info.run_id, tracking.SUPERSEDED_BY, run_id)
+        if run.info.run_id != run_id and record.PRUNED in run.data.tags:
+            client.set_tag(run.info.run_id, record.SUPERSEDED_BY, run_id)
 
 
 def train_and_log(
@@ -289,7 +271,7 @@ def train_and_log(
         device,
         torch.get_num_threads(),
     )
-    datasets = tracking.datasets(data)
+    datasets = logged_model.datasets(data)
     state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, training, data, datasets)
 
     run = mlflow.active_run().info
@@ -315,31 +297,31 @@ def train_and_log(
 def objective_of(metrics: dict[str, float]) -> float | None:
     """What a sweeper maximizes: the validation accuracy. Never the test accuracy, so a search
     cannot tune on the test set."""
-    return metrics.get("val_acc")
+    return metrics.get(record.VAL_ACC)
 
 
 def _start(cfg, built, training: Training, data, datasets) -> TrainingState:
     """A new run's record of what it trains and on which data."""
     mlflow.log_params(
         {
-            "model.parameters": str(built.parameters),
-            "model.lenet5_parameters": str(built.lenet5_parameters),
-            "model.description": built.description,
-            "regularizer.name": variant_name(cfg.regularizer),
-            tracking.MEAN_USED: str(training.inputs.mean),
-            tracking.STD_USED: str(training.inputs.std),
+            record.PARAMETERS: str(built.parameters),
+            record.LENET5_PARAMETERS: str(built.lenet5_parameters),
+            record.DESCRIPTION: built.description,
+            record.REGULARIZERS: variant_name(cfg.regularizer),
+            record.MEAN_USED: str(training.inputs.mean),
+            record.STD_USED: str(training.inputs.std),
         }
     )
-    tracking.log_datasets(datasets)
+    logged_model.log_datasets(datasets)
     if data.fallback:
-        mlflow.set_tag(tracking.FALLBACK, data.fallback)
+        mlflow.set_tag(record.FALLBACK, data.fallback)
     return TrainingState()
 
 
 def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingState:
     progress = checkpoint.restore(training)
     run_id = mlflow.active_run().info.run_id
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "test_acc")}
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, record.TEST_ACC)}
     for metrics in progress.history:  # a kill between checkpoint and log_metrics leaves a gap
         if metrics.epoch not in logged:
             mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
@@ -355,22 +337,22 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     # the generalization gap needs the finished model's accuracy on the training images themselves.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
     summary = {
-        "best_test_acc": max(m.test_acc for m in state.history),
-        "train_eval_loss": train_eval_loss,
-        "train_eval_acc": train_eval_acc,
-        "train_time_s": state.train_time_s,
+        record.BEST_TEST_ACC: max(m.test_acc for m in state.history),
+        record.TRAIN_EVAL_LOSS: train_eval_loss,
+        record.TRAIN_EVAL_ACC: train_eval_acc,
+        record.TRAIN_TIME: state.train_time_s,
         # The process's peak so far: in a sweep's reused worker, the largest of its jobs up to this one.
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        record.PEAK_RSS: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if training.early_stopping is not None:  # which epoch's weights are delivered, and when training ended
-        summary.update(best_epoch=state.best_epoch, stopped_epoch=state.epochs_done)
+        summary.update({record.BEST_EPOCH: state.best_epoch, record.STOPPED_EPOCH: state.epochs_done})
     mlflow.log_metrics(summary, step=state.epochs_done)
-    model_info = tracking.log_model(
+    model_info = logged_model.log_model(
         PixelClassifier(model, inputs.mean, inputs.std).eval(), data.test.images[:5], variant_label(cfg)
     )
     # What the delivered model scores, linked to it (mlflow.search_logged_models) and to each split.
     mlflow.log_metrics(
-        {"final_test_loss": test_loss, "final_test_acc": test_acc},
+        {record.FINAL_TEST_LOSS: test_loss, record.FINAL_TEST_ACC: test_acc},
         step=state.epochs_done,
         model_id=model_info.model_id,
         dataset=datasets["test"],
@@ -378,7 +360,7 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     if data.validation is not None:
         val_loss, val_acc, predictions["validation"] = evaluate(model, data.validation, batch, inputs, device)
         mlflow.log_metrics(
-            {"final_val_loss": val_loss, "final_val_acc": val_acc},
+            {record.FINAL_VAL_LOSS: val_loss, record.FINAL_VAL_ACC: val_acc},
             step=state.epochs_done,
             model_id=model_info.model_id,
             dataset=datasets["validation"],
@@ -390,12 +372,12 @@ def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: st
     """The config, history, curves, confusion matrix, the answer per image of each split, Hydra's files."""
     folder = output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (folder / "history.csv").write_text(_history_csv(state))
-    plots.learning_curves(state.history, title, folder / "learning_curves.png")
+    (folder / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (folder / record.HISTORY_FILE).write_text(_history_csv(state))
+    plots.learning_curves(state.history, title, folder / record.CURVES_FIGURE)
     counts = plots.confusion_matrix(data.test.labels.numpy(), predictions["test"].numpy())
-    np.savetxt(folder / "confusion_matrix.csv", counts, fmt="%d", delimiter=",")
-    plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / "confusion_matrix.png")
+    np.savetxt(folder / f"{record.CONFUSION}.csv", counts, fmt="%d", delimiter=",")
+    plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / f"{record.CONFUSION}.png")
     for split, predicted in predictions.items():  # what significance needs to count the test images as noise
         scored = getattr(data, split)
         write_split(folder, split, predicted.numpy(), scored.labels.numpy(), scored.sha256)
@@ -406,7 +388,7 @@ def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: st
 def _log_hydra_files(output_dir: Path, logs: bool = True) -> None:
     """The job's composed config (.hydra/) and its log, as Hydra wrote them, under hydra/."""
     for path in [*(output_dir / ".hydra").glob("*.yaml"), *(output_dir.glob("*.log") if logs else [])]:
-        mlflow.log_artifact(str(path), "hydra")
+        mlflow.log_artifact(str(path), record.HYDRA_FOLDER)
 
 
 def _history_csv(state: TrainingState) -> str:

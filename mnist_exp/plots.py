@@ -1,8 +1,10 @@
-"""Figures logged with every run: learning curves and the test confusion matrix."""
+"""Every figure: a run's own, logged with it (learning curves, the test confusion matrix); the report's, one
+question each; a diff's, two sides' curves. Those that return their Figure leave writing it to save()."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -10,7 +12,10 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mnist_exp.training import EpochMetrics  # noqa: E402
+from mnist_exp import record  # noqa: E402
+
+if TYPE_CHECKING:
+    from mnist_exp.training import EpochMetrics
 
 
 def learning_curves(history: list[EpochMetrics], title: str, path: Path) -> None:
@@ -58,7 +63,7 @@ def confusion_figure(counts: np.ndarray, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-# --- the report's figures: one question each; every function returns its Figure (save_all writes them) ---
+# --- the report's figures: one question each ---
 
 MAX_SERIES = 7  # a panel with more lines than this cannot be read
 GREY = "0.6"
@@ -81,7 +86,7 @@ def _ci95(values, bounds=(-np.inf, np.inf)):
 def _percent(history):
     """History with accuracies in percent and one row per run and epoch."""
     frame = history.copy()
-    for key in ("train_acc", "test_acc"):
+    for key in (record.TRAIN_ACC, record.TEST_ACC):
         frame[key] = 100 * frame[key]
     return frame
 
@@ -94,10 +99,11 @@ def model_curves(history, title: str):
     models = sorted(frame["model"].unique())
     palette = dict(zip(models, _palette(len(models))))
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True, layout="constrained")
-    panels = ((r, c) for r in enumerate(("loss", "acc")) for c in enumerate(("train", "test")))
-    for (row, quantity), (col, split) in panels:
-        ax, key = axes[row, col], f"{split}_{quantity}"
-        bounds = (0, 100) if quantity == "acc" else (0, np.inf)
+    panels = ((record.TRAIN_LOSS, "train loss"), (record.TEST_LOSS, "test loss"))
+    panels += ((record.TRAIN_ACC, "train accuracy"), (record.TEST_ACC, "test accuracy"))
+    for ax, (key, name) in zip(axes.flat, panels):
+        accuracy = name.endswith("accuracy")
+        bounds = (0, 100) if accuracy else (0, np.inf)
         sns.lineplot(
             frame,
             x="epoch",
@@ -109,11 +115,7 @@ def model_curves(history, title: str):
             legend=False,
             errorbar=lambda v, b=bounds: _ci95(v, b),
         )
-        ax.set(
-            title=f"{split} {'accuracy' if quantity == 'acc' else 'loss'}",
-            xlabel="epoch",
-            ylabel="accuracy (%)" if quantity == "acc" else "cross-entropy",
-        )
+        ax.set(title=name, xlabel="epoch", ylabel="accuracy (%)" if accuracy else "cross-entropy")
         _epochs(ax)
     handles = [plt.Line2D([], [], color=palette[m], marker="o", label=m) for m in models]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(models), frameon=False)
@@ -144,7 +146,13 @@ def regularizer_panels(history, baseline: str, title: str):
     for ax, variant in zip(axes.flat, variants):
         for data, color in ((plain, GREY), (frame[frame["label"] == variant], colour)):
             sns.lineplot(
-                data, x="epoch", y="test_acc", color=color, marker="o", ax=ax, errorbar=lambda v: _ci95(v, (0, 100))
+                data,
+                x="epoch",
+                y=record.TEST_ACC,
+                color=color,
+                marker="o",
+                ax=ax,
+                errorbar=lambda v: _ci95(v, (0, 100)),
             )
         ax.set(title=variant, xlabel="epoch", ylabel="test accuracy (%)")
         _epochs(ax)
@@ -197,7 +205,34 @@ def _epochs(ax) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
 
 
-def save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+# --- a diff's: both sides' per-epoch curves ---
+
+SIDE_CURVES = (
+    ("accuracy (%)", (record.TEST_ACC, record.VAL_ACC), 100),
+    ("cross-entropy loss", (record.TRAIN_LOSS, record.TEST_LOSS), 1),
+)
+SIDE_KEYS = [key for _, keys, _ in SIDE_CURVES for key in keys]
+
+
+def side_curves(sides: list, title: str):
+    """Accuracy and loss per epoch of two sides (A, B: each a runs.histories frame): a colour per side, a line
+    per run."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (ylabel, keys, scale), ax in zip(SIDE_CURVES, axes):
+        for history, name, color in zip(sides, ("A", "B"), ("tab:blue", "tab:orange")):
+            for key, style in zip(keys, ("o-", "s--")):
+                for i, (_, run) in enumerate(history.dropna(subset=[key]).groupby("run_id", sort=False)):
+                    label = f"{name} {key}" if i == 0 else None
+                    ax.plot(run["epoch"], scale * run[key], style, color=color, alpha=0.8, markersize=4, label=label)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=ylabel.split(" (")[0])
+        _epochs(ax)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.84, wspace=0.2)
+    return fig
+
+
+def save(fig, path: Path, tight: bool = True) -> Path:
+    fig.savefig(path, dpi=100, **({"bbox_inches": "tight"} if tight else {}))
     plt.close(fig)
     return path

@@ -1,7 +1,7 @@
 """Each run's answer per image: the class its delivered model predicted for every image of each split it
 scored at its end, so two variants can be compared image by image (mnist_exp.significance).
 
-A run logs one file per split, tracking.PREDICTIONS (predictions/test.npz, predictions/validation.npz):
+A run logs one file per split, record.PREDICTIONS (predictions/test.npz, predictions/validation.npz):
 NumPy's compressed archive of the predicted classes and the true labels (uint8, in the split's order),
 the split's SHA-256 (the run's data.<split>_sha256 param) and FORMAT; about 2 KB per 2,000 images.
 A run logged without them is re-scored here from its logged model and its own data, never retrained.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_exp import tracking
+from mnist_exp import record
 
 FORMAT = 1  # bump when the file's layout changes; a reader takes every version up to its own
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ def read(path: Path) -> Answers:
 
 
 def write_split(folder: Path, split: str, predicted, labels, sha256: str) -> Path:
-    """A split's answers as tracking.PREDICTIONS[split] under `folder` (what job.py logs as artifacts)."""
-    path = folder / tracking.PREDICTIONS[split]
+    """A split's answers as record.PREDICTIONS[split] under `folder` (what job.py logs as artifacts)."""
+    path = folder / record.PREDICTIONS[split]
     path.parent.mkdir(parents=True, exist_ok=True)
     return save(path, Answers(np.asarray(predicted), np.asarray(labels), sha256))
 
@@ -72,7 +72,7 @@ def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.n
     client = MlflowClient(tracking_uri)
     found, missing, rescored = {}, {}, []
     for run in runs.to_dict("records"):
-        run_id, digest = run["run_id"], run.get(f"params.{tracking.SPLIT_DIGEST[split]}")
+        run_id, digest = run["run_id"], run.get(f"params.{record.SPLIT_DIGEST[split]}")
         try:
             answers = _logged(client, run_id, split)
             if answers is None:
@@ -80,7 +80,7 @@ def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.n
                 rescored.append(run_id)
             if answers.sha256 != digest:
                 raise PredictionsError(
-                    f"{tracking.PREDICTIONS[split]} of run {run_id} scored images {answers.sha256[:12]}, "
+                    f"{record.PREDICTIONS[split]} of run {run_id} scored images {answers.sha256[:12]}, "
                     f"not the run's {split} split {str(digest)[:12]}"
                 )
             found[run_id] = answers.correct
@@ -92,7 +92,7 @@ def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.n
 def _logged(client, run_id: str, split: str) -> Answers | None:
     with tempfile.TemporaryDirectory() as folder:
         try:
-            path = client.download_artifacts(run_id, tracking.PREDICTIONS[split], folder)
+            path = client.download_artifacts(run_id, record.PREDICTIONS[split], folder)
         except Exception:  # MLflow raises several types for a missing artifact
             return None
         try:
@@ -114,20 +114,20 @@ def rescore(client, run: dict, split: str) -> Answers:
     run_id = run["run_id"]
     with tempfile.TemporaryDirectory() as folder:
         try:
-            config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+            config = OmegaConf.load(client.download_artifacts(run_id, record.CONFIG_FILE, folder))
             (model,) = client.search_logged_models(
                 experiment_ids=[run["experiment_id"]], filter_string=f"source_run_id = '{run_id}'"
             )
             classifier = mlflow.pytorch.load_model(model.artifact_location).eval()  # not the default store's
         except Exception as error:  # no config or no model (or several): it cannot be re-scored
-            raise PredictionsError(f"run {run_id} has no {tracking.PREDICTIONS[split]} and no model to re-score") from (
+            raise PredictionsError(f"run {run_id} has no {record.PREDICTIONS[split]} and no model to re-score") from (
                 error
             )
         try:
             data = load_mnist(config.data)
         except (DataError, OSError) as error:
             raise PredictionsError(
-                f"run {run_id} has no {tracking.PREDICTIONS[split]}, and its data (data.root={config.data.root}) "
+                f"run {run_id} has no {record.PREDICTIONS[split]}, and its data (data.root={config.data.root}) "
                 f"is not here to re-score it: {str(error).splitlines()[0]}"
             ) from None
         images = {"test": data.test, "validation": data.validation}[split]
@@ -136,10 +136,10 @@ def rescore(client, run: dict, split: str) -> Answers:
         with torch.inference_mode():
             batches = [classifier(x).argmax(1) for x in images.images.split(1000)]
         answers = Answers(torch.cat(batches).numpy(), images.labels.numpy(), images.sha256)
-        if answers.sha256 == run.get(f"params.{tracking.SPLIT_DIGEST[split]}"):
+        if answers.sha256 == run.get(f"params.{record.SPLIT_DIGEST[split]}"):
             path = write_split(Path(folder), split, answers.predicted, answers.labels, answers.sha256)
             try:
-                client.log_artifact(run_id, str(path), str(Path(tracking.PREDICTIONS[split]).parent))
+                client.log_artifact(run_id, str(path), str(Path(record.PREDICTIONS[split]).parent))
             except Exception as error:  # a read-only store: the answers still serve this analysis
-                log.warning("could not log %s to run %s: %s", tracking.PREDICTIONS[split], run_id, error)
+                log.warning("could not log %s to run %s: %s", record.PREDICTIONS[split], run_id, error)
         return answers

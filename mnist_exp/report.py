@@ -1,6 +1,9 @@
 """The sweep as a report: figures, the table, and the course's questions answered from the numbers.
 
-The functions here compute each answer's numbers and verdicts; report.md.j2 holds the wording."""
+answers() gives each question's comparisons (judged by mnist_exp.significance, with the commands that add
+seeds), figures() the figure that answers each question; report.md.j2 holds the wording. Each answer's
+`compared` lists what it claims (mnist_exp.claims): (question, variant row, baseline row, comparison,
+the split it was chosen on where the question chose it)."""
 
 from __future__ import annotations
 
@@ -12,24 +15,14 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from mnist_exp import plots, tracking
-from mnist_exp.analysis import (
-    SHORT,
-    adjust,
-    analyze_command,
-    choose_best,
-    comparison,
-    fresh_seeds,
-    more_seeds,
-    short,
-    train_command,
-)
-from mnist_exp.significance import ALPHA, MCNEMAR, POWER
+from mnist_exp import plots, record
+from mnist_exp.commands import analyze_command, fresh_seeds, more_seeds, train_command
+from mnist_exp.significance import ALPHA, MCNEMAR, POWER, family, selected_on_test
+from mnist_exp.table import SHORT, choose_best, short
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
 STUDENTS_TEST_ACC = 98.8  # what the course's own solutions report for LeNet-5 on full MNIST
 FULL_MNIST_TRAIN = 60_000
-FIGURES = {"models": "lenet5_vs_mlp.png", "regularizers": "regularizers.png", "differences": "differences.png"}
 MODELS = ("lenet5", "lenet5_32", "mlp")
 TEMPLATE = Path(__file__).with_name("report.md.j2")
 VALIDATION = "data.validation_size=1000"  # what a winner chosen on the test split is chosen on instead
@@ -48,28 +41,15 @@ def _plain(rows: pd.DataFrame, model: str) -> pd.Series | None:
     return plain.iloc[0] if len(plain) else None
 
 
-def _family(pairs: list, table: pd.DataFrame) -> list[dict]:
-    """[(row, baseline)] judged as one family, each comparison with its rows and, where undecided with a
-    plan, the command adding seeds (at least one)."""
-    family = adjust([comparison(row, baseline) for row, baseline in pairs], table.attrs["judging"])
-    for c, (row, baseline) in zip(family, pairs):
-        c["have"] = min(row.n, baseline.n)
+def _family(pairs: list, table: pd.DataFrame, on_test: bool = False) -> list[dict]:
+    """[(row, baseline)] judged as one family (`on_test`: its variants chosen on the test split), each with
+    the seeds of the smaller side and, where undecided with a plan, the command adding seeds (at least one)."""
+    found = family(pairs, **table.attrs["judging"])
+    for c, (row, baseline) in zip(found, pairs):
+        c.update(selected_on_test(c) if on_test else {}, have=min(row.n, baseline.n))
         if c["verdict"] == "undecided" and c["seeds_needed"]:
-            seeds = more_seeds([row, baseline], c["seeds_needed"])
-            c["command"] = train_command([row, baseline], seeds, pooled=True)
-    return family
-
-
-def _unjudged(c: dict) -> dict:
-    """A comparison chosen on the test split: the difference stays, no p-value or interval (the same images
-    chose it)."""
-    return {
-        **c,
-        **dict.fromkeys(("p_value", "p_adj", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high"), float("nan")),
-        "verdict": "selected on test",
-        "holm_only": False,
-        "command": None,
-    }
+            c["command"] = train_command([row, baseline], more_seeds([row, baseline], c["seeds_needed"]), pooled=True)
+    return found
 
 
 def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
@@ -78,7 +58,10 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
     for rows in groups(table, lambda r: _plain(r, "lenet5") is not None and _plain(r, "mlp") is not None):
         lenet, mlp = _plain(rows, "lenet5"), _plain(rows, "mlp")
         (c,) = _family([(lenet, mlp)], table)
-        answers.append({"lenet": lenet, "mlp": mlp, "c": c, "trained": _trained(lenet), "runs": [lenet, mlp]})
+        compared = [("LeNet-5 vs the MLP", lenet, mlp, c, None)]
+        answers.append(
+            {"lenet": lenet, "mlp": mlp, "c": c, "trained": _trained(lenet), "runs": [lenet, mlp], "compared": compared}
+        )
     return answers
 
 
@@ -95,13 +78,15 @@ def regularizers(table: pd.DataFrame) -> list[dict]:
         entries = [
             {"row": row, "c": c} for row, c in zip(regularized, _family([(r, plain) for r in regularized], table))
         ]
+        apart = [e for e in entries if e["c"]["test"] != MCNEMAR], [e for e in entries if e["c"]["test"] == MCNEMAR]
         answers.append(
             {
                 "plain": plain,
                 "trained": _trained(plain),
-                "entries": [e for e in entries if e["c"]["test"] != MCNEMAR],
-                "one_seed": [e for e in entries if e["c"]["test"] == MCNEMAR],
+                "entries": apart[0],
+                "one_seed": apart[1],
                 "runs": [plain, *regularized],
+                "compared": [("regularizers", e["row"], plain, e["c"], None) for e in apart[0] + apart[1]],
             }
         )
     return answers
@@ -122,10 +107,8 @@ def combinations(table: pd.DataFrame) -> list[dict]:
         singles, pairs = parts(rows)
         single, basis = choose_best(singles)
         best_pair, _ = choose_best(pairs)
-        family = _family([(row, single) for row in pairs.itertuples()], table)
-        if basis == "test":
-            family = [_unjudged(c) for c in family]
-        entries = [{"row": row, "c": c} for row, c in zip(pairs.itertuples(), family)]
+        judged = _family([(row, single) for row in pairs.itertuples()], table, basis == "test")
+        entries = [{"row": row, "c": c} for row, c in zip(pairs.itertuples(), judged)]
         best = next(item for item in entries if item["row"].variant == best_pair.variant)
         candidates = [*singles.itertuples(), *pairs.itertuples()]
         answers.append(
@@ -138,6 +121,7 @@ def combinations(table: pd.DataFrame) -> list[dict]:
                 "better": [i["row"].regularizer for i in entries if i["c"]["verdict"].startswith("better")],
                 "retest": _retest(basis, [best_pair, single], candidates),
                 "runs": candidates,
+                "compared": [(f"best pair vs best single ({_trained(single)})", best["row"], single, best["c"], basis)],
             }
         )
     return answers
@@ -163,9 +147,8 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         candidates = [r for r in seeded.itertuples() if reference is None or r.variant != reference.variant]
         c = None
         if reference is not None and reference.variant != best.variant:
-            family = _family([(row, reference) for row in candidates], table)
-            c = next(c for row, c in zip(candidates, family) if row.variant == best.variant)
-            c = _unjudged(c) if basis == "test" else c
+            judged = _family([(row, reference) for row in candidates], table, basis == "test")
+            c = next(c for row, c in zip(candidates, judged) if row.variant == best.variant)
         answers.append(
             {
                 "model": model,
@@ -179,6 +162,9 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
                     basis, [best] + ([reference] if reference is not None else []), list(seeded.itertuples())
                 ),
                 "runs": [*seeded.itertuples(), *([reference] if reference is not None else [])],
+                "compared": [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)]
+                if c
+                else [],
             }
         )
     return answers
@@ -187,13 +173,13 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
 def search(table: pd.DataFrame, runs: pd.DataFrame) -> dict | None:
     """The trials of an Optuna search among `runs` (the selection, every status): how many ended how, and
     the best trial trained in full, chosen on the validation split, with the settings the search varied."""
-    column = f"tags.{tracking.TRIAL}"
+    column = f"tags.{record.TRIAL}"
     trials = runs[runs[column].notna()] if column in runs else runs.iloc[:0]
     if trials.empty:
         return None
     numbers = dict(zip(trials["run_id"], trials[column]))
     rows = table[table["run_ids"].map(lambda ids: any(run_id in numbers for run_id in ids))]
-    pruned = trials[f"tags.{tracking.PRUNED}"].notna() if f"tags.{tracking.PRUNED}" in trials else False
+    pruned = trials[f"tags.{record.PRUNED}"].notna() if f"tags.{record.PRUNED}" in trials else False
     counts = {
         "finished": len(rows),
         "pruned": int(((trials["status"] == "FINISHED") & pruned).sum()),
@@ -258,7 +244,7 @@ def _trained(row) -> str:
 def plot_all(table: pd.DataFrame, history: pd.DataFrame, folder: Path) -> dict[str, Path]:
     """The figures that have runs to show, saved in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    return {name: plots.save(fig, folder / FIGURES[name]) for name, fig in figures(table, history).items()}
+    return {name: plots.save(fig, folder / record.FIGURES[name]) for name, fig in figures(table, history).items()}
 
 
 def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
@@ -334,7 +320,8 @@ def _environment() -> jinja2.Environment:
 
 
 def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None = None) -> dict:
-    """Everything the template words: each question's numbers and verdicts, and a search's best trial."""
+    """Everything the template words: each question's numbers and verdicts, and `trials`, search()'s answer
+    (its best trial's `command` added where known)."""
     return {
         "search": trials,
         **table.attrs["judging"],
@@ -349,34 +336,11 @@ def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None 
     }
 
 
-def render(
-    table: pd.DataFrame,
-    table_markdown: str,
-    figures: dict[str, Path],
-    description: str,
-    folder: Path,
-    course: str | None = None,
-    trials: dict | None = None,
-) -> str:
-    links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
-    return (
-        _environment()
-        .get_template(TEMPLATE.name)
-        .render(description=description, table=table_markdown, figures=links, **answers(table, course, trials))
-    )
-
-
-def write_report(
-    table: pd.DataFrame,
-    table_markdown: str,
-    figures: dict[str, Path],
-    description: str,
-    folder: Path,
-    course: str | None = None,
-    trials: dict | None = None,
-) -> Path:
-    """report.md in `folder`; `trials`: search()'s answer, its best trial's `command` added where known."""
+def write_report(folder: Path, found: dict, table_markdown: str, figures: dict[str, Path], description: str) -> Path:
+    """report.md in `folder`, wording `found` (answers())."""
     folder.mkdir(parents=True, exist_ok=True)
-    report = folder / "report.md"
-    report.write_text(render(table, table_markdown, figures, description, folder, course, trials))
+    links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
+    template = _environment().get_template(TEMPLATE.name)
+    report = folder / record.REPORT_FILE
+    report.write_text(template.render(description=description, table=table_markdown, figures=links, **found))
     return report

@@ -32,11 +32,12 @@ from hydra.core.override_parser.types import Override, Transformer
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_exp import record
+
 log = logging.getLogger(__name__)
 
 TRIAL_ENV = "MNIST_EXP_OPTUNA_TRIAL"  # a job's trial number, set through hydra.job.env_set: every launcher passes it
 PRUNED_AT = "pruned_at_epoch"  # user attr set by the job: tells the sweeper the trial was pruned
-RESULTS_FILE = "optimization_results.yaml"  # in the sweep folder; the sweep's callback logs it on the sweep run
 
 
 class Pruned(Exception):
@@ -167,7 +168,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
             index += len(returns)
             for trial, ret in zip(asked, returns):
                 _tell(study, storage, heartbeat.discard(trial.number), trial, ret)
-    _report_best(study, info, client, Path(config.hydra.sweep.dir) / RESULTS_FILE)
+    _report_best(study, info, client, Path(config.hydra.sweep.dir) / record.OPTUNA_RESULTS)
     if settings.confirm.seeds:
         from mnist_exp.confirmation import confirm
 
@@ -224,10 +225,8 @@ def _fail_and_retry(study, storage, trial_id: int, trial) -> None:
 
 
 def _report_best(study, info, client, results_file: Path) -> None:
-    """Print the best trial, write RESULTS_FILE and record both on the sweep's MLflow run."""
+    """Print the best trial, write record.OPTUNA_RESULTS and record both on the sweep's MLflow run."""
     from optuna.trial import TrialState
-
-    from mnist_exp import tracking
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         log.warning("no trial completed: no best trial")
@@ -236,10 +235,10 @@ def _report_best(study, info, client, results_file: Path) -> None:
     log.info("best trial %d: value %.4f, params %s", best.number, best.value, best.params)
     results = {"name": "optuna", "study": study.study_name, "best_trial": best.number}
     OmegaConf.save(OmegaConf.create({**results, "best_params": best.params, "best_value": best.value}), results_file)
-    client.log_metric(info.parent_run_id, tracking.BEST_VALUE, best.value)
-    client.set_tag(info.parent_run_id, tracking.BEST_TRIAL, str(best.number))
-    client.set_tag(info.parent_run_id, tracking.BEST_PARAMS, json.dumps(best.params))
-    client.set_tag(info.parent_run_id, tracking.STUDY, study.study_name)
+    client.log_metric(info.parent_run_id, record.BEST_VALUE, best.value)
+    client.set_tag(info.parent_run_id, record.BEST_TRIAL, str(best.number))
+    client.set_tag(info.parent_run_id, record.BEST_PARAMS, json.dumps(best.params))
+    client.set_tag(info.parent_run_id, record.STUDY, study.study_name)
 
 
 def quiet_optuna() -> None:
@@ -386,7 +385,6 @@ def job_trial(cfg) -> JobTrial | None:
     import optuna
     from hydra.core.hydra_config import HydraConfig
 
-    from mnist_exp import tracking
     from mnist_exp.sweep import read_sweep_info
 
     quiet_optuna()
@@ -399,7 +397,7 @@ def job_trial(cfg) -> JobTrial | None:
     # Optuna's docs leave Trial(study, id) to study.optimize; it is the public way to report to a trial that
     # another process asked.
     trial = optuna.trial.Trial(study, trial_id)
-    mlflow.set_tag(tracking.TRIAL, str(trial.number))
+    mlflow.set_tag(record.TRIAL, str(trial.number))
     job = JobTrial(trial, cfg.trainer.epochs)
     try:
         if trial.user_attrs.get(PRUNED_AT) is not None:  # a retry inherits its stale original's user attrs

@@ -11,7 +11,8 @@ intervals use Student's t. Everything is in percent (accuracies) or percentage p
 A family of comparisons (one question) gets Holm-adjusted verdicts and Bonferroni intervals (1 - alpha/m),
 an equivalence verdict (TOST, Lakens 2017) on the same interval against the smallest effect worth having,
 and, where undecided, a plan: the seeds that would detect that effect, or the news that no number of seeds
-can on this test set. docs/analysis.md explains each choice.
+can on this test set. comparison() and family() give the table's and the report's comparisons of two
+variants' rows (their per-image answers), with these columns. docs/analysis.md explains each choice.
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ def accuracy(correct) -> Estimate:
     half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(variance) if variance > 0 else 0.0
     low, high = np.clip((a.mean - half, a.mean + half), 0, 100)
     return Estimate(a.mean, float(per_seed.std(ddof=1)), s, float(low), float(high))
+
+
+def variant_accuracy(answers: dict | None, accuracies: list[float]) -> Estimate:
+    """accuracy() of a variant's runs from their answers ({seed: correct per image}); without them, the mean
+    and spread of their `accuracies` alone, with no interval (the test images' noise is unknown)."""
+    if answers is not None:
+        return accuracy(np.stack(list(answers.values())))
+    x = np.asarray(accuracies, dtype=float)
+    return Estimate(float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan, len(x), math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -337,3 +347,57 @@ def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, hal
         middle = (low + high) // 2
         low, high = (low, middle) if enough(middle) else (middle, high)
     return {"seeds_needed": high, "floor_half_width": floor}
+
+
+# --- two variants of the table, and the families they form ---
+
+# The columns of a judged comparison, as the table holds them.
+COMPARISON = ("baseline", "vs_baseline_pp", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high", "confidence", "p_value")
+COMPARISON += ("p_adj", "test", "why_untested", "n_compared", "images", "verdict", "holm_only", "seeds_needed")
+COMPARISON += ("larger_test_set", "floor_half_width")
+
+
+def comparison(a, b) -> dict:
+    """Row a against row b (variant, acc_pct, n, digest, answers: {seed: correct}) image by image over
+    their seeds; family() adds the verdict, interval and plan."""
+    if a.answers is None or b.answers is None or a.digest != b.digest:
+        why = "no per-image answers" if a.answers is None or b.answers is None else "other test images"
+        d = Difference(a.acc_pct - b.acc_pct, math.nan, math.nan, math.nan, None, min(a.n, b.n), 0, why)
+    else:
+        d = difference(a.answers, b.answers)
+    return {
+        "baseline": b.variant,
+        "vs_baseline_pp": d.diff,
+        "p_value": d.p_value,
+        "test": d.test,
+        "why_untested": d.why,
+        "n_compared": d.seeds,
+        "images": d.images,
+        "difference": d,
+    }
+
+
+def family(pairs: list, smallest_effect: float = SMALLEST_EFFECT_PP, half_width: float | None = None) -> list[dict]:
+    """[(row, baseline)] as one family (one question): each comparison with its Holm-adjusted p, Bonferroni
+    interval, verdict and plan (judge)."""
+    found = [comparison(row, baseline) for row, baseline in pairs]
+    for c, j in zip(found, judge([c["difference"] for c in found], smallest_effect, half_width)):
+        c.update(
+            p_adj=j.p_adj,
+            confidence=j.confidence,
+            vs_baseline_pp_ci_low=j.ci_low,
+            vs_baseline_pp_ci_high=j.ci_high,
+            verdict=j.verdict,
+            holm_only=j.holm_only,
+            seeds_needed=j.seeds_needed,
+            larger_test_set=j.larger_test_set,
+            floor_half_width=j.floor_half_width,
+        )
+    return found
+
+
+def selected_on_test(c: dict) -> dict:
+    """A comparison whose variant the test split chose: the difference stays, no p-value or interval (the
+    same images chose it)."""
+    untested = dict.fromkeys(("p_value", "p_adj", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high"), math.nan)
+    return {**c, **untested, "verdict": "selected on test", "holm_only": False}

@@ -6,7 +6,7 @@ stops the whole launch before any run exists), checks the output folder, creates
 experiment once (parallel jobs racing to create a fresh sqlite store corrupt it), opens the
 sweep's parent run and writes SWEEP_FILE, through which jobs find it with every launcher. Each
 job writes its JobOutcome to its folder. At the end the callback lists every member on the parent
-run (MEMBERS_FILE, which analysis reads back), prints what happened to each job and exits non-zero
+run (record.MEMBERS_FILE, which analysis reads back), prints what happened to each job and exits non-zero
 if any failed; a sweep that stops early (Hydra rejects a job's config, Ctrl-C, SIGTERM) still
 closes its parent run, FAILED or KILLED (mnist_exp/stopping.py: what each stop does).
 """
@@ -30,16 +30,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mnist_exp import stopping
+from mnist_exp import record, stopping
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
 STATUS_FILE = "job_status.json"
-MEMBERS_FILE = "sweep_members.json"
 IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=true or logged elsewhere
 NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "scheduler", "trainer.seed")  # already in every run's name
-MAX_LISTED = 60  # members listed in the parent run's description; all of them are in MEMBERS_FILE
+MAX_LISTED = 60  # members listed in the parent run's description; all of them are in record.MEMBERS_FILE
 MAX_RUN_NAME = 250  # MLflow's limit on a run name
 # Relative cost of one epoch per image (LeNet-5's convolutions against the MLP's matrix products), to start
 # the longest jobs first so the sweep does not end on one long job with a core left idle.
@@ -197,22 +196,22 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extend
 
     existing = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{sweep_key}' and tags.`{tracking.ROLE}` = 'sweep'",
+        filter_string=f"tags.`{record.SWEEP_KEY}` = '{sweep_key}' and tags.`{record.ROLE}` = 'sweep'",
     )
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
     tags = {
-        tracking.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
-        tracking.LAUNCHER: f"{socket.gethostname()} {os.getpid()}",
+        record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
+        record.LAUNCHER: f"{socket.gethostname()} {os.getpid()}",
         **tracking.source_tags(),
-        **({tracking.EXTENDS: extends} if extends else {}),
+        **({record.EXTENDS: extends} if extends else {}),
     }
     free = [
         run
         for run in existing
-        if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(tracking.LAUNCHER, "")) is False
+        if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(record.LAUNCHER, "")) is False
     ]
     if not free:
-        tags = {tracking.ROLE: "sweep", tracking.SWEEP_KEY: sweep_key, **tags}
+        tags = {record.ROLE: "sweep", record.SWEEP_KEY: sweep_key, **tags}
         return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     run_id = free[0].info.run_id
     client.update_run(run_id, status="RUNNING", name=name)
@@ -231,10 +230,10 @@ def _launcher_alive(launcher: str) -> bool | None:
 
 def sweep_members(client, parent_run_id: str) -> set[str]:
     """Every run a sweep used, trained or reused, as its launching process listed them on the parent run."""
-    if not any(a.path == MEMBERS_FILE for a in client.list_artifacts(parent_run_id)):
+    if not any(a.path == record.MEMBERS_FILE for a in client.list_artifacts(parent_run_id)):
         return set()  # still running, or stopped before listing them: its nested runs are all there is
     with tempfile.TemporaryDirectory() as folder:
-        members = json.loads(Path(client.download_artifacts(parent_run_id, MEMBERS_FILE, folder)).read_text())
+        members = json.loads(Path(client.download_artifacts(parent_run_id, record.MEMBERS_FILE, folder)).read_text())
     return {member["run_id"] for member in members}
 
 
@@ -261,7 +260,7 @@ def members_description(info: SweepInfo, statuses: list[JobOutcome], stopped: st
         link = f"#/experiments/{info.experiment_id}/runs/{job.run_id}?workflowType=machine_learning"
         lines.append(f"- [{job.run_name or job.run_id}]({link}): {verb}")
     if len(listed) > MAX_LISTED:
-        lines.append(f"- … and {len(listed) - MAX_LISTED} more, listed in {MEMBERS_FILE}")
+        lines.append(f"- … and {len(listed) - MAX_LISTED} more, listed in {record.MEMBERS_FILE}")
     return "\n".join(lines)
 
 
@@ -354,10 +353,10 @@ class LaunchCallback(Callback):
         failed = any(j.status in ("failed", "killed") for j in statuses)
         try:
             client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
-            client.log_text(info.parent_run_id, summary + "\n", "sweep_summary.txt")
+            client.log_text(info.parent_run_id, summary + "\n", record.SWEEP_SUMMARY)
             members = [asdict(s) for s in statuses if s.run_id]  # sweep_members reads them back
-            client.log_dict(info.parent_run_id, members, MEMBERS_FILE)
-            client.set_tag(info.parent_run_id, tracking.NOTE, members_description(info, statuses, stopped))
+            client.log_dict(info.parent_run_id, members, record.MEMBERS_FILE)
+            client.set_tag(info.parent_run_id, record.NOTE, members_description(info, statuses, stopped))
             for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
                 client.log_artifact(info.parent_run_id, str(result))
             finished = "FAILED" if stopped or failed else "FINISHED"
@@ -373,18 +372,17 @@ class LaunchCallback(Callback):
 
 def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
     """The key of the sweep that mlflow.extends=KEY adds runs to: KEY, or the sweep KEY itself extends."""
-    from mnist_exp import tracking
 
     if not key:
         return None
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{tracking.SWEEP_KEY}` = '{key}' and tags.`{tracking.ROLE}` = 'sweep'",
+        filter_string=f"tags.`{record.SWEEP_KEY}` = '{key}' and tags.`{record.ROLE}` = 'sweep'",
         max_results=1,
     )
     if not found:
         _exit(f"mlflow.extends={key}: no sweep of this experiment has that key; the report prints the one to give")
-    return found[0].data.tags.get(tracking.EXTENDS, key)
+    return found[0].data.tags.get(record.EXTENDS, key)
 
 
 def _preflight(config: DictConfig, output_dir: str, key: str):

@@ -1,4 +1,4 @@
-"""MLflow: the store, a run's identity and context, its datasets and model, the sweep's parent run.
+"""MLflow: the store, a run's context and failures, the Model Registry, one trained run per identity (Claim).
 
 A job's run is MLflow's active run while the job trains (mlflow.start_run), so MLflow's fluent
 calls, ours and any in user code, land in it; runs are looked up and closed by ID through
@@ -11,12 +11,9 @@ import contextlib
 import fcntl
 import functools
 import getpass
-import hashlib
-import json
 import logging
 import os
 import platform
-import re
 import shlex
 import socket
 import sqlite3
@@ -25,7 +22,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import warnings
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
@@ -33,49 +29,9 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from mnist_exp import credentials
+from mnist_exp import credentials, record
 
-PREFIX = "mnist_exp."
-CONFIG_HASH = PREFIX + "config_hash"  # the requested settings: with the same data, the same run
-VARIANT_HASH = PREFIX + "variant_hash"  # config hash without the seed: groups the seeds of a variant
-VARIANT = PREFIX + "variant"  # readable model/regularizer/optimizer
-CODE_VERSION = PREFIX + "code_version"
-ERROR = PREFIX + "error"
-FALLBACK = PREFIX + "data_fallback"
-ROLE = PREFIX + "role"  # "sweep" on a sweep's parent run
-SWEEP_KEY = PREFIX + "sweep_key"
-LAST_LAUNCH = PREFIX + "last_launch"
-EXTENDS = PREFIX + "extends"  # on a sweep's parent run: the key of the sweep it adds runs to (mlflow.extends)
-LAUNCHER = PREFIX + "launcher"  # "host pid" of the process running a sweep
-TRIAL = PREFIX + "trial"  # the Optuna trial number, on a search trial's run
-PRUNED = PREFIX + "pruned"  # why a search stopped the run early, on a pruned trial's (FINISHED) run
-SUPERSEDED_BY = PREFIX + "superseded_by"  # on a pruned run: the full run of its config trained later
-BEST_TRIAL = PREFIX + "best_trial"  # on a search's sweep run: the best trial's number,
-BEST_PARAMS = PREFIX + "best_params"  # its params (JSON)
-BEST_VALUE = "best_value"  # and its value (a metric)
-STUDY = PREFIX + "optuna_study"  # and the Optuna study's name
-PARENT = "mlflow.parentRunId"  # what nests child runs under their sweep in `mlflow ui`
-NOTE = "mlflow.note.content"  # a run's description in `mlflow ui`
-MEAN_USED, STD_USED = "data.mean_used", "data.std_used"  # params: the normalization (data.mean/std null: computed)
-CONFIRMATION = PREFIX + "confirmation"  # on a search's sweep run: {"recipe": [run IDs], "plain": [run IDs]}
-# MLflow 3's UI opens experiments of other kinds in its GenAI view, where training runs do not show.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-
-# Keys that change where or how fast a run goes, not what it computes.
-NOT_IDENTITY = ("mlflow.", "force", "trainer.threads", "trainer.checkpoint_dir", "data.cache_dir")
-# Settings added after runs were recorded with this code: at these values they hash as if absent,
-# so those runs keep their identity (and are skipped, not trained again). model.parity_with: since b0d2687
-# (2026-11-26); every MLP run's hash leaves it out since then, so it stays until identities are migrated
-# (a new hash re-tagged on stored runs; tests/test_config.py's golden hashes change with it).
-# regularizer.augment.shear: likewise, for every augment run recorded before it.
-ADDED_LATER = {"model.parity_with": "lenet5", "regularizer.augment.shear": "0.0"}
-# What the resolved data adds to a run's identity: the same request may read other digits later.
-SPLIT_DIGEST = {"train": "data.train_sha256", "test": "data.test_sha256", "validation": "data.validation_sha256"}
-DATA_IDENTITY = ("data.resolved_source", *SPLIT_DIGEST.values())
-# The delivered model's answer per image of each split it scores at its end (mnist_exp/predictions.py).
-PREDICTIONS = {"test": "predictions/test.npz", "validation": "predictions/validation.npz"}
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 SERVER_TIMEOUT_S = 5
 # A sqlite store's artifacts live beside its file, in a folder named as `mlflow server` names its own
@@ -115,7 +71,8 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
         if found is None:
             try:
                 location = artifact_location(tracking_uri, experiment)
-                experiment_id = client.create_experiment(experiment, location, tags=dict([EXPERIMENT_KIND]))
+                tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
+                experiment_id = client.create_experiment(experiment, location, tags=tags)
                 return client, experiment_id
             except MlflowException:  # another process created it first
                 found = client.get_experiment_by_name(experiment)
@@ -128,8 +85,12 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             f"mlflow.experiment={experiment} was deleted from {credentials.redact(tracking_uri)}; restore it with "
             f"`mlflow experiments restore --experiment-id {found.experiment_id}` or pick another name"
         )
-    if EXPERIMENT_KIND[0] not in found.tags:  # created by another tool, or before this tag existed
-        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+    if record.EXPERIMENT_KIND[0] not in found.tags:  # created by another tool, or before this tag existed
+        client.set_experiment_tag(found.experiment_id, *record.EXPERIMENT_KIND)
+    try:
+        record.migrate(client, found)
+    except record.RecordError as error:
+        raise TrackingError(f"mlflow.tracking_uri={credentials.redact(tracking_uri)}: {error}") from None
     return client, found.experiment_id
 
 
@@ -203,7 +164,7 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Where a new experiment keeps its runs' files: <database folder>/mlartifacts/<experiment> for a sqlite
     store (ARTIFACTS_FOLDER); None elsewhere (a server has its own artifact root)."""
     path = sqlite_path(tracking_uri)
-    return (path.parent / ARTIFACTS_FOLDER / model_name(experiment)).as_uri() if path else None
+    return (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri() if path else None
 
 
 @contextlib.contextmanager
@@ -286,47 +247,12 @@ def ui_hint(tracking_uri: str, experiment_id: str) -> str:
 # --- run identity ---
 
 
-def flat_params(cfg) -> dict[str, str]:
-    """The resolved config as MLflow params: {"optimizer.lr": "0.01", ...}; without Hydra's `_target_`,
-    `_partial_` (how the option is built: its `name` says which), so they leave runs' identity as it was."""
-    flat: dict[str, str] = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if not (key.startswith("_") and key.endswith("_")):
-                    walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
-
-
-def identity(params: dict[str, str], ignore: tuple[str, ...] = ()) -> dict[str, str]:
-    """The params that say what a run computes: without NOT_IDENTITY and the key prefixes in `ignore`,
-    and without a setting added later while it holds the value runs recorded before it had."""
-    return {
-        key: value
-        for key, value in params.items()
-        if not key.startswith(NOT_IDENTITY + ignore) and ADDED_LATER.get(key) != value
-    }
-
-
-def config_hash(params: dict[str, str], ignore: tuple[str, ...] = ()) -> str:
-    return hashlib.sha256(json.dumps(identity(params, ignore), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def data_identity(data_params: dict[str, str]) -> dict[str, str]:
-    return {key: data_params.get(key, "") for key in DATA_IDENTITY}
-
-
 def runs_with_config(client: MlflowClient, experiment_id: str, hash_: str, data_params: dict[str, str]) -> list:
     """Runs of the same requested config that read the same data, or died before recording what they read."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{CONFIG_HASH}` = '{hash_}'")
-    wanted = data_identity(data_params)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{record.CONFIG_HASH}` = '{hash_}'")
+    wanted = record.data_identity(data_params)
     return [
-        run for run in runs if data_identity(run.data.params) == wanted or not run.data.params.get(DATA_IDENTITY[0])
+        run for run in runs if record.data_identity(run.data.params) == wanted or not run.data.params.get(record.SOURCE)
     ]
 
 
@@ -353,8 +279,8 @@ def code_version() -> tuple[str | None, str]:
 def source_tags() -> dict[str, str]:
     """What MLflow's own start_run records about where a run came from."""
     commit, _ = code_version()
-    tags = {"mlflow.source.name": str(TRAIN_SCRIPT), "mlflow.source.type": "LOCAL", "mlflow.user": getpass.getuser()}
-    return {**tags, "mlflow.source.git.commit": commit} if commit else tags
+    tags = {record.SOURCE_NAME: str(TRAIN_SCRIPT), record.SOURCE_TYPE: "LOCAL", record.USER: getpass.getuser()}
+    return {**tags, record.GIT_COMMIT: commit} if commit else tags
 
 
 def context_tags(device, threads: int) -> dict[str, str]:
@@ -363,13 +289,13 @@ def context_tags(device, threads: int) -> dict[str, str]:
 
     return {
         **source_tags(),
-        CODE_VERSION: code_version()[1],
-        PREFIX + "python_version": platform.python_version(),
-        PREFIX + "torch_version": torch.__version__,
-        PREFIX + "mlflow_version": mlflow.__version__,
-        PREFIX + "host": socket.gethostname(),
-        PREFIX + "device": _device_name(device),
-        PREFIX + "threads": str(threads),
+        record.CODE_VERSION: code_version()[1],
+        record.PYTHON_VERSION: platform.python_version(),
+        record.TORCH_VERSION: torch.__version__,
+        record.MLFLOW_VERSION: mlflow.__version__,
+        record.HOST: socket.gethostname(),
+        record.DEVICE: _device_name(device),
+        record.THREADS: str(threads),
     }
 
 
@@ -392,101 +318,44 @@ def _device_name(device) -> str:
 
 def record_failure(client: MlflowClient, run_id: str, message: str, traceback_file: Path) -> None:
     """Tag the error and attach the traceback; the caller closes the run as FAILED or KILLED."""
-    client.set_tag(run_id, ERROR, " ".join(message.split())[:5000])
+    client.set_tag(run_id, record.ERROR, " ".join(message.split())[:5000])
     client.log_artifact(run_id, str(traceback_file))
 
 
 def forget_failure(client: MlflowClient, run) -> None:
     """A resumed run must not keep the error and traceback of the attempt it continues, nor a pruner's stop."""
-    for tag in (ERROR, PRUNED, SUPERSEDED_BY):
+    for tag in (record.ERROR, record.PRUNED, record.SUPERSEDED_BY):
         if tag in run.data.tags:
             client.delete_tag(run.info.run_id, tag)
-    if any(a.path == "traceback.txt" for a in client.list_artifacts(run.info.run_id)):
+    if any(a.path == record.TRACEBACK_FILE for a in client.list_artifacts(run.info.run_id)):
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        get_artifact_repository(run.info.artifact_uri).delete_artifacts("traceback.txt")
+        get_artifact_repository(run.info.artifact_uri).delete_artifacts(record.TRACEBACK_FILE)
 
 
-def datasets(data) -> dict:
-    """Each split as an MLflow dataset (name, digest, source, size), by context: train, validation, test."""
-    import mlflow.data
-
-    datasets = {}
-    for context, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
-        if split is None:
-            continue
-        with warnings.catch_warnings():  # MLflow registers two equivalent sources for local paths and says so
-            warnings.simplefilter("ignore", UserWarning)
-            datasets[context] = mlflow.data.from_numpy(
-                split.images.numpy(),
-                targets=split.labels.numpy(),
-                source=data.url or data.location,
-                name=f"{data.name}-{context}",
-                digest=split.sha256[:16],  # MLflow stores at most 36 characters
-            )
-    return datasets
-
-
-def log_datasets(datasets: dict) -> None:
-    """As inputs of the active run, so the runs table's Dataset column and run.inputs show them."""
-    for attempt in range(3):
-        try:
-            mlflow.log_inputs(list(datasets.values()), contexts=list(datasets), tags_list=[None] * len(datasets))
-            return
-        except Exception as error:  # parallel jobs adding the same new dataset race on its unique row;
-            if attempt == 2 or "unique" not in str(error).lower():  # the retry finds the row the other wrote
-                raise
-            time.sleep(0.1 * (attempt + 1))
-
-
-def model_name(variant: str) -> str:
-    """A logged model's name: its variant, without the characters MLflow's model names refuse."""
-    return re.sub(r"[/:.%\"']", "-", variant)
-
-
-def log_model(classifier, example, variant: str):
-    """The trained network as an MLflow model named after its variant, with MLflow's pytorch flavour.
-
-    mlflow.pytorch.load_model gives back the PixelClassifier itself (eval, to, parameters,
-    state_dict, fine-tuning), pickled with the two modules it needs (models.py, shipped.py) as
-    code_paths, so it loads where this repository is not installed. Its pyfunc is the flavour's
-    own: an array or DataFrame goes to PixelClassifier as a tensor, which takes one image, a batch,
-    or a batch of 784 columns, integer pixels or floats in [0, 1], and refuses the rest in one line.
-    No signature: MLflow would enforce one dtype and shape before the model sees the input,
-    refusing DataFrames (dataframe_split, dataframe_records) or raw pixels. Requirements are given,
-    not inferred: inference would load the model again in a subprocess.
-    """
-    import mlflow.pytorch
-    import torch
-
-    quiet = logging.getLogger("mlflow.pytorch")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its warning that pickles run code: this model's code ships with it
+def register_model(tracking_uri: str, run_id: str, experiment_id: str, name: str, tags: dict) -> tuple[str, bool]:
+    """Register the model a run logged in the Model Registry as NAME: its models:/NAME/<version> URI, and
+    whether that version is new (a model already registered keeps its own)."""
+    mlflow.set_tracking_uri(tracking_uri)
     try:
-        return mlflow.pytorch.log_model(
-            classifier,
-            name=model_name(variant),
-            code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
-            serialization_format="pickle",
-            signature=False,
-            input_example=example.numpy(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        (model,) = mlflow.search_logged_models(
+            filter_string=f"source_run_id = '{run_id}'", output_format="list", experiment_ids=[experiment_id]
         )
-    finally:
-        quiet.setLevel(level)
-
-
-@functools.cache
-def _shipped_code():
-    """A temporary folder (removed at exit) holding mnist_exp/{__init__,models,shipped}.py."""
-    import tempfile
-
-    folder = tempfile.TemporaryDirectory(prefix="mnist-exp-shipped-")
-    package = Path(folder.name) / "mnist_exp"
-    package.mkdir()
-    for name in ("__init__.py", "models.py", "shipped.py"):
-        (package / name).write_bytes((TRAIN_SCRIPT.parent / "mnist_exp" / name).read_bytes())
-    return folder
+        client = MlflowClient(tracking_uri)
+        same = [
+            v
+            for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            if v.source == model.model_uri
+        ]
+        if same:
+            return f"models:/{name}/{same[0].version}", False
+        version = mlflow.register_model(model.model_uri, name, tags=tags)
+    except (MlflowException, ValueError) as error:  # ValueError: the run logged no model (or several)
+        raise TrackingError(
+            f"--register {name}: cannot register the model of run {run_id} ({tags['variant']}): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    return f"models:/{name}/{version.version}", True
 
 
 # --- one trained run per identity, whoever launches it ---
@@ -625,7 +494,7 @@ def fail_orphaned_run(client: MlflowClient, pid: int, reason: str) -> tuple[str,
         if "run" not in tags:
             return None
         run_id, _, name = tags["run"].partition(" ")
-        client.set_tag(run_id, ERROR, reason)
+        client.set_tag(run_id, record.ERROR, reason)
         client.set_terminated(run_id, "FAILED")
         return run_id, name.strip("()")
     return None

@@ -220,26 +220,26 @@ def job_runs(tracking_uri: str, experiment_name: str = "mnist-exp") -> list:
     """Every training run of an experiment, sweep parent runs left out."""
     from mlflow.tracking import MlflowClient
 
-    from mnist_exp import tracking
+    from mnist_exp import record
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:  # nothing got as far as creating it
         return []
-    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(tracking.ROLE) != "sweep"]
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(record.ROLE) != "sweep"]
 
 
 def sweep_runs(tracking_uri: str) -> list:
     """The sweep parent runs of the default experiment."""
     from mlflow.tracking import MlflowClient
 
-    from mnist_exp import tracking
+    from mnist_exp import record
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("mnist-exp")
     if experiment is None:
         return []
-    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'sweep'")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{record.ROLE}` = 'sweep'")
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""analysis.py on a synthetic MLflow store written with the real client: runs carry the params,
+"""Selecting runs, the variant table and the commands the analysis prints (runs.py, table.py, commands.py)
+on a synthetic MLflow store written with the real client: runs carry the params,
 tags and metrics mnist_exp.job logs, with accuracies chosen so every expected number
 below can be checked by hand."""
 
@@ -22,17 +23,11 @@ from conftest import REPO
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import predictions, tracking
-from mnist_exp.analysis import (
-    AnalysisError,
-    format_table,
-    named_variants,
-    select_runs,
-    short,
-    variant_table,
-    with_overrides,
-)
-from mnist_exp.sweep import MEMBERS_FILE, open_sweep_run, sweep_identity
+from mnist_exp import predictions, record
+from mnist_exp.commands import with_overrides
+from mnist_exp.runs import AnalysisError, select_runs
+from mnist_exp.sweep import open_sweep_run, sweep_identity
+from mnist_exp.table import format_table, named_variants, short, variant_table
 
 PARAMETERS = {"lenet5": 44_426, "mlp": 44_106}
 IMAGES = 1000  # test images of a synthetic run: every accuracy below is a whole number of them
@@ -73,7 +68,7 @@ def log_run(
     data="a",
     extra=None,
     val_acc=None,
-    logs_overrides=False,
+    logs_overrides=True,
     sweeper="basic",
     answers=False,
 ):
@@ -89,12 +84,14 @@ def log_run(
         "data.test_size": "2000",
         "data.train_sha256": data * 64,
         "data.test_sha256": "b" * 64,
+        # a setting of each regularizer, as a real run's config holds (regularizer.l2.weight_decay, ...)
+        **{f"regularizer.{name}.on": "true" for name in regularizer.split("+") if name != "none"},
         **(extra or {}),
     }
+    scheduler = params.get("scheduler.name")
     run_tags = {
-        tracking.CONFIG_HASH: tracking.config_hash(params),
-        tracking.VARIANT_HASH: tracking.config_hash(params, ignore=("trainer.seed",)),
-        tracking.VARIANT: f"{model}/{regularizer}/{optimizer}",
+        **record.hashes(params),
+        record.VARIANT: record.variant(model, regularizer, optimizer, scheduler),
         **(tags or {}),
     }
     run_id = client.create_run(
@@ -126,7 +123,7 @@ def log_run(
 
 def list_members(client, parent: str, run_ids: list[str]) -> None:
     """What a sweep's launching process records at its end: every run it used."""
-    client.log_dict(parent, [{"run_id": run_id} for run_id in run_ids], MEMBERS_FILE)
+    client.log_dict(parent, [{"run_id": run_id} for run_id in run_ids], record.MEMBERS_FILE)
 
 
 # (model, regularizer, optimizer, seed, test_acc, train_eval_acc)
@@ -184,7 +181,7 @@ def store(tmp_path_factory):
         parents[key] = open_sweep_run(client, sweeps, key, f"sweep: {key}")
         # The launch stamp has one-second resolution; give the two sweeps distinct launch times.
         client.set_tag(
-            parents[key], tracking.LAST_LAUNCH, {"keya": "2026-01-01T10:00:00", "keyb": "2026-01-01T11:00:00"}[key]
+            parents[key], record.LAST_LAUNCH, {"keya": "2026-01-01T10:00:00", "keyb": "2026-01-01T11:00:00"}[key]
         )
     membership = {
         "r1": ["keya"],
@@ -193,7 +190,7 @@ def store(tmp_path_factory):
         "r4": [],
     }  # r2: skipped by sweep B, still a member
     for seed, (name, keys) in enumerate(membership.items()):
-        tags = {tracking.PARENT: parents[keys[0]]} if keys else {}
+        tags = {record.PARENT: parents[keys[0]]} if keys else {}
         runs[name] = log_run(client, sweeps, "lenet5", "none", "sgd", seed, 0.9, 0.95, tags=tags)
     for key in parents:
         list_members(client, parents[key], [runs[name] for name, keys in membership.items() if key in keys])
@@ -318,9 +315,9 @@ def test_reopened_sweep_becomes_the_latest_again(store):
     client = store["client"]
     experiment = client.create_experiment("reopened")
     first = open_sweep_run(client, experiment, "one", "sweep: one")
-    client.set_tag(first, tracking.LAST_LAUNCH, "2026-01-01T10:00:00")
+    client.set_tag(first, record.LAST_LAUNCH, "2026-01-01T10:00:00")
     second = open_sweep_run(client, experiment, "two", "sweep: two")
-    client.set_tag(second, tracking.LAST_LAUNCH, "2026-01-01T11:00:00")
+    client.set_tag(second, record.LAST_LAUNCH, "2026-01-01T11:00:00")
     member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9)
     list_members(client, first, [member])
     client.set_terminated(first)  # its launch ended: a sweep still running would not be reopened
@@ -336,10 +333,10 @@ def test_latest_passes_over_launches_that_finished_no_run(store):
     parents = {
         name: open_sweep_run(client, experiment, name, f"sweep: {name}") for name in ("good", "failed", "aborted")
     }
-    member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9, tags={tracking.PARENT: parents["good"]})
-    log_run(client, experiment, "mlp", "l2", "sgd", 0, 0, 0, status="FAILED", tags={tracking.PARENT: parents["failed"]})
+    member = log_run(client, experiment, "mlp", "none", "sgd", 0, 0.9, 0.9, tags={record.PARENT: parents["good"]})
+    log_run(client, experiment, "mlp", "l2", "sgd", 0, 0, 0, status="FAILED", tags={record.PARENT: parents["failed"]})
     for hour, (name, status) in enumerate((("good", "FINISHED"), ("failed", "FAILED"), ("aborted", "KILLED"))):
-        client.set_tag(parents[name], tracking.LAST_LAUNCH, f"2026-01-01T1{hour}:00:00")
+        client.set_tag(parents[name], record.LAST_LAUNCH, f"2026-01-01T1{hour}:00:00")
         client.set_terminated(parents[name], status)
 
     selection = select_runs(store["uri"], "passed-over")
@@ -358,7 +355,7 @@ def test_launches_of_one_sweep_and_the_seeds_added_to_it_are_read_as_one_sweep(s
     second = open_sweep_run(client, experiment, "grid", "sweep: experiment=course_grid")  # while the first runs
     added = open_sweep_run(client, experiment, "more", "sweep: trainer.seed=3,4 (experiment=course_grid)", "grid")
     runs = {
-        log_run(client, experiment, "mlp", "none", "sgd", seed, 0.9, 0.9, tags={tracking.PARENT: parent})
+        log_run(client, experiment, "mlp", "none", "sgd", seed, 0.9, 0.9, tags={record.PARENT: parent})
         for seed, parent in enumerate((first, second, added))
     }
     assert first != second
@@ -370,7 +367,7 @@ def test_launches_of_one_sweep_and_the_seeds_added_to_it_are_read_as_one_sweep(s
     assert selection.description.startswith(f"sweep {first[:8]} (sweep: experiment=course_grid) and 2 more launch")
 
     other = open_sweep_run(client, experiment, "other", "sweep: experiment=course_grid trainer.epochs=1")
-    client.set_tag(other, tracking.LAST_LAUNCH, "2099-01-01T10:00:00.000001")
+    client.set_tag(other, record.LAST_LAUNCH, "2099-01-01T10:00:00.000001")
     listed = r"other \(RUNNING, 2099-01-01 10:00:00\): sweep: .*; grid \(3 launches, latest RUNNING, 20"
     with pytest.raises(AnalysisError, match=f"--sweep course_grid matches 2 sweeps; give one's key: {listed}"):
         select_runs(store["uri"], "one-sweep", "course_grid")
@@ -595,7 +592,7 @@ def test_metric_best_uses_each_runs_best_epoch(store):
 
 
 def test_filters_keep_matching_runs_and_unknown_keys_are_refused(store):
-    from mnist_exp.analysis import apply_filters
+    from mnist_exp.runs import apply_filters
 
     finished = select_runs(store["uri"], "grid", "all").finished
     lenet_sgd = variant_table(apply_filters(finished, ["model=lenet5", "optimizer.name=sgd"]))
@@ -647,7 +644,7 @@ def test_a_collapsed_seed_is_named_with_its_run_and_kept_in_the_statistics(store
 
 
 def test_collapse_rule_chance_or_far_below_the_others():
-    from mnist_exp.analysis import collapsed_seeds
+    from mnist_exp.table import collapsed_seeds
 
     runs = ["a" * 9, "b" * 9, "c" * 9]
     assert collapsed_seeds([97.0, 86.9, 97.2], [0, 1, 2], runs) == ["seed 1 (run bbbbbbbb, 86.90%)"]
@@ -693,7 +690,7 @@ def test_best_is_chosen_on_validation_where_runs_have_it_else_on_test_with_a_ret
 
 def test_a_plan_comes_with_the_command_adding_its_seeds_and_never_an_empty_one(family):
     from mnist_exp import report
-    from mnist_exp.analysis import more_seeds, train_command
+    from mnist_exp.commands import more_seeds, train_command
 
     (answer,) = report.regularizers(family.reset_index())
     planned = [e for e in answer["entries"] if e["c"]["seeds_needed"]]
@@ -714,24 +711,19 @@ def test_a_plan_comes_with_the_command_adding_its_seeds_and_never_an_empty_one(f
         train_command(rows, [])
 
 
-def test_runs_from_before_1edc110_pool_with_newer_runs_of_their_variant(store):
+def test_a_store_of_the_first_days_code_is_refused_in_one_line_naming_what_to_do(store):
     client = store["client"]
     experiment = client.create_experiment("before-1edc110")
-    for seed in (0, 1):
-        for regularizer, acc in (("dropout", 0.98), ("none", 0.97)):
-            run_id = log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc + seed / 1000, 0.99)
-            if seed == 0:  # logged beside the config, outside its hash, by the code before 1edc110
-                client.log_batch(
-                    run_id, params=[Param("trainer.resolved_device", "cpu"), Param("trainer.resolved_threads", "2")]
-                )
-    table = variant_table(select_runs(store["uri"], "before-1edc110", "all").finished).set_index("variant")
+    run_id = log_run(client, experiment, "lenet5", "none", "sgd", 0, 0.97, 0.99)
+    # logged beside the config, outside its hash, by the code before 1edc110 (2026-11-26)
+    client.log_batch(run_id, params=[Param("trainer.resolved_device", "cpu"), Param("trainer.resolved_threads", "2")])
 
-    assert list(table["n"]) == [2, 2]
-    assert table.loc["lenet5/dropout/sgd", "n_compared"] == 2
+    with pytest.raises(AnalysisError, match=f"holds 1 run.s. recorded by mnist-exp's first code .e.g. {run_id}.*"):
+        select_runs(store["uri"], "before-1edc110")
 
 
 def test_runs_of_a_search_get_no_command_that_would_launch_the_search_again(store):
-    from mnist_exp.analysis import train_command
+    from mnist_exp.commands import train_command
 
     client = store["client"]
     experiment = client.create_experiment("searched", artifact_location=str(store["folder"] / "searched"))

@@ -17,8 +17,8 @@ import pytest
 from conftest import REPO, Hold, job_runs, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import tracking
-from mnist_exp.analysis import select_runs
+from mnist_exp import record, tracking
+from mnist_exp.runs import select_runs
 from mnist_exp.sweep import SWEEP_FILE, SweepInfo, sweep_members
 
 pytestmark = pytest.mark.slow
@@ -52,9 +52,9 @@ def test_two_sweeps_sharing_a_variant_on_a_fresh_store_train_it_once(tmp_path, c
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     runs = job_runs(uri)
-    assert sorted(r.data.tags[tracking.VARIANT] for r in runs) == ["mlp/dropout/sgd", "mlp/l2/sgd", "mlp/none/sgd"]
-    assert {r.info.status for r in runs} == {"FINISHED"} and not any(tracking.ERROR in r.data.tags for r in runs)
-    (l2,) = [r.info.run_id for r in runs if r.data.tags[tracking.VARIANT] == "mlp/l2/sgd"]
+    assert sorted(r.data.tags[record.VARIANT] for r in runs) == ["mlp/dropout/sgd", "mlp/l2/sgd", "mlp/none/sgd"]
+    assert {r.info.status for r in runs} == {"FINISHED"} and not any(record.ERROR in r.data.tags for r in runs)
+    (l2,) = [r.info.run_id for r in runs if r.data.tags[record.VARIANT] == "mlp/l2/sgd"]
     parents = sweep_runs(uri)
     assert len(parents) == 2 and len(list((tmp_path / "outputs" / "sweeps").iterdir())) == 2, "each its own"
     client = MlflowClient(uri)
@@ -110,7 +110,7 @@ def test_two_forced_launches_of_one_sweep_at_once_train_one_new_run_read_as_one_
     assert "this job reuses it as the new run force=true asks for once it finishes" in said
     assert f"skipped: identical run {run.info.run_id}" in said and "with force=true, the new run" in said
     parents = sweep_runs(uri)
-    (key,) = {parent.data.tags[tracking.SWEEP_KEY] for parent in parents}
+    (key,) = {parent.data.tags[record.SWEEP_KEY] for parent in parents}
     assert len(parents) == 2, "each launch lists its own members on its own parent run"
     assert list(select_runs(uri, "mnist-exp", key).runs["run_id"]) == [run.info.run_id], "read as one sweep"
 

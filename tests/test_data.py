@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import job_runs, run_script, write_course_split
 
-from mnist_exp import tracking
+from mnist_exp import record
 from mnist_exp.data import SAMPLE_DIR, content_hash, load_mnist, locate, normalization, pixel_statistics
 from mnist_exp.formats import DataError
 from mnist_exp.validation import ConfigError, validate
@@ -347,7 +347,7 @@ def test_truncated_data_fails_its_run_in_one_line_naming_the_file_before_trainin
     assert set(runs) == set(map(str, roots)), output[-3000:]
     for root, cut_file in roots.items():
         run = runs[str(root)]
-        error = run.data.tags[tracking.ERROR]
+        error = run.data.tags[record.ERROR]
         assert run.info.status == "FAILED" and "train_acc" not in run.data.metrics, (root, error)
         assert error.startswith(f"DataError: {cut_file}: ") and "truncated" in error, error
         assert f"FAILED: {error}" in output, output[-3000:]  # the job's one line, as the run records it

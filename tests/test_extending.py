@@ -8,7 +8,7 @@ from conftest import CONF_DIR, job_runs, run_script
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from mnist_exp import schema, tracking
+from mnist_exp import record, schema
 from mnist_exp.validation import ConfigError, validate
 
 # The recipe's example, as docs/extending.md gives it: torch's AdamW, which takes Adam's settings.
@@ -51,7 +51,7 @@ def test_an_optimizer_added_as_a_yaml_file_trains_through_train_py(project_dir, 
     runs = {run.data.params["optimizer.name"]: run for run in job_runs(f"sqlite:///{project_dir}/mlflow.db")}
     assert set(runs) == {"adam", "adamw"}
     assert all(run.info.status == "FINISHED" for run in runs.values())
-    assert runs["adamw"].data.tags[tracking.VARIANT] == "mlp/l2/adamw"
+    assert runs["adamw"].data.tags[record.VARIANT] == "mlp/l2/adamw"
     assert "_target_" not in str(runs["adamw"].data.params)  # how it is built is not a setting
     # The same settings, so only the class its _target_ names can make the numbers differ.
     assert runs["adamw"].data.metrics["train_loss"] != runs["adam"].data.metrics["train_loss"]

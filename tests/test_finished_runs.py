@@ -19,8 +19,8 @@ import pytest
 from conftest import REPO, job_runs, model_server, run_script
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import compare, shipped
-from mnist_exp.analysis import AnalysisError
+from mnist_exp import diff, shipped
+from mnist_exp.runs import AnalysisError, select_runs
 
 pytestmark = pytest.mark.slow
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=2", "trainer.threads=1"]
@@ -210,10 +210,10 @@ def test_diff_of_two_runs_prints_exactly_the_setting_that_differs(two_runs, tmp_
     assert f"{b.data.metrics['final_test_loss']:.6g}" in metrics
     assert (tmp_path / "plots" / "diff_curves.png").stat().st_size > 10_000
 
-    client = MlflowClient(uri(folder))
-    assert compare.find(client, a.info.experiment_id, b.info.run_id[:8]).runs[0].info.run_id == b.info.run_id
+    selection = select_runs(uri(folder), "mnist-exp", "all")
+    assert list(diff.find(selection, b.info.run_id[:8]).runs["run_id"]) == [b.info.run_id]
     with pytest.raises(AnalysisError, match="'mlp/none/sgd' names 2 variants that differ in other settings"):
-        compare.find(client, a.info.experiment_id, "mlp/none/sgd")  # a label is all seeds of one variant
+        diff.find(selection, "mlp/none/sgd")  # a label is all seeds of one variant
 
 
 def test_command_re_creates_the_run_to_the_last_digit(two_runs):

@@ -19,8 +19,7 @@ import pytest
 from conftest import REPO, Hold, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import job, tracking
-from mnist_exp.data import load_mnist
+from mnist_exp import job, record, tracking
 from mnist_exp.stopping import JobSignals
 
 pytestmark = pytest.mark.slow
@@ -59,7 +58,7 @@ def test_a_run_on_the_offline_fallback_never_stands_in_for_one_on_real_data(proj
     offline = train(project_dir, *command)
     assert offline.returncode == 0, offline.stderr[-2000:]
     (sample_run,) = job_runs(uri(project_dir))
-    assert sample_run.data.params["data.resolved_source"] == "sample" and tracking.FALLBACK in sample_run.data.tags
+    assert sample_run.data.params["data.resolved_source"] == "sample" and record.FALLBACK in sample_run.data.tags
 
     link.unlink()
     make_course_dataset(project_dir / "course")
@@ -98,32 +97,42 @@ def test_every_run_records_its_code_and_a_skip_names_other_code(one_run, tmp_pat
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     assert run.data.tags["mlflow.source.git.commit"] == commit
-    assert run.data.tags[tracking.CODE_VERSION].startswith(commit[:12])
+    assert run.data.tags[record.CODE_VERSION].startswith(commit[:12])
 
     project_dir = tmp_path / "project"  # a copy of the store, so the shared run keeps its tags
     shutil.copytree(folder, project_dir)
-    MlflowClient(uri(project_dir)).set_tag(run.info.run_id, tracking.CODE_VERSION, "0123456789ab")
+    MlflowClient(uri(project_dir)).set_tag(run.info.run_id, record.CODE_VERSION, "0123456789ab")
     skipped = train(project_dir, "-m", *ONE_RUN)
     assert "sweep summary: 0 finished, 1 skipped" in skipped.stdout
     assert f"trained by other code (0123456789ab; this is {commit[:12]}" in skipped.stdout + skipped.stderr
 
 
-def test_a_run_recorded_before_model_parity_with_existed_is_still_skipped(project_dir, compose, tmp_path):
-    command = ["model=mlp", *SMALL]
-    cfg = compose([*command, f"data.cache_dir={tmp_path / 'cache'}"])
-    before = {key: value for key, value in tracking.flat_params(cfg).items() if key != "model.parity_with"}
+def test_a_store_written_since_per_image_answers_is_migrated_once_and_its_runs_keep_their_identity(
+    project_dir, compose
+):
+    """Until issue 29 an MLP's hash left model.parity_with out at lenet5: the first connect re-tags such runs
+    (record.migrate), so the same command finds its run again; a store older than that is refused in one line."""
+    cfg = compose(["model=mlp"])
+    data = {record.SOURCE: "sample", record.SPLIT_DIGEST["train"]: "a" * 64, record.SPLIT_DIGEST["test"]: "b" * 64}
     client = MlflowClient(uri(project_dir))
     experiment = client.create_experiment("mnist-exp", artifact_location=str(project_dir / "mlruns"))
-    run_id = client.create_run(experiment, tags={tracking.CONFIG_HASH: tracking.config_hash(before)}).info.run_id
-    params = {**before, **job.data_params_of(load_mnist(cfg.data))}  # as code before b0d2687 logged them
+    tags = {record.CONFIG_HASH: "221809fdeed03ffc"}  # what the code before issue 29 gave `model=mlp`
+    run_id = client.create_run(experiment, tags=tags).info.run_id
+    params = {**record.flat_params(cfg), **data}
     client.log_batch(run_id, params=[mlflow.entities.Param(key, value) for key, value in params.items()])
     client.set_terminated(run_id, "FINISHED")
 
-    again = train(project_dir, *command)
+    for _ in range(2):  # the second connect finds the experiment migrated
+        client, experiment_id = tracking.connect(uri(project_dir), "mnist-exp")
+        twins = tracking.runs_with_config(client, experiment_id, record.config_hash(record.flat_params(cfg)), data)
+        assert [run.info.run_id for run in twins] == [run_id]
+    assert client.get_experiment(experiment_id).tags[record.RECORD_VERSION[0]] == record.RECORD_VERSION[1]
 
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"skipped: identical run {run_id}" in again.stdout + again.stderr
-    assert [run.info.run_id for run in job_runs(uri(project_dir))] == [run_id]
+    older = client.create_experiment("older", artifact_location=str(project_dir / "older"))
+    run_id = client.create_run(older, tags={record.CONFIG_HASH: "221809fdeed03ffc"}).info.run_id
+    client.log_batch(run_id, params=[mlflow.entities.Param("trainer.resolved_device", "cpu")])  # before 1edc110
+    with pytest.raises(tracking.TrackingError, match="'older' holds 1 run.s. recorded by mnist-exp's first code"):
+        tracking.connect(uri(project_dir), "older")
 
 
 # --- MLflow's environment and context ---
@@ -153,9 +162,9 @@ def test_runs_carry_mlflows_context_tags_and_where_they_ran(one_run):
     assert tags["mlflow.source.name"] == str(REPO / "train.py") and tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.user"] == getpass.getuser()
     for key in ("python_version", "torch_version", "mlflow_version", "host", "device"):
-        assert tags[tracking.PREFIX + key], key
-    assert tags[tracking.PREFIX + "threads"] == "1"
-    assert tags[tracking.PREFIX + "device"].startswith("cpu")
+        assert tags[record.PREFIX + key], key
+    assert tags[record.PREFIX + "threads"] == "1"
+    assert tags[record.PREFIX + "device"].startswith("cpu")
 
 
 def test_mlflow_calls_in_user_code_land_in_the_jobs_run(compose, tmp_path, empty_store, monkeypatch):
@@ -226,7 +235,7 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
         mlflow.set_tracking_uri(None)
     assert set(info.flavors) == {"pytorch", "python_function"}, "MLflow's pytorch flavour"
     assert info.flavors["python_function"]["loader_module"] == "mlflow.pytorch", "and its own pyfunc"
-    assert info.signature is None and info.saved_input_example_info["type"] == "ndarray"  # see tracking.log_model
+    assert info.signature is None and info.saved_input_example_info["type"] == "ndarray"  # see logged_model.log_model
 
     assert {m.name for m in models} == {"lenet5-none-sgd", "mlp-none-sgd"}, "named after the variant"
 
@@ -236,10 +245,10 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
     assert "models:/mnist-best/1" in registered.stdout
     version = client.get_model_version("mnist-best", "1")
     assert version.run_id == best.info.run_id
-    assert version.tags["variant"] == best.data.tags[tracking.VARIANT]
+    assert version.tags["variant"] == best.data.tags[record.VARIANT]
     again = analyze(project_dir, "--register", "mnist-best")
     assert again.returncode == 0, again.stderr
-    assert f"already registered: the model of {best.data.tags[tracking.VARIANT]}" in again.stdout
+    assert f"already registered: the model of {best.data.tags[record.VARIANT]}" in again.stdout
     assert "models:/mnist-best/1" in again.stdout
     assert [str(v.version) for v in client.search_model_versions("name = 'mnist-best'")] == ["1"]
     named = analyze(project_dir, "--register", "mnist-lenet5")  # whichever model is best: the name says LeNet-5
@@ -299,7 +308,7 @@ def test_ctrl_c_closes_the_sweep_and_its_runs_killed_and_the_same_command_resume
     (run,) = job_runs(uri(project_dir))
     assert (parent.info.status, run.info.status) == ("FINISHED", "FINISHED")
     assert "traceback.txt" not in {a.path for a in MlflowClient(uri(project_dir)).list_artifacts(run.info.run_id)}
-    assert tracking.ERROR not in run.data.tags
+    assert record.ERROR not in run.data.tags
 
 
 def test_the_sweep_run_lists_every_member_and_names_say_what_differs(project_dir):
@@ -317,12 +326,12 @@ def test_the_sweep_run_lists_every_member_and_names_say_what_differs(project_dir
         "mlp/none/sgd lr=0.01 seed=0",
         "mlp/none/sgd lr=0.02 seed=0",
     ]
-    assert not any(key.startswith(tracking.PREFIX + "sweep.") for r in runs for key in r.data.tags), (
+    assert not any(key.startswith(record.PREFIX + "sweep.") for r in runs for key in r.data.tags), (
         "membership must not add a tag column per sweep"
     )
     parent = next(p for p in sweep_runs(uri(project_dir)) if "model=lenet5,mlp" in p.info.run_name)
     assert parent.info.run_name.startswith("sweep: model=lenet5,mlp optimizer.lr=0.01,0.02 (data.limit_test=100 ")
-    description = parent.data.tags[tracking.NOTE]
+    description = parent.data.tags[record.NOTE]
     for run in runs:  # the two reused runs were trained by the first sweep, nested there, and listed here
         assert (
             f"[{run.info.run_name}](#/experiments/1/runs/{run.info.run_id}?workflowType=machine_learning)"

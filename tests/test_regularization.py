@@ -13,6 +13,7 @@ from torchvision.transforms.v2 import functional as tv
 
 from mnist_exp.data import Split
 from mnist_exp.models import LayerSwitches, LeNet5, build_model
+from mnist_exp.record import config_hash, flat_params
 from mnist_exp.regularization import (
     IDENTITY,
     Elastic,
@@ -24,7 +25,6 @@ from mnist_exp.regularization import (
     warp,
     weight_decay,
 )
-from mnist_exp.tracking import config_hash, flat_params
 from mnist_exp.training import InputPipeline, evaluate, make_optimizer
 
 

@@ -19,8 +19,8 @@ from conftest import REPO as ROOT
 from conftest import Hold, job_runs, png_bytes, run_script, sweep_runs, write_tar
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import checkpoints, tracking
-from mnist_exp.analysis import select_runs
+from mnist_exp import checkpoints, record
+from mnist_exp.runs import select_runs
 
 SMALL = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
 
@@ -71,9 +71,9 @@ def test_failed_jobs_are_recorded_the_sweep_goes_on_a_refused_one_runs_nothing_a
     assert runs["0.01"].info.status == "FINISHED"
     diverged = runs["1000000.0"]
     assert diverged.info.status == "FAILED"
-    assert "Diverged: training loss became nan" in diverged.data.tags[tracking.ERROR]
+    assert "Diverged: training loss became nan" in diverged.data.tags[record.ERROR]
     assert "traceback.txt" in [a.path for a in client.list_artifacts(diverged.info.run_id)]
-    parent = client.get_run(runs["0.01"].data.tags[tracking.PARENT])
+    parent = client.get_run(runs["0.01"].data.tags[record.PARENT])
     assert parent.info.status == "FAILED"
 
     # A value validation refuses, in one job of a sweep: the whole launch is refused before any run exists.
@@ -87,7 +87,7 @@ def test_failed_jobs_are_recorded_the_sweep_goes_on_a_refused_one_runs_nothing_a
     assert select_runs(store_uri(project_dir), "mnist-exp").parent_run_ids == [parent.info.run_id], "still the latest"
 
     # A seed added to that sweep, as the report's commands add them, is read with it as one sweep.
-    key = parent.data.tags[tracking.SWEEP_KEY]
+    key = parent.data.tags[record.SWEEP_KEY]
     unknown = train(project_dir, "optimizer.lr=0.01", "trainer.seed=1", "mlflow.extends=nope", *SMALL)
     assert unknown.stderr.splitlines()[-1].startswith("train.py: error: mlflow.extends=nope: no sweep of this")
     added = train(project_dir, "optimizer.lr=0.01", "trainer.seed=1", f"mlflow.extends={key}", *SMALL)
@@ -129,7 +129,7 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
     assert result.returncode == 1
     assert f"0 finished, 0 skipped, {len(roots)} failed" in result.stdout
     errors = {
-        Path(r.data.params["data.root"]).name: r.data.tags[tracking.ERROR] for r in job_runs(store_uri(project_dir))
+        Path(r.data.params["data.root"]).name: r.data.tags[record.ERROR] for r in job_runs(store_uri(project_dir))
     }
     assert "member 'train/00000.png' is not a labelled PNG" in errors["no_label"]
     assert "has label 12, outside 0-9" in errors["label_out_of_range"]
@@ -187,7 +187,7 @@ def test_run_killed_before_its_first_checkpoint_is_closed_by_the_next_attempt(pr
     process.wait()
 
     assert train(project_dir, *RESUMABLE, multirun=False).returncode == 0
-    statuses = sorted((r.info.status, r.data.tags.get(tracking.ERROR, "")) for r in job_runs(store_uri(project_dir)))
+    statuses = sorted((r.info.status, r.data.tags.get(record.ERROR, "")) for r in job_runs(store_uri(project_dir)))
     assert statuses[0][0] == "FINISHED"
     assert statuses[1][0] == "KILLED" and statuses[1][1].startswith("abandoned: superseded by run")
 
@@ -204,7 +204,7 @@ def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(project_dir):
     assert train(project_dir, *RESUMABLE, multirun=False).returncode == 0
     (run,) = job_runs(store_uri(project_dir))
     assert run.info.status == "FINISHED"
-    assert tracking.ERROR not in run.data.tags
+    assert record.ERROR not in run.data.tags
     assert "traceback.txt" not in {a.path for a in store(project_dir).list_artifacts(run.info.run_id)}, (
         "a FINISHED run carries no traceback of the attempt it resumed"
     )
@@ -390,7 +390,7 @@ def test_bad_input_is_answered_in_one_line(project_dir, overrides, message, answ
         (failed_line,) = [line for line in output.splitlines() if "FAILED:" in line]
         assert failed_line == carrying[0], output
         (run,) = runs
-        assert run.info.status == "FAILED" and message in run.data.tags[tracking.ERROR]
+        assert run.info.status == "FAILED" and message in run.data.tags[record.ERROR]
 
 
 def analyze(cwd: Path, *args: str) -> subprocess.CompletedProcess:

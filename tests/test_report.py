@@ -14,8 +14,9 @@ import pytest
 from conftest import run_script, sweep_runs
 from matplotlib.collections import PolyCollection
 
-from mnist_exp import plots, predictions, report, tracking
-from mnist_exp.analysis import histories, select_runs, variant_table
+from mnist_exp import plots, predictions, record, report
+from mnist_exp.runs import histories, select_runs
+from mnist_exp.table import variant_table
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +60,10 @@ def test_every_question_with_runs_is_answered_from_runs_trained_alike(sweep):
     assert "2 matched seeds x 200 test images" in text and "Holm-adjusted" in text
     assert "the best pair, l2+dropout (chosen on the validation split among 1 candidate," in text
     assert "re-scored" not in result.stderr  # every run logged its answers per image
-    (key,) = {parent.data.tags[tracking.SWEEP_KEY] for parent in sweep_runs(sweep["uri"])}
+    (key,) = {parent.data.tags[record.SWEEP_KEY] for parent in sweep_runs(sweep["uri"])}
     for command in re.findall(r"to add them: `([^`]*)`", text):  # read with this sweep once trained
         assert f" mlflow.extends={key} " in command, command
-    for figure in report.FIGURES.values():
+    for figure in record.FIGURES.values():
         assert f"]({figure})" in text and (cwd / "out" / figure).stat().st_size > 10_000
     table = result.stdout.split("\n\n")[0]
     assert max(map(len, result.stdout.splitlines())) <= 120
@@ -97,7 +98,7 @@ def _series(ax) -> int:
 def test_every_figure_has_few_series_per_panel_and_accuracy_bands_within_0_100(sweep):
     figures = report.figures(sweep["table"], sweep["history"])
 
-    assert set(figures) == set(report.FIGURES)
+    assert set(figures) == set(record.FIGURES)
     for name, fig in figures.items():
         for ax in fig.axes:
             assert _series(ax) <= plots.MAX_SERIES, (name, ax.get_title())

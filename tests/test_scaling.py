@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import CONF_DIR, job_runs, mlflow_server, run_script, sweep_runs
 
-from mnist_exp import tracking
+from mnist_exp import record
 
 pytestmark = pytest.mark.slow
 TINY = ["data.source=sample", "data.limit_train=300", "data.limit_test=100", "trainer.epochs=1", "trainer.threads=1"]
@@ -47,7 +47,7 @@ def test_optuna_search_records_every_trial_side_by_side_and_survives_a_failing_o
     }
     weight_decays = {r.data.params["regularizer.l2.weight_decay"] for r in runs.values()}
     assert len(weight_decays) == 3, "the other hyperparameters are searched too"
-    assert sorted(r.data.tags[tracking.TRIAL] for r in runs.values()) == ["0", "1", "2"]
+    assert sorted(r.data.tags[record.TRIAL] for r in runs.values()) == ["0", "1", "2"]
     for lr in ("0.01", "0.05"):
         assert runs[lr].data.params["data.validation_size_used"] == "100"
         assert "val_acc" in runs[lr].data.metrics
@@ -167,9 +167,9 @@ def test_course_grid_experiment_is_thirty_runs_in_one_command(project_dir):
     assert summary == ["sweep summary: 0 finished, 0 skipped, 30 failed, 0 killed"], result.stdout[-2000:]
     runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
     assert len(runs) == 30 and {r.info.status for r in runs} == {"FAILED"}
-    assert {(r.data.tags[tracking.VARIANT], r.data.params["trainer.seed"]) for r in runs} == COURSE_GRID
+    assert {(r.data.tags[record.VARIANT], r.data.params["trainer.seed"]) for r in runs} == COURSE_GRID
     assert {r.data.params["trainer.epochs"] for r in runs} == {"10"}, "the experiment file's own settings"
     # each job passed config validation and stopped only at the data: the grid's configs are all valid
-    assert all("no-such-folder does not exist" in r.data.tags[tracking.ERROR] for r in runs), runs[0].data.tags
+    assert all("no-such-folder does not exist" in r.data.tags[record.ERROR] for r in runs), runs[0].data.tags
     (sweep,) = sweep_runs(f"sqlite:///{project_dir}/mlflow.db")
-    assert {r.data.tags[tracking.PARENT] for r in runs} == {sweep.info.run_id}, "one command, one sweep"
+    assert {r.data.tags[record.PARENT] for r in runs} == {sweep.info.run_id}, "one command, one sweep"

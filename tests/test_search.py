@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, Hold, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import tracking
+from mnist_exp import record
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_identical_searches_launched_together_share_the_study_s_trials(project_d
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4, "no live trial failed by the other launch, none extra"
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4, "the launches drew different trials"
     runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
-    assert sorted(r.data.tags[tracking.TRIAL] for r in runs) == ["0", "1", "2", "3"], "one run per trial"
+    assert sorted(r.data.tags[record.TRIAL] for r in runs) == ["0", "1", "2", "3"], "one run per trial"
     assert {r.info.status for r in runs} == {"FINISHED"}
     trained = [int(output.split("sweep summary: ")[1].split(" finished")[0]) for output in outputs]
     assert sorted(trained)[0] >= 1 and sum(trained) == 4, trained
@@ -119,10 +119,10 @@ def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(p
     assert len(runs) == 4 and set(before) <= set(runs), "the finished trials were not trained again"
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     assert epochs_logged(client, runs[interrupted]) == [1, 2, 3, 4], "the interrupted trial's run resumed"
-    assert sorted(r.data.tags[tracking.TRIAL] for r in runs.values()) == ["0", "1", "3", "4"]
-    assert runs[interrupted].data.tags[tracking.TRIAL] == str(retry.number)
+    assert sorted(r.data.tags[record.TRIAL] for r in runs.values()) == ["0", "1", "3", "4"]
+    assert runs[interrupted].data.tags[record.TRIAL] == str(retry.number)
     (sweep,) = sweep_runs(uri)
-    assert {r.data.tags[tracking.PARENT] for r in runs.values()} == {sweep.info.run_id}
+    assert {r.data.tags[record.PARENT] for r in runs.values()} == {sweep.info.run_id}
 
 
 @pytest.fixture(scope="module")
@@ -151,23 +151,23 @@ def test_a_hopeless_trial_is_pruned_and_every_trial_is_a_tagged_nested_run(prune
     project_dir, result = pruned_search
     uri = f"sqlite:///{project_dir}/mlflow.db"
     client = MlflowClient(uri)
-    runs = {r.data.tags[tracking.TRIAL]: r for r in job_runs(uri)}
+    runs = {r.data.tags[record.TRIAL]: r for r in job_runs(uri)}
     assert {n: r.data.params["optimizer.lr"] for n, r in runs.items()} == {"0": "0.05", "1": "1e-05"}, (
         "the seeded draws this test is built on"
     )
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     assert epochs_logged(client, runs["1"]) == [1], "pruned after its first of 3 epochs"
-    assert runs["1"].data.tags[tracking.PRUNED].startswith("pruned by MedianPruner after epoch 1 of 3")
-    assert epochs_logged(client, runs["0"]) == [1, 2, 3] and tracking.PRUNED not in runs["0"].data.tags
+    assert runs["1"].data.tags[record.PRUNED].startswith("pruned by MedianPruner after epoch 1 of 3")
+    assert epochs_logged(client, runs["0"]) == [1, 2, 3] and record.PRUNED not in runs["0"].data.tags
     assert [t.state.name for t in study_of(project_dir).trials] == ["COMPLETE", "PRUNED"]
     assert "sweep summary: 1 finished, 0 skipped, 0 failed, 0 killed, 1 pruned" in result.stdout
 
     (sweep,) = sweep_runs(uri)
-    assert {r.data.tags[tracking.PARENT] for r in runs.values()} == {sweep.info.run_id}
+    assert {r.data.tags[record.PARENT] for r in runs.values()} == {sweep.info.run_id}
     best = "0"
-    assert sweep.data.metrics[tracking.BEST_VALUE] == pytest.approx(runs[best].data.metrics["final_val_acc"])
-    assert sweep.data.tags[tracking.BEST_TRIAL] == best
-    assert json.loads(sweep.data.tags[tracking.BEST_PARAMS])["optimizer.lr"] == 0.05
+    assert sweep.data.metrics[record.BEST_VALUE] == pytest.approx(runs[best].data.metrics["final_val_acc"])
+    assert sweep.data.tags[record.BEST_TRIAL] == best
+    assert json.loads(sweep.data.tags[record.BEST_PARAMS])["optimizer.lr"] == 0.05
     assert f"best trial {best}: value {runs[best].data.metrics['final_val_acc']:.4f}" in result.stdout
 
 
@@ -181,7 +181,7 @@ def test_analyze_reports_a_search_readably_with_its_pruned_trial_apart(pruned_se
     (line,) = [line for line in result.stderr.splitlines() if "not in the table" in line]
     assert "lr=1e-05" in line and "(pruned) pruned by MedianPruner after epoch 1 of 3" in line
     text = (project_dir / "report" / "report.md").read_text()
-    runs = {r.data.tags[tracking.TRIAL]: r for r in job_runs(f"sqlite:///{project_dir}/mlflow.db")}
+    runs = {r.data.tags[record.TRIAL]: r for r in job_runs(f"sqlite:///{project_dir}/mlflow.db")}
     assert f"The best trial (chosen on the validation split) is trial 0, run `{runs['0'].info.run_id}`" in text
     assert "- `optimizer.lr=0.05`" in text, "the settings the search varied"
     assert f"`python {REPO / 'train.py'} hparams_search=lenet5_optuna" in text and "hydra.mode=RUN`" in text
@@ -198,7 +198,7 @@ def test_analyze_reports_a_search_readably_with_its_pruned_trial_apart(pruned_se
 def test_the_printed_command_of_a_trial_trains_it_alone_to_the_same_numbers(pruned_search):
     project_dir, _ = pruned_search
     uri = f"sqlite:///{project_dir}/mlflow.db"
-    trial = {r.data.tags[tracking.TRIAL]: r for r in job_runs(uri)}["0"]
+    trial = {r.data.tags[record.TRIAL]: r for r in job_runs(uri)}["0"]
 
     printed = run_script("analyze.py", "--command", trial.info.run_id, cwd=project_dir, timeout=120)
 
@@ -208,8 +208,8 @@ def test_the_printed_command_of_a_trial_trains_it_alone_to_the_same_numbers(prun
     assert "optimizer.lr=0.05" in words and not any(w.startswith("hydra.sweeper") for w in words)
     again = run_script("train.py", *words[2:], "force=true", cwd=project_dir, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    (rerun,) = [r for r in job_runs(uri) if tracking.TRIAL not in r.data.tags]
-    assert rerun.data.tags[tracking.CONFIG_HASH] == trial.data.tags[tracking.CONFIG_HASH], "the same config"
+    (rerun,) = [r for r in job_runs(uri) if record.TRIAL not in r.data.tags]
+    assert rerun.data.tags[record.CONFIG_HASH] == trial.data.tags[record.CONFIG_HASH], "the same config"
     for key in ("final_val_acc", "final_test_acc", "final_test_loss", "train_eval_loss"):
         assert rerun.data.metrics[key] == trial.data.metrics[key], key
 
@@ -217,7 +217,7 @@ def test_the_printed_command_of_a_trial_trains_it_alone_to_the_same_numbers(prun
 def test_the_printed_command_of_a_pruned_trial_trains_it_in_full_in_its_own_run(pruned_search):
     project_dir, _ = pruned_search
     uri = f"sqlite:///{project_dir}/mlflow.db"
-    pruned = {r.data.tags.get(tracking.TRIAL): r for r in job_runs(uri)}["1"]
+    pruned = {r.data.tags.get(record.TRIAL): r for r in job_runs(uri)}["1"]
 
     printed = run_script("analyze.py", "--command", pruned.info.run_id, cwd=project_dir, timeout=120)
 
@@ -226,15 +226,15 @@ def test_the_printed_command_of_a_pruned_trial_trains_it_in_full_in_its_own_run(
     again = run_script("train.py", *shlex.split(printed.stdout.strip())[2:], cwd=project_dir, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"resuming run {pruned.info.run_id} after epoch 1" in again.stdout + again.stderr
-    twins = [r for r in job_runs(uri) if r.data.tags[tracking.CONFIG_HASH] == pruned.data.tags[tracking.CONFIG_HASH]]
+    twins = [r for r in job_runs(uri) if r.data.tags[record.CONFIG_HASH] == pruned.data.tags[record.CONFIG_HASH]]
     (run,) = twins  # one run of that config: the pruned one, trained on to its last epoch
     assert run.info.run_id == pruned.info.run_id and run.info.status == "FINISHED"
-    assert tracking.PRUNED not in run.data.tags and epochs_logged(MlflowClient(uri), run) == [1, 2, 3]
+    assert record.PRUNED not in run.data.tags and epochs_logged(MlflowClient(uri), run) == [1, 2, 3]
 
 
 def test_a_pruned_run_without_its_checkpoint_is_superseded_by_the_full_run_of_its_config(compose, project_dir):
-    from mnist_exp import compare, job
-    from mnist_exp.analysis import select_runs
+    from mnist_exp import diff, job
+    from mnist_exp.runs import select_runs
     from mnist_exp.stopping import JobSignals
 
     uri = f"sqlite:///{project_dir}/mlflow.db"
@@ -249,12 +249,12 @@ def test_a_pruned_run_without_its_checkpoint_is_superseded_by_the_full_run_of_it
             (project_dir / attempt).mkdir()
             runs.append(job.run_job(cfg, None, project_dir / attempt, [], JobSignals()).run_id)
             if attempt == "pruned":  # as a search leaves a pruned trial's run, its checkpoint gone elsewhere
-                client.set_tag(runs[0], tracking.PRUNED, "pruned by MedianPruner after epoch 1 of 2")
+                client.set_tag(runs[0], record.PRUNED, "pruned by MedianPruner after epoch 1 of 2")
     finally:
         mlflow.set_tracking_uri(None)
 
     pruned, full = (client.get_run(run_id) for run_id in runs)
-    assert full.info.status == "FINISHED" and pruned.data.tags[tracking.SUPERSEDED_BY] == full.info.run_id
+    assert full.info.status == "FINISHED" and pruned.data.tags[record.SUPERSEDED_BY] == full.info.run_id
     assert list(select_runs(uri, "mnist-exp", "all").finished["run_id"]) == [full.info.run_id]
-    variant = full.data.tags[tracking.VARIANT]
-    assert [r.info.run_id for r in compare.find(client, full.info.experiment_id, variant).runs] == [full.info.run_id]
+    variant = full.data.tags[record.VARIANT]
+    assert list(diff.find(select_runs(uri, "mnist-exp", "all"), variant).runs["run_id"]) == [full.info.run_id]

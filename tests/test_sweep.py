@@ -147,7 +147,7 @@ def test_the_sweep_runs_description_links_every_member_reused_ones_too():
 def test_a_sweep_still_running_is_not_reopened_by_a_second_launch_but_a_dead_ones_is(project_dir):
     from mlflow.tracking import MlflowClient
 
-    from mnist_exp import tracking
+    from mnist_exp import record
     from mnist_exp.sweep import open_sweep_run
 
     client = MlflowClient(f"sqlite:///{project_dir}/mlflow.db")
@@ -158,5 +158,5 @@ def test_a_sweep_still_running_is_not_reopened_by_a_second_launch_but_a_dead_one
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    client.set_tag(first, tracking.LAUNCHER, f"{socket.gethostname()} {gone.pid}")  # its launcher was SIGKILLed
+    client.set_tag(first, record.LAUNCHER, f"{socket.gethostname()} {gone.pid}")  # its launcher was SIGKILLed
     assert open_sweep_run(client, experiment, "key", "sweep: a") == first

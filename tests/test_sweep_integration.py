@@ -16,7 +16,7 @@ from conftest import run_script
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from mnist_exp import tracking
+from mnist_exp import record
 from mnist_exp.data import content_hash
 
 pytestmark = pytest.mark.slow
@@ -69,8 +69,8 @@ def runs_by_role(uri):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("mnist-exp")
     runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get(tracking.ROLE) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(tracking.ROLE) != "sweep"]
+    parents = [r for r in runs if r.data.tags.get(record.ROLE) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(record.ROLE) != "sweep"]
     return client, parents, children
 
 
@@ -94,8 +94,8 @@ def test_six_finished_child_runs_under_one_finished_sweep_run(sweep):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 6
     assert {r.info.status for r in children} == {"FINISHED"}
-    assert {r.data.tags[tracking.VARIANT] for r in children} == VARIANTS
-    assert {r.data.tags[tracking.PARENT] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags[record.VARIANT] for r in children} == VARIANTS
+    assert {r.data.tags[record.PARENT] for r in children} == {parents[0].info.run_id}
 
 
 def test_every_run_logged_exactly_two_epochs(sweep):
@@ -147,7 +147,7 @@ def test_every_run_has_its_artifacts_and_its_mlflow_model_reproduces_its_accurac
             SCORE_MODELS,
             sweep["uri"],
             str(sweep["cwd"] / "test.npz"),
-            *(part for c in children for part in (c.info.run_id, tracking.model_name(c.data.tags[tracking.VARIANT]))),
+            *(part for c in children for part in (c.info.run_id, record.model_name(c.data.tags[record.VARIANT]))),
         ],
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import pytest
 from conftest import job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
-from mnist_exp import tracking
+from mnist_exp import record
 
 pytestmark = pytest.mark.slow
 
@@ -58,17 +58,17 @@ def test_tune_searches_then_trains_the_best_recipe_and_the_plain_model_on_fresh_
     uri = f"sqlite:///{project_dir}/mlflow.db"
     runs = {run.info.run_id: run for run in job_runs(uri)}
     (sweep,) = sweep_runs(uri)
-    trials = {run.data.tags[tracking.TRIAL]: run for run in runs.values() if tracking.TRIAL in run.data.tags}
-    confirmation = json.loads(sweep.data.tags[tracking.CONFIRMATION])
+    trials = {run.data.tags[record.TRIAL]: run for run in runs.values() if record.TRIAL in run.data.tags}
+    confirmation = json.loads(sweep.data.tags[record.CONFIRMATION])
     recipe, plain = ([runs[run_id] for run_id in confirmation[role]] for role in ("recipe", "plain"))
 
     assert sorted(trials) == ["0", "1"] and len(runs) == 2 + 6
     assert {run.info.status for run in runs.values()} == {"FINISHED"}
-    assert {run.data.tags[tracking.PARENT] for run in runs.values()} == {sweep.info.run_id}
+    assert {run.data.tags[record.PARENT] for run in runs.values()} == {sweep.info.run_id}
     assert all(run.data.params["data.validation_size_used"] == "100" for run in trials.values())
     # The recipe is the best trial's config on every training image and a seed the search never used;
     # the plain model is the recipe without its regularizers, trained alike (same schedule, batch size).
-    best = trials[sweep.data.tags[tracking.BEST_TRIAL]]
+    best = trials[sweep.data.tags[record.BEST_TRIAL]]
     for role in (recipe, plain):
         assert sorted(run.data.params["trainer.seed"] for run in role) == ["1", "2", "3"]
         assert {run.data.params["data.train_size"] for run in role} == {"400"}
@@ -83,11 +83,11 @@ def test_tune_searches_then_trains_the_best_recipe_and_the_plain_model_on_fresh_
     # Inputs normalized with the statistics of the images each run trained on, not MNIST's constants.
     everything, searched = course_dataset.train.images / 255, course_dataset.train.images[:300] / 255
     for run, pixels in ((recipe[0], everything), (plain[0], everything), (best, searched)):
-        assert float(run.data.params[tracking.MEAN_USED]) == pytest.approx(np.mean(pixels), rel=1e-9)
-        assert float(run.data.params[tracking.STD_USED]) == pytest.approx(np.std(pixels), rel=1e-9)
+        assert float(run.data.params[record.MEAN_USED]) == pytest.approx(np.mean(pixels), rel=1e-9)
+        assert float(run.data.params[record.STD_USED]) == pytest.approx(np.std(pixels), rel=1e-9)
 
     table = confirmation_table(result.stdout)
-    assert f"trial {best.data.tags[tracking.TRIAL]}'s recipe (chosen on the validation split)" in table
+    assert f"trial {best.data.tags[record.TRIAL]}'s recipe (chosen on the validation split)" in table
     rows = [line for line in table.splitlines() if line.startswith("| mlp/")]
     assert len(rows) == 2 and any(row.startswith("| mlp/none/sgd+1cyc ") for row in rows), table
     (compared,) = [row for row in rows if not row.startswith("| mlp/none/")]

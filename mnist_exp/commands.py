@@ -1,0 +1,169 @@
+"""The commands the analysis prints, built from each run's own overrides as Hydra logged them
+(record.HYDRA_FOLDER): the train.py command that re-creates a run (analyze.py --command), the
+`train.py -m` sweeps that add seeds to variants or train them with a validation split, and the
+analyze.py line that reads exactly the runs such a sweep trains.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from mnist_exp import record, tracking
+from mnist_exp.runs import AnalysisError
+from mnist_exp.sweep import _key, sweep_identity
+
+GRIDS = ("grid", "basic")  # sweepers whose job's overrides train that job again (a search's would search again)
+
+
+@dataclass(frozen=True)
+class Launch:
+    overrides: list[str]  # the job's overrides of conf/train.yaml
+    grid: bool  # launched by a grid sweeper: its overrides train it again
+    cwd: str | None  # the folder it was launched from
+
+
+def launch(client, run_id: str, run_name: str = "") -> Launch:
+    """How a run was launched, from the files Hydra wrote for its job (logged as it starts)."""
+
+    def read(name: str):
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                path = client.download_artifacts(run_id, f"{record.HYDRA_FOLDER}/{name}.yaml", folder)
+            except Exception:  # MLflow raises several types for a missing artifact
+                named = f" ({run_name})" if run_name else ""
+                raise AnalysisError(f"run {run_id}{named} has no {record.HYDRA_FOLDER}/{name}.yaml") from None
+            return yaml.safe_load(Path(path).read_text())
+
+    runtime = read("hydra")["hydra"]["runtime"]
+    return Launch(
+        read("overrides") or [], runtime["choices"].get("hydra/sweeper", "basic") in GRIDS, runtime.get("cwd")
+    )
+
+
+def run_command(client, side) -> tuple[str, str]:
+    """(the train.py command that re-creates the run of `side` (mnist_exp.diff.Side), a note on where and with
+    what code to run it).
+
+    The overrides are the run's own; the thread count is added when they leave it to torch, since other
+    thread counts sum in another order. A search's trial is trained alone (hydra.mode=RUN: its overrides
+    hold the search's config, which would search again); a pruned trial cannot be re-created as it
+    stopped, so its command trains that config in full.
+    """
+    if len(side.runs) != 1:
+        names = "; ".join(side.runs["run_name"])
+        raise AnalysisError(f"--command needs one run; {side.label} has {len(side.runs)}: {names}")
+    run = side.runs.iloc[0]
+    tags = {key[len("tags.") :]: value for key, value in run.items() if key.startswith("tags.") and not pd.isna(value)}
+    found = launch(client, run["run_id"], run["run_name"])
+    overrides = list(found.overrides)
+    if record.THREADS in tags and not any(_key(o) == "trainer.threads" for o in overrides):
+        overrides.append(f"trainer.threads={tags[record.THREADS]}")
+    if not found.grid:
+        overrides.append("hydra.mode=RUN")
+    script = os.path.relpath(tracking.TRAIN_SCRIPT, found.cwd)
+    script = script if not script.startswith("..") else str(tracking.TRAIN_SCRIPT)
+    line = " ".join(["python", shlex.quote(script), *map(shlex.quote, overrides)])
+    trained_by, now = tags.get(record.CODE_VERSION, "unrecorded"), tracking.code_version()[1]
+    code = f"code {now}" + ("" if trained_by == now else f"; the run was trained by {trained_by}")
+    if record.PRUNED in tags:
+        return line, (
+            f"run it from {found.cwd} ({code}). No command re-creates this run as it stopped "
+            f"({tags[record.PRUNED]}: the pruner judged it against other trials); this one trains its "
+            "config in full, resuming this run from its checkpoint where that is still there, else in a new run "
+            "that supersedes it"
+        )
+    return line, f"run it from {found.cwd} ({code}); add force=true to train it again beside the run"
+
+
+def with_overrides(table: pd.DataFrame, tracking_uri: str, sweep_key: str | None = None) -> pd.DataFrame:
+    """`table` with each variant's overrides, as Hydra logged them for its latest run, the seed and
+    mlflow.extends left out: what train_command trains again (None for a search's trial, whose overrides
+    would launch the search again); and the `sweep_key` of the sweep they were selected from, which seeds
+    added to it extend."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+
+    def overrides(run_id: str) -> list[str] | None:
+        found = launch(client, run_id)
+        return [o for o in found.overrides if _key(o) not in ("trainer.seed", "mlflow.extends")] if found.grid else None
+
+    return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]], sweep_key=sweep_key)
+
+
+def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[list[str]] | None:
+    """The overrides of the `python train.py -m` sweeps training `seeds` of each row's variant (with `extra`
+    overrides), merged into one sweep where the variants' overrides differ in one value only; None without
+    overrides."""
+    if not seeds:  # `trainer.seed=` with no value would train the default seed, not what was asked
+        raise ValueError("a command that adds seeds needs at least one seed")
+    lists = [getattr(row, "overrides", None) for row in rows]
+    if any(not isinstance(x, list) for x in lists):
+        return None
+    replaced = {o.split("=", 1)[0] for o in extra}
+    lists = [[o for o in x if o.split("=", 1)[0] not in replaced] + list(extra) for x in lists]
+    contiguous = len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
+    seeds_override = (
+        f"trainer.seed=range({seeds[0]},{seeds[-1] + 1})"  # Hydra's sweep range
+        if contiguous
+        else "trainer.seed=" + ",".join(str(s) for s in seeds)
+    )
+    distinct = list(dict.fromkeys(tuple(x) for x in lists))
+    keys = {tuple(o.split("=", 1)[0] for o in x) for x in distinct}
+    differing = [i for i in range(len(distinct[0])) if len({x[i] for x in distinct}) > 1] if len(keys) == 1 else []
+    if len(differing) == 1:
+        (i,) = differing
+        values = ",".join(x[i].split("=", 1)[1] for x in distinct)
+        distinct = [(*distinct[0][:i], f"{distinct[0][i].split('=', 1)[0]}={values}", *distinct[0][i + 1 :])]
+    return [[*x, seeds_override] for x in distinct]
+
+
+def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), pooled: bool = False) -> str | None:
+    """One `python train.py -m` line (or several, joined by &&) training `seeds` of each row's variant;
+    finished runs are skipped. None where a row has no overrides (a search's trial). `pooled`: the new
+    seeds join the rows' sweep (mlflow.extends=its key), so analyze.py reads them with it; a re-test on
+    fresh seeds stays apart."""
+    keys = {getattr(row, "sweep_key", None) for row in rows}
+    if pooled and len(keys) == 1 and None not in keys:
+        extra = (*extra, f"mlflow.extends={next(iter(keys))}")
+    sweeps = _sweeps(rows, seeds, extra)
+    if sweeps is None:
+        return None
+    return " && ".join(" ".join(["python train.py -m", *map(shlex.quote, x)]) for x in sweeps)
+
+
+def analyze_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), report: str | None = None) -> str:
+    """The `python analyze.py` line that reads exactly the sweeps train_command(rows, seeds, extra) runs,
+    by their keys: those runs alone. Call it only where train_command gives a command."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeps = _sweeps(rows, seeds, extra)
+    parsed = OverridesParser.create().parse_overrides(sweeps[0])
+    settings = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}  # Hydra's escapes undone
+    store = [
+        f"{option} {shlex.quote(str(settings[key]))}"
+        for key, option in (("mlflow.tracking_uri", "--tracking-uri"), ("mlflow.experiment", "--experiment"))
+        if key in settings
+    ]
+    sweep_args = [f"--sweep {sweep_identity(x)[0]}" for x in sweeps]
+    return " ".join(["python analyze.py", *store, *sweep_args, *([f"--report {report}"] if report else [])])
+
+
+def fresh_seeds(rows: list, count: int) -> list[int]:
+    """`count` seeds none of the rows has used: a re-test that has not seen the selection's numbers."""
+    used = {seed for row in rows for seed in row.seeds}
+    start = max(used, default=-1) + 1
+    return list(range(start, start + count))
+
+
+def more_seeds(rows: list, needed: int) -> list[int]:
+    """The seeds that bring each row to `needed` seeds, counting up from the highest used; at least one."""
+    have = max(len(row.seeds) for row in rows)
+    return fresh_seeds(rows, max(needed - have, 1))

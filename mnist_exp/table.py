@@ -1,0 +1,451 @@
+"""The variant table: one row per variant (model x regularizer x optimizer x data), seeds pooled, and its text.
+
+Each variant is compared with its baseline trained alike (every setting and the data equal but the
+model and the regularizer): a regularized variant with its model unregularized, the plain MLP with
+plain LeNet-5, image by image over seeds and test images (mnist_exp.significance); each family (the
+variants sharing a baseline) gets Holm-adjusted verdicts and Bonferroni intervals. Runs trained on
+different data are never pooled or compared. Accuracies are percentages here, named `..._pct`, and
+differences percentage points, `..._pp`; MLflow and history.csv hold fractions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import textwrap
+
+import numpy as np
+import pandas as pd
+
+from mnist_exp import record, tracking
+from mnist_exp.runs import AnalysisError, column, metric
+from mnist_exp.significance import COMPARISON, MCNEMAR, SMALLEST_EFFECT_PP, family, variant_accuracy
+from mnist_exp.sweep import clip, significant
+
+# --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
+# without looking at the test set.
+METRICS = {"final": record.FINAL_TEST_ACC, "best": record.BEST_TEST_ACC, "val": record.FINAL_VAL_ACC}
+HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
+# The split whose per-image answers a metric is about; the best epoch's are not kept (it is chosen on test).
+SPLITS = {"final": "test", "val": "validation"}
+SORT_KEYS = {  # --sort name: (column, ascending); best first
+    "test_acc": ("acc_pct", False),
+    "best_test_acc": ("best_test_acc_pct", False),
+    "test_loss": ("test_loss", True),
+    "gap": ("gap_pp", True),
+    "params": ("params", True),
+    "train_time_s": ("train_time_s", True),
+    "variant": ("variant", True),
+}
+# Settings a baseline may differ in (what the comparison is about, and the seed), and the data, which is
+# compared by what was read (record.DATA_IDENTITY).
+COMPARED = ("model.", "regularizer.", "trainer.seed", "data.")
+# A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
+CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
+WIDTH = 120  # the default terminal table fits this many columns
+# Short names for the narrow table and the figures, printed as a key where used.
+SHORT = {
+    "batchnorm": "bn",
+    "augment": "aug",
+    "dropout": "drop",
+    "label_smoothing": "ls",
+    "early_stopping": "es",
+    "onecycle": "1cyc",
+    "cosine": "cos",
+}
+# Each variant's columns: from its latest run, and averaged over its seeds.
+NAMES = ("variant", "model", "regularizer", "optimizer", "scheduler")
+SAME = (*NAMES, "data", "settings", "params", "epochs", "train_size", "digest")
+MEANS = ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct")
+MEANS += ("gap_pp", "train_time_s", "val_acc_pct")
+
+
+def _context_key(run: pd.Series) -> str:
+    """Everything a run's baseline must share with it: every setting but model, regularizer and seed,
+    and the data it read (by content: the same digits from a tar or from IDX files match)."""
+    context = {
+        key: value
+        for key, value in run.items()
+        if key.startswith("params.") and not key[len("params.") :].startswith(record.NOT_IDENTITY + COMPARED)
+    }
+    data = {key: run.get(f"params.{key}") for key in record.DATA_IDENTITY}
+    return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def settings(params: dict[str, str]) -> str:
+    """A run's own settings (JSON) from its params, without the seed and the data: equal for the runs of
+    one variant, and for a config composed with the same overrides."""
+    recorded = {key: value for key, value in params.items() if not pd.isna(value)}
+    return json.dumps(record.identity(recorded, ignore=("trainer.seed", "data.")), sort_keys=True)
+
+
+def _data_label(run: pd.Series) -> str:
+    """'sample 8000/2000 (offline fallback)': where a run's digits came from, and how many."""
+    label = f"{run[f'params.{record.SOURCE}']} {run[f'params.{record.TRAIN_SIZE}']}/{run[f'params.{record.TEST_SIZE}']}"
+    validation = run.get(f"params.{record.VALIDATION_SIZE}")
+    label += "" if pd.isna(validation) or validation == "0" else f" +{validation} val"
+    return label + (" (offline fallback)" if not pd.isna(run.get(f"tags.{record.FALLBACK}")) else "")
+
+
+def per_run(finished: pd.DataFrame, metric_name: str = "final") -> pd.DataFrame:
+    """The numbers of each finished run, in percent, with its variant, its data and its comparison context."""
+    params = finished[[c for c in finished if c.startswith("params.")]].rename(columns=lambda c: c[len("params.") :])
+    runs = pd.DataFrame(
+        {
+            "run_id": finished["run_id"],
+            "variant_hash": finished[f"tags.{record.VARIANT_HASH}"],
+            "variant": finished[f"tags.{record.VARIANT}"],
+            "context": finished.apply(_context_key, axis=1),
+            "data": finished.apply(_data_label, axis=1),
+            "settings": [settings(row) for row in params.to_dict("records")],
+            "model": finished["params.model.name"],
+            "regularizer": finished[f"params.{record.REGULARIZERS}"],
+            "optimizer": finished["params.optimizer.name"],
+            "scheduler": column(finished, "params.scheduler.name").fillna("none"),
+            "params": finished[f"params.{record.PARAMETERS}"].astype(int),
+            "epochs": finished["params.trainer.epochs"].astype(int),
+            "train_size": pd.to_numeric(column(finished, f"params.{record.TRAIN_SIZE}")),
+            "final_test_acc_pct": 100 * metric(finished, record.FINAL_TEST_ACC),
+            "best_test_acc_pct": 100 * metric(finished, record.BEST_TEST_ACC),
+            "test_loss": metric(finished, record.FINAL_TEST_LOSS),
+            "train_eval_acc_pct": 100 * metric(finished, record.TRAIN_EVAL_ACC),
+            "train_time_s": metric(finished, record.TRAIN_TIME),
+            "seed": pd.to_numeric(column(finished, "params.trainer.seed")),
+            "val_acc_pct": 100 * metric(finished, record.FINAL_VAL_ACC),
+            "digest": column(finished, f"params.{record.SPLIT_DIGEST[SPLITS.get(metric_name, 'test')]}"),
+        }
+    )
+    runs["acc_pct"] = 100 * metric(finished, METRICS[metric_name])
+    runs["gap_pp"] = runs["train_eval_acc_pct"] - runs["final_test_acc_pct"]  # the same model, both in eval mode
+    return runs.reset_index(drop=True)
+
+
+def variant_table(
+    finished: pd.DataFrame,
+    metric: str = "final",
+    sort: str | None = None,
+    answers: dict | None = None,
+    smallest_effect: float = SMALLEST_EFFECT_PP,
+    half_width: float | None = None,
+) -> pd.DataFrame:
+    """One row per variant: accuracy over its seeds, and its distance to the baselines.
+
+    `answers`: {run_id: correct per image} on the metric's split (mnist_exp.predictions); a variant
+    with every run's gets a 95% interval over seeds and images, and comparisons image by image.
+    `vs_mlp_pp` / `vs_lenet5_pp`: difference of mean accuracy to the unregularized MLP / LeNet-5
+    trained the same way on the same data. `vs_baseline_pp` compares a regularized variant with its own
+    model unregularized, and the plain MLP with plain LeNet-5: significance.COMPARISON's columns, judged
+    within the family sharing that baseline against `smallest_effect` (pp), planned by it or by
+    `half_width`. `collapsed` names seeds far below the others (kept in every statistic).
+    """
+    if finished.empty:
+        raise AnalysisError("no FINISHED runs to compare")
+    runs = per_run(finished, metric)
+    grouped = runs.groupby(["variant_hash", "context"], sort=False)
+    table = grouped[list(SAME)].first()
+    table["n"] = grouped.size()
+    for name in MEANS:
+        table[name] = grouped[name].mean()
+    table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
+    table["acc_pct_samples"] = grouped["acc_pct"].apply(list)
+    table["seeds"] = grouped["seed"].apply(lambda seeds: [int(s) for s in seeds])
+    table["run_ids"] = grouped["run_id"].apply(list)
+    answers = answers or {}
+    table["answers"] = [  # {seed: correct per image}; None where a run has none
+        dict(zip(r.seeds, (answers[i] for i in r.run_ids))) if all(i in answers for i in r.run_ids) else None
+        for r in table.itertuples()
+    ]
+    estimates = [variant_accuracy(r.answers, r.acc_pct_samples) for r in table.itertuples()]
+    table["acc_pct_std"] = [e.std for e in estimates]
+    table["acc_pct_ci_low"] = [e.ci_low for e in estimates]
+    table["acc_pct_ci_high"] = [e.ci_high for e in estimates]
+    table["collapsed"] = [collapsed_seeds(r.acc_pct_samples, r.seeds, r.run_ids) for r in table.itertuples()]
+    table = table.reset_index()
+    table.attrs["judging"] = {"smallest_effect": smallest_effect, "half_width": half_width}
+
+    plain = table[table["regularizer"] == "none"]
+    for name, model in (("vs_mlp_pp", "mlp"), ("vs_lenet5_pp", "lenet5")):
+        reference = plain[plain["model"] == model].drop_duplicates("context").set_index("context")["acc_pct"]
+        table[name] = table["acc_pct"] - table["context"].map(reference)
+    _compare_with_baselines(table, plain)
+    _disambiguate(table)
+    table = _sorted(table, sort).drop(columns=["variant_hash"]).reset_index(drop=True)
+    table.attrs["metric"] = metric
+    return table
+
+
+def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str]) -> list[str]:
+    """Seeds below CHANCE_PCT, or COLLAPSE_PP or more below the median of the variant's other seeds:
+    'seed 2 (run 1a2b3c4d, 11.35%)'."""
+    notes = []
+    for i, (acc, seed, run_id) in enumerate(zip(accuracies, seeds, run_ids)):
+        others = accuracies[:i] + accuracies[i + 1 :]
+        if acc < CHANCE_PCT or (others and acc <= np.median(others) - COLLAPSE_PP):
+            notes.append(f"seed {seed} (run {run_id[:8]}, {acc:.2f}%)")
+    return notes
+
+
+def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
+    """COMPARISON's columns: each variant against its baseline, one family per baseline."""
+    rows = {(r.model, r.context): r for r in plain.itertuples()}
+    families: dict[tuple, list[tuple]] = {}
+    for i, row in zip(table.index, table.itertuples()):
+        baseline_model = row.model if row.regularizer != "none" else ("lenet5" if row.model == "mlp" else None)
+        baseline = rows.get((baseline_model, row.context))
+        if baseline is not None:
+            families.setdefault((baseline_model, row.model, row.context), []).append((i, row, baseline))
+    for name in COMPARISON:
+        table[name] = None if name in ("baseline", "test", "why_untested", "verdict") else np.nan
+    for name in ("seeds_needed", "holm_only", "larger_test_set"):
+        table[name] = table[name].astype(object)
+    for members in families.values():
+        for (i, _, _), c in zip(members, family([(r, b) for _, r, b in members], **table.attrs["judging"])):
+            for name in COMPARISON:
+                table.at[i, name] = c[name]
+
+
+def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
+    if sort is not None:
+        if sort not in SORT_KEYS:
+            raise AnalysisError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
+        name, ascending = SORT_KEYS[sort]
+        return table.sort_values(name, ascending=ascending, kind="stable")
+    # Reading order: per optimizer, the MLP first, then LeNet-5 plain, then its regularized variants.
+    order = table.assign(
+        _model_rank=table["model"].map({"mlp": 0, "lenet5": 1}), _regularized=table["regularizer"] != "none"
+    ).sort_values(["data", "optimizer", "_model_rank", "_regularized", "regularizer"], kind="stable")
+    return table.loc[order.index]
+
+
+def _disambiguate(table: pd.DataFrame) -> None:
+    """Variants that share a model/regularizer/optimizer name differ elsewhere: name what differs,
+    'mlp/none/sgd lr=0.02' (numbers to the fewest significant figures, from 3, that tell the rows apart),
+    or the data when that is all."""
+    duplicated = table["variant"].duplicated(keep=False)
+    for variant, rows in table[duplicated].groupby("variant"):
+        found = [json.loads(s) for s in rows["settings"]]
+        differing = sorted({key for s in found for key in s if any(o.get(key) != s.get(key) for o in found)})
+        for figures in (3, 4, 6, 17):  # 17: every digit of a float
+            labels = [
+                " ".join([variant, *(_setting(key, s.get(key, "-"), figures) for key in differing)])
+                if differing
+                else f"{variant} [{data}]"
+                for s, data in zip(found, rows["data"])
+            ]
+            if len(set(labels)) == len(labels):
+                break
+        if len(set(labels)) < len(labels):  # same settings, other data: both differ
+            labels = [f"{label} [{data}]" for label, data in zip(labels, rows["data"])]
+        table.loc[rows.index, "variant"] = labels
+
+
+def _setting(key: str, value: str, figures: int) -> str:
+    """'lr=0.0229': a setting in a label, its group left out, a number to `figures` significant figures."""
+    return f"{key.split('.', 1)[-1]}={significant(value, figures)}"
+
+
+def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The best of `rows` (seeded variants first) and what it was chosen on: 'validation' where every
+    row has a validation accuracy (data.validation_size), else 'test' (its margin then is optimistic)."""
+    seeded = rows[rows["n"] >= 2]
+    rows = seeded if len(seeded) else rows
+    basis = "validation" if rows["val_acc_pct"].notna().all() else "test"
+    column = "val_acc_pct" if basis == "validation" else "acc_pct"
+    return rows.sort_values(column, ascending=False, kind="stable").iloc[0], basis
+
+
+def named_variants(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows a model name selects: each of its words (split at - and .) that names an option of a
+    variant's groups keeps the variants with that option (mnist-lenet5: LeNet-5's; lenet5-dropout: LeNet-5's
+    with dropout); a name naming none keeps all. Refused when no row is left."""
+    conf = tracking.TRAIN_SCRIPT.parent / "conf"
+    groups = ("model", "regularizer", "optimizer", "scheduler")
+    options = {group: {path.stem for path in (conf / group).glob("*.yaml")} for group in groups}
+    words = sorted({word for word in re.split(r"[-.]", name) if any(word in known for known in options.values())})
+    chosen = {group: table[group].str.split("+") for group in groups}  # each variant's options, per group
+    kept = pd.Series(True, index=table.index)
+    for word in words:
+        having = [chosen[group].map(lambda values, w=word: w in values) for group in groups if word in options[group]]
+        kept &= pd.concat(having, axis=1).any(axis=1)
+    if not kept.any():
+        raise AnalysisError(
+            f"--register {name}: the name says {' and '.join(words)}, which no variant of this selection is "
+            f"({', '.join(table['variant'])}); give another name, or select such runs (--sweep, --filter)"
+        )
+    return table[kept]
+
+
+def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str, metric: str) -> tuple:
+    """Register the model of the best variant that `name` selects (named_variants; by mean over seeds, on
+    validation where every variant has a validation split): of its seeds, the run with the highest accuracy
+    on the same split. (variant, models:/NAME/<version>, the split it was chosen on, whether it is new)."""
+    best, basis = choose_best(named_variants(table, name))
+    runs = per_run(finished, metric).set_index("run_id").loc[best.run_ids]
+    run_id = runs["val_acc_pct" if basis == "validation" else "acc_pct"].idxmax()
+    tags = {
+        "variant": best.variant,
+        "metric": record.FINAL_VAL_ACC if basis == "validation" else METRICS[metric],
+        "variant_mean_pct": f"{best.acc_pct:.2f}",
+        "seeds": str(best.n),
+        "data": best.data,
+        "run_id": run_id,
+    }
+    experiment_id = finished.set_index("run_id").loc[run_id, "experiment_id"]
+    uri, new = tracking.register_model(tracking_uri, run_id, experiment_id, name, tags)
+    return best.variant, uri, basis, new
+
+
+# --- the table as text ---
+
+
+def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
+    """markdown for people: by default what fits WIDTH columns, `wide` every column, then notes (collapsed
+    seeds, the key to short names); csv and json keep every column but the per-image answers,
+    `acc_pct_samples` holding each seed's accuracy (in the order of `seeds`)."""
+    if fmt == "csv":
+        return table.drop(columns="answers").to_csv(index=False, float_format="%.6g")
+    if fmt == "json":
+        return table.drop(columns="answers").to_json(orient="records", indent=2)
+    smallest = table.attrs["judging"]["smallest_effect"]
+    rows = list(table.itertuples())
+    marked = table["variant"] + table["collapsed"].map(lambda notes: " *" if notes else "")
+    common = {
+        "n": table["n"],
+        HEADERS[table.attrs.get("metric", "final")]: [
+            f"{m:.2f}" if pd.isna(s) else f"{m:.2f} ± {s:.2f}" for m, s in zip(table["acc_pct"], table["acc_pct_std"])
+        ],
+        "95% CI": [
+            "" if pd.isna(lo) else f"{lo:.2f}–{hi:.2f}"
+            for lo, hi in zip(table["acc_pct_ci_low"], table["acc_pct_ci_high"])
+        ],
+    }
+    if wide:
+        numbers = {
+            "best %": ("best_test_acc_pct", "{:.2f}"),
+            "val %": ("val_acc_pct", "{:.2f}"),
+            "test loss": ("test_loss", "{:.4f}"),
+            "train (eval) %": ("train_eval_acc_pct", "{:.2f}"),
+            "gap pp": ("gap_pp", "{:+.2f}"),
+        }
+        shown = pd.DataFrame(
+            {
+                "variant": marked,
+                "data": table["data"],
+                "params": table["params"],
+                **common,
+                **{header: [_number(v, template) for v in table[name]] for header, (name, template) in numbers.items()},
+                "epochs": table["epochs"],
+                "time s": [_number(v, "{:.1f}") for v in table["train_time_s"]],
+                "Δ MLP pp": [_number(v, "{:+.2f}") for v in table["vs_mlp_pp"]],
+                "Δ LeNet-5 pp": [_number(v, "{:+.2f}") for v in table["vs_lenet5_pp"]],
+                "vs baseline": [_versus(row, smallest) for row in rows],
+                "seeds needed": [_plan(row) for row in rows],
+            }
+        )
+        return shown.to_markdown(index=False, disable_numparse=True) + _notes(table, {}, smallest)
+    narrow = pd.DataFrame(
+        {
+            **common,
+            "Δ baseline pp (CI)": [_diff(row) for row in rows],
+            "p Holm": [_p(p) for p in table["p_adj"]],
+            "verdict": [_verdict_word(row, smallest) for row in rows],
+        }
+    )
+    key: dict[str, str] = {}
+    for shorten, compact in ((False, False), (True, False), (True, True)):
+        labels = marked.map(lambda v: short(v, key)) if shorten else marked
+        columns = narrow.loc[:, (narrow != "").any()] if compact else narrow  # compact: without columns no row fills
+        text = pd.concat([labels.rename("variant"), columns], axis=1).to_markdown(index=False, disable_numparse=True)
+        if max(map(len, text.splitlines())) <= WIDTH:
+            break
+    else:  # still too wide: labels cut between words, never inside a number (--wide shows them whole)
+        room = WIDTH - max(map(len, text.splitlines())) + labels.str.len().max()
+        labels = labels.map(clip, limit=room)
+        text = pd.concat([labels.rename("variant"), columns], axis=1).to_markdown(index=False, disable_numparse=True)
+    return text + _notes(table, key, smallest, compared="p Holm" in columns)
+
+
+def short(variant: str, key: dict[str, str] | None = None) -> str:
+    """The variant with SHORT's abbreviations; those used are added to `key`."""
+    for name, abbreviation in SHORT.items():
+        if name in variant:
+            variant = variant.replace(name, abbreviation)
+            if key is not None:
+                key[abbreviation] = name
+    return variant
+
+
+def _notes(table: pd.DataFrame, key: dict[str, str], smallest: float, compared: bool = True) -> str:
+    """Under the table: what Δ compares and what its intervals cover (where shown), collapsed seeds by run id,
+    the key to short names."""
+    lines = []
+    if compared:
+        lines.append(
+            "Δ baseline: against the same model unregularized (the MLP: against LeNet-5), trained alike, image by "
+            "image; intervals cover other seeds and other digits drawn like the test set (95% for accuracy; for Δ, "
+            "1 - 0.05/m within each baseline's family of m: Bonferroni); p Holm: adjusted within that family; "
+            f"verdict: Holm's, and '<{smallest:g}' or '±{smallest:g}' where the whole interval lies within "
+            f"±{smallest:g} pp, the smallest difference worth having (within: no difference worth having); "
+            "'1 seed': McNemar's test, about that seed's models only."
+        )
+    lines += [
+        f"* {row.variant}: collapsed {', '.join(row.collapsed)}; kept in every statistic"
+        for row in table.itertuples()
+        if row.collapsed
+    ]
+    if key:
+        lines.append("key: " + ", ".join(f"{short} = {name}" for short, name in key.items()))
+    text = "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines)
+    return f"\n\n{text}" if text else ""
+
+
+def _number(value, template: str) -> str:
+    return "" if pd.isna(value) else template.format(value)
+
+
+def _p(p: float) -> str:
+    """A p-value in three decimals; never 0.000, which reads as certainty."""
+    return "" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _verdict_word(row, smallest: float) -> str:
+    """The narrow table's verdict: 'better', 'better <0.5', '±0.5' (no difference worth having), 'undecided',
+    or why there is no test; ', 1 seed' for McNemar's."""
+    if pd.isna(row.baseline):
+        return ""
+    if row.test is None:
+        return row.why_untested
+    words = {
+        "better by less": f"better <{smallest:g}",
+        "worse by less": f"worse <{smallest:g}",
+        "equivalent": f"±{smallest:g}",
+    }
+    return words.get(row.verdict, row.verdict) + (", 1 seed" if row.test == MCNEMAR else "")
+
+
+def _versus(row, smallest: float) -> str:
+    """'+0.41 vs lenet5/none/sgd (seeds x images, p=0.012, Holm 0.036: better)'."""
+    if pd.isna(row.baseline):
+        return ""
+    if row.test is None:
+        return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.why_untested}: no test)"
+    return (
+        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p {_p(row.p_value)}, "
+        f"Holm {_p(row.p_adj)}: {_verdict_word(row, smallest)})"
+    )
+
+
+def _plan(row) -> str:
+    if row.larger_test_set is True:
+        return "larger test set"
+    return "" if pd.isna(row.seeds_needed) else str(int(row.seeds_needed))
+
+
+def _diff(row) -> str:
+    """'+0.41 (-0.20 to +1.02)'; the difference alone where there is no test."""
+    if pd.isna(row.baseline):
+        return ""
+    if pd.isna(row.vs_baseline_pp_ci_low):
+        return f"{row.vs_baseline_pp:+.2f}"
+    return f"{row.vs_baseline_pp:+.2f} ({row.vs_baseline_pp_ci_low:+.2f} to {row.vs_baseline_pp_ci_high:+.2f})"
