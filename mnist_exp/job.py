@@ -217,7 +217,7 @@ def _say_waiting(holder: dict[str, str], force: bool) -> None:
 
 def variant_label(cfg) -> str:
     return record.variant(
-        cfg.model.name, variant_name(cfg.regularizer), cfg.optimizer.name, cfg.scheduler and cfg.scheduler.name
+        cfg.model.name, variant_name(cfg.regularizer), cfg.optimizer.name, cfg.scheduler.name if cfg.scheduler else None
     )
 
 

@@ -328,3 +328,12 @@ def test_a_run_resumed_after_early_stopping_ends_where_it_stopped(setup, tmp_pat
     assert metrics(resumed) == metrics(straight)
     for key, value in straight_training.model.state_dict().items():
         assert torch.equal(value, resumed_training.model.state_dict()[key]), key
+
+
+def test_the_metrics_an_epoch_logs_are_the_ones_the_record_names():
+    from dataclasses import fields
+
+    from mnist_exp import record
+    from mnist_exp.training import EpochMetrics
+
+    assert [f.name for f in fields(EpochMetrics) if f.name != "epoch"] == list(record.EPOCH_METRICS)
