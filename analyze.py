@@ -200,7 +200,8 @@ def main(argv=None) -> int:
 
     if args.register:
         done = "registered the model of" if new else "already registered: the model of"
-        print(f"{done} {variant} (chosen on the {basis} split): {uri}")
+        chosen = "by a search on its validation split" if basis == "search" else f"on the {basis} split"
+        print(f"{done} {variant} (chosen {chosen}): {uri}")
         if basis == "test":
             from mnist_exp.report import VALIDATION
 

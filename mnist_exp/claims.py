@@ -77,7 +77,9 @@ def differences(before: dict, after: dict | None) -> list[str]:
     if after is None:
         return ["no longer made: its runs or their comparison are gone"]
     found = []
-    if after["chosen_on"] and after["variant"] != before["variant"]:
+    # The same winner (the same runs) may be labelled with more or fewer of its settings.
+    same_runs = set(before["runs"].get(before["variant"], ())) & set(after["runs"].get(after["variant"], ()))
+    if after["chosen_on"] and after["variant"] != before["variant"] and not same_runs:
         found.append(f"winner {before['variant']} -> {after['variant']}")
     if after["verdict"] != before["verdict"]:
         found.append(f"verdict {before['verdict']} -> {after['verdict']}")

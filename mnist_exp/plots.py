@@ -3,6 +3,7 @@ question each; a diff's, two sides' curves. Those that return their Figure leave
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -172,7 +173,9 @@ def forest(comparisons, title: str, smallest: float):
     a zero line and the band of differences smaller than `smallest` (pp), sorted by effect; filled where
     Holm's adjustment finds a difference. `comparisons`: label, diff, low, high, significant."""
     rows = comparisons.sort_values("diff").reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * len(rows)), layout="constrained")
+    labels = [textwrap.fill(label, 50) for label in rows["label"]]  # a variant named by its settings is long
+    lines = max(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * len(rows) * lines), layout="constrained")
     colour = _palette(1)[0]
     ax.axvspan(-smallest, smallest, color=GREY, alpha=0.2, lw=0, zorder=0, label=f"±{smallest:g} pp: not worth having")
     ax.axvline(0, color=GREY, lw=1, zorder=0)
@@ -189,7 +192,7 @@ def forest(comparisons, title: str, smallest: float):
             zorder=3,
             label="different (Holm-adjusted p < 0.05)" if significant else "not shown different",
         )
-    ax.set_yticks(rows.index, rows["label"])
+    ax.set_yticks(rows.index, labels)
     ax.set(
         xlabel="difference in test accuracy (pp); interval at 1 - 0.05/m within each family of m",
         title=title,

@@ -219,10 +219,10 @@ def _same_but_groups(settings: str, course: str) -> bool:
 
 
 def _retest(basis: str, rows: list, candidates: list) -> dict | None:
-    """Chosen on validation: train the winner and its baseline (`rows`) on fresh seeds, and analyze those
-    runs alone. Chosen on the test split, fresh seeds on the same test images cannot undo the choice:
+    """Chosen on validation (or by a search): train the winner and its baseline (`rows`) on fresh seeds, and
+    analyze those runs alone. Chosen on the test split, fresh seeds on the same test images cannot undo the choice:
     the candidates again with a validation split, and the analysis that chooses on it."""
-    if basis == "validation":
+    if basis != "test":
         seeds, extra = fresh_seeds(rows, RETEST_SEEDS), ()
     else:
         rows, seeds, extra = candidates, sorted({s for row in candidates for s in row.seeds}), (VALIDATION,)

@@ -9,6 +9,7 @@ launch that adds runs to it (mlflow.extends=KEY, which the report's commands car
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -44,6 +45,15 @@ class Selection:
         return self.runs[~_compared(self.runs)]
 
 
+def _confirmed(runs: pd.DataFrame) -> pd.Series:
+    """'recipe' or 'plain' for the runs a search's confirmation trained (record.CONFIRMATION on its sweep run)."""
+    roles = {}
+    for tag in column(runs, f"tags.{record.CONFIRMATION}").dropna():
+        for role, run_ids in json.loads(tag).items():
+            roles.update(dict.fromkeys(run_ids, role))
+    return runs["run_id"].map(roles)
+
+
 def _compared(runs: pd.DataFrame) -> pd.Series:
     return (runs["status"] == "FINISHED") & column(runs, f"tags.{record.PRUNED}").isna()
 
@@ -77,6 +87,7 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
     runs = _frame(client.search_runs([found.experiment_id], max_results=50_000))
     if runs.empty:
         raise AnalysisError(f"experiment {experiment!r} in {tracking_uri} has no runs yet: run train.py first")
+    runs["confirmed"] = _confirmed(runs)
     is_parent = column(runs, f"tags.{record.ROLE}") == "sweep"
     parents, children = runs[is_parent], runs[~is_parent]
 

@@ -56,7 +56,7 @@ SHORT = {
 }
 # Each variant's columns: from its latest run, and averaged over its seeds.
 NAMES = ("variant", "model", "regularizer", "optimizer", "scheduler")
-SAME = (*NAMES, "data", "settings", "params", "epochs", "train_size", "digest")
+SAME = (*NAMES, "data", "settings", "params", "epochs", "train_size", "digest", "confirmed")
 MEANS = ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct")
 MEANS += ("gap_pp", "train_time_s", "val_acc_pct")
 
@@ -114,6 +114,7 @@ def per_run(finished: pd.DataFrame, metric_name: str = "final") -> pd.DataFrame:
             "seed": pd.to_numeric(column(finished, "params.trainer.seed")),
             "val_acc_pct": 100 * metric(finished, record.FINAL_VAL_ACC),
             "digest": column(finished, f"params.{record.SPLIT_DIGEST[SPLITS.get(metric_name, 'test')]}"),
+            "confirmed": column(finished, "confirmed"),  # runs.select_runs: a search's confirmation's recipe or plain
         }
     )
     runs["acc_pct"] = 100 * metric(finished, METRICS[metric_name])
@@ -228,15 +229,12 @@ def _disambiguate(table: pd.DataFrame) -> None:
         differing = sorted({key for s in found for key in s if any(o.get(key) != s.get(key) for o in found)})
         for figures in (3, 4, 6, 17):  # 17: every digit of a float
             labels = [
-                " ".join([variant, *(_setting(key, s.get(key, "-"), figures) for key in differing)])
-                if differing
-                else f"{variant} [{data}]"
-                for s, data in zip(found, rows["data"])
+                " ".join([variant, *(_setting(key, s.get(key, "-"), figures) for key in differing)]) for s in found
             ]
+            if len(set(labels)) < len(labels):  # the same settings on other data (a search's trial, its confirmation)
+                labels = [f"{label} [{data}]" for label, data in zip(labels, rows["data"])]
             if len(set(labels)) == len(labels):
                 break
-        if len(set(labels)) < len(labels):  # same settings, other data: both differ
-            labels = [f"{label} [{data}]" for label, data in zip(labels, rows["data"])]
         table.loc[rows.index, "variant"] = labels
 
 
@@ -246,8 +244,12 @@ def _setting(key: str, value: str, figures: int) -> str:
 
 
 def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
-    """The best of `rows` (seeded variants first) and what it was chosen on: 'validation' where every
+    """The best of `rows` (seeded variants first) and what it was chosen on: 'search' for the one recipe a
+    search's confirmation trained (its trials chose it on their validation split), 'validation' where every
     row has a validation accuracy (data.validation_size), else 'test' (its margin then is optimistic)."""
+    confirmed = rows[rows["confirmed"] == "recipe"]
+    if len(confirmed) == 1:
+        return confirmed.iloc[0], "search"
     seeded = rows[rows["n"] >= 2]
     rows = seeded if len(seeded) else rows
     basis = "validation" if rows["val_acc_pct"].notna().all() else "test"

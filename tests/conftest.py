@@ -176,6 +176,16 @@ def unreachable_root(tmp_path) -> Path:
     return blocker / "mnist"
 
 
+def analyze_main():
+    """analyze.py's main, in this process (where the process itself is not what a test checks)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("analyze_script", REPO / "analyze.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 def run_script(
     script: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:

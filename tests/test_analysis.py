@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, analyze_main
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -508,23 +508,13 @@ def test_runs_without_answers_get_no_test_and_say_why(store):
     assert not found and all("has no predictions/test.npz and no model to re-score" in why for why in missing.values())
 
 
-def _analyze():
-    """analyze.py's main, in this process."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("analyze_script", REPO / "analyze.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 def test_claims_recheck_on_their_store_and_fail_naming_the_claim_a_new_seed_reverses(store, tmp_path, capsys):
     client = store["client"]
     experiment = client.create_experiment("claims", artifact_location=str(store["folder"] / "claims"))
     for seed in range(3):
         for regularizer, acc in (("none", 0.950), ("batchnorm", 0.970)):
             log_run(client, experiment, "lenet5", regularizer, "sgd", seed, acc + seed / 1000, acc, answers=True)
-    main = _analyze()
+    main = analyze_main()
     assert main(["--tracking-uri", store["uri"], "--experiment", "claims", "--report", str(tmp_path)]) == 0
     claims_file = tmp_path / "claims.json"
     claim = "regularizers: lenet5/batchnorm/sgd vs lenet5/none/sgd"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import job_runs, run_script, sweep_runs
+from conftest import analyze_main, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import record
@@ -108,3 +108,22 @@ def test_the_same_tune_command_again_trains_nothing_and_reports_the_same(tuned):
     assert "sweep summary: 0 finished, 6 skipped, 0 failed, 0 killed" in again.stdout
     assert confirmation_table(again.stdout) == confirmation_table(first.stdout)
     assert len(job_runs(f"sqlite:///{project_dir}/mlflow.db")) == 8
+
+
+def test_the_report_on_a_tune_sweep_judges_the_recipe_as_the_search_chose_it(tuned, tmp_path):
+    main = analyze_main()
+    project_dir, _, _ = tuned
+    uri = f"sqlite:///{project_dir}/mlflow.db"
+
+    assert main(["--tracking-uri", uri, "--report", str(tmp_path)]) == 0
+
+    # Its confirmation's fresh seeds are the recipe's first look at the test split: tested, not "chosen on test".
+    claims = json.loads((tmp_path / record.CLAIMS_FILE).read_text())
+    (recipe,) = [claim for claim in claims["claims"] if claim["question"].startswith("best recipe for mlp")]
+    assert recipe["chosen_on"] == "search" and recipe["p_holm"] is not None and recipe["seeds"] == 3
+    report = (tmp_path / record.REPORT_FILE).read_text()
+    assert "the recipe a search chose on its validation split" in report
+    assert "chosen on the test split" not in report
+    # The best trial and its confirmation share every setting: their labels name their data, not 17 digits.
+    assert f"{recipe['variant'].split(' [')[0]} [" in recipe["variant"]
+    assert main(["--check", str(tmp_path / record.CLAIMS_FILE)]) == 0
