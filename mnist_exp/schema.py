@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from mnist_exp.validation import out_of_range
+
 
 def ranged(allowed: str, ok: Callable[[Any], bool], **metadata) -> Any:
     """A field whose values must pass `ok`; `allowed` ends the error "<key>=<value> is out of range: must be ..."."""
@@ -263,12 +265,6 @@ class TrainConfig:
         from mnist_exp.sweep import worker_died
 
         return worker_died(cfg, pid, cause)
-
-
-def out_of_range(key: str, value, allowed: str) -> str:
-    if isinstance(value, str) and value.strip() != value or value == "":
-        value = repr(value)  # blanks would not show
-    return f"{key}={value} is out of range: must be {allowed}"
 
 
 def register() -> None:

@@ -14,8 +14,6 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist_exp.schema import out_of_range
-
 log = logging.getLogger(__name__)
 
 SAY_CHECKING = 100  # jobs from which checking them takes long enough (~0.2 s and more) to say so
@@ -23,6 +21,12 @@ SAY_CHECKING = 100  # jobs from which checking them takes long enough (~0.2 s an
 
 class ConfigError(ValueError):
     """A config value out of range; the message names the key and the allowed values."""
+
+
+def out_of_range(key: str, value, allowed: str) -> str:
+    if isinstance(value, str) and value.strip() != value or value == "":
+        value = repr(value)  # blanks would not show
+    return f"{key}={value} is out of range: must be {allowed}"
 
 
 def validate(cfg, overrides: Sequence[str] = ()) -> None:
