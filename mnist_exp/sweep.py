@@ -39,6 +39,7 @@ STATUS_FILE = "job_status.json"
 IGNORED_OVERRIDES = ("force=", "mlflow.")  # the same sweep, re-run with force=true or logged elsewhere
 NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "scheduler", "trainer.seed")  # already in every run's name
 MAX_LISTED = 60  # members listed in the parent run's description; all of them are in record.MEMBERS_FILE
+NOTE_LIMIT = 8_000  # MLflow's limit on a tag: it cuts a longer description, with a warning on stderr
 MAX_RUN_NAME = 250  # MLflow's limit on a run name
 # Relative cost of one epoch per image (LeNet-5's convolutions against the MLP's matrix products), to start
 # the longest jobs first so the sweep does not end on one long job with a core left idle.
@@ -255,12 +256,14 @@ def members_description(info: SweepInfo, statuses: list[JobOutcome], stopped: st
     if stopped:
         lines += [f"Stopped early: {stopped}.", ""]
     listed = [s for s in statuses if s.run_id]
-    for job in listed[:MAX_LISTED]:
+    for i, job in enumerate(listed):
         verb = {"skipped": "reused (already FINISHED)"}.get(job.status, job.status)
         link = f"#/experiments/{info.experiment_id}/runs/{job.run_id}?workflowType=machine_learning"
-        lines.append(f"- [{job.run_name or job.run_id}]({link}): {verb}")
-    if len(listed) > MAX_LISTED:
-        lines.append(f"- … and {len(listed) - MAX_LISTED} more, listed in {record.MEMBERS_FILE}")
+        line = f"- [{job.run_name or job.run_id}]({link}): {verb}"
+        if i == MAX_LISTED or sum(map(len, lines)) + len(lines) + len(line) > NOTE_LIMIT - 100:  # 100: the last line
+            lines.append(f"- … and {len(listed) - i} more, listed in {record.MEMBERS_FILE}")
+            break
+        lines.append(line)
     return "\n".join(lines)
 
 

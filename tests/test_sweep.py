@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 
+from mnist_exp import record
 from mnist_exp.sweep import (
+    NOTE_LIMIT,
     JobOutcome,
     SweepInfo,
     clip,
@@ -142,6 +144,12 @@ def test_the_sweep_runs_description_links_every_member_reused_ones_too():
         in text
     )
     assert text.count("- [") == 2  # a job that never got a run has nothing to link
+    # A search's trial names carry every setting: the description stays under MLflow's limit for a tag.
+    long = [
+        JobOutcome("finished", [], f"r{i}", None, "launch", "lenet5/l2+dropout/sgd " + "x" * 300) for i in range(40)
+    ]
+    text = members_description(info, long, stopped=None)
+    assert len(text) <= NOTE_LIMIT and text.endswith(f"more, listed in {record.MEMBERS_FILE}")
 
 
 def test_a_sweep_still_running_is_not_reopened_by_a_second_launch_but_a_dead_ones_is(project_dir):
