@@ -77,9 +77,8 @@ def differences(before: dict, after: dict | None) -> list[str]:
     if after is None:
         return ["no longer made: its runs or their comparison are gone"]
     found = []
-    # The same winner (the same runs) may be labelled with more or fewer of its settings.
     same_runs = set(before["runs"].get(before["variant"], ())) & set(after["runs"].get(after["variant"], ()))
-    if after["chosen_on"] and after["variant"] != before["variant"] and not same_runs:
+    if after["chosen_on"] and after["variant"] != before["variant"] and not same_runs:  # same runs: same winner
         found.append(f"winner {before['variant']} -> {after['variant']}")
     if after["verdict"] != before["verdict"]:
         found.append(f"verdict {before['verdict']} -> {after['verdict']}")
@@ -125,5 +124,24 @@ def check(document: dict, tracking_uri: str, experiment: str, course: str | None
         smallest_effect=settings["smallest_effect"],
         half_width=settings["half_width"],
     )
-    now = {claim["id"]: claim for claim in collect(report.answers(table, course))}
-    return [(claim, differences(claim, now.get(claim["id"]))) for claim in document["claims"]]
+    now = collect(report.answers(table, course))
+    return [(claim, differences(claim, _same_claim(claim, now))) for claim in document["claims"]]
+
+
+def _same_claim(claim: dict, now: list[dict]) -> dict | None:
+    """The claim of `now` that is `claim` again: by its id, else by its question and the runs of both sides
+    (a label names more or fewer settings as the variants beside it change)."""
+
+    def runs(c: dict, side: str) -> set:
+        return set(c["runs"].get(c[side], ()))
+
+    return next((c for c in now if c["id"] == claim["id"]), None) or next(
+        (
+            c
+            for c in now
+            if c["question"] == claim["question"]
+            and runs(c, "variant") & runs(claim, "variant")
+            and runs(c, "baseline") & runs(claim, "baseline")
+        ),
+        None,
+    )
