@@ -63,6 +63,9 @@ COMPOSED = {  # train.py commands too long to train here: their config is compos
     "hydra.sweeper.pruner.n_warmup_steps=48 hydra.sweeper.n_jobs=1 hydra.launcher.workers=1 trainer.threads=1": (
         "docs/results.md's MLP search, 30 trials of 80 epochs"
     ),
+    "python train.py experiment=tune model=lenet5 data.root=/work/runs/inverted-10k": (
+        "docs/results.md's tune on inverted digits, with the default budget"
+    ),
     "python train.py experiment=lenet5_best data.source=sample": "3 runs of 40 epochs (test_config expands them)",
     "python train.py experiment=mlp_best data.source=sample": "3 runs of 80 epochs (test_config expands them)",
     "python train.py experiment=regularizer_combos data.source=sample hydra.launcher.workers=1 trainer.threads=1 "
@@ -80,6 +83,9 @@ NOT_RUN = {
     "python analyze.py --tracking-uri sqlite:////work/runs/combos/mlflow.db --sweep experiment=regularizer_combos "
     "--report docs/report-combos": "it reads the combinations' store (composed above)",
     "python analyze.py --check docs/report-combos/claims.json": "it re-checks against the combinations' store",
+    "python analyze.py --tracking-uri sqlite:////work/runs/tune-inverted-lenet5/mlflow.db "
+    "--report docs/report-tune-inverted": "it reads the inverted digits' tune store (composed above)",
+    "python analyze.py --check docs/report-tune-inverted/claims.json": "it re-checks against that store",
     "python analyze.py --check docs/report/claims.json": (
         "it re-checks against the course grid's store; tests/test_analysis.py runs --check on a store it makes"
     ),
