@@ -159,6 +159,9 @@ def regularizer_panels(history, baseline: str, title: str):
         _epochs(ax)
     for ax in axes.flat[len(variants) :]:
         ax.set_visible(False)
+    # The later epochs decide the question: the first ones, far lower, run off the bottom instead of squeezing them.
+    late = frame[frame["epoch"] > frame["epoch"].max() / 2].groupby(["label", "epoch"])[record.TEST_ACC].mean()
+    axes[0, 0].set_ylim(max(0.0, np.floor(late.min()) - 2), 100)
     handles = [
         plt.Line2D([], [], color=GREY, marker="o", label="plain LeNet-5 (no regularizer)"),
         plt.Line2D([], [], color=colour, marker="o", label="with the panel's regularizer"),

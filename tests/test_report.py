@@ -10,6 +10,7 @@ import shutil
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import run_script, sweep_runs
 from matplotlib.collections import PolyCollection
@@ -111,6 +112,22 @@ def test_every_figure_has_few_series_per_panel_and_accuracy_bands_within_0_100(s
         plt.close(fig)
     models = figures["models"]
     assert [ax.get_title() for ax in models.axes] == ["train loss", "test loss", "train accuracy", "test accuracy"]
+
+
+def test_the_regularizer_panels_show_the_later_epochs_range_not_the_first_epochs():
+    history = pd.DataFrame(
+        [
+            {"label": label, "run_id": f"{label}{seed}", "epoch": epoch, record.TEST_ACC: acc + seed / 1000}
+            for label, late in (("none", 0.97), ("l2", 0.98))
+            for seed in range(3)
+            for epoch, acc in ((1, 0.2), (2, 0.9), (3, late), (4, late))
+        ]
+    ).assign(**{record.TRAIN_ACC: 0.0})
+
+    fig = plots.regularizer_panels(history, "none", "test")
+
+    assert fig.axes[0].get_ylim() == (95.0, 100.0)  # 97% late, less 2 points, floored; epoch 1 (20%) runs off
+    plt.close(fig)
 
 
 def test_every_run_logs_its_answer_per_image_of_each_split_it_scored(sweep):
