@@ -17,7 +17,7 @@ import yaml
 
 from mnist_exp import record, tracking
 from mnist_exp.runs import AnalysisError
-from mnist_exp.sweep import _key, sweep_identity
+from mnist_exp.sweep import override_key, sweep_identity
 
 GRIDS = ("grid", "basic")  # sweepers whose job's overrides train that job again (a search's would search again)
 
@@ -63,7 +63,7 @@ def run_command(client, side) -> tuple[str, str]:
     tags = {key[len("tags.") :]: value for key, value in run.items() if key.startswith("tags.") and not pd.isna(value)}
     found = launch(client, run["run_id"], run["run_name"])
     overrides = list(found.overrides)
-    if record.THREADS in tags and not any(_key(o) == "trainer.threads" for o in overrides):
+    if record.THREADS in tags and not any(override_key(o) == "trainer.threads" for o in overrides):
         overrides.append(f"trainer.threads={tags[record.THREADS]}")
     if not found.grid:
         overrides.append("hydra.mode=RUN")
@@ -93,7 +93,9 @@ def with_overrides(table: pd.DataFrame, tracking_uri: str, sweep_key: str | None
 
     def overrides(run_id: str) -> list[str] | None:
         found = launch(client, run_id)
-        return [o for o in found.overrides if _key(o) not in ("trainer.seed", "mlflow.extends")] if found.grid else None
+        if not found.grid:
+            return None
+        return [o for o in found.overrides if override_key(o) not in ("trainer.seed", "mlflow.extends")]
 
     return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]], sweep_key=sweep_key)
 

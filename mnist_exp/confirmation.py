@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mnist_exp.sweep import _key
+from mnist_exp.sweep import override_key
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ def jobs(fixed: list[str], best: dict, changes: list[str], seeds: list[int]) -> 
     trial's params and `changes`, later ones winning; the plain model is the same without any regularizer."""
     merged: dict[str, str] = {}
     for override in [*fixed, *(f"{key}={value}" for key, value in best.items()), *changes]:
-        merged.pop(_key(override), None)  # the later one wins, in the later one's place
-        merged[_key(override)] = override
+        merged.pop(override_key(override), None)  # the later one wins, in the later one's place
+        merged[override_key(override)] = override
     recipe = list(merged.values())
     plain = [o for k, o in merged.items() if k != "regularizer" and not k.startswith("regularizer.")]
     plain.append("regularizer=none")

@@ -83,10 +83,10 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
     """(key, name): the key ignores order, force and the store; the name leads with what the sweep varies."""
     kept = sorted(o for o in task_overrides if not o.startswith(IGNORED_OVERRIDES))
     swept = swept_keys(kept, sweeper_params or {})
-    by_key = {_key(o): o for o in kept}
+    by_key = {override_key(o): o for o in kept}
     # A sweeper's expression without its blanks (tag(log,interval(0.001,0.3))): the name splits between overrides.
     choices = [by_key.get(key, f"{key}={''.join(str((sweeper_params or {}).get(key)).split())}") for key in swept]
-    fixed = [_short_paths(o) for o in kept if _key(o) not in swept]
+    fixed = [_short_paths(o) for o in kept if override_key(o) not in swept]
     name = " ".join(choices) + (f" ({' '.join(fixed)})" if fixed and choices else " ".join(fixed))
     return hashlib.sha256((" ".join(kept) or "(defaults)").encode()).hexdigest()[:12], name or "(defaults)"
 
@@ -94,7 +94,7 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
 def run_name(variant: str, seed: int, overrides: list[str], swept: list[str], drawn: bool = False) -> str:
     """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's value of every other swept key; values
     a search `drawn` to 3 significant figures (lr=0.0229: the run's params keep every digit)."""
-    values = {_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    values = {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     extras = [
         f"{_short_key(key)}={_short_value(values[key], 3 if drawn else None)}"
         for key in swept
@@ -103,7 +103,8 @@ def run_name(variant: str, seed: int, overrides: list[str], swept: list[str], dr
     return " ".join([variant, *extras, f"seed={seed}"])
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key an override sets: 'optimizer.lr' of 'optimizer.lr=0.1', '+trainer.x=1' or '~data.limit_train'."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
