@@ -67,6 +67,8 @@ COMPOSED = {  # train.py commands too long to train here: their config is compos
         "docs/results.md's tune on inverted digits, with the default budget"
     ),
     "python train.py experiment=lenet5_best data.source=sample": "3 runs of 40 epochs (test_config expands them)",
+    "python train.py experiment=lenet5_best data.root=/work/runs/inverted-10k hydra.launcher.workers=1 "
+    "trainer.threads=1": "the same, on the inverted digits of docs/results.md",
     "python train.py experiment=mlp_best data.source=sample": "3 runs of 80 epochs (test_config expands them)",
     "python train.py experiment=regularizer_combos data.source=sample hydra.launcher.workers=1 trainer.threads=1 "
     "mlflow.tracking_uri=sqlite:////work/runs/combos/mlflow.db": "33 runs of 20 epochs into the store results.md reads",
