@@ -83,7 +83,7 @@ class JobSignals:
 
     def __init__(self):
         self.submitit = bool(os.environ.get("SUBMITIT_EXECUTOR"))
-        self.preempted = False
+        self.preempted = self.timed_out = False
         if self.submitit:
             signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
             submitits = signal.getsignal(signum)
@@ -91,6 +91,9 @@ class JobSignals:
 
                 def note(number, frame):
                     self.preempted = True
+                    # submitit's own verdict, taken first: SLURM's SIGTERM may interrupt its handler before it acts.
+                    judge = getattr(getattr(submitits, "__self__", None), "has_timed_out", None)
+                    self.timed_out = bool(judge and judge())
                     submitits(number, frame)
 
                 signal.signal(signum, note)
@@ -98,6 +101,8 @@ class JobSignals:
     def stop_of(self, error: BaseException) -> Stop | None:
         """Which stop `error` is, or None for an error of the job's own."""
         if isinstance(error, _time_limit_errors()):  # raised by submitit's USR2 handler: no preemption
+            return STOPS["time_limit"]
+        if self.timed_out and not isinstance(error, SystemExit):  # the limit's SIGTERM came before submitit acted
             return STOPS["time_limit"]
         if self.preempted or isinstance(error, SystemExit):  # submitit requeues a preempted job, then exits
             return STOPS["preempted"]

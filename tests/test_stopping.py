@@ -32,28 +32,47 @@ class UncompletedJobErrorLookalike(Exception):
 UncompletedJobErrorLookalike.__name__ = "UncompletedJobError"
 
 
+class SubmititHandler:
+    """Stands where submitit's requeueing handler is (a bound method of its SignalHandler, which judges the
+    time-out with has_timed_out); the real class is checked to have that method."""
+
+    def __init__(self, timed_out: bool):
+        self.timed_out = timed_out
+
+    def has_timed_out(self) -> bool:
+        return self.timed_out
+
+    def handle(self, signum, frame) -> None:
+        pass
+
+
 @pytest.mark.parametrize(
-    ("error", "submitit", "preempted", "stop"),
+    ("error", "submitit", "usr2", "stop"),
     [
-        (KeyboardInterrupt(), False, False, "interrupt"),
-        (KeyboardInterrupt(), True, False, "cancelled"),  # scancel's SIGTERM: the other jobs go on
-        (KeyboardInterrupt(), True, True, "preempted"),  # the SIGTERM that follows SLURM's requeue
-        (SystemExit(-1), True, False, "preempted"),  # submitit exits once it requeued the job
-        (UncompletedJobError("timed-out too many times"), True, True, "time_limit"),  # USR2 noted, yet no requeue
-        (UncompletedJobErrorLookalike(), True, False, None),
-        (RuntimeError("boom"), False, False, None),
+        (KeyboardInterrupt(), False, None, "interrupt"),
+        (KeyboardInterrupt(), True, None, "cancelled"),  # scancel's SIGTERM: the other jobs go on
+        (KeyboardInterrupt(), True, "preempted", "preempted"),  # the SIGTERM that follows SLURM's requeue
+        (KeyboardInterrupt(), True, "timed out", "time_limit"),  # the limit's SIGTERM before submitit acted
+        (SystemExit(-1), True, None, "preempted"),  # submitit exits once it requeued the job
+        (SystemExit(-1), True, "timed out", "preempted"),  # a time-out with retries left: requeued, it resumes
+        (UncompletedJobError("timed-out too many times"), True, "timed out", "time_limit"),  # no requeue
+        (UncompletedJobErrorLookalike(), True, None, None),
+        (RuntimeError("boom"), False, None, None),
     ],
 )
-def test_each_stop_is_told_apart_by_what_raised_it(monkeypatch, handlers, error, submitit, preempted, stop):
+def test_each_stop_is_told_apart_by_what_raised_it(monkeypatch, handlers, error, submitit, usr2, stop):
+    from submitit.core.job_environment import SignalHandler
+
+    assert callable(getattr(SignalHandler, "has_timed_out", None)), "the verdict JobSignals asks submitit for"
     if submitit:
         monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     else:
         monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
-    signal.signal(signal.SIGUSR2, lambda *_: None)  # stands where submitit's requeueing handler is
+    signal.signal(signal.SIGUSR2, SubmititHandler(timed_out=usr2 == "timed out").handle)
     signals = JobSignals()
-    if preempted:
+    if usr2:
         os.kill(os.getpid(), signal.SIGUSR2)
-    assert signals.preempted is preempted
+    assert signals.preempted is bool(usr2)
     assert signals.stop_of(error) is (STOPS[stop] if stop else None)
 
 
