@@ -59,6 +59,10 @@ COMPOSED = {  # train.py commands too long to train here: their config is compos
     "hydra.sweeper.pruner.n_warmup_steps=24 hydra.sweeper.n_jobs=1 hydra.launcher.workers=1 trainer.threads=1": (
         "docs/results.md's LeNet-5 search, 30 trials of 40 epochs"
     ),
+    "python train.py experiment=tune model=lenet5 data.source=sample hydra.sweeper.n_trials=30 trainer.epochs=100 "
+    "hydra.sweeper.pruner.n_warmup_steps=60 hydra.sweeper.n_jobs=1 hydra.launcher.workers=1 trainer.threads=1": (
+        "docs/results.md's second-round LeNet-5 search, 30 trials of 100 epochs"
+    ),
     "python train.py experiment=tune model=mlp data.source=sample hydra.sweeper.n_trials=30 trainer.epochs=80 "
     "hydra.sweeper.pruner.n_warmup_steps=48 hydra.sweeper.n_jobs=1 hydra.launcher.workers=1 trainer.threads=1": (
         "docs/results.md's MLP search, 30 trials of 80 epochs"
