@@ -77,7 +77,7 @@ def differences(before: dict, after: dict | None) -> list[str]:
     if after is None:
         return ["no longer made: its runs or their comparison are gone"]
     found = []
-    same_runs = set(before["runs"].get(before["variant"], ())) & set(after["runs"].get(after["variant"], ()))
+    same_runs = _runs(before, "variant") & _runs(after, "variant")
     if after["chosen_on"] and after["variant"] != before["variant"] and not same_runs:  # same runs: same winner
         found.append(f"winner {before['variant']} -> {after['variant']}")
     if after["verdict"] != before["verdict"]:
@@ -131,17 +131,18 @@ def check(document: dict, tracking_uri: str, experiment: str, course: str | None
 def _same_claim(claim: dict, now: list[dict]) -> dict | None:
     """The claim of `now` that is `claim` again: by its id, else by its question and the runs of both sides
     (a label names more or fewer settings as the variants beside it change)."""
-
-    def runs(c: dict, side: str) -> set:
-        return set(c["runs"].get(c[side], ()))
-
     return next((c for c in now if c["id"] == claim["id"]), None) or next(
         (
             c
             for c in now
             if c["question"] == claim["question"]
-            and runs(c, "variant") & runs(claim, "variant")
-            and runs(c, "baseline") & runs(claim, "baseline")
+            and _runs(c, "variant") & _runs(claim, "variant")
+            and _runs(c, "baseline") & _runs(claim, "baseline")
         ),
         None,
     )
+
+
+def _runs(claim: dict, side: str) -> set[str]:
+    """The run IDs of a claim's `side` ("variant" or "baseline")."""
+    return set(claim["runs"].get(claim[side], ()))
