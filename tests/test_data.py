@@ -191,6 +191,7 @@ def test_second_load_is_served_from_the_cache(course_dataset, data_cfg, tmp_path
         cache_file,
     )
 
+    caplog.clear()  # the first load's lines are caught too when an earlier test left the root logger at INFO
     with caplog.at_level(logging.INFO, logger="mnist_exp.data"):
         second = load_mnist(cfg)
 
@@ -213,6 +214,7 @@ def test_damaged_cache_is_detected_warned_about_and_rebuilt_identically(
         raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
     cache_file.write_bytes(bytes(raw))
 
+    caplog.clear()  # as above: only the second load's lines
     with caplog.at_level(logging.INFO, logger="mnist_exp.data"):
         second = load_mnist(cfg)
 
