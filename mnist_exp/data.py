@@ -1,7 +1,5 @@
-"""MNIST for training: find the digits, decode each split once, then serve it from a verified cache.
-
-A split lives in memory as uint8 tensors; training gathers and normalizes whole batches (mnist_exp.training).
-"""
+"""MNIST for training: find the digits, decode each split once into uint8 tensors, then serve it from a verified
+cache."""
 
 from __future__ import annotations
 
@@ -93,8 +91,7 @@ def load_mnist(data_cfg) -> MNIST:
 
 
 def normalization(data_cfg, train: Split) -> tuple[float, float]:
-    """The (mean, std) inputs are normalized with: data.mean and data.std, each null one the training
-    split's own, over every pixel scaled to [0, 1]: what a dataset other than MNIST needs."""
+    """The (mean, std) inputs are normalized with: data.mean and data.std, each null one the training split's own."""
     given = data_cfg.mean, data_cfg.std
     if None not in given:
         return given
@@ -102,8 +99,7 @@ def normalization(data_cfg, train: Split) -> tuple[float, float]:
 
 
 def pixel_statistics(split: Split) -> tuple[float, float]:
-    """Mean and (population) standard deviation of a split's pixels scaled to [0, 1], from their histogram:
-    exact in float64 without a float copy of the images."""
+    """Mean and population std of a split's pixels in [0, 1], from their histogram: float64, no float copy of them."""
     counts = torch.bincount(split.images.flatten(), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64) / 255
     mean = (counts @ values) / counts.sum()

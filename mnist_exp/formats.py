@@ -1,8 +1,5 @@
-"""Decoders for the two on-disk formats: the course's PNG archives and MNIST's IDX files.
-
-Both return (images, labels) as numpy arrays: uint8 [N, 28, 28] and int64 [N]. Anything
-malformed or cut short raises DataError naming the file and member; nothing is skipped.
-"""
+"""Decoders for the course's PNG archives and MNIST's IDX files, into uint8 [N, 28, 28] images and int64 [N]
+labels; anything malformed or cut short raises DataError naming the file and member, nothing is skipped."""
 
 from __future__ import annotations
 
@@ -33,9 +30,8 @@ class DataError(ValueError):
 
 
 def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A course split, a tar of PNGs or the folder it was extracted into, ordered by ID (numerically where IDs
-    are numbers) so both give identical arrays. With `workers` > 0, PNGs are decoded in forked processes while
-    this one reads on: tarfile's parsing and PIL's decode are both Python-bound, so only processes overlap them."""
+    """A course split, a tar of PNGs or its extracted folder, ordered by ID (numerically where IDs are numbers).
+    With `workers` > 0, forked processes decode while this one reads on: both are Python-bound."""
     members = _tar_members(path) if path.is_file() else _folder_members(path)
     labelled = []  # (sort key, label, member name), in archive order
 
@@ -86,7 +82,7 @@ def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[t
 
 
 def decode_pngs(chunk: list[tuple[bytes, str]]) -> tuple[np.ndarray, list[str | None]]:
-    """Decode (png, where) pairs; returns the images and, for each, why it failed or None."""
+    """The images of (png, where) pairs and, for each, why it failed or None."""
     images = np.zeros((len(chunk), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     errors: list[str | None] = [None] * len(chunk)
     for i, (png, where) in enumerate(chunk):
@@ -137,9 +133,8 @@ def one_line(error: BaseException) -> str:
 
 
 def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """Each member sliced from the archive in memory at its documented offset_data: a quarter of the
-    cost of an extractfile() per member, which was a third of the whole decode. tarfile stops without
-    a word at a cut or garbled header, so every member's data and the end-of-archive block are checked."""
+    """Each member sliced from the archive in memory at its offset_data (a quarter of extractfile()'s cost); as
+    tarfile stops without a word at a cut or garbled header, every member's end and the end block are checked."""
     raw = _read(path)
     try:
         archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")  # noqa: SIM115 (closed by `with archive` below)
@@ -233,11 +228,10 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path}: ends inside its header ({len(raw)} of {header} bytes); the file is truncated")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    if len(raw) != header + int(np.prod(shape)):
-        cause = "truncated" if len(raw) < header + int(np.prod(shape)) else "corrupt"
+    if (size := int(np.prod(shape))) != len(raw) - header:
         raise DataError(
             f"{path}: holds {len(raw) - header} data bytes but its header announces shape {shape} "
-            f"({int(np.prod(shape))} bytes); the file is {cause}"
+            f"({size} bytes); the file is {'truncated' if len(raw) - header < size else 'corrupt'}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
