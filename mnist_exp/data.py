@@ -185,8 +185,7 @@ def load_split(located: Located, split: str, cache_dir: Path) -> Split:
     """Decode a split, or read it from the cache when its source files have not changed."""
     files = located.files[split]
     cache_file = cache_dir / f"{located.source}-{split}-{_fingerprint(files)}.pt"
-    cached = _read_cache(cache_file)
-    if cached is not None:
+    if (cached := _read_cache(cache_file)) is not None:
         return cached
     if len(files) == 1:
         # As many decoding processes as the run has torch threads: the cores it was given.
@@ -221,8 +220,7 @@ def _read_cache(path: Path) -> Split | None:
     if not path.exists():
         return None
     try:
-        payload = torch.load(path, weights_only=True)
-        split = Split(payload["images"], payload["labels"], payload["sha256"])
+        split = Split(**torch.load(path, weights_only=True))
         if content_hash(split.images.numpy(), split.labels.numpy()) != split.sha256:
             raise ValueError("content does not match its recorded hash")
         return split
@@ -247,6 +245,6 @@ def save_atomically(payload, path: Path) -> None:
 
 def _write_cache(path: Path, split: Split) -> None:
     try:
-        save_atomically({"images": split.images, "labels": split.labels, "sha256": split.sha256}, path)
+        save_atomically(vars(split), path)  # images, labels, sha256
     except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
         log.warning("cannot write the data cache %s (%s); continuing without it", path, error)

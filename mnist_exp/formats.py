@@ -33,28 +33,25 @@ def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndar
     """A course split, a tar of PNGs or its extracted folder, ordered by ID (numerically where IDs are numbers).
     With `workers` > 0, forked processes decode while this one reads on: both are Python-bound."""
     members = _tar_members(path) if path.is_file() else _folder_members(path)
-    labelled = []  # (sort key, label, member name), in archive order
+    labelled = []  # (sort key, label), in archive order
 
     def pngs() -> Iterator[tuple[bytes, str]]:
         seen: dict[str, str] = {}
         for name, read in members:
-            basename = name.rsplit("/", 1)[-1]
-            match = COURSE_NAME.match(basename)
-            if not match:
-                raise DataError(f"{path}: member {name!r} is not a labelled PNG; {NAMING_HINT}")
-            image_id, label_text = match["id"], match["label"]
-            if not DIGITS.fullmatch(label_text):
-                raise DataError(f"{path}: member {name!r} has no numeric label; {NAMING_HINT}")
-            label = int(label_text)
-            if not 0 <= label <= 9:
-                raise DataError(f"{path}: member {name!r} has label {label}, outside 0-9")
-            if image_id in seen:
+            where = f"{path}: member {name!r}"
+            if not (match := COURSE_NAME.match(name.rsplit("/", 1)[-1])):
+                raise DataError(f"{where} is not a labelled PNG; {NAMING_HINT}")
+            if not DIGITS.fullmatch(match["label"]):
+                raise DataError(f"{where} has no numeric label; {NAMING_HINT}")
+            if (label := int(match["label"])) > 9:
+                raise DataError(f"{where} has label {label}, outside 0-9")
+            if (image_id := match["id"]) in seen:
                 raise DataError(
                     f"{path}: ID {image_id!r} appears twice ({seen[image_id]!r} and {name!r}); IDs must be unique"
                 )
             seen[image_id] = name
-            labelled.append(((0, int(image_id), "") if DIGITS.fullmatch(image_id) else (1, 0, image_id), label, name))
-            yield read(), f"{path}: member {name!r}"
+            labelled.append(((0, int(image_id), "") if DIGITS.fullmatch(image_id) else (1, 0, image_id), label))
+            yield read(), where
 
     decoded = _decode_in_chunks(pngs(), workers)
     if not labelled:
@@ -140,7 +137,7 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")  # noqa: SIM115 (closed by `with archive` below)
     except tarfile.TarError as error:
         raise DataError(f"{path}: not a readable tar archive ({one_line(error)})") from None
-    last = None  # the name of the last member read whole
+    last = "its start"  # the last member read whole
     with archive:
         try:
             for member in archive:
@@ -150,29 +147,23 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
                         f"{path}: ends inside member {member.name!r} ({max(0, len(raw) - member.offset_data)} of its "
                         f"{member.size} bytes); the file is truncated"
                     )
-                last = member.name
+                last = f"member {member.name!r}"
                 if member.isdir():
                     continue
                 if not member.isfile() or member.issparse():
                     raise DataError(f"{path}: member {member.name!r} is not a regular file")
                 yield member.name, lambda member=member: raw[member.offset_data : member.offset_data + member.size]
         except tarfile.TarError as error:
-            raise DataError(
-                f"{path}: unreadable after {_after(last)} ({one_line(error)}); the file is corrupt"
-            ) from None
+            raise DataError(f"{path}: unreadable after {last} ({one_line(error)}); the file is corrupt") from None
         end = raw[archive.offset : archive.offset + tarfile.BLOCKSIZE]
     # One zero block suffices, as for GNU tar ("a lone zero block"): every member before it is whole.
     if end != bytes(tarfile.BLOCKSIZE):
         cut = len(end) < tarfile.BLOCKSIZE
         problem = ("ends inside a header" if end else "ends") if cut else "holds no valid tar header"
         raise DataError(
-            f"{path}: {problem} after {_after(last)}, at byte {archive.offset} of {len(raw)}, "
+            f"{path}: {problem} after {last}, at byte {archive.offset} of {len(raw)}, "
             f"without tar's end-of-archive block; the file is {'truncated' if cut else 'corrupt'}"
         )
-
-
-def _after(member: str | None) -> str:
-    return "its start" if member is None else f"member {member!r}"
 
 
 # Compressions tarfile reads, by their magic bytes; each decompressor refuses a stream that ends early.

@@ -35,8 +35,7 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
         raise ConfigError(
             "; ".join(f"{key} has no value: give it in its conf/ file or as {key}=VALUE" for key in missing)
         )
-    problems = [*_node_problems(cfg, "", cfg), *_repeated_regularizers(overrides)]
-    if problems:
+    if problems := [*_node_problems(cfg, "", cfg), *_repeated_regularizers(overrides)]:
         raise ConfigError("; ".join(problems))
 
 
