@@ -1,5 +1,4 @@
-"""MNIST for training: find the digits, decode each split once into uint8 tensors, then serve it from a verified
-cache."""
+"""MNIST for training: find the digits, decode each split once, then serve it from a verified cache."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""The config's one description: each node's keys, their types and the values they may take.
-
-Every field is MISSING: conf/'s YAML files hold the defaults. Hydra checks the types while composing;
-mnist_exp.validation checks each field's range (its metadata) and each node's `cross_check` before any work.
-"""
+"""The config's one description: each node's keys, their types and the values they may take. Every field is
+MISSING (conf/'s YAML files hold the defaults); Hydra checks the types while composing, mnist_exp.validation each
+field's range (its metadata) and each node's `cross_check` before any work."""
 
 import re
 from collections.abc import Callable, Iterator
