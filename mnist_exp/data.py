@@ -1,7 +1,4 @@
-"""MNIST for training: find the digits, decode each split once, then serve it from a verified cache.
-
-A split lives in memory as uint8 tensors; training gathers and normalizes whole batches (mnist_exp.training).
-"""
+"""MNIST for training: find the digits, decode each split once, then serve it from a verified cache."""
 
 from __future__ import annotations
 
@@ -93,8 +90,7 @@ def load_mnist(data_cfg) -> MNIST:
 
 
 def normalization(data_cfg, train: Split) -> tuple[float, float]:
-    """The (mean, std) inputs are normalized with: data.mean and data.std, each null one the training
-    split's own, over every pixel scaled to [0, 1]: what a dataset other than MNIST needs."""
+    """The (mean, std) inputs are normalized with: data.mean and data.std, each null one the training split's own."""
     given = data_cfg.mean, data_cfg.std
     if None not in given:
         return given
@@ -102,8 +98,7 @@ def normalization(data_cfg, train: Split) -> tuple[float, float]:
 
 
 def pixel_statistics(split: Split) -> tuple[float, float]:
-    """Mean and (population) standard deviation of a split's pixels scaled to [0, 1], from their histogram:
-    exact in float64 without a float copy of the images."""
+    """Mean and population std of a split's pixels in [0, 1], from their histogram: float64, no float copy of them."""
     counts = torch.bincount(split.images.flatten(), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64) / 255
     mean = (counts @ values) / counts.sum()
@@ -189,8 +184,7 @@ def load_split(located: Located, split: str, cache_dir: Path) -> Split:
     """Decode a split, or read it from the cache when its source files have not changed."""
     files = located.files[split]
     cache_file = cache_dir / f"{located.source}-{split}-{_fingerprint(files)}.pt"
-    cached = _read_cache(cache_file)
-    if cached is not None:
+    if (cached := _read_cache(cache_file)) is not None:
         return cached
     if len(files) == 1:
         # As many decoding processes as the run has torch threads: the cores it was given.
@@ -225,8 +219,7 @@ def _read_cache(path: Path) -> Split | None:
     if not path.exists():
         return None
     try:
-        payload = torch.load(path, weights_only=True)
-        split = Split(payload["images"], payload["labels"], payload["sha256"])
+        split = Split(**torch.load(path, weights_only=True))
         if content_hash(split.images.numpy(), split.labels.numpy()) != split.sha256:
             raise ValueError("content does not match its recorded hash")
         return split
@@ -251,6 +244,6 @@ def save_atomically(payload, path: Path) -> None:
 
 def _write_cache(path: Path, split: Split) -> None:
     try:
-        save_atomically({"images": split.images, "labels": split.labels, "sha256": split.sha256}, path)
+        save_atomically(vars(split), path)  # images, labels, sha256
     except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
         log.warning("cannot write the data cache %s (%s); continuing without it", path, error)

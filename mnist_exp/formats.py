@@ -1,8 +1,5 @@
-"""Decoders for the two on-disk formats: the course's PNG archives and MNIST's IDX files.
-
-Both return (images, labels) as numpy arrays: uint8 [N, 28, 28] and int64 [N]. Anything
-malformed or cut short raises DataError naming the file and member; nothing is skipped.
-"""
+"""Decoders for the course's PNG archives and MNIST's IDX files, into uint8 [N, 28, 28] images and int64 [N]
+labels; anything malformed or cut short raises DataError naming the file and member, nothing is skipped."""
 
 from __future__ import annotations
 
@@ -33,32 +30,28 @@ class DataError(ValueError):
 
 
 def read_course_split(path: Path, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A course split, a tar of PNGs or the folder it was extracted into, ordered by ID (numerically where IDs
-    are numbers) so both give identical arrays. With `workers` > 0, PNGs are decoded in forked processes while
-    this one reads on: tarfile's parsing and PIL's decode are both Python-bound, so only processes overlap them."""
+    """A course split, a tar of PNGs or its extracted folder, ordered by ID (numerically where IDs are numbers).
+    With `workers` > 0, forked processes decode while this one reads on: both are Python-bound."""
     members = _tar_members(path) if path.is_file() else _folder_members(path)
-    labelled = []  # (sort key, label, member name), in archive order
+    labelled = []  # (sort key, label), in archive order
 
     def pngs() -> Iterator[tuple[bytes, str]]:
         seen: dict[str, str] = {}
         for name, read in members:
-            basename = name.rsplit("/", 1)[-1]
-            match = COURSE_NAME.match(basename)
-            if not match:
-                raise DataError(f"{path}: member {name!r} is not a labelled PNG; {NAMING_HINT}")
-            image_id, label_text = match["id"], match["label"]
-            if not DIGITS.fullmatch(label_text):
-                raise DataError(f"{path}: member {name!r} has no numeric label; {NAMING_HINT}")
-            label = int(label_text)
-            if not 0 <= label <= 9:
-                raise DataError(f"{path}: member {name!r} has label {label}, outside 0-9")
-            if image_id in seen:
+            where = f"{path}: member {name!r}"
+            if not (match := COURSE_NAME.match(name.rsplit("/", 1)[-1])):
+                raise DataError(f"{where} is not a labelled PNG; {NAMING_HINT}")
+            if not DIGITS.fullmatch(match["label"]):
+                raise DataError(f"{where} has no numeric label; {NAMING_HINT}")
+            if (label := int(match["label"])) > 9:
+                raise DataError(f"{where} has label {label}, outside 0-9")
+            if (image_id := match["id"]) in seen:
                 raise DataError(
                     f"{path}: ID {image_id!r} appears twice ({seen[image_id]!r} and {name!r}); IDs must be unique"
                 )
             seen[image_id] = name
-            labelled.append(((0, int(image_id), "") if DIGITS.fullmatch(image_id) else (1, 0, image_id), label, name))
-            yield read(), f"{path}: member {name!r}"
+            labelled.append(((0, int(image_id), "") if DIGITS.fullmatch(image_id) else (1, 0, image_id), label))
+            yield read(), where
 
     decoded = _decode_in_chunks(pngs(), workers)
     if not labelled:
@@ -86,7 +79,7 @@ def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[t
 
 
 def decode_pngs(chunk: list[tuple[bytes, str]]) -> tuple[np.ndarray, list[str | None]]:
-    """Decode (png, where) pairs; returns the images and, for each, why it failed or None."""
+    """The images of (png, where) pairs and, for each, why it failed or None."""
     images = np.zeros((len(chunk), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     errors: list[str | None] = [None] * len(chunk)
     for i, (png, where) in enumerate(chunk):
@@ -137,15 +130,14 @@ def one_line(error: BaseException) -> str:
 
 
 def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """Each member sliced from the archive in memory at its documented offset_data: a quarter of the
-    cost of an extractfile() per member, which was a third of the whole decode. tarfile stops without
-    a word at a cut or garbled header, so every member's data and the end-of-archive block are checked."""
+    """Each member sliced from the archive in memory at its offset_data (a quarter of extractfile()'s cost); as
+    tarfile stops without a word at a cut or garbled header, every member's end and the end block are checked."""
     raw = _read(path)
     try:
         archive = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")  # noqa: SIM115 (closed by `with archive` below)
     except tarfile.TarError as error:
         raise DataError(f"{path}: not a readable tar archive ({one_line(error)})") from None
-    last = None  # the name of the last member read whole
+    last = "its start"  # the last member read whole
     with archive:
         try:
             for member in archive:
@@ -155,29 +147,23 @@ def _tar_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
                         f"{path}: ends inside member {member.name!r} ({max(0, len(raw) - member.offset_data)} of its "
                         f"{member.size} bytes); the file is truncated"
                     )
-                last = member.name
+                last = f"member {member.name!r}"
                 if member.isdir():
                     continue
                 if not member.isfile() or member.issparse():
                     raise DataError(f"{path}: member {member.name!r} is not a regular file")
                 yield member.name, lambda member=member: raw[member.offset_data : member.offset_data + member.size]
         except tarfile.TarError as error:
-            raise DataError(
-                f"{path}: unreadable after {_after(last)} ({one_line(error)}); the file is corrupt"
-            ) from None
+            raise DataError(f"{path}: unreadable after {last} ({one_line(error)}); the file is corrupt") from None
         end = raw[archive.offset : archive.offset + tarfile.BLOCKSIZE]
     # One zero block suffices, as for GNU tar ("a lone zero block"): every member before it is whole.
     if end != bytes(tarfile.BLOCKSIZE):
         cut = len(end) < tarfile.BLOCKSIZE
         problem = ("ends inside a header" if end else "ends") if cut else "holds no valid tar header"
         raise DataError(
-            f"{path}: {problem} after {_after(last)}, at byte {archive.offset} of {len(raw)}, "
+            f"{path}: {problem} after {last}, at byte {archive.offset} of {len(raw)}, "
             f"without tar's end-of-archive block; the file is {'truncated' if cut else 'corrupt'}"
         )
-
-
-def _after(member: str | None) -> str:
-    return "its start" if member is None else f"member {member!r}"
 
 
 # Compressions tarfile reads, by their magic bytes; each decompressor refuses a stream that ends early.
@@ -233,11 +219,10 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path}: ends inside its header ({len(raw)} of {header} bytes); the file is truncated")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    if len(raw) != header + int(np.prod(shape)):
-        cause = "truncated" if len(raw) < header + int(np.prod(shape)) else "corrupt"
+    if (size := int(np.prod(shape))) != len(raw) - header:
         raise DataError(
             f"{path}: holds {len(raw) - header} data bytes but its header announces shape {shape} "
-            f"({int(np.prod(shape))} bytes); the file is {cause}"
+            f"({size} bytes); the file is {'truncated' if len(raw) - header < size else 'corrupt'}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 

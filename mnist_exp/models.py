@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -45,16 +46,12 @@ def _hidden_block(layer: nn.Module, width: int, activation: str, switches: Layer
 
 
 class LeNet5(nn.Module):
-    """conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> fc 120 -> fc 84 -> fc 10.
-
-    padding=0 is today's layout on the 28x28 digits (maps 24 -> 12 -> 8 -> 4, fc 120 sees 16*4*4);
-    padding=2 is the paper's 32x32 input (maps 28 -> 14 -> 10 -> 5, fc 120 sees 16*5*5).
-    """
+    """conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> fc 120 -> fc 84 -> fc 10; padding=0 is today's layout on
+    28x28 digits (maps 24, 12, 8, 4), padding=2 the paper's 32x32 input (maps 28, 14, 10, 5)."""
 
     def __init__(self, activation: str, switches: LayerSwitches, padding: int = 0, pooling: str = "max"):
         super().__init__()
-        side = (28 + 2 * padding - 4) // 2  # after conv 1 and the first pool
-        side = (side - 4) // 2  # after conv 2 and the second pool
+        side = ((28 + 2 * padding - 4) // 2 - 4) // 2  # after both convolutions and pools
         self.features = nn.Sequential(
             *_hidden_block(nn.Conv2d(1, 6, kernel_size=5, padding=padding), 6, activation, switches, dims=2),
             POOLING[pooling](2),
@@ -75,13 +72,9 @@ class LeNet5(nn.Module):
 class MLP(nn.Module):
     def __init__(self, hidden_widths: list[int], activation: str, switches: LayerSwitches):
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        fan_in = INPUT_PIXELS
-        for width in hidden_widths:
-            layers += _hidden_block(nn.Linear(fan_in, width), width, activation, switches, dims=1)
-            fan_in = width
-        layers.append(nn.Linear(fan_in, NUM_CLASSES))
-        self.layers = nn.Sequential(*layers)
+        widths = [INPUT_PIXELS, *hidden_widths]
+        hidden = [_hidden_block(nn.Linear(i, o), o, activation, switches, dims=1) for i, o in zip(widths, widths[1:])]
+        self.layers = nn.Sequential(nn.Flatten(), *itertools.chain(*hidden), nn.Linear(widths[-1], NUM_CLASSES))
 
     def forward(self, x):
         return self.layers(x)
@@ -116,8 +109,7 @@ class BuiltModel:
 
 
 def build_model(model_cfg, switches: LayerSwitches) -> BuiltModel:
-    """The configured network. The MLP's width is solved against the LeNet-5 layout it names
-    (model.parity_with), built with the same activation and regularizer layers."""
+    """The configured network; the MLP's width is matched to the LeNet-5 layout it names (model.parity_with)."""
     if model_cfg.name in LENET5_LAYOUTS:
         # Not a default: the 28x28 layout has no pooling setting (its runs' identities have none); it max-pools.
         padding = LENET5_LAYOUTS[model_cfg.name]

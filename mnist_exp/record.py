@@ -1,11 +1,6 @@
-"""What a run records in MLflow: every param, tag, metric and artifact name, the run's identity and its
-hash, its variant label. The code that writes runs (job, tracking, sweep, search, confirmation) and every
-reader import these names; docs/mlflow.md describes each.
-
-A run's params are its composed config, flattened (`optimizer.lr`), plus what it derived: DATA_PARAMS
-(the digits it read) and RESULT_PARAMS. Readers also read config params by their config path
-(`model.name`, `trainer.seed`): those names are the config's (conf/, schema.py), not this module's.
-"""
+"""What a run records in MLflow: every param, tag, metric and artifact name (docs/mlflow.md), the run's identity
+and its hash, its variant label; the writers and every reader import them. A run's params are its flattened config
+(named by conf/ and schema.py, not here) plus what it derived: DATA_PARAMS and RESULT_PARAMS."""
 
 from __future__ import annotations
 
@@ -86,8 +81,7 @@ FIGURES = {"models": "lenet5_vs_mlp.png", "regularizers": "regularizers.png", "d
 
 
 def flat_params(cfg) -> dict[str, str]:
-    """The resolved config as MLflow params: {"optimizer.lr": "0.01", ...}; without Hydra's `_target_`,
-    `_partial_` (how the option is built: its `name` says which), so they leave runs' identity as it was."""
+    """The resolved config as MLflow params, {"optimizer.lr": "0.01", ...}, without `_target_` and `_partial_`."""
     flat: dict[str, str] = {}
 
     def walk(node, prefix: str) -> None:
@@ -135,8 +129,7 @@ NEUTRAL = {"regularizer.augment.shear": "0.0"}
 
 
 def identity(params: dict[str, str], ignore: tuple[str, ...] = (), neutral: dict = NEUTRAL) -> dict[str, str]:
-    """The settings that say what a run computes, from its config's params or a run's recorded ones: without
-    NOT_IDENTITY, what it derived, the key prefixes in `ignore` and NEUTRAL settings at their value."""
+    """The params that say what a run computes: not NOT_IDENTITY, derived ones, `ignore`'s or NEUTRAL's values."""
     derived = {*DATA_PARAMS, *RESULT_PARAMS}
     return {
         key: value
@@ -163,11 +156,9 @@ class RecordError(RuntimeError):
 
 
 def migrate(client, experiment) -> None:
-    """Bring an experiment's runs to RECORD_VERSION, once (the experiment's tag says so); idempotent, so
-    processes may run it at once. Version 1 (until issue 29) hashed the MLP's model.parity_with as absent at
-    lenet5: such runs get their hashes recomputed from their params. A run whose hash follows neither rule was
-    recorded by the code of the project's first days (before 1edc110, e.g. trainer.resolved_* params): the
-    store is refused (RecordError), naming what to do."""
+    """Bring an experiment's runs to RECORD_VERSION once (its tag says so), idempotently: version 1 (until issue 29)
+    hashed the MLP's model.parity_with as absent at lenet5. A store of the project's first days (before 1edc110)
+    follows neither rule and is refused (RecordError), naming what to do."""
     if experiment.tags.get(RECORD_VERSION[0]) == RECORD_VERSION[1]:
         return
     before = {**NEUTRAL, "model.parity_with": "lenet5"}

@@ -1,8 +1,5 @@
-"""What each regularizer changes: the model (dropout, batch norm), the optimizer (L2 weight decay), the
-training images (augmentation, elastic distortion), the loss (label smoothing), or how long training goes
-and which weights it delivers (early stopping, EMA and SWA). A regularizer is on when its key is in the
-`regularizer` node: regularizer=[l2,dropout] composes both.
-"""
+"""What each regularizer changes: the model, the optimizer, the training images, the loss, how long training goes
+or which weights it delivers. One is on when its key is in the `regularizer` node (regularizer=[l2,dropout])."""
 
 from __future__ import annotations
 
@@ -46,20 +43,10 @@ def label_smoothing(regularizer_cfg) -> float:
     return _setting(regularizer_cfg, "label_smoothing", "epsilon", 0.0)
 
 
-def early_stopping(regularizer_cfg) -> EarlyStopping | None:
-    stopping = regularizer_cfg.get("early_stopping")
-    return None if stopping is None else EarlyStopping(stopping.patience, stopping.min_delta)
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """Stop after `patience` epochs whose validation loss did not beat the best by more than min_delta."""
-
-    patience: int
-    min_delta: float
-
-    def improved(self, val_loss: float, best_val_loss: float | None) -> bool:
-        return best_val_loss is None or val_loss < best_val_loss - self.min_delta
+def early_stopping(regularizer_cfg):
+    """Its patience and min_delta, or None: training.fit stops once `patience` epochs in a row did not beat the best
+    validation loss by more than min_delta."""
+    return regularizer_cfg.get("early_stopping")
 
 
 def weight_averaging(regularizer_cfg, epochs: int) -> WeightAveraging | None:
@@ -71,9 +58,8 @@ def weight_averaging(regularizer_cfg, epochs: int) -> WeightAveraging | None:
 
 @dataclass(frozen=True)
 class WeightAveraging:
-    """The run delivers one average of its weights (torch.optim.swa_utils.AveragedModel): EMA after every
-    step, buffers averaged alike; or SWA's equal average of each epoch's end from start_epoch on, batch
-    norm's statistics then recomputed for the averaged weights (update_bn), as torch's SWA recipe does."""
+    """One average of the weights, delivered (AveragedModel): EMA's after every step, buffers too; or SWA's of
+    each epoch's end from start_epoch on, batch norm then re-estimated (update_bn) as torch's SWA recipe does."""
 
     decay: float | None = None  # EMA: the average keeps this share of itself per step
     start_epoch: int | None = None  # SWA: the first epoch whose weights are averaged
@@ -110,15 +96,13 @@ def train_augmentation(regularizer_cfg) -> Distortion | None:
 
 @dataclass(frozen=True)
 class Distortion:
-    """Each training image's own random affine transform and elastic distortion, a batch in one grid_sample.
-    torchvision.transforms.v2 draws one set of parameters per call, shared by a whole batch; called per
-    image it costs far more (benchmarks/augmentation.py). Draws come from torch's generator, reseeded every epoch."""
+    """Each training image's own random affine transform and elastic distortion, a batch in one grid_sample
+    (torchvision's v2 shares one draw per call: per image it costs far more, benchmarks/augmentation.py)."""
 
     affine: RandomAffine | None
     elastic: Elastic | None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """images: float [N, 1, H, W] with a zero background (raw pixels scaled to [0, 1])."""
         n, _, height, width = images.shape
         theta = self.affine.draw(n) if self.affine is not None else IDENTITY.expand(n, 2, 3)
         displacement = self.elastic.draw(n, height, width) if self.elastic is not None else None
@@ -129,9 +113,8 @@ IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
 def warp(images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None = None) -> torch.Tensor:
-    """Sample each image at its affine map of every output pixel (theta [N, 2, 3], affine_grid's [-1, 1]
-    coordinates, y down), moved on by `displacement` [N, H, W, 2] (as torchvision's elastic takes it);
-    outside the frame is black."""
+    """Sample each image at theta's affine map (affine_grid's) of every output pixel, moved on by `displacement`
+    [N, H, W, 2] (as torchvision's elastic takes it); outside the frame is black."""
     theta = theta.to(images.device, images.dtype)  # drawn on the CPU, so a GPU run draws the same
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     if displacement is not None:
@@ -140,19 +123,11 @@ def warp(images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor |
 
 
 def affine_matrices(angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, shear: torch.Tensor) -> torch.Tensor:
-    """[N, 2, 3]: output position p samples the input at Shear(shear) @ Rotation(angle) @ p / zoom + shift.
-
-    Radians; shift in [-1, 1] coordinates (2/side moves the image one pixel the other way). With shift 0 this is
-    torchvision's affine(angle=-degrees(angle), scale=zoom, shear=[degrees(shear), 0]) (tests/test_regularization.py).
-    """
+    """[N, 2, 3]: output position p samples the input at Shear(shear) @ Rotation(angle) @ p / zoom + shift, in
+    radians and [-1, 1] coordinates: torchvision's affine(-degrees(angle), zoom, [degrees(shear), 0]) at shift 0."""
     cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
-    return torch.stack(
-        [
-            torch.stack([(cos + tan * sin) / zoom, (tan * cos - sin) / zoom, shift[:, 0]], dim=1),
-            torch.stack([sin / zoom, cos / zoom, shift[:, 1]], dim=1),
-        ],
-        dim=1,
-    )
+    top = [(cos + tan * sin) / zoom, (tan * cos - sin) / zoom, shift[:, 0]]
+    return torch.stack([*top, sin / zoom, cos / zoom, shift[:, 1]], dim=1).view(-1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -175,14 +150,14 @@ class RandomAffine:
 
 @dataclass(frozen=True)
 class Elastic:
-    """Elastic distortion (Simard et al. 2003): every pixel moved by its own random displacement, uniform in
-    [-1, 1] per axis, smoothed by a Gaussian of sigma pixels, scaled by alpha pixels (theirs: 34 and 4)."""
+    """Simard et al. 2003: every pixel moved by its own displacement, uniform in [-1, 1] per axis, smoothed by a
+    Gaussian of sigma pixels and scaled by alpha pixels (theirs: 34 and 4)."""
 
     alpha: float
     sigma: float
 
     def draw(self, n: int, height: int, width: int) -> torch.Tensor:
-        """[n, height, width, 2] displacements in affine_grid's [-1, 1] coordinates, where a pixel is 2/side."""
+        """[n, height, width, 2] in affine_grid's [-1, 1] coordinates, where a pixel is 2/side."""
         smooth = gaussian_blur(torch.rand(n, 2, height, width) * 2 - 1, self.sigma)
         return smooth.permute(0, 2, 3, 1) * torch.tensor([2 * self.alpha / width, 2 * self.alpha / height])
 

@@ -1,20 +1,24 @@
-"""The config's one description: each node's keys, their types, and the values they may take.
-
-Every field is MISSING and gets its value from the YAML files in conf/, the single source of
-defaults. Hydra checks the types while composing (`trainer.epochs=abc`, `model.foo=1`);
-mnist_exp.validation checks, before any work, each field's range (its metadata, from the helpers
-below) and each node's `cross_check`, the rules that read other settings.
-"""
+"""The config's one description: each node's keys, their types and the values they may take. Every field is
+MISSING (conf/'s YAML files hold the defaults); Hydra checks the types while composing, mnist_exp.validation each
+field's range (its metadata) and each node's `cross_check` before any work."""
 
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import import_module
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from mnist_exp.validation import out_of_range
+
+SCHEMAS: dict[str, type] = {}  # what register() stores, by the name option files give in their defaults
+
+
+def schema(name: str) -> Callable[[type], type]:
+    """@dataclass, and known to Hydra as `<name>_schema` once register() runs."""
+    return lambda cls: SCHEMAS.setdefault(f"{name}_schema", dataclass(cls))
 
 
 def ranged(allowed: str, ok: Callable[[Any], bool], **metadata) -> Any:
@@ -42,8 +46,7 @@ def optional_count() -> Any:
 
 
 def one_of(choices: str) -> Any:
-    """A name from the collection at the dotted path `choices`: the code that implements the names owns
-    the list; it is imported when checked, so composing needs no torch."""
+    """A name from the collection at the dotted path `choices`, imported when checked (composing needs no torch)."""
     return field(default=MISSING, metadata={"choices": choices})
 
 
@@ -53,17 +56,17 @@ class ModelConfig:
     activation: str = one_of("mnist_exp.models.ACTIVATIONS")
 
 
-@dataclass
+@schema("lenet5")
 class LeNet5Config(ModelConfig):
     pass
 
 
-@dataclass
+@schema("lenet5_32")
 class LeNet532Config(ModelConfig):
     pooling: str = one_of("mnist_exp.models.POOLING")
 
 
-@dataclass
+@schema("mlp")
 class MLPConfig(ModelConfig):
     hidden_layers: int = at_least(1)
     parity_with: str = one_of("mnist_exp.models.LENET5_LAYOUTS")
@@ -79,33 +82,33 @@ class OptimizerConfig:
     lr: float = above(0)
 
 
-@dataclass
+@schema("sgd")
 class SGDConfig(OptimizerConfig):
     momentum: float = within(0, 1)
     nesterov: bool = MISSING
 
 
-@dataclass
+@schema("adam")
 class AdamConfig(OptimizerConfig):
     betas: list[float] = ranged("two values in [0, 1)", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
 
 
-@dataclass
+@schema("l2")
 class L2Config:
     weight_decay: float = at_least(0)
 
 
-@dataclass
+@schema("dropout")
 class DropoutConfig:
     p: float = within(0, 1)
 
 
-@dataclass
+@schema("batchnorm")
 class BatchNormConfig:
     momentum: float = within(0, 1, "(]")
 
 
-@dataclass
+@schema("augment")
 class AugmentConfig:
     degrees: float = within(0, 180, "[]")
     translate: float = within(0, 1)
@@ -113,18 +116,18 @@ class AugmentConfig:
     shear: float = within(0, 90)
 
 
-@dataclass
+@schema("elastic")
 class ElasticConfig:
     alpha: float = at_least(0, " (pixels)")
     sigma: float = within(0, 6, "(]")  # its Gaussian spans +-4 sigma, which must fit a 28-pixel side
 
 
-@dataclass
+@schema("ema")
 class EMAConfig:
     decay: float = within(0, 1)
 
 
-@dataclass
+@schema("swa")
 class SWAConfig:
     start: float = within(0, 1)
 
@@ -134,12 +137,12 @@ class SWAConfig:
             yield "regularizer=[ema,swa]: the run delivers one average of its weights; choose ema or swa"
 
 
-@dataclass
+@schema("label_smoothing")
 class LabelSmoothingConfig:
     epsilon: float = within(0, 1)
 
 
-@dataclass
+@schema("early_stopping")
 class EarlyStoppingConfig:
     patience: int = at_least(1)
     min_delta: float = at_least(0)
@@ -155,22 +158,20 @@ class EarlyStoppingConfig:
 
 @dataclass
 class SchedulerConfig:
-    """A torch.optim.lr_scheduler class (or a function making one), built by hydra.utils.instantiate and
-    stepped after every batch (mnist_exp.training.make_scheduler): fields with metadata epochs=True are
-    lengths in epochs, turned into batches; a target taking `total_steps` gets the run's."""
+    """A torch.optim.lr_scheduler class or a function making one (mnist_exp.training.make_scheduler)."""
 
     _target_: str = MISSING
     _partial_: bool = MISSING  # the optimizer comes when it is built
     name: str = MISSING  # how run names and tables call it
 
 
-@dataclass
+@schema("step")
 class StepSchedulerConfig(SchedulerConfig):
     step_size: int = at_least(1, " (epochs)", epochs=True)
     gamma: float = within(0, 1, "(]")
 
 
-@dataclass
+@schema("cosine")
 class CosineSchedulerConfig(SchedulerConfig):
     warmup_epochs: int = field(default=MISSING, metadata={"epochs": True})
     min_lr: float = MISSING
@@ -184,7 +185,7 @@ class CosineSchedulerConfig(SchedulerConfig):
             yield out_of_range("scheduler.min_lr", node.min_lr, f">= 0 and below optimizer.lr={lr}")
 
 
-@dataclass
+@schema("onecycle")
 class OneCycleSchedulerConfig(SchedulerConfig):
     max_lr: float = above(0)
     pct_start: float = within(0, 1, "()")
@@ -232,7 +233,7 @@ class MLflowConfig:
     extends: str | None = MISSING
 
 
-@dataclass
+@schema("train")
 class TrainConfig:
     # model, optimizer and scheduler differ per option: each option file attaches its own schema.
     model: Any = MISSING
@@ -253,45 +254,22 @@ class TrainConfig:
             if key not in REGULARIZERS:
                 yield f"regularizer.{key} is not a regularizer this project applies: use {', '.join(REGULARIZERS)}"
 
-    # The hook of hydra/launcher=parallel (mnist_exp/launcher.py), answered by mnist_exp/sweep.py.
+    # The hook of hydra/launcher=parallel (mnist_exp/launcher.py), answered by mnist_exp/sweep.py (imported late:
+    # composing a config needs no torch or MLflow).
     @staticmethod
     def launch_plan(cfg, threads: int | None = None) -> tuple[float, int | None]:
-        from mnist_exp.sweep import launch_plan
-
-        return launch_plan(cfg, threads)
+        return import_module("mnist_exp.sweep").launch_plan(cfg, threads)
 
     @staticmethod
     def worker_died(cfg, pid: int, cause: str) -> None:
-        from mnist_exp.sweep import worker_died
-
-        return worker_died(cfg, pid, cause)
+        return import_module("mnist_exp.sweep").worker_died(cfg, pid, cause)
 
 
 def register() -> None:
-    """Make the schemas visible to Hydra; call before composing (train.py, analyze.py, tests).
-
-    Option files attach theirs by absolute name (`/sgd_schema@_here_`); stored outside any
-    group, schemas stay out of `train.py --help`'s list of options.
-    """
-    store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainConfig)
-    store.store(name="lenet5_schema", node=LeNet5Config)
-    store.store(name="lenet5_32_schema", node=LeNet532Config)
-    store.store(name="mlp_schema", node=MLPConfig)
-    store.store(name="sgd_schema", node=SGDConfig)
-    store.store(name="adam_schema", node=AdamConfig)
-    store.store(name="l2_schema", node=L2Config)
-    store.store(name="dropout_schema", node=DropoutConfig)
-    store.store(name="batchnorm_schema", node=BatchNormConfig)
-    store.store(name="augment_schema", node=AugmentConfig)
-    store.store(name="label_smoothing_schema", node=LabelSmoothingConfig)
-    store.store(name="early_stopping_schema", node=EarlyStoppingConfig)
-    store.store(name="elastic_schema", node=ElasticConfig)
-    store.store(name="ema_schema", node=EMAConfig)
-    store.store(name="swa_schema", node=SWAConfig)
-    store.store(name="step_schema", node=StepSchedulerConfig)
-    store.store(name="cosine_schema", node=CosineSchedulerConfig)
-    store.store(name="onecycle_schema", node=OneCycleSchedulerConfig)
+    """Make the schemas known to Hydra before composing; stored outside any group (option files name theirs,
+    `/sgd_schema@_here_`), they stay out of `train.py --help`'s list of options."""
+    for name, node in SCHEMAS.items():
+        ConfigStore.instance().store(name=name, node=node)
 
 
 def in_epochs(node) -> list[str]:

@@ -1,8 +1,6 @@
 """What a logged model ships besides its weights: the network's wrapper, which takes pixels as people hand them.
-
-Logged models carry this file and models.py (MLflow's code_paths), so they load as nn.Modules
-where this repository is not installed. Keep both importable with torch and MLflow alone.
-"""
+It travels with models.py (MLflow's code_paths) to where this repository is absent: keep both needing torch and
+MLflow alone."""
 
 from __future__ import annotations
 
@@ -21,10 +19,8 @@ EXPECTED = (
 
 
 class BadPixels(MlflowException, ValueError):
-    """An input the model refuses, and why, in one line.
-
-    MLflow's scoring server answers a failed prediction with serialize_as_json(), after putting the
-    whole input in front of the message; the reason alone is the answer (HTTP 400)."""
+    """An input the model refuses, and why, in one line: MLflow's scoring server answers with serialize_as_json(),
+    which would otherwise put the whole input before the reason."""
 
     def __init__(self, reason: str):
         super().__init__(reason, error_code=INVALID_PARAMETER_VALUE)
@@ -35,8 +31,7 @@ class BadPixels(MlflowException, ValueError):
 
 
 class PixelClassifier(nn.Module):
-    """The trained network as it is shipped: pixels in (see as_pixels), ten logits out. It scales
-    and normalizes exactly as training's InputPipeline does."""
+    """The trained network as shipped: pixels in (as_pixels), scaled and normalized as training's InputPipeline does."""
 
     def __init__(self, model: nn.Module, mean: float, std: float):
         super().__init__()
@@ -47,8 +42,7 @@ class PixelClassifier(nn.Module):
 
 
 def as_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """One image [28, 28], a batch [N, 28, 28] or a batch of 784 columns [N, 784], of integers 0-255
-    (raw pixels) or floats in [0, 1], as floats [N, 28, 28] in [0, 1]; anything else raises BadPixels."""
+    """One image or a batch (EXPECTED) as floats [N, 28, 28] in [0, 1]; anything else raises BadPixels."""
     shape = tuple(pixels.shape)
     if shape == (SIDE, SIDE):
         pixels = pixels[None]

@@ -1,8 +1,5 @@
-"""The training loop: whole-batch gathers from in-memory uint8 tensors, no DataLoader.
-
-Every epoch reseeds torch's generator from (seed, epoch), and the checkpoint keeps the scheduler, early
-stopping and the weights' average, so epoch k is the same whether the run started at 1 or resumed at k.
-"""
+"""The training loop: whole-batch gathers from in-memory uint8 tensors, no DataLoader. Every epoch reseeds
+torch's generator from (seed, epoch), so epoch k is the same whether the run started at 1 or resumed at k."""
 
 from __future__ import annotations
 
@@ -15,19 +12,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from mnist_exp import regularization
 from mnist_exp.data import MNIST, Split, normalization
-from mnist_exp.regularization import (
-    EarlyStopping,
-    WeightAveraging,
-    early_stopping,
-    label_smoothing,
-    train_augmentation,
-    weight_averaging,
-    weight_decay,
-)
 from mnist_exp.schema import in_epochs
 
 
@@ -76,8 +66,8 @@ class Training:
     inputs: InputPipeline
     device: torch.device
     label_smoothing: float = 0.0
-    early_stopping: EarlyStopping | None = None
-    averaging: WeightAveraging | None = None
+    early_stopping: DictConfig | None = None  # regularizer.early_stopping
+    averaging: regularization.WeightAveraging | None = None
     averaged: AveragedModel | None = field(default=None, init=False)  # the averaging's copy of the model
 
     def __post_init__(self) -> None:
@@ -93,19 +83,19 @@ class Training:
 
     @classmethod
     def from_config(cls, model: nn.Module, cfg, device: torch.device, train: Split) -> Training:
-        """The optimizer, schedule, input pipeline, loss and weight averaging a run's config asks for, around
-        `model`, which trains on `train`."""
-        optimizer = make_optimizer(model, cfg.optimizer, weight_decay(cfg.regularizer))
+        """What a run's config asks for around `model`, which trains on `train`."""
+        regularizer, epochs = cfg.regularizer, cfg.trainer.epochs
+        optimizer = make_optimizer(model, cfg.optimizer, regularization.weight_decay(regularizer))
         batches_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
         return cls(
             model,
             optimizer,
-            make_scheduler(optimizer, cfg.scheduler, cfg.trainer.epochs, batches_per_epoch),
-            InputPipeline(*normalization(cfg.data, train), train_augmentation(cfg.regularizer)),
+            make_scheduler(optimizer, cfg.scheduler, epochs, batches_per_epoch),
+            InputPipeline(*normalization(cfg.data, train), regularization.train_augmentation(regularizer)),
             device,
-            label_smoothing(cfg.regularizer),
-            early_stopping(cfg.regularizer),
-            weight_averaging(cfg.regularizer, cfg.trainer.epochs),
+            regularization.label_smoothing(regularizer),
+            regularization.early_stopping(regularizer),
+            regularization.weight_averaging(regularizer, epochs),
         )
 
 
@@ -125,9 +115,8 @@ class InputPipeline:
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """The same one-channel CPU batch with channels-last strides, nothing copied (with one channel only the
-    stride says which): oneDNN then runs LeNet-5's convolutions in NHWC without reordering, 1.2-1.6x faster
-    training and ~1.2x evaluation (benchmarks/epoch_throughput.py)."""
+    """The one-channel CPU batch with channels-last strides, nothing copied: oneDNN then runs LeNet-5's convolutions
+    in NHWC, 1.2-1.6x faster training and ~1.2x evaluation (benchmarks/epoch_throughput.py)."""
     if x.device.type != "cpu" or x.dim() != 4 or x.shape[1] != 1 or not x.is_contiguous():
         return x
     return x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)))
@@ -144,15 +133,12 @@ def resolve_device(name: str) -> torch.device:
 def make_optimizer(model: nn.Module, optimizer_cfg, weight_decay: float) -> torch.optim.Optimizer:
     """The `optimizer` group's `_target_` over the model's parameters, with regularizer.l2's weight decay."""
     # Fused kernels update every parameter in one call: 4-25% more images/s on CPU (benchmarks/README.md).
-    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-    return _build(
-        optimizer_cfg, model.parameters(), weight_decay=weight_decay, optional={"fused": True} if fused else {}
-    )
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
+    return _build(optimizer_cfg, model.parameters(), weight_decay=weight_decay, optional=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int, batches_per_epoch: int):
-    """The `scheduler` group's `_target_`, stepped after every batch; None for none. Its lengths in epochs
-    (schema fields with metadata epochs=True) become batches, and one that takes total_steps gets the run's."""
+    """The `scheduler` group's `_target_` in batches (docs/extending.md), stepped after every batch; None for none."""
     if not scheduler_cfg:
         return None
     lengths = {key: scheduler_cfg[key] * batches_per_epoch for key in in_epochs(scheduler_cfg)}
@@ -160,16 +146,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, scheduler_cfg, epochs: int,
 
 
 def _build(node, *args, optional: dict | None = None, **kwargs):
-    """hydra.utils.instantiate of a `_partial_` node, called with args, kwargs and those `optional` arguments its
-    target takes; `name` is the option's label, not an argument."""
+    """Instantiate a `_partial_` node (its `name` is a label) with the `optional` arguments its target takes."""
     build = instantiate({key: value for key, value in node.items() if key != "name"}, _convert_="all")
     takes = inspect.signature(build.func).parameters
     return build(*args, **kwargs, **{key: value for key, value in (optional or {}).items() if key in takes})
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_epochs: int, min_lr: float, total_steps: int):
-    """CosineAnnealingLR down to min_lr after a linear warm-up (LinearLR) of warmup_epochs, which make_scheduler
-    has turned into batches; the `_target_` of conf/scheduler/cosine.yaml."""
+    """conf/scheduler/cosine.yaml's: CosineAnnealingLR down to min_lr after a linear warm-up (in batches by now)."""
     schedulers = torch.optim.lr_scheduler
     cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_epochs, eta_min=min_lr)
     if not warmup_epochs:
@@ -241,10 +225,8 @@ def fit(
     on_epoch_end: Callable[[TrainingState], None],
     on_batch: Callable[[float], None] | None = None,
 ) -> TrainingState:
-    """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each.
-
-    With early stopping it ends once patience runs out and leaves the best epoch's weights in the delivered model.
-    """
+    """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each; early stopping
+    ends it once patience runs out, the best epoch's weights delivered."""
     inputs, device = training.inputs, training.device
     for epoch in range(progress.epochs_done + 1, trainer_cfg.epochs + 1):
         if progress.stopped_early:
@@ -277,10 +259,10 @@ def fit(
 
 def _watch(training: Training, progress: TrainingState) -> None:
     """Early stopping's bookkeeping after an epoch: a new best keeps its weights; no news costs patience."""
-    latest = progress.history[-1]
+    latest, stopping = progress.history[-1], training.early_stopping
     best = progress.history[progress.best_epoch - 1].val_loss if progress.best_epoch else None
-    if training.early_stopping.improved(latest.val_loss, best):
+    if best is None or latest.val_loss < best - stopping.min_delta:
         progress.best_epoch = latest.epoch
         progress.best_state = {key: value.detach().clone() for key, value in training.delivered.state_dict().items()}
-    elif latest.epoch - progress.best_epoch >= training.early_stopping.patience:
+    elif latest.epoch - progress.best_epoch >= stopping.patience:
         progress.stopped_early = True

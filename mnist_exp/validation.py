@@ -35,8 +35,7 @@ def validate(cfg, overrides: Sequence[str] = ()) -> None:
         raise ConfigError(
             "; ".join(f"{key} has no value: give it in its conf/ file or as {key}=VALUE" for key in missing)
         )
-    problems = [*_node_problems(cfg, "", cfg), *_repeated_regularizers(overrides)]
-    if problems:
+    if problems := [*_node_problems(cfg, "", cfg), *_repeated_regularizers(overrides)]:
         raise ConfigError("; ".join(problems))
 
 
@@ -85,9 +84,8 @@ def _repeated_regularizers(overrides: Sequence[str]) -> Iterator[str]:
 
 
 def check_launch(config: DictConfig, sweeping: bool) -> list[str]:
-    """What Hydra's composition or validate() refuses in any job of this launch (the launch callback asks before any
-    run exists), each problem once with how many jobs have it; [] when every job may run. Without `sweeping`, the
-    launch is one job."""
+    """What composing or validate() refuses in any job of this launch (one job without `sweeping`), before any run
+    exists: each problem once, with how many jobs have it."""
     from mnist_exp.grid import JobConfigs, expand
 
     loader = GlobalHydra.instance().config_loader()
