@@ -1,9 +1,5 @@
-"""The sweep as a report: figures, the table, and the course's questions answered from the numbers.
-
-answers() gives each question's comparisons (judged by mnist_exp.significance, with the commands that add
-seeds), figures() the figure that answers each question; report.md.j2 holds the wording. Each answer's
-`compared` lists what it claims (mnist_exp.claims): (question, variant row, baseline row, comparison,
-the split it was chosen on where the question chose it)."""
+"""The sweep as a report: each course question's comparisons (judged by mnist_exp.significance), the figure
+answering it, and report.md rendered from report.md.j2; each answer's `compared` feeds mnist_exp.claims."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ import pandas as pd
 
 from mnist_exp import plots, record
 from mnist_exp.commands import analyze_command, fresh_seeds, more_seeds, train_command
-from mnist_exp.significance import ALPHA, MCNEMAR, POWER, family, selected_on_test
+from mnist_exp.significance import MCNEMAR, POWER, family, selected_on_test
 from mnist_exp.table import SHORT, choose_best, short
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
@@ -42,14 +38,15 @@ def _plain(rows: pd.DataFrame, model: str) -> pd.Series | None:
 
 
 def _family(pairs: list, table: pd.DataFrame, on_test: bool = False) -> list[dict]:
-    """[(row, baseline)] judged as one family (`on_test`: its variants chosen on the test split), each with
-    the seeds of the smaller side and, where undecided with a plan, the command adding seeds (at least one)."""
+    """[(row, baseline)] judged as one family (`on_test`: its variants chosen on the test split): each row with
+    its comparison `c`, which holds the seeds of the smaller side and, where undecided with a plan, the command
+    adding seeds (at least one)."""
     found = family(pairs, **table.attrs["judging"])
     for c, (row, baseline) in zip(found, pairs):
         c.update(selected_on_test(c) if on_test else {}, have=min(row.n, baseline.n))
         if c["verdict"] == "undecided" and c["seeds_needed"]:
             c["command"] = train_command([row, baseline], more_seeds([row, baseline], c["seeds_needed"]), pooled=True)
-    return found
+    return [{"row": row, "c": c} for (row, _), c in zip(pairs, found)]
 
 
 def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
@@ -57,36 +54,32 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
     answers = []
     for rows in groups(table, lambda r: _plain(r, "lenet5") is not None and _plain(r, "mlp") is not None):
         lenet, mlp = _plain(rows, "lenet5"), _plain(rows, "mlp")
-        (c,) = _family([(lenet, mlp)], table)
+        c = _family([(lenet, mlp)], table)[0]["c"]
         compared = [("LeNet-5 vs the MLP", lenet, mlp, c, None)]
-        answers.append(
-            {"lenet": lenet, "mlp": mlp, "c": c, "trained": _trained(lenet), "runs": [lenet, mlp], "compared": compared}
-        )
+        answers.append(dict(lenet=lenet, mlp=mlp, c=c, trained=_trained(lenet), runs=[lenet, mlp], compared=compared))
     return answers
 
 
 def regularizers(table: pd.DataFrame) -> list[dict]:
     """Per group trained alike: every regularized LeNet-5 against plain LeNet-5 (one family; those with
     one seed each, McNemar's, apart)."""
+
+    def regularized(rows):
+        return list(rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")].itertuples())
+
     answers = []
-    for rows in groups(
-        table,
-        lambda r: _plain(r, "lenet5") is not None and ((r["model"] == "lenet5") & (r["regularizer"] != "none")).any(),
-    ):
+    for rows in groups(table, lambda r: _plain(r, "lenet5") is not None and regularized(r)):
         plain = _plain(rows, "lenet5")
-        regularized = list(rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")].itertuples())
-        entries = [
-            {"row": row, "c": c} for row, c in zip(regularized, _family([(r, plain) for r in regularized], table))
-        ]
-        apart = [e for e in entries if e["c"]["test"] != MCNEMAR], [e for e in entries if e["c"]["test"] == MCNEMAR]
+        judged = _family([(row, plain) for row in regularized(rows)], table)
+        entries, one_seed = ([e for e in judged if (e["c"]["test"] == MCNEMAR) == apart] for apart in (False, True))
         answers.append(
             {
                 "plain": plain,
                 "trained": _trained(plain),
-                "entries": apart[0],
-                "one_seed": apart[1],
-                "runs": [plain, *regularized],
-                "compared": [("regularizers", e["row"], plain, e["c"], None) for e in apart[0] + apart[1]],
+                "entries": entries,
+                "one_seed": one_seed,
+                "runs": [plain, *regularized(rows)],
+                "compared": [("regularizers", e["row"], plain, e["c"], None) for e in entries + one_seed],
             }
         )
     return answers
@@ -107,8 +100,7 @@ def combinations(table: pd.DataFrame) -> list[dict]:
         singles, pairs = parts(rows)
         single, basis = choose_best(singles)
         best_pair, _ = choose_best(pairs)
-        judged = _family([(row, single) for row in pairs.itertuples()], table, basis == "test")
-        entries = [{"row": row, "c": c} for row, c in zip(pairs.itertuples(), judged)]
+        entries = _family([(row, single) for row in pairs.itertuples()], table, basis == "test")
         best = next(item for item in entries if item["row"].variant == best_pair.variant)
         candidates = [*singles.itertuples(), *pairs.itertuples()]
         answers.append(
@@ -143,12 +135,13 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         reference = _plain(course_rows[course_rows["data"] == best.data], model)
         if reference is None:
             reference = _plain(table[table["context"] == best.context], model)
-        seeded = rows[rows["n"] >= 2] if (rows["n"] >= 2).any() else rows  # what choose_best chose among
-        candidates = [r for r in seeded.itertuples() if reference is None or r.variant != reference.variant]
+        references = [] if reference is None else [reference]
+        seeded = list((rows[rows["n"] >= 2] if (rows["n"] >= 2).any() else rows).itertuples())  # choose_best's
+        candidates = [r for r in seeded if reference is None or r.variant != reference.variant]
         c = None
         if reference is not None and reference.variant != best.variant:
             judged = _family([(row, reference) for row in candidates], table, basis == "test")
-            c = next(c for row, c in zip(candidates, judged) if row.variant == best.variant)
+            c = next(e["c"] for e in judged if e["row"].variant == best.variant)
         answers.append(
             {
                 "model": model,
@@ -158,10 +151,8 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
                 "candidates": len(candidates),
                 "c": c,
                 "changes": " ".join(map(shlex.quote, overrides)) if isinstance(overrides, list) else None,
-                "retest": _retest(
-                    basis, [best] + ([reference] if reference is not None else []), list(seeded.itertuples())
-                ),
-                "runs": [*seeded.itertuples(), *([reference] if reference is not None else [])],
+                "retest": _retest(basis, [best, *references], seeded),
+                "runs": [*seeded, *references],
                 "compared": [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)]
                 if c
                 else [],
@@ -258,29 +249,14 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
         made["models"] = plots.model_curves(chosen, f"LeNet-5 vs MLP ({answer['trained']})")
     for answer in regularizers(table)[:1]:
         variants = [answer["plain"].variant, *(i["row"].variant for i in answer["entries"])]
-        made["regularizers"] = plots.regularizer_panels(
-            history[history["variant"].isin(variants)],
-            "none",
-            f"Test accuracy of each regularizer ({answer['trained']})",
-        )
+        title = f"Test accuracy of each regularizer ({answer['trained']})"
+        made["regularizers"] = plots.regularizer_panels(history[history["variant"].isin(variants)], "none", title)
     compared = table[table["baseline"].notna()]
     if len(compared):
-        made["differences"] = plots.forest(
-            pd.DataFrame(
-                {
-                    "label": [
-                        short(v) + (" vs LeNet-5" if r == "none" else "")
-                        for v, r in zip(compared["variant"], compared["regularizer"])
-                    ],
-                    "diff": compared["vs_baseline_pp"],
-                    "low": compared["vs_baseline_pp_ci_low"],
-                    "high": compared["vs_baseline_pp_ci_high"],
-                    "significant": compared["verdict"].str.startswith(("better", "worse")),
-                }
-            ),
-            "Each variant minus its baseline:\nthe same model unregularized, trained alike",
-            table.attrs["judging"]["smallest_effect"],
-        )
+        labels = [short(r.variant) + (" vs LeNet-5" if r.regularizer == "none" else "") for r in compared.itertuples()]
+        title = "Each variant minus its baseline:\nthe same model unregularized, trained alike"
+        smallest = table.attrs["judging"]["smallest_effect"]
+        made["differences"] = plots.forest(compared.assign(label=labels), title, smallest)
     return made
 
 
@@ -289,11 +265,7 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
     )
     env.filters.update(
         pp=lambda x: f"{x:+.2f}",
@@ -308,14 +280,8 @@ def _environment() -> jinja2.Environment:
         thousands="{:,}".format,
         level=lambda confidence: f"{100 * confidence:.4g}%",
     )
-    env.globals.update(
-        lecun_acc=LECUN_1998_TEST_ACC,
-        students_acc=STUDENTS_TEST_ACC,
-        full_mnist=FULL_MNIST_TRAIN,
-        alpha=ALPHA,
-        power=POWER,
-        MCNEMAR=MCNEMAR,
-    )
+    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN)
+    env.globals.update(power=POWER, MCNEMAR=MCNEMAR)
     return env
 
 
@@ -340,7 +306,7 @@ def write_report(folder: Path, found: dict, table_markdown: str, figures: dict[s
     """report.md in `folder`, wording `found` (answers())."""
     folder.mkdir(parents=True, exist_ok=True)
     links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
-    template = _environment().get_template(TEMPLATE.name)
+    template = _environment().from_string(TEMPLATE.read_text())
     report = folder / record.REPORT_FILE
     report.write_text(template.render(description=description, table=table_markdown, figures=links, **found))
     return report
