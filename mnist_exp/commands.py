@@ -102,10 +102,8 @@ def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[l
 
 
 def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), pooled: bool = False) -> str | None:
-    """One `python train.py -m` line (or several, joined by &&) training `seeds` of each row's variant;
-    finished runs are skipped. None where a row has no overrides (a search's trial). `pooled`: the new
-    seeds join the rows' sweep (mlflow.extends=its key), so analyze.py reads them with it; a re-test on
-    fresh seeds stays apart."""
+    """`python train.py -m` lines (joined by &&) training `seeds` of each row's variant, None for a search's trial;
+    `pooled`: the seeds join the rows' sweep (mlflow.extends) and are read with it, where a re-test stays apart."""
     keys = {getattr(row, "sweep_key", None) for row in rows}
     if pooled and len(keys) == 1 and None not in keys:
         extra = (*extra, f"mlflow.extends={next(iter(keys))}")
@@ -122,11 +120,8 @@ def analyze_command(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -
     sweeps = _sweeps(rows, seeds, extra)
     parsed = OverridesParser.create().parse_overrides(sweeps[0])
     settings = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}  # Hydra's escapes undone
-    store = [
-        f"{option} {shlex.quote(str(settings[key]))}"
-        for key, option in (("mlflow.tracking_uri", "--tracking-uri"), ("mlflow.experiment", "--experiment"))
-        if key in settings
-    ]
+    options = {"mlflow.tracking_uri": "--tracking-uri", "mlflow.experiment": "--experiment"}
+    store = [f"{option} {shlex.quote(str(settings[key]))}" for key, option in options.items() if key in settings]
     return " ".join(["python analyze.py", *store, *(f"--sweep {sweep_identity(x)[0]}" for x in sweeps)])
 
 

@@ -115,15 +115,8 @@ def regularizer_panels(history, baseline: str, title: str):
     variants = [v for v in dict.fromkeys(frame["label"]) if v != baseline]
     cols = min(3, len(variants))
     rows = -(-len(variants) // cols)
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(3.3 * cols, 2.6 * rows + 1.2),
-        sharex=True,
-        sharey=True,
-        squeeze=False,
-        layout="constrained",
-    )
+    size = (3.3 * cols, 2.6 * rows + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=size, sharex=True, sharey=True, squeeze=False, layout="constrained")
     colour = _palette(1)[0]
     plain = frame[frame["label"] == baseline]
     for ax, variant in zip(axes.flat, variants):
@@ -160,11 +153,8 @@ def forest(compared, title: str, smallest: float):
         label = "different (Holm-adjusted p < 0.05)" if shown else "not shown different"
         ax.scatter(diff[at], at, s=36, facecolor=face, edgecolor=colour, zorder=3, label=label)
     ax.set_yticks(rows.index, labels)
-    ax.set(
-        xlabel="difference in test accuracy (pp); interval at 1 - 0.05/m within each family of m",
-        title=title,
-        ylim=(-0.7, len(rows) - 0.3),
-    )
+    xlabel = "difference in test accuracy (pp); interval at 1 - 0.05/m within each family of m"
+    ax.set(xlabel=xlabel, title=title, ylim=(-0.7, len(rows) - 0.3))
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncol=3, frameon=False)
     return fig

@@ -26,8 +26,7 @@ RETEST_SEEDS = 3
 
 
 def groups(table: pd.DataFrame, wanted) -> list[pd.DataFrame]:
-    """The sets of runs trained alike (one `context` each) that hold what `wanted(rows)` asks for,
-    the largest first."""
+    """The sets of runs trained alike (one `context` each) holding what `wanted(rows)` asks for, largest first."""
     found = [rows for _, rows in table.groupby("context", sort=False) if wanted(rows)]
     return sorted(found, key=lambda rows: -rows["n"].sum())
 
@@ -38,9 +37,8 @@ def _plain(rows: pd.DataFrame, model: str) -> pd.Series | None:
 
 
 def _family(pairs: list, table: pd.DataFrame, on_test: bool = False) -> list[dict]:
-    """[(row, baseline)] judged as one family (`on_test`: its variants chosen on the test split): each row with
-    its comparison `c`, which holds the seeds of the smaller side and, where undecided with a plan, the command
-    adding seeds (at least one)."""
+    """[(row, baseline)] judged as one family (`on_test`: chosen on the test split): each row with its comparison
+    `c`, holding the smaller side's seeds and, where undecided with a plan, the command adding seeds."""
     found = family(pairs, **table.attrs["judging"])
     for c, (row, baseline) in zip(found, pairs):
         c.update(selected_on_test(c) if on_test else {}, have=min(row.n, baseline.n))
@@ -72,15 +70,10 @@ def regularizers(table: pd.DataFrame) -> list[dict]:
         plain = _plain(rows, "lenet5")
         judged = _family([(row, plain) for row in regularized(rows)], table)
         entries, one_seed = ([e for e in judged if (e["c"]["test"] == MCNEMAR) == apart] for apart in (False, True))
+        runs = [plain, *regularized(rows)]
+        compared = [("regularizers", e["row"], plain, e["c"], None) for e in entries + one_seed]
         answers.append(
-            {
-                "plain": plain,
-                "trained": _trained(plain),
-                "entries": entries,
-                "one_seed": one_seed,
-                "runs": [plain, *regularized(rows)],
-                "compared": [("regularizers", e["row"], plain, e["c"], None) for e in entries + one_seed],
-            }
+            dict(plain=plain, trained=_trained(plain), entries=entries, one_seed=one_seed, runs=runs, compared=compared)
         )
     return answers
 
@@ -142,6 +135,7 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         if reference is not None and reference.variant != best.variant:
             judged = _family([(row, reference) for row in candidates], table, basis == "test")
             c = next(e["c"] for e in judged if e["row"].variant == best.variant)
+        compared = [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)] if c else []
         answers.append(
             {
                 "model": model,
@@ -153,9 +147,7 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
                 "changes": " ".join(map(shlex.quote, overrides)) if isinstance(overrides, list) else None,
                 "retest": _retest(basis, [best, *references], seeded),
                 "runs": [*seeded, *references],
-                "compared": [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)]
-                if c
-                else [],
+                "compared": compared,
             }
         )
     return answers
@@ -171,26 +163,17 @@ def search(table: pd.DataFrame, runs: pd.DataFrame) -> dict | None:
     numbers = dict(zip(trials["run_id"], trials[column]))
     rows = table[table["run_ids"].map(lambda ids: any(run_id in numbers for run_id in ids))]
     pruned = trials[f"tags.{record.PRUNED}"].notna() if f"tags.{record.PRUNED}" in trials else False
-    counts = {
-        "finished": len(rows),
-        "pruned": int(((trials["status"] == "FINISHED") & pruned).sum()),
-        "failed": int((trials["status"] != "FINISHED").sum()),
-    }
+    finished = trials["status"] == "FINISHED"
+    counts = {"finished": len(rows), "pruned": int((finished & pruned).sum()), "failed": int((~finished).sum())}
     if rows.empty:
         return {"best": None, "command": None, **counts}
     best, basis = choose_best(rows)
     run_id = best.run_ids[-1]
     varied = [c for c in trials if c.startswith("params.") and trials[c].nunique() > 1]  # pruned trials too
     chosen = trials.set_index("run_id").loc[run_id]
-    return {
-        "best": best,
-        "basis": basis,
-        "trial": numbers[run_id],
-        "run_id": run_id,
-        "settings": {column.removeprefix("params."): chosen[column] for column in varied},
-        "command": None,  # analyze.py adds it: it needs the run's logged files
-        **counts,
-    }
+    settings = {column.removeprefix("params."): chosen[column] for column in varied}
+    # command: analyze.py adds it, as it needs the run's logged files
+    return dict(best=best, basis=basis, trial=numbers[run_id], run_id=run_id, settings=settings, command=None, **counts)
 
 
 def versus_lecun(table: pd.DataFrame) -> dict | None:
@@ -210,17 +193,14 @@ def _same_but_groups(settings: str, course: str) -> bool:
 
 
 def _retest(basis: str, rows: list, candidates: list) -> dict | None:
-    """Chosen on validation (or by a search): train the winner and its baseline (`rows`) on fresh seeds, and
-    analyze those runs alone. Chosen on the test split, fresh seeds on the same test images cannot undo the choice:
-    the candidates again with a validation split, and the analysis that chooses on it."""
+    """The commands re-testing a winner: chosen on validation (or by a search), it and its baseline (`rows`) on
+    fresh seeds; chosen on the test split, which fresh seeds cannot undo, the candidates with a validation split."""
     if basis != "test":
         seeds, extra = fresh_seeds(rows, RETEST_SEEDS), ()
     else:
         rows, seeds, extra = candidates, sorted({s for row in candidates for s in row.seeds}), (VALIDATION,)
     train = train_command(rows, seeds, extra)
-    if train is None:
-        return None
-    return {"train": train, "analyze": analyze_command(rows, seeds, extra), "basis": basis}
+    return None if train is None else {"train": train, "analyze": analyze_command(rows, seeds, extra), "basis": basis}
 
 
 def _trained(row) -> str:
