@@ -1,5 +1,4 @@
-"""The report's claims as claims.json beside report.md, and `analyze.py --check FILE`, which recomputes each
-from the store now and says which no longer hold (docs/analysis.md#claims-you-can-re-check)."""
+"""The report's claims as claims.json, and analyze.py --check (docs/analysis.md#claims-you-can-re-check)."""
 
 from __future__ import annotations
 
@@ -17,8 +16,7 @@ def collect(answers: dict) -> list[dict]:
 
 
 def _claim(question: str, row, baseline, c: dict, chosen_on: str | None, runs: list) -> dict:
-    """`chosen_on`: the split a question that picks its variant chose it on (the claim is keyed by the
-    question, not the winner)."""
+    """One claim, keyed by its question alone where the question picks its variant (`chosen_on`: on which split)."""
     variant, baseline = row.variant, baseline.variant
     return {
         "id": question if chosen_on else f"{question}: {variant} vs {baseline}",

@@ -1,6 +1,4 @@
-"""The commands the analysis prints, from each run's own overrides as Hydra logged them (record.HYDRA_FOLDER):
---command's train.py line, the `train.py -m` sweeps that add seeds or a validation split, and the analyze.py
-line that reads exactly the runs such a sweep trains (docs/analysis.md)."""
+"""Every command the analysis prints, from each run's own overrides as Hydra logged them (docs/analysis.md)."""
 
 from __future__ import annotations
 
@@ -37,9 +35,8 @@ def launch(client, run_id: str, run_name: str = "") -> tuple[list[str], bool, st
 
 
 def run_command(client, side) -> tuple[str, str]:
-    """(the train.py command that re-creates the run of `side` (mnist_exp.diff.Side), a note on where and with
-    what code to run it): the run's overrides, its thread count where torch chose it (other counts sum in
-    another order), hydra.mode=RUN for a search's trial (its overrides would search again)."""
+    """(the train.py command re-creating the run of `side`, where and with what code to run it): the run's overrides,
+    its thread count where torch chose it, hydra.mode=RUN for a search's trial (its overrides would search again)."""
     if len(side.runs) != 1:
         names = "; ".join(side.runs["run_name"])
         raise AnalysisError(f"--command needs one run; {side.label} has {len(side.runs)}: {names}")
@@ -113,8 +110,7 @@ def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), poo
 
 
 def analyze_command(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> str:
-    """The `python analyze.py` line that reads exactly the sweeps train_command(rows, seeds, extra) runs,
-    by their keys: those runs alone. Call it only where train_command gives a command."""
+    """The analyze.py line reading exactly the sweeps train_command(rows, seeds, extra) trains, where it gives one."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweeps = _sweeps(rows, seeds, extra)
@@ -133,5 +129,4 @@ def fresh_seeds(rows: list, count: int) -> list[int]:
 
 def more_seeds(rows: list, needed: int) -> list[int]:
     """The seeds that bring each row to `needed` seeds, counting up from the highest used; at least one."""
-    have = max(len(row.seeds) for row in rows)
-    return fresh_seeds(rows, max(needed - have, 1))
+    return fresh_seeds(rows, max(needed - max(len(row.seeds) for row in rows), 1))

@@ -1,5 +1,4 @@
-"""analyze.py --diff: two runs, or two variants' FINISHED seeds, side by side (the settings that differ, the
-final metrics, the per-epoch curves); a side is named by run ID (or a prefix), run name or variant label."""
+"""analyze.py --diff: two runs, or two variants' FINISHED seeds, side by side (docs/analysis.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Every figure: a run's own, logged with it (learning curves, the test confusion matrix); the report's, one
-question each; a diff's, two sides' curves. Those that return their Figure leave writing it to save()."""
+"""Every figure: a run's own (curves, confusion matrix), the report's (one question each) and a diff's."""
 
 from __future__ import annotations
 
@@ -67,8 +66,7 @@ def _palette(n: int):
 
 
 def _line(data, y: str, ax, bounds, **style) -> None:
-    """seaborn's mean over seeds per epoch, banded by the 95% Student-t interval of the mean as the table's,
-    clipped to bounds."""
+    """seaborn's mean over seeds per epoch, its band the 95% Student-t interval of the mean, as the table's."""
     import seaborn as sns
 
     from mnist_exp.significance import estimate
@@ -109,8 +107,7 @@ def model_curves(history, title: str):
 
 
 def regularizer_panels(history, baseline: str, title: str):
-    """One panel per regularized variant (titled by its `label`): its test accuracy per epoch, with the
-    `baseline` label's runs (plain LeNet-5) in grey behind it."""
+    """A panel of test accuracy per epoch for each regularized `label`, the `baseline` label's runs in grey behind."""
     frame = _percent(history)
     variants = [v for v in dict.fromkeys(frame["label"]) if v != baseline]
     cols = min(3, len(variants))
@@ -134,9 +131,8 @@ def regularizer_panels(history, baseline: str, title: str):
 
 
 def forest(compared, title: str, smallest: float):
-    """Each variant's difference from its baseline (the table's rows, with a `label`): a dot with its interval
-    (Bonferroni within its family), a zero line and the band of differences smaller than `smallest` (pp),
-    sorted by effect; filled where Holm's adjustment finds a difference."""
+    """Each variant's difference from its baseline (the table's rows, with a `label`), sorted, with its Bonferroni
+    interval and the band of differences smaller than `smallest` (pp); filled where Holm's finds a difference."""
     rows = compared.sort_values("vs_baseline_pp").reset_index(drop=True)
     diff, low, high = rows["vs_baseline_pp"], rows["vs_baseline_pp_ci_low"], rows["vs_baseline_pp_ci_high"]
     labels = [textwrap.fill(label, 50) for label in rows["label"]]  # a variant named by its settings is long
@@ -175,8 +171,7 @@ SIDE_KEYS = [key for _, keys, _ in SIDE_CURVES for key in keys]
 
 
 def side_curves(sides: list, title: str):
-    """Accuracy and loss per epoch of two sides (A, B: each a runs.histories frame): a colour per side, a line
-    per run."""
+    """Accuracy and loss per epoch of sides A and B (runs.histories frames): a colour per side, a line per run."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for (ylabel, keys, scale), ax in zip(SIDE_CURVES, axes):
         for history, name, color in zip(sides, ("A", "B"), ("tab:blue", "tab:orange")):

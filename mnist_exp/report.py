@@ -1,5 +1,4 @@
-"""The sweep as a report: each course question's comparisons (judged by mnist_exp.significance), the figure
-answering it, and report.md rendered from report.md.j2; each answer's `compared` feeds mnist_exp.claims."""
+"""The sweep as a report: each course question's answer and figure, and report.md (worded in report.md.j2)."""
 
 from __future__ import annotations
 
@@ -59,8 +58,7 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
 
 
 def regularizers(table: pd.DataFrame) -> list[dict]:
-    """Per group trained alike: every regularized LeNet-5 against plain LeNet-5 (one family; those with
-    one seed each, McNemar's, apart)."""
+    """Per group trained alike: each regularized LeNet-5 against plain LeNet-5, those with one seed each apart."""
 
     def regularized(rows):
         return list(rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")].itertuples())
@@ -79,9 +77,7 @@ def regularizers(table: pd.DataFrame) -> list[dict]:
 
 
 def combinations(table: pd.DataFrame) -> list[dict]:
-    """Per group trained alike with pairs and single regularizers of LeNet-5: every pair against the best
-    single one, one family, the best pair counted as chosen from it. Chosen on the test split: no
-    p-values, and the command that chooses on a validation split instead."""
+    """Per group trained alike: each pair of regularizers against the best single one, as chosen among them."""
 
     def parts(rows):
         lenet = rows[rows["model"] == "lenet5"]
@@ -113,10 +109,8 @@ def combinations(table: pd.DataFrame) -> list[dict]:
 
 
 def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
-    """Each model's best variant (on validation where every one has it) against the same model unregularized,
-    trained the course's way where the selection has it, else trained alike: adjusted within every
-    candidate's comparison with that reference (the family it was chosen from); chosen on the test split,
-    no p-value."""
+    """Each model's best variant against it unregularized, trained the course's way where the selection has that,
+    else trained alike; judged within every candidate's comparison with that reference."""
     answers = []
     for model in MODELS:
         rows = table[table["model"] == model]
@@ -170,8 +164,7 @@ def search(table: pd.DataFrame, runs: pd.DataFrame) -> dict | None:
     best, basis = choose_best(rows)
     run_id = best.run_ids[-1]
     varied = [c for c in trials if c.startswith("params.") and trials[c].nunique() > 1]  # pruned trials too
-    chosen = trials.set_index("run_id").loc[run_id]
-    settings = {column.removeprefix("params."): chosen[column] for column in varied}
+    settings = trials.set_index("run_id").loc[run_id, varied].rename(lambda c: c.removeprefix("params.")).to_dict()
     # command: analyze.py adds it, as it needs the run's logged files
     return dict(best=best, basis=basis, trial=numbers[run_id], run_id=run_id, settings=settings, command=None, **counts)
 
@@ -181,8 +174,7 @@ def versus_lecun(table: pd.DataFrame) -> dict | None:
     if lenet.empty:
         return None
     best, basis = choose_best(lenet)
-    size = None if pd.isna(best.train_size) else int(best.train_size)
-    return {"best": best, "basis": basis, "size": size}
+    return {"best": best, "basis": basis, "size": None if pd.isna(best.train_size) else int(best.train_size)}
 
 
 def _same_but_groups(settings: str, course: str) -> bool:
@@ -251,9 +243,7 @@ def _environment() -> jinja2.Environment:
         pp=lambda x: f"{x:+.2f}",
         p=lambda x: f"{x:.3g}",
         acc=lambda row: (
-            f"{row.acc_pct:.2f}"
-            + ("" if pd.isna(row.acc_pct_std) else f" ± {row.acc_pct_std:.2f}")
-            + f"% (n = {row.n})"
+            f"{row.acc_pct:.2f}{'' if pd.isna(row.acc_pct_std) else f' ± {row.acc_pct_std:.2f}'}% (n = {row.n})"
         ),
         count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
         ci=lambda r: "" if pd.isna(r.acc_pct_ci_low) else f", 95% CI {r.acc_pct_ci_low:.2f}–{r.acc_pct_ci_high:.2f}",
@@ -261,13 +251,12 @@ def _environment() -> jinja2.Environment:
         level=lambda confidence: f"{100 * confidence:.4g}%",
     )
     env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN)
-    env.globals.update(power=POWER, MCNEMAR=MCNEMAR)
+    env.globals.update(power=POWER, MCNEMAR=MCNEMAR, short=SHORT)
     return env
 
 
 def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None = None) -> dict:
-    """Everything the template words: each question's numbers and verdicts, and `trials`, search()'s answer
-    (its best trial's `command` added where known)."""
+    """Everything the template words: each question's answer, and `trials` (search()'s, with its command)."""
     return {
         "search": trials,
         **table.attrs["judging"],
@@ -278,7 +267,6 @@ def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None 
         "recipes": recipes(table, course),
         "lecun": versus_lecun(table),
         "collapsed": [row for row in table.itertuples() if row.collapsed],
-        "short": SHORT,
     }
 
 
