@@ -141,8 +141,7 @@ def forest(compared, title: str, smallest: float):
     colour = _palette(1)[0]
     ax.axvspan(-smallest, smallest, color=GREY, alpha=0.2, lw=0, zorder=0, label=f"±{smallest:g} pp: not worth having")
     ax.axvline(0, color=GREY, lw=1, zorder=0)
-    errors = np.vstack([diff - low, high - diff])
-    ax.errorbar(diff, rows.index, xerr=np.nan_to_num(errors), fmt="none", ecolor=colour, capsize=3)
+    ax.errorbar(diff, rows.index, xerr=np.nan_to_num([diff - low, high - diff]), fmt="none", ecolor=colour, capsize=3)
     significant = rows["verdict"].str.startswith(("better", "worse"))
     for shown, face in ((True, colour), (False, "white")):
         at = rows.index[significant == shown]
