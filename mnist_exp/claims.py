@@ -1,13 +1,4 @@
-"""The report's claims as a file (claims.json beside report.md), and `analyze.py --check FILE`.
-
-Each claim: its question, the variants compared, the difference, its interval and verdict, and every run
-its family and its selection rest on. --check recomputes each claim, with the same settings, from every
-FINISHED run now in the store of the variants those runs belong to (trained alike, on the same data),
-whichever sweep trained them: added seeds, re-trained runs and changed code all count. A claim no longer
-holds when its verdict (or its winner) changed, or its difference or interval moved beyond the printed
-precision (0.01 pp). Nothing here is random. FORMAT and VERSION name the file's layout; a reader takes
-every version up to its own.
-"""
+"""The report's claims as claims.json, and analyze.py --check (docs/analysis.md#claims-you-can-re-check)."""
 
 from __future__ import annotations
 
@@ -15,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-FORMAT, VERSION = "mnist-exp claims", 1
+FORMAT, VERSION = "mnist-exp claims", 1  # the file's layout: a reader takes every version up to its own
 
 
 def collect(answers: dict) -> list[dict]:
@@ -25,8 +16,7 @@ def collect(answers: dict) -> list[dict]:
 
 
 def _claim(question: str, row, baseline, c: dict, chosen_on: str | None, runs: list) -> dict:
-    """`chosen_on`: the split a question that picks its variant chose it on (the claim is keyed by the
-    question, not the winner)."""
+    """One claim, keyed by its question alone where the question picks its variant (`chosen_on`: on which split)."""
     variant, baseline = row.variant, baseline.variant
     return {
         "id": question if chosen_on else f"{question}: {variant} vs {baseline}",
@@ -82,11 +72,9 @@ def differences(before: dict, after: dict | None) -> list[str]:
         found.append(f"winner {before['variant']} -> {after['variant']}")
     if after["verdict"] != before["verdict"]:
         found.append(f"verdict {before['verdict']} -> {after['verdict']}")
-    shown = {key: (_shown(before[key]), _shown(after[key])) for key in ("difference_pp", "interval_pp")}
-    if shown["difference_pp"][0] != shown["difference_pp"][1]:
-        found.append("difference {} -> {} pp".format(*shown["difference_pp"]))
-    if shown["interval_pp"][0] != shown["interval_pp"][1]:
-        found.append("interval {} -> {} pp".format(*shown["interval_pp"]))
+    for key, name in (("difference_pp", "difference"), ("interval_pp", "interval")):
+        if (was := _shown(before[key])) != (now := _shown(after[key])):  # moved by the printed precision
+            found.append(f"{name} {was} -> {now} pp")
     if found and after["seeds"] != before["seeds"]:
         found.append(f"now {after['seeds']} seeds, was {before['seeds']}")
     return found
@@ -117,13 +105,8 @@ def check(document: dict, tracking_uri: str, experiment: str, course: str | None
     kept = finished[[key in wanted for key in zip(runs["variant_hash"], runs["context"])]]
     split = SPLITS.get(recorded["metric"])
     answers = predictions.correct_answers(tracking_uri, kept, split)[0] if split else {}
-    table = variant_table(
-        kept,
-        recorded["metric"],
-        answers=answers,
-        smallest_effect=settings["smallest_effect"],
-        half_width=settings["half_width"],
-    )
+    judging = {key: settings[key] for key in ("smallest_effect", "half_width")}
+    table = variant_table(kept, recorded["metric"], answers=answers, **judging)
     now = collect(report.answers(table, course))
     return [(claim, differences(claim, _same_claim(claim, now))) for claim in document["claims"]]
 
@@ -131,16 +114,13 @@ def check(document: dict, tracking_uri: str, experiment: str, course: str | None
 def _same_claim(claim: dict, now: list[dict]) -> dict | None:
     """The claim of `now` that is `claim` again: by its id, else by its question and the runs of both sides
     (a label names more or fewer settings as the variants beside it change)."""
-    return next((c for c in now if c["id"] == claim["id"]), None) or next(
-        (
-            c
-            for c in now
-            if c["question"] == claim["question"]
-            and _runs(c, "variant") & _runs(claim, "variant")
-            and _runs(c, "baseline") & _runs(claim, "baseline")
-        ),
-        None,
-    )
+
+    def same_runs(c: dict) -> bool:
+        return c["question"] == claim["question"] and all(
+            _runs(c, s) & _runs(claim, s) for s in ("variant", "baseline")
+        )
+
+    return next((c for c in now if c["id"] == claim["id"]), None) or next(filter(same_runs, now), None)
 
 
 def _runs(claim: dict, side: str) -> set[str]:

@@ -1,15 +1,10 @@
-"""The commands the analysis prints, built from each run's own overrides as Hydra logged them
-(record.HYDRA_FOLDER): the train.py command that re-creates a run (analyze.py --command), the
-`train.py -m` sweeps that add seeds to variants or train them with a validation split, and the
-analyze.py line that reads exactly the runs such a sweep trains.
-"""
+"""Every command the analysis prints, from each run's own overrides as Hydra logged them (docs/analysis.md)."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,15 +17,9 @@ from mnist_exp.sweep import override_key, sweep_identity
 GRIDS = ("grid", "basic")  # sweepers whose job's overrides train that job again (a search's would search again)
 
 
-@dataclass(frozen=True)
-class Launch:
-    overrides: list[str]  # the job's overrides of conf/train.yaml
-    grid: bool  # launched by a grid sweeper: its overrides train it again
-    cwd: str | None  # the folder it was launched from
-
-
-def launch(client, run_id: str, run_name: str = "") -> Launch:
-    """How a run was launched, from the files Hydra wrote for its job (logged as it starts)."""
+def launch(client, run_id: str, run_name: str = "") -> tuple[list[str], bool, str | None]:
+    """How a run was launched, from the files Hydra wrote for its job (logged as it starts): its overrides of
+    conf/train.yaml, whether a grid sweeper launched it (its overrides train it again), the folder it ran from."""
 
     def read(name: str):
         with tempfile.TemporaryDirectory() as folder:
@@ -42,68 +31,54 @@ def launch(client, run_id: str, run_name: str = "") -> Launch:
             return yaml.safe_load(Path(path).read_text())
 
     runtime = read("hydra")["hydra"]["runtime"]
-    return Launch(
-        read("overrides") or [], runtime["choices"].get("hydra/sweeper", "basic") in GRIDS, runtime.get("cwd")
-    )
+    return read("overrides") or [], runtime["choices"].get("hydra/sweeper", "basic") in GRIDS, runtime.get("cwd")
 
 
 def run_command(client, side) -> tuple[str, str]:
-    """(the train.py command that re-creates the run of `side` (mnist_exp.diff.Side), a note on where and with
-    what code to run it).
-
-    The overrides are the run's own; the thread count is added when they leave it to torch, since other
-    thread counts sum in another order. A search's trial is trained alone (hydra.mode=RUN: its overrides
-    hold the search's config, which would search again); a pruned trial cannot be re-created as it
-    stopped, so its command trains that config in full.
-    """
+    """(the train.py command re-creating the run of `side`, where and with what code to run it): the run's overrides,
+    its thread count where torch chose it, hydra.mode=RUN for a search's trial (its overrides would search again)."""
     if len(side.runs) != 1:
         names = "; ".join(side.runs["run_name"])
         raise AnalysisError(f"--command needs one run; {side.label} has {len(side.runs)}: {names}")
     run = side.runs.iloc[0]
     tags = {key[len("tags.") :]: value for key, value in run.items() if key.startswith("tags.") and not pd.isna(value)}
-    found = launch(client, run["run_id"], run["run_name"])
-    overrides = list(found.overrides)
+    overrides, grid, cwd = launch(client, run["run_id"], run["run_name"])
     if record.THREADS in tags and not any(override_key(o) == "trainer.threads" for o in overrides):
-        overrides.append(f"trainer.threads={tags[record.THREADS]}")
-    if not found.grid:
-        overrides.append("hydra.mode=RUN")
-    script = os.path.relpath(tracking.TRAIN_SCRIPT, found.cwd)
+        overrides = [*overrides, f"trainer.threads={tags[record.THREADS]}"]
+    if not grid:
+        overrides = [*overrides, "hydra.mode=RUN"]
+    script = os.path.relpath(tracking.TRAIN_SCRIPT, cwd)
     script = script if not script.startswith("..") else str(tracking.TRAIN_SCRIPT)
     line = " ".join(["python", shlex.quote(script), *map(shlex.quote, overrides)])
     trained_by, now = tags.get(record.CODE_VERSION, "unrecorded"), tracking.code_version()[1]
     code = f"code {now}" + ("" if trained_by == now else f"; the run was trained by {trained_by}")
-    if record.PRUNED in tags:
+    if record.PRUNED in tags:  # it cannot be re-created as it stopped: its config trained in full
         return line, (
-            f"run it from {found.cwd} ({code}). No command re-creates this run as it stopped "
+            f"run it from {cwd} ({code}). No command re-creates this run as it stopped "
             f"({tags[record.PRUNED]}: the pruner judged it against other trials); this one trains its "
             "config in full, resuming this run from its checkpoint where that is still there, else in a new run "
             "that supersedes it"
         )
-    return line, f"run it from {found.cwd} ({code}); add force=true to train it again beside the run"
+    return line, f"run it from {cwd} ({code}); add force=true to train it again beside the run"
 
 
 def with_overrides(table: pd.DataFrame, tracking_uri: str, sweep_key: str | None = None) -> pd.DataFrame:
-    """`table` with each variant's overrides, as Hydra logged them for its latest run, the seed and
-    mlflow.extends left out: what train_command trains again (None for a search's trial, whose overrides
-    would launch the search again); and the `sweep_key` of the sweep they were selected from, which seeds
-    added to it extend."""
+    """`table` with each variant's overrides (its latest run's, less the seed and mlflow.extends; None for a
+    search's trial) and the `sweep_key` of the sweep it was selected from, which seeds added to it extend."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
 
     def overrides(run_id: str) -> list[str] | None:
-        found = launch(client, run_id)
-        if not found.grid:
-            return None
-        return [o for o in found.overrides if override_key(o) not in ("trainer.seed", "mlflow.extends")]
+        found, grid, _ = launch(client, run_id)
+        return [o for o in found if override_key(o) not in ("trainer.seed", "mlflow.extends")] if grid else None
 
     return table.assign(overrides=[overrides(run_ids[-1]) for run_ids in table["run_ids"]], sweep_key=sweep_key)
 
 
 def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[list[str]] | None:
-    """The overrides of the `python train.py -m` sweeps training `seeds` of each row's variant (with `extra`
-    overrides), merged into one sweep where the variants' overrides differ in one value only; None without
-    overrides."""
+    """The overrides of the `train.py -m` sweeps training `seeds` of each row's variant (with `extra`), one
+    sweep where the variants differ in one value only; None where a row has no overrides."""
     if not seeds:  # `trainer.seed=` with no value would train the default seed, not what was asked
         raise ValueError("a command that adds seeds needs at least one seed")
     lists = [getattr(row, "overrides", None) for row in rows]
@@ -112,60 +87,46 @@ def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[l
     replaced = {o.split("=", 1)[0] for o in extra}
     lists = [[o for o in x if o.split("=", 1)[0] not in replaced] + list(extra) for x in lists]
     contiguous = len(seeds) > 3 and seeds == list(range(seeds[0], seeds[-1] + 1))
-    seeds_override = (
-        f"trainer.seed=range({seeds[0]},{seeds[-1] + 1})"  # Hydra's sweep range
-        if contiguous
-        else "trainer.seed=" + ",".join(str(s) for s in seeds)
-    )
+    values = f"range({seeds[0]},{seeds[-1] + 1})" if contiguous else ",".join(map(str, seeds))  # Hydra's range
     distinct = list(dict.fromkeys(tuple(x) for x in lists))
     keys = {tuple(o.split("=", 1)[0] for o in x) for x in distinct}
     differing = [i for i in range(len(distinct[0])) if len({x[i] for x in distinct}) > 1] if len(keys) == 1 else []
     if len(differing) == 1:
         (i,) = differing
-        values = ",".join(x[i].split("=", 1)[1] for x in distinct)
-        distinct = [(*distinct[0][:i], f"{distinct[0][i].split('=', 1)[0]}={values}", *distinct[0][i + 1 :])]
-    return [[*x, seeds_override] for x in distinct]
+        merged = ",".join(x[i].split("=", 1)[1] for x in distinct)
+        distinct = [(*distinct[0][:i], f"{distinct[0][i].split('=', 1)[0]}={merged}", *distinct[0][i + 1 :])]
+    return [[*x, f"trainer.seed={values}"] for x in distinct]
 
 
 def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), pooled: bool = False) -> str | None:
-    """One `python train.py -m` line (or several, joined by &&) training `seeds` of each row's variant;
-    finished runs are skipped. None where a row has no overrides (a search's trial). `pooled`: the new
-    seeds join the rows' sweep (mlflow.extends=its key), so analyze.py reads them with it; a re-test on
-    fresh seeds stays apart."""
+    """`python train.py -m` lines (joined by &&) training `seeds` of each row's variant, None for a search's trial;
+    `pooled`: the seeds join the rows' sweep (mlflow.extends) and are read with it, where a re-test stays apart."""
     keys = {getattr(row, "sweep_key", None) for row in rows}
     if pooled and len(keys) == 1 and None not in keys:
         extra = (*extra, f"mlflow.extends={next(iter(keys))}")
-    sweeps = _sweeps(rows, seeds, extra)
-    if sweeps is None:
+    if (sweeps := _sweeps(rows, seeds, extra)) is None:
         return None
     return " && ".join(" ".join(["python train.py -m", *map(shlex.quote, x)]) for x in sweeps)
 
 
-def analyze_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), report: str | None = None) -> str:
-    """The `python analyze.py` line that reads exactly the sweeps train_command(rows, seeds, extra) runs,
-    by their keys: those runs alone. Call it only where train_command gives a command."""
+def analyze_command(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> str:
+    """The analyze.py line reading exactly the sweeps train_command(rows, seeds, extra) trains, where it gives one."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweeps = _sweeps(rows, seeds, extra)
     parsed = OverridesParser.create().parse_overrides(sweeps[0])
     settings = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}  # Hydra's escapes undone
-    store = [
-        f"{option} {shlex.quote(str(settings[key]))}"
-        for key, option in (("mlflow.tracking_uri", "--tracking-uri"), ("mlflow.experiment", "--experiment"))
-        if key in settings
-    ]
-    sweep_args = [f"--sweep {sweep_identity(x)[0]}" for x in sweeps]
-    return " ".join(["python analyze.py", *store, *sweep_args, *([f"--report {report}"] if report else [])])
+    options = {"mlflow.tracking_uri": "--tracking-uri", "mlflow.experiment": "--experiment"}
+    store = [f"{option} {shlex.quote(str(settings[key]))}" for key, option in options.items() if key in settings]
+    return " ".join(["python analyze.py", *store, *(f"--sweep {sweep_identity(x)[0]}" for x in sweeps)])
 
 
 def fresh_seeds(rows: list, count: int) -> list[int]:
     """`count` seeds none of the rows has used: a re-test that has not seen the selection's numbers."""
-    used = {seed for row in rows for seed in row.seeds}
-    start = max(used, default=-1) + 1
+    start = max((seed for row in rows for seed in row.seeds), default=-1) + 1
     return list(range(start, start + count))
 
 
 def more_seeds(rows: list, needed: int) -> list[int]:
     """The seeds that bring each row to `needed` seeds, counting up from the highest used; at least one."""
-    have = max(len(row.seeds) for row in rows)
-    return fresh_seeds(rows, max(needed - have, 1))
+    return fresh_seeds(rows, max(needed - max(len(row.seeds) for row in rows), 1))

@@ -1,9 +1,4 @@
-"""Two runs (or two variants, all their seeds) side by side: the settings that differ, the final metrics and
-the per-epoch curves (analyze.py --diff).
-
-A run is named by its ID (or a prefix of it), its run name, or its variant label (record.VARIANT,
-model/regularizer/optimizer[+scheduler]): a label stands for all the FINISHED seeds of that variant.
-"""
+"""analyze.py --diff: two runs, or two variants' FINISHED seeds, side by side (docs/analysis.md)."""
 
 from __future__ import annotations
 
@@ -28,8 +23,7 @@ class Side:
 
 
 def find(selection: Selection, ref: str) -> Side:
-    """The run or variant `ref` names in `selection` (see the module's docstring); an AnalysisError names
-    what exists."""
+    """The run or variant `ref` names in `selection`; an AnalysisError names what exists."""
     runs = selection.runs
     by_id = runs[(runs["run_id"] == ref) | (runs["run_id"].str.startswith(ref) if len(ref) >= 6 else False)]
     by_name = runs[runs["run_name"] == ref].sort_values("start_time")
@@ -89,16 +83,9 @@ def diff_text(a: Side, b: Side) -> str:
         frame = pd.DataFrame(rows, columns=[header, "A", "B"])
         return frame.to_markdown(index=False, disable_numparse=True) if rows else f"no {header} differs"
 
-    return "\n".join(
-        [
-            f"A: {a.label}",
-            f"B: {b.label}",
-            "",
-            table(settings(a), settings(b), "setting", True),
-            "",
-            table(final_metrics(a), final_metrics(b), "final metric", False),
-        ]
-    )
+    differing = table(settings(a), settings(b), "setting", True)
+    metrics = table(final_metrics(a), final_metrics(b), "final metric", False)
+    return f"A: {a.label}\nB: {b.label}\n\n{differing}\n\n{metrics}"
 
 
 def plot(tracking_uri: str, a: Side, b: Side, path: Path) -> Path:

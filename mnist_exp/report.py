@@ -1,9 +1,4 @@
-"""The sweep as a report: figures, the table, and the course's questions answered from the numbers.
-
-answers() gives each question's comparisons (judged by mnist_exp.significance, with the commands that add
-seeds), figures() the figure that answers each question; report.md.j2 holds the wording. Each answer's
-`compared` lists what it claims (mnist_exp.claims): (question, variant row, baseline row, comparison,
-the split it was chosen on where the question chose it)."""
+"""The sweep as a report: each course question's answer and figure, and report.md (worded in report.md.j2)."""
 
 from __future__ import annotations
 
@@ -17,7 +12,7 @@ import pandas as pd
 
 from mnist_exp import plots, record
 from mnist_exp.commands import analyze_command, fresh_seeds, more_seeds, train_command
-from mnist_exp.significance import ALPHA, MCNEMAR, POWER, family, selected_on_test
+from mnist_exp.significance import MCNEMAR, POWER, family, selected_on_test
 from mnist_exp.table import SHORT, choose_best, short
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
@@ -30,8 +25,7 @@ RETEST_SEEDS = 3
 
 
 def groups(table: pd.DataFrame, wanted) -> list[pd.DataFrame]:
-    """The sets of runs trained alike (one `context` each) that hold what `wanted(rows)` asks for,
-    the largest first."""
+    """The sets of runs trained alike (one `context` each) holding what `wanted(rows)` asks for, largest first."""
     found = [rows for _, rows in table.groupby("context", sort=False) if wanted(rows)]
     return sorted(found, key=lambda rows: -rows["n"].sum())
 
@@ -42,14 +36,14 @@ def _plain(rows: pd.DataFrame, model: str) -> pd.Series | None:
 
 
 def _family(pairs: list, table: pd.DataFrame, on_test: bool = False) -> list[dict]:
-    """[(row, baseline)] judged as one family (`on_test`: its variants chosen on the test split), each with
-    the seeds of the smaller side and, where undecided with a plan, the command adding seeds (at least one)."""
+    """[(row, baseline)] judged as one family (`on_test`: chosen on the test split): each row with its comparison
+    `c`, holding the smaller side's seeds and, where undecided with a plan, the command adding seeds."""
     found = family(pairs, **table.attrs["judging"])
     for c, (row, baseline) in zip(found, pairs):
         c.update(selected_on_test(c) if on_test else {}, have=min(row.n, baseline.n))
         if c["verdict"] == "undecided" and c["seeds_needed"]:
             c["command"] = train_command([row, baseline], more_seeds([row, baseline], c["seeds_needed"]), pooled=True)
-    return found
+    return [{"row": row, "c": c} for (row, _), c in zip(pairs, found)]
 
 
 def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
@@ -57,45 +51,33 @@ def lenet5_vs_mlp(table: pd.DataFrame) -> list[dict]:
     answers = []
     for rows in groups(table, lambda r: _plain(r, "lenet5") is not None and _plain(r, "mlp") is not None):
         lenet, mlp = _plain(rows, "lenet5"), _plain(rows, "mlp")
-        (c,) = _family([(lenet, mlp)], table)
+        c = _family([(lenet, mlp)], table)[0]["c"]
         compared = [("LeNet-5 vs the MLP", lenet, mlp, c, None)]
-        answers.append(
-            {"lenet": lenet, "mlp": mlp, "c": c, "trained": _trained(lenet), "runs": [lenet, mlp], "compared": compared}
-        )
+        answers.append(dict(lenet=lenet, mlp=mlp, c=c, trained=_trained(lenet), runs=[lenet, mlp], compared=compared))
     return answers
 
 
 def regularizers(table: pd.DataFrame) -> list[dict]:
-    """Per group trained alike: every regularized LeNet-5 against plain LeNet-5 (one family; those with
-    one seed each, McNemar's, apart)."""
+    """Per group trained alike: each regularized LeNet-5 against plain LeNet-5, those with one seed each apart."""
+
+    def regularized(rows):
+        return list(rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")].itertuples())
+
     answers = []
-    for rows in groups(
-        table,
-        lambda r: _plain(r, "lenet5") is not None and ((r["model"] == "lenet5") & (r["regularizer"] != "none")).any(),
-    ):
+    for rows in groups(table, lambda r: _plain(r, "lenet5") is not None and regularized(r)):
         plain = _plain(rows, "lenet5")
-        regularized = list(rows[(rows["model"] == "lenet5") & (rows["regularizer"] != "none")].itertuples())
-        entries = [
-            {"row": row, "c": c} for row, c in zip(regularized, _family([(r, plain) for r in regularized], table))
-        ]
-        apart = [e for e in entries if e["c"]["test"] != MCNEMAR], [e for e in entries if e["c"]["test"] == MCNEMAR]
+        judged = _family([(row, plain) for row in regularized(rows)], table)
+        entries, one_seed = ([e for e in judged if (e["c"]["test"] == MCNEMAR) == apart] for apart in (False, True))
+        runs = [plain, *regularized(rows)]
+        compared = [("regularizers", e["row"], plain, e["c"], None) for e in entries + one_seed]
         answers.append(
-            {
-                "plain": plain,
-                "trained": _trained(plain),
-                "entries": apart[0],
-                "one_seed": apart[1],
-                "runs": [plain, *regularized],
-                "compared": [("regularizers", e["row"], plain, e["c"], None) for e in apart[0] + apart[1]],
-            }
+            dict(plain=plain, trained=_trained(plain), entries=entries, one_seed=one_seed, runs=runs, compared=compared)
         )
     return answers
 
 
 def combinations(table: pd.DataFrame) -> list[dict]:
-    """Per group trained alike with pairs and single regularizers of LeNet-5: every pair against the best
-    single one, one family, the best pair counted as chosen from it. Chosen on the test split: no
-    p-values, and the command that chooses on a validation split instead."""
+    """Per group trained alike: each pair of regularizers against the best single one, as chosen among them."""
 
     def parts(rows):
         lenet = rows[rows["model"] == "lenet5"]
@@ -107,8 +89,7 @@ def combinations(table: pd.DataFrame) -> list[dict]:
         singles, pairs = parts(rows)
         single, basis = choose_best(singles)
         best_pair, _ = choose_best(pairs)
-        judged = _family([(row, single) for row in pairs.itertuples()], table, basis == "test")
-        entries = [{"row": row, "c": c} for row, c in zip(pairs.itertuples(), judged)]
+        entries = _family([(row, single) for row in pairs.itertuples()], table, basis == "test")
         best = next(item for item in entries if item["row"].variant == best_pair.variant)
         candidates = [*singles.itertuples(), *pairs.itertuples()]
         answers.append(
@@ -128,10 +109,8 @@ def combinations(table: pd.DataFrame) -> list[dict]:
 
 
 def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
-    """Each model's best variant (on validation where every one has it) against the same model unregularized,
-    trained the course's way where the selection has it, else trained alike: adjusted within every
-    candidate's comparison with that reference (the family it was chosen from); chosen on the test split,
-    no p-value."""
+    """Each model's best variant against it unregularized, trained the course's way where the selection has that,
+    else trained alike; judged within every candidate's comparison with that reference."""
     answers = []
     for model in MODELS:
         rows = table[table["model"] == model]
@@ -143,12 +122,14 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         reference = _plain(course_rows[course_rows["data"] == best.data], model)
         if reference is None:
             reference = _plain(table[table["context"] == best.context], model)
-        seeded = rows[rows["n"] >= 2] if (rows["n"] >= 2).any() else rows  # what choose_best chose among
-        candidates = [r for r in seeded.itertuples() if reference is None or r.variant != reference.variant]
+        references = [] if reference is None else [reference]
+        seeded = list((rows[rows["n"] >= 2] if (rows["n"] >= 2).any() else rows).itertuples())  # choose_best's
+        candidates = [r for r in seeded if reference is None or r.variant != reference.variant]
         c = None
         if reference is not None and reference.variant != best.variant:
             judged = _family([(row, reference) for row in candidates], table, basis == "test")
-            c = next(c for row, c in zip(candidates, judged) if row.variant == best.variant)
+            c = next(e["c"] for e in judged if e["row"].variant == best.variant)
+        compared = [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)] if c else []
         answers.append(
             {
                 "model": model,
@@ -158,13 +139,9 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
                 "candidates": len(candidates),
                 "c": c,
                 "changes": " ".join(map(shlex.quote, overrides)) if isinstance(overrides, list) else None,
-                "retest": _retest(
-                    basis, [best] + ([reference] if reference is not None else []), list(seeded.itertuples())
-                ),
-                "runs": [*seeded.itertuples(), *([reference] if reference is not None else [])],
-                "compared": [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)]
-                if c
-                else [],
+                "retest": _retest(basis, [best, *references], seeded),
+                "runs": [*seeded, *references],
+                "compared": compared,
             }
         )
     return answers
@@ -180,26 +157,16 @@ def search(table: pd.DataFrame, runs: pd.DataFrame) -> dict | None:
     numbers = dict(zip(trials["run_id"], trials[column]))
     rows = table[table["run_ids"].map(lambda ids: any(run_id in numbers for run_id in ids))]
     pruned = trials[f"tags.{record.PRUNED}"].notna() if f"tags.{record.PRUNED}" in trials else False
-    counts = {
-        "finished": len(rows),
-        "pruned": int(((trials["status"] == "FINISHED") & pruned).sum()),
-        "failed": int((trials["status"] != "FINISHED").sum()),
-    }
+    finished = trials["status"] == "FINISHED"
+    counts = {"finished": len(rows), "pruned": int((finished & pruned).sum()), "failed": int((~finished).sum())}
     if rows.empty:
         return {"best": None, "command": None, **counts}
     best, basis = choose_best(rows)
     run_id = best.run_ids[-1]
     varied = [c for c in trials if c.startswith("params.") and trials[c].nunique() > 1]  # pruned trials too
-    chosen = trials.set_index("run_id").loc[run_id]
-    return {
-        "best": best,
-        "basis": basis,
-        "trial": numbers[run_id],
-        "run_id": run_id,
-        "settings": {column.removeprefix("params."): chosen[column] for column in varied},
-        "command": None,  # analyze.py adds it: it needs the run's logged files
-        **counts,
-    }
+    settings = trials.set_index("run_id").loc[run_id, varied].rename(lambda c: c.removeprefix("params.")).to_dict()
+    # command: analyze.py adds it, as it needs the run's logged files
+    return dict(best=best, basis=basis, trial=numbers[run_id], run_id=run_id, settings=settings, command=None, **counts)
 
 
 def versus_lecun(table: pd.DataFrame) -> dict | None:
@@ -207,8 +174,7 @@ def versus_lecun(table: pd.DataFrame) -> dict | None:
     if lenet.empty:
         return None
     best, basis = choose_best(lenet)
-    size = None if pd.isna(best.train_size) else int(best.train_size)
-    return {"best": best, "basis": basis, "size": size}
+    return {"best": best, "basis": basis, "size": None if pd.isna(best.train_size) else int(best.train_size)}
 
 
 def _same_but_groups(settings: str, course: str) -> bool:
@@ -219,17 +185,14 @@ def _same_but_groups(settings: str, course: str) -> bool:
 
 
 def _retest(basis: str, rows: list, candidates: list) -> dict | None:
-    """Chosen on validation (or by a search): train the winner and its baseline (`rows`) on fresh seeds, and
-    analyze those runs alone. Chosen on the test split, fresh seeds on the same test images cannot undo the choice:
-    the candidates again with a validation split, and the analysis that chooses on it."""
+    """The commands re-testing a winner: chosen on validation (or by a search), it and its baseline (`rows`) on
+    fresh seeds; chosen on the test split, which fresh seeds cannot undo, the candidates with a validation split."""
     if basis != "test":
         seeds, extra = fresh_seeds(rows, RETEST_SEEDS), ()
     else:
         rows, seeds, extra = candidates, sorted({s for row in candidates for s in row.seeds}), (VALIDATION,)
     train = train_command(rows, seeds, extra)
-    if train is None:
-        return None
-    return {"train": train, "analyze": analyze_command(rows, seeds, extra), "basis": basis}
+    return None if train is None else {"train": train, "analyze": analyze_command(rows, seeds, extra), "basis": basis}
 
 
 def _trained(row) -> str:
@@ -258,29 +221,14 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
         made["models"] = plots.model_curves(chosen, f"LeNet-5 vs MLP ({answer['trained']})")
     for answer in regularizers(table)[:1]:
         variants = [answer["plain"].variant, *(i["row"].variant for i in answer["entries"])]
-        made["regularizers"] = plots.regularizer_panels(
-            history[history["variant"].isin(variants)],
-            "none",
-            f"Test accuracy of each regularizer ({answer['trained']})",
-        )
+        title = f"Test accuracy of each regularizer ({answer['trained']})"
+        made["regularizers"] = plots.regularizer_panels(history[history["variant"].isin(variants)], "none", title)
     compared = table[table["baseline"].notna()]
     if len(compared):
-        made["differences"] = plots.forest(
-            pd.DataFrame(
-                {
-                    "label": [
-                        short(v) + (" vs LeNet-5" if r == "none" else "")
-                        for v, r in zip(compared["variant"], compared["regularizer"])
-                    ],
-                    "diff": compared["vs_baseline_pp"],
-                    "low": compared["vs_baseline_pp_ci_low"],
-                    "high": compared["vs_baseline_pp_ci_high"],
-                    "significant": compared["verdict"].str.startswith(("better", "worse")),
-                }
-            ),
-            "Each variant minus its baseline:\nthe same model unregularized, trained alike",
-            table.attrs["judging"]["smallest_effect"],
-        )
+        labels = [short(r.variant) + (" vs LeNet-5" if r.regularizer == "none" else "") for r in compared.itertuples()]
+        title = "Each variant minus its baseline:\nthe same model unregularized, trained alike"
+        smallest = table.attrs["judging"]["smallest_effect"]
+        made["differences"] = plots.forest(compared.assign(label=labels), title, smallest)
     return made
 
 
@@ -289,39 +237,26 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
     )
     env.filters.update(
         pp=lambda x: f"{x:+.2f}",
         p=lambda x: f"{x:.3g}",
         acc=lambda row: (
-            f"{row.acc_pct:.2f}"
-            + ("" if pd.isna(row.acc_pct_std) else f" ± {row.acc_pct_std:.2f}")
-            + f"% (n = {row.n})"
+            f"{row.acc_pct:.2f}{'' if pd.isna(row.acc_pct_std) else f' ± {row.acc_pct_std:.2f}'}% (n = {row.n})"
         ),
         count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
         ci=lambda r: "" if pd.isna(r.acc_pct_ci_low) else f", 95% CI {r.acc_pct_ci_low:.2f}–{r.acc_pct_ci_high:.2f}",
         thousands="{:,}".format,
         level=lambda confidence: f"{100 * confidence:.4g}%",
     )
-    env.globals.update(
-        lecun_acc=LECUN_1998_TEST_ACC,
-        students_acc=STUDENTS_TEST_ACC,
-        full_mnist=FULL_MNIST_TRAIN,
-        alpha=ALPHA,
-        power=POWER,
-        MCNEMAR=MCNEMAR,
-    )
+    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN)
+    env.globals.update(power=POWER, MCNEMAR=MCNEMAR, short=SHORT)
     return env
 
 
 def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None = None) -> dict:
-    """Everything the template words: each question's numbers and verdicts, and `trials`, search()'s answer
-    (its best trial's `command` added where known)."""
+    """Everything the template words: each question's answer, and `trials` (search()'s, with its command)."""
     return {
         "search": trials,
         **table.attrs["judging"],
@@ -332,7 +267,6 @@ def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None 
         "recipes": recipes(table, course),
         "lecun": versus_lecun(table),
         "collapsed": [row for row in table.itertuples() if row.collapsed],
-        "short": SHORT,
     }
 
 
@@ -340,7 +274,7 @@ def write_report(folder: Path, found: dict, table_markdown: str, figures: dict[s
     """report.md in `folder`, wording `found` (answers())."""
     folder.mkdir(parents=True, exist_ok=True)
     links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
-    template = _environment().get_template(TEMPLATE.name)
+    template = _environment().from_string(TEMPLATE.read_text())
     report = folder / record.REPORT_FILE
     report.write_text(template.render(description=description, table=table_markdown, figures=links, **found))
     return report
