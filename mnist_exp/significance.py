@@ -1,24 +1,10 @@
-"""How sure we are, over seeds and test images: intervals, tests, families of them, verdicts, plans.
-
-A run's test accuracy is a sample twice over: of seeds (another seed trains another model) and of
-images (other digits drawn like the test set). Every seed answers every test image, so the runs of a
-variant, or the differences of two variants trained alike, form a seeds x images table; its two-way
-analysis of variance gives the three variance components (seed, image, their interaction) and the
-variance of the mean, (MS_seed + MS_image - MS_resid) / (S * N), with Satterthwaite's degrees of freedom
-(Searle, Casella & McCulloch 1992, ch. 4; Bouthillier et al. 2021). Seeds are few (typically 3), so
-intervals use Student's t. Everything is in percent (accuracies) or percentage points (differences).
-
-A family of comparisons (one question) gets Holm-adjusted verdicts and Bonferroni intervals (1 - alpha/m),
-an equivalence verdict (TOST, Lakens 2017) on the same interval against the smallest effect worth having,
-and, where undecided, a plan: the seeds that would detect that effect, or the news that no number of seeds
-can on this test set. comparison() and family() give the table's and the report's comparisons of two
-variants' rows (their per-image answers), with these columns. docs/analysis.md explains each choice.
-"""
+"""How sure we are, over seeds and test images: intervals, tests, families of them (Holm, Bonferroni), verdicts
+and plans, in percent or percentage points; docs/analysis.md ("How sure") gives each choice and its source."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import stats
@@ -46,8 +32,7 @@ class Estimate:
 
 
 def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
-    """Over seeds alone (the learning curves' bands: per-epoch answers are not kept); `bounds`: the
-    values' valid range (an accuracy's 0..100), which the interval is clipped to."""
+    """Over seeds alone (the learning curves' bands), the interval clipped to `bounds` (an accuracy's 0..100)."""
     x = np.asarray(values, dtype=float)
     n, mean = len(x), float(x.mean())
     if n < 2:
@@ -63,8 +48,7 @@ def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Est
 
 @dataclass(frozen=True)
 class Anova:
-    """Two-way analysis of variance of a seeds x images table with one value per cell: the seed x image
-    interaction cannot be told from the residual, so it is the residual."""
+    """Two-way ANOVA of a seeds x images table, one value per cell: the interaction is the residual."""
 
     seeds: int
     images: int
@@ -79,14 +63,9 @@ def anova(table) -> Anova:
     s, n = y.shape
     grand, by_seed, by_image = y.mean(), y.mean(axis=1), y.mean(axis=0)
     resid = y - by_seed[:, None] - by_image[None, :] + grand
-    return Anova(
-        s,
-        n,
-        float(grand),
-        float(n * ((by_seed - grand) ** 2).sum() / (s - 1)) if s > 1 else math.nan,
-        float(s * ((by_image - grand) ** 2).sum() / (n - 1)),
-        float((resid**2).sum() / ((s - 1) * (n - 1))) if s > 1 else math.nan,
-    )
+    ms_seed = float(n * ((by_seed - grand) ** 2).sum() / (s - 1)) if s > 1 else math.nan
+    ms_resid = float((resid**2).sum() / ((s - 1) * (n - 1))) if s > 1 else math.nan
+    return Anova(s, n, float(grand), ms_seed, float(s * ((by_image - grand) ** 2).sum() / (n - 1)), ms_resid)
 
 
 def satterthwaite(terms) -> tuple[float, float]:
@@ -97,8 +76,7 @@ def satterthwaite(terms) -> tuple[float, float]:
 
 
 def _mean_variance(a: Anova) -> tuple[float, float]:
-    """Var(mean) of a crossed seeds x images table and its df: (MS_seed + MS_image - MS_resid) / (S * N),
-    each variance component kept at 0 or above (a mean square below the residual's estimates 0)."""
+    """Var(mean) of a crossed seeds x images table and its df, each variance component kept at 0 or above."""
     keep_seed, keep_image = a.ms_seed > a.ms_resid, a.ms_image > a.ms_resid
     df_resid = (a.seeds - 1) * (a.images - 1)
     terms = [(a.ms_resid * (1 - keep_seed - keep_image), df_resid)]
@@ -114,7 +92,7 @@ def accuracy(correct) -> Estimate:
     per_seed = y.mean(axis=1)
     s = len(per_seed)
     if s < 2:
-        return Estimate(float(per_seed.mean()), math.nan, s, math.nan, math.nan)
+        return estimate(per_seed)
     a = anova(y)
     variance, df = _mean_variance(a)
     half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(variance) if variance > 0 else 0.0
@@ -180,9 +158,7 @@ def difference(a: dict, b: dict) -> Difference:
 
 
 def _nested(a: list, b: list, diff: float) -> Difference:
-    """Seeds differ between the variants, images are shared: Var = sum over variants of
-    max(MS_seed - MS_resid, 0) / (S * N), plus the variance over images of the per-image difference
-    of the two variants' mean answers, / N (it holds each variant's residual / S once)."""
+    """Seeds differ between the variants, images are shared (docs/analysis.md, "Seeds that differ")."""
     sides = [anova(np.stack(x)) for x in (a, b)]
     images = sides[0].images
     per_image = np.stack(a).mean(axis=0) - np.stack(b).mean(axis=0)
@@ -202,16 +178,14 @@ def _nested(a: list, b: list, diff: float) -> Difference:
 
 
 def _tested(d: Difference) -> Difference:
-    """The t-test of a seeds x images difference; none without spread (identical answers everywhere):
-    no spread is not certainty."""
+    """The t-test of a seeds x images difference; none without spread: no spread is not certainty."""
     if not d.se > 0:
         return replace(d, se=math.nan, df=math.nan, test=None, why="no spread")
     return replace(d, p_value=float(2 * stats.t.sf(abs(d.diff) / d.se, d.df)))
 
 
 def _mcnemar(a: np.ndarray, b: np.ndarray) -> Difference:
-    """One run each: McNemar's exact test on the images both answered (this seed's models, other digits
-    drawn like the test set); the interval: Student's t over the per-image differences."""
+    """One run each: McNemar's exact test on the images; the interval: Student's t over per-image differences."""
     from statsmodels.stats.contingency_tables import mcnemar
 
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
@@ -233,16 +207,13 @@ class Judgement:
     confidence: float  # of the interval: 1 - ALPHA / m (Bonferroni)
     ci_low: float
     ci_high: float
-    verdict: str  # VERDICTS
+    # better / worse: by Holm; "... by less": and the whole interval inside +/- the smallest effect;
+    # equivalent: not different, the interval inside +/- the smallest effect (TOST); undecided; untested: no test.
+    verdict: str
     holm_only: bool = False  # better or worse by Holm, while the Bonferroni interval still touches 0
     seeds_needed: int | None = None  # per variant, to detect the smallest effect (or reach the half-width)
     larger_test_set: bool = False  # no number of seeds can, on this test set
     floor_half_width: float = math.nan  # the interval half-width these test images leave with unlimited seeds
-
-
-# better / worse: by Holm; "... by less": and the whole interval inside +/- the smallest effect;
-# equivalent: not different, the interval inside +/- the smallest effect (TOST); untested: no test.
-VERDICTS = ("better", "worse", "better by less", "worse by less", "equivalent", "undecided", "untested")
 
 
 def holm(p_values) -> list[float]:
@@ -295,8 +266,7 @@ def _design(d: Difference) -> tuple:
 
 
 def _pooled_seed_ms(diffs: list[Difference]) -> dict[tuple, tuple[float, int]]:
-    """The seed mean square pooled over the comparisons sharing a design (test, seeds, images): one
-    comparison's rests on 2 degrees of freedom at 3 seeds, a family's on several times that."""
+    """The seed mean square pooled over the comparisons sharing a design: 2 df at 3 seeds become several times that."""
     pooled: dict[tuple, tuple[float, int]] = {}
     for d in diffs:
         if d.test in (CROSSED, NESTED) and d.seed_df > 0:
@@ -306,12 +276,8 @@ def _pooled_seed_ms(diffs: list[Difference]) -> dict[tuple, tuple[float, int]]:
 
 
 def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, half_width: float | None = None) -> dict:
-    """Seeds per variant for a seeds x images comparison like `d` to detect `smallest` pp with POWER at
-    ALPHA / m (two-sided), or, given `half_width`, for its interval at 1 - ALPHA / m to be that narrow.
-
-    With S seeds, Var = sides * MS_seed / (S * N) + floor, the floor being the images' share; MS_seed is
-    the upper PLAN_CONFIDENCE bound of the pooled estimate. Where even unlimited seeds fall short,
-    larger_test_set is set instead."""
+    """Seeds per variant for a comparison like `d` to detect `smallest` pp with POWER at ALPHA / m (or, given
+    `half_width`, for its interval to be that narrow); larger_test_set where unlimited seeds fall short."""
     ms, df = seed_ms
     upper = ms * df / stats.chi2.ppf(1 - PLAN_CONFIDENCE, df)
     images = d.images
@@ -381,18 +347,9 @@ def family(pairs: list, smallest_effect: float = SMALLEST_EFFECT_PP, half_width:
     """[(row, baseline)] as one family (one question): each comparison with its Holm-adjusted p, Bonferroni
     interval, verdict and plan (judge)."""
     found = [comparison(row, baseline) for row, baseline in pairs]
+    named = {"ci_low": "vs_baseline_pp_ci_low", "ci_high": "vs_baseline_pp_ci_high"}  # the table's names
     for c, j in zip(found, judge([c["difference"] for c in found], smallest_effect, half_width)):
-        c.update(
-            p_adj=j.p_adj,
-            confidence=j.confidence,
-            vs_baseline_pp_ci_low=j.ci_low,
-            vs_baseline_pp_ci_high=j.ci_high,
-            verdict=j.verdict,
-            holm_only=j.holm_only,
-            seeds_needed=j.seeds_needed,
-            larger_test_set=j.larger_test_set,
-            floor_half_width=j.floor_half_width,
-        )
+        c.update({named.get(key, key): value for key, value in asdict(j).items()})
     return found
 
 
