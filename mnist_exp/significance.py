@@ -10,15 +10,11 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
-CONFIDENCE = 1 - ALPHA
 POWER = 0.8
 SMALLEST_EFFECT_PP = 0.5  # --smallest-effect's default: half a point, ten of 2,000 test images
-# A plan's seed variance is the upper bound of this one-sided confidence interval of the pooled estimate:
-# from 2-8 degrees of freedom the point estimate is too often far too small (Browne 1995).
-PLAN_CONFIDENCE = 0.8
+PLAN_CONFIDENCE = 0.8  # a plan takes the seed variance's upper bound at this confidence (Browne 1995)
 MAX_SEEDS = 100_000  # a plan asking for more says the test images, not the seeds, are what is missing
-# Tests: the seeds of both variants match (seeds x images), differ (seeds within variants x images),
-# or each variant has one seed (McNemar's exact test on the images: about that seed's models only).
+# Tests: the seeds of both variants match, differ (nested in their variants), or one each (McNemar's).
 CROSSED, NESTED, MCNEMAR = "seeds x images", "seeds in variants x images", "McNemar"
 
 
@@ -38,7 +34,7 @@ def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Est
     if n < 2:
         return Estimate(mean, math.nan, n, math.nan, math.nan)
     # Identical seeds: the interval is the mean itself (scipy would warn of precision loss).
-    ci = (mean, mean) if np.ptp(x) == 0 else stats.ttest_1samp(x, popmean=0).confidence_interval(CONFIDENCE)
+    ci = (mean, mean) if np.ptp(x) == 0 else stats.ttest_1samp(x, popmean=0).confidence_interval(1 - ALPHA)
     low, high = np.clip(ci, *bounds)
     return Estimate(mean, float(x.std(ddof=1)), n, float(low), float(high))
 
@@ -86,23 +82,20 @@ def _mean_variance(a: Anova) -> tuple[float, float]:
 
 
 def accuracy(correct) -> Estimate:
-    """A variant's accuracy (%) over its seeds x test images (correct: bool [S, N]); its 95% interval covers
-    other seeds and other digits drawn like the test set. One seed: no interval (seed noise unknown)."""
+    """A variant's accuracy (%) over its seeds x test images (correct: bool [S, N]); one seed: no interval."""
     y = 100.0 * np.asarray(correct, dtype=float)
     per_seed = y.mean(axis=1)
-    s = len(per_seed)
-    if s < 2:
+    if len(y) < 2:
         return estimate(per_seed)
     a = anova(y)
     variance, df = _mean_variance(a)
     half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(variance) if variance > 0 else 0.0
     low, high = np.clip((a.mean - half, a.mean + half), 0, 100)
-    return Estimate(a.mean, float(per_seed.std(ddof=1)), s, float(low), float(high))
+    return Estimate(a.mean, float(per_seed.std(ddof=1)), a.seeds, float(low), float(high))
 
 
 def variant_accuracy(answers: dict | None, accuracies: list[float]) -> Estimate:
-    """accuracy() of a variant's runs from their answers ({seed: correct per image}); without them, the mean
-    and spread of their `accuracies` alone, with no interval (the test images' noise is unknown)."""
+    """accuracy() from the runs' answers ({seed: correct per image}); without them, no interval."""
     if answers is not None:
         return accuracy(np.stack(list(answers.values())))
     x = np.asarray(accuracies, dtype=float)
@@ -121,8 +114,7 @@ class Difference:
     seeds: int  # per variant (matched), else the smaller side's
     images: int
     why: str | None = None  # why there is no test
-    # For plans: the mean square of seeds per variant and its df, how many variants' seeds add to the
-    # variance (1 matched, 2 not), and the variance no number of seeds removes (the images').
+    # For plans: seeds' mean square and df, how many sides' seeds add variance, the images' share (floor).
     seed_ms: float = math.nan
     seed_df: int = 0
     sides: int = 1
@@ -136,9 +128,8 @@ class Difference:
 
 
 def difference(a: dict, b: dict) -> Difference:
-    """a - b, each {seed: correct (bool [N], the same N test images)}. The same seeds on both sides (two or
-    more): the crossed seeds x images table of differences. Other seeds, two or more a side: seeds nested in
-    variants, images crossed. One seed each: McNemar's exact test. One seed on one side only: no test."""
+    """a - b, each {seed: correct (bool [N], the same N images)}: CROSSED where the seeds match, NESTED where
+    they differ, MCNEMAR for one seed each, no test for one seed on one side only."""
     ya = {s: 100.0 * np.asarray(v, dtype=float) for s, v in a.items()}
     yb = {s: 100.0 * np.asarray(v, dtype=float) for s, v in b.items()}
     images = len(next(iter(ya.values())))
@@ -207,9 +198,7 @@ class Judgement:
     confidence: float  # of the interval: 1 - ALPHA / m (Bonferroni)
     ci_low: float
     ci_high: float
-    # better / worse: by Holm; "... by less": and the whole interval inside +/- the smallest effect;
-    # equivalent: not different, the interval inside +/- the smallest effect (TOST); undecided; untested: no test.
-    verdict: str
+    verdict: str  # better, worse (Holm), ... by less, equivalent (TOST), undecided or untested
     holm_only: bool = False  # better or worse by Holm, while the Bonferroni interval still touches 0
     seeds_needed: int | None = None  # per variant, to detect the smallest effect (or reach the half-width)
     larger_test_set: bool = False  # no number of seeds can, on this test set
@@ -229,14 +218,12 @@ def holm(p_values) -> list[float]:
 
 
 def judge(diffs: list[Difference], smallest_effect: float = SMALLEST_EFFECT_PP, half_width: float | None = None):
-    """One family of comparisons (one question). McNemar's comparisons (one seed each) are about those
-    seeds' models only: they form their own family, apart from the seeds x images ones."""
-    judged: list[Judgement | None] = [None] * len(diffs)
+    """One family of comparisons (one question); McNemar's, about those seeds' models only, form their own."""
+    judged = {}
     for kind in (False, True):
         members = [i for i, d in enumerate(diffs) if (d.test == MCNEMAR) == kind]
-        for i, j in zip(members, _judge_family([diffs[i] for i in members], smallest_effect, half_width)):
-            judged[i] = j
-    return judged
+        judged.update(zip(members, _judge_family([diffs[i] for i in members], smallest_effect, half_width)))
+    return [judged[i] for i in range(len(diffs))]
 
 
 def _judge_family(diffs: list[Difference], smallest: float, half_width: float | None) -> list[Judgement]:
@@ -283,13 +270,13 @@ def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, hal
     images = d.images
     level = 1 - ALPHA / m / 2
 
-    def variance_df(seeds: float) -> tuple[float, float]:
-        if math.isinf(seeds):
-            return d.floor, images - 1.0
-        return satterthwaite([(d.sides * upper / (seeds * images), d.sides * (seeds - 1)), (d.floor, images - 1)])
-
     def enough(seeds: float) -> bool:
-        variance, dof = variance_df(seeds)
+        if math.isinf(seeds):
+            variance, dof = d.floor, images - 1.0
+        else:
+            variance, dof = satterthwaite(
+                [(d.sides * upper / (seeds * images), d.sides * (seeds - 1)), (d.floor, images - 1)]
+            )
         if variance <= 0:
             return True
         critical = stats.t.ppf(level, dof)
@@ -317,44 +304,34 @@ def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, hal
 
 # --- two variants of the table, and the families they form ---
 
-# The columns of a judged comparison, as the table holds them.
+# The columns of a judged comparison, as the table holds them, and those named apart from their fields.
+RENAMED = {"diff": "vs_baseline_pp", "why": "why_untested", "seeds": "n_compared"}
+RENAMED |= {"ci_low": "vs_baseline_pp_ci_low", "ci_high": "vs_baseline_pp_ci_high"}
 COMPARISON = ("baseline", "vs_baseline_pp", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high", "confidence", "p_value")
 COMPARISON += ("p_adj", "test", "why_untested", "n_compared", "images", "verdict", "holm_only", "seeds_needed")
 COMPARISON += ("larger_test_set", "floor_half_width")
 
 
 def comparison(a, b) -> dict:
-    """Row a against row b (variant, acc_pct, n, digest, answers: {seed: correct}) image by image over
-    their seeds; family() adds the verdict, interval and plan."""
+    """Row a against row b (variant, acc_pct, n, digest, answers: {seed: correct}), image by image."""
     if a.answers is None or b.answers is None or a.digest != b.digest:
         why = "no per-image answers" if a.answers is None or b.answers is None else "other test images"
         d = Difference(a.acc_pct - b.acc_pct, math.nan, math.nan, math.nan, None, min(a.n, b.n), 0, why)
     else:
         d = difference(a.answers, b.answers)
-    return {
-        "baseline": b.variant,
-        "vs_baseline_pp": d.diff,
-        "p_value": d.p_value,
-        "test": d.test,
-        "why_untested": d.why,
-        "n_compared": d.seeds,
-        "images": d.images,
-        "difference": d,
-    }
+    fields = ("diff", "p_value", "test", "why", "seeds", "images")
+    return {"baseline": b.variant, **{RENAMED.get(name, name): getattr(d, name) for name in fields}, "difference": d}
 
 
 def family(pairs: list, smallest_effect: float = SMALLEST_EFFECT_PP, half_width: float | None = None) -> list[dict]:
-    """[(row, baseline)] as one family (one question): each comparison with its Holm-adjusted p, Bonferroni
-    interval, verdict and plan (judge)."""
+    """[(row, baseline)] as one family (one question): each comparison() with its judgement (judge)."""
     found = [comparison(row, baseline) for row, baseline in pairs]
-    named = {"ci_low": "vs_baseline_pp_ci_low", "ci_high": "vs_baseline_pp_ci_high"}  # the table's names
     for c, j in zip(found, judge([c["difference"] for c in found], smallest_effect, half_width)):
-        c.update({named.get(key, key): value for key, value in asdict(j).items()})
+        c.update({RENAMED.get(key, key): value for key, value in asdict(j).items()})
     return found
 
 
 def selected_on_test(c: dict) -> dict:
-    """A comparison whose variant the test split chose: the difference stays, no p-value or interval (the
-    same images chose it)."""
+    """A comparison whose variant the test split chose: the difference stays, no p-value or interval."""
     untested = dict.fromkeys(("p_value", "p_adj", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high"), math.nan)
     return {**c, **untested, "verdict": "selected on test", "holm_only": False}

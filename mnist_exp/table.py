@@ -17,8 +17,7 @@ from mnist_exp.runs import AnalysisError, column, metric
 from mnist_exp.significance import COMPARISON, MCNEMAR, SMALLEST_EFFECT_PP, family, variant_accuracy
 from mnist_exp.sweep import clip, significant
 
-# --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
-# without looking at the test set.
+# --metric: which accuracy of a run counts (`val`: chooses a recipe without looking at the test set).
 METRICS = {"final": record.FINAL_TEST_ACC, "best": record.BEST_TEST_ACC, "val": record.FINAL_VAL_ACC}
 HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
 # The split whose per-image answers a metric is about; the best epoch's are not kept (it is chosen on test).
@@ -32,8 +31,7 @@ SORT_KEYS = {  # --sort name: (column, ascending); best first
     "train_time_s": ("train_time_s", True),
     "variant": ("variant", True),
 }
-# Settings a baseline may differ in (what the comparison is about, and the seed), and the data, which is
-# compared by what was read (record.DATA_IDENTITY).
+# Settings a baseline may differ in, and the data, compared by what was read (record.DATA_IDENTITY).
 COMPARED = ("model.", "regularizer.", "trainer.seed", "data.")
 # A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
 CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
@@ -49,8 +47,8 @@ SHORT = {
     "cosine": "cos",
 }
 # Each variant's columns: from its latest run, and averaged over its seeds.
-NAMES = ("variant", "model", "regularizer", "optimizer", "scheduler")
-SAME = (*NAMES, "data", "settings", "params", "epochs", "train_size", "digest", "confirmed")
+SAME = ("variant", "model", "regularizer", "optimizer", "scheduler", "data", "settings", "params", "epochs")
+SAME += ("train_size", "digest", "confirmed")
 MEANS = ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct")
 MEANS += ("gap_pp", "train_time_s", "val_acc_pct")
 
@@ -122,9 +120,8 @@ def variant_table(
     smallest_effect: float = SMALLEST_EFFECT_PP,
     half_width: float | None = None,
 ) -> pd.DataFrame:
-    """One row per variant: accuracy over its seeds and its distance to the baselines (significance.COMPARISON's
-    columns, one family per baseline). `answers`: {run_id: correct per image} on the metric's split; a variant
-    with every run's gets an interval over seeds and images, and comparisons image by image."""
+    """One row per variant: accuracy over its seeds and COMPARISON's columns, one family per baseline; a variant
+    with `answers` ({run_id: correct per image}) for every run gets intervals over seeds and images."""
     if finished.empty:
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
@@ -174,19 +171,19 @@ def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
     """COMPARISON's columns: each variant against its baseline, one family per baseline."""
     rows = {(r.model, r.context): r for r in plain.itertuples()}
     families: dict[tuple, list[tuple]] = {}
-    for i, row in zip(table.index, table.itertuples()):
+    for row in table.itertuples():
         baseline_model = row.model if row.regularizer != "none" else ("lenet5" if row.model == "mlp" else None)
         baseline = rows.get((baseline_model, row.context))
         if baseline is not None:
-            families.setdefault((baseline_model, row.model, row.context), []).append((i, row, baseline))
+            families.setdefault((baseline_model, row.model, row.context), []).append((row, baseline))
     for name in COMPARISON:
         table[name] = None if name in ("baseline", "test", "why_untested", "verdict") else np.nan
     for name in ("seeds_needed", "holm_only", "larger_test_set"):
         table[name] = table[name].astype(object)
-    for members in families.values():
-        for (i, _, _), c in zip(members, family([(r, b) for _, r, b in members], **table.attrs["judging"])):
+    for pairs in families.values():
+        for (row, _), c in zip(pairs, family(pairs, **table.attrs["judging"])):
             for name in COMPARISON:
-                table.at[i, name] = c[name]
+                table.at[row.Index, name] = c[name]
 
 
 def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
@@ -244,11 +241,11 @@ def named_variants(table: pd.DataFrame, name: str) -> pd.DataFrame:
     groups = ("model", "regularizer", "optimizer", "scheduler")
     options = {group: {path.stem for path in (conf / group).glob("*.yaml")} for group in groups}
     words = sorted({word for word in re.split(r"[-.]", name) if any(word in known for known in options.values())})
-    chosen = {group: table[group].str.split("+") for group in groups}  # each variant's options, per group
-    kept = pd.Series(True, index=table.index)
-    for word in words:
-        having = [chosen[group].map(lambda values, w=word: w in values) for group in groups if word in options[group]]
-        kept &= pd.concat(having, axis=1).any(axis=1)
+
+    def has(row, word: str) -> bool:  # a group that offers the word is set to it (l2+dropout: both)
+        return any(word in options[group] and word in row[group].split("+") for group in groups)
+
+    kept = table.apply(lambda row: all(has(row, word) for word in words), axis=1)
     if not kept.any():
         raise AnalysisError(
             f"--register {name}: the name says {' and '.join(words)}, which no variant of this selection is "
@@ -280,8 +277,7 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
 
 
 def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
-    """markdown for people: what fits WIDTH columns, or `wide` every column, then notes; csv and json keep every
-    column but the per-image answers."""
+    """markdown for people (WIDTH columns, or `wide`: every column), then notes; csv and json: all but answers."""
     if fmt == "csv":
         return table.drop(columns="answers").to_csv(index=False, float_format="%.6g")
     if fmt == "json":
@@ -395,12 +391,8 @@ def _verdict_word(row, smallest: float) -> str:
     """'better', 'better <0.5', '±0.5' (no difference worth having), 'undecided', or why there is no test."""
     if row.test is None:
         return row.why_untested
-    words = {
-        "better by less": f"better <{smallest:g}",
-        "worse by less": f"worse <{smallest:g}",
-        "equivalent": f"±{smallest:g}",
-    }
-    return words.get(row.verdict, row.verdict) + (", 1 seed" if row.test == MCNEMAR else "")
+    word = f"±{smallest:g}" if row.verdict == "equivalent" else row.verdict.replace(" by less", f" <{smallest:g}")
+    return word + (", 1 seed" if row.test == MCNEMAR else "")
 
 
 def _versus(row, smallest: float) -> str:
