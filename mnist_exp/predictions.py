@@ -30,9 +30,8 @@ def write_split(folder: Path, split: str, predicted, labels, sha256: str) -> Pat
 
 
 def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
-    """{run_id: correct (bool [N])} of `runs` (a frame of finished runs) on `split`, {run_id: why not} for
-    those that have none, and the runs re-scored: a run without its file is re-scored from its logged
-    model, and the file is logged to it, so that happens once."""
+    """{run_id: correct (bool [N])} of `runs` on `split`, {run_id: why not} for those that have none, and the
+    runs re-scored (from their logged models, their file logged to them, so that happens once)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)

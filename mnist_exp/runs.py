@@ -29,8 +29,7 @@ class Selection:
 
     @property
     def finished(self) -> pd.DataFrame:
-        """FINISHED runs, one per identity (config and data read): one re-trained with force=true counts once,
-        its latest."""
+        """FINISHED runs, one per identity (config and data read): one re-trained with force=true counts once."""
         finished = self.runs[_compared(self.runs)].sort_values("start_time")
         identity = [f"tags.{record.CONFIG_HASH}", *(f"params.{key}" for key in record.DATA_IDENTITY)]
         return finished.drop_duplicates([c for c in identity if c in finished], keep="last")
@@ -55,8 +54,7 @@ def _compared(runs: pd.DataFrame) -> pd.Series:
 
 
 def open_experiment(tracking_uri: str, experiment: str):
-    """(MlflowClient, the experiment) of a store that exists, its runs migrated (record.migrate); reading
-    never creates an empty sqlite store as a side effect."""
+    """(MlflowClient, the experiment) of a store that exists (reading never creates one), its runs migrated."""
     from mlflow.tracking import MlflowClient
 
     tracking.check_store(tracking_uri, "--tracking-uri ")

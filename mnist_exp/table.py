@@ -126,10 +126,7 @@ def variant_table(
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
     grouped = runs.groupby(["variant_hash", "context"], sort=False)
-    table = grouped[list(SAME)].first()
-    table["n"] = grouped.size()
-    for name in MEANS:
-        table[name] = grouped[name].mean()
+    table = grouped[list(SAME)].first().assign(n=grouped.size()).join(grouped[list(MEANS)].mean())
     table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
     table["acc_pct_samples"] = grouped["acc_pct"].apply(list)
     table["seeds"] = grouped["seed"].apply(lambda seeds: [int(s) for s in seeds])
