@@ -3,6 +3,7 @@ and plans, in percent or percentage points; docs/analysis.md ("How sure") gives 
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -13,7 +14,7 @@ ALPHA = 0.05
 POWER = 0.8
 SMALLEST_EFFECT_PP = 0.5  # --smallest-effect's default: half a point, ten of 2,000 test images
 PLAN_CONFIDENCE = 0.8  # a plan takes the seed variance's upper bound at this confidence (Browne 1995)
-MAX_SEEDS = 100_000  # a plan asking for more says the test images, not the seeds, are what is missing
+MAX_SEEDS = 2**16  # a plan asking for more says the test images, not the seeds, are what is missing
 # Tests: the seeds of both variants match, differ (nested in their variants), or one each (McNemar's).
 CROSSED, NESTED, MCNEMAR = "seeds x images", "seeds in variants x images", "McNemar"
 
@@ -291,15 +292,11 @@ def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, hal
     floor = stats.t.ppf(level, images - 1) * math.sqrt(d.floor)
     if not enough(math.inf):
         return {"larger_test_set": True, "floor_half_width": floor}
-    low, high = 1, 2  # the smallest whole number of seeds: doubling, then bisection (more seeds never hurt)
-    while not enough(high):
-        low, high = high, high * 2
-        if high > MAX_SEEDS:
-            return {"larger_test_set": True, "floor_half_width": floor}
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if enough(middle) else (middle, high)
-    return {"seeds_needed": high, "floor_half_width": floor}
+    seeds = range(2, MAX_SEEDS + 1)
+    found = bisect.bisect_left(seeds, True, key=enough)  # the fewest seeds that are enough (more never hurt)
+    if found == len(seeds):
+        return {"larger_test_set": True, "floor_half_width": floor}
+    return {"seeds_needed": seeds[found], "floor_half_width": floor}
 
 
 # --- two variants of the table, and the families they form ---

@@ -286,15 +286,11 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
         return ["" if pd.isna(row.baseline) else cell(row, *args) for row in rows]
 
     marked = table["variant"] + table["collapsed"].map(lambda notes: " *" if notes else "")
+    accuracy = HEADERS[table.attrs.get("metric", "final")]
     common = {
         "n": table["n"],
-        HEADERS[table.attrs.get("metric", "final")]: [
-            f"{m:.2f}" if pd.isna(s) else f"{m:.2f} ± {s:.2f}" for m, s in zip(table["acc_pct"], table["acc_pct_std"])
-        ],
-        "95% CI": [
-            "" if pd.isna(lo) else f"{lo:.2f}–{hi:.2f}"
-            for lo, hi in zip(table["acc_pct_ci_low"], table["acc_pct_ci_high"])
-        ],
+        accuracy: [f"{r.acc_pct:.2f}" + _number(r.acc_pct_std, " ± {:.2f}") for r in rows],
+        "95% CI": [_number(r.acc_pct_ci_low, "{:.2f}–") + _number(r.acc_pct_ci_high, "{:.2f}") for r in rows],
     }
     if wide:
         numbers = {
