@@ -133,10 +133,8 @@ def find_sweep(parents: pd.DataFrame, selector: str, has_finished_run) -> tuple[
     names = parents["run_name"]
     exact = (
         parents["run_id"].str.startswith(selector)
-        | (parents["sweep"] == selector)
-        | (parents[f"tags.{record.SWEEP_KEY}"] == selector)
-        | (names == selector)
-        | (names == f"sweep: {selector}")
+        | parents[["sweep", f"tags.{record.SWEEP_KEY}"]].eq(selector).any(axis=1)
+        | names.isin([selector, f"sweep: {selector}"])
     )
     matches = parents[exact] if exact.any() else parents[names.str.contains(selector, regex=False)]
     keys = matches["sweep"].unique()

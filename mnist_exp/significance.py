@@ -121,9 +121,7 @@ class Difference:
     sides: int = 1
     floor: float = math.nan
 
-    def interval(self, confidence: float) -> tuple[float, float]:
-        if math.isnan(self.se):
-            return math.nan, math.nan
+    def interval(self, confidence: float) -> tuple[float, float]:  # of a tested difference
         half = stats.t.ppf(1 - (1 - confidence) / 2, self.df) * self.se
         return self.diff - half, self.diff + half
 
