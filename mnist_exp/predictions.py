@@ -1,18 +1,11 @@
-"""Each run's answer per image: the class its delivered model predicted for every image of each split it
-scored at its end, so two variants can be compared image by image (mnist_exp.significance).
-
-A run logs one file per split, record.PREDICTIONS (predictions/test.npz, predictions/validation.npz):
-NumPy's compressed archive of the predicted classes and the true labels (uint8, in the split's order),
-the split's SHA-256 (the run's data.<split>_sha256 param) and FORMAT; about 2 KB per 2,000 images.
-A run logged without them is re-scored here from its logged model and its own data, never retrained.
-"""
+"""Each run's answer per image of each split it scored (record.PREDICTIONS, laid out as docs/mlflow.md says),
+so two variants can be compared image by image; a run logged without them is re-scored, never retrained."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,46 +20,18 @@ class PredictionsError(RuntimeError):
     """A predictions file or a run that cannot give per-image answers; the message names it."""
 
 
-@dataclass(frozen=True)
-class Answers:
-    predicted: np.ndarray  # uint8 [N]
-    labels: np.ndarray  # uint8 [N]
-    sha256: str  # the split's content hash
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.predicted == self.labels
-
-
-def save(path: Path, answers: Answers) -> Path:
-    np.savez_compressed(
-        path,
-        format=FORMAT,
-        predicted=answers.predicted.astype(np.uint8),
-        labels=answers.labels.astype(np.uint8),
-        sha256=answers.sha256,
-    )
-    return path
-
-
-def read(path: Path) -> Answers:
-    with np.load(path, allow_pickle=False) as file:
-        if int(file["format"]) > FORMAT:
-            raise PredictionsError(f"{path}: predictions format {int(file['format'])}; this code reads up to {FORMAT}")
-        return Answers(file["predicted"], file["labels"], str(file["sha256"]))
-
-
 def write_split(folder: Path, split: str, predicted, labels, sha256: str) -> Path:
     """A split's answers as record.PREDICTIONS[split] under `folder` (what job.py logs as artifacts)."""
     path = folder / record.PREDICTIONS[split]
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save(path, Answers(np.asarray(predicted), np.asarray(labels), sha256))
+    uint8 = {"predicted": np.asarray(predicted, np.uint8), "labels": np.asarray(labels, np.uint8)}
+    np.savez_compressed(path, format=FORMAT, **uint8, sha256=sha256)
+    return path
 
 
 def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
-    """{run_id: correct (bool [N])} of `runs` (a frame of finished runs) on `split`, {run_id: why not} for
-    those that have none, and the runs re-scored: a run without its file is re-scored from its logged
-    model, and the file is logged to it, so that happens once."""
+    """{run_id: correct (bool [N])} of `runs` on `split`, {run_id: why not} for those that have none, and the
+    runs re-scored (from their logged models, their file logged to them, so that happens once)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -78,30 +43,35 @@ def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.n
             if answers is None:
                 answers = rescore(client, run, split)
                 rescored.append(run_id)
-            if answers.sha256 != digest:
+            correct, sha256 = answers
+            if sha256 != digest:
                 raise PredictionsError(
-                    f"{record.PREDICTIONS[split]} of run {run_id} scored images {answers.sha256[:12]}, "
+                    f"{record.PREDICTIONS[split]} of run {run_id} scored images {sha256[:12]}, "
                     f"not the run's {split} split {str(digest)[:12]}"
                 )
-            found[run_id] = answers.correct
+            found[run_id] = correct
         except PredictionsError as error:
             missing[run_id] = str(error)
     return found, missing, rescored
 
 
-def _logged(client, run_id: str, split: str) -> Answers | None:
+def _logged(client, run_id: str, split: str) -> tuple[np.ndarray, str] | None:
+    """(correct per image, the split's SHA-256) from the run's file; None where it has none (or half of one)."""
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = client.download_artifacts(run_id, record.PREDICTIONS[split], folder)
         except Exception:  # MLflow raises several types for a missing artifact
             return None
         try:
-            return read(Path(path))
+            with np.load(path, allow_pickle=False) as file:
+                if (version := int(file["format"])) > FORMAT:
+                    raise PredictionsError(f"{path}: predictions format {version}; this code reads up to {FORMAT}")
+                return file["predicted"] == file["labels"], str(file["sha256"])
         except (OSError, EOFError, ValueError, zipfile.BadZipFile):  # half-written by a concurrent re-score
             return None
 
 
-def rescore(client, run: dict, split: str) -> Answers:
+def rescore(client, run: dict, split: str) -> tuple[np.ndarray, str]:
     """The run's logged model on its own `split`, read again as its config says (data.root relative to
     this folder, as train.py's); the images must hash to what the run recorded. Logs the file to the run."""
     import mlflow.pytorch
@@ -111,7 +81,7 @@ def rescore(client, run: dict, split: str) -> Answers:
     from mnist_exp.data import load_mnist
     from mnist_exp.formats import DataError
 
-    run_id = run["run_id"]
+    run_id, name = run["run_id"], record.PREDICTIONS[split]
     with tempfile.TemporaryDirectory() as folder:
         try:
             config = OmegaConf.load(client.download_artifacts(run_id, record.CONFIG_FILE, folder))
@@ -120,26 +90,24 @@ def rescore(client, run: dict, split: str) -> Answers:
             )
             classifier = mlflow.pytorch.load_model(model.artifact_location).eval()  # not the default store's
         except Exception as error:  # no config or no model (or several): it cannot be re-scored
-            raise PredictionsError(f"run {run_id} has no {record.PREDICTIONS[split]} and no model to re-score") from (
-                error
-            )
+            raise PredictionsError(f"run {run_id} has no {name} and no model to re-score") from error
         try:
             data = load_mnist(config.data)
         except (DataError, OSError) as error:
             raise PredictionsError(
-                f"run {run_id} has no {record.PREDICTIONS[split]}, and its data (data.root={config.data.root}) "
+                f"run {run_id} has no {name}, and its data (data.root={config.data.root}) "
                 f"is not here to re-score it: {str(error).splitlines()[0]}"
             ) from None
-        images = {"test": data.test, "validation": data.validation}[split]
+        images = getattr(data, split)
         if images is None:
             raise PredictionsError(f"run {run_id} held out no {split} split")
         with torch.inference_mode():
             batches = [classifier(x).argmax(1) for x in images.images.split(1000)]
-        answers = Answers(torch.cat(batches).numpy(), images.labels.numpy(), images.sha256)
-        if answers.sha256 == run.get(f"params.{record.SPLIT_DIGEST[split]}"):
-            path = write_split(Path(folder), split, answers.predicted, answers.labels, answers.sha256)
+        predicted, labels = torch.cat(batches).numpy(), images.labels.numpy()
+        if images.sha256 == run.get(f"params.{record.SPLIT_DIGEST[split]}"):
+            path = write_split(Path(folder), split, predicted, labels, images.sha256)
             try:
-                client.log_artifact(run_id, str(path), str(Path(record.PREDICTIONS[split]).parent))
+                client.log_artifact(run_id, str(path), str(Path(name).parent))
             except Exception as error:  # a read-only store: the answers still serve this analysis
-                log.warning("could not log %s to run %s: %s", record.PREDICTIONS[split], run_id, error)
-        return answers
+                log.warning("could not log %s to run %s: %s", name, run_id, error)
+        return predicted == labels, images.sha256

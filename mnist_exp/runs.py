@@ -1,10 +1,5 @@
 """Selecting runs: a store opened for reading, the runs of some sweeps (or all) as one pandas row per run
-(`params.*`, `metrics.*`, `tags.*` columns, as mlflow.search_runs names them), FINISHED runs once per
-identity, filters, per-epoch histories.
-
-A sweep is every launch of one command (its key; two launches at once each get a parent run) and every
-launch that adds runs to it (mlflow.extends=KEY, which the report's commands carry).
-"""
+(columns as mlflow.search_runs names them), FINISHED runs once per identity, filters, per-epoch histories."""
 
 from __future__ import annotations
 
@@ -17,6 +12,7 @@ import pandas as pd
 from mnist_exp import record, tracking
 from mnist_exp.sweep import sweep_members
 
+INFO = ("run_id", "run_name", "experiment_id", "status", "start_time")  # each run's columns from its RunInfo
 FILTER_ALIASES = {"model": "model.name", "regularizer": record.REGULARIZERS, "optimizer": "optimizer.name"}
 
 
@@ -33,8 +29,7 @@ class Selection:
 
     @property
     def finished(self) -> pd.DataFrame:
-        """FINISHED runs, one per identity (config and data read): one re-trained with force=true counts once,
-        its latest."""
+        """FINISHED runs, one per identity (config and data read): one re-trained with force=true counts once."""
         finished = self.runs[_compared(self.runs)].sort_values("start_time")
         identity = [f"tags.{record.CONFIG_HASH}", *(f"params.{key}" for key in record.DATA_IDENTITY)]
         return finished.drop_duplicates([c for c in identity if c in finished], keep="last")
@@ -59,8 +54,7 @@ def _compared(runs: pd.DataFrame) -> pd.Series:
 
 
 def open_experiment(tracking_uri: str, experiment: str):
-    """(MlflowClient, the experiment) of a store that exists, its runs migrated (record.migrate); reading
-    never creates an empty sqlite store as a side effect."""
+    """(MlflowClient, the experiment) of a store that exists (reading never creates one), its runs migrated."""
     from mlflow.tracking import MlflowClient
 
     tracking.check_store(tracking_uri, "--tracking-uri ")
@@ -108,14 +102,15 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
     members_of = functools.cache(
         lambda parent: sweep_members(client, parent) | set(children.loc[nested == parent, "run_id"])
     )
-    keys, described, notes = [], [], []
+    keys, bases, described, notes = [], [], [], []
     for selector in sweeps:
         key, passed = find_sweep(
             parents, selector, lambda parent: _compared(children[children["run_id"].isin(members_of(parent))]).any()
         )
-        keys.append(key)
         launches = parents[parents["sweep"] == key].sort_values("start_time")
         first = launches.iloc[0]
+        keys.append(key)
+        bases.append(first["run_id"])
         more = f" and {len(launches) - 1} more launch(es) of it" if len(launches) > 1 else ""
         described.append(f"sweep {first['run_id'][:8]} ({first['run_name']}){more}")
         notes += [f"{p.run_id[:8]} ({p.status}, {p.run_name})" for p in passed.itertuples()]
@@ -123,16 +118,12 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
     description = " + ".join(described)
     if notes:
         description += f"; later launches with no FINISHED run, not read: {'; '.join(notes)}"
-    bases = [parents[parents["sweep"] == key].sort_values("start_time")["run_id"].iloc[0] for key in keys]
     return Selection(children[children["run_id"].isin(members)], description, bases, keys)
 
 
 def find_sweep(parents: pd.DataFrame, selector: str, has_finished_run) -> tuple[str, pd.DataFrame]:
-    """(the sweep's key, the later launches passed over) for `selector`: 'latest' (the latest launch with a
-    FINISHED run, failed and aborted launches passed over; the latest if none has one), a sweep's key, a
-    parent run ID (or its first characters), a sweep's full name, or words of one that only one sweep's
-    launches hold. `parents` carries each parent run's `sweep` (its key, or the key it extends) and
-    `launched` (its last launch)."""
+    """(the sweep's key, the later launches passed over) for --sweep's `selector` (docs/analysis.md, "Which
+    sweep"); `parents` carries each parent run's `sweep` (its key, or the key it extends) and `launched`."""
     if selector == "latest":
         ordered = parents.sort_values("launched", ascending=False)
         for position, parent in enumerate(ordered.itertuples()):
@@ -142,10 +133,8 @@ def find_sweep(parents: pd.DataFrame, selector: str, has_finished_run) -> tuple[
     names = parents["run_name"]
     exact = (
         parents["run_id"].str.startswith(selector)
-        | (parents["sweep"] == selector)
-        | (parents[f"tags.{record.SWEEP_KEY}"] == selector)
-        | (names == selector)
-        | (names == f"sweep: {selector}")
+        | parents[["sweep", f"tags.{record.SWEEP_KEY}"]].eq(selector).any(axis=1)
+        | names.isin([selector, f"sweep: {selector}"])
     )
     matches = parents[exact] if exact.any() else parents[names.str.contains(selector, regex=False)]
     keys = matches["sweep"].unique()
@@ -157,8 +146,7 @@ def find_sweep(parents: pd.DataFrame, selector: str, has_finished_run) -> tuple[
 
 
 def _launches(parents: pd.DataFrame) -> str:
-    """Each sweep of `parents`, latest first, as --sweep takes it: 'KEY (FAILED, 2026-12-05 10:00:00): sweep: ...',
-    with its first launch's name and its latest launch's status and time, and how many launches it had."""
+    """Each sweep of `parents`, latest first: 'KEY (2 launches, latest FAILED, 2026-12-05 10:00:00): sweep: ...'."""
     described = []
     for key, launches in sorted(parents.groupby("sweep"), key=lambda item: item[1]["launched"].max(), reverse=True):
         latest, first = launches.sort_values("launched").iloc[-1], launches.sort_values("start_time").iloc[0]
@@ -181,11 +169,9 @@ def metric(frame: pd.DataFrame, key: str) -> pd.Series:
 def _frame(runs: list) -> pd.DataFrame:
     rows = []
     for run in runs:
-        info = run.info
-        row = {"run_id": info.run_id, "run_name": info.run_name, "experiment_id": info.experiment_id}
-        row.update(status=info.status, start_time=info.start_time)
-        for kind, values in (("params", run.data.params), ("metrics", run.data.metrics), ("tags", run.data.tags)):
-            row.update({f"{kind}.{k}": v for k, v in values.items()})
+        row = {name: getattr(run.info, name) for name in INFO}
+        for kind in ("params", "metrics", "tags"):
+            row.update({f"{kind}.{k}": v for k, v in getattr(run.data, kind).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -193,16 +179,14 @@ def _frame(runs: list) -> pd.DataFrame:
 def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
     """Keep runs whose params match every `key=value` (model=lenet5, optimizer.lr=0.01, ...)."""
     for condition in filters:
-        key, separator, value = condition.partition("=")
+        key, separator, value = (part.strip() for part in condition.partition("="))
         if not separator:
             raise AnalysisError(f"--filter {condition!r}: expected key=value, e.g. model=lenet5")
-        name = f"params.{FILTER_ALIASES.get(key.strip(), key.strip())}"
+        name = f"params.{FILTER_ALIASES.get(key, key)}"
         if name not in runs:
             known = sorted({*FILTER_ALIASES, *(c[len("params.") :] for c in runs if c.startswith("params."))})
-            raise AnalysisError(
-                f"--filter {condition!r}: no run has a setting {key.strip()!r}; known: {', '.join(known)}"
-            )
-        runs = runs[runs[name] == value.strip()]
+            raise AnalysisError(f"--filter {condition!r}: no run has a setting {key!r}; known: {', '.join(known)}")
+        runs = runs[runs[name] == value]
     return runs
 
 

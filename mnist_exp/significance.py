@@ -1,38 +1,21 @@
-"""How sure we are, over seeds and test images: intervals, tests, families of them, verdicts, plans.
-
-A run's test accuracy is a sample twice over: of seeds (another seed trains another model) and of
-images (other digits drawn like the test set). Every seed answers every test image, so the runs of a
-variant, or the differences of two variants trained alike, form a seeds x images table; its two-way
-analysis of variance gives the three variance components (seed, image, their interaction) and the
-variance of the mean, (MS_seed + MS_image - MS_resid) / (S * N), with Satterthwaite's degrees of freedom
-(Searle, Casella & McCulloch 1992, ch. 4; Bouthillier et al. 2021). Seeds are few (typically 3), so
-intervals use Student's t. Everything is in percent (accuracies) or percentage points (differences).
-
-A family of comparisons (one question) gets Holm-adjusted verdicts and Bonferroni intervals (1 - alpha/m),
-an equivalence verdict (TOST, Lakens 2017) on the same interval against the smallest effect worth having,
-and, where undecided, a plan: the seeds that would detect that effect, or the news that no number of seeds
-can on this test set. comparison() and family() give the table's and the report's comparisons of two
-variants' rows (their per-image answers), with these columns. docs/analysis.md explains each choice.
-"""
+"""How sure we are, over seeds and test images: intervals, tests, families of them (Holm, Bonferroni), verdicts
+and plans, in percent or percentage points; docs/analysis.md ("How sure") gives each choice and its source."""
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
-CONFIDENCE = 1 - ALPHA
 POWER = 0.8
 SMALLEST_EFFECT_PP = 0.5  # --smallest-effect's default: half a point, ten of 2,000 test images
-# A plan's seed variance is the upper bound of this one-sided confidence interval of the pooled estimate:
-# from 2-8 degrees of freedom the point estimate is too often far too small (Browne 1995).
-PLAN_CONFIDENCE = 0.8
-MAX_SEEDS = 100_000  # a plan asking for more says the test images, not the seeds, are what is missing
-# Tests: the seeds of both variants match (seeds x images), differ (seeds within variants x images),
-# or each variant has one seed (McNemar's exact test on the images: about that seed's models only).
+PLAN_CONFIDENCE = 0.8  # a plan takes the seed variance's upper bound at this confidence (Browne 1995)
+MAX_SEEDS = 2**16  # a plan asking for more says the test images, not the seeds, are what is missing
+# Tests: the seeds of both variants match, differ (nested in their variants), or one each (McNemar's).
 CROSSED, NESTED, MCNEMAR = "seeds x images", "seeds in variants x images", "McNemar"
 
 
@@ -46,14 +29,13 @@ class Estimate:
 
 
 def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
-    """Over seeds alone (the learning curves' bands: per-epoch answers are not kept); `bounds`: the
-    values' valid range (an accuracy's 0..100), which the interval is clipped to."""
+    """Over seeds alone (the learning curves' bands), the interval clipped to `bounds` (an accuracy's 0..100)."""
     x = np.asarray(values, dtype=float)
     n, mean = len(x), float(x.mean())
     if n < 2:
         return Estimate(mean, math.nan, n, math.nan, math.nan)
     # Identical seeds: the interval is the mean itself (scipy would warn of precision loss).
-    ci = (mean, mean) if np.ptp(x) == 0 else stats.ttest_1samp(x, popmean=0).confidence_interval(CONFIDENCE)
+    ci = (mean, mean) if np.ptp(x) == 0 else stats.ttest_1samp(x, popmean=0).confidence_interval(1 - ALPHA)
     low, high = np.clip(ci, *bounds)
     return Estimate(mean, float(x.std(ddof=1)), n, float(low), float(high))
 
@@ -63,8 +45,7 @@ def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Est
 
 @dataclass(frozen=True)
 class Anova:
-    """Two-way analysis of variance of a seeds x images table with one value per cell: the seed x image
-    interaction cannot be told from the residual, so it is the residual."""
+    """Two-way ANOVA of a seeds x images table, one value per cell: the interaction is the residual."""
 
     seeds: int
     images: int
@@ -79,14 +60,9 @@ def anova(table) -> Anova:
     s, n = y.shape
     grand, by_seed, by_image = y.mean(), y.mean(axis=1), y.mean(axis=0)
     resid = y - by_seed[:, None] - by_image[None, :] + grand
-    return Anova(
-        s,
-        n,
-        float(grand),
-        float(n * ((by_seed - grand) ** 2).sum() / (s - 1)) if s > 1 else math.nan,
-        float(s * ((by_image - grand) ** 2).sum() / (n - 1)),
-        float((resid**2).sum() / ((s - 1) * (n - 1))) if s > 1 else math.nan,
-    )
+    ms_seed = float(n * ((by_seed - grand) ** 2).sum() / (s - 1)) if s > 1 else math.nan
+    ms_resid = float((resid**2).sum() / ((s - 1) * (n - 1))) if s > 1 else math.nan
+    return Anova(s, n, float(grand), ms_seed, float(s * ((by_image - grand) ** 2).sum() / (n - 1)), ms_resid)
 
 
 def satterthwaite(terms) -> tuple[float, float]:
@@ -97,8 +73,7 @@ def satterthwaite(terms) -> tuple[float, float]:
 
 
 def _mean_variance(a: Anova) -> tuple[float, float]:
-    """Var(mean) of a crossed seeds x images table and its df: (MS_seed + MS_image - MS_resid) / (S * N),
-    each variance component kept at 0 or above (a mean square below the residual's estimates 0)."""
+    """Var(mean) of a crossed seeds x images table and its df, each variance component kept at 0 or above."""
     keep_seed, keep_image = a.ms_seed > a.ms_resid, a.ms_image > a.ms_resid
     df_resid = (a.seeds - 1) * (a.images - 1)
     terms = [(a.ms_resid * (1 - keep_seed - keep_image), df_resid)]
@@ -108,23 +83,20 @@ def _mean_variance(a: Anova) -> tuple[float, float]:
 
 
 def accuracy(correct) -> Estimate:
-    """A variant's accuracy (%) over its seeds x test images (correct: bool [S, N]); its 95% interval covers
-    other seeds and other digits drawn like the test set. One seed: no interval (seed noise unknown)."""
+    """A variant's accuracy (%) over its seeds x test images (correct: bool [S, N]); one seed: no interval."""
     y = 100.0 * np.asarray(correct, dtype=float)
     per_seed = y.mean(axis=1)
-    s = len(per_seed)
-    if s < 2:
-        return Estimate(float(per_seed.mean()), math.nan, s, math.nan, math.nan)
+    if len(y) < 2:
+        return estimate(per_seed)
     a = anova(y)
     variance, df = _mean_variance(a)
     half = stats.t.ppf(1 - ALPHA / 2, df) * math.sqrt(variance) if variance > 0 else 0.0
     low, high = np.clip((a.mean - half, a.mean + half), 0, 100)
-    return Estimate(a.mean, float(per_seed.std(ddof=1)), s, float(low), float(high))
+    return Estimate(a.mean, float(per_seed.std(ddof=1)), a.seeds, float(low), float(high))
 
 
 def variant_accuracy(answers: dict | None, accuracies: list[float]) -> Estimate:
-    """accuracy() of a variant's runs from their answers ({seed: correct per image}); without them, the mean
-    and spread of their `accuracies` alone, with no interval (the test images' noise is unknown)."""
+    """accuracy() from the runs' answers ({seed: correct per image}); without them, no interval."""
     if answers is not None:
         return accuracy(np.stack(list(answers.values())))
     x = np.asarray(accuracies, dtype=float)
@@ -143,24 +115,20 @@ class Difference:
     seeds: int  # per variant (matched), else the smaller side's
     images: int
     why: str | None = None  # why there is no test
-    # For plans: the mean square of seeds per variant and its df, how many variants' seeds add to the
-    # variance (1 matched, 2 not), and the variance no number of seeds removes (the images').
+    # For plans: seeds' mean square and df, how many sides' seeds add variance, the images' share (floor).
     seed_ms: float = math.nan
     seed_df: int = 0
     sides: int = 1
     floor: float = math.nan
 
-    def interval(self, confidence: float) -> tuple[float, float]:
-        if math.isnan(self.se):
-            return math.nan, math.nan
+    def interval(self, confidence: float) -> tuple[float, float]:  # of a tested difference
         half = stats.t.ppf(1 - (1 - confidence) / 2, self.df) * self.se
         return self.diff - half, self.diff + half
 
 
 def difference(a: dict, b: dict) -> Difference:
-    """a - b, each {seed: correct (bool [N], the same N test images)}. The same seeds on both sides (two or
-    more): the crossed seeds x images table of differences. Other seeds, two or more a side: seeds nested in
-    variants, images crossed. One seed each: McNemar's exact test. One seed on one side only: no test."""
+    """a - b, each {seed: correct (bool [N], the same N images)}: CROSSED where the seeds match, NESTED where
+    they differ, MCNEMAR for one seed each, no test for one seed on one side only."""
     ya = {s: 100.0 * np.asarray(v, dtype=float) for s, v in a.items()}
     yb = {s: 100.0 * np.asarray(v, dtype=float) for s, v in b.items()}
     images = len(next(iter(ya.values())))
@@ -180,9 +148,7 @@ def difference(a: dict, b: dict) -> Difference:
 
 
 def _nested(a: list, b: list, diff: float) -> Difference:
-    """Seeds differ between the variants, images are shared: Var = sum over variants of
-    max(MS_seed - MS_resid, 0) / (S * N), plus the variance over images of the per-image difference
-    of the two variants' mean answers, / N (it holds each variant's residual / S once)."""
+    """Seeds differ between the variants, images are shared (docs/analysis.md, "Seeds that differ")."""
     sides = [anova(np.stack(x)) for x in (a, b)]
     images = sides[0].images
     per_image = np.stack(a).mean(axis=0) - np.stack(b).mean(axis=0)
@@ -202,16 +168,14 @@ def _nested(a: list, b: list, diff: float) -> Difference:
 
 
 def _tested(d: Difference) -> Difference:
-    """The t-test of a seeds x images difference; none without spread (identical answers everywhere):
-    no spread is not certainty."""
+    """The t-test of a seeds x images difference; none without spread: no spread is not certainty."""
     if not d.se > 0:
         return replace(d, se=math.nan, df=math.nan, test=None, why="no spread")
     return replace(d, p_value=float(2 * stats.t.sf(abs(d.diff) / d.se, d.df)))
 
 
 def _mcnemar(a: np.ndarray, b: np.ndarray) -> Difference:
-    """One run each: McNemar's exact test on the images both answered (this seed's models, other digits
-    drawn like the test set); the interval: Student's t over the per-image differences."""
+    """One run each: McNemar's exact test on the images; the interval: Student's t over per-image differences."""
     from statsmodels.stats.contingency_tables import mcnemar
 
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
@@ -233,16 +197,11 @@ class Judgement:
     confidence: float  # of the interval: 1 - ALPHA / m (Bonferroni)
     ci_low: float
     ci_high: float
-    verdict: str  # VERDICTS
+    verdict: str  # better, worse (Holm), ... by less, equivalent (TOST), undecided or untested
     holm_only: bool = False  # better or worse by Holm, while the Bonferroni interval still touches 0
     seeds_needed: int | None = None  # per variant, to detect the smallest effect (or reach the half-width)
     larger_test_set: bool = False  # no number of seeds can, on this test set
     floor_half_width: float = math.nan  # the interval half-width these test images leave with unlimited seeds
-
-
-# better / worse: by Holm; "... by less": and the whole interval inside +/- the smallest effect;
-# equivalent: not different, the interval inside +/- the smallest effect (TOST); untested: no test.
-VERDICTS = ("better", "worse", "better by less", "worse by less", "equivalent", "undecided", "untested")
 
 
 def holm(p_values) -> list[float]:
@@ -258,14 +217,12 @@ def holm(p_values) -> list[float]:
 
 
 def judge(diffs: list[Difference], smallest_effect: float = SMALLEST_EFFECT_PP, half_width: float | None = None):
-    """One family of comparisons (one question). McNemar's comparisons (one seed each) are about those
-    seeds' models only: they form their own family, apart from the seeds x images ones."""
-    judged: list[Judgement | None] = [None] * len(diffs)
+    """One family of comparisons (one question); McNemar's, about those seeds' models only, form their own."""
+    judged = {}
     for kind in (False, True):
         members = [i for i, d in enumerate(diffs) if (d.test == MCNEMAR) == kind]
-        for i, j in zip(members, _judge_family([diffs[i] for i in members], smallest_effect, half_width)):
-            judged[i] = j
-    return judged
+        judged.update(zip(members, _judge_family([diffs[i] for i in members], smallest_effect, half_width)))
+    return [judged[i] for i in range(len(diffs))]
 
 
 def _judge_family(diffs: list[Difference], smallest: float, half_width: float | None) -> list[Judgement]:
@@ -295,8 +252,7 @@ def _design(d: Difference) -> tuple:
 
 
 def _pooled_seed_ms(diffs: list[Difference]) -> dict[tuple, tuple[float, int]]:
-    """The seed mean square pooled over the comparisons sharing a design (test, seeds, images): one
-    comparison's rests on 2 degrees of freedom at 3 seeds, a family's on several times that."""
+    """The seed mean square pooled over the comparisons sharing a design: 2 df at 3 seeds become several times that."""
     pooled: dict[tuple, tuple[float, int]] = {}
     for d in diffs:
         if d.test in (CROSSED, NESTED) and d.seed_df > 0:
@@ -306,24 +262,20 @@ def _pooled_seed_ms(diffs: list[Difference]) -> dict[tuple, tuple[float, int]]:
 
 
 def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, half_width: float | None = None) -> dict:
-    """Seeds per variant for a seeds x images comparison like `d` to detect `smallest` pp with POWER at
-    ALPHA / m (two-sided), or, given `half_width`, for its interval at 1 - ALPHA / m to be that narrow.
-
-    With S seeds, Var = sides * MS_seed / (S * N) + floor, the floor being the images' share; MS_seed is
-    the upper PLAN_CONFIDENCE bound of the pooled estimate. Where even unlimited seeds fall short,
-    larger_test_set is set instead."""
+    """Seeds per variant for a comparison like `d` to detect `smallest` pp with POWER at ALPHA / m (or, given
+    `half_width`, for its interval to be that narrow); larger_test_set where unlimited seeds fall short."""
     ms, df = seed_ms
     upper = ms * df / stats.chi2.ppf(1 - PLAN_CONFIDENCE, df)
     images = d.images
     level = 1 - ALPHA / m / 2
 
-    def variance_df(seeds: float) -> tuple[float, float]:
-        if math.isinf(seeds):
-            return d.floor, images - 1.0
-        return satterthwaite([(d.sides * upper / (seeds * images), d.sides * (seeds - 1)), (d.floor, images - 1)])
-
     def enough(seeds: float) -> bool:
-        variance, dof = variance_df(seeds)
+        if math.isinf(seeds):
+            variance, dof = d.floor, images - 1.0
+        else:
+            variance, dof = satterthwaite(
+                [(d.sides * upper / (seeds * images), d.sides * (seeds - 1)), (d.floor, images - 1)]
+            )
         if variance <= 0:
             return True
         critical = stats.t.ppf(level, dof)
@@ -338,66 +290,43 @@ def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, hal
     floor = stats.t.ppf(level, images - 1) * math.sqrt(d.floor)
     if not enough(math.inf):
         return {"larger_test_set": True, "floor_half_width": floor}
-    low, high = 1, 2  # the smallest whole number of seeds: doubling, then bisection (more seeds never hurt)
-    while not enough(high):
-        low, high = high, high * 2
-        if high > MAX_SEEDS:
-            return {"larger_test_set": True, "floor_half_width": floor}
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if enough(middle) else (middle, high)
-    return {"seeds_needed": high, "floor_half_width": floor}
+    seeds = range(2, MAX_SEEDS + 1)
+    found = bisect.bisect_left(seeds, True, key=enough)  # the fewest seeds that are enough (more never hurt)
+    if found == len(seeds):
+        return {"larger_test_set": True, "floor_half_width": floor}
+    return {"seeds_needed": seeds[found], "floor_half_width": floor}
 
 
 # --- two variants of the table, and the families they form ---
 
-# The columns of a judged comparison, as the table holds them.
+# The columns of a judged comparison, as the table holds them, and those named apart from their fields.
+RENAMED = {"diff": "vs_baseline_pp", "why": "why_untested", "seeds": "n_compared"}
+RENAMED |= {"ci_low": "vs_baseline_pp_ci_low", "ci_high": "vs_baseline_pp_ci_high"}
 COMPARISON = ("baseline", "vs_baseline_pp", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high", "confidence", "p_value")
 COMPARISON += ("p_adj", "test", "why_untested", "n_compared", "images", "verdict", "holm_only", "seeds_needed")
 COMPARISON += ("larger_test_set", "floor_half_width")
 
 
 def comparison(a, b) -> dict:
-    """Row a against row b (variant, acc_pct, n, digest, answers: {seed: correct}) image by image over
-    their seeds; family() adds the verdict, interval and plan."""
+    """Row a against row b (variant, acc_pct, n, digest, answers: {seed: correct}), image by image."""
     if a.answers is None or b.answers is None or a.digest != b.digest:
         why = "no per-image answers" if a.answers is None or b.answers is None else "other test images"
         d = Difference(a.acc_pct - b.acc_pct, math.nan, math.nan, math.nan, None, min(a.n, b.n), 0, why)
     else:
         d = difference(a.answers, b.answers)
-    return {
-        "baseline": b.variant,
-        "vs_baseline_pp": d.diff,
-        "p_value": d.p_value,
-        "test": d.test,
-        "why_untested": d.why,
-        "n_compared": d.seeds,
-        "images": d.images,
-        "difference": d,
-    }
+    fields = ("diff", "p_value", "test", "why", "seeds", "images")
+    return {"baseline": b.variant, **{RENAMED.get(name, name): getattr(d, name) for name in fields}, "difference": d}
 
 
 def family(pairs: list, smallest_effect: float = SMALLEST_EFFECT_PP, half_width: float | None = None) -> list[dict]:
-    """[(row, baseline)] as one family (one question): each comparison with its Holm-adjusted p, Bonferroni
-    interval, verdict and plan (judge)."""
+    """[(row, baseline)] as one family (one question): each comparison() with its judgement (judge)."""
     found = [comparison(row, baseline) for row, baseline in pairs]
     for c, j in zip(found, judge([c["difference"] for c in found], smallest_effect, half_width)):
-        c.update(
-            p_adj=j.p_adj,
-            confidence=j.confidence,
-            vs_baseline_pp_ci_low=j.ci_low,
-            vs_baseline_pp_ci_high=j.ci_high,
-            verdict=j.verdict,
-            holm_only=j.holm_only,
-            seeds_needed=j.seeds_needed,
-            larger_test_set=j.larger_test_set,
-            floor_half_width=j.floor_half_width,
-        )
+        c.update({RENAMED.get(key, key): value for key, value in asdict(j).items()})
     return found
 
 
 def selected_on_test(c: dict) -> dict:
-    """A comparison whose variant the test split chose: the difference stays, no p-value or interval (the
-    same images chose it)."""
+    """A comparison whose variant the test split chose: the difference stays, no p-value or interval."""
     untested = dict.fromkeys(("p_value", "p_adj", "vs_baseline_pp_ci_low", "vs_baseline_pp_ci_high"), math.nan)
     return {**c, **untested, "verdict": "selected on test", "holm_only": False}

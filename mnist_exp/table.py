@@ -1,12 +1,6 @@
-"""The variant table: one row per variant (model x regularizer x optimizer x data), seeds pooled, and its text.
-
-Each variant is compared with its baseline trained alike (every setting and the data equal but the
-model and the regularizer): a regularized variant with its model unregularized, the plain MLP with
-plain LeNet-5, image by image over seeds and test images (mnist_exp.significance); each family (the
-variants sharing a baseline) gets Holm-adjusted verdicts and Bonferroni intervals. Runs trained on
-different data are never pooled or compared. Accuracies are percentages here, named `..._pct`, and
-differences percentage points, `..._pp`; MLflow and history.csv hold fractions.
-"""
+"""The variant table: one row per variant (model x regularizer x optimizer x data), seeds pooled, each compared
+with its baseline trained alike (docs/analysis.md), and its text. Accuracies are in percent here (`..._pct`),
+differences in percentage points (`..._pp`); MLflow and history.csv hold fractions."""
 
 from __future__ import annotations
 
@@ -23,8 +17,7 @@ from mnist_exp.runs import AnalysisError, column, metric
 from mnist_exp.significance import COMPARISON, MCNEMAR, SMALLEST_EFFECT_PP, family, variant_accuracy
 from mnist_exp.sweep import clip, significant
 
-# --metric: which accuracy of a run counts. `val` ranks on the validation split, to choose a recipe
-# without looking at the test set.
+# --metric: which accuracy of a run counts (`val`: chooses a recipe without looking at the test set).
 METRICS = {"final": record.FINAL_TEST_ACC, "best": record.BEST_TEST_ACC, "val": record.FINAL_VAL_ACC}
 HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
 # The split whose per-image answers a metric is about; the best epoch's are not kept (it is chosen on test).
@@ -38,8 +31,7 @@ SORT_KEYS = {  # --sort name: (column, ascending); best first
     "train_time_s": ("train_time_s", True),
     "variant": ("variant", True),
 }
-# Settings a baseline may differ in (what the comparison is about, and the seed), and the data, which is
-# compared by what was read (record.DATA_IDENTITY).
+# Settings a baseline may differ in, and the data, compared by what was read (record.DATA_IDENTITY).
 COMPARED = ("model.", "regularizer.", "trainer.seed", "data.")
 # A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
 CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
@@ -55,15 +47,14 @@ SHORT = {
     "cosine": "cos",
 }
 # Each variant's columns: from its latest run, and averaged over its seeds.
-NAMES = ("variant", "model", "regularizer", "optimizer", "scheduler")
-SAME = (*NAMES, "data", "settings", "params", "epochs", "train_size", "digest", "confirmed")
+SAME = ("variant", "model", "regularizer", "optimizer", "scheduler", "data", "settings", "params", "epochs")
+SAME += ("train_size", "digest", "confirmed")
 MEANS = ("acc_pct", "final_test_acc_pct", "best_test_acc_pct", "test_loss", "train_eval_acc_pct")
 MEANS += ("gap_pp", "train_time_s", "val_acc_pct")
 
 
 def _context_key(run: pd.Series) -> str:
-    """Everything a run's baseline must share with it: every setting but model, regularizer and seed,
-    and the data it read (by content: the same digits from a tar or from IDX files match)."""
+    """What a run's baseline shares with it: every setting but COMPARED, and the data read (by content)."""
     context = {
         key: value
         for key, value in run.items()
@@ -74,8 +65,7 @@ def _context_key(run: pd.Series) -> str:
 
 
 def settings(params: dict[str, str]) -> str:
-    """A run's own settings (JSON) from its params, without the seed and the data: equal for the runs of
-    one variant, and for a config composed with the same overrides."""
+    """A run's own settings (JSON) from its params, without the seed and the data: equal within a variant."""
     recorded = {key: value for key, value in params.items() if not pd.isna(value)}
     return json.dumps(record.identity(recorded, ignore=("trainer.seed", "data.")), sort_keys=True)
 
@@ -130,24 +120,13 @@ def variant_table(
     smallest_effect: float = SMALLEST_EFFECT_PP,
     half_width: float | None = None,
 ) -> pd.DataFrame:
-    """One row per variant: accuracy over its seeds, and its distance to the baselines.
-
-    `answers`: {run_id: correct per image} on the metric's split (mnist_exp.predictions); a variant
-    with every run's gets a 95% interval over seeds and images, and comparisons image by image.
-    `vs_mlp_pp` / `vs_lenet5_pp`: difference of mean accuracy to the unregularized MLP / LeNet-5
-    trained the same way on the same data. `vs_baseline_pp` compares a regularized variant with its own
-    model unregularized, and the plain MLP with plain LeNet-5: significance.COMPARISON's columns, judged
-    within the family sharing that baseline against `smallest_effect` (pp), planned by it or by
-    `half_width`. `collapsed` names seeds far below the others (kept in every statistic).
-    """
+    """One row per variant: accuracy over its seeds and COMPARISON's columns, one family per baseline; a variant
+    with `answers` ({run_id: correct per image}) for every run gets intervals over seeds and images."""
     if finished.empty:
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
     grouped = runs.groupby(["variant_hash", "context"], sort=False)
-    table = grouped[list(SAME)].first()
-    table["n"] = grouped.size()
-    for name in MEANS:
-        table[name] = grouped[name].mean()
+    table = grouped[list(SAME)].first().assign(n=grouped.size()).join(grouped[list(MEANS)].mean())
     table["gap_pp_std"] = grouped["gap_pp"].std(ddof=1)
     table["acc_pct_samples"] = grouped["acc_pct"].apply(list)
     table["seeds"] = grouped["seed"].apply(lambda seeds: [int(s) for s in seeds])
@@ -158,9 +137,8 @@ def variant_table(
         for r in table.itertuples()
     ]
     estimates = [variant_accuracy(r.answers, r.acc_pct_samples) for r in table.itertuples()]
-    table["acc_pct_std"] = [e.std for e in estimates]
-    table["acc_pct_ci_low"] = [e.ci_low for e in estimates]
-    table["acc_pct_ci_high"] = [e.ci_high for e in estimates]
+    for name, field in (("acc_pct_std", "std"), ("acc_pct_ci_low", "ci_low"), ("acc_pct_ci_high", "ci_high")):
+        table[name] = [getattr(e, field) for e in estimates]
     table["collapsed"] = [collapsed_seeds(r.acc_pct_samples, r.seeds, r.run_ids) for r in table.itertuples()]
     table = table.reset_index()
     table.attrs["judging"] = {"smallest_effect": smallest_effect, "half_width": half_width}
@@ -177,8 +155,7 @@ def variant_table(
 
 
 def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str]) -> list[str]:
-    """Seeds below CHANCE_PCT, or COLLAPSE_PP or more below the median of the variant's other seeds:
-    'seed 2 (run 1a2b3c4d, 11.35%)'."""
+    """Seeds below CHANCE_PCT, or COLLAPSE_PP below the median of the others: 'seed 2 (run 1a2b3c4d, 11.35%)'."""
     notes = []
     for i, (acc, seed, run_id) in enumerate(zip(accuracies, seeds, run_ids)):
         others = accuracies[:i] + accuracies[i + 1 :]
@@ -191,19 +168,19 @@ def _compare_with_baselines(table: pd.DataFrame, plain: pd.DataFrame) -> None:
     """COMPARISON's columns: each variant against its baseline, one family per baseline."""
     rows = {(r.model, r.context): r for r in plain.itertuples()}
     families: dict[tuple, list[tuple]] = {}
-    for i, row in zip(table.index, table.itertuples()):
+    for row in table.itertuples():
         baseline_model = row.model if row.regularizer != "none" else ("lenet5" if row.model == "mlp" else None)
         baseline = rows.get((baseline_model, row.context))
         if baseline is not None:
-            families.setdefault((baseline_model, row.model, row.context), []).append((i, row, baseline))
+            families.setdefault((baseline_model, row.model, row.context), []).append((row, baseline))
     for name in COMPARISON:
         table[name] = None if name in ("baseline", "test", "why_untested", "verdict") else np.nan
     for name in ("seeds_needed", "holm_only", "larger_test_set"):
         table[name] = table[name].astype(object)
-    for members in families.values():
-        for (i, _, _), c in zip(members, family([(r, b) for _, r, b in members], **table.attrs["judging"])):
+    for pairs in families.values():
+        for (row, _), c in zip(pairs, family(pairs, **table.attrs["judging"])):
             for name in COMPARISON:
-                table.at[i, name] = c[name]
+                table.at[row.Index, name] = c[name]
 
 
 def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
@@ -220,16 +197,19 @@ def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
 
 
 def _disambiguate(table: pd.DataFrame) -> None:
-    """Variants that share a model/regularizer/optimizer name differ elsewhere: name what differs,
-    'mlp/none/sgd lr=0.02' (numbers to the fewest significant figures, from 3, that tell the rows apart),
-    or the data when that is all."""
+    """Variants sharing a name get what differs: 'mlp/none/sgd lr=0.02' (the fewest significant figures, from 3,
+    that tell them apart), or the data when that is all."""
     duplicated = table["variant"].duplicated(keep=False)
     for variant, rows in table[duplicated].groupby("variant"):
         found = [json.loads(s) for s in rows["settings"]]
         differing = sorted({key for s in found for key in s if any(o.get(key) != s.get(key) for o in found)})
         for figures in (3, 4, 6, 17):  # 17: every digit of a float
+            # 'lr=0.0229': each differing setting, its group left out, a number to `figures` significant figures
             labels = [
-                " ".join([variant, *(_setting(key, s.get(key, "-"), figures) for key in differing)]) for s in found
+                " ".join(
+                    [variant, *(f"{k.split('.', 1)[-1]}={significant(s.get(k, '-'), figures)}" for k in differing)]
+                )
+                for s in found
             ]
             if len(set(labels)) < len(labels):  # the same settings on other data (a search's trial, its confirmation)
                 labels = [f"{label} [{data}]" for label, data in zip(labels, rows["data"])]
@@ -238,15 +218,9 @@ def _disambiguate(table: pd.DataFrame) -> None:
         table.loc[rows.index, "variant"] = labels
 
 
-def _setting(key: str, value: str, figures: int) -> str:
-    """'lr=0.0229': a setting in a label, its group left out, a number to `figures` significant figures."""
-    return f"{key.split('.', 1)[-1]}={significant(value, figures)}"
-
-
 def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
-    """The best of `rows` (seeded variants first) and what it was chosen on: 'search' for the one recipe a
-    search's confirmation trained (its trials chose it on their validation split), 'validation' where every
-    row has a validation accuracy (data.validation_size), else 'test' (its margin then is optimistic)."""
+    """The best of `rows` (seeded variants first) and what chose it: 'search' (a search's confirmed recipe),
+    'validation' where every row has a validation accuracy, else 'test' (its margin then is optimistic)."""
     confirmed = rows[rows["confirmed"] == "recipe"]
     if len(confirmed) == 1:
         return confirmed.iloc[0], "search"
@@ -258,18 +232,17 @@ def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
 
 
 def named_variants(table: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The rows a model name selects: each of its words (split at - and .) that names an option of a
-    variant's groups keeps the variants with that option (mnist-lenet5: LeNet-5's; lenet5-dropout: LeNet-5's
-    with dropout); a name naming none keeps all. Refused when no row is left."""
+    """The rows a model name selects: each word (split at - and .) naming an option keeps the variants with it
+    (mnist-lenet5: LeNet-5's; lenet5-dropout: LeNet-5's with dropout); refused when no row is left."""
     conf = tracking.TRAIN_SCRIPT.parent / "conf"
     groups = ("model", "regularizer", "optimizer", "scheduler")
     options = {group: {path.stem for path in (conf / group).glob("*.yaml")} for group in groups}
     words = sorted({word for word in re.split(r"[-.]", name) if any(word in known for known in options.values())})
-    chosen = {group: table[group].str.split("+") for group in groups}  # each variant's options, per group
-    kept = pd.Series(True, index=table.index)
-    for word in words:
-        having = [chosen[group].map(lambda values, w=word: w in values) for group in groups if word in options[group]]
-        kept &= pd.concat(having, axis=1).any(axis=1)
+
+    def has(row, word: str) -> bool:  # a group that offers the word is set to it (l2+dropout: both)
+        return any(word in options[group] and word in row[group].split("+") for group in groups)
+
+    kept = table.apply(lambda row: all(has(row, word) for word in words), axis=1)
     if not kept.any():
         raise AnalysisError(
             f"--register {name}: the name says {' and '.join(words)}, which no variant of this selection is "
@@ -278,23 +251,22 @@ def named_variants(table: pd.DataFrame, name: str) -> pd.DataFrame:
     return table[kept]
 
 
-def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str, metric: str) -> tuple:
-    """Register the model of the best variant that `name` selects (named_variants; by mean over seeds, on
-    validation where every variant has a validation split): of its seeds, the run with the highest accuracy
-    on the same split. (variant, models:/NAME/<version>, the split it was chosen on, whether it is new)."""
+def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str, metric_name: str) -> tuple:
+    """Register the best seed's model of the best variant `name` selects, both chosen on the same split:
+    (variant, models:/NAME/<version>, the split it was chosen on, whether it is new)."""
     best, basis = choose_best(named_variants(table, name))
-    runs = per_run(finished, metric).set_index("run_id").loc[best.run_ids]
-    run_id = runs["val_acc_pct" if basis == "validation" else "acc_pct"].idxmax()
+    chosen_on = record.FINAL_VAL_ACC if basis == "validation" else METRICS[metric_name]
+    runs = finished.set_index("run_id").loc[best.run_ids]
+    run_id = metric(runs, chosen_on).idxmax()
     tags = {
         "variant": best.variant,
-        "metric": record.FINAL_VAL_ACC if basis == "validation" else METRICS[metric],
+        "metric": chosen_on,
         "variant_mean_pct": f"{best.acc_pct:.2f}",
         "seeds": str(best.n),
         "data": best.data,
         "run_id": run_id,
     }
-    experiment_id = finished.set_index("run_id").loc[run_id, "experiment_id"]
-    uri, new = tracking.register_model(tracking_uri, run_id, experiment_id, name, tags)
+    uri, new = tracking.register_model(tracking_uri, run_id, runs.loc[run_id, "experiment_id"], name, tags)
     return best.variant, uri, basis, new
 
 
@@ -302,25 +274,23 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
 
 
 def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
-    """markdown for people: by default what fits WIDTH columns, `wide` every column, then notes (collapsed
-    seeds, the key to short names); csv and json keep every column but the per-image answers,
-    `acc_pct_samples` holding each seed's accuracy (in the order of `seeds`)."""
+    """markdown for people (WIDTH columns, or `wide`: every column), then notes; csv and json: all but answers."""
     if fmt == "csv":
         return table.drop(columns="answers").to_csv(index=False, float_format="%.6g")
     if fmt == "json":
         return table.drop(columns="answers").to_json(orient="records", indent=2)
     smallest = table.attrs["judging"]["smallest_effect"]
     rows = list(table.itertuples())
+
+    def compared(cell, *args) -> list[str]:  # the cell of each row that has a baseline
+        return ["" if pd.isna(row.baseline) else cell(row, *args) for row in rows]
+
     marked = table["variant"] + table["collapsed"].map(lambda notes: " *" if notes else "")
+    accuracy = HEADERS[table.attrs.get("metric", "final")]
     common = {
         "n": table["n"],
-        HEADERS[table.attrs.get("metric", "final")]: [
-            f"{m:.2f}" if pd.isna(s) else f"{m:.2f} ± {s:.2f}" for m, s in zip(table["acc_pct"], table["acc_pct_std"])
-        ],
-        "95% CI": [
-            "" if pd.isna(lo) else f"{lo:.2f}–{hi:.2f}"
-            for lo, hi in zip(table["acc_pct_ci_low"], table["acc_pct_ci_high"])
-        ],
+        accuracy: [f"{r.acc_pct:.2f}" + _number(r.acc_pct_std, " ± {:.2f}") for r in rows],
+        "95% CI": [_number(r.acc_pct_ci_low, "{:.2f}–") + _number(r.acc_pct_ci_high, "{:.2f}") for r in rows],
     }
     if wide:
         numbers = {
@@ -329,6 +299,10 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
             "test loss": ("test_loss", "{:.4f}"),
             "train (eval) %": ("train_eval_acc_pct", "{:.2f}"),
             "gap pp": ("gap_pp", "{:+.2f}"),
+            "epochs": ("epochs", "{}"),
+            "time s": ("train_time_s", "{:.1f}"),
+            "Δ MLP pp": ("vs_mlp_pp", "{:+.2f}"),
+            "Δ LeNet-5 pp": ("vs_lenet5_pp", "{:+.2f}"),
         }
         shown = pd.DataFrame(
             {
@@ -337,11 +311,7 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
                 "params": table["params"],
                 **common,
                 **{header: [_number(v, template) for v in table[name]] for header, (name, template) in numbers.items()},
-                "epochs": table["epochs"],
-                "time s": [_number(v, "{:.1f}") for v in table["train_time_s"]],
-                "Δ MLP pp": [_number(v, "{:+.2f}") for v in table["vs_mlp_pp"]],
-                "Δ LeNet-5 pp": [_number(v, "{:+.2f}") for v in table["vs_lenet5_pp"]],
-                "vs baseline": [_versus(row, smallest) for row in rows],
+                "vs baseline": compared(_versus, smallest),
                 "seeds needed": [_plan(row) for row in rows],
             }
         )
@@ -349,9 +319,9 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
     narrow = pd.DataFrame(
         {
             **common,
-            "Δ baseline pp (CI)": [_diff(row) for row in rows],
+            "Δ baseline pp (CI)": compared(_diff),
             "p Holm": [_p(p) for p in table["p_adj"]],
-            "verdict": [_verdict_word(row, smallest) for row in rows],
+            "verdict": compared(_verdict_word, smallest),
         }
     )
     key: dict[str, str] = {}
@@ -379,8 +349,7 @@ def short(variant: str, key: dict[str, str] | None = None) -> str:
 
 
 def _notes(table: pd.DataFrame, key: dict[str, str], smallest: float, compared: bool = True) -> str:
-    """Under the table: what Δ compares and what its intervals cover (where shown), collapsed seeds by run id,
-    the key to short names."""
+    """Under the table: what Δ compares (where shown), collapsed seeds by run id, the key to short names."""
     lines = []
     if compared:
         lines.append(
@@ -412,24 +381,15 @@ def _p(p: float) -> str:
 
 
 def _verdict_word(row, smallest: float) -> str:
-    """The narrow table's verdict: 'better', 'better <0.5', '±0.5' (no difference worth having), 'undecided',
-    or why there is no test; ', 1 seed' for McNemar's."""
-    if pd.isna(row.baseline):
-        return ""
+    """'better', 'better <0.5', '±0.5' (no difference worth having), 'undecided', or why there is no test."""
     if row.test is None:
         return row.why_untested
-    words = {
-        "better by less": f"better <{smallest:g}",
-        "worse by less": f"worse <{smallest:g}",
-        "equivalent": f"±{smallest:g}",
-    }
-    return words.get(row.verdict, row.verdict) + (", 1 seed" if row.test == MCNEMAR else "")
+    word = f"±{smallest:g}" if row.verdict == "equivalent" else row.verdict.replace(" by less", f" <{smallest:g}")
+    return word + (", 1 seed" if row.test == MCNEMAR else "")
 
 
 def _versus(row, smallest: float) -> str:
     """'+0.41 vs lenet5/none/sgd (seeds x images, p=0.012, Holm 0.036: better)'."""
-    if pd.isna(row.baseline):
-        return ""
     if row.test is None:
         return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.why_untested}: no test)"
     return (
@@ -446,8 +406,6 @@ def _plan(row) -> str:
 
 def _diff(row) -> str:
     """'+0.41 (-0.20 to +1.02)'; the difference alone where there is no test."""
-    if pd.isna(row.baseline):
-        return ""
     if pd.isna(row.vs_baseline_pp_ci_low):
         return f"{row.vs_baseline_pp:+.2f}"
     return f"{row.vs_baseline_pp:+.2f} ({row.vs_baseline_pp_ci_low:+.2f} to {row.vs_baseline_pp_ci_high:+.2f})"
