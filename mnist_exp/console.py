@@ -1,8 +1,7 @@
 """What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere.
 
-In a worker of the parallel launcher (mnist_exp/launcher.py) a job draws no bars: through the worker's
-Channel it sends the launching process its log lines, its name and each finished epoch, for the sweep's
-own progress line.
+In a worker of the parallel launcher a job draws no bars: its Channel sends the launching process its log
+lines, name and epochs, for the sweep's progress line.
 """
 
 from __future__ import annotations
@@ -30,14 +29,6 @@ def announce(name: str, epochs: int, epoch: int = 0) -> None:
         to.report("progress", (name, epochs, epoch))
 
 
-def epoch_line(m: EpochMetrics, epochs: int) -> str:
-    validation = "" if m.val_acc is None else f"val loss {m.val_loss:.4f} acc {m.val_acc:.2%}  "
-    return (
-        f"epoch {m.epoch}/{epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  {validation}"
-        f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}  ({m.epoch_time_s:.1f}s)"
-    )
-
-
 class ProgressBars(contextlib.AbstractContextManager):
     """An epoch bar and a batch bar when stderr is a terminal and no sweep draws its own; log lines only otherwise."""
 
@@ -59,11 +50,15 @@ class ProgressBars(contextlib.AbstractContextManager):
         self.batch_bar.update()
         self.batch_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    def epoch(self, metrics: EpochMetrics) -> None:
-        log.info(epoch_line(metrics, self.epochs))
-        announce(self.title, self.epochs, metrics.epoch)
+    def epoch(self, m: EpochMetrics) -> None:
+        validation = "" if m.val_acc is None else f"val loss {m.val_loss:.4f} acc {m.val_acc:.2%}  "
+        log.info(
+            f"epoch {m.epoch}/{self.epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  {validation}"
+            f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}  ({m.epoch_time_s:.1f}s)"
+        )
+        announce(self.title, self.epochs, m.epoch)
         self.epoch_bar.update()
-        self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")
+        self.epoch_bar.set_postfix(test_acc=f"{m.test_acc:.2%}")
         self.batch_bar.reset()
 
     def __exit__(self, *exc) -> None:
