@@ -29,22 +29,22 @@ def announce(name: str, epochs: int, epoch: int = 0) -> None:
         to.report("progress", (name, epochs, epoch))
 
 
-class ProgressBars(contextlib.AbstractContextManager):
+class ProgressBars(contextlib.ExitStack):
     """An epoch bar and a batch bar when stderr is a terminal and no sweep draws its own; log lines only otherwise."""
 
     def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):
+        super().__init__()
         self.title, self.epochs = title, epochs
-        self._stack = contextlib.ExitStack()
         announce(title, epochs, epochs_done)
         disable = None if channel() is None else True  # None: tqdm draws only when stderr is a terminal
-        self.epoch_bar = self._stack.enter_context(
+        self.epoch_bar = self.enter_context(
             tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0, disable=disable)
         )
-        self.batch_bar = self._stack.enter_context(
+        self.batch_bar = self.enter_context(
             tqdm(total=batches_per_epoch, unit="batch", position=1, leave=False, disable=disable)
         )
         if not self.epoch_bar.disable:
-            self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars
+            self.enter_context(logging_redirect_tqdm())  # log lines print above the bars
 
     def batch(self, loss: float) -> None:  # a disabled bar ignores all of these
         self.batch_bar.update()
@@ -60,6 +60,3 @@ class ProgressBars(contextlib.AbstractContextManager):
         self.epoch_bar.update()
         self.epoch_bar.set_postfix(test_acc=f"{m.test_acc:.2%}")
         self.batch_bar.reset()
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()

@@ -278,16 +278,9 @@ def objective_of(metrics: dict[str, float]) -> float | None:
 
 def _start(cfg, built, training: Training, data, datasets) -> TrainingState:
     """A new run's record of what it trains and on which data."""
-    mlflow.log_params(
-        {
-            record.PARAMETERS: str(built.parameters),
-            record.LENET5_PARAMETERS: str(built.lenet5_parameters),
-            record.DESCRIPTION: built.description,
-            record.REGULARIZERS: variant_name(cfg.regularizer),
-            record.MEAN_USED: str(training.inputs.mean),
-            record.STD_USED: str(training.inputs.std),
-        }
-    )
+    regularizers, mean, std = variant_name(cfg.regularizer), training.inputs.mean, training.inputs.std
+    values = (built.parameters, built.lenet5_parameters, built.description, regularizers, mean, std)
+    mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values))))  # in RESULT_PARAMS' order
     logged_model.log_datasets(datasets)
     if data.fallback:
         mlflow.set_tag(record.FALLBACK, data.fallback)

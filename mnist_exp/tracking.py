@@ -1,8 +1,4 @@
-"""MLflow: the store, a run's context and failures, the Model Registry, one trained run per identity (Claim).
-
-A job's run is MLflow's active run while it trains, so fluent calls (ours and user code's) land in it;
-runs are looked up and closed by ID through MlflowClient, so one can be resumed, skipped or failed from anywhere.
-"""
+"""MLflow: the store, a run's context and failures, the Model Registry, one trained run per identity (Claim)."""
 
 from __future__ import annotations
 
@@ -19,13 +15,13 @@ import sqlite3
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import psutil
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -33,8 +29,7 @@ from mnist_exp import credentials, record
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 SERVER_TIMEOUT_S = 5
-# A sqlite store's artifacts: beside its file, as `mlflow server` keeps ./mlartifacts beside ./mlflow.db (one
-# store, one folder; MLflow's default ./mlruns of the working folder mixes every store launched there).
+# A sqlite store's artifacts beside its file, as `mlflow server` keeps them (not in ./mlruns of any working folder).
 ARTIFACTS_FOLDER = "mlartifacts"
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # any of them: a store, or one being created
@@ -117,8 +112,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 
 def check_store(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None:
-    """Refuse in one line what MLflow would misuse: a bare path (its deprecated file store), a file not a sqlite
-    store. `option` is how the user gave the URI: 'mlflow.tracking_uri=' or '--tracking-uri '."""
+    """Refuse in one line a bare path (MLflow's deprecated file store) or a file not a store; `option` names the URI."""
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
         path = Path(tracking_uri.removeprefix("file://"))
@@ -170,8 +164,8 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 @contextlib.contextmanager
 def _sqlite_creation_lock(tracking_uri: str):
-    """For a sqlite store: refuse an unwritable one at once (SQLAlchemy would retry it for minutes), and
-    let one process at a time create its schema (MLflow's creation races: 'table ... already exists')."""
+    """A sqlite store: refused at once if unwritable (SQLAlchemy retries for minutes), its schema created by one
+    process at a time (MLflow's creation races: 'table ... already exists')."""
     path = sqlite_path(tracking_uri)
     if path is None:
         yield False
@@ -200,19 +194,15 @@ def check_server(tracking_uri: str) -> None:
     """Fail in seconds: MLflow's own client retries an unreachable server for minutes."""
     try:
         urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
-    except (urllib.error.URLError, OSError) as error:
-        raise TrackingError(
-            credentials.redact(
-                f"cannot reach the MLflow tracking server at mlflow.tracking_uri={tracking_uri} "
-                f"({getattr(error, 'reason', error)}); start it (see README, 'Scaling out') or leave "
-                "mlflow.tracking_uri at its default"
-            )
-        ) from None
+    except OSError as error:  # urllib's URLError too
+        reason = getattr(error, "reason", error)
+        where = f"the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason})"
+        advice = "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
+        raise TrackingError(credentials.redact(f"cannot reach {where}; {advice}")) from None
 
 
 def ui_hint(tracking_uri: str, experiment_id: str) -> str:
-    """The experiment's runs table in MLflow's 'Model training' view; for a store no server serves yet, with the
-    `mlflow ui` command that serves exactly it."""
+    """The experiment's runs table in MLflow's UI, and for a store no server serves yet the `mlflow ui` to serve it."""
     uri = credentials.redact(tracking_uri)
     server = tracking_uri.startswith(("http://", "https://"))
     base = uri.rstrip("/") if server else "http://127.0.0.1:5000"
@@ -231,9 +221,7 @@ def runs_with_config(client: MlflowClient, experiment_id: str, hash_: str, data_
     """Runs of the same requested config that read the same data, or died before recording what they read."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{record.CONFIG_HASH}` = '{hash_}'")
     wanted = record.data_identity(data_params)
-    return [
-        run for run in runs if record.data_identity(run.data.params) == wanted or not run.data.params.get(record.SOURCE)
-    ]
+    return [r for r in runs if record.data_identity(r.data.params) == wanted or not r.data.params.get(record.SOURCE)]
 
 
 @functools.cache
@@ -304,14 +292,12 @@ def forget_failure(client: MlflowClient, run) -> None:
 
 
 def register_model(tracking_uri: str, run_id: str, experiment_id: str, name: str, tags: dict) -> tuple[str, bool]:
-    """Register the model a run logged as NAME: its models:/NAME/<version> URI, and whether that version is new
-    (a model already registered keeps its own)."""
-    mlflow.set_tracking_uri(tracking_uri)
+    """Register the model a run logged as NAME: its models:/NAME/<version> URI, and whether that version is new."""
+    mlflow.set_tracking_uri(tracking_uri)  # for mlflow.register_model
     try:
-        (model,) = mlflow.search_logged_models(
-            filter_string=f"source_run_id = '{run_id}'", output_format="list", experiment_ids=[experiment_id]
-        )
-        versions = MlflowClient(tracking_uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        client = MlflowClient(tracking_uri)
+        (model,) = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         same = [v for v in versions if v.source == model.model_uri]
         if same:
             return f"models:/{name}/{same[0].version}", False
@@ -416,23 +402,17 @@ def _alive(model, seen: dict, generation: int) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    if Path("/proc/self").is_dir():  # Linux: a killed process its parent has not reaped yet is a zombie
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
+    """Whether process `pid` of this host runs: a killed one its parent has not reaped yet (a zombie) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.AccessDenied:  # another user's process
+        return True
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's process
-        pass
-    return True
 
 
 def fail_orphaned_run(client: MlflowClient, pid: int, reason: str) -> tuple[str, str] | None:
-    """Close, FAILED with `reason`, the run a dead process of this host was training (found through its
-    claim), and release the claim; (run ID, run name), or None if it had opened none."""
+    """Release a dead process's claim (this host) and close its run FAILED with `reason`: (run ID, name), or None."""
     for model in client.search_registered_models(filter_string=f"name LIKE '{CLAIM_PREFIX}%' AND tags.pid = '{pid}'"):
         tags = model.tags
         if tags.get("host") != socket.gethostname() or tags.get("pid") != str(pid) or tags.get("released") == "true":
