@@ -1,7 +1,4 @@
-"""One Hydra job, top to bottom: skip it, resume it or train it, and always close its MLflow run.
-
-A failure is recorded on the run (the error as a tag, the traceback as an artifact); the sweep goes on.
-"""
+"""One Hydra job, top to bottom: skip it, resume it or train it; a failure is recorded on its run, always closed."""
 
 from __future__ import annotations
 
@@ -21,7 +18,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import checkpoints, console, logged_model, plots, record, search, tracking
-from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
@@ -165,7 +161,12 @@ def run_job(
                     raise Interrupted(run_id, name, stop, error) from None
                 return JobOutcome("failed", overrides, run_id, message, None, name)
             finally:
-                _end_run(status)
+                try:
+                    mlflow.end_run(status)
+                except (
+                    Exception
+                ) as close_error:  # the store may be what failed; the run is recorded as far as it can be
+                    log.error("could not close the MLflow run: %s", close_error)
         _supersede_pruned(client, twins, run_id)
         return JobOutcome("finished", overrides, run_id, None, None, name, objective)
     finally:
@@ -253,7 +254,7 @@ def train_and_log(
 
     run = mlflow.active_run().info
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
-    with ProgressBars(run.run_name, cfg.trainer.epochs, state.epochs_done, batches) as bars:
+    with console.ProgressBars(run.run_name, cfg.trainer.epochs, state.epochs_done, batches) as bars:
 
         def on_epoch_end(state: TrainingState) -> None:
             checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: see _resume
@@ -353,10 +354,3 @@ def _history_csv(state: TrainingState) -> str:
     rows = [{"epoch": m.epoch, **m.as_metrics()} for m in state.history]
     lines = [",".join(rows[0])] + [",".join(str(value) for value in row.values()) for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def _end_run(status: str) -> None:
-    try:
-        mlflow.end_run(status)
-    except Exception as error:  # the store may be what failed; the run was recorded as far as it could be
-        log.error("could not close the MLflow run: %s", error)
