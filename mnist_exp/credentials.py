@@ -30,8 +30,7 @@ def has_password(uri: str) -> bool:
 
 
 def move_out_of_uri(uri: str) -> str:
-    """An http(s) URI without its user and password, which go to MLFLOW_TRACKING_USERNAME/PASSWORD
-    of this process (and so of its children); any other URI as it is."""
+    """An http(s) URI without its user and password, moved to this process's MLFLOW_TRACKING_USERNAME/PASSWORD."""
     match = USERINFO.search(uri)
     if match is None or match["scheme"].lower() not in ("http://", "https://"):
         return uri

@@ -163,9 +163,7 @@ def run_job(
             finally:
                 try:
                     mlflow.end_run(status)
-                except (
-                    Exception
-                ) as close_error:  # the store may be what failed; the run is recorded as far as it can be
+                except Exception as close_error:  # the store may be what failed; the run is recorded so far
                     log.error("could not close the MLflow run: %s", close_error)
         _supersede_pruned(client, twins, run_id)
         return JobOutcome("finished", overrides, run_id, None, None, name, objective)
@@ -209,8 +207,7 @@ def variant_label(cfg) -> str:
 
 
 def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_file):
-    """Resume the run a checkpoint belongs to (killed, failed, or pruned by a search), or start a new one;
-    close runs a kill left RUNNING."""
+    """Resume the run a checkpoint belongs to (killed, failed or pruned), or start one; close runs left RUNNING."""
     checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
     unfinished = {r.info.run_id: r for r in twins if r.info.status != "FINISHED" or record.PRUNED in r.data.tags}
     if checkpoint is not None and checkpoint.run_id in unfinished:

@@ -46,8 +46,7 @@ def log_datasets(datasets: dict) -> None:
 
 
 def log_model(classifier, example, variant: str):
-    """The trained network as an MLflow model named after its variant, with MLflow's pytorch flavour, pickled
-    with the modules it needs; no signature, requirements given (why: docs/mlflow.md, 'a model')."""
+    """The network as an MLflow pytorch model named after its variant (why this way: docs/mlflow.md, 'a model')."""
     import mlflow.pytorch
     import torch
 

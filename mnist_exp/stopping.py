@@ -51,8 +51,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Interrupts:
-    """SIGINT and SIGTERM raise KeyboardInterrupt in this process, and are remembered (`received`).
-    once=True: later ones are ignored, so a second Ctrl-C cannot stop the cleanup of the first."""
+    """SIGINT and SIGTERM raise KeyboardInterrupt, remembered (`received`); once=True ignores later ones."""
 
     def __init__(self, once: bool = False):
         self.once, self.received = once, None
@@ -91,9 +90,8 @@ class JobSignals:
 
     def stop_of(self, error: BaseException) -> Stop | None:
         """Which stop `error` is, or None for an error of the job's own."""
-        if isinstance(error, _time_limit_errors()):  # raised by submitit's USR2 handler: no preemption
-            return STOPS["time_limit"]
-        if self.timed_out and not isinstance(error, SystemExit):  # the limit's SIGTERM came before submitit acted
+        # Raised by submitit's USR2 handler (no preemption), or the limit's SIGTERM came before submitit acted.
+        if isinstance(error, _time_limit_errors()) or (self.timed_out and not isinstance(error, SystemExit)):
             return STOPS["time_limit"]
         if self.preempted or isinstance(error, SystemExit):  # submitit requeues a preempted job, then exits
             return STOPS["preempted"]

@@ -138,9 +138,7 @@ def _not_a_store(path: Path) -> str | None:
             head = file.read(4096)
     except OSError:  # missing, or unreadable: connect() says so, naming the cause
         return None
-    if not head:
-        return None  # an empty file is an empty database: MLflow creates its tables there
-    if not head.startswith(SQLITE_HEADER):
+    if head and not head.startswith(SQLITE_HEADER):  # an empty file is an empty database: MLflow fills it
         size = path.stat().st_size
         if b"\0" in head:
             return f"holds {size} bytes of binary data"
@@ -357,8 +355,7 @@ class Claim:
                 client.delete_registered_model(name)
                 continue
             for older in (generation for generation in claims if generation < mine):
-                # Failing to delete another user's claim on a shared server is harmless: it is just older.
-                with contextlib.suppress(MlflowException):
+                with contextlib.suppress(MlflowException):  # another user's, on a shared server: harmless, just older
                     client.delete_registered_model(f"{prefix}{older}")
             return cls(client, name)
 
