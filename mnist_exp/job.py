@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import numpy as np
+import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -329,10 +329,11 @@ def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: st
     folder = output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (folder / record.HISTORY_FILE).write_text(_history_csv(state))
+    history = pd.DataFrame([{"epoch": m.epoch, **m.as_metrics()} for m in state.history])
+    history.to_csv(folder / record.HISTORY_FILE, index=False)
     plots.learning_curves(state.history, title, folder / record.CURVES_FIGURE)
     counts = plots.confusion_matrix(data.test.labels.numpy(), predictions["test"].numpy())
-    np.savetxt(folder / f"{record.CONFUSION}.csv", counts, fmt="%d", delimiter=",")
+    pd.DataFrame(counts).to_csv(folder / f"{record.CONFUSION}.csv", header=False, index=False)
     plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / f"{record.CONFUSION}.png")
     for split, predicted in predictions.items():  # what significance needs to count the test images as noise
         scored = getattr(data, split)
@@ -345,9 +346,3 @@ def _log_hydra_files(output_dir: Path, logs: bool = True) -> None:
     """The job's composed config (.hydra/) and its log, as Hydra wrote them, under hydra/."""
     for path in [*(output_dir / ".hydra").glob("*.yaml"), *(output_dir.glob("*.log") if logs else [])]:
         mlflow.log_artifact(str(path), record.HYDRA_FOLDER)
-
-
-def _history_csv(state: TrainingState) -> str:
-    rows = [{"epoch": m.epoch, **m.as_metrics()} for m in state.history]
-    lines = [",".join(rows[0])] + [",".join(str(value) for value in row.values()) for row in rows]
-    return "\n".join(lines) + "\n"
