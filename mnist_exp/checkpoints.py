@@ -14,6 +14,7 @@ from mnist_exp.data import save_atomically
 from mnist_exp.training import EpochMetrics, Training, TrainingState
 
 log = logging.getLogger(__name__)
+PARTS = ("model", "optimizer", "scheduler", "averaged")  # of a Training, each saved as <part>_state
 
 
 @dataclass
@@ -26,13 +27,10 @@ class Checkpoint:
     averaged_state: dict | None = None  # EMA or SWA: the averaged weights so far
 
     def restore(self, training: Training) -> TrainingState:
-        """Put the weights, their average, optimizer and schedule back into `training`; returns where the run was."""
-        training.model.load_state_dict(self.model_state)
-        training.optimizer.load_state_dict(self.optimizer_state)
-        if training.scheduler is not None:
-            training.scheduler.load_state_dict(self.scheduler_state)
-        if training.averaged is not None:
-            training.averaged.load_state_dict(self.averaged_state)
+        """Put the weights, optimizer, schedule and average back into `training`; returns where the run was."""
+        for part in PARTS:
+            if getattr(training, part) is not None:
+                getattr(training, part).load_state_dict(getattr(self, f"{part}_state"))
         return self.progress
 
 
@@ -43,17 +41,9 @@ def checkpoint_path(checkpoint_dir: str, config_hash: str, data_params: dict[str
 
 
 def save(path: Path, run_id: str, training: Training, progress: TrainingState) -> None:
-    save_atomically(
-        {
-            "run_id": run_id,
-            "model_state": training.model.state_dict(),
-            "optimizer_state": training.optimizer.state_dict(),
-            "scheduler_state": training.scheduler.state_dict() if training.scheduler is not None else None,
-            "progress": asdict(progress),  # with the best epoch's weights, for early stopping
-            "averaged_state": training.averaged.state_dict() if training.averaged is not None else None,
-        },
-        path,
-    )
+    states = {f"{part}_state": getattr(training, part) for part in PARTS}
+    states = {key: state.state_dict() if state is not None else None for key, state in states.items()}
+    save_atomically({"run_id": run_id, **states, "progress": asdict(progress)}, path)  # progress: with the best weights
 
 
 def load(path: Path) -> Checkpoint | None:
@@ -68,7 +58,3 @@ def load(path: Path) -> Checkpoint | None:
     except Exception as error:  # a damaged checkpoint costs a restart, never a crash
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
         return None
-
-
-def remove(path: Path) -> None:
-    path.unlink(missing_ok=True)

@@ -1,8 +1,7 @@
 """What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere.
 
-In a worker of the parallel launcher (mnist_exp/launcher.py) a job draws no bars: through the worker's
-Channel it sends the launching process its log lines, its name and each finished epoch, for the sweep's
-own progress line.
+In a worker of the parallel launcher a job draws no bars: its Channel sends the launching process its log
+lines, name and epochs, for the sweep's progress line.
 """
 
 from __future__ import annotations
@@ -30,41 +29,34 @@ def announce(name: str, epochs: int, epoch: int = 0) -> None:
         to.report("progress", (name, epochs, epoch))
 
 
-def epoch_line(m: EpochMetrics, epochs: int) -> str:
-    validation = "" if m.val_acc is None else f"val loss {m.val_loss:.4f} acc {m.val_acc:.2%}  "
-    return (
-        f"epoch {m.epoch}/{epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  {validation}"
-        f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}  ({m.epoch_time_s:.1f}s)"
-    )
-
-
-class ProgressBars(contextlib.AbstractContextManager):
+class ProgressBars(contextlib.ExitStack):
     """An epoch bar and a batch bar when stderr is a terminal and no sweep draws its own; log lines only otherwise."""
 
     def __init__(self, title: str, epochs: int, epochs_done: int, batches_per_epoch: int):
+        super().__init__()
         self.title, self.epochs = title, epochs
-        self._stack = contextlib.ExitStack()
         announce(title, epochs, epochs_done)
         disable = None if channel() is None else True  # None: tqdm draws only when stderr is a terminal
-        self.epoch_bar = self._stack.enter_context(
+        self.epoch_bar = self.enter_context(
             tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0, disable=disable)
         )
-        self.batch_bar = self._stack.enter_context(
+        self.batch_bar = self.enter_context(
             tqdm(total=batches_per_epoch, unit="batch", position=1, leave=False, disable=disable)
         )
         if not self.epoch_bar.disable:
-            self._stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars
+            self.enter_context(logging_redirect_tqdm())  # log lines print above the bars
 
     def batch(self, loss: float) -> None:  # a disabled bar ignores all of these
         self.batch_bar.update()
         self.batch_bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    def epoch(self, metrics: EpochMetrics) -> None:
-        log.info(epoch_line(metrics, self.epochs))
-        announce(self.title, self.epochs, metrics.epoch)
+    def epoch(self, m: EpochMetrics) -> None:
+        validation = "" if m.val_acc is None else f"val loss {m.val_loss:.4f} acc {m.val_acc:.2%}  "
+        log.info(
+            f"epoch {m.epoch}/{self.epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.2%}  {validation}"
+            f"test loss {m.test_loss:.4f} acc {m.test_acc:.2%}  ({m.epoch_time_s:.1f}s)"
+        )
+        announce(self.title, self.epochs, m.epoch)
         self.epoch_bar.update()
-        self.epoch_bar.set_postfix(test_acc=f"{metrics.test_acc:.2%}")
+        self.epoch_bar.set_postfix(test_acc=f"{m.test_acc:.2%}")
         self.batch_bar.reset()
-
-    def __exit__(self, *exc) -> None:
-        self._stack.close()

@@ -1,9 +1,7 @@
 """Credentials in a tracking URI (http://alice:s3cret@host): moved to MLflow's own variables, and redacted.
 
-A tracking URI is logged, written to Hydra's files, printed and put in sweep names, so train.py and analyze.py
-move an http(s) URI's user and password to MLFLOW_TRACKING_USERNAME/PASSWORD (sent as HTTP basic auth, inherited
-by child processes) before Hydra or MLflow sees it; `redact` is for any text that may still hold one.
-Standard library only: train.py imports it before Hydra starts.
+A tracking URI is logged, printed and put in Hydra's files, so train.py and analyze.py move its user and password
+before Hydra or MLflow sees it. Standard library only: train.py imports it before Hydra starts.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from urllib.parse import unquote
 
 # scheme://userinfo@ ; userinfo ends at the authority's last '@' (a raw '@' in a password included)
 USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s'\"]*)@")
-URI_KEY = "mlflow.tracking_uri"
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
 
 
@@ -33,8 +30,7 @@ def has_password(uri: str) -> bool:
 
 
 def move_out_of_uri(uri: str) -> str:
-    """An http(s) URI without its user and password, which go to MLFLOW_TRACKING_USERNAME/PASSWORD
-    of this process (and so of its children); any other URI as it is."""
+    """An http(s) URI without its user and password, moved to this process's MLFLOW_TRACKING_USERNAME/PASSWORD."""
     match = USERINFO.search(uri)
     if match is None or match["scheme"].lower() not in ("http://", "https://"):
         return uri
@@ -54,4 +50,4 @@ def move_out_of_variable() -> None:
 def move_out_of_overrides(args: list[str]) -> list[str]:
     """train.py's arguments with the credentials of mlflow.tracking_uri=... (and $MLFLOW_TRACKING_URI's) moved."""
     move_out_of_variable()
-    return [move_out_of_uri(arg) if arg.lstrip("+~").startswith(URI_KEY + "=") else arg for arg in args]
+    return [move_out_of_uri(arg) if arg.lstrip("+~").startswith("mlflow.tracking_uri=") else arg for arg in args]

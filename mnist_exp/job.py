@@ -1,8 +1,4 @@
-"""One Hydra job, top to bottom: skip it, resume it or train it, and always close its MLflow run.
-
-A failure is recorded on the run (FAILED, the error as a tag, the traceback as an artifact)
-and reported to the sweep, which goes on with the other jobs.
-"""
+"""One Hydra job, top to bottom: skip it, resume it or train it; a failure is recorded on its run, always closed."""
 
 from __future__ import annotations
 
@@ -15,14 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import numpy as np
+import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import checkpoints, console, logged_model, plots, record, search, tracking
-from mnist_exp.console import ProgressBars
 from mnist_exp.data import load_mnist
 from mnist_exp.formats import DataError
 from mnist_exp.models import build_model
@@ -41,11 +36,14 @@ USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, Diverged)
 # MLflow samples every 10 s by default, later than many of our runs end. A sample reads the run and logs
 # ~10 values: 29 ms of CPU on a busy 2-core machine, 1.5% of a 2 s interval (benchmarks/system_metrics.py).
 SYSTEM_METRICS_INTERVAL_S = 2
+FINAL_METRICS = {
+    "test": (record.FINAL_TEST_LOSS, record.FINAL_TEST_ACC),
+    "validation": (record.FINAL_VAL_LOSS, record.FINAL_VAL_ACC),
+}
 
 
 def run_hydra_job(cfg: DictConfig) -> float | None:
-    """The task function behind train.py. Returns the run's objective, the value Optuna maximizes:
-    the final validation accuracy (a search without a validation split is refused before it starts)."""
+    """The task function behind train.py; returns the run's objective (objective_of), which Optuna maximizes."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep = read_sweep_info(hydra_cfg.sweep.dir) if multirun else None
@@ -130,9 +128,7 @@ def run_job(
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # two INFO lines per run otherwise
         # The active run: MLflow fluent calls in this job land in it. Resumed, its system metrics continue.
         mlflow.start_run(run_id=run_id, log_system_metrics=cfg.mlflow.system_metrics)
-        log.info(
-            "MLflow run %s (%s) in experiment %s at %s", run_id, name, cfg.mlflow.experiment, cfg.mlflow.tracking_uri
-        )
+        log.info(f"MLflow run {run_id} ({name}) in experiment {cfg.mlflow.experiment} at {cfg.mlflow.tracking_uri}")
         _log_hydra_files(output_dir, logs=False)  # from the start: `analyze.py --command` works for any run
 
         status = "FINISHED"
@@ -165,7 +161,10 @@ def run_job(
                     raise Interrupted(run_id, name, stop, error) from None
                 return JobOutcome("failed", overrides, run_id, message, None, name)
             finally:
-                _end_run(status)
+                try:
+                    mlflow.end_run(status)
+                except Exception as close_error:  # the store may be what failed; the run is recorded so far
+                    log.error("could not close the MLflow run: %s", close_error)
         _supersede_pruned(client, twins, run_id)
         return JobOutcome("finished", overrides, run_id, None, None, name, objective)
     finally:
@@ -174,44 +173,30 @@ def run_job(
 
 
 def _skip(cfg, twins: list, overrides: list[str], known: set[str] | None = None) -> JobOutcome | None:
-    """A skipped job's status when an identical run already FINISHED. With force=true, only a run that was
-    not among the FINISHED runs `known` before this job waited for its claim: another launch trained it
-    meanwhile, and it is the new run that both asked for."""
-    finished = [
-        run
-        for run in twins
-        if run.info.status == "FINISHED"
-        and record.PRUNED not in run.data.tags
-        and not (cfg.force and (known is None or run.info.run_id in known))
-    ]
-    if not finished:
-        return None
-    run = finished[0]
-    trained_by, now = run.data.tags.get(record.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
-    other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
-    log.info(
-        "skipped: identical run %s (%s) %s",
-        run.info.run_id,
-        run.info.run_name,
-        "was trained by another launch while this one waited: with force=true, the new run this one asked for"
-        if cfg.force
-        else f"already FINISHED on the same data{other_code}; force=true trains it again",
-    )
-    return JobOutcome(
-        "skipped", overrides, run.info.run_id, None, None, run.info.run_name, objective_of(run.data.metrics)
-    )
+    """A skipped job's status when an identical run already FINISHED. With force=true, only a run not among
+    the FINISHED runs `known` before this job waited for its claim: the new run both launches asked for."""
+    for run in twins:
+        if run.info.status != "FINISHED" or record.PRUNED in run.data.tags:
+            continue
+        if cfg.force and (known is None or run.info.run_id in known):
+            continue
+        trained_by, now = run.data.tags.get(record.CODE_VERSION, "unrecorded code"), tracking.code_version()[1]
+        other_code = "" if trained_by == now else f", trained by other code ({trained_by}; this is {now})"
+        why = f"already FINISHED on the same data{other_code}; force=true trains it again"
+        if cfg.force:
+            why = "was trained by another launch while this one waited: with force=true, the new run this one asked for"
+        info = run.info
+        log.info(f"skipped: identical run {info.run_id} ({info.run_name}) {why}")
+        return JobOutcome("skipped", overrides, info.run_id, None, None, info.run_name, objective_of(run.data.metrics))
+    return None
 
 
 def _say_waiting(holder: dict[str, str], force: bool) -> None:
     run = holder.get("run") or "its run (not opened yet)"
     reuse = "reuses it as the new run force=true asks for" if force else "reuses it"
     log.info(
-        "waiting: %s, the same config on the same data, is being trained by pid %s on %s; "
-        "this job %s once it finishes, or takes over if it stops",
-        run,
-        holder.get("pid"),
-        holder.get("host"),
-        reuse,
+        f"waiting: {run}, the same config on the same data, is being trained by pid {holder.get('pid')} on "
+        f"{holder.get('host')}; this job {reuse} once it finishes, or takes over if it stops"
     )
 
 
@@ -222,8 +207,7 @@ def variant_label(cfg) -> str:
 
 
 def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_file):
-    """Resume the run a checkpoint belongs to (killed, failed, or pruned by a search), or start a new one;
-    close runs a kill left RUNNING."""
+    """Resume the run a checkpoint belongs to (killed, failed or pruned), or start one; close runs left RUNNING."""
     checkpoint = None if cfg.force else checkpoints.load(checkpoint_file)
     unfinished = {r.info.run_id: r for r in twins if r.info.status != "FINISHED" or record.PRUNED in r.data.tags}
     if checkpoint is not None and checkpoint.run_id in unfinished:
@@ -236,16 +220,14 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     for run in twins:
         if run.info.status == "RUNNING" and run.info.run_id != run_id:
-            # We hold the identity's claim, so its process died (before its first checkpoint, or its
-            # checkpoint is elsewhere): it can only be continued by this run and must not stay RUNNING.
+            # We hold the claim, so its process died without a checkpoint here: this run continues it.
             client.set_tag(run.info.run_id, record.ERROR, STOPS["abandoned"].reason.format(run_id=run_id))
             client.set_terminated(run.info.run_id, STOPS["abandoned"].run)
     return run_id, checkpoint
 
 
 def _supersede_pruned(client, twins: list, run_id: str) -> None:
-    """Runs of this config a search pruned, now trained in full by another run: marked, so they never count
-    as its result (analysis and _skip leave pruned runs out; the tag says which run replaced them)."""
+    """Runs of this config a search pruned, now trained in full by `run_id`: tagged with the run that replaced them."""
     for run in twins:
         if run.info.run_id != run_id and record.PRUNED in run.data.tags:
             client.set_tag(run.info.run_id, record.SUPERSEDED_BY, run_id)
@@ -260,23 +242,16 @@ def train_and_log(
     built = build_model(cfg.model, layer_switches(cfg.regularizer))
     training = Training.from_config(built.model.to(device), cfg, device, data.train)
     log.info(
-        "%s: %d parameters (LeNet-5: %d); data: %s (%s), %d train / %d test images; %s, %d threads",
-        built.description,
-        built.parameters,
-        built.lenet5_parameters,
-        data.source,
-        data.location,
-        len(data.train),
-        len(data.test),
-        device,
-        torch.get_num_threads(),
+        f"{built.description}: {built.parameters} parameters (LeNet-5: {built.lenet5_parameters}); "
+        f"data: {data.source} ({data.location}), {len(data.train)} train / {len(data.test)} test images; "
+        f"{device}, {torch.get_num_threads()} threads"
     )
     datasets = logged_model.datasets(data)
     state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, training, data, datasets)
 
     run = mlflow.active_run().info
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
-    with ProgressBars(run.run_name, cfg.trainer.epochs, state.epochs_done, batches) as bars:
+    with console.ProgressBars(run.run_name, cfg.trainer.epochs, state.epochs_done, batches) as bars:
 
         def on_epoch_end(state: TrainingState) -> None:
             checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: see _resume
@@ -289,29 +264,21 @@ def train_and_log(
 
     predictions = _log_evaluations(cfg, training, data, datasets, state)
     _log_artifacts(cfg, state, data, predictions, f"{built.description} ({variant_label(cfg)})", output_dir)
-    checkpoints.remove(checkpoint_file)  # the run is complete in MLflow; the weights live there now
+    checkpoint_file.unlink(missing_ok=True)  # the run is complete in MLflow; the weights live there now
     delivered = state.history[(state.best_epoch or state.epochs_done) - 1]
     return objective_of(delivered.as_metrics())
 
 
 def objective_of(metrics: dict[str, float]) -> float | None:
-    """What a sweeper maximizes: the validation accuracy. Never the test accuracy, so a search
-    cannot tune on the test set."""
+    """What a sweeper maximizes: the validation accuracy, never the test's (no tuning on the test set)."""
     return metrics.get(record.VAL_ACC)
 
 
 def _start(cfg, built, training: Training, data, datasets) -> TrainingState:
     """A new run's record of what it trains and on which data."""
-    mlflow.log_params(
-        {
-            record.PARAMETERS: str(built.parameters),
-            record.LENET5_PARAMETERS: str(built.lenet5_parameters),
-            record.DESCRIPTION: built.description,
-            record.REGULARIZERS: variant_name(cfg.regularizer),
-            record.MEAN_USED: str(training.inputs.mean),
-            record.STD_USED: str(training.inputs.std),
-        }
-    )
+    regularizers, mean, std = variant_name(cfg.regularizer), training.inputs.mean, training.inputs.std
+    values = (built.parameters, built.lenet5_parameters, built.description, regularizers, mean, std)
+    mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values))))  # in RESULT_PARAMS' order
     logged_model.log_datasets(datasets)
     if data.fallback:
         mlflow.set_tag(record.FALLBACK, data.fallback)
@@ -331,8 +298,7 @@ def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingS
 def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> dict[str, torch.Tensor]:
     """Summary metrics and the delivered model with what it scores; returns its predictions per split."""
     model, inputs, device, batch = training.delivered, training.inputs, training.device, cfg.trainer.eval_batch_size
-    test_loss, test_acc, test_predicted = evaluate(model, data.test, batch, inputs, device)
-    predictions = {"test": test_predicted}
+    scores = {"test": evaluate(model, data.test, batch, inputs, device)}
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
     # the generalization gap needs the finished model's accuracy on the training images themselves.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
@@ -350,22 +316,12 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     model_info = logged_model.log_model(
         PixelClassifier(model, inputs.mean, inputs.std).eval(), data.test.images[:5], variant_label(cfg)
     )
-    # What the delivered model scores, linked to it (mlflow.search_logged_models) and to each split.
-    mlflow.log_metrics(
-        {record.FINAL_TEST_LOSS: test_loss, record.FINAL_TEST_ACC: test_acc},
-        step=state.epochs_done,
-        model_id=model_info.model_id,
-        dataset=datasets["test"],
-    )
     if data.validation is not None:
-        val_loss, val_acc, predictions["validation"] = evaluate(model, data.validation, batch, inputs, device)
-        mlflow.log_metrics(
-            {record.FINAL_VAL_LOSS: val_loss, record.FINAL_VAL_ACC: val_acc},
-            step=state.epochs_done,
-            model_id=model_info.model_id,
-            dataset=datasets["validation"],
-        )
-    return predictions
+        scores["validation"] = evaluate(model, data.validation, batch, inputs, device)
+    for split, (loss, acc, _) in scores.items():  # linked to the model (mlflow.search_logged_models) and the split
+        metrics = dict(zip(FINAL_METRICS[split], (loss, acc)))
+        mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
+    return {split: predicted for split, (_, _, predicted) in scores.items()}
 
 
 def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: str, output_dir: Path) -> None:
@@ -373,10 +329,11 @@ def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: st
     folder = output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (folder / record.HISTORY_FILE).write_text(_history_csv(state))
+    history = pd.DataFrame([{"epoch": m.epoch, **m.as_metrics()} for m in state.history])
+    history.to_csv(folder / record.HISTORY_FILE, index=False)
     plots.learning_curves(state.history, title, folder / record.CURVES_FIGURE)
     counts = plots.confusion_matrix(data.test.labels.numpy(), predictions["test"].numpy())
-    np.savetxt(folder / f"{record.CONFUSION}.csv", counts, fmt="%d", delimiter=",")
+    pd.DataFrame(counts).to_csv(folder / f"{record.CONFUSION}.csv", header=False, index=False)
     plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / f"{record.CONFUSION}.png")
     for split, predicted in predictions.items():  # what significance needs to count the test images as noise
         scored = getattr(data, split)
@@ -389,16 +346,3 @@ def _log_hydra_files(output_dir: Path, logs: bool = True) -> None:
     """The job's composed config (.hydra/) and its log, as Hydra wrote them, under hydra/."""
     for path in [*(output_dir / ".hydra").glob("*.yaml"), *(output_dir.glob("*.log") if logs else [])]:
         mlflow.log_artifact(str(path), record.HYDRA_FOLDER)
-
-
-def _history_csv(state: TrainingState) -> str:
-    rows = [{"epoch": m.epoch, **m.as_metrics()} for m in state.history]
-    lines = [",".join(rows[0])] + [",".join(str(value) for value in row.values()) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _end_run(status: str) -> None:
-    try:
-        mlflow.end_run(status)
-    except Exception as error:  # the store may be what failed; the run was recorded as far as it could be
-        log.error("could not close the MLflow run: %s", error)

@@ -1,5 +1,4 @@
-"""The trained network as an MLflow logged model (the pytorch flavour, shipped with the code it needs) and
-the splits it read as MLflow datasets: what job.py logs beside params and metrics."""
+"""What job.py logs beside params and metrics: the network as an MLflow logged model, the splits as datasets."""
 
 from __future__ import annotations
 
@@ -18,20 +17,20 @@ def datasets(data) -> dict:
     """Each split as an MLflow dataset (name, digest, source, size), by context: train, validation, test."""
     import mlflow.data
 
-    datasets = {}
-    for context, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
-        if split is None:
-            continue
-        with warnings.catch_warnings():  # MLflow registers two equivalent sources for local paths and says so
-            warnings.simplefilter("ignore", UserWarning)
-            datasets[context] = mlflow.data.from_numpy(
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    with warnings.catch_warnings():  # MLflow registers two equivalent sources for local paths and says so
+        warnings.simplefilter("ignore", UserWarning)
+        return {  # digest: MLflow stores at most 36 characters
+            context: mlflow.data.from_numpy(
                 split.images.numpy(),
                 targets=split.labels.numpy(),
                 source=data.url or data.location,
                 name=f"{data.name}-{context}",
-                digest=split.sha256[:16],  # MLflow stores at most 36 characters
+                digest=split.sha256[:16],
             )
-    return datasets
+            for context, split in splits.items()
+            if split is not None
+        }
 
 
 def log_datasets(datasets: dict) -> None:
@@ -47,17 +46,7 @@ def log_datasets(datasets: dict) -> None:
 
 
 def log_model(classifier, example, variant: str):
-    """The trained network as an MLflow model named after its variant, with MLflow's pytorch flavour.
-
-    mlflow.pytorch.load_model gives back the PixelClassifier itself (eval, to, parameters,
-    state_dict, fine-tuning), pickled with the two modules it needs (models.py, shipped.py) as
-    code_paths, so it loads where this repository is not installed. Its pyfunc is the flavour's
-    own: an array or DataFrame goes to PixelClassifier as a tensor, which takes one image, a batch,
-    or a batch of 784 columns, integer pixels or floats in [0, 1], and refuses the rest in one line.
-    No signature: MLflow would enforce one dtype and shape before the model sees the input,
-    refusing DataFrames (dataframe_split, dataframe_records) or raw pixels. Requirements are given,
-    not inferred: inference would load the model again in a subprocess.
-    """
+    """The network as an MLflow pytorch model named after its variant (why this way: docs/mlflow.md, 'a model')."""
     import mlflow.pytorch
     import torch
 

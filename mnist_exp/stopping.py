@@ -1,15 +1,11 @@
-"""Stopping from outside, in one place: which stop leads to which MLflow run status, job status and sweep
-run status, and what the job's process does then (STOPS; docs/stopping.md's table shows them with what
-causes each and how train.py exits), and the handlers that act on it.
-
-Every stop keeps the job's last checkpoint: the same command resumes the run where it stopped.
-"""
+"""Stopping from outside: which stop gives which run, job and sweep status and what the process does then
+(STOPS, shown in docs/stopping.md), and the signal handlers. Every stop keeps the job's last checkpoint."""
 
 from __future__ import annotations
 
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 
 # What the job's process does once its run is closed; None: the job ends without a value, the sweep goes on.
@@ -26,7 +22,8 @@ class Stop:
     then: str | None = None  # RAISE, REQUEUE or None
 
 
-INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); the same command resumes it"
+RESUMES = "the same command resumes"
+INTERRUPTED = f"interrupted (Ctrl-C or SIGTERM); {RESUMES} it"
 STOPS = {  # Stop(the job's MLflow run, the job, the sweep's parent run, the reason recorded, what follows)
     "interrupt": Stop("KILLED", "killed", "KILLED", INTERRUPTED, RAISE),
     "cancelled": Stop("KILLED", "killed", "FAILED", INTERRUPTED),
@@ -34,16 +31,10 @@ STOPS = {  # Stop(the job's MLflow run, the job, the sweep's parent run, the rea
         "KILLED", "killed", "not stopped", "preempted: SLURM requeued the job, which resumes the run", REQUEUE
     ),
     "time_limit": Stop(
-        "KILLED",
-        "killed",
-        "FAILED",
-        "stopped at its time limit (hydra.launcher.timeout_min); the same command resumes it",
+        "KILLED", "killed", "FAILED", f"stopped at its time limit (hydra.launcher.timeout_min); {RESUMES} it"
     ),
     "worker_died": Stop(
-        "FAILED",
-        "failed",
-        "FAILED",
-        "its worker process was {cause} (out of memory?); the same command resumes its run",
+        "FAILED", "failed", "FAILED", f"its worker process was {{cause}} (out of memory?); {RESUMES} its run"
     ),
     "abandoned": Stop(
         "KILLED", "none", "RUNNING, until the same command reopens it", "abandoned: superseded by run {run_id}"
@@ -60,8 +51,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Interrupts:
-    """SIGINT and SIGTERM raise KeyboardInterrupt in this process, and are remembered (`received`).
-    once=True: later ones are ignored, so a second Ctrl-C cannot stop the cleanup of the first."""
+    """SIGINT and SIGTERM raise KeyboardInterrupt, remembered (`received`); once=True ignores later ones."""
 
     def __init__(self, once: bool = False):
         self.once, self.received = once, None
@@ -100,9 +90,8 @@ class JobSignals:
 
     def stop_of(self, error: BaseException) -> Stop | None:
         """Which stop `error` is, or None for an error of the job's own."""
-        if isinstance(error, _time_limit_errors()):  # raised by submitit's USR2 handler: no preemption
-            return STOPS["time_limit"]
-        if self.timed_out and not isinstance(error, SystemExit):  # the limit's SIGTERM came before submitit acted
+        # Raised by submitit's USR2 handler (no preemption), or the limit's SIGTERM came before submitit acted.
+        if isinstance(error, _time_limit_errors()) or (self.timed_out and not isinstance(error, SystemExit)):
             return STOPS["time_limit"]
         if self.preempted or isinstance(error, SystemExit):  # submitit requeues a preempted job, then exits
             return STOPS["preempted"]
@@ -114,18 +103,12 @@ class JobSignals:
     def sigterm_interrupts(self):
         """SIGTERM raises KeyboardInterrupt inside the block, unless this process's Interrupts already does."""
         previous = signal.getsignal(signal.SIGTERM)
-        if isinstance(getattr(previous, "__self__", None), Interrupts):
-            previous = None
-        else:
-            try:
-                signal.signal(signal.SIGTERM, _raise_interrupt)
-            except ValueError:  # not the main thread (some launchers): leave signals alone
-                previous = None
-        try:
+        with ExitStack() as restore:
+            if not isinstance(getattr(previous, "__self__", None), Interrupts):
+                with suppress(ValueError):  # not the main thread (some launchers): leave signals alone
+                    signal.signal(signal.SIGTERM, _raise_interrupt)
+                    restore.callback(signal.signal, signal.SIGTERM, previous)
             yield
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_interrupt(signum, frame) -> None:

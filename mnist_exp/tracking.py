@@ -1,9 +1,4 @@
-"""MLflow: the store, a run's context and failures, the Model Registry, one trained run per identity (Claim).
-
-A job's run is MLflow's active run while the job trains (mlflow.start_run), so MLflow's fluent
-calls, ours and any in user code, land in it; runs are looked up and closed by ID through
-MlflowClient, so a run can be resumed, skipped or failed from anywhere.
-"""
+"""MLflow: the store, a run's context and failures, the Model Registry, one trained run per identity (Claim)."""
 
 from __future__ import annotations
 
@@ -20,13 +15,13 @@ import sqlite3
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import psutil
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -34,15 +29,12 @@ from mnist_exp import credentials, record
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 SERVER_TIMEOUT_S = 5
-# A sqlite store's artifacts live beside its file, in a folder named as `mlflow server` names its own
-# (./mlartifacts, beside its ./mlflow.db), one subfolder per experiment: one store, one folder. MLflow's
-# default, ./mlruns of whichever folder a process runs in, mixes the files of every store launched there.
+# A sqlite store's artifacts beside its file, as `mlflow server` keeps them (not in ./mlruns of any working folder).
 ARTIFACTS_FOLDER = "mlartifacts"
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # any of them: a store, or one being created
 
-# Our commands print our lines: not MLflow's notes on creating a store's tables, nor a progress bar per
-# downloaded file (MLflow reads the variable at each download).
+# Our commands print our lines: not MLflow's notes on creating tables, nor a progress bar per downloaded file.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -53,10 +45,11 @@ class TrackingError(RuntimeError):
 
 def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the experiment's ID, creating the store and the experiment if needed."""
+    uri = credentials.redact(tracking_uri)
     if credentials.has_password(tracking_uri):  # train.py moves those of the command line; this one is from a file
         raise TrackingError(
-            f"mlflow.tracking_uri={credentials.redact(tracking_uri)} holds a password, which every run would log: "
-            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead (for a database, its own "
+            f"mlflow.tracking_uri={uri} holds a password, which every run would log: export "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead (for a database, its own "
             "password file, e.g. PostgreSQL's ~/.pgpass)"
         )
     check_store(tracking_uri)
@@ -72,8 +65,7 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             try:
                 location = artifact_location(tracking_uri, experiment)
                 tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
-                experiment_id = client.create_experiment(experiment, location, tags=tags)
-                return client, experiment_id
+                return client, client.create_experiment(experiment, location, tags=tags)
             except MlflowException:  # another process created it first
                 found = client.get_experiment_by_name(experiment)
     except TrackingError:
@@ -82,7 +74,7 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
         raise store_error(tracking_uri, error) from None
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
-            f"mlflow.experiment={experiment} was deleted from {credentials.redact(tracking_uri)}; restore it with "
+            f"mlflow.experiment={experiment} was deleted from {uri}; restore it with "
             f"`mlflow experiments restore --experiment-id {found.experiment_id}` or pick another name"
         )
     if record.EXPERIMENT_KIND[0] not in found.tags:  # created by another tool, or before this tag existed
@@ -90,15 +82,23 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
     try:
         record.migrate(client, found)
     except record.RecordError as error:
-        raise TrackingError(f"mlflow.tracking_uri={credentials.redact(tracking_uri)}: {error}") from None
+        raise TrackingError(f"mlflow.tracking_uri={uri}: {error}") from None
     return client, found.experiment_id
 
 
 def store_error(tracking_uri: str, error: Exception) -> TrackingError:
     """connect()'s one line for a store MLflow cannot use (analyze.py's too); never a password."""
     detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if "error code 401" in detail or "error code 403" in detail:
-        return TrackingError(_refused(tracking_uri, detail))
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    who = f"MLFLOW_TRACKING_USERNAME={user}" if user else "no MLFLOW_TRACKING_USERNAME"
+    server = f"the MLflow server at mlflow.tracking_uri={credentials.redact(tracking_uri)}"
+    if "error code 403" in detail:
+        return TrackingError(f"{server} refuses {who} (HTTP 403): ask its admin for permission on the experiment")
+    if "error code 401" in detail:
+        return TrackingError(
+            f"{server} refused the credentials (HTTP 401, {who}): "
+            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an account on that server"
+        )
     return TrackingError(
         credentials.redact(f"cannot use the MLflow store mlflow.tracking_uri={tracking_uri}: {detail}")
     )
@@ -112,9 +112,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 
 def check_store(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None:
-    """Refuse in one line what MLflow would misuse: a bare path (its deprecated file store) and a file that
-    is not a sqlite store (MLflow would write its tables into another program's database, or fail at length).
-    `option` is how the user gave the URI: 'mlflow.tracking_uri=' or '--tracking-uri '."""
+    """Refuse in one line a bare path (MLflow's deprecated file store) or a file not a store; `option` names the URI."""
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
         path = Path(tracking_uri.removeprefix("file://"))
@@ -138,13 +136,9 @@ def _not_a_store(path: Path) -> str | None:
     try:
         with open(path, "rb") as file:
             head = file.read(4096)
-    except FileNotFoundError:
+    except OSError:  # missing, or unreadable: connect() says so, naming the cause
         return None
-    except OSError:  # unreadable: connect() says so, naming the cause
-        return None
-    if not head:
-        return None  # an empty file is an empty database: MLflow creates its tables there
-    if not head.startswith(SQLITE_HEADER):
+    if head and not head.startswith(SQLITE_HEADER):  # an empty file is an empty database: MLflow fills it
         size = path.stat().st_size
         if b"\0" in head:
             return f"holds {size} bytes of binary data"
@@ -161,16 +155,15 @@ def _not_a_store(path: Path) -> str | None:
 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """Where a new experiment keeps its runs' files: <database folder>/mlartifacts/<experiment> for a sqlite
-    store (ARTIFACTS_FOLDER); None elsewhere (a server has its own artifact root)."""
+    """A new experiment's files: <database folder>/ARTIFACTS_FOLDER/<experiment> for a sqlite store, else None."""
     path = sqlite_path(tracking_uri)
     return (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri() if path else None
 
 
 @contextlib.contextmanager
 def _sqlite_creation_lock(tracking_uri: str):
-    """For a sqlite store: refuse an unwritable one at once (SQLAlchemy would retry it for minutes), and
-    let one process at a time create its schema (MLflow's creation races: 'table ... already exists')."""
+    """A sqlite store: refused at once if unwritable (SQLAlchemy retries for minutes), its schema created by one
+    process at a time (MLflow's creation races: 'table ... already exists')."""
     path = sqlite_path(tracking_uri)
     if path is None:
         yield False
@@ -181,8 +174,7 @@ def _sqlite_creation_lock(tracking_uri: str):
         probe.write_bytes(b"\0" * 4096)
         probe.unlink()
         if path.exists():
-            with open(path, "r+b"):
-                pass
+            open(path, "r+b").close()
         folder = os.open(path.parent, os.O_RDONLY)
     except OSError as error:
         raise TrackingError(
@@ -199,49 +191,25 @@ def _sqlite_creation_lock(tracking_uri: str):
 def check_server(tracking_uri: str) -> None:
     """Fail in seconds: MLflow's own client retries an unreachable server for minutes."""
     try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S):
-            return
-    except (urllib.error.URLError, OSError) as error:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+    except OSError as error:  # urllib's URLError too
         reason = getattr(error, "reason", error)
-        raise TrackingError(
-            credentials.redact(
-                f"cannot reach the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason}); "
-                "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
-            )
-        ) from None
-
-
-def _refused(tracking_uri: str, detail: str) -> str:
-    """The server's answer to bad credentials, in one line that names the user, never the password."""
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    who = f"MLFLOW_TRACKING_USERNAME={user}" if user else "no MLFLOW_TRACKING_USERNAME"
-    tracking_uri = credentials.redact(tracking_uri)
-    if "error code 403" in detail:
-        return (
-            f"the MLflow server at mlflow.tracking_uri={tracking_uri} refuses {who} (HTTP 403): "
-            "ask its admin for permission on the experiment"
-        )
-    return (
-        f"the MLflow server at mlflow.tracking_uri={tracking_uri} refused the credentials (HTTP 401, {who}): "
-        "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an account on that server"
-    )
-
-
-def ui_url(tracking_uri: str, experiment_id: str) -> str:
-    """The runs table of the experiment in MLflow's 'Model training' view."""
-    tracking_uri = credentials.redact(tracking_uri)
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        where = f"the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason})"
+        advice = "start it (see README, 'Scaling out') or leave mlflow.tracking_uri at its default"
+        raise TrackingError(credentials.redact(f"cannot reach {where}; {advice}")) from None
 
 
 def ui_hint(tracking_uri: str, experiment_id: str) -> str:
-    """ui_url, and for a store no server serves yet the `mlflow ui` command that serves exactly it."""
-    url = ui_url(tracking_uri, experiment_id)
-    if tracking_uri.startswith(("http://", "https://")):
+    """The experiment's runs table in MLflow's UI, and for a store no server serves yet the `mlflow ui` to serve it."""
+    uri = credentials.redact(tracking_uri)
+    server = tracking_uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if server else "http://127.0.0.1:5000"
+    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if server:
         return url
     path = sqlite_path(tracking_uri)
-    store = f"sqlite:///{path}" if path else credentials.redact(tracking_uri)
-    return f"{url}  (serve it first: mlflow ui --backend-store-uri {shlex.quote(store)})"
+    store = shlex.quote(f"sqlite:///{path}" if path else uri)
+    return f"{url}  (serve it first: mlflow ui --backend-store-uri {store})"
 
 
 # --- run identity ---
@@ -251,27 +219,20 @@ def runs_with_config(client: MlflowClient, experiment_id: str, hash_: str, data_
     """Runs of the same requested config that read the same data, or died before recording what they read."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{record.CONFIG_HASH}` = '{hash_}'")
     wanted = record.data_identity(data_params)
-    return [
-        run for run in runs if record.data_identity(run.data.params) == wanted or not run.data.params.get(record.SOURCE)
-    ]
+    return [r for r in runs if record.data_identity(r.data.params) == wanted or not r.data.params.get(record.SOURCE)]
 
 
 @functools.cache
 def code_version() -> tuple[str | None, str]:
     """(git commit or None, a readable version): the commit, '-dirty' when files differ from it."""
-    repo = TRAIN_SCRIPT.parent
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(TRAIN_SCRIPT.parent), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        return commit, commit[:12] + ("-dirty" if dirty else "")
+        commit = git("rev-parse", "HEAD")
+        return commit, commit[:12] + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):  # not a git checkout (an installed package), or no git
         return None, f"mnist-exp {metadata.version('mnist-exp')}"
 
@@ -294,22 +255,17 @@ def context_tags(device, threads: int) -> dict[str, str]:
         record.TORCH_VERSION: torch.__version__,
         record.MLFLOW_VERSION: mlflow.__version__,
         record.HOST: socket.gethostname(),
-        record.DEVICE: _device_name(device),
+        record.DEVICE: torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         record.THREADS: str(threads),
     }
 
 
-def _device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:  # the CPU's model name, as /proc/cpuinfo states it (platform.processor() is often empty)
+def _cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo states it (platform.processor() is often empty)."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return f"cpu: {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
@@ -334,19 +290,13 @@ def forget_failure(client: MlflowClient, run) -> None:
 
 
 def register_model(tracking_uri: str, run_id: str, experiment_id: str, name: str, tags: dict) -> tuple[str, bool]:
-    """Register the model a run logged in the Model Registry as NAME: its models:/NAME/<version> URI, and
-    whether that version is new (a model already registered keeps its own)."""
-    mlflow.set_tracking_uri(tracking_uri)
+    """Register the model a run logged as NAME: its models:/NAME/<version> URI, and whether that version is new."""
+    mlflow.set_tracking_uri(tracking_uri)  # for mlflow.register_model
     try:
-        (model,) = mlflow.search_logged_models(
-            filter_string=f"source_run_id = '{run_id}'", output_format="list", experiment_ids=[experiment_id]
-        )
         client = MlflowClient(tracking_uri)
-        same = [
-            v
-            for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-            if v.source == model.model_uri
-        ]
+        (model,) = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        same = [v for v in versions if v.source == model.model_uri]
         if same:
             return f"models:/{name}/{same[0].version}", False
         version = mlflow.register_model(model.model_uri, name, tags=tags)
@@ -358,29 +308,18 @@ def register_model(tracking_uri: str, run_id: str, experiment_id: str, name: str
     return f"models:/{name}/{version.version}", True
 
 
-# --- one trained run per identity, whoever launches it ---
+# --- one trained run per identity, whoever launches it (the protocol: docs/failures.md) ---
 
 CLAIM_PREFIX = "mnist-exp.claim."
 HEARTBEAT_S = 20  # how often a claim's holder says it is alive
 LEASE_S = 180  # a holder on another host silent this long (by the waiter's own clock) is dead
 POLL_S = 2
+CLAIM_DESCRIPTION = "mnist-exp: this process is training this run identity (deleted when it finishes)"
 
 
 class Claim:
-    """The right to train one identity. Protocol:
-
-    A claim is an MLflow registered model named mnist-exp.claim.<experiment>.<identity>.<generation>;
-    the store's unique constraint on registered-model names makes creating one atomic, on SQLite and
-    behind an MLflow server (PostgreSQL) alike: of two creators of one name, exactly one succeeds. A
-    launch lists the identity's generations; while the newest is held by a live process (its pid runs,
-    when on this host, and its heartbeat tag changed within LEASE_S by our clock) it waits; otherwise it
-    creates the next generation, and backs off if a newer one appeared meanwhile. The holder then
-    looks for a FINISHED run again (one may have finished before it got the claim) and skips if there
-    is one. It refreshes the heartbeat while it trains, deletes its claim once its run is FINISHED (no
-    launch trains that identity again), and marks it released when the run failed or was killed, so
-    generations never go back while the identity may still be trained. A SIGKILLed holder's claim
-    dies with its pid or heartbeat: the next launch takes the next generation and resumes the run.
-    """
+    """The right to train one identity: a registered model mnist-exp.claim.<experiment>.<identity>.<generation>,
+    whose unique name makes taking it atomic; its holder beats a heartbeat tag while it trains."""
 
     def __init__(self, client: MlflowClient, name: str):
         self.client, self.name = client, name
@@ -404,12 +343,9 @@ class Claim:
                 continue
             mine = 0 if newest is None else newest + 1
             name = f"{prefix}{mine}"
+            holder = {"host": socket.gethostname(), "pid": str(os.getpid()), "heartbeat": str(time.time())}
             try:
-                client.create_registered_model(
-                    name,
-                    tags=_holder_tags(),
-                    description=("mnist-exp: this process is training this run identity (deleted when it finishes)"),
-                )
+                client.create_registered_model(name, tags=holder, description=CLAIM_DESCRIPTION)
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -418,11 +354,9 @@ class Claim:
             if max(claims) > mine:  # we listed before a newer claim: it is not ours
                 client.delete_registered_model(name)
                 continue
-            for older in claims:
-                if older < mine:
-                    # Failing to delete another user's claim on a shared server is harmless: it is just older.
-                    with contextlib.suppress(MlflowException):
-                        client.delete_registered_model(f"{prefix}{older}")
+            for older in (generation for generation in claims if generation < mine):
+                with contextlib.suppress(MlflowException):  # another user's, on a shared server: harmless, just older
+                    client.delete_registered_model(f"{prefix}{older}")
             return cls(client, name)
 
     def note_run(self, run_id: str, run_name: str) -> None:
@@ -450,10 +384,6 @@ def _claims(client: MlflowClient, prefix: str) -> dict[int, object]:
     return {int(m.name[len(prefix) :]): m for m in found if m.name[len(prefix) :].isdigit()}
 
 
-def _holder_tags() -> dict[str, str]:
-    return {"host": socket.gethostname(), "pid": str(os.getpid()), "heartbeat": str(time.time())}
-
-
 def _alive(model, seen: dict, generation: int) -> bool:
     """Whether a claim's holder may still be training: released and dead holders are not."""
     tags = model.tags
@@ -469,23 +399,17 @@ def _alive(model, seen: dict, generation: int) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    if Path("/proc/self").is_dir():  # Linux: a killed process its parent has not reaped yet is a zombie
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
+    """Whether process `pid` of this host runs: a killed one its parent has not reaped yet (a zombie) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.AccessDenied:  # another user's process
+        return True
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass
-    return True
 
 
 def fail_orphaned_run(client: MlflowClient, pid: int, reason: str) -> tuple[str, str] | None:
-    """Close, FAILED with `reason`, the run a dead process of this host was training (found through its
-    claim), and release the claim; (run ID, run name), or None if it had opened none."""
+    """Release a dead process's claim (this host) and close its run FAILED with `reason`: (run ID, name), or None."""
     for model in client.search_registered_models(filter_string=f"name LIKE '{CLAIM_PREFIX}%' AND tags.pid = '{pid}'"):
         tags = model.tags
         if tags.get("host") != socket.gethostname() or tags.get("pid") != str(pid) or tags.get("released") == "true":
