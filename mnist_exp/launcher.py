@@ -1,17 +1,7 @@
-"""hydra/launcher=parallel (hydra_plugins.mnist_exp.ParallelLauncher), for any Hydra app: a sweep's jobs side by
-side in worker processes, started once and reused, each running one job at a time with `threads` threads
-(OMP_NUM_THREADS); Hydra composes each job as a worker takes it. The jobs' log lines come back to this process,
-printed prefixed with the job's name, never interleaved mid-line, under one progress line for the sweep on a
-terminal (a job may also report its name and epochs: mnist_exp/console.py). Ctrl-C stops every worker
-(mnist_exp/stopping.py); a worker that dies fails its job alone, and a fresh one takes the jobs left. With one
-worker the jobs run in this process, as Hydra's basic launcher runs them.
-
-The one hook, optional: static methods of the task's structured config class (mnist-exp's schema.TrainConfig)
-    launch_plan(job_config, threads=None) -> (cost, threads it asks for or None): the longest jobs start first;
-        called again, with the threads given, on the config each job runs with;
-    worker_died(job_config, pid, cause) -> what the job returns once its worker died (it records why).
-Without it, jobs start in Hydra's order and a job whose worker died returns FAILED (WorkerDied).
-"""
+"""hydra/launcher=parallel, for any Hydra app: a sweep's jobs side by side in reused worker processes, their log
+lines prefixed under one progress line (docs/scaling.md). The optional hook, static methods of the task's config
+class: launch_plan(job_config, threads=None) -> (cost, threads or None), longest first, called again with the
+threads given; worker_died(job_config, pid, cause) -> the return of a job whose worker died (else FAILED)."""
 
 from __future__ import annotations
 
@@ -46,8 +36,7 @@ class WorkerDied(Exception):
 
 
 def plan(jobs: int, cores: int, workers: int | None, threads: int | None) -> tuple[int, int]:
-    """(workers, threads per job): one thread per job while there are more jobs than cores, the spare
-    cores shared out among the jobs otherwise (a single job gets every core)."""
+    """(workers, threads per job): one thread a job while jobs outnumber cores, else the cores shared out."""
     threads = threads or max(1, cores // max(1, min(jobs, cores)))
     workers = workers or max(1, cores // threads)
     return max(1, min(workers, jobs)), threads
@@ -144,8 +133,7 @@ class Pool:
         return Worker(process, tasks)
 
     def run(self, order: list[Job], display: SweepDisplay, compose, hooks) -> None:
-        """Every job of `order`, in that order, each composed (compose(job)) as a worker takes it; then the
-        workers end."""
+        """Every job of `order`, in that order, each composed as a worker takes it; then the workers end."""
         waiting, by_index = list(order), {job.index: job for job in order}
         worker_died = getattr(hooks, "worker_died", None)
         self.workers = [self._start(number) for number in range(min(self.size, len(order)))]
@@ -203,9 +191,8 @@ class Pool:
 
 
 class Channel(logging.Handler):
-    """A job's line to the launching process: its log lines and its progress, as (kind, worker number, job
-    index, payload) events. The worker installs one per job as the job's console log handler; the job finds
-    it there (console.channel()), and Hydra's logging setup for the next job removes it."""
+    """A job's console log handler that sends its log lines and progress to the launching process as (kind,
+    worker number, job index, payload) events; the job finds it with console.channel()."""
 
     def __init__(self, events, number: int, index: int):
         super().__init__()
@@ -262,8 +249,7 @@ def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
 
 
 def _forward(task_function, events, number: int, index: int):
-    """The task, its console log lines sent to the launching process through a Channel that replaces its
-    console log handler (with none, the Channel sends the job's progress only)."""
+    """The task, a Channel in place of its console log handler (with none, the Channel sends progress only)."""
 
     def task(cfg):
         root, channel = logging.getLogger(), Channel(events, number, index)
@@ -279,8 +265,7 @@ def _forward(task_function, events, number: int, index: int):
 
 
 class SweepDisplay:
-    """One progress line for the whole sweep on a terminal (jobs done, running jobs and their epoch,
-    elapsed, ETA), the jobs' log lines above it; plain prefixed lines without a terminal."""
+    """One progress line for the sweep on a terminal, the jobs' log lines above it; else plain prefixed lines."""
 
     def __init__(self, jobs: list[Job]):
         self.jobs, self.bar = jobs, None
