@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cloudpickle  # the task function may live in __main__, and Hydra's plugin scan imports its classes twice
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -116,8 +117,6 @@ class Pool:
     """Worker processes, each fed one job at a time; events from all of them arrive on one queue."""
 
     def __init__(self, size: int, threads: int, hydra_context, task_function):
-        import cloudpickle  # the task function may live in __main__, and Hydra's plugin scan imports its classes twice
-
         self.size, self.threads = size, threads
         self.payload = cloudpickle.dumps((hydra_context, task_function, Singleton.get_state()))
         self.context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or locks
@@ -184,8 +183,6 @@ class Pool:
             job.name, job.epochs, job.epoch = payload
             display.advance(job)
         elif kind == "done":
-            import cloudpickle
-
             job.result, self.workers[number].job = cloudpickle.loads(payload), None
             display.advance(job)
 
@@ -214,8 +211,6 @@ def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
     from mnist_exp.stopping import Interrupts
 
     Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
-    import cloudpickle
-
     hydra_context, task_function, singleton_state = cloudpickle.loads(payload)
     launcher = os.getppid()
     while True:

@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mnist_exp import record, stopping
+from mnist_exp import record, stopping, tracking
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ MAX_LISTED = 60  # members listed in the parent run's description; all of them a
 NOTE_LIMIT = 8_000  # MLflow's limit on a tag: it cuts a longer description, with a warning on stderr
 MAX_RUN_NAME = 250  # MLflow's limit on a run name
 FAILED = ("failed", "killed")  # job statuses that make the sweep fail
-# Relative cost of one epoch per image (LeNet-5's convolutions against the MLP's matrix products), to start
-# the longest jobs first so the sweep does not end on one long job with a core left idle.
+# An epoch's relative cost per image (convolutions against matrix products): the longest jobs start first.
 MODEL_COST = {"lenet5": 5.0, "lenet5_32": 7.0, "mlp": 1.0}
 
 
@@ -88,22 +87,15 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
 def run_name(variant: str, seed: int, overrides: list[str], swept: list[str], drawn: bool = False) -> str:
     """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's other swept values (`drawn`: 3 figures)."""
     values = {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
-    extras = [
-        f"{_short_key(key)}={_short_value(values[key], 3 if drawn else None)}"
-        for key in swept
-        if key in values and key not in NAMED_BY_VARIANT
-    ]
+    shown = [key for key in swept if key in values and key not in NAMED_BY_VARIANT]
+    # optimizer.lr -> lr, regularizer.dropout.p -> dropout.p: the group is clear from the value.
+    extras = [f"{key.split('.', 1)[-1]}={_short_value(values[key], 3 if drawn else None)}" for key in shown]
     return " ".join([variant, *extras, f"seed={seed}"])
 
 
 def override_key(override: str) -> str:
     """The key an override sets: 'optimizer.lr' of 'optimizer.lr=0.1', '+trainer.x=1' or '~data.limit_train'."""
     return override.split("=", 1)[0].lstrip("+~")
-
-
-def _short_key(key: str) -> str:
-    """optimizer.lr -> lr, regularizer.dropout.p -> dropout.p: the group is clear from the value."""
-    return key.split(".", 1)[1] if "." in key else key
 
 
 def _short_value(value: str, figures: int | None = None) -> str:
@@ -155,8 +147,6 @@ def launch_plan(cfg: DictConfig, threads: int | None = None) -> tuple[float, int
 
 def worker_died(config: DictConfig, pid: int, cause: str) -> None:
     """The parallel launcher's hook for a job whose worker died: its run closed FAILED, its status written."""
-    from mnist_exp import tracking
-
     stop, run_id, name = stopping.STOPS["worker_died"], None, None
     reason = stop.reason.format(cause=cause)
     try:
@@ -173,9 +163,6 @@ def worker_died(config: DictConfig, pid: int, cause: str) -> None:
 
 def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extends: str | None = None) -> str:
     """A sweep's parent run: the same command's, reopened unless a launch of it still runs (then one of its own)."""
-    from mnist_exp import tracking
-
-    existing = _sweep_runs(client, experiment_id, sweep_key)
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
     tags = {
         record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
@@ -183,19 +170,14 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extend
         **tracking.source_tags(),
         **({record.EXTENDS: extends} if extends else {}),
     }
-    free = [
-        run
-        for run in existing
-        if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(record.LAUNCHER, "")) is False
-    ]
-    if not free:
-        tags = {record.ROLE: "sweep", record.SWEEP_KEY: sweep_key, **tags}
-        return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    run_id = free[0].info.run_id
-    client.update_run(run_id, status="RUNNING", name=name)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    return run_id
+    for run in _sweep_runs(client, experiment_id, sweep_key):
+        if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(record.LAUNCHER, "")) is False:
+            client.update_run(run.info.run_id, status="RUNNING", name=name)
+            for key, value in tags.items():
+                client.set_tag(run.info.run_id, key, value)
+            return run.info.run_id
+    tags = {record.ROLE: "sweep", record.SWEEP_KEY: sweep_key, **tags}
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
 def _sweep_runs(client, experiment_id: str, sweep_key: str, **kwargs) -> list:
@@ -209,8 +191,6 @@ def _this_launcher() -> str:
 
 def _launcher_alive(launcher: str) -> bool | None:
     """Whether the process that launched a sweep ("host pid") still runs; None on another host (unknown)."""
-    from mnist_exp import tracking
-
     host, _, pid = launcher.partition(" ")
     return tracking.pid_alive(int(pid)) if host == socket.gethostname() and pid.isdigit() else None
 
@@ -225,10 +205,9 @@ def sweep_members(client, parent_run_id: str) -> set[str]:
 
 
 def summarize(statuses: list[JobOutcome]) -> str:
-    counts = Counter(job.status for job in statuses)  # pruned: trials an Optuna pruner stopped, shown if any
-    shown = [
-        f"{counts[s]} {s}" for s in ("finished", "skipped", "failed", "killed", "pruned") if s != "pruned" or counts[s]
-    ]
+    counts = Counter(job.status for job in statuses)  # pruned: trials an Optuna pruner stopped early
+    shown = [f"{counts[s]} {s}" for s in ("finished", "skipped", "failed", "killed")]
+    shown += [f"{counts['pruned']} pruned"] if counts["pruned"] else []
     lines = [f"sweep summary: {', '.join(shown)}"]
     for job in statuses:
         if job.status in FAILED:
@@ -268,8 +247,6 @@ class LaunchCallback(Callback):
         self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp import tracking
-
         print(f"run: {tracking.ui_hint(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -322,8 +299,6 @@ class LaunchCallback(Callback):
 
     def _close(self, stopped: str | None) -> bool:
         """Record the members and the summary on the parent run and close it; True if any job failed."""
-        from mnist_exp import tracking
-
         config, info = self.open_sweep
         self.open_sweep = None
         statuses = read_job_statuses(config.hydra.sweep.dir, info.launch_id)
@@ -361,8 +336,6 @@ def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
 def _preflight(config: DictConfig, output_dir: str, key: str):
     """Fail before any job when the output folder or the store is unusable; creating the store once here keeps
     parallel jobs from racing to create a fresh sqlite file (which corrupts it)."""
-    from mnist_exp import tracking
-
     try:  # the store first: one that refuses writes leaves no output folder behind
         connected = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     except tracking.TrackingError as error:

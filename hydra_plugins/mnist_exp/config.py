@@ -14,8 +14,6 @@ from omegaconf import MISSING
 
 @dataclass
 class ParallelLauncherConf:
-    """Jobs side by side in worker processes, the longest first (mnist_exp/launcher.py)."""
-
     _target_: str = "hydra_plugins.mnist_exp.ParallelLauncher"
     workers: int | None = None  # jobs side by side; None: the usable cores / threads_per_job, at most one per job
     threads_per_job: int | None = None  # None: the most a job asks for (mnist-exp: trainer.threads), else cores / jobs
@@ -23,8 +21,6 @@ class ParallelLauncherConf:
 
 @dataclass
 class GridSweeperConf:
-    """The jobs of Hydra's basic sweeper, in its order, each composed only when it starts (mnist_exp/grid.py)."""
-
     _target_: str = "hydra_plugins.mnist_exp.GridSweeper"
     params: dict[str, str] | None = None  # key: a,b | range(a,b) | choice(a,b); the command line wins
 
@@ -37,8 +33,6 @@ class ConfirmConf:
 
 @dataclass
 class OptunaSweeperConf:
-    """Optuna's ask-and-tell over a stored study shared by launches, with pruning (mnist_exp/search.py)."""
-
     _target_: str = "hydra_plugins.mnist_exp.OptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "median"}])
     _recursive_: bool = False  # the sweeper builds the sampler (seeded per trial) and each job the pruner
