@@ -125,9 +125,8 @@ class Pool:
 
     def _start(self, number: int) -> Worker:
         tasks = self.context.Queue()
-        process = self.context.Process(
-            target=_worker, args=(number, tasks, self.events, self.threads, self.payload)
-        )  # not daemon: jobs may start processes of their own
+        # Not daemon: jobs may start processes of their own.
+        process = self.context.Process(target=_worker, args=(number, tasks, self.events, self.threads, self.payload))
         process.start()
         return Worker(process, tasks)
 
@@ -227,14 +226,9 @@ def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
         index, config = task
         setup_globals()
         Singleton.set_state(singleton_state)
-        stopped = False
+        stopped, forwarded = False, _forward(task_function, events, number, index)
         try:
-            result = run_job(
-                hydra_context=hydra_context,
-                task_function=_forward(task_function, events, number, index),
-                config=config,
-                **SWEEP_DIR,
-            )
+            result = run_job(hydra_context=hydra_context, task_function=forwarded, config=config, **SWEEP_DIR)
         except KeyboardInterrupt:  # the job closed what it had open; this worker ends
             result, stopped = JobReturn(overrides=list(config.hydra.overrides.task), status=JobStatus.FAILED), True
             result.return_value = KeyboardInterrupt()  # not the job's own: it may not survive pickling

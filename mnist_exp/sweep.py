@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import record, stopping, tracking
 
@@ -240,27 +240,19 @@ class LaunchCallback(Callback):
         self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp.validation import check_launch
-
-        if problems := check_launch(config, sweeping=False):  # before the store is touched
-            _exit(*problems)
-        self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
+        self.experiment_id = _preflight(config, sweeping=False)[1]
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         print(f"run: {tracking.ui_hint(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp.validation import check_launch
-
         sweeper_params = dict(config.hydra.sweeper.get("params") or {})
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
             _exit(
                 "a hyperparameter search must not tune on the test set: hold out a validation split "
                 "with data.validation_size=N (e.g. data.validation_size=1000)"
             )
-        if problems := check_launch(config, sweeping=True):  # a refused job: no run of this launch may exist
-            _exit(*problems[:-1], problems[-1] + "; nothing was launched")
-        client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
+        client, experiment_id = _preflight(config, sweeping=True)
         task_overrides = list(config.hydra.overrides.task)
         key, name = sweep_identity(task_overrides, sweeper_params)
         swept = swept_keys(task_overrides, sweeper_params)
@@ -333,18 +325,22 @@ def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
     return found[0].data.tags.get(record.EXTENDS, key)
 
 
-def _preflight(config: DictConfig, output_dir: str, key: str):
-    """Fail before any job when the output folder or the store is unusable; creating the store once here keeps
-    parallel jobs from racing to create a fresh sqlite file (which corrupts it)."""
+def _preflight(config: DictConfig, sweeping: bool):
+    """Fail before any job when a job's config, the store or the output folder is unusable; creating the store
+    once here keeps parallel jobs from racing to create a fresh sqlite file (which corrupts it)."""
+    from mnist_exp.validation import check_launch
+
+    if problems := check_launch(config, sweeping=sweeping):  # a refused job: no run of this launch may exist
+        _exit(*problems[:-1], problems[-1] + ("; nothing was launched" if sweeping else ""))
     try:  # the store first: one that refuses writes leaves no output folder behind
         connected = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     except tracking.TrackingError as error:
         _exit(str(error))
+    key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
+    output_dir = OmegaConf.select(config, key)
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(output_dir) / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        tempfile.TemporaryFile(dir=output_dir).close()  # a write test
     except OSError as error:
         _exit(
             f"cannot write the output folder {output_dir} ({key}): {error.strerror}; "
