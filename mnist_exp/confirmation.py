@@ -49,11 +49,9 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
     )
     launcher.launch([*recipe, *plain], initial_job_idx=initial_job_idx)
 
-    statuses = {tuple(s.overrides): s for s in read_job_statuses(config.hydra.sweep.dir, info.launch_id)}
-    run_ids = {
-        role: [statuses[tuple(job)].run_id for job in batch if tuple(job) in statuses and statuses[tuple(job)].run_id]
-        for role, batch in (("recipe", recipe), ("plain", plain))
-    }
+    found = {tuple(s.overrides): s.run_id for s in read_job_statuses(config.hydra.sweep.dir, info.launch_id)}
+    batches = {"recipe": recipe, "plain": plain}
+    run_ids = {role: [found[tuple(job)] for job in batch if found.get(tuple(job))] for role, batch in batches.items()}
     client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     client.set_tag(info.parent_run_id, record.CONFIRMATION, json.dumps(run_ids))
     text = _table(config, best_trial, [*run_ids["recipe"], *run_ids["plain"]])

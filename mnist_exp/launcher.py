@@ -5,6 +5,7 @@ threads given; worker_died(job_config, pid, cause) -> the return of a job whose 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -100,7 +101,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     log.info(f"Launching {len(jobs)} jobs on {workers} workers x {threads} thread(s){first}")
     for job in jobs:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-    with SweepDisplay(jobs) as display:
+    with contextlib.closing(SweepDisplay(jobs)) as display:
         order = sorted(jobs, key=lambda job: -job.cost)  # stable: Hydra's order without the hook
         Pool(workers, threads, context, launcher.task_function).run(order, display, compose, hooks)
     return [job.result for job in jobs]
@@ -273,10 +274,7 @@ class SweepDisplay:
             )
             self._refresh()
 
-    def __enter__(self) -> SweepDisplay:
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 

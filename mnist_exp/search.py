@@ -136,10 +136,8 @@ def sweep(sweeper, arguments: list[str]) -> None:
                     waiting_for = others
                 heartbeat.wait()
                 continue
-            overrides = [
-                [*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"]
-                for t in asked
-            ]
+            env = f"++hydra.job.env_set.{TRIAL_ENV}"  # every launcher passes it to the job
+            overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"{env}={t.number}"] for t in asked]
             try:
                 returns = sweeper.launcher.launch(overrides, initial_job_idx=index)
             except BaseException:  # Ctrl-C, SIGTERM: the next launch asks these trials again at once

@@ -1,9 +1,5 @@
-"""The plugins' configs, registered in Hydra's ConfigStore: any Hydra app selects them by name.
-
-python train.py -m ... hydra/launcher=parallel hydra.launcher.workers=3 hydra.launcher.threads_per_job=1
-python train.py -m ... hydra/sweeper=grid          (mnist-exp's default: conf/grid_sweeper.yaml)
-python train.py -m hparams_search=lenet5_optuna hydra/sweeper/sampler=random hydra/sweeper/pruner=none
-"""
+"""The plugins' configs in Hydra's ConfigStore, for any Hydra app: hydra/launcher=parallel, hydra/sweeper=grid,
+hydra/sweeper=optuna with hydra/sweeper/sampler=tpe|random and hydra/sweeper/pruner=median|none."""
 
 from dataclasses import dataclass, field
 from typing import Any
