@@ -264,14 +264,9 @@ class SweepDisplay:
 
             # A terminal that never said its size reports 0 x 0, on which tqdm draws nothing.
             sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-            self.bar = tqdm(
-                total=sum(job.cost for job in jobs),
-                file=sys.stderr,
-                dynamic_ncols=sized,
-                ncols=None if sized else 120,
-                nrows=None if sized else 24,
-                bar_format="{desc} | {elapsed} elapsed, ETA {remaining}",
-            )
+            size = {"dynamic_ncols": True} if sized else {"ncols": 120, "nrows": 24}
+            bar_format = "{desc} | {elapsed} elapsed, ETA {remaining}"
+            self.bar = tqdm(total=sum(job.cost for job in jobs), file=sys.stderr, bar_format=bar_format, **size)
             self._refresh()
 
     def close(self) -> None:
@@ -298,7 +293,5 @@ class SweepDisplay:
     def _refresh(self) -> None:
         finished = sum(1 for job in self.jobs if job.result is not None)
         running = [f"{j.name} (epoch {j.epoch}/{j.epochs})" for j in self.jobs if j.name and j.result is None]
-        self.bar.set_description_str(
-            f"sweep {finished}/{len(self.jobs)} jobs done" + (f" | running: {', '.join(running)}" if running else ""),
-            refresh=True,
-        )
+        done = f"sweep {finished}/{len(self.jobs)} jobs done"
+        self.bar.set_description_str(done + (f" | running: {', '.join(running)}" if running else ""), refresh=True)

@@ -114,26 +114,26 @@ def sweep(sweeper, arguments: list[str]) -> None:
     with study_claimed(client, info.experiment_id, name):  # launches creating one study at once race on its tables
         storage = open_storage(url, settings)
         study = optuna.create_study(study_name=name, storage=storage, direction=settings.direction, load_if_exists=True)
-    trials, pruner = study.get_trials(deepcopy=False), type(instantiate(settings.pruner)).__name__
-    done = f"{counted(trials)} of {settings.n_trials} trials done, {len(running(trials))} running"
+    (counted, running), pruner = tally(study.get_trials(deepcopy=False)), type(instantiate(settings.pruner)).__name__
+    done = f"{counted} of {settings.n_trials} trials done, {len(running)} running"
     log.info("Optuna study %s in %s: %s; pruner %s", name, url, done, pruner)
     index, waiting_for = 0, None
     with Heartbeat(storage, storage.get_study_id_from_name(name), settings.heartbeat_interval) as heartbeat:
         while True:
             with study_claimed(client, info.experiment_id, name):  # one launch asks at a time: never over n_trials
                 optuna.storages.fail_stale_trials(study)  # failed and queued again by the retry callback
-                trials = study.get_trials(deepcopy=False)
-                free = settings.n_trials - counted(trials) - len(running(trials))
+                counted, running = tally(study.get_trials(deepcopy=False))
+                free = settings.n_trials - counted - len(running)
                 asked = [_ask(study, space, heartbeat, settings.sampler) for _ in range(min(free, settings.n_jobs))]
             if not asked:
-                if not (others := running(trials)):
+                if not running:
                     break
-                if others != waiting_for:
+                if running != waiting_for:
                     log.info(
                         "waiting for trial(s) %s of another launch (asked again if silent for %d s)",
-                        *(", ".join(map(str, others)), settings.grace_period),
+                        *(", ".join(map(str, running)), settings.grace_period),
                     )
-                    waiting_for = others
+                    waiting_for = running
                 heartbeat.wait()
                 continue
             env = f"++hydra.job.env_set.{TRIAL_ENV}"  # every launcher passes it to the job
@@ -289,20 +289,16 @@ class Heartbeat(threading.Thread):
                     self.storage.record_heartbeat(trial_id)
 
 
-def counted(trials: list) -> int:
-    """Trials that count toward n_trials: every finished one but those failed and queued again (a retry counts)."""
+def tally(trials: list) -> tuple[int, list[int]]:
+    """(trials that count toward n_trials: every finished one but those failed and queued again, as a retry
+    counts; the numbers of those running)."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     retried = {number for t in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     done = (TrialState.COMPLETE, TrialState.PRUNED)
-    return sum(1 for t in trials if t.state in done or (t.state == TrialState.FAIL and t.number not in retried))
-
-
-def running(trials: list) -> list[int]:
-    from optuna.trial import TrialState
-
-    return [t.number for t in trials if t.state == TrialState.RUNNING]
+    counted = sum(1 for t in trials if t.state in done or (t.state == TrialState.FAIL and t.number not in retried))
+    return counted, [t.number for t in trials if t.state == TrialState.RUNNING]
 
 
 class JobTrial:

@@ -272,9 +272,7 @@ class LaunchCallback(Callback):
         self.interrupts = stopping.Interrupts()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.open_sweep is None:  # on_multirun_start failed, and said so
-            return
-        if self._close(stopped=None):
+        if self.open_sweep is not None and self._close(stopped=None):  # None: on_multirun_start failed, and said so
             sys.exit(1)
 
     def _close_if_open(self) -> None:
@@ -310,8 +308,7 @@ class LaunchCallback(Callback):
             url = tracking.ui_hint(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed
             url = f"(could not record the sweep in MLflow: {error})"
-        print(summary, flush=True)
-        print(f"runs: {url}", flush=True)
+        print(f"{summary}\nruns: {url}", flush=True)
         return failed
 
 
