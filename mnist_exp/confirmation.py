@@ -1,12 +1,5 @@
-"""A search's last stage: the best trial's recipe trained again on fresh seeds, beside the plain model
-trained alike, and the two compared on the test split with analyze.py's statistics.
-
-The Optuna sweeper (mnist_exp/search.py) calls confirm() after its trials when hydra.sweeper.confirm.seeds
-is above 0. The jobs are one more batch through the sweep's own launcher, nested in the same sweep run,
-so the same command that resumes the search also continues its confirmation: finished runs are skipped,
-a killed one resumes from its checkpoint. The trials chose the recipe on their validation split; the
-confirmation's seeds never took part in that choice, so its test accuracy is an honest estimate.
-"""
+"""A search's last stage (hydra.sweeper.confirm): the best trial's recipe and the plain model trained alike on
+fresh seeds through the sweep's own launcher, compared on the test split (docs/search.md)."""
 
 from __future__ import annotations
 
@@ -22,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def jobs(fixed: list[str], best: dict, changes: list[str], seeds: list[int]) -> tuple[list[list[str]], list[list[str]]]:
-    """(recipe jobs, plain jobs): each job's overrides. The recipe is the search's fixed overrides, the best
-    trial's params and `changes`, later ones winning; the plain model is the same without any regularizer."""
+    """(recipe jobs, plain jobs): the search's fixed overrides, the best params and `changes`, later ones winning;
+    the plain model is the same with regularizer=none."""
     merged: dict[str, str] = {}
     for override in [*fixed, *(f"{key}={value}" for key, value in best.items()), *changes]:
         merged.pop(override_key(override), None)  # the later one wins, in the later one's place
@@ -35,8 +28,7 @@ def jobs(fixed: list[str], best: dict, changes: list[str], seeds: list[int]) -> 
 
 
 def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial_job_idx: int) -> None:
-    """Train the study's best trial's recipe and the plain model on hydra.sweeper.confirm.seeds fresh seeds
-    (after the trials' trainer.seed), print their table and record it on the sweep run."""
+    """Train the best recipe and the plain model on fresh seeds, print their table and record it on the sweep run."""
     from optuna.trial import TrialState
 
     from mnist_exp import record, tracking
@@ -57,11 +49,9 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
     )
     launcher.launch([*recipe, *plain], initial_job_idx=initial_job_idx)
 
-    statuses = {tuple(s.overrides): s for s in read_job_statuses(config.hydra.sweep.dir, info.launch_id)}
-    run_ids = {
-        role: [statuses[tuple(job)].run_id for job in batch if tuple(job) in statuses and statuses[tuple(job)].run_id]
-        for role, batch in (("recipe", recipe), ("plain", plain))
-    }
+    found = {tuple(s.overrides): s.run_id for s in read_job_statuses(config.hydra.sweep.dir, info.launch_id)}
+    batches = {"recipe": recipe, "plain": plain}
+    run_ids = {role: [found[tuple(job)] for job in batch if found.get(tuple(job))] for role, batch in batches.items()}
     client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     client.set_tag(info.parent_run_id, record.CONFIRMATION, json.dumps(run_ids))
     text = _table(config, best_trial, [*run_ids["recipe"], *run_ids["plain"]])
@@ -72,8 +62,7 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
 
 
 def _table(config: DictConfig, best_trial, run_ids: list[str]) -> str:
-    """analyze.py's table of the confirmation's finished runs (over seeds and test images), under a line
-    saying what they are."""
+    """analyze.py's table of the confirmation's finished runs, under a line saying what they are."""
     from mnist_exp import predictions
     from mnist_exp.runs import AnalysisError, select_runs
     from mnist_exp.table import SPLITS, format_table, variant_table

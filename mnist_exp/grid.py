@@ -1,12 +1,5 @@
-"""The grid of `train.py -m a=1,2 b=x,y` (hydra/sweeper=grid, mnist-exp's default), for any number of jobs.
-
-Hydra's basic sweeper composes every job's config before the first job starts, and a launcher then
-composes each again: 0.1 s a job, minutes for a thousand (benchmarks/sweep_prep.py). The grid sweeper
-lists the same jobs in the same order and composes none of them: each is composed in full by its
-launcher when it starts. What needs every job's config first (mnist-exp's launch callback checks them
-all, the parallel launcher orders them by cost) reads JobConfigs: one composition per distinct choice
-of config groups (model=..., experiment=...), the job's other overrides then set as Hydra sets them.
-"""
+"""hydra/sweeper=grid: Hydra's basic sweeper's jobs, in its order, none composed before it starts (Hydra's composes
+each job twice: minutes for a thousand, benchmarks/sweep_prep.py); JobConfigs, every job's config fast."""
 
 from __future__ import annotations
 
@@ -37,9 +30,8 @@ def sweep(sweeper, arguments: list[str]) -> list:
 
 
 def expand(arguments: Sequence[str], params: dict | None = None, config_loader=None, strict: bool = True):
-    """Every job of the grid, as Hydra's basic sweeper lists them: `params` (hydra.sweeper.params) first, a
-    key the command line sets taking its place, then the cartesian product of every key's values. Not
-    `strict`: a key swept over an interval is left out (a search's sweeper picks its values)."""
+    """Every job, as Hydra's basic sweeper lists them (the command line wins over `params`); not `strict`: a key
+    swept over an interval is left out (a search's sweeper picks its values)."""
     lines = [*(f"{key}={value}" for key, value in (params or {}).items()), *arguments]
     by_key: dict[str, list[str]] = {}
     for override in OverridesParser.create(config_loader=config_loader).parse_overrides(lines):
@@ -56,10 +48,8 @@ def expand(arguments: Sequence[str], params: dict | None = None, config_loader=N
 
 
 class JobConfigs:
-    """A job's config (without Hydra's node) from its overrides, fast: Hydra composes once per distinct
-    choice of config groups (and once per process: the launch callback's compositions serve the launcher),
-    the job's value overrides are then applied as Hydra applies them. Where that refuses an override,
-    Hydra composes the job itself, and raises what it raises."""
+    """A job's config (without Hydra's node): composed once per distinct choice of config groups in a process,
+    the job's value overrides then applied as Hydra applies them (or, where that refuses one, by Hydra)."""
 
     def __init__(self, config_name: str, config_loader):
         self.config_name, self.groups = config_name, _groups(config_loader)

@@ -1,20 +1,11 @@
-"""hydra/launcher=parallel (hydra_plugins.mnist_exp.ParallelLauncher), for any Hydra app: a sweep's jobs side by
-side in worker processes, started once and reused, each running one job at a time with `threads` threads
-(OMP_NUM_THREADS); Hydra composes each job as a worker takes it. The jobs' log lines come back to this process,
-printed prefixed with the job's name, never interleaved mid-line, under one progress line for the sweep on a
-terminal (a job may also report its name and epochs: mnist_exp/console.py). Ctrl-C stops every worker
-(mnist_exp/stopping.py); a worker that dies fails its job alone, and a fresh one takes the jobs left. With one
-worker the jobs run in this process, as Hydra's basic launcher runs them.
-
-The one hook, optional: static methods of the task's structured config class (mnist-exp's schema.TrainConfig)
-    launch_plan(job_config, threads=None) -> (cost, threads it asks for or None): the longest jobs start first;
-        called again, with the threads given, on the config each job runs with;
-    worker_died(job_config, pid, cause) -> what the job returns once its worker died (it records why).
-Without it, jobs start in Hydra's order and a job whose worker died returns FAILED (WorkerDied).
-"""
+"""hydra/launcher=parallel, for any Hydra app: a sweep's jobs side by side in reused worker processes, their log
+lines prefixed under one progress line (docs/scaling.md). The optional hook, static methods of the task's config
+class: launch_plan(job_config, threads=None) -> (cost, threads or None), longest first, called again with the
+threads given; worker_died(job_config, pid, cause) -> the return of a job whose worker died (else FAILED)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -26,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cloudpickle  # the task function may live in __main__, and Hydra's plugin scan imports its classes twice
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -46,8 +38,7 @@ class WorkerDied(Exception):
 
 
 def plan(jobs: int, cores: int, workers: int | None, threads: int | None) -> tuple[int, int]:
-    """(workers, threads per job): one thread per job while there are more jobs than cores, the spare
-    cores shared out among the jobs otherwise (a single job gets every core)."""
+    """(workers, threads per job): one thread a job while jobs outnumber cores, else the cores shared out."""
     threads = threads or max(1, cores // max(1, min(jobs, cores)))
     workers = workers or max(1, cores // threads)
     return max(1, min(workers, jobs)), threads
@@ -110,7 +101,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     log.info(f"Launching {len(jobs)} jobs on {workers} workers x {threads} thread(s){first}")
     for job in jobs:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-    with SweepDisplay(jobs) as display:
+    with contextlib.closing(SweepDisplay(jobs)) as display:
         order = sorted(jobs, key=lambda job: -job.cost)  # stable: Hydra's order without the hook
         Pool(workers, threads, context, launcher.task_function).run(order, display, compose, hooks)
     return [job.result for job in jobs]
@@ -127,8 +118,6 @@ class Pool:
     """Worker processes, each fed one job at a time; events from all of them arrive on one queue."""
 
     def __init__(self, size: int, threads: int, hydra_context, task_function):
-        import cloudpickle  # the task function may live in __main__, and Hydra's plugin scan imports its classes twice
-
         self.size, self.threads = size, threads
         self.payload = cloudpickle.dumps((hydra_context, task_function, Singleton.get_state()))
         self.context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or locks
@@ -137,15 +126,13 @@ class Pool:
 
     def _start(self, number: int) -> Worker:
         tasks = self.context.Queue()
-        process = self.context.Process(
-            target=_worker, args=(number, tasks, self.events, self.threads, self.payload)
-        )  # not daemon: jobs may start processes of their own
+        # Not daemon: jobs may start processes of their own.
+        process = self.context.Process(target=_worker, args=(number, tasks, self.events, self.threads, self.payload))
         process.start()
         return Worker(process, tasks)
 
     def run(self, order: list[Job], display: SweepDisplay, compose, hooks) -> None:
-        """Every job of `order`, in that order, each composed (compose(job)) as a worker takes it; then the
-        workers end."""
+        """Every job of `order`, in that order, each composed as a worker takes it; then the workers end."""
         waiting, by_index = list(order), {job.index: job for job in order}
         worker_died = getattr(hooks, "worker_died", None)
         self.workers = [self._start(number) for number in range(min(self.size, len(order)))]
@@ -196,16 +183,13 @@ class Pool:
             job.name, job.epochs, job.epoch = payload
             display.advance(job)
         elif kind == "done":
-            import cloudpickle
-
             job.result, self.workers[number].job = cloudpickle.loads(payload), None
             display.advance(job)
 
 
 class Channel(logging.Handler):
-    """A job's line to the launching process: its log lines and its progress, as (kind, worker number, job
-    index, payload) events. The worker installs one per job as the job's console log handler; the job finds
-    it there (console.channel()), and Hydra's logging setup for the next job removes it."""
+    """A job's console log handler that sends its log lines and progress to the launching process as (kind,
+    worker number, job index, payload) events; the job finds it with console.channel()."""
 
     def __init__(self, events, number: int, index: int):
         super().__init__()
@@ -227,8 +211,6 @@ def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
     from mnist_exp.stopping import Interrupts
 
     Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
-    import cloudpickle
-
     hydra_context, task_function, singleton_state = cloudpickle.loads(payload)
     launcher = os.getppid()
     while True:
@@ -245,14 +227,9 @@ def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
         index, config = task
         setup_globals()
         Singleton.set_state(singleton_state)
-        stopped = False
+        stopped, forwarded = False, _forward(task_function, events, number, index)
         try:
-            result = run_job(
-                hydra_context=hydra_context,
-                task_function=_forward(task_function, events, number, index),
-                config=config,
-                **SWEEP_DIR,
-            )
+            result = run_job(hydra_context=hydra_context, task_function=forwarded, config=config, **SWEEP_DIR)
         except KeyboardInterrupt:  # the job closed what it had open; this worker ends
             result, stopped = JobReturn(overrides=list(config.hydra.overrides.task), status=JobStatus.FAILED), True
             result.return_value = KeyboardInterrupt()  # not the job's own: it may not survive pickling
@@ -262,8 +239,7 @@ def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
 
 
 def _forward(task_function, events, number: int, index: int):
-    """The task, its console log lines sent to the launching process through a Channel that replaces its
-    console log handler (with none, the Channel sends the job's progress only)."""
+    """The task, a Channel in place of its console log handler (with none, the Channel sends progress only)."""
 
     def task(cfg):
         root, channel = logging.getLogger(), Channel(events, number, index)
@@ -279,8 +255,7 @@ def _forward(task_function, events, number: int, index: int):
 
 
 class SweepDisplay:
-    """One progress line for the whole sweep on a terminal (jobs done, running jobs and their epoch,
-    elapsed, ETA), the jobs' log lines above it; plain prefixed lines without a terminal."""
+    """One progress line for the sweep on a terminal, the jobs' log lines above it; else plain prefixed lines."""
 
     def __init__(self, jobs: list[Job]):
         self.jobs, self.bar = jobs, None
@@ -289,20 +264,12 @@ class SweepDisplay:
 
             # A terminal that never said its size reports 0 x 0, on which tqdm draws nothing.
             sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-            self.bar = tqdm(
-                total=sum(job.cost for job in jobs),
-                file=sys.stderr,
-                dynamic_ncols=sized,
-                ncols=None if sized else 120,
-                nrows=None if sized else 24,
-                bar_format="{desc} | {elapsed} elapsed, ETA {remaining}",
-            )
+            size = {"dynamic_ncols": True} if sized else {"ncols": 120, "nrows": 24}
+            bar_format = "{desc} | {elapsed} elapsed, ETA {remaining}"
+            self.bar = tqdm(total=sum(job.cost for job in jobs), file=sys.stderr, bar_format=bar_format, **size)
             self._refresh()
 
-    def __enter__(self) -> SweepDisplay:
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
@@ -326,7 +293,5 @@ class SweepDisplay:
     def _refresh(self) -> None:
         finished = sum(1 for job in self.jobs if job.result is not None)
         running = [f"{j.name} (epoch {j.epoch}/{j.epochs})" for j in self.jobs if j.name and j.result is None]
-        self.bar.set_description_str(
-            f"sweep {finished}/{len(self.jobs)} jobs done" + (f" | running: {', '.join(running)}" if running else ""),
-            refresh=True,
-        )
+        done = f"sweep {finished}/{len(self.jobs)} jobs done"
+        self.bar.set_description_str(done + (f" | running: {', '.join(running)}" if running else ""), refresh=True)

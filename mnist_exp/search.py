@@ -1,19 +1,5 @@
-"""Hyperparameter search: Optuna's ask-and-tell behind a Hydra sweeper (hydra/sweeper=optuna).
-
-The sweeper (hydra_plugins.mnist_exp.OptunaSweeper, its settings in hydra.sweeper) asks the study for
-trials, turns each into the overrides of one Hydra job and hands them to the launcher, n_jobs at a time;
-each job reports its validation accuracy per epoch to its trial through the study's storage (jobs may run
-in other processes, even on other machines) and stops when the pruner says so; the sweeper tells the study
-how each trial ended. The study lives in an SQLite file beside the MLflow store, so the same command
-continues it after a kill or with a larger n_trials.
-
-Any number of launches of one search share its study: each asks only while the study holds fewer
-than n_trials trials finished or running, one launch at a time (asking under a tracking.Claim, the
-store's atomic lock), and beats each trial it runs (Optuna's RDBStorage heartbeat). A trial whose
-beat stops (its launch was killed) is failed by the next launch that looks and asked again through
-Optuna's RetryHeartbeatStaleTrialCallback, so its run resumes from its checkpoint. Optuna is imported
-inside functions: job.py imports this module in every job.
-"""
+"""Hyperparameter search (hydra/sweeper=optuna): Optuna's ask-and-tell over a stored study that launches share,
+and each job's side of its trial (docs/search.md). Optuna is imported inside functions: every job imports this."""
 
 from __future__ import annotations
 
@@ -49,9 +35,8 @@ class Pruned(Exception):
 
 
 def storage_url(storage: str | None, tracking_uri: str) -> str:
-    """The study's storage: as configured, else `<store>.optuna.db` beside a sqlite MLflow store
-    (Optuna and MLflow both keep an alembic_version table, so they cannot share one database),
-    else optuna.db in the launch folder."""
+    """As configured, else `<store>.optuna.db` beside a sqlite MLflow store (both keep an alembic_version
+    table: they cannot share one database), else optuna.db in the launch folder."""
     if storage:
         return storage
     if tracking_uri.startswith("sqlite:///"):
@@ -66,8 +51,7 @@ def study_name(configured: str | None, experiment: str, sweep_key: str) -> str:
 
 
 def distribution(override: Override) -> Any:
-    """Hydra's sweep syntax as an Optuna distribution: choice(...) or a,b -> categorical,
-    range(a,b[,step]) -> integers (as Hydra, without b), interval(a,b) -> uniform, tag(log, ...) -> log scale."""
+    """Hydra's sweep syntax as an Optuna distribution: choices, range (without b, as Hydra), interval, tag(log)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     value = override.value()
@@ -130,35 +114,30 @@ def sweep(sweeper, arguments: list[str]) -> None:
     with study_claimed(client, info.experiment_id, name):  # launches creating one study at once race on its tables
         storage = open_storage(url, settings)
         study = optuna.create_study(study_name=name, storage=storage, direction=settings.direction, load_if_exists=True)
-    trials = study.get_trials(deepcopy=False)
-    log.info(
-        "Optuna study %s in %s: %d of %d trials done, %d running; pruner %s",
-        *(name, url, counted(trials), settings.n_trials, running(trials), type(instantiate(settings.pruner)).__name__),
-    )
+    (counted, running), pruner = tally(study.get_trials(deepcopy=False)), type(instantiate(settings.pruner)).__name__
+    done = f"{counted} of {settings.n_trials} trials done, {len(running)} running"
+    log.info("Optuna study %s in %s: %s; pruner %s", name, url, done, pruner)
     index, waiting_for = 0, None
     with Heartbeat(storage, storage.get_study_id_from_name(name), settings.heartbeat_interval) as heartbeat:
         while True:
             with study_claimed(client, info.experiment_id, name):  # one launch asks at a time: never over n_trials
                 optuna.storages.fail_stale_trials(study)  # failed and queued again by the retry callback
-                trials = study.get_trials(deepcopy=False)
-                free = settings.n_trials - counted(trials) - running(trials)
+                counted, running = tally(study.get_trials(deepcopy=False))
+                free = settings.n_trials - counted - len(running)
                 asked = [_ask(study, space, heartbeat, settings.sampler) for _ in range(min(free, settings.n_jobs))]
             if not asked:
-                others = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-                if not others:
+                if not running:
                     break
-                if others != waiting_for:
+                if running != waiting_for:
                     log.info(
                         "waiting for trial(s) %s of another launch (asked again if silent for %d s)",
-                        *(", ".join(map(str, others)), settings.grace_period),
+                        *(", ".join(map(str, running)), settings.grace_period),
                     )
-                    waiting_for = others
+                    waiting_for = running
                 heartbeat.wait()
                 continue
-            overrides = [
-                [*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"++hydra.job.env_set.{TRIAL_ENV}={t.number}"]
-                for t in asked
-            ]
+            env = f"++hydra.job.env_set.{TRIAL_ENV}"  # every launcher passes it to the job
+            overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"{env}={t.number}"] for t in asked]
             try:
                 returns = sweeper.launcher.launch(overrides, initial_job_idx=index)
             except BaseException:  # Ctrl-C, SIGTERM: the next launch asks these trials again at once
@@ -193,23 +172,20 @@ def _tell(study, storage, trial_id: int, trial, ret) -> None:
 
     value = ret.return_value if ret.status == JobStatus.COMPLETED else None
     pruned_at = storage.get_trial_user_attrs(trial_id).get(PRUNED_AT)  # the job's, from the store
-    if value is not None and pruned_at is not None:
-        told, outcome = (
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True),
-            f"pruned after epoch {pruned_at}",
-        )
-    elif value is not None:
-        told, outcome = study.tell(trial, float(value), skip_if_finished=True), f"{value:.4f}"
-    else:  # the job failed (and said why): the search goes on
-        told, outcome = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "failed"
-    if told.state == TrialState.FAIL and outcome != "failed":
+    if value is None:  # the job failed (and said why): the search goes on
+        state, outcome = TrialState.FAIL, "failed"
+    elif pruned_at is not None:
+        state, outcome, value = TrialState.PRUNED, f"pruned after epoch {pruned_at}", None
+    else:
+        state, outcome, value = TrialState.COMPLETE, f"{value:.4f}", float(value)
+    told = study.tell(trial, value, state=state, skip_if_finished=True)
+    if told.state == TrialState.FAIL and state != TrialState.FAIL:
         outcome += " (but another launch had failed it as stale and queued it again: its retry reuses this run)"
     log.info("trial %d: %s", trial.number, outcome)
 
 
 def _fail_and_retry(study, storage, trial_id: int, trial) -> None:
-    """A trial this launch stopped: FAIL, and queued again as a stale one is, so it does not count and the
-    next launch asks it at once, without waiting for its heartbeat to go stale."""
+    """A trial this launch stopped: FAIL and queued again as a stale one is, so the next launch asks it at once."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -242,8 +218,7 @@ def _report_best(study, info, client, results_file: Path) -> None:
 
 
 def quiet_optuna() -> None:
-    """Optuna's lines through Hydra's logging, like ours; no warning that the heartbeat, its retry callback
-    and fail_stale_trials are experimental (they are, since Optuna 2.9: the route this sweeper relies on)."""
+    """Optuna's lines through Hydra's logging; no warning that the heartbeat route is experimental (since 2.9)."""
     import optuna
 
     optuna.logging.disable_default_handler()
@@ -252,8 +227,8 @@ def quiet_optuna() -> None:
 
 
 def open_storage(url: str, settings: DictConfig):
-    """The study's RDBStorage: trials silent for grace_period s are stale and queued again, at most max_retry
-    times (None: always). SQLite's writers queue on one lock: launches, their beats and jobs wait for it."""
+    """The study's RDBStorage: a trial silent for grace_period s is queued again, at most max_retry times;
+    SQLite's writers wait up to 120 s for its one lock."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     return RDBStorage(
@@ -267,9 +242,8 @@ def open_storage(url: str, settings: DictConfig):
 
 @contextlib.contextmanager
 def study_claimed(client, experiment_id: str, name: str):
-    """The study's claim (tracking.Claim: atomic on every MLflow store), held while this launch creates the
-    study or asks trials; a killed holder's claim dies with its pid or heartbeat. Optuna has no public lock:
-    this costs about five MLflow calls per ask, and a 2 s wait when another launch holds it."""
+    """The study's tracking.Claim while this launch creates it or asks trials (Optuna has no public lock: this
+    costs about five MLflow calls per ask, and a 2 s wait when another launch holds it)."""
     from mnist_exp import tracking
 
     key = "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -280,24 +254,22 @@ def study_claimed(client, experiment_id: str, name: str):
         claim.release(finished=True)
 
 
-class Heartbeat:
-    """Beats for this launch's running trials every `interval` s: Optuna's own heartbeat thread runs only
-    inside study.optimize. Trials are named by number; the storage beats by ID, one query to map them
-    (the public route: Trial and FrozenTrial keep their ID private)."""
+class Heartbeat(threading.Thread):
+    """Beats for this launch's running trials (Optuna's own beats only inside study.optimize), by trial ID."""
 
     def __init__(self, storage, study_id: int, interval: int):
+        super().__init__(daemon=True)
         self.storage, self.study_id, self.interval = storage, study_id, interval
         self.trial_ids: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self.stopped = threading.Event()
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stopped.set()
+        self.join()
 
     def add(self, number: int) -> None:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -308,36 +280,30 @@ class Heartbeat:
         return self.trial_ids.pop(number)
 
     def wait(self) -> None:
-        self._stop.wait(self.interval)
+        self.stopped.wait(self.interval)
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
             for trial_id in list(self.trial_ids.values()):
                 with contextlib.suppress(Exception):  # a busy store: grace_period allows several missed beats
                     self.storage.record_heartbeat(trial_id)
 
 
-def counted(trials: list) -> int:
-    """Trials that count toward n_trials: every finished one but those failed and queued again (a
-    retry, RUNNING or WAITING or finished, takes their place)."""
+def tally(trials: list) -> tuple[int, list[int]]:
+    """(trials that count toward n_trials: every finished one but those failed and queued again, as a retry
+    counts; the numbers of those running)."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     retried = {number for t in trials for number in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     done = (TrialState.COMPLETE, TrialState.PRUNED)
-    return sum(1 for t in trials if t.state in done or (t.state == TrialState.FAIL and t.number not in retried))
-
-
-def running(trials: list) -> int:
-    from optuna.trial import TrialState
-
-    return sum(1 for t in trials if t.state == TrialState.RUNNING)
+    counted = sum(1 for t in trials if t.state in done or (t.state == TrialState.FAIL and t.number not in retried))
+    return counted, [t.number for t in trials if t.state == TrialState.RUNNING]
 
 
 class JobTrial:
-    """The Optuna trial a job is, seen from inside the job: reports each epoch's validation accuracy
-    and raises Pruned when the pruner stops the trial (never at the last epoch: nothing to save there).
-    If another launch failed the trial as stale meanwhile, the run trains on: the trial's retry reuses it."""
+    """A job's trial: reports each epoch's validation accuracy, raises Pruned when the pruner says so (never at
+    the last epoch); once another launch failed the trial as stale, the run trains on for the retry."""
 
     def __init__(self, trial, epochs: int):
         self.trial, self.epochs, self.reported, self.ended = trial, epochs, set(), False
@@ -353,18 +319,15 @@ class JobTrial:
                 if metrics.epoch not in self.reported and metrics.val_acc is not None:
                     self.trial.report(metrics.val_acc, metrics.epoch)
                     self.reported.add(metrics.epoch)
-            prune = latest.epoch < self.epochs and self.trial.should_prune()
-            if prune:
+            if latest.epoch < self.epochs and self.trial.should_prune():
                 self.trial.set_user_attr(PRUNED_AT, latest.epoch)
+                raise Pruned(
+                    f"pruned by {type(self.trial.study.pruner).__name__} after epoch {latest.epoch} of "
+                    f"{self.epochs} (trial {self.trial.number}, val_acc {latest.val_acc:.4f})",
+                    latest.val_acc,
+                )
         except optuna.exceptions.UpdateFinishedTrialError:
             self.orphaned()
-            return
-        if prune:
-            raise Pruned(
-                f"pruned by {type(self.trial.study.pruner).__name__} after epoch {latest.epoch} of "
-                f"{self.epochs} (trial {self.trial.number}, val_acc {latest.val_acc:.4f})",
-                latest.val_acc,
-            )
 
     def orphaned(self) -> None:
         log.warning(
@@ -376,8 +339,7 @@ class JobTrial:
 
 
 def job_trial(cfg) -> JobTrial | None:
-    """The trial of this job when a search launched it (its number in TRIAL_ENV), else None. Tags the
-    active MLflow run with the trial number and records the run on the trial."""
+    """This job's trial when a search launched it (its number in TRIAL_ENV), the run and trial linked; else None."""
     number = os.environ.get(TRIAL_ENV)
     if not number:
         return None

@@ -1,15 +1,5 @@
-"""The sweep's protocol, all of it: the parent run, the files through which jobs and the
-launching process talk, the launcher's hook, and what is recorded and printed at the end.
-
-Before any job starts, Hydra's callback checks every job's config (mnist_exp/validation.py: a refused one
-stops the whole launch before any run exists), checks the output folder, creates the MLflow store and
-experiment once (parallel jobs racing to create a fresh sqlite store corrupt it), opens the
-sweep's parent run and writes SWEEP_FILE, through which jobs find it with every launcher. Each
-job writes its JobOutcome to its folder. At the end the callback lists every member on the parent
-run (record.MEMBERS_FILE, which analysis reads back), prints what happened to each job and exits non-zero
-if any failed; a sweep that stops early (Hydra rejects a job's config, Ctrl-C, SIGTERM) still
-closes its parent run, FAILED or KILLED (mnist_exp/stopping.py: what each stop does).
-"""
+"""The sweep's protocol: preflight, the parent run, the files through which jobs and the launching process
+talk, the parallel launcher's hook, and the members and summary at the end (docs/mlflow.md: the protocol)."""
 
 from __future__ import annotations
 
@@ -22,15 +12,16 @@ import socket
 import sys
 import tempfile
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import record, stopping
+from mnist_exp import record, stopping, tracking
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +32,8 @@ NAMED_BY_VARIANT = ("model", "regularizer", "optimizer", "scheduler", "trainer.s
 MAX_LISTED = 60  # members listed in the parent run's description; all of them are in record.MEMBERS_FILE
 NOTE_LIMIT = 8_000  # MLflow's limit on a tag: it cuts a longer description, with a warning on stderr
 MAX_RUN_NAME = 250  # MLflow's limit on a run name
-# Relative cost of one epoch per image (LeNet-5's convolutions against the MLP's matrix products), to start
-# the longest jobs first so the sweep does not end on one long job with a core left idle.
+FAILED = ("failed", "killed")  # job statuses that make the sweep fail
+# An epoch's relative cost per image (convolutions against matrix products): the longest jobs start first.
 MODEL_COST = {"lenet5": 5.0, "lenet5_32": 7.0, "mlp": 1.0}
 
 
@@ -71,9 +62,11 @@ class JobOutcome:
 
 
 def swept_keys(task_overrides: list[str], sweeper_params: dict) -> list[str]:
-    """Keys the sweep varies: `key=a,b` (or range/choice/interval) overrides, and the sweeper's params
-    that the command line does not pin to one value."""
-    parsed = _parse(task_overrides)
+    """Keys the sweep varies: its sweep overrides, and the sweeper's params the command line does not pin."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(task_overrides)
+    except Exception:  # Hydra reports a malformed override itself, with a better message
+        parsed = []
     keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
     pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
     return keys + [str(key) for key in sweeper_params if str(key) not in keys and str(key) not in pinned]
@@ -92,32 +85,17 @@ def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None
 
 
 def run_name(variant: str, seed: int, overrides: list[str], swept: list[str], drawn: bool = False) -> str:
-    """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's value of every other swept key; values
-    a search `drawn` to 3 significant figures (lr=0.0229: the run's params keep every digit)."""
+    """'mlp/none/adam lr=0.003 seed=0': the variant, then this job's other swept values (`drawn`: 3 figures)."""
     values = {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
-    extras = [
-        f"{_short_key(key)}={_short_value(values[key], 3 if drawn else None)}"
-        for key in swept
-        if key in values and key not in NAMED_BY_VARIANT
-    ]
+    shown = [key for key in swept if key in values and key not in NAMED_BY_VARIANT]
+    # optimizer.lr -> lr, regularizer.dropout.p -> dropout.p: the group is clear from the value.
+    extras = [f"{key.split('.', 1)[-1]}={_short_value(values[key], 3 if drawn else None)}" for key in shown]
     return " ".join([variant, *extras, f"seed={seed}"])
 
 
 def override_key(override: str) -> str:
     """The key an override sets: 'optimizer.lr' of 'optimizer.lr=0.1', '+trainer.x=1' or '~data.limit_train'."""
     return override.split("=", 1)[0].lstrip("+~")
-
-
-def _parse(overrides: list[str]) -> list:
-    try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # Hydra reports a malformed override itself, with a better message
-        return []
-
-
-def _short_key(key: str) -> str:
-    """optimizer.lr -> lr, regularizer.dropout.p -> dropout.p: the group is clear from the value."""
-    return key.split(".", 1)[1] if "." in key else key
 
 
 def _short_value(value: str, figures: int | None = None) -> str:
@@ -127,8 +105,7 @@ def _short_value(value: str, figures: int | None = None) -> str:
 
 
 def significant(value: str, figures: int = 3) -> str:
-    """A number to `figures` significant figures where that is shorter (0.022881136684755242 -> 0.0229,
-    1e-5 stays 1e-5); anything else as it is."""
+    """A number to `figures` significant figures where that is shorter (0.0228811 -> 0.0229); else as it is."""
     try:
         rounded = f"{float(value):.{figures}g}"
     except ValueError:
@@ -161,9 +138,7 @@ def read_job_statuses(sweep_dir: str, launch_id: str) -> list[JobOutcome]:
 
 
 def launch_plan(cfg: DictConfig, threads: int | None = None) -> tuple[float, int | None]:
-    """hydra/launcher=parallel's hook (schema.TrainConfig): a job's expected cost (epochs x images x its model's
-    cost), the longest first, and the threads it asks for; the launcher's `threads` for a job that asks for
-    none, so its run records the threads it was given."""
+    """The parallel launcher's hook: a job's cost and the threads it asks for (given `threads` if it asks none)."""
     if threads is not None and cfg.trainer.threads is None:
         cfg.trainer.threads = threads
     images = cfg.data.limit_train or 60_000
@@ -171,11 +146,7 @@ def launch_plan(cfg: DictConfig, threads: int | None = None) -> tuple[float, int
 
 
 def worker_died(config: DictConfig, pid: int, cause: str) -> None:
-    """hydra/launcher=parallel's hook (schema.TrainConfig) for a job whose worker process died without a word
-    (SIGKILL, the out-of-memory killer): its run is closed FAILED with the cause (the same command resumes
-    it) and its status written for the sweep's summary; it returns None, as a failed job does."""
-    from mnist_exp import tracking
-
+    """The parallel launcher's hook for a job whose worker died: its run closed FAILED, its status written."""
     stop, run_id, name = stopping.STOPS["worker_died"], None, None
     reason = stop.reason.format(cause=cause)
     try:
@@ -191,41 +162,35 @@ def worker_died(config: DictConfig, pid: int, cause: str) -> None:
 
 
 def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extends: str | None = None) -> str:
-    """The parent run of a sweep: reopened when the same sweep command runs again, unless a launch of
-    it is still running (then this launch gets a parent run of its own, so each lists its own members;
-    analysis reads runs of one key as one sweep). `extends`: the key of the sweep it adds runs to."""
-    from mnist_exp import tracking
-
-    existing = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{record.SWEEP_KEY}` = '{sweep_key}' and tags.`{record.ROLE}` = 'sweep'",
-    )
+    """A sweep's parent run: the same command's, reopened unless a launch of it still runs (then one of its own)."""
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
     tags = {
         record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
-        record.LAUNCHER: f"{socket.gethostname()} {os.getpid()}",
+        record.LAUNCHER: _this_launcher(),
         **tracking.source_tags(),
         **({record.EXTENDS: extends} if extends else {}),
     }
-    free = [
-        run
-        for run in existing
-        if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(record.LAUNCHER, "")) is False
-    ]
-    if not free:
-        tags = {record.ROLE: "sweep", record.SWEEP_KEY: sweep_key, **tags}
-        return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    run_id = free[0].info.run_id
-    client.update_run(run_id, status="RUNNING", name=name)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    return run_id
+    for run in _sweep_runs(client, experiment_id, sweep_key):
+        if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(record.LAUNCHER, "")) is False:
+            client.update_run(run.info.run_id, status="RUNNING", name=name)
+            for key, value in tags.items():
+                client.set_tag(run.info.run_id, key, value)
+            return run.info.run_id
+    tags = {record.ROLE: "sweep", record.SWEEP_KEY: sweep_key, **tags}
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def _sweep_runs(client, experiment_id: str, sweep_key: str, **kwargs) -> list:
+    query = f"tags.`{record.SWEEP_KEY}` = '{sweep_key}' and tags.`{record.ROLE}` = 'sweep'"
+    return client.search_runs([experiment_id], filter_string=query, **kwargs)
+
+
+def _this_launcher() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
 
 
 def _launcher_alive(launcher: str) -> bool | None:
     """Whether the process that launched a sweep ("host pid") still runs; None on another host (unknown)."""
-    from mnist_exp import tracking
-
     host, _, pid = launcher.partition(" ")
     return tracking.pid_alive(int(pid)) if host == socket.gethostname() and pid.isdigit() else None
 
@@ -240,13 +205,12 @@ def sweep_members(client, parent_run_id: str) -> set[str]:
 
 
 def summarize(statuses: list[JobOutcome]) -> str:
-    counts = {s: sum(1 for j in statuses if j.status == s) for s in ("finished", "skipped", "failed", "killed")}
-    pruned = sum(1 for j in statuses if j.status == "pruned")  # trials an Optuna pruner stopped early
-    lines = [
-        f"sweep summary: {', '.join(f'{n} {s}' for s, n in counts.items())}" + (f", {pruned} pruned" if pruned else "")
-    ]
+    counts = Counter(job.status for job in statuses)  # pruned: trials an Optuna pruner stopped early
+    shown = [f"{counts[s]} {s}" for s in ("finished", "skipped", "failed", "killed")]
+    shown += [f"{counts['pruned']} pruned"] if counts["pruned"] else []
+    lines = [f"sweep summary: {', '.join(shown)}"]
     for job in statuses:
-        if job.status in ("failed", "killed"):
+        if job.status in FAILED:
             lines.append(f"  {job.status.upper()}: {' '.join(job.overrides) or '(defaults)'}: {job.error}")
     return "\n".join(lines)
 
@@ -276,31 +240,22 @@ class LaunchCallback(Callback):
         self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp.validation import check_launch
-
-        if problems := check_launch(config, sweeping=False):  # before the store is touched
-            _exit(*problems)
-        self.experiment_id = _preflight(config, config.hydra.run.dir, "hydra.run.dir")[1]
+        self.experiment_id = _preflight(config, sweeping=False)[1]
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp import tracking
-
         print(f"run: {tracking.ui_hint(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from mnist_exp.validation import check_launch
-
         sweeper_params = dict(config.hydra.sweeper.get("params") or {})
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and not config.data.validation_size:
             _exit(
                 "a hyperparameter search must not tune on the test set: hold out a validation split "
                 "with data.validation_size=N (e.g. data.validation_size=1000)"
             )
-        if problems := check_launch(config, sweeping=True):  # a refused job: no run of this launch may exist
-            _exit(*problems[:-1], problems[-1] + "; nothing was launched")
-        client, experiment_id = _preflight(config, config.hydra.sweep.dir, "hydra.sweep.dir")
+        client, experiment_id = _preflight(config, sweeping=True)
         task_overrides = list(config.hydra.overrides.task)
         key, name = sweep_identity(task_overrides, sweeper_params)
+        swept = swept_keys(task_overrides, sweeper_params)
         previous = read_sweep_info(config.hydra.sweep.dir)
         if previous and _launcher_alive(previous.launcher):
             _exit(
@@ -309,15 +264,7 @@ class LaunchCallback(Callback):
             )
         extends = _extended_sweep(client, experiment_id, config.mlflow.extends)
         parent = open_sweep_run(client, experiment_id, key, clip(f"sweep: {name}", MAX_RUN_NAME), extends)
-        info = SweepInfo(
-            key,
-            name,
-            parent,
-            experiment_id,
-            uuid.uuid4().hex,
-            swept_keys(task_overrides, sweeper_params),
-            f"{socket.gethostname()} {os.getpid()}",
-        )
+        info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept, _this_launcher())
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
         self.open_sweep = (config, info)
@@ -325,9 +272,7 @@ class LaunchCallback(Callback):
         self.interrupts = stopping.Interrupts()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.open_sweep is None:  # on_multirun_start failed, and said so
-            return
-        if self._close(stopped=None):
+        if self.open_sweep is not None and self._close(stopped=None):  # None: on_multirun_start failed, and said so
             sys.exit(1)
 
     def _close_if_open(self) -> None:
@@ -335,26 +280,20 @@ class LaunchCallback(Callback):
             return
         config, info = self.open_sweep
         ran = len(read_job_statuses(config.hydra.sweep.dir, info.launch_id))
-        if self._interrupted():
-            self._close(stopping.STOPS["interrupt"].reason)
-        else:
-            self._close(
-                f"the launcher stopped after {ran} job(s), for the reason printed on the console "
-                "(e.g. Hydra rejected a job's config)"
-            )
+        reason = "for the reason printed on the console (e.g. Hydra rejected a job's config)"
+        stopped = f"the launcher stopped after {ran} job(s), {reason}"
+        self._close(stopping.STOPS["interrupt"].reason if self._interrupted() else stopped)
 
     def _interrupted(self) -> bool:
         return self.interrupts is not None and self.interrupts.received is not None
 
     def _close(self, stopped: str | None) -> bool:
         """Record the members and the summary on the parent run and close it; True if any job failed."""
-        from mnist_exp import tracking
-
         config, info = self.open_sweep
         self.open_sweep = None
         statuses = read_job_statuses(config.hydra.sweep.dir, info.launch_id)
         summary = summarize(statuses) + (f"\nsweep stopped early: {stopped}" if stopped else "")
-        failed = any(j.status in ("failed", "killed") for j in statuses)
+        failed = any(j.status in FAILED for j in statuses)
         try:
             client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
             client.log_text(info.parent_run_id, summary + "\n", record.SWEEP_SUMMARY)
@@ -369,42 +308,36 @@ class LaunchCallback(Callback):
             url = tracking.ui_hint(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed
             url = f"(could not record the sweep in MLflow: {error})"
-        print(summary, flush=True)
-        print(f"runs: {url}", flush=True)
+        print(f"{summary}\nruns: {url}", flush=True)
         return failed
 
 
 def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
     """The key of the sweep that mlflow.extends=KEY adds runs to: KEY, or the sweep KEY itself extends."""
-
     if not key:
         return None
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{record.SWEEP_KEY}` = '{key}' and tags.`{record.ROLE}` = 'sweep'",
-        max_results=1,
-    )
+    found = _sweep_runs(client, experiment_id, key, max_results=1)
     if not found:
         _exit(f"mlflow.extends={key}: no sweep of this experiment has that key; the report prints the one to give")
     return found[0].data.tags.get(record.EXTENDS, key)
 
 
-def _preflight(config: DictConfig, output_dir: str, key: str):
-    """Fail before any job with one line when the output folder or the tracking store is unusable.
+def _preflight(config: DictConfig, sweeping: bool):
+    """Fail before any job when a job's config, the store or the output folder is unusable; creating the store
+    once here keeps parallel jobs from racing to create a fresh sqlite file (which corrupts it)."""
+    from mnist_exp.validation import check_launch
 
-    Creating the store here, once, also keeps parallel jobs from racing to create a fresh sqlite file.
-    """
-    from mnist_exp import tracking
-
+    if problems := check_launch(config, sweeping=sweeping):  # a refused job: no run of this launch may exist
+        _exit(*problems[:-1], problems[-1] + ("; nothing was launched" if sweeping else ""))
     try:  # the store first: one that refuses writes leaves no output folder behind
         connected = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     except tracking.TrackingError as error:
         _exit(str(error))
+    key = "hydra.sweep.dir" if sweeping else "hydra.run.dir"
+    output_dir = OmegaConf.select(config, key)
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(output_dir) / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        tempfile.TemporaryFile(dir=output_dir).close()  # a write test
     except OSError as error:
         _exit(
             f"cannot write the output folder {output_dir} ({key}): {error.strerror}; "

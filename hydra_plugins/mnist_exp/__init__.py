@@ -1,10 +1,5 @@
-"""mnist-exp's Hydra plugins, as Hydra's own are built: a thin class per plugin that imports its work only when a
-sweep runs (Hydra imports this package at every start), the configs in config.py (Hydra's ConfigStore).
-
-- hydra/launcher=parallel: jobs side by side in worker processes, the longest first (mnist_exp/launcher.py);
-- hydra/sweeper=grid: the jobs of Hydra's basic sweeper, each composed only when it starts (mnist_exp/grid.py);
-- hydra/sweeper=optuna: a stored Optuna study shared by launches, with pruning (mnist_exp/search.py).
-"""
+"""mnist-exp's Hydra plugins, thin classes that import their work (mnist_exp/launcher.py, grid.py, search.py) only
+when a sweep runs: Hydra imports this package at every start. Their configs: config.py."""
 
 from collections.abc import Sequence
 

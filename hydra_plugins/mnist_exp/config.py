@@ -1,9 +1,5 @@
-"""The plugins' configs, registered in Hydra's ConfigStore: any Hydra app selects them by name.
-
-python train.py -m ... hydra/launcher=parallel hydra.launcher.workers=3 hydra.launcher.threads_per_job=1
-python train.py -m ... hydra/sweeper=grid          (mnist-exp's default: conf/grid_sweeper.yaml)
-python train.py -m hparams_search=lenet5_optuna hydra/sweeper/sampler=random hydra/sweeper/pruner=none
-"""
+"""The plugins' configs in Hydra's ConfigStore, for any Hydra app: hydra/launcher=parallel, hydra/sweeper=grid,
+hydra/sweeper=optuna with hydra/sweeper/sampler=tpe|random and hydra/sweeper/pruner=median|none."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +10,6 @@ from omegaconf import MISSING
 
 @dataclass
 class ParallelLauncherConf:
-    """Jobs side by side in worker processes, the longest first (mnist_exp/launcher.py)."""
-
     _target_: str = "hydra_plugins.mnist_exp.ParallelLauncher"
     workers: int | None = None  # jobs side by side; None: the usable cores / threads_per_job, at most one per job
     threads_per_job: int | None = None  # None: the most a job asks for (mnist-exp: trainer.threads), else cores / jobs
@@ -23,8 +17,6 @@ class ParallelLauncherConf:
 
 @dataclass
 class GridSweeperConf:
-    """The jobs of Hydra's basic sweeper, in its order, each composed only when it starts (mnist_exp/grid.py)."""
-
     _target_: str = "hydra_plugins.mnist_exp.GridSweeper"
     params: dict[str, str] | None = None  # key: a,b | range(a,b) | choice(a,b); the command line wins
 
@@ -37,8 +29,6 @@ class ConfirmConf:
 
 @dataclass
 class OptunaSweeperConf:
-    """Optuna's ask-and-tell over a stored study shared by launches, with pruning (mnist_exp/search.py)."""
-
     _target_: str = "hydra_plugins.mnist_exp.OptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "median"}])
     _recursive_: bool = False  # the sweeper builds the sampler (seeded per trial) and each job the pruner
@@ -64,9 +54,6 @@ store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provid
 for name, sampler in {"tpe": "TPESampler", "random": "RandomSampler"}.items():
     store.store(group="hydra/sweeper/sampler", name=name, node={"_target_": f"optuna.samplers.{sampler}", "seed": 0})
 # median: stops a trial whose validation accuracy after an epoch is below the median of earlier trials' there.
-store.store(
-    group="hydra/sweeper/pruner",
-    name="median",
-    node={"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 0},
-)
-store.store(group="hydra/sweeper/pruner", name="none", node={"_target_": "optuna.pruners.NopPruner"})
+median = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 0}
+for name, pruner in {"median": median, "none": {"_target_": "optuna.pruners.NopPruner"}}.items():
+    store.store(group="hydra/sweeper/pruner", name=name, node=pruner)
