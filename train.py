@@ -5,7 +5,8 @@
     python train.py experiment=course_grid            # a whole study (its file sets multirun)
     python train.py --help                            # every config group and option
 
-Heavy imports (torch, mlflow) happen inside the job, so --help and config errors are instant.
+MLflow is imported once a job runs, so --help and config errors answer in a second or two (checking the
+model options loads torch).
 """
 
 import sys

@@ -278,7 +278,7 @@ def _start(cfg, built, training: Training, data, datasets) -> TrainingState:
     """A new run's record of what it trains and on which data."""
     regularizers, mean, std = variant_name(cfg.regularizer), training.inputs.mean, training.inputs.std
     values = (built.parameters, built.lenet5_parameters, built.description, regularizers, mean, std)
-    mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values))))  # in RESULT_PARAMS' order
+    mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values), strict=True)))  # in RESULT_PARAMS' order
     logged_model.log_datasets(datasets)
     if data.fallback:
         mlflow.set_tag(record.FALLBACK, data.fallback)
@@ -316,11 +316,12 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     model_info = logged_model.log_model(
         PixelClassifier(model, inputs.mean, inputs.std).eval(), data.test.images[:5], variant_label(cfg)
     )
-    if data.validation is not None:
-        scores["validation"] = evaluate(model, data.validation, batch, inputs, device)
-    for split, (loss, acc, _) in scores.items():  # linked to the model (mlflow.search_logged_models) and the split
-        metrics = dict(zip(FINAL_METRICS[split], (loss, acc)))
-        mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
+    for split in FINAL_METRICS:  # each logged once scored (test first), linked to the model and the split
+        if split == "validation" and data.validation is not None:
+            scores[split] = evaluate(model, data.validation, batch, inputs, device)
+        if split in scores:
+            metrics = dict(zip(FINAL_METRICS[split], scores[split][:2], strict=True))
+            mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
     return {split: predicted for split, (_, _, predicted) in scores.items()}
 
 

@@ -274,7 +274,7 @@ def write_report(folder: Path, found: dict, table_markdown: str, figures: dict[s
     """report.md in `folder`, wording `found` (answers())."""
     folder.mkdir(parents=True, exist_ok=True)
     links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
-    template = _environment().from_string(TEMPLATE.read_text())
+    template = _environment().from_string(TEMPLATE.read_text(encoding="utf-8"))
     report = folder / record.REPORT_FILE
     report.write_text(template.render(description=description, table=table_markdown, figures=links, **found))
     return report

@@ -18,7 +18,14 @@ SCHEMAS: dict[str, type] = {}  # what register() stores, by the name option file
 
 def schema(name: str) -> Callable[[type], type]:
     """@dataclass, and known to Hydra as `<name>_schema` once register() runs."""
-    return lambda cls: SCHEMAS.setdefault(f"{name}_schema", dataclass(cls))
+
+    def add(cls: type) -> type:
+        if f"{name}_schema" in SCHEMAS:
+            raise ValueError(f"@schema({name!r}) is on {SCHEMAS[f'{name}_schema'].__name__} already")
+        SCHEMAS[f"{name}_schema"] = dataclass(cls)
+        return SCHEMAS[f"{name}_schema"]
+
+    return add
 
 
 def ranged(allowed: str, ok: Callable[[Any], bool], **metadata) -> Any:

@@ -177,7 +177,7 @@ def _tell(study, storage, trial_id: int, trial, ret) -> None:
     elif pruned_at is not None:
         state, outcome, value = TrialState.PRUNED, f"pruned after epoch {pruned_at}", None
     else:
-        state, outcome, value = TrialState.COMPLETE, f"{value:.4f}", float(value)
+        state, outcome, value = None, f"{value:.4f}", float(value)  # None: Optuna fails a NaN or inf objective
     told = study.tell(trial, value, state=state, skip_if_finished=True)
     if told.state == TrialState.FAIL and state != TrialState.FAIL:
         outcome += " (but another launch had failed it as stale and queued it again: its retry reuses this run)"

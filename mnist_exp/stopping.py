@@ -107,7 +107,8 @@ class JobSignals:
             if not isinstance(getattr(previous, "__self__", None), Interrupts):
                 with suppress(ValueError):  # not the main thread (some launchers): leave signals alone
                     signal.signal(signal.SIGTERM, _raise_interrupt)
-                    restore.callback(signal.signal, signal.SIGTERM, previous)
+                    if previous is not None:  # None: a handler set outside Python, which cannot be put back
+                        restore.callback(signal.signal, signal.SIGTERM, previous)
             yield
 
 

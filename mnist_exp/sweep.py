@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import record, stopping, tracking
+from mnist_exp import record, stopping  # tracking (mlflow) is imported where used: config errors stay instant
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ def launch_plan(cfg: DictConfig, threads: int | None = None) -> tuple[float, int
 
 def worker_died(config: DictConfig, pid: int, cause: str) -> None:
     """The parallel launcher's hook for a job whose worker died: its run closed FAILED, its status written."""
+    from mnist_exp import tracking
+
     stop, run_id, name = stopping.STOPS["worker_died"], None, None
     reason = stop.reason.format(cause=cause)
     try:
@@ -163,6 +165,8 @@ def worker_died(config: DictConfig, pid: int, cause: str) -> None:
 
 def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extends: str | None = None) -> str:
     """A sweep's parent run: the same command's, reopened unless a launch of it still runs (then one of its own)."""
+    from mnist_exp import tracking
+
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
     tags = {
         record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
@@ -191,6 +195,8 @@ def _this_launcher() -> str:
 
 def _launcher_alive(launcher: str) -> bool | None:
     """Whether the process that launched a sweep ("host pid") still runs; None on another host (unknown)."""
+    from mnist_exp import tracking
+
     host, _, pid = launcher.partition(" ")
     return tracking.pid_alive(int(pid)) if host == socket.gethostname() and pid.isdigit() else None
 
@@ -243,6 +249,8 @@ class LaunchCallback(Callback):
         self.experiment_id = _preflight(config, sweeping=False)[1]
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        from mnist_exp import tracking
+
         print(f"run: {tracking.ui_hint(config.mlflow.tracking_uri, self.experiment_id)}", flush=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -289,6 +297,8 @@ class LaunchCallback(Callback):
 
     def _close(self, stopped: str | None) -> bool:
         """Record the members and the summary on the parent run and close it; True if any job failed."""
+        from mnist_exp import tracking
+
         config, info = self.open_sweep
         self.open_sweep = None
         statuses = read_job_statuses(config.hydra.sweep.dir, info.launch_id)
@@ -329,6 +339,8 @@ def _preflight(config: DictConfig, sweeping: bool):
 
     if problems := check_launch(config, sweeping=sweeping):  # a refused job: no run of this launch may exist
         _exit(*problems[:-1], problems[-1] + ("; nothing was launched" if sweeping else ""))
+    from mnist_exp import tracking
+
     try:  # the store first: one that refuses writes leaves no output folder behind
         connected = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     except tracking.TrackingError as error:

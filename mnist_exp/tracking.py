@@ -404,7 +404,7 @@ def pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.AccessDenied:  # another user's process
         return True
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, ValueError):  # ValueError: a negative pid
         return False
 
 

@@ -45,6 +45,21 @@ def test_the_option_lists_are_read_from_conf():
     assert options("hparams_search") == ["lenet5_optuna"]
 
 
+@pytest.mark.parametrize("sweep", [[], ["-m"]], ids=["run", "sweep"])
+def test_a_config_error_is_answered_without_importing_mlflow(tmp_path, sweep):
+    """train.py's promise: a bad value is refused before MLflow (seconds of imports) is loaded."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / "train.py"), *sweep, "trainer.epochs=0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "train.py: error: trainer.epochs=0 is out of range" in done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "mlflow" not in imported and not list(tmp_path.iterdir())  # no store, no output folder
+
+
 @pytest.mark.parametrize(GROUPS, COMBINATIONS, ids=["/".join(c) for c in COMBINATIONS])
 def test_every_combination_of_options_composes_and_validates(compose, model, regularizer, optimizer, scheduler, data):
     watched = ["data.validation_size=100"] if regularizer == "early_stopping" else []  # it needs one to watch
