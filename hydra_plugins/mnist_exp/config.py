@@ -54,6 +54,9 @@ store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provid
 for name, sampler in {"tpe": "TPESampler", "random": "RandomSampler"}.items():
     store.store(group="hydra/sweeper/sampler", name=name, node={"_target_": f"optuna.samplers.{sampler}", "seed": 0})
 # median: stops a trial whose validation accuracy after an epoch is below the median of earlier trials' there.
-median = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 0}
-for name, pruner in {"median": median, "none": {"_target_": "optuna.pruners.NopPruner"}}.items():
-    store.store(group="hydra/sweeper/pruner", name=name, node=pruner)
+store.store(
+    group="hydra/sweeper/pruner",
+    name="median",
+    node={"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 0},
+)
+store.store(group="hydra/sweeper/pruner", name="none", node={"_target_": "optuna.pruners.NopPruner"})
