@@ -51,8 +51,8 @@ store.store(group="hydra/launcher", name="parallel", node=ParallelLauncherConf, 
 store.store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="mnist_exp")
 store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="mnist_exp")
 # Seeded: trial k draws with seed + k, so resumed or concurrent launches never draw alike.
-for name, sampler in {"tpe": "TPESampler", "random": "RandomSampler"}.items():
-    store.store(group="hydra/sweeper/sampler", name=name, node={"_target_": f"optuna.samplers.{sampler}", "seed": 0})
+store.store(group="hydra/sweeper/sampler", name="tpe", node={"_target_": "optuna.samplers.TPESampler", "seed": 0})
+store.store(group="hydra/sweeper/sampler", name="random", node={"_target_": "optuna.samplers.RandomSampler", "seed": 0})
 # median: stops a trial whose validation accuracy after an epoch is below the median of earlier trials' there.
 store.store(
     group="hydra/sweeper/pruner",
