@@ -1,9 +1,10 @@
-"""End to end, on one real sweep: train.py in a subprocess (the default launcher) on course-format tars of
-real digits, a real sqlite MLflow store, non-default settings (2 epochs, 100 training images held out for
-validation); what it recorded; analyze.py on it (its main, in this process: its output is what is checked):
-the table in every format, and a report answering every course question it has runs for image by image over
-seeds and test images, Holm-adjusted, from the answers each run logged, with readable figures (few series per
-panel, accuracy bands within 0-100); then the same sweep again."""
+"""End to end, on one real sweep: train.py in a subprocess (the default launcher, its jobs in that process;
+side by side: test_launcher) on course-format tars of real digits, a real sqlite MLflow store, non-default
+settings (2 epochs, 100 training images held out for validation); what it recorded; analyze.py on it (its
+main, in this process: its output is what is checked): the table in every format, and a report answering
+every course question it has runs for image by image over seeds and test images, Holm-adjusted, from the
+answers each run logged, with readable figures (few series per panel, accuracy bands within 0-100); then
+the same sweep again."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def sweep(tmp_path_factory, make_course_dataset, empty_store):
         "trainer.seed=1,2",
         "trainer.epochs=2",
         "trainer.threads=1",
+        "hydra.launcher.workers=1",  # no worker processes to start, twice (this sweep and its repeat)
         "data.validation_size=100",
         f"data.root={dataset.root}",
         f"mlflow.tracking_uri={uri}",
@@ -112,6 +114,7 @@ def analyze(sweep, capsys, *args) -> str:
 def test_sweep_exits_0_and_reports_twelve_finished_jobs(sweep):
     result = sweep["result"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Launching 12 job(s) in this process" in result.stdout
     assert "sweep summary: 12 finished, 0 skipped, 0 failed, 0 killed" in result.stdout
     # Relative paths resolved against the launch folder, not the repository.
     assert (sweep["cwd"] / "outputs" / "sweeps").is_dir() and (sweep["cwd"] / "data" / "cache").is_dir()
@@ -125,6 +128,18 @@ def test_twelve_finished_child_runs_under_one_finished_sweep_run(sweep):
     assert {r.info.status for r in children} == {"FINISHED"}
     assert {r.data.tags[record.VARIANT] for r in children} == VARIANTS
     assert {r.data.tags[record.PARENT] for r in children} == {parents[0].info.run_id}
+
+
+def test_jobs_run_in_this_process_each_log_only_their_own_lines(sweep):
+    _, _, children = runs_by_role(sweep["uri"])
+    run_ids = {child.info.run_id for child in children}
+    named = []
+    for log in (sweep["cwd"] / "outputs" / "sweeps").rglob("train.log"):
+        text = log.read_text()
+        (own,) = [run_id for run_id in run_ids if run_id in text]  # its own run, none of the jobs before it
+        named.append(own)
+        assert "mnist_exp.launcher" not in text, "the launcher's own lines stay out of a job's log"
+    assert sorted(named) == sorted(run_ids), "a log per job"
 
 
 def test_every_run_logged_exactly_two_epochs(sweep):
@@ -157,7 +172,7 @@ def test_every_run_records_model_size_and_data_identity(sweep):
         assert params["data.resolved_source"] == "course"
 
 
-def test_every_run_has_its_artifacts_and_its_mlflow_model_reproduces_its_accuracy(sweep):
+def test_every_run_has_its_artifacts_and_every_variants_mlflow_model_reproduces_its_accuracy(sweep):
     client, _, children = runs_by_role(sweep["uri"])
     for child in children:
         run_id = child.info.run_id
@@ -170,6 +185,9 @@ def test_every_run_has_its_artifacts_and_its_mlflow_model_reproduces_its_accurac
         assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml", "hydra/train.log"} <= hydra_files
         assert run_id in Path(folder, "hydra", "train.log").read_text(), "the job's log names its run"
 
+    # One run per variant: the variants' models differ (architecture, dropout), two seeds' do not.
+    scored_runs = [child for child in children if child.data.params["trainer.seed"] == "1"]
+    assert {child.data.tags[record.VARIANT] for child in scored_runs} == VARIANTS and len(scored_runs) == 6
     test = sweep["dataset"].test
     np.savez(sweep["cwd"] / "test.npz", images=test.images, labels=test.labels)
     scored = subprocess.run(
@@ -179,7 +197,7 @@ def test_every_run_has_its_artifacts_and_its_mlflow_model_reproduces_its_accurac
             SCORE_MODELS,
             sweep["uri"],
             str(sweep["cwd"] / "test.npz"),
-            *(part for c in children for part in (c.info.run_id, record.model_name(c.data.tags[record.VARIANT]))),
+            *(part for c in scored_runs for part in (c.info.run_id, record.model_name(c.data.tags[record.VARIANT]))),
         ],
         capture_output=True,
         text=True,
@@ -187,7 +205,7 @@ def test_every_run_has_its_artifacts_and_its_mlflow_model_reproduces_its_accurac
     )
     assert scored.returncode == 0, scored.stderr[-3000:]
     scores = json.loads(scored.stdout.strip().splitlines()[-1])
-    for child in children:  # exactly: both are correct / total over the same 200 digits
+    for child in scored_runs:  # exactly: both are correct / total over the same 200 digits
         assert scores[child.info.run_id] == child.data.metrics["final_test_acc"], child.info.run_name
 
 
