@@ -414,49 +414,50 @@ def test_experiment_without_runs(store):
         select_runs(store["uri"], "empty")
 
 
-def test_analyze_exits_1_with_one_line_when_every_run_failed(store):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "analyze.py"), "--tracking-uri", store["uri"], "--experiment", "failed-only"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-    assert result.returncode == 1
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("analyze.py: ") and "no FINISHED runs" in lines[0] and "FAILED" in lines[0]
+def one_line_refusal(capsys, args: list[str]) -> str:
+    """analyze.py's main, in this process: exit 1, nothing on stdout, one line on stderr; that line."""
+    capsys.readouterr()
+    assert analyze_main()(args) == 1
+    out, err = capsys.readouterr()
+    assert out == "", out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("analyze.py: "), err[-2000:]
+    return lines[0]
 
 
-@pytest.mark.parametrize("case", ["--metric val without a validation split", "a tracking URI MLflow cannot open"])
-def test_analyze_refuses_in_one_line_what_it_cannot_answer(store, tmp_path, case):
-    args, env, expected = {
+@pytest.mark.parametrize("case", ["every run failed", "--metric val without a validation split"])
+def test_analyze_exits_1_with_one_line_when_it_cannot_answer(store, capsys, case):
+    args, expected = {
+        "every run failed": (
+            ["--tracking-uri", store["uri"], "--experiment", "failed-only"],
+            ["no FINISHED runs", "FAILED"],
+        ),
         "--metric val without a validation split": (
             ["--tracking-uri", store["uri"], "--experiment", "grid", "--sweep", "all", "--metric", "val"],
-            {},
             ["--metric val: 10 of 10 runs held out no validation split", "lenet5/dropout/sgd", "data.validation_size"],
-        ),
-        "a tracking URI MLflow cannot open": (
-            [],
-            {"MLFLOW_TRACKING_URI": "foo://x"},
-            ["cannot use the MLflow store mlflow.tracking_uri=foo://x: "],
         ),
     }[case]
 
+    line = one_line_refusal(capsys, args)
+
+    assert all(part in line for part in expected), line
+
+
+def test_a_tracking_uri_mlflow_cannot_open_is_refused_in_one_line_with_nothing_from_mlflow(tmp_path):
+    # Its own process, the URI from the environment: all a user sees, MLflow's own logging included.
     result = subprocess.run(
-        [sys.executable, str(REPO / "analyze.py"), *args],
+        [sys.executable, str(REPO / "analyze.py")],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, **env},
+        env={**os.environ, "MLFLOW_TRACKING_URI": "foo://x"},
     )
 
     assert result.returncode == 1 and result.stdout == "", result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("analyze.py: "), result.stderr[-2000:]
-    assert all(part in lines[0] for part in expected), lines[0]
+    assert "cannot use the MLflow store mlflow.tracking_uri=foo://x: " in lines[0], lines[0]
 
 
 # --- statistics: the table's comparisons are significance's, on each run's logged answers ---
@@ -750,34 +751,24 @@ def test_the_default_table_fits_120_columns_and_wide_keeps_every_column(store):
     )
 
 
-def test_report_is_written_and_logged_to_the_sweep_run(store, tmp_path):
+def test_report_is_written_and_logged_to_the_sweep_run(store, tmp_path, capsys):
     client = store["client"]
     parent = store["parents"]["keyb"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "analyze.py"),
-            "--tracking-uri",
-            store["uri"],
-            "--experiment",
-            "sweeps",
-            "--sweep",
-            "keyb",
-            "--report",
-            str(tmp_path / "report"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    capsys.readouterr()
+    main = analyze_main()
+    code = main(
+        ["--tracking-uri", store["uri"], "--experiment", "sweeps", "--sweep", "keyb"]
+        + ["--report", str(tmp_path / "report")]
     )
+    stderr = capsys.readouterr().err
 
-    assert result.returncode == 0, result.stderr
+    assert code == 0, stderr
     report_text = (tmp_path / "report" / "report.md").read_text()
     assert "This selection lacks a plain LeNet-5 and a plain MLP trained alike." in report_text
     assert (  # runs logged without answers or a model: named, with what to do, in one line
         "2 runs have no per-image answers, so their comparisons have no test: lenet5/none/sgd seed=1, "
         "lenet5/none/sgd seed=2 (run "
-    ) in result.stderr and "to re-score them from their logged models" in result.stderr
+    ) in stderr and "to re-score them from their logged models" in stderr
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/report.md" in logged
 

@@ -1,6 +1,7 @@
 """Optuna searches through our sweeper (hydra/sweeper=optuna), for real: train.py in a subprocess,
 the study in its sqlite file beside a real MLflow store, a real SIGKILL in the middle of a trial, two
-identical searches at once, and the commands analyze.py prints for a trial."""
+identical searches at once, and the commands analyze.py prints for a trial (its main, in this process:
+the report and the commands are what is checked, and each command is run for real)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import mlflow
 import optuna
 import pytest
-from conftest import REPO, Hold, job_runs, run_script, sweep_runs
+from conftest import REPO, Hold, analyze_main, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import record
@@ -44,11 +45,22 @@ def epochs_logged(client: MlflowClient, run) -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
 
 
+def analyze(capsys, project_dir, *args: str) -> tuple[str, str]:
+    """analyze.py's (stdout, stderr) on the search's store; it must exit 0."""
+    capsys.readouterr()
+    code = analyze_main()(["--tracking-uri", f"sqlite:///{project_dir}/mlflow.db", *args])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    return out, err
+
+
 def test_identical_searches_launched_together_share_the_study_s_trials(project_dir, course_dataset):
     command = search_command(
-        course_dataset, "hydra.sweeper.n_trials=4", "trainer.epochs=1", "hydra/sweeper/pruner=none"
+        course_dataset, "hydra.sweeper.n_trials=2", "trainer.epochs=1", "hydra/sweeper/pruner=none"
     )
-    hold = Hold(project_dir / "hold", epoch=1)  # both held in a trial of their own: the launches overlap for sure
+    # Both held in a trial of their own: the launches overlap for sure, and the study's 2 trials are all
+    # asked while both run, so neither may ask a third.
+    hold = Hold(project_dir / "hold", epoch=1)
     processes = [
         subprocess.Popen(
             [sys.executable, str(REPO / "train.py"), *command],
@@ -69,13 +81,13 @@ def test_identical_searches_launched_together_share_the_study_s_trials(project_d
     for process, output in zip(processes, outputs):
         assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
     trials = study_of(project_dir).trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4, "no live trial failed by the other launch, none extra"
-    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4, "the launches drew different trials"
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2, "no live trial failed by the other launch, none extra"
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 2, "the launches drew different trials"
     runs = job_runs(f"sqlite:///{project_dir}/mlflow.db")
-    assert sorted(r.data.tags[record.TRIAL] for r in runs) == ["0", "1", "2", "3"], "one run per trial"
+    assert sorted(r.data.tags[record.TRIAL] for r in runs) == ["0", "1"], "one run per trial"
     assert {r.info.status for r in runs} == {"FINISHED"}
     trained = [int(output.split("sweep summary: ")[1].split(" finished")[0]) for output in outputs]
-    assert sorted(trained)[0] >= 1 and sum(trained) == 4, trained
+    assert trained == [1, 1], trained
 
 
 def test_a_killed_search_continues_its_study_and_resumes_the_interrupted_trial(project_dir, course_dataset):
@@ -171,14 +183,13 @@ def test_a_hopeless_trial_is_pruned_and_every_trial_is_a_tagged_nested_run(prune
     assert f"best trial {best}: value {runs[best].data.metrics['final_val_acc']:.4f}" in result.stdout
 
 
-def test_analyze_reports_a_search_readably_with_its_pruned_trial_apart(pruned_search):
+def test_analyze_reports_a_search_readably_with_its_pruned_trial_apart(pruned_search, capsys):
     project_dir, _ = pruned_search
 
-    result = run_script("analyze.py", "--report", "report", cwd=project_dir)
+    _, stderr = analyze(capsys, project_dir, "--report", str(project_dir / "report"))
 
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 finished runs" in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if "not in the table" in line]
+    assert "1 finished runs" in stderr
+    (line,) = [line for line in stderr.splitlines() if "not in the table" in line]
     assert "lr=1e-05" in line and "(pruned) pruned by MedianPruner after epoch 1 of 3" in line
     text = (project_dir / "report" / "report.md").read_text()
     runs = {r.data.tags[record.TRIAL]: r for r in job_runs(f"sqlite:///{project_dir}/mlflow.db")}
@@ -195,15 +206,14 @@ def test_analyze_reports_a_search_readably_with_its_pruned_trial_apart(pruned_se
 # The two tests below train the trials again, so they come last: the tests above read the search as it ended.
 
 
-def test_the_printed_command_of_a_trial_trains_it_alone_to_the_same_numbers(pruned_search):
+def test_the_printed_command_of_a_trial_trains_it_alone_to_the_same_numbers(pruned_search, capsys):
     project_dir, _ = pruned_search
     uri = f"sqlite:///{project_dir}/mlflow.db"
     trial = {r.data.tags[record.TRIAL]: r for r in job_runs(uri)}["0"]
 
-    printed = run_script("analyze.py", "--command", trial.info.run_id, cwd=project_dir, timeout=120)
+    printed, _ = analyze(capsys, project_dir, "--command", trial.info.run_id)
 
-    assert printed.returncode == 0, printed.stderr
-    words = shlex.split(printed.stdout.strip())
+    words = shlex.split(printed.strip())
     assert words[:2] == ["python", str(REPO / "train.py")] and "hydra.mode=RUN" in words
     assert "optimizer.lr=0.05" in words and not any(w.startswith("hydra.sweeper") for w in words)
     again = run_script("train.py", *words[2:], "force=true", cwd=project_dir, timeout=300)
@@ -214,16 +224,15 @@ def test_the_printed_command_of_a_trial_trains_it_alone_to_the_same_numbers(prun
         assert rerun.data.metrics[key] == trial.data.metrics[key], key
 
 
-def test_the_printed_command_of_a_pruned_trial_trains_it_in_full_in_its_own_run(pruned_search):
+def test_the_printed_command_of_a_pruned_trial_trains_it_in_full_in_its_own_run(pruned_search, capsys):
     project_dir, _ = pruned_search
     uri = f"sqlite:///{project_dir}/mlflow.db"
     pruned = {r.data.tags.get(record.TRIAL): r for r in job_runs(uri)}["1"]
 
-    printed = run_script("analyze.py", "--command", pruned.info.run_id, cwd=project_dir, timeout=120)
+    printed, stderr = analyze(capsys, project_dir, "--command", pruned.info.run_id)
 
-    assert printed.returncode == 0, printed.stderr
-    assert "No command re-creates this run as it stopped (pruned by MedianPruner after epoch 1" in printed.stderr
-    again = run_script("train.py", *shlex.split(printed.stdout.strip())[2:], cwd=project_dir, timeout=300)
+    assert "No command re-creates this run as it stopped (pruned by MedianPruner after epoch 1" in stderr
+    again = run_script("train.py", *shlex.split(printed.strip())[2:], cwd=project_dir, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"resuming run {pruned.info.run_id} after epoch 1" in again.stdout + again.stderr
     twins = [r for r in job_runs(uri) if r.data.tags[record.CONFIG_HASH] == pruned.data.tags[record.CONFIG_HASH]]
