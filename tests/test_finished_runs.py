@@ -191,7 +191,10 @@ def test_diff_of_two_runs_prints_exactly_the_setting_that_differs(two_runs, tmp_
     a, b = runs["0.01"], runs["0.05"]
     monkeypatch.chdir(folder)  # analyze.py in-process, from the folder the runs were trained in
 
-    assert analyze_main()(["--diff", a.info.run_id, b.info.run_name, "--plots", str(tmp_path / "plots")]) == 0
+    plots = str(tmp_path / "plots")
+    assert (
+        analyze_main()(["--tracking-uri", uri(folder), "--diff", a.info.run_id, b.info.run_name, "--plots", plots]) == 0
+    )
 
     settings, metrics = capsys.readouterr().out.split("| final metric")
     rows = [line for line in settings.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
@@ -212,7 +215,7 @@ def test_command_re_creates_the_run_to_the_last_digit(two_runs, monkeypatch, cap
     run = runs["0.01"]
     monkeypatch.chdir(folder)  # analyze.py in-process; the command it prints is run as a user runs it
 
-    assert analyze_main()(["--command", run.info.run_name]) == 0
+    assert analyze_main()(["--tracking-uri", uri(folder), "--command", run.info.run_name]) == 0
 
     words = shlex.split(capsys.readouterr().out.strip())
     assert words[:2] == ["python", str(REPO / "train.py")]
