@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -61,9 +62,10 @@ def test_a_password_that_reaches_connect_from_a_config_file_is_refused_without_p
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, empty_store):
     """`mlflow server --app-name basic-auth` on 127.0.0.1 whose admin is alice; its folder holds its whole store."""
     folder = tmp_path_factory.mktemp("auth-server")
+    shutil.copy(empty_store, folder / "store.db")  # its tracking store migrated already: ~6 s less to come up
     (folder / "auth.ini").write_text(
         f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder}/auth.db\n"
         f"admin_username = {USER}\nadmin_password = {PASSWORD}\n"
