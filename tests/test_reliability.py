@@ -155,7 +155,7 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(data_errors):
 
 
 # Two jobs at once on a store that does not exist yet (the case where parallel jobs used to race; section 4),
-# then read and repeated by the tests below.
+# then forced to train again by the test below.
 PARALLEL = [
     "model=lenet5,mlp",
     "trainer.epochs=2",
@@ -172,23 +172,22 @@ def parallel_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
     return folder, train(folder, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *PARALLEL)
 
 
-def test_repeated_sweep_skips_finished_runs_and_force_trains_again(parallel_sweep, tmp_path, monkeypatch, capsys):
+# That a repeated sweep skips its finished jobs and adds no run is test_sweep_integration's
+# test_repeating_the_sweep_skips_every_job_and_adds_no_runs (and test_mlflow_native's sweeps reuse runs).
+def test_force_trains_a_finished_sweep_again_and_the_table_counts_each_config_once(
+    parallel_sweep, tmp_path, monkeypatch, capsys
+):
     project_dir = tmp_path / "project"  # a copy: the parallel sweep's store stays as it was
     shutil.copytree(parallel_sweep[0], project_dir)
     first = {r.info.run_id for r in job_runs(store_uri(project_dir))}
     assert len(first) == 2
-    # The same sweep again, its jobs in this process: skipping is the job's decision, whichever launcher runs it,
-    # and two spawned workers cost more than the tiny runs.
-    sweep = [*PARALLEL, "hydra/launcher=basic"]
 
-    again = train(project_dir, *sweep)
-    assert again.returncode == 0
-    assert "sweep summary: 0 finished, 2 skipped" in again.stdout
-    assert {r.info.run_id for r in job_runs(store_uri(project_dir))} == first
-
-    forced = train(project_dir, *sweep, "force=true")
+    # The same sweep, its jobs in this process (force is the job's decision, whichever launcher runs it; two
+    # spawned workers cost more than the tiny runs).
+    forced = train(project_dir, *PARALLEL, "hydra/launcher=basic", "force=true")
     assert "sweep summary: 2 finished, 0 skipped" in forced.stdout
-    assert len(job_runs(store_uri(project_dir))) == 4
+    runs = {r.info.run_id for r in job_runs(store_uri(project_dir))}
+    assert len(runs) == 4 and first < runs, "two new runs beside the first two"
 
     monkeypatch.chdir(project_dir)  # in this process: the table is the test, not its process
     assert analyze_main()(["--tracking-uri", store_uri(project_dir), "--format", "json"]) == 0
