@@ -16,7 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, job_runs, model_server, run_script
+from conftest import REPO, analyze_main, job_runs, model_server, run_script
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import diff, shipped
@@ -186,23 +186,17 @@ def test_a_run_logs_the_machines_use_as_system_metrics(two_runs):
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
 
 
-def test_diff_of_two_runs_prints_exactly_the_setting_that_differs(two_runs, tmp_path):
+def test_diff_of_two_runs_prints_exactly_the_setting_that_differs(two_runs, tmp_path, monkeypatch, capsys):
     folder, runs = two_runs
     a, b = runs["0.01"], runs["0.05"]
+    monkeypatch.chdir(folder)  # analyze.py in-process, from the folder the runs were trained in
 
-    result = run_script(
-        "analyze.py",
-        "--diff",
-        a.info.run_id,
-        b.info.run_name,
-        "--plots",
-        str(tmp_path / "plots"),
-        cwd=folder,
-        timeout=120,
+    plots = str(tmp_path / "plots")
+    assert (
+        analyze_main()(["--tracking-uri", uri(folder), "--diff", a.info.run_id, b.info.run_name, "--plots", plots]) == 0
     )
 
-    assert result.returncode == 0, result.stderr
-    settings, metrics = result.stdout.split("| final metric")
+    settings, metrics = capsys.readouterr().out.split("| final metric")
     rows = [line for line in settings.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
     assert rows == ["| optimizer.lr | 0.01 | 0.05 |"]
     for key in ("final_test_acc", "final_test_loss", "train_time_s"):
@@ -216,14 +210,14 @@ def test_diff_of_two_runs_prints_exactly_the_setting_that_differs(two_runs, tmp_
         diff.find(selection, "mlp/none/sgd")  # a label is all seeds of one variant
 
 
-def test_command_re_creates_the_run_to_the_last_digit(two_runs):
+def test_command_re_creates_the_run_to_the_last_digit(two_runs, monkeypatch, capsys):
     folder, runs = two_runs
     run = runs["0.01"]
+    monkeypatch.chdir(folder)  # analyze.py in-process; the command it prints is run as a user runs it
 
-    printed = run_script("analyze.py", "--command", run.info.run_name, cwd=folder, timeout=120)
+    assert analyze_main()(["--tracking-uri", uri(folder), "--command", run.info.run_name]) == 0
 
-    assert printed.returncode == 0, printed.stderr
-    words = shlex.split(printed.stdout.strip())
+    words = shlex.split(capsys.readouterr().out.strip())
     assert words[:2] == ["python", str(REPO / "train.py")]
     assert sorted(words[2:]) == sorted(["model=mlp", "optimizer.lr=0.01", *SMALL])
     again = run_script("train.py", *words[2:], "force=true", cwd=folder, timeout=300)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import REPO, Hold, job_runs, run_script, sweep_runs
+from conftest import REPO, Hold, analyze_main, job_runs, run_script, sweep_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import job, record, tracking
@@ -30,8 +30,25 @@ def train(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Complete
     return run_script("train.py", *args, cwd=cwd, timeout=300, env=env)
 
 
-def analyze(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run_script("analyze.py", *args, cwd=cwd, timeout=120, env=env)
+@pytest.fixture
+def analyze(monkeypatch, capsys):
+    """analyze(cwd, *args) -> (exit code, stdout, stderr): analyze.py in this process, as if run from `cwd`. No
+    test here checks its process, and starting one costs ~7 s of imports. Give the store by its absolute URI: MLflow
+    keeps a store per URI in the process, so sqlite:///mlflow.db would read the first folder's."""
+    main = analyze_main()
+
+    def _analyze(cwd: Path, *args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with monkeypatch.context() as scope:
+            scope.chdir(cwd)
+            try:
+                code = main(list(args))
+            finally:
+                mlflow.set_tracking_uri(None)  # --register sets it for mlflow.register_model
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return _analyze
 
 
 def uri(folder: Path) -> str:
@@ -41,7 +58,7 @@ def uri(folder: Path) -> str:
 # --- run identity follows the data and the code actually used ---
 
 
-def test_a_run_on_the_offline_fallback_never_stands_in_for_one_on_real_data(project_dir, make_course_dataset):
+def test_a_run_on_the_offline_fallback_never_stands_in_for_one_on_real_data(project_dir, make_course_dataset, analyze):
     # data.root is a link: first to where nothing can be found or downloaded, later to the real digits.
     (project_dir / "blocker").write_text("a regular file: nothing can be created below it\n")
     link = project_dir / "mnist"
@@ -69,12 +86,12 @@ def test_a_run_on_the_offline_fallback_never_stands_in_for_one_on_real_data(proj
     assert "sweep summary: 0 finished, 1 skipped" in again.stdout
     assert "already FINISHED on the same data" in again.stdout + again.stderr
 
-    table = analyze(project_dir, "--sweep", "all", "--format", "json")
-    assert table.returncode == 0, table.stderr
-    rows = {row["data"]: row for row in json.loads(table.stdout)}
+    code, table, said = analyze(project_dir, "--tracking-uri", uri(project_dir), "--sweep", "all", "--format", "json")
+    assert code == 0, said
+    rows = {row["data"]: row for row in json.loads(table)}
     assert set(rows) == {"sample 300/100 (offline fallback)", "course 300/100"}, "never pooled across data"
     assert all(row["n"] == 1 for row in rows.values())
-    assert "offline fallback sample" in analyze(project_dir, "--sweep", "all").stderr
+    assert "offline fallback sample" in said
 
 
 # One small run read by the tests below: its code, context tags, dataset inputs and exact accuracies.
@@ -138,7 +155,7 @@ def test_a_store_written_since_per_image_answers_is_migrated_once_and_its_runs_k
 # --- MLflow's environment and context ---
 
 
-def test_mlflow_environment_variables_choose_the_store_and_experiment(project_dir, empty_store):
+def test_mlflow_environment_variables_choose_the_store_and_experiment(project_dir, empty_store, analyze, monkeypatch):
     other = project_dir / "elsewhere"
     other.mkdir()
     shutil.copy(empty_store, other / "mlflow.db")
@@ -150,8 +167,10 @@ def test_mlflow_environment_variables_choose_the_store_and_experiment(project_di
     assert len(job_runs(uri(other), "from-env")) == 1
     assert len(job_runs(uri(other), "explicit")) == 1, "an explicit override still wins"
     assert job_runs(uri(project_dir)) == [], "nothing went to ./mlflow.db"
-    table = analyze(project_dir, "--format", "csv", env=env)
-    assert table.returncode == 0 and len(table.stdout.strip().splitlines()) == 2, table.stderr
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    code, table, said = analyze(project_dir, "--format", "csv")
+    assert code == 0 and len(table.strip().splitlines()) == 2, said
 
 
 def test_runs_carry_mlflows_context_tags_and_where_they_ran(one_run):
@@ -215,9 +234,21 @@ def test_each_split_is_a_logged_dataset_input(one_run):
         assert json.loads(dataset.profile)["features_shape"] == [size, 28, 28]
 
 
-def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(project_dir):
-    result = train(project_dir, "-m", "model=lenet5,mlp", "hydra/launcher=basic", *SMALL)
+# A sweep of both models, read by the test below and widened by the sweep-run test further on (in a copy).
+SEQUENTIAL = ["hydra/launcher=basic", *SMALL]  # the sweep run is the callback's, whichever launcher runs the jobs
+
+
+@pytest.fixture(scope="module")
+def both_models(tmp_path_factory, empty_store) -> Path:
+    folder = tmp_path_factory.mktemp("both-models")
+    shutil.copy(empty_store, folder / "mlflow.db")
+    result = train(folder, "-m", "model=lenet5,mlp", *SEQUENTIAL)
     assert result.returncode == 0, result.stderr[-2000:]
+    return folder
+
+
+def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(both_models, analyze):
+    project_dir = both_models
     runs = {r.data.params["model.name"]: r for r in job_runs(uri(project_dir))}
 
     client = MlflowClient(uri(project_dir))
@@ -239,20 +270,22 @@ def test_the_model_is_a_logged_model_with_its_final_metrics_and_registers(projec
 
     assert {m.name for m in models} == {"lenet5-none-sgd", "mlp-none-sgd"}, "named after the variant"
 
-    registered = analyze(project_dir, "--register", "mnist-best")
-    assert registered.returncode == 0, registered.stderr
+    code, registered, said = analyze(project_dir, "--tracking-uri", uri(project_dir), "--register", "mnist-best")
+    assert code == 0, said
     best = max(runs.values(), key=lambda r: r.data.metrics["final_test_acc"])
-    assert "models:/mnist-best/1" in registered.stdout
+    assert "models:/mnist-best/1" in registered
     version = client.get_model_version("mnist-best", "1")
     assert version.run_id == best.info.run_id
     assert version.tags["variant"] == best.data.tags[record.VARIANT]
-    again = analyze(project_dir, "--register", "mnist-best")
-    assert again.returncode == 0, again.stderr
-    assert f"already registered: the model of {best.data.tags[record.VARIANT]}" in again.stdout
-    assert "models:/mnist-best/1" in again.stdout
+    code, again, said = analyze(project_dir, "--tracking-uri", uri(project_dir), "--register", "mnist-best")
+    assert code == 0, said
+    assert f"already registered: the model of {best.data.tags[record.VARIANT]}" in again
+    assert "models:/mnist-best/1" in again
     assert [str(v.version) for v in client.search_model_versions("name = 'mnist-best'")] == ["1"]
-    named = analyze(project_dir, "--register", "mnist-lenet5")  # whichever model is best: the name says LeNet-5
-    assert named.returncode == 0, named.stderr
+    code, _, said = analyze(
+        project_dir, "--tracking-uri", uri(project_dir), "--register", "mnist-lenet5"
+    )  # whichever is best: the name says LeNet-5
+    assert code == 0, said
     assert client.get_model_version("mnist-lenet5", "1").run_id == runs["lenet5"].info.run_id
 
 
@@ -311,25 +344,24 @@ def test_ctrl_c_closes_the_sweep_and_its_runs_killed_and_the_same_command_resume
     assert record.ERROR not in run.data.tags
 
 
-def test_the_sweep_run_lists_every_member_and_names_say_what_differs(project_dir):
-    sequential = ["hydra/launcher=basic", *SMALL]  # the sweep run is the callback's, whichever launcher runs the jobs
-    first = train(project_dir, "-m", "optimizer.lr=0.01,0.02", *sequential)
-    assert first.returncode == 0, first.stderr[-2000:]
-    wider = train(project_dir, "-m", "optimizer.lr=0.01,0.02", "model=lenet5,mlp", *sequential)
+def test_the_sweep_run_lists_every_member_and_names_say_what_differs(both_models, tmp_path, analyze):
+    project_dir = tmp_path / "project"  # a copy: the first sweep, of both models at lr=0.01, stays as it was
+    shutil.copytree(both_models, project_dir)
+    wider = train(project_dir, "-m", "optimizer.lr=0.01,0.02", "model=lenet5,mlp", *SEQUENTIAL)
     assert "sweep summary: 2 finished, 2 skipped" in wider.stdout
     assert "runs: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning" in wider.stdout
 
     runs = job_runs(uri(project_dir))
-    assert sorted(r.info.run_name for r in runs) == [
-        "lenet5/none/sgd lr=0.01 seed=0",
+    assert sorted(r.info.run_name for r in runs) == [  # what differs in the sweep that trained each run
         "lenet5/none/sgd lr=0.02 seed=0",
-        "mlp/none/sgd lr=0.01 seed=0",
+        "lenet5/none/sgd seed=0",
         "mlp/none/sgd lr=0.02 seed=0",
+        "mlp/none/sgd seed=0",
     ]
     assert not any(key.startswith(record.PREFIX + "sweep.") for r in runs for key in r.data.tags), (
         "membership must not add a tag column per sweep"
     )
-    parent = next(p for p in sweep_runs(uri(project_dir)) if "model=lenet5,mlp" in p.info.run_name)
+    parent = next(p for p in sweep_runs(uri(project_dir)) if "optimizer.lr=0.01,0.02" in p.info.run_name)
     assert parent.info.run_name.startswith("sweep: model=lenet5,mlp optimizer.lr=0.01,0.02 (data.limit_test=100 ")
     description = parent.data.tags[record.NOTE]
     for run in runs:  # the two reused runs were trained by the first sweep, nested there, and listed here
@@ -339,14 +371,14 @@ def test_the_sweep_run_lists_every_member_and_names_say_what_differs(project_dir
         )
     assert description.count("reused (already FINISHED)") == 2
 
-    table = analyze(project_dir, "--format", "csv")
-    assert len(table.stdout.strip().splitlines()) == 1 + 4, "the latest sweep is all four runs"
+    code, table, said = analyze(project_dir, "--tracking-uri", uri(project_dir), "--format", "csv")
+    assert code == 0 and len(table.strip().splitlines()) == 1 + 4, "the latest sweep is all four runs"
 
 
 # --- numbers that mean one thing ---
 
 
-def test_accuracies_are_exact_fractions_everywhere_and_percent_columns_say_so(one_run):
+def test_accuracies_are_exact_fractions_everywhere_and_percent_columns_say_so(one_run, analyze):
     folder, run = one_run
     client = MlflowClient(uri(folder))
     sizes = {"test": 250, "train": 250}
@@ -357,7 +389,7 @@ def test_accuracies_are_exact_fractions_everywhere_and_percent_columns_say_so(on
     for key, n in (("final_test_acc", 250), ("best_test_acc", 250), ("train_eval_acc", 250)):
         assert run.data.metrics[key] == round(run.data.metrics[key] * n) / n, key
 
-    header = analyze(folder, "--format", "csv").stdout.splitlines()[0].split(",")
+    header = analyze(folder, "--tracking-uri", uri(folder), "--format", "csv")[1].splitlines()[0].split(",")
     assert {"acc_pct", "final_test_acc_pct", "best_test_acc_pct", "train_eval_acc_pct", "gap_pp"} <= set(header)
     assert not {"test_acc", "train_acc", "gap"} & set(header), "a bare metric name holds a fraction in MLflow"
 

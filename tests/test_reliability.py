@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO as ROOT
-from conftest import Hold, job_runs, png_bytes, run_script, sweep_runs, write_tar
+from conftest import Hold, analyze_main, job_runs, png_bytes, run_script, sweep_runs, write_tar
 from mlflow.tracking import MlflowClient
 
 from mnist_exp import checkpoints, record
@@ -96,7 +96,14 @@ def test_failed_jobs_are_recorded_the_sweep_goes_on_a_refused_one_runs_nothing_a
     assert selection.sweep_keys == [key] and len(selection.finished) == 2, selection.description
 
 
-def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, sample_digits):
+DATA_ERRORS = ["no_label", "label_out_of_range", "duplicate_ids", "wrong_size", "empty_tar", "corrupt_png", "missing"]
+
+
+@pytest.fixture(scope="module")
+def data_errors(tmp_path_factory, empty_store, sample_digits) -> tuple[Path, subprocess.CompletedProcess]:
+    """A sweep with one job per kind of bad data folder (DATA_ERRORS): a store holding only FAILED runs."""
+    project_dir = tmp_path_factory.mktemp("data-errors")
+    shutil.copy(empty_store, project_dir / "mlflow.db")
     images, labels = sample_digits["train"].images[:20], sample_digits["train"].labels[:20]
     cases = {
         "no_label": dict(names=[f"train/{i:05d}.png" for i in range(20)]),
@@ -115,19 +122,22 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
     corrupt = project_dir / "corrupt_png"
     write_tar(corrupt / "train.tar", [("train/00000_1.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 32)])
     write_course_tar(corrupt / "test.tar", images, labels)
-    roots = ["no_label", "label_out_of_range", "duplicate_ids", "wrong_size", "empty_tar", "corrupt_png", "missing"]
-
     result = train(
         project_dir,
         "data.source=course",
-        "data.root=" + ",".join(roots),
+        "data.root=" + ",".join(DATA_ERRORS),
         "hydra/launcher=basic",
         "trainer.epochs=1",
         "trainer.threads=1",
     )
+    return project_dir, result
+
+
+def test_each_data_error_fails_its_own_job_with_the_file_named(data_errors):
+    project_dir, result = data_errors
 
     assert result.returncode == 1
-    assert f"0 finished, 0 skipped, {len(roots)} failed" in result.stdout
+    assert f"0 finished, 0 skipped, {len(DATA_ERRORS)} failed" in result.stdout
     errors = {
         Path(r.data.params["data.root"]).name: r.data.tags[record.ERROR] for r in job_runs(store_uri(project_dir))
     }
@@ -144,25 +154,44 @@ def test_each_data_error_fails_its_own_job_with_the_file_named(project_dir, samp
 # --- 2. idempotent re-runs ---
 
 
-def test_repeated_sweep_skips_finished_runs_and_force_trains_again(project_dir):
-    # One after another in this process: skipping is the job's decision, and three sweeps of two
-    # spawned workers each cost more than their tiny runs (test_sweep_integration repeats a sweep on
-    # the default launcher).
-    sweep = ["model=lenet5,mlp", "hydra/launcher=basic", *SMALL]
-    assert train(project_dir, *sweep).returncode == 0
+# Two jobs at once on a store that does not exist yet (the case where parallel jobs used to race; section 4),
+# then forced to train again by the test below.
+PARALLEL = [
+    "model=lenet5,mlp",
+    "trainer.epochs=2",
+    "data.source=sample",
+    "data.limit_train=300",
+    "data.limit_test=100",
+    "trainer.threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("parallel")  # no mlflow.db: the jobs create it
+    return folder, train(folder, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *PARALLEL)
+
+
+# That a repeated sweep skips its finished jobs and adds no run is test_sweep_integration's
+# test_repeating_the_sweep_skips_every_job_and_adds_no_runs (and test_mlflow_native's sweeps reuse runs).
+def test_force_trains_a_finished_sweep_again_and_the_table_counts_each_config_once(
+    parallel_sweep, tmp_path, monkeypatch, capsys
+):
+    project_dir = tmp_path / "project"  # a copy: the parallel sweep's store stays as it was
+    shutil.copytree(parallel_sweep[0], project_dir)
     first = {r.info.run_id for r in job_runs(store_uri(project_dir))}
+    assert len(first) == 2
 
-    again = train(project_dir, *sweep)
-    assert again.returncode == 0
-    assert "sweep summary: 0 finished, 2 skipped" in again.stdout
-    assert {r.info.run_id for r in job_runs(store_uri(project_dir))} == first
-
-    forced = train(project_dir, *sweep, "force=true")
+    # The same sweep, its jobs in this process (force is the job's decision, whichever launcher runs it; two
+    # spawned workers cost more than the tiny runs).
+    forced = train(project_dir, *PARALLEL, "hydra/launcher=basic", "force=true")
     assert "sweep summary: 2 finished, 0 skipped" in forced.stdout
-    assert len(job_runs(store_uri(project_dir))) == 4
+    runs = {r.info.run_id for r in job_runs(store_uri(project_dir))}
+    assert len(runs) == 4 and first < runs, "two new runs beside the first two"
 
-    table = analyze(project_dir, "--format", "json")
-    rows = json.loads(table.stdout)
+    monkeypatch.chdir(project_dir)  # in this process: the table is the test, not its process
+    assert analyze_main()(["--tracking-uri", store_uri(project_dir), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert sorted(row["model"] for row in rows) == ["lenet5", "mlp"]
     assert all(row["n"] == 1 for row in rows), "a config trained twice must count once"
 
@@ -210,40 +239,71 @@ def test_sigterm_closes_the_run_as_killed_and_a_rerun_finishes_it(project_dir):
     )
 
 
-CHECKPOINT_WRITER = """
-import sys, torch
+# One process imports torch and builds the model once, then forks a writer per line it reads: each writes checkpoints
+# in a loop, is killed at a random point once one is complete, and the test reads what it left. (A process per
+# writer spent ~5 s importing torch and ~4 s building the optimizer before its first write.)
+KILLED_WRITERS = """
+import os, signal, sys, time
+import numpy as np, torch
 from pathlib import Path
 from mnist_exp import checkpoints
 from mnist_exp.training import EpochMetrics, TrainingState, Training
+
 model = torch.nn.Linear(1000, 1000)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # its first one imports for ~4 s: before any fork
 training = Training(model, optimizer, None, None, torch.device("cpu"))
-path, epoch = Path(sys.argv[1]), 0
-while True:
-    epoch += 1
-    with torch.no_grad():
-        model.weight.fill_(epoch)
-    progress = TrainingState([EpochMetrics(e, 0.0, 0.0, 0.0, 0.0, 0.0) for e in range(1, epoch + 1)], 0.0)
-    checkpoints.save(path, "run", training, progress)
-    print(epoch, flush=True)
+
+def write_forever(path, one_done):
+    epoch = 0
+    while True:
+        epoch += 1
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        progress = TrainingState([EpochMetrics(e, 0.0, 0.0, 0.0, 0.0, 0.0) for e in range(1, epoch + 1)], 0.0)
+        checkpoints.save(path, "run", training, progress)
+        if epoch == 1:
+            os.write(one_done, b"1")
+
+path, rng = Path(sys.argv[1]), np.random.default_rng(0)
+for _ in sys.stdin:
+    ready, one_done = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            write_forever(path, one_done)
+        finally:
+            os._exit(1)
+    os.close(one_done)
+    assert os.read(ready, 1) == b"1", "the writer died before its first checkpoint"
+    time.sleep(rng.uniform(0.0, 0.3))  # each write takes ~10 ms: kills land mid-write often
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(ready)
+    print("killed", flush=True)
 """
 
 
 def test_checkpoint_survives_kills_in_the_middle_of_writing(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    rng = np.random.default_rng(0)
-    for attempt in range(6):
-        writer = subprocess.Popen(
-            [sys.executable, "-c", CHECKPOINT_WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
-        )
-        writer.stdout.readline()  # at least one checkpoint is complete
-        time.sleep(rng.uniform(0.0, 0.3))  # each write takes ~10 ms: kills land mid-write often
-        writer.kill()
-        writer.wait()
-        checkpoint = checkpoints.load(path)
-        assert checkpoint is not None, f"attempt {attempt}: a kill left an unreadable checkpoint"
-        epochs = checkpoint.progress.epochs_done
-        assert float(checkpoint.model_state["weight"][0, 0]) == epochs, "weights and history from different writes"
+    writers = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITERS, str(path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for attempt in range(6):
+            writers.stdin.write("write\n")
+            writers.stdin.flush()
+            assert writers.stdout.readline() == "killed\n", f"attempt {attempt}: the writers' process failed"
+            checkpoint = checkpoints.load(path)
+            assert checkpoint is not None, f"attempt {attempt}: a kill left an unreadable checkpoint"
+            epochs = checkpoint.progress.epochs_done
+            assert float(checkpoint.model_state["weight"][0, 0]) == epochs, "weights and history from different writes"
+    finally:
+        writers.stdin.close()
+        writers.wait(timeout=60)
 
 
 def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path, caplog):
@@ -256,28 +316,16 @@ def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path, caplog):
 # --- 4. concurrent writers ---
 
 
-@pytest.mark.parametrize("jobs", [2, 4])
-def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path, jobs):
-    # tmp_path, not project_dir: the store must not exist yet, the case where parallel jobs used to race
-    result = train(
-        tmp_path,
-        "hydra/launcher=joblib",
-        f"hydra.launcher.n_jobs={jobs}",
-        "model=lenet5,mlp",
-        "regularizer=none,l2",
-        "trainer.epochs=2",
-        "data.source=sample",
-        "data.limit_train=300",
-        "data.limit_test=100",
-    )
+def test_parallel_jobs_on_a_fresh_store_lose_nothing(parallel_sweep):
+    folder, result = parallel_sweep
     assert result.returncode == 0, result.stderr[-2000:]
-    client = store(tmp_path)
-    runs = job_runs(store_uri(tmp_path))
-    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    client = store(folder)
+    runs = job_runs(store_uri(folder))
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+    with sqlite3.connect(folder / "mlflow.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
@@ -393,18 +441,14 @@ def test_bad_input_is_answered_in_one_line(project_dir, overrides, message, answ
         assert run.info.status == "FAILED" and message in run.data.tags[record.ERROR]
 
 
-def analyze(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_script("analyze.py", *args, cwd=cwd, timeout=120)
-
-
-def test_analyze_answers_a_missing_store_and_one_with_only_failed_runs(tmp_path, empty_store):
-    missing = analyze(tmp_path)
-    assert missing.returncode == 1 and "no MLflow store at" in missing.stderr
+def test_analyze_answers_a_missing_store_and_one_with_only_failed_runs(data_errors, tmp_path, monkeypatch, capsys):
+    main = analyze_main()  # in this process: what it answers is the test, not its process
+    monkeypatch.chdir(tmp_path)
+    assert main(["--tracking-uri", store_uri(tmp_path)]) == 1
+    assert "no MLflow store at" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists(), "reading must not create a store"
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
 
-    assert train(tmp_path, *SMALL, "data.source=course", "data.root=missing", "hydra/launcher=basic").returncode == 1
-    only_failed = analyze(tmp_path)
-    assert only_failed.returncode == 1
-    assert "has no FINISHED runs" in only_failed.stderr and "FAILED" in only_failed.stderr
-    assert "Traceback" not in only_failed.stderr
+    monkeypatch.chdir(data_errors[0])
+    assert main(["--tracking-uri", store_uri(data_errors[0])]) == 1  # an answer, not an exception
+    said = capsys.readouterr().err
+    assert "has no FINISHED runs" in said and "FAILED" in said
