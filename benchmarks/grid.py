@@ -152,8 +152,7 @@ def main() -> None:
             benchlib.table(
                 ["launcher", "wall s (each sweep)", "wall s (mean)", "CPU s user+sys (each)", "peak RSS of a job"],
                 rows,
-                f"Grid of {runs} run{'s' * (runs != 1)}, {train_size} training "
-                f"images x {epochs} epochs",
+                f"Grid of {runs} run{'s' * (runs != 1)}, {train_size} training images x {epochs} epochs",
             )
         )
 
