@@ -269,7 +269,9 @@ def test_the_docs_commands_and_snippets_run_as_pasted(tmp_path, empty_store):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    outcomes = [json.loads(line) for line in result.stdout.splitlines()]
+    outcomes = [
+        json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("composed ")
+    ]
     assert len(outcomes) == len(composed), result.stdout[-3000:]
     for (snippet, command), (code, output) in zip(composed, outcomes, strict=True):
         if code != 0:
@@ -287,7 +289,7 @@ for argv in json.loads(sys.argv[1]):
             runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as exit:
         code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
-    print(json.dumps([code, output.getvalue()]), flush=True)
+    print("composed", json.dumps([code, output.getvalue()]), flush=True)
 """
 
 
