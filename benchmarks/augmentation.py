@@ -1,7 +1,7 @@
 """Augmentation cost per epoch: our whole-batch distortion vs torchvision.transforms.v2 image by image.
 
     .venv/bin/python benchmarks/augmentation.py --threads 1     # 7,000 images, best of 3: ~1 minute
-    .venv/bin/python benchmarks/augmentation.py --smoke         # 640 images, seconds (CI)
+    .venv/bin/python benchmarks/augmentation.py --smoke         # 256 images, seconds (CI)
 
 Every contender distorts the same mnist-10k training digits, batch by batch (64), each image with its
 own random parameters: a random affine (rotation 15 degrees, shift 0.1, zoom 0.9-1.1, shear 15 degrees),
@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     if args.smoke:
-        args.images, args.repeats = 640, 1
+        args.images, args.repeats = 256, 1
     threads = benchlib.set_threads(args.threads)
 
     from torchvision.transforms import v2

@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     args = p.parse_args()
     if args.smoke:
-        args.images, args.repeats = 512, 1
+        args.images, args.repeats = 256, 1
     threads = benchlib.set_threads(args.threads)
 
     from mnist_exp import training

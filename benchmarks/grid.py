@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/grid.py                  # 6 runs x 10 epochs x 60k images, twice each: ~15 minutes
     .venv/bin/python benchmarks/grid.py --epochs 2 --repeats 1
-    .venv/bin/python benchmarks/grid.py --smoke          # 2-job sweeps, 1 epoch x 1k images (CI)
+    .venv/bin/python benchmarks/grid.py --smoke          # 1-job sweeps, 1 epoch x 1k images (CI)
 
 Runs `train.py -m model=lenet5,mlp regularizer=none,l2,dropout` in a temporary folder (its own
 sqlite store, checkpoints and Hydra outputs) on the 60k-image course tar of benchmarks/.cache, with
@@ -82,7 +82,7 @@ def main() -> None:
     if not Path("/usr/bin/time").exists():
         sys.exit("benchmarks/grid.py needs GNU time (/usr/bin/time; Debian package `time`) to count the workers' CPU")
     train_size, test_size = benchlib.sizes(args.smoke)
-    grid = ["model=lenet5,mlp", "regularizer=none"] if args.smoke else GRID
+    grid = ["model=mlp", "regularizer=none"] if args.smoke else GRID  # smoke: each launcher runs one job
     epochs, repeats = (1, 1) if args.smoke else (args.epochs, args.repeats)
     folder = benchlib.course_dataset(train_size, test_size)
     from mnist_exp.launcher import available_cores  # what the default launcher plans with
@@ -147,12 +147,12 @@ def main() -> None:
                     f"{peaks[0]:.0f} MiB" if peaks else "-",
                 ]
             )
+        runs = len(memory[next(iter(LAUNCHERS))]) // repeats
         print(
             benchlib.table(
                 ["launcher", "wall s (each sweep)", "wall s (mean)", "CPU s user+sys (each)", "peak RSS of a job"],
                 rows,
-                f"Grid of {len(memory[next(iter(LAUNCHERS))]) // repeats} runs, {train_size} training "
-                f"images x {epochs} epochs",
+                f"Grid of {runs} run{'s' * (runs != 1)}, {train_size} training images x {epochs} epochs",
             )
         )
 

@@ -75,7 +75,7 @@ EXPECTED_TABLES = {
         ),
     },
     "grid.py": {
-        "Grid of 2 runs": (
+        "Grid of 1 run,": (
             ["launcher", "wall s (each sweep)", "wall s (mean)", "CPU s user+sys (each)", "peak RSS of a job"],
             1,
             ["default", "hydra/launcher=basic", "hydra/launcher=joblib"],

@@ -9,6 +9,7 @@ start with `$ `, those lines are the commands and the rest their output."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -108,14 +109,16 @@ NOT_RUN = {
     "# mnist_exp/schema.py": "an excerpt to add to mnist_exp/schema.py, not a script",
 }
 # Commands that start a server run in the background while the page's later snippets run; each answers its
-# check (the UI: the store's experiment, so it opens the store the docs say).
+# check (the UI: the store's experiment, so it opens the store the docs say). The UI gets one uvicorn worker, not
+# its default 4 (each imports MLflow's server: seconds of CPU), and no job runner (SERVER_ENV), as in conftest.
 SERVERS = {
     "mlflow ui": (
-        "--port {port} --host 127.0.0.1",
+        "--port {port} --host 127.0.0.1 --workers 1",
         "/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnist-exp",
     ),
     "mlflow models serve": ("", "/ping"),
 }
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner processes
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ def test_the_docs_commands_and_snippets_run_as_pasted(tmp_path, empty_store):
     folder.mkdir()
     (folder / "mlflow.db").write_bytes(empty_store.read_bytes())
     env = {**os.environ, "PATH": os.pathsep.join([VENV_BIN, os.environ["PATH"]])}
-    done, failures = set(), []
+    done, failures, composed = set(), [], []
 
     for path in DOCS:
         with contextlib.ExitStack() as servers:  # a page's servers stay up for its later snippets
@@ -243,15 +246,51 @@ def test_the_docs_commands_and_snippets_run_as_pasted(tmp_path, empty_store):
                     arguments, check = SERVERS[server]
                     url = f"http://127.0.0.1:{port}"
                     servers.enter_context(
-                        background(f"{command} {arguments.format(port=port)}", folder, env, url, check)
+                        background(f"{command} {arguments.format(port=port)}", folder, env | SERVER_ENV, url, check)
                     )
+                    continue
+                if snippet.key in COMPOSED:  # composing reads conf/ only: all of them in one process, below
+                    composed.append((snippet, command))
                     continue
                 argv = [sys.executable, "-c", command] if snippet.kind == "python" else ["bash", "-c", command]
                 result = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
                 if result.returncode != 0:
                     failures.append(f"{snippet.where}: {snippet.key}\n  ran: {command}\n{result.stderr[-1500:]}")
 
+    # Each `python train.py ... --cfg job` runs train.py as __main__ with its words as sys.argv, one after another in
+    # one interpreter: ~1 s of Hydra imports once instead of once per command.
+    commands = [shlex.split(command)[1:] for _, command in composed]
+    result = subprocess.run(
+        [sys.executable, "-c", COMPOSE_EACH, json.dumps(commands)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = [
+        json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("composed ")
+    ]
+    assert len(outcomes) == len(composed), result.stdout[-3000:]
+    for (snippet, command), (code, output) in zip(composed, outcomes, strict=True):
+        if code != 0:
+            failures.append(f"{snippet.where}: {snippet.key}\n  ran: {command}\n{output[-1500:]}")
+
     assert not failures, "\n\n".join(failures)
+
+
+COMPOSE_EACH = """
+import contextlib, io, json, runpy, sys
+for argv in json.loads(sys.argv[1]):
+    sys.argv, output, code = argv, io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    print("composed", json.dumps([code, output.getvalue()]), flush=True)
+"""
 
 
 def best_model_id(folder: Path) -> str:
