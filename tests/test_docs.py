@@ -86,7 +86,9 @@ NOT_RUN = {
     ".venv/bin/ruff check --fix . && .venv/bin/ruff format .": "it rewrites the checkout; CI's make lint checks",
     ".venv/bin/pre-commit install": "it writes the checkout's git hooks",
     "python analyze.py --tracking-uri sqlite:////work/runs/course-grid/mlflow.db --sweep experiment=course_grid "
-    "--report docs/report": "it reads the course grid's store (composed above); tests/test_report.py writes reports",
+    "--report docs/report": (
+        "it reads the course grid's store (composed above); tests/test_sweep_integration.py writes reports"
+    ),
     "python analyze.py --tracking-uri sqlite:////work/runs/combos/mlflow.db --sweep experiment=regularizer_combos "
     "--report docs/report-combos": "it reads the combinations' store (composed above)",
     "python analyze.py --check docs/report-combos/claims.json": "it re-checks against the combinations' store",
