@@ -82,7 +82,7 @@ def main() -> None:
     if not Path("/usr/bin/time").exists():
         sys.exit("benchmarks/grid.py needs GNU time (/usr/bin/time; Debian package `time`) to count the workers' CPU")
     train_size, test_size = benchlib.sizes(args.smoke)
-    grid = ["model=mlp", "regularizer=none"] if args.smoke else GRID  # smoke: each launcher runs one job
+    grid = ["model=mlp", "regularizer=none"] if args.smoke else GRID  # smoke: one job (the default: in its process)
     epochs, repeats = (1, 1) if args.smoke else (args.epochs, args.repeats)
     folder = benchlib.course_dataset(train_size, test_size)
     from mnist_exp.launcher import available_cores  # what the default launcher plans with

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import warnings
 import zlib
 from pathlib import Path
 
@@ -414,11 +415,15 @@ def test_experiment_without_runs(store):
         select_runs(store["uri"], "empty")
 
 
-def one_line_refusal(capsys, args: list[str]) -> str:
-    """analyze.py's main, in this process: exit 1, nothing on stdout, one line on stderr; that line."""
-    capsys.readouterr()
-    assert analyze_main()(args) == 1
-    out, err = capsys.readouterr()
+def one_line_refusal(capfd, args: list[str]) -> str:
+    """analyze.py's main, in this process: exit 1, nothing on stdout, one line on stderr (file descriptor 2, so
+    whatever a library writes there counts) and no warning; that line."""
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert analyze_main()(args) == 1
+    out, err = capfd.readouterr()
+    assert not warned, [str(w.message) for w in warned]
     assert out == "", out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("analyze.py: "), err[-2000:]
@@ -426,7 +431,7 @@ def one_line_refusal(capsys, args: list[str]) -> str:
 
 
 @pytest.mark.parametrize("case", ["every run failed", "--metric val without a validation split"])
-def test_analyze_exits_1_with_one_line_when_it_cannot_answer(store, capsys, case):
+def test_analyze_exits_1_with_one_line_when_it_cannot_answer(store, capfd, case):
     args, expected = {
         "every run failed": (
             ["--tracking-uri", store["uri"], "--experiment", "failed-only"],
@@ -438,7 +443,7 @@ def test_analyze_exits_1_with_one_line_when_it_cannot_answer(store, capsys, case
         ),
     }[case]
 
-    line = one_line_refusal(capsys, args)
+    line = one_line_refusal(capfd, args)
 
     assert all(part in line for part in expected), line
 

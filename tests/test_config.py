@@ -72,7 +72,8 @@ def test_the_combinations_hold_every_pair_of_options_of_two_groups():
     for (i, first), (j, second) in itertools.combinations(enumerate(GROUPS), 2):
         pairs = {(combination[i], combination[j]) for combination in COMBINATIONS}
         assert pairs == set(itertools.product(options(first), options(second))), (first, second)
-    assert len(COMBINATIONS) == 40
+    largest = sorted(len(options(group)) for group in GROUPS)[-2:]
+    assert len(COMBINATIONS) == largest[0] * largest[1], "no more than the two largest groups' pairs need"
 
 
 @pytest.mark.parametrize("sweep", [[], ["-m"]], ids=["run", "sweep"])
@@ -91,7 +92,7 @@ def test_a_config_error_is_answered_without_importing_mlflow(tmp_path, sweep):
 
 
 @pytest.mark.parametrize(GROUPS, COMBINATIONS, ids=["/".join(c) for c in COMBINATIONS])
-def test_every_combination_of_options_composes_and_validates(compose, model, regularizer, optimizer, scheduler, data):
+def test_every_pair_of_options_composes_and_validates(compose, model, regularizer, optimizer, scheduler, data):
     watched = ["data.validation_size=100"] if regularizer == "early_stopping" else []  # it needs one to watch
     cfg = compose(
         [

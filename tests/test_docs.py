@@ -1,7 +1,8 @@
 """The docs' commands run as pasted: every shell command and Python snippet in README.md's and docs/*.md's
 code blocks runs here, in order, in one scratch folder with one tiny store, shrunk by the rewrites below
-(REWRITES, SHRINK); a command too long to train is composed instead (COMPOSED, `--cfg job`), and one that
-cannot run here is listed with the reason (NOT_RUN). A command added to the docs runs until it is listed.
+(REWRITES, SHRINK); a command too long to train is composed instead (COMPOSED, `--cfg job`, all of them after
+the pages' other commands, in one interpreter), and one that cannot run here is listed with the reason
+(NOT_RUN). A command added to the docs runs until it is listed.
 
 Blocks tagged `yaml` (a file's contents) or `text` (a file tree) hold no commands. In a block whose lines
 start with `$ `, those lines are the commands and the rest their output."""
@@ -282,9 +283,17 @@ def test_the_docs_commands_and_snippets_run_as_pasted(tmp_path, empty_store):
     assert not failures, "\n\n".join(failures)
 
 
+# Each command starts as a fresh `python train.py` would: its environment, sys.path (the script's folder first)
+# and Hydra's global state as the interpreter had them, nothing left by the command before.
 COMPOSE_EACH = """
-import contextlib, io, json, runpy, sys
+import contextlib, io, json, os, runpy, sys
+from hydra.core.global_hydra import GlobalHydra
+environment, path = dict(os.environ), list(sys.path)
 for argv in json.loads(sys.argv[1]):
+    os.environ.clear()
+    os.environ.update(environment)
+    sys.path[:] = [os.path.dirname(argv[0]), *path]
+    GlobalHydra.instance().clear()
     sys.argv, output, code = argv, io.StringIO(), 0
     try:
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):

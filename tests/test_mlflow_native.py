@@ -234,7 +234,7 @@ def test_each_split_is_a_logged_dataset_input(one_run):
         assert json.loads(dataset.profile)["features_shape"] == [size, 28, 28]
 
 
-# A sweep of both models, read by the test below and widened by the sweep-run test further on (in a copy).
+# A sweep of both models: the test below registers its models; the sweep-run test further on widens a copy.
 SEQUENTIAL = ["hydra/launcher=basic", *SMALL]  # the sweep run is the callback's, whichever launcher runs the jobs
 
 
@@ -345,7 +345,8 @@ def test_ctrl_c_closes_the_sweep_and_its_runs_killed_and_the_same_command_resume
 
 
 def test_the_sweep_run_lists_every_member_and_names_say_what_differs(both_models, tmp_path, analyze):
-    project_dir = tmp_path / "project"  # a copy: the first sweep, of both models at lr=0.01, stays as it was
+    project_dir = tmp_path / "project"  # a copy: the first sweep's store keeps its runs, both models at lr=0.01
+    # (the new runs' artifacts land in its folder, where the experiment's artifact location points)
     shutil.copytree(both_models, project_dir)
     wider = train(project_dir, "-m", "optimizer.lr=0.01,0.02", "model=lenet5,mlp", *SEQUENTIAL)
     assert "sweep summary: 2 finished, 2 skipped" in wider.stdout
