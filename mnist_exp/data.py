@@ -92,9 +92,8 @@ def load_mnist(data_cfg) -> MNIST:
 def normalization(data_cfg, train: Split) -> tuple[float, float]:
     """The (mean, std) inputs are normalized with: data.mean and data.std, each null one the training split's own."""
     given = data_cfg.mean, data_cfg.std
-    if None not in given:
-        return given
-    return tuple(measured if value is None else value for value, measured in zip(given, pixel_statistics(train)))
+    measured = pixel_statistics(train) if None in given else given
+    return tuple(own if value is None else value for value, own in zip(given, measured))
 
 
 def pixel_statistics(split: Split) -> tuple[float, float]:
@@ -108,17 +107,15 @@ def pixel_statistics(split: Split) -> tuple[float, float]:
 
 def locate(root: Path, source: str) -> tuple[Located, str | None]:
     root = root.expanduser().resolve()
-    if source == "sample":
-        return replace(_find_idx(SAMPLE_DIR), source="sample"), None
-    if source == "course":
-        return _require(_find_course(root), root, "train.tar and test.tar, or train/ and test/ folders"), None
-    if source == "idx":
-        return _require(_find_idx(root), root, IDX_HINT), None
-    if source == "download":
-        return _download(root), None
-
-    found = _find_course(root) or _find_idx(root)
-    if found:
+    explicit = {
+        "sample": lambda: replace(_find_idx(SAMPLE_DIR), source="sample"),
+        "course": lambda: _require(_find_course(root), root, "train.tar and test.tar, or train/ and test/ folders"),
+        "idx": lambda: _require(_find_idx(root), root, IDX_HINT),
+        "download": lambda: _download(root),
+    }
+    if source != "auto":
+        return explicit[source](), None
+    if found := _find_course(root) or _find_idx(root):
         return found, None
     try:
         return _download(root), None
@@ -131,7 +128,7 @@ def locate(root: Path, source: str) -> tuple[Located, str | None]:
         f"!! Why: {reason}\n"
         "!! Point data.root at your data, or set data.source=sample to silence this.\n" + "!" * 78
     )
-    return replace(_find_idx(SAMPLE_DIR), source="sample"), reason
+    return explicit["sample"](), reason
 
 
 def _require(found: Located | None, root: Path, wanted: str) -> Located:
@@ -177,22 +174,28 @@ def _download(root: Path) -> Located:
     return replace(_require(_find_idx(root), root, IDX_HINT), source="download")
 
 
-# --- decoding and the cache ---
-
-
 def load_split(located: Located, split: str, cache_dir: Path) -> Split:
     """Decode a split, or read it from the cache when its source files have not changed."""
     files = located.files[split]
     cache_file = cache_dir / f"{located.source}-{split}-{_fingerprint(files)}.pt"
-    if (cached := _read_cache(cache_file)) is not None:
-        return cached
+    if cache_file.exists():
+        try:
+            cached = Split(**torch.load(cache_file, weights_only=True))
+            if content_hash(cached.images.numpy(), cached.labels.numpy()) == cached.sha256:
+                return cached
+            raise ValueError("content does not match its recorded hash")
+        except Exception as error:  # truncated, tampered with or from another version: never trusted
+            log.warning("cache file %s is unusable (%s); decoding the source again", cache_file, error)
     if len(files) == 1:
         # As many decoding processes as the run has torch threads: the cores it was given.
         images, labels = read_course_split(files[0], workers=torch.get_num_threads())
     else:
         images, labels = read_idx_split(*files)
     result = Split(torch.from_numpy(images), torch.from_numpy(labels), content_hash(images, labels))
-    _write_cache(cache_file, result)
+    try:
+        save_atomically(vars(result), cache_file)  # images, labels, sha256
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
+        log.warning("cannot write the data cache %s (%s); continuing without it", cache_file, error)
     log.info("decoded %s split: %d images from %s", split, len(result), ", ".join(map(str, files)))
     return result
 
@@ -215,19 +218,6 @@ def _fingerprint(files: tuple[Path, ...]) -> str:
     return digest.hexdigest()[:20]
 
 
-def _read_cache(path: Path) -> Split | None:
-    if not path.exists():
-        return None
-    try:
-        split = Split(**torch.load(path, weights_only=True))
-        if content_hash(split.images.numpy(), split.labels.numpy()) != split.sha256:
-            raise ValueError("content does not match its recorded hash")
-        return split
-    except Exception as error:  # truncated, tampered with or from another version: never trusted
-        log.warning("cache file %s is unusable (%s); decoding the source again", path, error)
-        return None
-
-
 def save_atomically(payload, path: Path) -> None:
     """torch.save via this process's own temporary file, synced, then renamed: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,10 +230,3 @@ def save_atomically(payload, path: Path) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)  # what a failed write left; nothing once renamed
-
-
-def _write_cache(path: Path, split: Split) -> None:
-    try:
-        save_atomically(vars(split), path)  # images, labels, sha256
-    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
-        log.warning("cannot write the data cache %s (%s); continuing without it", path, error)

@@ -4,6 +4,7 @@ labels; anything malformed or cut short raises DataError naming the file and mem
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import itertools
@@ -81,47 +82,32 @@ def _decode_in_chunks(pngs: Iterator[tuple[bytes, str]], workers: int) -> list[t
 def decode_pngs(chunk: list[tuple[bytes, str]]) -> tuple[np.ndarray, list[str | None]]:
     """The images of (png, where) pairs and, for each, why it failed or None."""
     images = np.zeros((len(chunk), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    errors: list[str | None] = [None] * len(chunk)
-    for i, (png, where) in enumerate(chunk):
-        try:
-            images[i] = decode_png(png, where)
-        except DataError as error:
-            errors[i] = str(error)
-    return images, errors
+    return images, [_decode_png(png, where, into) for (png, where), into in zip(chunk, images)]
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, the last 12 bytes of every whole PNG
 
 
-def decode_png(png: bytes, where: str) -> np.ndarray:
+def _decode_png(png: bytes, where: str, into: np.ndarray) -> str | None:
+    """Decodes `png` into `into`; why it cannot, or None."""
     try:
         # formats=("PNG",): PIL otherwise probes its other formats first, 13% of every decode.
         with Image.open(io.BytesIO(png), formats=("PNG",)) as image:
             if image.mode != "L" or image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                raise DataError(
+                return (
                     f"{where} is a {image.size[0]}x{image.size[1]} {image.mode} image; "
                     f"expected {IMAGE_SIZE}x{IMAGE_SIZE} 8-bit grayscale (mode L)"
                 )
-            pixels = np.asarray(image)
-        # PIL decodes a PNG cut after its pixel data without a word; only the missing IEND shows the cut.
-        if not png.endswith(PNG_END) and PNG_END not in png:
-            raise DataError(f"{where} is a truncated PNG ({len(png)} bytes, no IEND chunk at its end)")
-        return pixels
-    except DataError:
-        raise
+            into[:] = np.asarray(image)
     except Exception as error:  # PIL signals corrupt data with several unrelated types
-        other_format = _image_format(png)
-        if other_format not in (None, "PNG"):
-            raise DataError(f"{where} is a {other_format} image, not a PNG") from None
-        raise DataError(f"{where} does not decode as a PNG ({one_line(error)})") from None
-
-
-def _image_format(data: bytes) -> str | None:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.format
-    except Exception:  # not an image PIL knows
-        return None
+        with contextlib.suppress(Exception), Image.open(io.BytesIO(png)) as other:  # an image PIL knows?
+            if other.format != "PNG":
+                return f"{where} is a {other.format} image, not a PNG"
+        return f"{where} does not decode as a PNG ({one_line(error)})"
+    # PIL decodes a PNG cut after its pixel data without a word; only the missing IEND shows the cut.
+    if not png.endswith(PNG_END) and PNG_END not in png:
+        return f"{where} is a truncated PNG ({len(png)} bytes, no IEND chunk at its end)"
+    return None
 
 
 def one_line(error: BaseException) -> str:
@@ -201,8 +187,6 @@ def _folder_members(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
 
 # --- MNIST IDX (http://yann.lecun.com/exdb/mnist/): big-endian header, then raw uint8 ---
 
-IDX_UBYTE = 0x08
-
 
 def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     """Read an IDX file (optionally gzipped) of unsigned bytes with `expected_dims` dimensions."""
@@ -210,7 +194,7 @@ def read_idx(path: Path, expected_dims: int) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     dtype, ndim = raw[2], raw[3]
-    if dtype != IDX_UBYTE or ndim != expected_dims:
+    if dtype != 0x08 or ndim != expected_dims:
         raise DataError(
             f"{path}: IDX file of type 0x{dtype:02x} with {ndim} dimensions; expected unsigned bytes "
             f"with {expected_dims}"

@@ -1,6 +1,5 @@
-"""The config's one description: each node's keys, their types and the values they may take. Every field is
-MISSING (conf/'s YAML files hold the defaults); Hydra checks the types while composing, mnist_exp.validation each
-field's range (its metadata) and each node's `cross_check` before any work."""
+"""The config's one description: each node's keys, their types and allowed values (defaults: conf/'s YAML files).
+Hydra checks the types while composing, mnist_exp.validation the ranges and each node's `cross_check`."""
 
 import re
 from collections.abc import Callable, Iterator
@@ -22,8 +21,7 @@ def schema(name: str) -> Callable[[type], type]:
     def add(cls: type) -> type:
         if f"{name}_schema" in SCHEMAS:
             raise ValueError(f"@schema({name!r}) is on {SCHEMAS[f'{name}_schema'].__name__} already")
-        SCHEMAS[f"{name}_schema"] = dataclass(cls)
-        return SCHEMAS[f"{name}_schema"]
+        return SCHEMAS.setdefault(f"{name}_schema", dataclass(cls))
 
     return add
 
@@ -261,8 +259,7 @@ class TrainConfig:
             if key not in REGULARIZERS:
                 yield f"regularizer.{key} is not a regularizer this project applies: use {', '.join(REGULARIZERS)}"
 
-    # The hook of hydra/launcher=parallel (mnist_exp/launcher.py), answered by mnist_exp/sweep.py (imported late:
-    # composing a config needs no torch or MLflow).
+    # hydra/launcher=parallel's hooks (mnist_exp/launcher.py), in mnist_exp/sweep.py: composing needs no torch.
     @staticmethod
     def launch_plan(cfg, threads: int | None = None) -> tuple[float, int | None]:
         return import_module("mnist_exp.sweep").launch_plan(cfg, threads)
@@ -273,8 +270,7 @@ class TrainConfig:
 
 
 def register() -> None:
-    """Make the schemas known to Hydra before composing; stored outside any group (option files name theirs,
-    `/sgd_schema@_here_`), they stay out of `train.py --help`'s list of options."""
+    """Make the schemas known to Hydra before composing; outside any group, they stay out of `train.py --help`."""
     for name, node in SCHEMAS.items():
         ConfigStore.instance().store(name=name, node=node)
 

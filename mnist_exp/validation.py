@@ -1,9 +1,7 @@
-"""Checks a composed config against its one description, mnist_exp.schema, before any work; and every job's
-config of a launch, before any of its runs exists (check_launch)."""
+"""Checks a composed config against mnist_exp.schema before any work, and every job of a launch (check_launch)."""
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import fields, is_dataclass
@@ -49,22 +47,18 @@ def _node_problems(node: DictConfig, path: str, cfg: DictConfig) -> Iterator[str
                 settings = ", ".join(sorted(k for k in known if not k.startswith("_")))
                 yield f"{path}{key} is not a setting (added with +?); known: {settings}"
         for key, spec in known.items():
-            if key in node and (problem := _field_problem(f"{path}{key}", node[key], spec.metadata)):
-                yield problem
+            if key not in node:
+                continue
+            rule, value = spec.metadata, node[key]
+            if "choices" in rule and value not in (choices := list(get_object(rule["choices"]))):
+                yield out_of_range(f"{path}{key}", value, f"one of {', '.join(choices)}")
+            elif "ok" in rule and not rule["ok"](value):
+                yield out_of_range(f"{path}{key}", list(value) if OmegaConf.is_list(value) else value, rule["allowed"])
         if cross_check := getattr(schema, "cross_check", None):  # rules that read other settings
             yield from cross_check(node, cfg)
     for key, value in node.items():
         if isinstance(value, DictConfig):
             yield from _node_problems(value, f"{path}{key}.", cfg)
-
-
-def _field_problem(key: str, value, rule) -> str | None:
-    if "choices" in rule:
-        choices = list(get_object(rule["choices"]))
-        return None if value in choices else out_of_range(key, value, f"one of {', '.join(choices)}")
-    if "ok" in rule and not rule["ok"](value):
-        return out_of_range(key, list(value) if OmegaConf.is_list(value) else value, rule["allowed"])
-    return None
 
 
 def _repeated_regularizers(overrides: Sequence[str]) -> Iterator[str]:
@@ -84,14 +78,13 @@ def _repeated_regularizers(overrides: Sequence[str]) -> Iterator[str]:
 
 
 def check_launch(config: DictConfig, sweeping: bool) -> list[str]:
-    """What composing or validate() refuses in any job of this launch (one job without `sweeping`), before any run
-    exists: each problem once, with how many jobs have it."""
+    """What composing or validate() refuses in any job of this launch (or the one job): each once, in how many jobs."""
     from mnist_exp.grid import JobConfigs, expand
 
     loader = GlobalHydra.instance().config_loader()
-    overrides = list(config.hydra.overrides.task)
     search = "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()  # its params are its to pick
     params = {} if search else dict(config.hydra.sweeper.get("params") or {})
+    overrides = list(config.hydra.overrides.task)
     jobs = expand(overrides, params, loader, strict=False) if sweeping else [overrides]
     if len(jobs) >= SAY_CHECKING:
         log.info("checking the configs of %d jobs", len(jobs))
@@ -106,11 +99,10 @@ def check_launch(config: DictConfig, sweeping: bool) -> list[str]:
             if error.__cause__ is not None and str(error.__cause__):
                 text += f": {str(error.__cause__).splitlines()[0]}"
             problems.setdefault(" ".join(text.split()), []).append(job)
-    every = collections.Counter(line for job in jobs for line in job)
-    swept = {line for line, count in every.items() if count < len(jobs)}  # what tells the jobs apart
+    shared = set(jobs[0]).intersection(*jobs) if jobs else set()  # not what tells the jobs apart
     lines = []
     for message, found in problems.items():
-        example = " ".join(line for line in found[0] if line in swept)
+        example = " ".join(line for line in found[0] if line not in shared)
         counted = f" (in {len(found)} of {len(jobs)} jobs{', e.g. ' + example if example else ''})"
         lines.append(message + (counted if len(jobs) > 1 else ""))
     return lines
