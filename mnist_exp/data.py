@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 SOURCES = ("auto", "course", "idx", "download", "sample")
-# The offline sample ships with the project (see its README for the attribution).
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "mnist-10k"
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "mnist-10k"  # shipped; its README credits it
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -50,11 +49,9 @@ class Split:
 
 @dataclass(frozen=True)
 class Located:
-    """Where a data source was found: the files that make up each split."""
-
     source: str  # course | idx | download | sample
-    location: Path
-    files: dict[str, tuple[Path, ...]]
+    location: Path  # where it was found
+    files: dict[str, tuple[Path, ...]]  # the files that make up each split
 
 
 @dataclass(frozen=True)
@@ -75,15 +72,12 @@ def load_mnist(data_cfg) -> MNIST:
     cache_dir = Path(data_cfg.cache_dir)
     train = load_split(located, "train", cache_dir).part(0, data_cfg.limit_train)
     test = load_split(located, "test", cache_dir).part(0, data_cfg.limit_test)
-    validation = None
-    if data_cfg.validation_size:
-        keep = len(train) - data_cfg.validation_size
-        if keep < 1:
-            raise DataError(
-                f"data.validation_size={data_cfg.validation_size} leaves no training images "
-                f"(the training split has {len(train)})"
-            )
-        train, validation = train.part(0, keep), train.part(keep, len(train))
+    if (keep := len(train) - data_cfg.validation_size) < 1:
+        raise DataError(
+            f"data.validation_size={data_cfg.validation_size} leaves no training images "
+            f"(the training split has {len(train)})"
+        )
+    train, validation = train.part(0, keep), train.part(keep, None) if data_cfg.validation_size else None
     name = SAMPLE_DIR.name if located.source == "sample" else Path(data_cfg.root).resolve().name
     url = DOWNLOAD_URL if located.source == "download" else None
     return MNIST(train, test, validation, located.source, str(located.location), name, url, fallback)
@@ -187,8 +181,7 @@ def load_split(located: Located, split: str, cache_dir: Path) -> Split:
         except Exception as error:  # truncated, tampered with or from another version: never trusted
             log.warning("cache file %s is unusable (%s); decoding the source again", cache_file, error)
     if len(files) == 1:
-        # As many decoding processes as the run has torch threads: the cores it was given.
-        images, labels = read_course_split(files[0], workers=torch.get_num_threads())
+        images, labels = read_course_split(files[0], workers=torch.get_num_threads())  # the cores the run has
     else:
         images, labels = read_idx_split(*files)
     result = Split(torch.from_numpy(images), torch.from_numpy(labels), content_hash(images, labels))

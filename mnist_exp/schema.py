@@ -243,8 +243,7 @@ class TrainConfig:
     # model, optimizer and scheduler differ per option: each option file attaches its own schema.
     model: Any = MISSING
     optimizer: Any = MISSING
-    # Regularizers compose; each attaches the schema of its own sub-key (l2, dropout, ...).
-    regularizer: Any = MISSING
+    regularizer: Any = MISSING  # they compose: each attaches the schema of its own sub-key (l2, dropout, ...)
     scheduler: Any = MISSING  # empty for the course's constant learning rate
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
