@@ -26,7 +26,6 @@ IDX_NAMES = {
 IDX_FOLDERS = (".", "MNIST/raw", "idx")  # torchvision's download lands in MNIST/raw
 IDX_HINT = f"{', '.join(sum(IDX_NAMES.values(), ()))} (optionally .gz) in it, in MNIST/raw/ or in idx/"
 CACHE_FORMAT = 1  # bump when the decoded layout changes, so old cache files are ignored
-DOWNLOAD_TIMEOUT_S = 30
 DOWNLOAD_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's first MNIST mirror
 
 
@@ -69,9 +68,8 @@ class MNIST:
 def load_mnist(data_cfg) -> MNIST:
     """Both splits as configured by the `data` config group."""
     located, fallback = locate(Path(data_cfg.root), data_cfg.source)
-    cache_dir = Path(data_cfg.cache_dir)
-    train = load_split(located, "train", cache_dir).part(0, data_cfg.limit_train)
-    test = load_split(located, "test", cache_dir).part(0, data_cfg.limit_test)
+    train = load_split(located, "train", Path(data_cfg.cache_dir)).part(0, data_cfg.limit_train)
+    test = load_split(located, "test", Path(data_cfg.cache_dir)).part(0, data_cfg.limit_test)
     if (keep := len(train) - data_cfg.validation_size) < 1:
         raise DataError(
             f"data.validation_size={data_cfg.validation_size} leaves no training images "
@@ -127,8 +125,7 @@ def locate(root: Path, source: str) -> tuple[Located, str | None]:
 
 def _require(found: Located | None, root: Path, wanted: str) -> Located:
     if found is None:
-        where = "does not exist" if not root.exists() else "holds none"
-        raise DataError(f"data.root={root} {where}: expected {wanted}")
+        raise DataError(f"data.root={root} {'holds none' if root.exists() else 'does not exist'}: expected {wanted}")
     return found
 
 
@@ -158,7 +155,7 @@ def _download(root: Path) -> Located:
 
     log.info("downloading MNIST into %s", root)
     previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision sets none; offline must fail, not hang
+    socket.setdefaulttimeout(30)  # seconds; torchvision sets none, and offline must fail, not hang
     try:
         TorchvisionMNIST(root=str(root), train=True, download=True)
     except Exception as error:  # network, disk and checksum failures all end the attempt
@@ -194,8 +191,7 @@ def load_split(located: Located, split: str, cache_dir: Path) -> Split:
 
 
 def content_hash(images: np.ndarray, labels: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(images, dtype=np.uint8).data)
+    digest = hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).data)
     digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
     return digest.hexdigest()
 

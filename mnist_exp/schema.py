@@ -55,15 +55,10 @@ def one_of(choices: str) -> Any:
     return field(default=MISSING, metadata={"choices": choices})
 
 
-@dataclass
+@schema("lenet5")  # LeNet-5 has only the settings every model has
 class ModelConfig:
     name: str = one_of("mnist_exp.models.MODELS")
     activation: str = one_of("mnist_exp.models.ACTIVATIONS")
-
-
-@schema("lenet5")
-class LeNet5Config(ModelConfig):
-    pass
 
 
 @schema("lenet5_32")
@@ -240,8 +235,7 @@ class MLflowConfig:
 
 @schema("train")
 class TrainConfig:
-    # model, optimizer and scheduler differ per option: each option file attaches its own schema.
-    model: Any = MISSING
+    model: Any = MISSING  # model, optimizer and scheduler: each option file attaches its own schema
     optimizer: Any = MISSING
     regularizer: Any = MISSING  # they compose: each attaches the schema of its own sub-key (l2, dropout, ...)
     scheduler: Any = MISSING  # empty for the course's constant learning rate
