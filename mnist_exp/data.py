@@ -177,10 +177,9 @@ def load_split(located: Located, split: str, cache_dir: Path) -> Split:
             raise ValueError("content does not match its recorded hash")
         except Exception as error:  # truncated, tampered with or from another version: never trusted
             log.warning("cache file %s is unusable (%s); decoding the source again", cache_file, error)
-    if len(files) == 1:
-        images, labels = read_course_split(files[0], workers=torch.get_num_threads())  # the cores the run has
-    else:
-        images, labels = read_idx_split(*files)
+    images, labels = (  # a course split's one tar or folder, decoded by as many processes as the run has cores
+        read_course_split(files[0], workers=torch.get_num_threads()) if len(files) == 1 else read_idx_split(*files)
+    )
     result = Split(torch.from_numpy(images), torch.from_numpy(labels), content_hash(images, labels))
     try:
         save_atomically(vars(result), cache_file)  # images, labels, sha256
