@@ -82,9 +82,9 @@ def check_launch(config: DictConfig, sweeping: bool) -> list[str]:
     from mnist_exp.grid import JobConfigs, expand
 
     loader = GlobalHydra.instance().config_loader()
+    overrides = list(config.hydra.overrides.task)
     search = "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()  # its params are its to pick
     params = {} if search else dict(config.hydra.sweeper.get("params") or {})
-    overrides = list(config.hydra.overrides.task)
     jobs = expand(overrides, params, loader, strict=False) if sweeping else [overrides]
     if len(jobs) >= SAY_CHECKING:
         log.info("checking the configs of %d jobs", len(jobs))
