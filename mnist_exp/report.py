@@ -12,8 +12,9 @@ import pandas as pd
 
 from mnist_exp import plots, record
 from mnist_exp.commands import analyze_command, fresh_seeds, more_seeds, train_command
+from mnist_exp.runs import column
 from mnist_exp.significance import MCNEMAR, POWER, family, selected_on_test
-from mnist_exp.table import SHORT, choose_best, short
+from mnist_exp.table import SHORT, choose_best, number, short
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
 STUDENTS_TEST_ACC = 98.8  # what the course's own solutions report for LeNet-5 on full MNIST
@@ -36,8 +37,7 @@ def _plain(rows: pd.DataFrame, model: str) -> pd.Series | None:
 
 
 def _family(pairs: list, table: pd.DataFrame, on_test: bool = False) -> list[dict]:
-    """[(row, baseline)] judged as one family (`on_test`: chosen on the test split): each row with its comparison
-    `c`, holding the smaller side's seeds and, where undecided with a plan, the command adding seeds."""
+    """[(row, baseline)] as one family (`on_test`: chosen on the test split), each with the command adding seeds."""
     found = family(pairs, **table.attrs["judging"])
     for c, (row, baseline) in zip(found, pairs):
         c.update(selected_on_test(c) if on_test else {}, have=min(row.n, baseline.n))
@@ -109,8 +109,7 @@ def combinations(table: pd.DataFrame) -> list[dict]:
 
 
 def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
-    """Each model's best variant against it unregularized, trained the course's way where the selection has that,
-    else trained alike; judged within every candidate's comparison with that reference."""
+    """Each model's best variant against it unregularized, trained the course's way where there is one, else alike."""
     answers = []
     for model in MODELS:
         rows = table[table["model"] == model]
@@ -148,15 +147,13 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
 
 
 def search(table: pd.DataFrame, runs: pd.DataFrame) -> dict | None:
-    """The trials of an Optuna search among `runs` (the selection, every status): how many ended how, and
-    the best trial trained in full, chosen on the validation split, with the settings the search varied."""
-    column = f"tags.{record.TRIAL}"
-    trials = runs[runs[column].notna()] if column in runs else runs.iloc[:0]
+    """An Optuna search's trials among `runs`: how many ended how, the best one and the settings it varied."""
+    trials = runs[column(runs, f"tags.{record.TRIAL}").notna()]
     if trials.empty:
         return None
-    numbers = dict(zip(trials["run_id"], trials[column]))
+    numbers = dict(zip(trials["run_id"], trials[f"tags.{record.TRIAL}"]))
     rows = table[table["run_ids"].map(lambda ids: any(run_id in numbers for run_id in ids))]
-    pruned = trials[f"tags.{record.PRUNED}"].notna() if f"tags.{record.PRUNED}" in trials else False
+    pruned = column(trials, f"tags.{record.PRUNED}").notna()
     finished = trials["status"] == "FINISHED"
     counts = {"finished": len(rows), "pruned": int((finished & pruned).sum()), "failed": int((~finished).sum())}
     if rows.empty:
@@ -178,15 +175,12 @@ def versus_lecun(table: pd.DataFrame) -> dict | None:
 
 
 def _same_but_groups(settings: str, course: str) -> bool:
-    def strip(s):
-        return {k: v for k, v in json.loads(s).items() if not k.startswith(("model.", "regularizer."))}
-
-    return strip(settings) == strip(course)
+    ignore = ("model.", "regularizer.")
+    return record.identity(json.loads(settings), ignore) == record.identity(json.loads(course), ignore)
 
 
 def _retest(basis: str, rows: list, candidates: list) -> dict | None:
-    """The commands re-testing a winner: chosen on validation (or by a search), it and its baseline (`rows`) on
-    fresh seeds; chosen on the test split, which fresh seeds cannot undo, the candidates with a validation split."""
+    """Re-test commands: on fresh seeds, or where the test split chose, every candidate with a validation split."""
     if basis != "test":
         seeds, extra = fresh_seeds(rows, RETEST_SEEDS), ()
     else:
@@ -242,11 +236,9 @@ def _environment() -> jinja2.Environment:
     env.filters.update(
         pp=lambda x: f"{x:+.2f}",
         p=lambda x: f"{x:.3g}",
-        acc=lambda row: (
-            f"{row.acc_pct:.2f}{'' if pd.isna(row.acc_pct_std) else f' ± {row.acc_pct_std:.2f}'}% (n = {row.n})"
-        ),
+        acc=lambda row: f"{row.acc_pct:.2f}{number(row.acc_pct_std, ' ± {:.2f}')}% (n = {row.n})",
         count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
-        ci=lambda r: "" if pd.isna(r.acc_pct_ci_low) else f", 95% CI {r.acc_pct_ci_low:.2f}–{r.acc_pct_ci_high:.2f}",
+        ci=lambda row: number(row.acc_pct_ci_low, ", 95% CI {:.2f}–") + number(row.acc_pct_ci_high, "{:.2f}"),
         thousands="{:,}".format,
         level=lambda confidence: f"{100 * confidence:.4g}%",
     )

@@ -1,5 +1,4 @@
-"""Selecting runs: a store opened for reading, the runs of some sweeps (or all) as one pandas row per run
-(columns as mlflow.search_runs names them), FINISHED runs once per identity, filters, per-epoch histories."""
+"""Selecting runs: the runs of some sweeps (or all) as one row per run (mlflow.search_runs's columns), filtered."""
 
 from __future__ import annotations
 
@@ -42,11 +41,8 @@ class Selection:
 
 def _confirmed(runs: pd.DataFrame) -> pd.Series:
     """'recipe' or 'plain' for the runs a search's confirmation trained (record.CONFIRMATION on its sweep run)."""
-    roles = {}
-    for tag in column(runs, f"tags.{record.CONFIRMATION}").dropna():
-        for role, run_ids in json.loads(tag).items():
-            roles.update(dict.fromkeys(run_ids, role))
-    return runs["run_id"].map(roles)
+    tags = column(runs, f"tags.{record.CONFIRMATION}").dropna()
+    return runs["run_id"].map({run_id: role for tag in tags for role, ids in json.loads(tag).items() for run_id in ids})
 
 
 def _compared(runs: pd.DataFrame) -> pd.Series:
@@ -78,7 +74,7 @@ def open_experiment(tracking_uri: str, experiment: str):
 def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
     """The runs of some sweeps (see find_sweep), or of all runs ('all')."""
     client, found = open_experiment(tracking_uri, experiment)
-    runs = _frame(client.search_runs([found.experiment_id], max_results=50_000))
+    runs = pd.DataFrame([_row(run) for run in client.search_runs([found.experiment_id], max_results=50_000)])
     if runs.empty:
         raise AnalysisError(f"experiment {experiment!r} in {tracking_uri} has no runs yet: run train.py first")
     runs["confirmed"] = _confirmed(runs)
@@ -122,8 +118,7 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
 
 
 def find_sweep(parents: pd.DataFrame, selector: str, has_finished_run) -> tuple[str, pd.DataFrame]:
-    """(the sweep's key, the later launches passed over) for --sweep's `selector` (docs/analysis.md, "Which
-    sweep"); `parents` carries each parent run's `sweep` (its key, or the key it extends) and `launched`."""
+    """(the sweep's key, later launches passed over) for --sweep's `selector` (docs/analysis.md, "Which sweep")."""
     if selector == "latest":
         ordered = parents.sort_values("launched", ascending=False)
         for position, parent in enumerate(ordered.itertuples()):
@@ -166,14 +161,9 @@ def metric(frame: pd.DataFrame, key: str) -> pd.Series:
     return pd.to_numeric(column(frame, f"metrics.{key}"), errors="coerce").astype(float)
 
 
-def _frame(runs: list) -> pd.DataFrame:
-    rows = []
-    for run in runs:
-        row = {name: getattr(run.info, name) for name in INFO}
-        for kind in ("params", "metrics", "tags"):
-            row.update({f"{kind}.{k}": v for k, v in getattr(run.data, kind).items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _row(run) -> dict:
+    data = {f"{kind}.{k}": v for kind in ("params", "metrics", "tags") for k, v in getattr(run.data, kind).items()}
+    return {**{name: getattr(run.info, name) for name in INFO}, **data}
 
 
 def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
