@@ -229,24 +229,6 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
 # --- the report ---
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    )
-    env.filters.update(
-        pp=lambda x: f"{x:+.2f}",
-        p=lambda x: f"{x:.3g}",
-        acc=lambda row: f"{row.acc_pct:.2f}{number(row.acc_pct_std, ' ± {:.2f}')}% (n = {row.n})",
-        count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
-        ci=lambda row: number(row.acc_pct_ci_low, ", 95% CI {:.2f}–") + number(row.acc_pct_ci_high, "{:.2f}"),
-        thousands="{:,}".format,
-        level=lambda confidence: f"{100 * confidence:.4g}%",
-    )
-    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN)
-    env.globals.update(power=POWER, MCNEMAR=MCNEMAR, short=SHORT)
-    return env
-
-
 def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None = None) -> dict:
     """Everything the template words: each question's answer, and `trials` (search()'s, with its command)."""
     return {
@@ -266,7 +248,21 @@ def write_report(folder: Path, found: dict, table_markdown: str, figures: dict[s
     """report.md in `folder`, wording `found` (answers())."""
     folder.mkdir(parents=True, exist_ok=True)
     links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
-    template = _environment().from_string(TEMPLATE.read_text(encoding="utf-8"))
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+    )
+    env.filters.update(
+        pp=lambda x: f"{x:+.2f}",
+        p=lambda x: f"{x:.3g}",
+        acc=lambda row: f"{row.acc_pct:.2f}{number(row.acc_pct_std, ' ± {:.2f}')}% (n = {row.n})",
+        count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
+        ci=lambda row: number(row.acc_pct_ci_low, ", 95% CI {:.2f}–") + number(row.acc_pct_ci_high, "{:.2f}"),
+        thousands="{:,}".format,
+        level=lambda confidence: f"{100 * confidence:.4g}%",
+    )
+    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN)
+    env.globals.update(power=POWER, MCNEMAR=MCNEMAR, short=SHORT)
+    template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     report = folder / record.REPORT_FILE
     report.write_text(template.render(description=description, table=table_markdown, figures=links, **found))
     return report

@@ -36,15 +36,8 @@ COMPARED = ("model.", "regularizer.", "trainer.seed", "data.")
 CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
 WIDTH = 120  # the default terminal table fits this many columns
 # Short names for the narrow table and the figures, printed as a key where used.
-SHORT = {
-    "batchnorm": "bn",
-    "augment": "aug",
-    "dropout": "drop",
-    "label_smoothing": "ls",
-    "early_stopping": "es",
-    "onecycle": "1cyc",
-    "cosine": "cos",
-}
+SHORT = {"batchnorm": "bn", "augment": "aug", "dropout": "drop", "label_smoothing": "ls", "early_stopping": "es"}
+SHORT |= {"onecycle": "1cyc", "cosine": "cos"}
 # --wide's number columns: header -> (column, format).
 WIDE = {
     "best %": ("best_test_acc_pct", "{:.2f}"),
@@ -151,7 +144,7 @@ def variant_table(
         table[name] = [getattr(e, field) for e in estimates]
     table["collapsed"] = [collapsed_seeds(r.acc_pct_samples, r.seeds, r.run_ids) for r in table.itertuples()]
     table = table.reset_index()
-    table.attrs["judging"] = {"smallest_effect": smallest_effect, "half_width": half_width}
+    table.attrs.update(metric=metric, judging={"smallest_effect": smallest_effect, "half_width": half_width})
 
     plain = table[table["regularizer"] == "none"]
     for name, model in (("vs_mlp_pp", "mlp"), ("vs_lenet5_pp", "lenet5")):
@@ -159,9 +152,7 @@ def variant_table(
         table[name] = table["acc_pct"] - table["context"].map(reference)
     _compare_with_baselines(table, plain)
     _disambiguate(table)
-    table = _sorted(table, sort).drop(columns=["variant_hash"]).reset_index(drop=True)
-    table.attrs["metric"] = metric
-    return table
+    return _sorted(table, sort).drop(columns=["variant_hash"]).reset_index(drop=True)
 
 
 def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str]) -> list[str]:
@@ -260,14 +251,8 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
     chosen_on = record.FINAL_VAL_ACC if basis == "validation" else METRICS[metric_name]
     runs = finished.set_index("run_id").loc[best.run_ids]
     run_id = metric(runs, chosen_on).idxmax()
-    tags = {
-        "variant": best.variant,
-        "metric": chosen_on,
-        "variant_mean_pct": f"{best.acc_pct:.2f}",
-        "seeds": str(best.n),
-        "data": best.data,
-        "run_id": run_id,
-    }
+    tags = {"variant": best.variant, "metric": chosen_on, "variant_mean_pct": f"{best.acc_pct:.2f}"}
+    tags |= {"seeds": str(best.n), "data": best.data, "run_id": run_id}
     uri, new = tracking.register_model(tracking_uri, run_id, runs.loc[run_id, "experiment_id"], name, tags)
     return best.variant, uri, basis, new
 
@@ -371,10 +356,8 @@ def _versus(row, smallest: float) -> str:
     """'+0.41 vs lenet5/none/sgd (seeds x images, p=0.012, Holm 0.036: better)'."""
     if row.test is None:
         return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.why_untested}: no test)"
-    return (
-        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p {_p(row.p_value)}, "
-        f"Holm {_p(row.p_adj)}: {_verdict_word(row, smallest)})"
-    )
+    tested = f"{row.test}, p {_p(row.p_value)}, Holm {_p(row.p_adj)}: {_verdict_word(row, smallest)}"
+    return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({tested})"
 
 
 def _diff(row) -> str:
