@@ -12,6 +12,7 @@ from mnist_exp import record, tracking
 from mnist_exp.sweep import sweep_members
 
 INFO = ("run_id", "run_name", "experiment_id", "status", "start_time")  # each run's columns from its RunInfo
+HISTORY = (record.TEST_ACC, record.TEST_LOSS, record.TRAIN_ACC, record.TRAIN_LOSS, record.LR)  # histories()'s metrics
 FILTER_ALIASES = {"model": "model.name", "regularizer": record.REGULARIZERS, "optimizer": "optimizer.name"}
 
 
@@ -49,8 +50,8 @@ def _compared(runs: pd.DataFrame) -> pd.Series:
     return (runs["status"] == "FINISHED") & column(runs, f"tags.{record.PRUNED}").isna()
 
 
-def open_experiment(tracking_uri: str, experiment: str):
-    """(MlflowClient, the experiment) of a store that exists (reading never creates one), its runs migrated."""
+def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
+    """The runs of some sweeps (see find_sweep), or of all runs ('all'), of a store that exists, its runs migrated."""
     from mlflow.tracking import MlflowClient
 
     tracking.check_store(tracking_uri, "--tracking-uri ")
@@ -68,12 +69,6 @@ def open_experiment(tracking_uri: str, experiment: str):
         record.migrate(client, found)
     except record.RecordError as error:
         raise AnalysisError(f"{tracking_uri}: {error}") from None
-    return client, found
-
-
-def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
-    """The runs of some sweeps (see find_sweep), or of all runs ('all')."""
-    client, found = open_experiment(tracking_uri, experiment)
     runs = pd.DataFrame([_row(run) for run in client.search_runs([found.experiment_id], max_results=50_000)])
     if runs.empty:
         raise AnalysisError(f"experiment {experiment!r} in {tracking_uri} has no runs yet: run train.py first")
@@ -180,11 +175,7 @@ def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
     return runs
 
 
-def histories(
-    tracking_uri: str,
-    runs: pd.DataFrame,
-    keys=(record.TEST_ACC, record.TEST_LOSS, record.TRAIN_ACC, record.TRAIN_LOSS, record.LR),
-) -> pd.DataFrame:
+def histories(tracking_uri: str, runs: pd.DataFrame, keys=HISTORY) -> pd.DataFrame:
     """Per-epoch metrics of `runs`: columns run_id, variant, epoch, and one per key (fractions)."""
     from mlflow.tracking import MlflowClient
 

@@ -21,15 +21,9 @@ METRICS = {"final": record.FINAL_TEST_ACC, "best": record.BEST_TEST_ACC, "val": 
 HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
 # The split whose per-image answers a metric is about; the best epoch's are not kept (it is chosen on test).
 SPLITS = {"final": "test", "val": "validation"}
-SORT_KEYS = {  # --sort name: (column, ascending); best first
-    "test_acc": ("acc_pct", False),
-    "best_test_acc": ("best_test_acc_pct", False),
-    "test_loss": ("test_loss", True),
-    "gap": ("gap_pp", True),
-    "params": ("params", True),
-    "train_time_s": ("train_time_s", True),
-    "variant": ("variant", True),
-}
+# --sort name: its column, best first (accuracies descending, the rest ascending).
+SORT_KEYS = {"test_acc": "acc_pct", "best_test_acc": "best_test_acc_pct", "test_loss": "test_loss", "gap": "gap_pp"}
+SORT_KEYS |= {"params": "params", "train_time_s": "train_time_s", "variant": "variant"}
 # Settings a baseline may differ in, and the data, compared by what was read (record.DATA_IDENTITY).
 COMPARED = ("model.", "regularizer.", "trainer.seed", "data.")
 # A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
@@ -59,11 +53,8 @@ MEANS += ("gap_pp", "train_time_s", "val_acc_pct")
 
 def _context_key(run: pd.Series) -> str:
     """What a run's baseline shares with it: every setting but COMPARED, and the data read (by content)."""
-    context = {
-        key: value
-        for key, value in run.items()
-        if key.startswith("params.") and not key[len("params.") :].startswith(record.NOT_IDENTITY + COMPARED)
-    }
+    ignored = tuple(f"params.{prefix}" for prefix in record.NOT_IDENTITY + COMPARED)
+    context = {key: value for key, value in run.items() if key.startswith("params.") and not key.startswith(ignored)}
     data = {key: run.get(f"params.{key}") for key in record.DATA_IDENTITY}
     return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -188,8 +179,7 @@ def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
     if sort is not None:
         if sort not in SORT_KEYS:
             raise AnalysisError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
-        name, ascending = SORT_KEYS[sort]
-        return table.sort_values(name, ascending=ascending, kind="stable")
+        return table.sort_values(SORT_KEYS[sort], ascending=not SORT_KEYS[sort].endswith("acc_pct"), kind="stable")
     # Reading order: per optimizer, the MLP first, then LeNet-5 plain, then its regularized variants.
     order = table.assign(
         _model_rank=table["model"].map({"mlp": 0, "lenet5": 1}), _regularized=table["regularizer"] != "none"
