@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -14,8 +14,7 @@ from mnist_exp.runs import AnalysisError, Selection, column, histories
 SETTING_TAGS = {record.CODE_VERSION: "code version", record.THREADS: "threads (used)", record.DEVICE: "device"}
 
 
-@dataclass
-class Side:
+class Side(NamedTuple):
     """One side of a diff: a run, or the FINISHED seeds of a variant."""
 
     label: str
