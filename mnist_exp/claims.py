@@ -112,8 +112,7 @@ def check(document: dict, tracking_uri: str, experiment: str, course: str | None
 
 
 def _same_claim(claim: dict, now: list[dict]) -> dict | None:
-    """The claim of `now` that is `claim` again: by its id, else by its question and the runs of both sides
-    (a label names more or fewer settings as the variants beside it change)."""
+    """The claim of `now` that is `claim` again: by its id, else by its question and both sides' runs."""
 
     def same_runs(c: dict) -> bool:
         return c["question"] == claim["question"] and all(

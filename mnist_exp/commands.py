@@ -18,8 +18,7 @@ GRIDS = ("grid", "basic")  # sweepers whose job's overrides train that job again
 
 
 def launch(client, run_id: str, run_name: str = "") -> tuple[list[str], bool, str | None]:
-    """How a run was launched, from the files Hydra wrote for its job (logged as it starts): its overrides of
-    conf/train.yaml, whether a grid sweeper launched it (its overrides train it again), the folder it ran from."""
+    """(overrides, whether a grid launched it so they train it again, its folder), from its logged Hydra files."""
 
     def read(name: str):
         with tempfile.TemporaryDirectory() as folder:
@@ -35,8 +34,7 @@ def launch(client, run_id: str, run_name: str = "") -> tuple[list[str], bool, st
 
 
 def run_command(client, side) -> tuple[str, str]:
-    """(the train.py command re-creating the run of `side`, where and with what code to run it): the run's overrides,
-    its thread count where torch chose it, hydra.mode=RUN for a search's trial (its overrides would search again)."""
+    """(the train.py command re-creating the run of `side`, where and with what code to run it)."""
     if len(side.runs) != 1:
         names = "; ".join(side.runs["run_name"])
         raise AnalysisError(f"--command needs one run; {side.label} has {len(side.runs)}: {names}")
@@ -46,7 +44,7 @@ def run_command(client, side) -> tuple[str, str]:
     if record.THREADS in tags and not any(override_key(o) == "trainer.threads" for o in overrides):
         overrides = [*overrides, f"trainer.threads={tags[record.THREADS]}"]
     if not grid:
-        overrides = [*overrides, "hydra.mode=RUN"]
+        overrides = [*overrides, "hydra.mode=RUN"]  # a search's trial: its overrides would search again
     script = os.path.relpath(tracking.TRAIN_SCRIPT, cwd)
     script = script if not script.startswith("..") else str(tracking.TRAIN_SCRIPT)
     line = " ".join(["python", shlex.quote(script), *map(shlex.quote, overrides)])
@@ -63,8 +61,7 @@ def run_command(client, side) -> tuple[str, str]:
 
 
 def with_overrides(table: pd.DataFrame, tracking_uri: str, sweep_key: str | None = None) -> pd.DataFrame:
-    """`table` with each variant's overrides (its latest run's, less the seed and mlflow.extends; None for a
-    search's trial) and the `sweep_key` of the sweep it was selected from, which seeds added to it extend."""
+    """`table` with each variant's overrides (less seed and extends; None for a search's trial) and `sweep_key`."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -77,8 +74,7 @@ def with_overrides(table: pd.DataFrame, tracking_uri: str, sweep_key: str | None
 
 
 def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[list[str]] | None:
-    """The overrides of the `train.py -m` sweeps training `seeds` of each row's variant (with `extra`), one
-    sweep where the variants differ in one value only; None where a row has no overrides."""
+    """The `train.py -m` sweeps' overrides training `seeds` of each row (one sweep where they differ in one value)."""
     if not seeds:  # `trainer.seed=` with no value would train the default seed, not what was asked
         raise ValueError("a command that adds seeds needs at least one seed")
     lists = [getattr(row, "overrides", None) for row in rows]
@@ -99,8 +95,7 @@ def _sweeps(rows: list, seeds: list[int], extra: tuple[str, ...] = ()) -> list[l
 
 
 def train_command(rows: list, seeds: list[int], extra: tuple[str, ...] = (), pooled: bool = False) -> str | None:
-    """`python train.py -m` lines (joined by &&) training `seeds` of each row's variant, None for a search's trial;
-    `pooled`: the seeds join the rows' sweep (mlflow.extends) and are read with it, where a re-test stays apart."""
+    """`train.py -m` lines training `seeds` of each row (None for a search's trial); `pooled`: in the rows' sweep."""
     keys = {getattr(row, "sweep_key", None) for row in rows}
     if pooled and len(keys) == 1 and None not in keys:
         extra = (*extra, f"mlflow.extends={next(iter(keys))}")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -14,8 +14,7 @@ from mnist_exp.runs import AnalysisError, Selection, column, histories
 SETTING_TAGS = {record.CODE_VERSION: "code version", record.THREADS: "threads (used)", record.DEVICE: "device"}
 
 
-@dataclass
-class Side:
+class Side(NamedTuple):
     """One side of a diff: a run, or the FINISHED seeds of a variant."""
 
     label: str
@@ -51,27 +50,21 @@ def settings(side: Side) -> dict[str, str]:
     """Each setting (params, and SETTING_TAGS) as one value, or its values over the side's runs."""
     runs = side.runs.dropna(axis=1, how="all")
     keys = {c[len("params.") :] for c in runs if c.startswith("params.")} | set(SETTING_TAGS)
-    merged = {}
-    for key in sorted(keys):
-        values = [
-            next((run[c] for c in (f"params.{key}", f"tags.{key}") if not pd.isna(run.get(c))), "-")
-            for _, run in runs.iterrows()
-        ]
-        distinct = list(dict.fromkeys(values))
-        merged[SETTING_TAGS.get(key, key)] = distinct[0] if len(distinct) == 1 else ", ".join(distinct)
-    return merged
+
+    def values(key: str) -> pd.Series:  # each run's param or tag, "-" where it has neither
+        return column(runs, f"params.{key}").fillna(column(runs, f"tags.{key}")).fillna("-")
+
+    return {SETTING_TAGS.get(key, key): ", ".join(dict.fromkeys(values(key))) for key in sorted(keys)}
 
 
 def final_metrics(side: Side) -> dict[str, str]:
     """Each metric's last value (mean ± std over a variant's runs); system/ metrics left out."""
     recorded = side.runs.dropna(axis=1, how="all")
     names = sorted(c for c in recorded if c.startswith("metrics.") and not c.startswith("metrics.system/"))
-    frame = side.runs[names].rename(columns=lambda c: c[len("metrics.") :]).astype(float)
+    frame = recorded[names].rename(columns=lambda c: c[len("metrics.") :]).astype(float)
     if len(frame) == 1:
-        return {key: f"{value:.6g}" for key, value in frame.iloc[0].dropna().items()}
-    return {
-        key: f"{values.mean():.6g} ± {values.std(ddof=1):.2g}" for key, values in frame.items() if values.notna().any()
-    }
+        return {key: f"{value:.6g}" for key, value in frame.iloc[0].items()}
+    return {key: f"{values.mean():.6g} ± {values.std(ddof=1):.2g}" for key, values in frame.items()}
 
 
 def diff_text(a: Side, b: Side) -> str:

@@ -131,8 +131,7 @@ def regularizer_panels(history, baseline: str, title: str):
 
 
 def forest(compared, title: str, smallest: float):
-    """Each variant's difference from its baseline (the table's rows, with a `label`), sorted, with its Bonferroni
-    interval and the band of differences smaller than `smallest` (pp); filled where Holm's finds a difference."""
+    """Each variant's difference from its baseline (rows with a `label`), its interval, and the ±`smallest` band."""
     rows = compared.sort_values("vs_baseline_pp").reset_index(drop=True)
     diff, low, high = rows["vs_baseline_pp"], rows["vs_baseline_pp_ci_low"], rows["vs_baseline_pp_ci_high"]
     labels = [textwrap.fill(label, 50) for label in rows["label"]]  # a variant named by its settings is long

@@ -12,8 +12,9 @@ import pandas as pd
 
 from mnist_exp import plots, record
 from mnist_exp.commands import analyze_command, fresh_seeds, more_seeds, train_command
+from mnist_exp.runs import column
 from mnist_exp.significance import MCNEMAR, POWER, family, selected_on_test
-from mnist_exp.table import SHORT, choose_best, short
+from mnist_exp.table import SHORT, choose_best, number, short
 
 LECUN_1998_TEST_ACC = 99.05  # LeNet-5 on full MNIST: 0.95% test error (LeCun et al. 1998)
 STUDENTS_TEST_ACC = 98.8  # what the course's own solutions report for LeNet-5 on full MNIST
@@ -36,8 +37,7 @@ def _plain(rows: pd.DataFrame, model: str) -> pd.Series | None:
 
 
 def _family(pairs: list, table: pd.DataFrame, on_test: bool = False) -> list[dict]:
-    """[(row, baseline)] judged as one family (`on_test`: chosen on the test split): each row with its comparison
-    `c`, holding the smaller side's seeds and, where undecided with a plan, the command adding seeds."""
+    """[(row, baseline)] as one family (`on_test`: chosen on the test split), each with the command adding seeds."""
     found = family(pairs, **table.attrs["judging"])
     for c, (row, baseline) in zip(found, pairs):
         c.update(selected_on_test(c) if on_test else {}, have=min(row.n, baseline.n))
@@ -109,8 +109,7 @@ def combinations(table: pd.DataFrame) -> list[dict]:
 
 
 def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
-    """Each model's best variant against it unregularized, trained the course's way where the selection has that,
-    else trained alike; judged within every candidate's comparison with that reference."""
+    """Each model's best variant against it unregularized, trained the course's way where there is one, else alike."""
     answers = []
     for model in MODELS:
         rows = table[table["model"] == model]
@@ -125,10 +124,8 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         references = [] if reference is None else [reference]
         seeded = list((rows[rows["n"] >= 2] if (rows["n"] >= 2).any() else rows).itertuples())  # choose_best's
         candidates = [r for r in seeded if reference is None or r.variant != reference.variant]
-        c = None
-        if reference is not None and reference.variant != best.variant:
-            judged = _family([(row, reference) for row in candidates], table, basis == "test")
-            c = next(e["c"] for e in judged if e["row"].variant == best.variant)
+        judged = _family([(row, reference) for row in candidates if reference is not None], table, basis == "test")
+        c = next((e["c"] for e in judged if e["row"].variant == best.variant), None)  # None: it is the reference
         compared = [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)] if c else []
         answers.append(
             {
@@ -148,15 +145,13 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
 
 
 def search(table: pd.DataFrame, runs: pd.DataFrame) -> dict | None:
-    """The trials of an Optuna search among `runs` (the selection, every status): how many ended how, and
-    the best trial trained in full, chosen on the validation split, with the settings the search varied."""
-    column = f"tags.{record.TRIAL}"
-    trials = runs[runs[column].notna()] if column in runs else runs.iloc[:0]
+    """An Optuna search's trials among `runs`: how many ended how, the best one and the settings it varied."""
+    trials = runs[column(runs, f"tags.{record.TRIAL}").notna()]
     if trials.empty:
         return None
-    numbers = dict(zip(trials["run_id"], trials[column]))
+    numbers = dict(zip(trials["run_id"], trials[f"tags.{record.TRIAL}"]))
     rows = table[table["run_ids"].map(lambda ids: any(run_id in numbers for run_id in ids))]
-    pruned = trials[f"tags.{record.PRUNED}"].notna() if f"tags.{record.PRUNED}" in trials else False
+    pruned = column(trials, f"tags.{record.PRUNED}").notna()
     finished = trials["status"] == "FINISHED"
     counts = {"finished": len(rows), "pruned": int((finished & pruned).sum()), "failed": int((~finished).sum())}
     if rows.empty:
@@ -178,15 +173,12 @@ def versus_lecun(table: pd.DataFrame) -> dict | None:
 
 
 def _same_but_groups(settings: str, course: str) -> bool:
-    def strip(s):
-        return {k: v for k, v in json.loads(s).items() if not k.startswith(("model.", "regularizer."))}
-
-    return strip(settings) == strip(course)
+    ignore = ("model.", "regularizer.")
+    return record.identity(json.loads(settings), ignore) == record.identity(json.loads(course), ignore)
 
 
 def _retest(basis: str, rows: list, candidates: list) -> dict | None:
-    """The commands re-testing a winner: chosen on validation (or by a search), it and its baseline (`rows`) on
-    fresh seeds; chosen on the test split, which fresh seeds cannot undo, the candidates with a validation split."""
+    """Re-test commands: on fresh seeds, or where the test split chose, every candidate with a validation split."""
     if basis != "test":
         seeds, extra = fresh_seeds(rows, RETEST_SEEDS), ()
     else:
@@ -235,26 +227,6 @@ def figures(table: pd.DataFrame, history: pd.DataFrame) -> dict:
 # --- the report ---
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    )
-    env.filters.update(
-        pp=lambda x: f"{x:+.2f}",
-        p=lambda x: f"{x:.3g}",
-        acc=lambda row: (
-            f"{row.acc_pct:.2f}{'' if pd.isna(row.acc_pct_std) else f' ± {row.acc_pct_std:.2f}'}% (n = {row.n})"
-        ),
-        count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
-        ci=lambda r: "" if pd.isna(r.acc_pct_ci_low) else f", 95% CI {r.acc_pct_ci_low:.2f}–{r.acc_pct_ci_high:.2f}",
-        thousands="{:,}".format,
-        level=lambda confidence: f"{100 * confidence:.4g}%",
-    )
-    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN)
-    env.globals.update(power=POWER, MCNEMAR=MCNEMAR, short=SHORT)
-    return env
-
-
 def answers(table: pd.DataFrame, course: str | None = None, trials: dict | None = None) -> dict:
     """Everything the template words: each question's answer, and `trials` (search()'s, with its command)."""
     return {
@@ -274,7 +246,21 @@ def write_report(folder: Path, found: dict, table_markdown: str, figures: dict[s
     """report.md in `folder`, wording `found` (answers())."""
     folder.mkdir(parents=True, exist_ok=True)
     links = {name: Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix() for name, path in figures.items()}
-    template = _environment().from_string(TEMPLATE.read_text(encoding="utf-8"))
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+    )
+    env.filters.update(
+        pp=lambda x: f"{x:+.2f}",
+        p=lambda x: f"{x:.3g}",
+        acc=lambda row: f"{row.acc_pct:.2f}{number(row.acc_pct_std, ' ± {:.2f}')}% (n = {row.n})",
+        count=lambda n, noun: f"{n:,} {noun if n == 1 else noun + 's'}",
+        ci=lambda row: number(row.acc_pct_ci_low, ", 95% CI {:.2f}–") + number(row.acc_pct_ci_high, "{:.2f}"),
+        thousands="{:,}".format,
+        level=lambda confidence: f"{100 * confidence:.4g}%",
+    )
+    env.globals.update(lecun_acc=LECUN_1998_TEST_ACC, students_acc=STUDENTS_TEST_ACC, full_mnist=FULL_MNIST_TRAIN)
+    env.globals.update(power=POWER, MCNEMAR=MCNEMAR, short=SHORT)
+    template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     report = folder / record.REPORT_FILE
     report.write_text(template.render(description=description, table=table_markdown, figures=links, **found))
     return report

@@ -1,5 +1,4 @@
-"""Selecting runs: a store opened for reading, the runs of some sweeps (or all) as one pandas row per run
-(columns as mlflow.search_runs names them), FINISHED runs once per identity, filters, per-epoch histories."""
+"""Selecting runs: the runs of some sweeps (or all) as one row per run (mlflow.search_runs's columns), filtered."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from mnist_exp import record, tracking
 from mnist_exp.sweep import sweep_members
 
 INFO = ("run_id", "run_name", "experiment_id", "status", "start_time")  # each run's columns from its RunInfo
+HISTORY = (record.TEST_ACC, record.TEST_LOSS, record.TRAIN_ACC, record.TRAIN_LOSS, record.LR)  # histories()'s metrics
 FILTER_ALIASES = {"model": "model.name", "regularizer": record.REGULARIZERS, "optimizer": "optimizer.name"}
 
 
@@ -42,19 +42,16 @@ class Selection:
 
 def _confirmed(runs: pd.DataFrame) -> pd.Series:
     """'recipe' or 'plain' for the runs a search's confirmation trained (record.CONFIRMATION on its sweep run)."""
-    roles = {}
-    for tag in column(runs, f"tags.{record.CONFIRMATION}").dropna():
-        for role, run_ids in json.loads(tag).items():
-            roles.update(dict.fromkeys(run_ids, role))
-    return runs["run_id"].map(roles)
+    tags = column(runs, f"tags.{record.CONFIRMATION}").dropna()
+    return runs["run_id"].map({run_id: role for tag in tags for role, ids in json.loads(tag).items() for run_id in ids})
 
 
 def _compared(runs: pd.DataFrame) -> pd.Series:
     return (runs["status"] == "FINISHED") & column(runs, f"tags.{record.PRUNED}").isna()
 
 
-def open_experiment(tracking_uri: str, experiment: str):
-    """(MlflowClient, the experiment) of a store that exists (reading never creates one), its runs migrated."""
+def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
+    """The runs of some sweeps (see find_sweep), or of all runs ('all'), of a store that exists, its runs migrated."""
     from mlflow.tracking import MlflowClient
 
     tracking.check_store(tracking_uri, "--tracking-uri ")
@@ -72,13 +69,7 @@ def open_experiment(tracking_uri: str, experiment: str):
         record.migrate(client, found)
     except record.RecordError as error:
         raise AnalysisError(f"{tracking_uri}: {error}") from None
-    return client, found
-
-
-def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "latest") -> Selection:
-    """The runs of some sweeps (see find_sweep), or of all runs ('all')."""
-    client, found = open_experiment(tracking_uri, experiment)
-    runs = _frame(client.search_runs([found.experiment_id], max_results=50_000))
+    runs = pd.DataFrame([_row(run) for run in client.search_runs([found.experiment_id], max_results=50_000)])
     if runs.empty:
         raise AnalysisError(f"experiment {experiment!r} in {tracking_uri} has no runs yet: run train.py first")
     runs["confirmed"] = _confirmed(runs)
@@ -122,8 +113,7 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
 
 
 def find_sweep(parents: pd.DataFrame, selector: str, has_finished_run) -> tuple[str, pd.DataFrame]:
-    """(the sweep's key, the later launches passed over) for --sweep's `selector` (docs/analysis.md, "Which
-    sweep"); `parents` carries each parent run's `sweep` (its key, or the key it extends) and `launched`."""
+    """(the sweep's key, later launches passed over) for --sweep's `selector` (docs/analysis.md, "Which sweep")."""
     if selector == "latest":
         ordered = parents.sort_values("launched", ascending=False)
         for position, parent in enumerate(ordered.itertuples()):
@@ -166,14 +156,9 @@ def metric(frame: pd.DataFrame, key: str) -> pd.Series:
     return pd.to_numeric(column(frame, f"metrics.{key}"), errors="coerce").astype(float)
 
 
-def _frame(runs: list) -> pd.DataFrame:
-    rows = []
-    for run in runs:
-        row = {name: getattr(run.info, name) for name in INFO}
-        for kind in ("params", "metrics", "tags"):
-            row.update({f"{kind}.{k}": v for k, v in getattr(run.data, kind).items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _row(run) -> dict:
+    data = {f"{kind}.{k}": v for kind in ("params", "metrics", "tags") for k, v in getattr(run.data, kind).items()}
+    return {**{name: getattr(run.info, name) for name in INFO}, **data}
 
 
 def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
@@ -190,11 +175,7 @@ def apply_filters(runs: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
     return runs
 
 
-def histories(
-    tracking_uri: str,
-    runs: pd.DataFrame,
-    keys=(record.TEST_ACC, record.TEST_LOSS, record.TRAIN_ACC, record.TRAIN_LOSS, record.LR),
-) -> pd.DataFrame:
+def histories(tracking_uri: str, runs: pd.DataFrame, keys=HISTORY) -> pd.DataFrame:
     """Per-epoch metrics of `runs`: columns run_id, variant, epoch, and one per key (fractions)."""
     from mlflow.tracking import MlflowClient
 

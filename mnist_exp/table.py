@@ -1,6 +1,5 @@
-"""The variant table: one row per variant (model x regularizer x optimizer x data), seeds pooled, each compared
-with its baseline trained alike (docs/analysis.md), and its text. Accuracies are in percent here (`..._pct`),
-differences in percentage points (`..._pp`); MLflow and history.csv hold fractions."""
+"""The variant table (docs/analysis.md): one row per variant, seeds pooled, compared with its baseline trained alike,
+and its text. Accuracies in percent (`..._pct`), differences in points (`..._pp`); MLflow holds fractions."""
 
 from __future__ import annotations
 
@@ -22,29 +21,28 @@ METRICS = {"final": record.FINAL_TEST_ACC, "best": record.BEST_TEST_ACC, "val": 
 HEADERS = {"final": "test acc %", "best": "best-epoch test acc %", "val": "validation acc %"}
 # The split whose per-image answers a metric is about; the best epoch's are not kept (it is chosen on test).
 SPLITS = {"final": "test", "val": "validation"}
-SORT_KEYS = {  # --sort name: (column, ascending); best first
-    "test_acc": ("acc_pct", False),
-    "best_test_acc": ("best_test_acc_pct", False),
-    "test_loss": ("test_loss", True),
-    "gap": ("gap_pp", True),
-    "params": ("params", True),
-    "train_time_s": ("train_time_s", True),
-    "variant": ("variant", True),
-}
+# --sort name: its column, best first (accuracies descending, the rest ascending).
+SORT_KEYS = {"test_acc": "acc_pct", "best_test_acc": "best_test_acc_pct", "test_loss": "test_loss", "gap": "gap_pp"}
+SORT_KEYS |= {"params": "params", "train_time_s": "train_time_s", "variant": "variant"}
 # Settings a baseline may differ in, and the data, compared by what was read (record.DATA_IDENTITY).
 COMPARED = ("model.", "regularizer.", "trainer.seed", "data.")
 # A collapsed seed: near chance (10 digits: 10%), or this far below the median of its variant's other seeds.
 CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
 WIDTH = 120  # the default terminal table fits this many columns
 # Short names for the narrow table and the figures, printed as a key where used.
-SHORT = {
-    "batchnorm": "bn",
-    "augment": "aug",
-    "dropout": "drop",
-    "label_smoothing": "ls",
-    "early_stopping": "es",
-    "onecycle": "1cyc",
-    "cosine": "cos",
+SHORT = {"batchnorm": "bn", "augment": "aug", "dropout": "drop", "label_smoothing": "ls", "early_stopping": "es"}
+SHORT |= {"onecycle": "1cyc", "cosine": "cos"}
+# --wide's number columns: header -> (column, format).
+WIDE = {
+    "best %": ("best_test_acc_pct", "{:.2f}"),
+    "val %": ("val_acc_pct", "{:.2f}"),
+    "test loss": ("test_loss", "{:.4f}"),
+    "train (eval) %": ("train_eval_acc_pct", "{:.2f}"),
+    "gap pp": ("gap_pp", "{:+.2f}"),
+    "epochs": ("epochs", "{}"),
+    "time s": ("train_time_s", "{:.1f}"),
+    "Δ MLP pp": ("vs_mlp_pp", "{:+.2f}"),
+    "Δ LeNet-5 pp": ("vs_lenet5_pp", "{:+.2f}"),
 }
 # Each variant's columns: from its latest run, and averaged over its seeds.
 SAME = ("variant", "model", "regularizer", "optimizer", "scheduler", "data", "settings", "params", "epochs")
@@ -55,11 +53,8 @@ MEANS += ("gap_pp", "train_time_s", "val_acc_pct")
 
 def _context_key(run: pd.Series) -> str:
     """What a run's baseline shares with it: every setting but COMPARED, and the data read (by content)."""
-    context = {
-        key: value
-        for key, value in run.items()
-        if key.startswith("params.") and not key[len("params.") :].startswith(record.NOT_IDENTITY + COMPARED)
-    }
+    ignored = tuple(f"params.{prefix}" for prefix in record.NOT_IDENTITY + COMPARED)
+    context = {key: value for key, value in run.items() if key.startswith("params.") and not key.startswith(ignored)}
     data = {key: run.get(f"params.{key}") for key in record.DATA_IDENTITY}
     return hashlib.sha256(json.dumps({**context, **data}, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -120,8 +115,7 @@ def variant_table(
     smallest_effect: float = SMALLEST_EFFECT_PP,
     half_width: float | None = None,
 ) -> pd.DataFrame:
-    """One row per variant: accuracy over its seeds and COMPARISON's columns, one family per baseline; a variant
-    with `answers` ({run_id: correct per image}) for every run gets intervals over seeds and images."""
+    """One row per variant, COMPARISON's columns per baseline's family; `answers`: {run_id: correct per image}."""
     if finished.empty:
         raise AnalysisError("no FINISHED runs to compare")
     runs = per_run(finished, metric)
@@ -141,7 +135,7 @@ def variant_table(
         table[name] = [getattr(e, field) for e in estimates]
     table["collapsed"] = [collapsed_seeds(r.acc_pct_samples, r.seeds, r.run_ids) for r in table.itertuples()]
     table = table.reset_index()
-    table.attrs["judging"] = {"smallest_effect": smallest_effect, "half_width": half_width}
+    table.attrs.update(metric=metric, judging={"smallest_effect": smallest_effect, "half_width": half_width})
 
     plain = table[table["regularizer"] == "none"]
     for name, model in (("vs_mlp_pp", "mlp"), ("vs_lenet5_pp", "lenet5")):
@@ -149,9 +143,7 @@ def variant_table(
         table[name] = table["acc_pct"] - table["context"].map(reference)
     _compare_with_baselines(table, plain)
     _disambiguate(table)
-    table = _sorted(table, sort).drop(columns=["variant_hash"]).reset_index(drop=True)
-    table.attrs["metric"] = metric
-    return table
+    return _sorted(table, sort).drop(columns=["variant_hash"]).reset_index(drop=True)
 
 
 def collapsed_seeds(accuracies: list[float], seeds: list[int], run_ids: list[str]) -> list[str]:
@@ -187,8 +179,7 @@ def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
     if sort is not None:
         if sort not in SORT_KEYS:
             raise AnalysisError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
-        name, ascending = SORT_KEYS[sort]
-        return table.sort_values(name, ascending=ascending, kind="stable")
+        return table.sort_values(SORT_KEYS[sort], ascending=not SORT_KEYS[sort].endswith("acc_pct"), kind="stable")
     # Reading order: per optimizer, the MLP first, then LeNet-5 plain, then its regularized variants.
     order = table.assign(
         _model_rank=table["model"].map({"mlp": 0, "lenet5": 1}), _regularized=table["regularizer"] != "none"
@@ -197,20 +188,15 @@ def _sorted(table: pd.DataFrame, sort: str | None) -> pd.DataFrame:
 
 
 def _disambiguate(table: pd.DataFrame) -> None:
-    """Variants sharing a name get what differs: 'mlp/none/sgd lr=0.02' (the fewest significant figures, from 3,
-    that tell them apart), or the data when that is all."""
+    """Variants sharing a name get what differs, in the fewest figures that tell them apart: 'mlp/none/sgd lr=0.02'."""
     duplicated = table["variant"].duplicated(keep=False)
     for variant, rows in table[duplicated].groupby("variant"):
         found = [json.loads(s) for s in rows["settings"]]
         differing = sorted({key for s in found for key in s if any(o.get(key) != s.get(key) for o in found)})
         for figures in (3, 4, 6, 17):  # 17: every digit of a float
             # 'lr=0.0229': each differing setting, its group left out, a number to `figures` significant figures
-            labels = [
-                " ".join(
-                    [variant, *(f"{k.split('.', 1)[-1]}={significant(s.get(k, '-'), figures)}" for k in differing)]
-                )
-                for s in found
-            ]
+            named = ((f"{k.split('.', 1)[-1]}={significant(s.get(k, '-'), figures)}" for k in differing) for s in found)
+            labels = [" ".join([variant, *parts]) for parts in named]
             if len(set(labels)) < len(labels):  # the same settings on other data (a search's trial, its confirmation)
                 labels = [f"{label} [{data}]" for label, data in zip(labels, rows["data"])]
             if len(set(labels)) == len(labels):
@@ -219,8 +205,7 @@ def _disambiguate(table: pd.DataFrame) -> None:
 
 
 def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
-    """The best of `rows` (seeded variants first) and what chose it: 'search' (a search's confirmed recipe),
-    'validation' where every row has a validation accuracy, else 'test' (its margin then is optimistic)."""
+    """The best of `rows` (seeded ones first) and what chose it: 'search' (its recipe), 'validation' or 'test'."""
     confirmed = rows[rows["confirmed"] == "recipe"]
     if len(confirmed) == 1:
         return confirmed.iloc[0], "search"
@@ -232,8 +217,7 @@ def choose_best(rows: pd.DataFrame) -> tuple[pd.Series, str]:
 
 
 def named_variants(table: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The rows a model name selects: each word (split at - and .) naming an option keeps the variants with it
-    (mnist-lenet5: LeNet-5's; lenet5-dropout: LeNet-5's with dropout); refused when no row is left."""
+    """The rows a model name selects: each word naming an option keeps those with it (lenet5-dropout), never none."""
     conf = tracking.TRAIN_SCRIPT.parent / "conf"
     groups = ("model", "regularizer", "optimizer", "scheduler")
     options = {group: {path.stem for path in (conf / group).glob("*.yaml")} for group in groups}
@@ -252,20 +236,13 @@ def named_variants(table: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame, name: str, metric_name: str) -> tuple:
-    """Register the best seed's model of the best variant `name` selects, both chosen on the same split:
-    (variant, models:/NAME/<version>, the split it was chosen on, whether it is new)."""
+    """Register the best seed of the best variant `name` selects: (variant, models:/NAME/<version>, split, new)."""
     best, basis = choose_best(named_variants(table, name))
     chosen_on = record.FINAL_VAL_ACC if basis == "validation" else METRICS[metric_name]
     runs = finished.set_index("run_id").loc[best.run_ids]
     run_id = metric(runs, chosen_on).idxmax()
-    tags = {
-        "variant": best.variant,
-        "metric": chosen_on,
-        "variant_mean_pct": f"{best.acc_pct:.2f}",
-        "seeds": str(best.n),
-        "data": best.data,
-        "run_id": run_id,
-    }
+    tags = {"variant": best.variant, "metric": chosen_on, "variant_mean_pct": f"{best.acc_pct:.2f}"}
+    tags |= {"seeds": str(best.n), "data": best.data, "run_id": run_id}
     uri, new = tracking.register_model(tracking_uri, run_id, runs.loc[run_id, "experiment_id"], name, tags)
     return best.variant, uri, basis, new
 
@@ -289,41 +266,17 @@ def format_table(table: pd.DataFrame, fmt: str, wide: bool = False) -> str:
     accuracy = HEADERS[table.attrs.get("metric", "final")]
     common = {
         "n": table["n"],
-        accuracy: [f"{r.acc_pct:.2f}" + _number(r.acc_pct_std, " ± {:.2f}") for r in rows],
-        "95% CI": [_number(r.acc_pct_ci_low, "{:.2f}–") + _number(r.acc_pct_ci_high, "{:.2f}") for r in rows],
+        accuracy: [f"{r.acc_pct:.2f}" + number(r.acc_pct_std, " ± {:.2f}") for r in rows],
+        "95% CI": [number(r.acc_pct_ci_low, "{:.2f}–") + number(r.acc_pct_ci_high, "{:.2f}") for r in rows],
     }
     if wide:
-        numbers = {
-            "best %": ("best_test_acc_pct", "{:.2f}"),
-            "val %": ("val_acc_pct", "{:.2f}"),
-            "test loss": ("test_loss", "{:.4f}"),
-            "train (eval) %": ("train_eval_acc_pct", "{:.2f}"),
-            "gap pp": ("gap_pp", "{:+.2f}"),
-            "epochs": ("epochs", "{}"),
-            "time s": ("train_time_s", "{:.1f}"),
-            "Δ MLP pp": ("vs_mlp_pp", "{:+.2f}"),
-            "Δ LeNet-5 pp": ("vs_lenet5_pp", "{:+.2f}"),
-        }
-        shown = pd.DataFrame(
-            {
-                "variant": marked,
-                "data": table["data"],
-                "params": table["params"],
-                **common,
-                **{header: [_number(v, template) for v in table[name]] for header, (name, template) in numbers.items()},
-                "vs baseline": compared(_versus, smallest),
-                "seeds needed": [_plan(row) for row in rows],
-            }
-        )
+        numbers = {header: [number(v, template) for v in table[name]] for header, (name, template) in WIDE.items()}
+        plan = ["larger test set" if r.larger_test_set is True else number(r.seeds_needed, "{:.0f}") for r in rows]
+        shown = pd.DataFrame({"variant": marked, "data": table["data"], "params": table["params"], **common, **numbers})
+        shown = shown.assign(**{"vs baseline": compared(_versus, smallest), "seeds needed": plan})
         return shown.to_markdown(index=False, disable_numparse=True) + _notes(table, {}, smallest)
-    narrow = pd.DataFrame(
-        {
-            **common,
-            "Δ baseline pp (CI)": compared(_diff),
-            "p Holm": [_p(p) for p in table["p_adj"]],
-            "verdict": compared(_verdict_word, smallest),
-        }
-    )
+    narrow = pd.DataFrame({**common, "Δ baseline pp (CI)": compared(_diff), "p Holm": [_p(p) for p in table["p_adj"]]})
+    narrow["verdict"] = compared(_verdict_word, smallest)
     key: dict[str, str] = {}
     for shorten, compact in ((False, False), (True, False), (True, True)):
         labels = marked.map(lambda v: short(v, key)) if shorten else marked
@@ -371,7 +324,8 @@ def _notes(table: pd.DataFrame, key: dict[str, str], smallest: float, compared: 
     return f"\n\n{text}" if text else ""
 
 
-def _number(value, template: str) -> str:
+def number(value, template: str) -> str:
+    """`template` filled with `value`, or nothing where it is missing."""
     return "" if pd.isna(value) else template.format(value)
 
 
@@ -392,20 +346,11 @@ def _versus(row, smallest: float) -> str:
     """'+0.41 vs lenet5/none/sgd (seeds x images, p=0.012, Holm 0.036: better)'."""
     if row.test is None:
         return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.why_untested}: no test)"
-    return (
-        f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({row.test}, p {_p(row.p_value)}, "
-        f"Holm {_p(row.p_adj)}: {_verdict_word(row, smallest)})"
-    )
-
-
-def _plan(row) -> str:
-    if row.larger_test_set is True:
-        return "larger test set"
-    return "" if pd.isna(row.seeds_needed) else str(int(row.seeds_needed))
+    tested = f"{row.test}, p {_p(row.p_value)}, Holm {_p(row.p_adj)}: {_verdict_word(row, smallest)}"
+    return f"{row.vs_baseline_pp:+.2f} vs {row.baseline} ({tested})"
 
 
 def _diff(row) -> str:
     """'+0.41 (-0.20 to +1.02)'; the difference alone where there is no test."""
-    if pd.isna(row.vs_baseline_pp_ci_low):
-        return f"{row.vs_baseline_pp:+.2f}"
-    return f"{row.vs_baseline_pp:+.2f} ({row.vs_baseline_pp_ci_low:+.2f} to {row.vs_baseline_pp_ci_high:+.2f})"
+    interval = number(row.vs_baseline_pp_ci_low, " ({:+.2f} to ") + number(row.vs_baseline_pp_ci_high, "{:+.2f})")
+    return f"{row.vs_baseline_pp:+.2f}{interval}"
