@@ -1,8 +1,5 @@
-"""Credentials in a tracking URI (http://alice:s3cret@host): moved to MLflow's own variables, and redacted.
-
-A tracking URI is logged, printed and put in Hydra's files, so train.py and analyze.py move its user and password
-before Hydra or MLflow sees it. Standard library only: train.py imports it before Hydra starts.
-"""
+"""A tracking URI's user and password (http://alice:s3cret@host) moved to MLflow's own variables before Hydra or
+MLflow sees the URI (it is logged, printed, put in Hydra's files), and redacted; standard library only: train.py."""
 
 from __future__ import annotations
 

@@ -99,8 +99,7 @@ def variant_accuracy(answers: dict | None, accuracies: list[float]) -> Estimate:
     """accuracy() from the runs' answers ({seed: correct per image}); without them, no interval."""
     if answers is not None:
         return accuracy(np.stack(list(answers.values())))
-    x = np.asarray(accuracies, dtype=float)
-    return Estimate(float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan, len(x), math.nan, math.nan)
+    return replace(estimate(accuracies), ci_low=math.nan, ci_high=math.nan)
 
 
 @dataclass(frozen=True)
@@ -288,10 +287,8 @@ def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, hal
         return power >= POWER
 
     floor = stats.t.ppf(level, images - 1) * math.sqrt(d.floor)
-    if not enough(math.inf):
-        return {"larger_test_set": True, "floor_half_width": floor}
-    seeds = range(2, MAX_SEEDS + 1)
-    found = bisect.bisect_left(seeds, True, key=enough)  # the fewest seeds that are enough (more never hurt)
+    seeds = range(2, MAX_SEEDS + 1)  # the fewest seeds that are enough (more never hurt), if unlimited ones are
+    found = bisect.bisect_left(seeds, True, key=enough) if enough(math.inf) else len(seeds)
     if found == len(seeds):
         return {"larger_test_set": True, "floor_half_width": floor}
     return {"seeds_needed": seeds[found], "floor_half_width": floor}

@@ -29,8 +29,7 @@ from mnist_exp import credentials, record
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
 SERVER_TIMEOUT_S = 5
-# A sqlite store's artifacts beside its file, as `mlflow server` keeps them (not in ./mlruns of any working folder).
-ARTIFACTS_FOLDER = "mlartifacts"
+ARTIFACTS_FOLDER = "mlartifacts"  # a sqlite store's artifacts beside its file, as `mlflow server` keeps them
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # any of them: a store, or one being created
 
@@ -53,25 +52,21 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             "password file, e.g. PostgreSQL's ~/.pgpass)"
         )
     check_store(tracking_uri)
-    if tracking_uri.startswith(("http://", "https://")):
-        check_server(tracking_uri)
-    try:
-        with _sqlite_creation_lock(tracking_uri) as sqlite:
+    with _sqlite_creation_lock(tracking_uri) as path:
+        try:
             client = MlflowClient(tracking_uri)
             found = client.get_experiment_by_name(experiment)
-            if sqlite:  # the registry's store checks the schema on first use too (claims live there)
+            if path:  # the registry's store checks the schema on first use too (claims live there)
                 client.search_registered_models(max_results=1)
-        if found is None:
-            try:
-                location = artifact_location(tracking_uri, experiment)
-                tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
-                return client, client.create_experiment(experiment, location, tags=tags)
-            except MlflowException:  # another process created it first
-                found = client.get_experiment_by_name(experiment)
-    except TrackingError:
-        raise
-    except Exception as error:  # MLflow surfaces store problems as many unrelated types
-        raise store_error(tracking_uri, error) from None
+            if found is None:
+                try:
+                    location = path and (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri()
+                    tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
+                    return client, client.create_experiment(experiment, location, tags=tags)
+                except MlflowException:  # another process created it first
+                    found = client.get_experiment_by_name(experiment)
+        except Exception as error:  # MLflow surfaces store problems as many unrelated types
+            raise store_error(tracking_uri, error) from None
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
             f"mlflow.experiment={experiment} was deleted from {uri}; restore it with "
@@ -112,7 +107,9 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 
 def check_store(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None:
-    """Refuse in one line a bare path (MLflow's deprecated file store) or a file not a store; `option` names the URI."""
+    """Refuse in one line a bare path (MLflow's deprecated file store), a file not a store, a server not up."""
+    if tracking_uri.startswith(("http://", "https://")):
+        check_server(tracking_uri)
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
         path = Path(tracking_uri.removeprefix("file://"))
@@ -154,19 +151,13 @@ def _not_a_store(path: Path) -> str | None:
     return None
 
 
-def artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """A new experiment's files: <database folder>/ARTIFACTS_FOLDER/<experiment> for a sqlite store, else None."""
-    path = sqlite_path(tracking_uri)
-    return (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri() if path else None
-
-
 @contextlib.contextmanager
 def _sqlite_creation_lock(tracking_uri: str):
-    """A sqlite store: refused at once if unwritable (SQLAlchemy retries for minutes), its schema created by one
-    process at a time (MLflow's creation races: 'table ... already exists')."""
+    """A sqlite store's path, refused at once if unwritable (SQLAlchemy retries for minutes), locked (MLflow's schema
+    creation races: 'table ... already exists'); None for another store."""
     path = sqlite_path(tracking_uri)
     if path is None:
-        yield False
+        yield None
         return
     try:  # sqlite writes its journal beside the file, so the folder must take a file too
         path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
@@ -183,7 +174,7 @@ def _sqlite_creation_lock(tracking_uri: str):
         ) from None
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)  # a lock on the folder: nothing extra is left beside mlflow.db
-        yield True
+        yield path
     finally:
         os.close(folder)
 
@@ -318,8 +309,7 @@ CLAIM_DESCRIPTION = "mnist-exp: this process is training this run identity (dele
 
 
 class Claim:
-    """The right to train one identity: a registered model mnist-exp.claim.<experiment>.<identity>.<generation>,
-    whose unique name makes taking it atomic; its holder beats a heartbeat tag while it trains."""
+    """The right to train one identity: a registered model (a unique name: taking it is atomic) with a heartbeat."""
 
     def __init__(self, client: MlflowClient, name: str):
         self.client, self.name = client, name
@@ -331,14 +321,13 @@ class Claim:
         """Wait until this process holds the identity's claim; on_wait(holder tags) when it starts to wait."""
         prefix = f"{CLAIM_PREFIX}{experiment_id}.{identity_key}."
         seen: dict[int, tuple[str | None, float]] = {}  # generation -> (heartbeat, when we first saw it)
-        told = None
         while True:
             claims = _claims(client, prefix)
             newest = max(claims, default=None)
+            new = newest not in seen  # _alive() notes a generation the first time it finds it alive
             if newest is not None and _alive(claims[newest], seen, newest):
-                if told != newest:
+                if new:
                     on_wait(claims[newest].tags)
-                    told = newest
                 time.sleep(POLL_S)
                 continue
             mine = 0 if newest is None else newest + 1
@@ -387,10 +376,9 @@ def _claims(client: MlflowClient, prefix: str) -> dict[int, object]:
 def _alive(model, seen: dict, generation: int) -> bool:
     """Whether a claim's holder may still be training: released and dead holders are not."""
     tags = model.tags
-    if tags.get("released") == "true":
+    gone = tags.get("host") == socket.gethostname() and not pid_alive(int(tags.get("pid", 0)))  # its pid, here
+    if tags.get("released") == "true" or gone:  # a live pid (a reused worker) still needs a recent heartbeat
         return False
-    if tags.get("host") == socket.gethostname() and not pid_alive(int(tags.get("pid", 0))):
-        return False  # its pid is gone; a live pid (a reused worker) still needs a recent heartbeat
     beat = tags.get("heartbeat")  # None where the claim was deleted between listing it and reading its tags
     if generation not in seen or seen[generation][0] != beat:  # new, or it beat since: silence by our own clock
         seen[generation] = (beat, time.monotonic())
