@@ -40,12 +40,10 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
     best_trial, settings = study.best_trial, config.hydra.sweeper.confirm
     seeds = [config.trainer.seed + 1 + i for i in range(settings.seeds)]
     recipe, plain = jobs(fixed, best_trial.params, list(settings.overrides), seeds)
+    alike = f"trained alike with {' '.join(settings.overrides)}" if settings.overrides else "trained alike"
     log.info(
-        "confirmation: trial %d's recipe and the plain model (regularizer=none), trained alike%s, seeds %s: %d runs",
-        best_trial.number,
-        f" with {' '.join(settings.overrides)}" if settings.overrides else "",
-        ", ".join(map(str, seeds)),
-        len(recipe) + len(plain),
+        f"confirmation: trial {best_trial.number}'s recipe and the plain model (regularizer=none), {alike}, "
+        f"seeds {', '.join(map(str, seeds))}: {len(recipe) + len(plain)} runs"
     )
     launcher.launch([*recipe, *plain], initial_job_idx=initial_job_idx)
 

@@ -193,14 +193,12 @@ def check_server(tracking_uri: str) -> None:
 def ui_hint(tracking_uri: str, experiment_id: str) -> str:
     """The experiment's runs table in MLflow's UI, and for a store no server serves yet the `mlflow ui` to serve it."""
     uri = credentials.redact(tracking_uri)
-    server = tracking_uri.startswith(("http://", "https://"))
-    base = uri.rstrip("/") if server else "http://127.0.0.1:5000"
-    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if server:
-        return url
+    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + page
     path = sqlite_path(tracking_uri)
     store = shlex.quote(f"sqlite:///{path}" if path else uri)
-    return f"{url}  (serve it first: mlflow ui --backend-store-uri {store})"
+    return f"http://127.0.0.1:5000{page}  (serve it first: mlflow ui --backend-store-uri {store})"
 
 
 # --- run identity ---
@@ -286,10 +284,9 @@ def register_model(tracking_uri: str, run_id: str, experiment_id: str, name: str
     try:
         client = MlflowClient(tracking_uri)
         (model,) = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        same = [v for v in versions if v.source == model.model_uri]
-        if same:
-            return f"models:/{name}/{same[0].version}", False
+        for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            if version.source == model.model_uri:  # registered before
+                return f"models:/{name}/{version.version}", False
         version = mlflow.register_model(model.model_uri, name, tags=tags)
     except (MlflowException, ValueError) as error:  # ValueError: the run logged no model (or several)
         raise TrackingError(
