@@ -1,5 +1,4 @@
-"""A search's last stage (hydra.sweeper.confirm): the best trial's recipe and the plain model trained alike on
-fresh seeds through the sweep's own launcher, compared on the test split (docs/search.md)."""
+"""A search's last stage (docs/search.md): its best recipe and the plain model on fresh seeds, on the test split."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""How sure we are, over seeds and test images: intervals, tests, families of them (Holm, Bonferroni), verdicts
-and plans, in percent or percentage points; docs/analysis.md ("How sure") gives each choice and its source."""
+"""How sure we are over seeds and test images: intervals, tests, families, verdicts, plans (docs/analysis.md)."""
 
 from __future__ import annotations
 

@@ -28,9 +28,7 @@ from mlflow.tracking import MlflowClient
 from mnist_exp import credentials, record
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
-SERVER_TIMEOUT_S = 5
 ARTIFACTS_FOLDER = "mlartifacts"  # a sqlite store's artifacts beside its file, as `mlflow server` keeps them
-SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # any of them: a store, or one being created
 
 # Our commands print our lines: not MLflow's notes on creating tables, nor a progress bar per downloaded file.
@@ -58,13 +56,11 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             found = client.get_experiment_by_name(experiment)
             if path:  # the registry's store checks the schema on first use too (claims live there)
                 client.search_registered_models(max_results=1)
-            if found is None:
-                try:
-                    location = path and (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri()
-                    tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
-                    return client, client.create_experiment(experiment, location, tags=tags)
-                except MlflowException:  # another process created it first
-                    found = client.get_experiment_by_name(experiment)
+            if found is None:  # its tags are set below, as an older experiment's are
+                location = path and (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri()
+                with contextlib.suppress(MlflowException):  # another process created it first
+                    client.create_experiment(experiment, location)
+                found = client.get_experiment_by_name(experiment)
         except Exception as error:  # MLflow surfaces store problems as many unrelated types
             raise store_error(tracking_uri, error) from None
     if found.lifecycle_stage == "deleted":
@@ -135,7 +131,7 @@ def _not_a_store(path: Path) -> str | None:
             head = file.read(4096)
     except OSError:  # missing, or unreadable: connect() says so, naming the cause
         return None
-    if head and not head.startswith(SQLITE_HEADER):  # an empty file is an empty database: MLflow fills it
+    if head and not head.startswith(b"SQLite format 3\x00"):  # an empty file is an empty database: MLflow fills it
         size = path.stat().st_size
         if b"\0" in head:
             return f"holds {size} bytes of binary data"
@@ -182,7 +178,7 @@ def _sqlite_creation_lock(tracking_uri: str):
 def check_server(tracking_uri: str) -> None:
     """Fail in seconds: MLflow's own client retries an unreachable server for minutes."""
     try:
-        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5).close()
     except OSError as error:  # urllib's URLError too
         reason = getattr(error, "reason", error)
         where = f"the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason})"
@@ -259,12 +255,6 @@ def _cpu_name() -> str:
 
 
 # --- what a job logs beyond params and metrics ---
-
-
-def record_failure(client: MlflowClient, run_id: str, message: str, traceback_file: Path) -> None:
-    """Tag the error and attach the traceback; the caller closes the run as FAILED or KILLED."""
-    client.set_tag(run_id, record.ERROR, " ".join(message.split())[:5000])
-    client.log_artifact(run_id, str(traceback_file))
 
 
 def forget_failure(client: MlflowClient, run) -> None:
