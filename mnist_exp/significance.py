@@ -196,8 +196,7 @@ def holm(p_values) -> list[float]:
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full(len(p), math.nan)
     tested = ~np.isnan(p)
-    if tested.any():
-        adjusted[tested] = multipletests(p[tested], alpha=ALPHA, method="holm")[1]
+    adjusted[tested] = multipletests(p[tested], alpha=ALPHA, method="holm")[1]  # none tested: nothing to adjust
     return adjusted.tolist()
 
 

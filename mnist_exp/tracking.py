@@ -126,11 +126,9 @@ def check_store(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None
 
 def _not_a_store(path: Path) -> str | None:
     """What the file `path` holds when it is not a sqlite MLflow store (None: a store, an empty file, nothing)."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(4096)
-    except OSError:  # missing, or unreadable: connect() says so, naming the cause
-        return None
+    head = b""  # missing, or unreadable: sqlite cannot open it either, and connect() says why
+    with contextlib.suppress(OSError), open(path, "rb") as file:
+        head = file.read(4096)
     if head and not head.startswith(b"SQLite format 3\x00"):  # an empty file is an empty database: MLflow fills it
         size = path.stat().st_size
         if b"\0" in head:
