@@ -56,10 +56,11 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             found = client.get_experiment_by_name(experiment)
             if path:  # the registry's store checks the schema on first use too (claims live there)
                 client.search_registered_models(max_results=1)
-            if found is None:  # its tags are set below, as an older experiment's are
+            if found is None:
                 location = path and (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri()
+                tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
                 with contextlib.suppress(MlflowException):  # another process created it first
-                    client.create_experiment(experiment, location)
+                    client.create_experiment(experiment, location, tags=tags)
                 found = client.get_experiment_by_name(experiment)
         except Exception as error:  # MLflow surfaces store problems as many unrelated types
             raise store_error(tracking_uri, error) from None
