@@ -1,5 +1,4 @@
-"""A search's last stage (hydra.sweeper.confirm): the best trial's recipe and the plain model trained alike on
-fresh seeds through the sweep's own launcher, compared on the test split (docs/search.md)."""
+"""A search's last stage (docs/search.md): its best recipe and the plain model on fresh seeds, on the test split."""
 
 from __future__ import annotations
 
@@ -40,12 +39,10 @@ def confirm(launcher, config: DictConfig, fixed: list[str], study, info, initial
     best_trial, settings = study.best_trial, config.hydra.sweeper.confirm
     seeds = [config.trainer.seed + 1 + i for i in range(settings.seeds)]
     recipe, plain = jobs(fixed, best_trial.params, list(settings.overrides), seeds)
+    alike = f"trained alike with {' '.join(settings.overrides)}" if settings.overrides else "trained alike"
     log.info(
-        "confirmation: trial %d's recipe and the plain model (regularizer=none), trained alike%s, seeds %s: %d runs",
-        best_trial.number,
-        f" with {' '.join(settings.overrides)}" if settings.overrides else "",
-        ", ".join(map(str, seeds)),
-        len(recipe) + len(plain),
+        f"confirmation: trial {best_trial.number}'s recipe and the plain model (regularizer=none), {alike}, "
+        f"seeds {', '.join(map(str, seeds))}: {len(recipe) + len(plain)} runs"
     )
     launcher.launch([*recipe, *plain], initial_job_idx=initial_job_idx)
 

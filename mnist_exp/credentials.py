@@ -1,8 +1,5 @@
-"""Credentials in a tracking URI (http://alice:s3cret@host): moved to MLflow's own variables, and redacted.
-
-A tracking URI is logged, printed and put in Hydra's files, so train.py and analyze.py move its user and password
-before Hydra or MLflow sees it. Standard library only: train.py imports it before Hydra starts.
-"""
+"""A tracking URI's user and password (http://alice:s3cret@host) moved to MLflow's own variables before Hydra or
+MLflow sees the URI (it is logged, printed, put in Hydra's files), and redacted; standard library only: train.py."""
 
 from __future__ import annotations
 
@@ -10,23 +7,20 @@ import os
 import re
 from urllib.parse import unquote
 
-# scheme://userinfo@ ; userinfo ends at the authority's last '@' (a raw '@' in a password included)
-USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s'\"]*)@")
+# scheme://user[:password]@ ; it ends at the authority's last '@' (a raw '@' in a password included)
+USERINFO = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/?#\s'\":]*)(?::(?P<password>[^/?#\s'\"]*))?@"
+)
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
 
 
 def redact(text: str) -> str:
     """Every password in URIs within `text` replaced by ***; the user is kept, as it names the account."""
-
-    def hide(match: re.Match) -> str:
-        user, colon, _ = match["userinfo"].partition(":")
-        return f"{match['scheme']}{user}{colon and ':***'}@"
-
-    return USERINFO.sub(hide, text)
+    return USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}{'' if m['password'] is None else ':***'}@", text)
 
 
 def has_password(uri: str) -> bool:
-    return any(":" in match["userinfo"] for match in USERINFO.finditer(uri))
+    return any(match["password"] is not None for match in USERINFO.finditer(uri))
 
 
 def move_out_of_uri(uri: str) -> str:
@@ -34,10 +28,9 @@ def move_out_of_uri(uri: str) -> str:
     match = USERINFO.search(uri)
     if match is None or match["scheme"].lower() not in ("http://", "https://"):
         return uri
-    user, colon, password = match["userinfo"].partition(":")
-    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
-    if colon:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(match["user"])
+    if match["password"] is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(match["password"])
     return uri[: match.start()] + match["scheme"] + uri[match.end() :]
 
 

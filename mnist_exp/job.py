@@ -153,7 +153,8 @@ def run_job(
                     log.error("%s", traceback.format_exc())
                 message = stop.reason if stop else f"{type(error).__name__}: {error}"
                 try:
-                    tracking.record_failure(client, run_id, message, traceback_file)
+                    client.set_tag(run_id, record.ERROR, " ".join(message.split())[:5000])  # the run closes below
+                    client.log_artifact(run_id, str(traceback_file))
                     _log_hydra_files(output_dir)
                 except Exception as tracking_error:  # the store itself may be what failed
                     log.error("could not record the failure in MLflow: %s", tracking_error)

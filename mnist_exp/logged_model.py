@@ -12,14 +12,16 @@ import mlflow
 
 from mnist_exp import record
 
+# Not mlflow.pytorch's warning that pickles run code, on every model: this model's code ships with it.
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+
 
 def datasets(data) -> dict:
     """Each split as an MLflow dataset (name, digest, source, size), by context: train, validation, test."""
     import mlflow.data
 
     splits = {"train": data.train, "validation": data.validation, "test": data.test}
-    with warnings.catch_warnings():  # MLflow registers two equivalent sources for local paths and says so
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(action="ignore", category=UserWarning):  # MLflow warns of two sources for a local path
         return {  # digest: MLflow stores at most 36 characters
             context: mlflow.data.from_numpy(
                 split.images.numpy(),
@@ -50,21 +52,15 @@ def log_model(classifier, example, variant: str):
     import mlflow.pytorch
     import torch
 
-    quiet = logging.getLogger("mlflow.pytorch")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its warning that pickles run code: this model's code ships with it
-    try:
-        return mlflow.pytorch.log_model(
-            classifier,
-            name=record.model_name(variant),
-            code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
-            serialization_format="pickle",
-            signature=False,
-            input_example=example.numpy(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
-    finally:
-        quiet.setLevel(level)
+    return mlflow.pytorch.log_model(
+        classifier,
+        name=record.model_name(variant),
+        code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
+        serialization_format="pickle",
+        signature=False,
+        input_example=example.numpy(),
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
 
 
 @functools.cache

@@ -1,5 +1,4 @@
-"""Each run's answer per image of each split it scored (record.PREDICTIONS, laid out as docs/mlflow.md says),
-so two variants can be compared image by image; a run logged without them is re-scored, never retrained."""
+"""Each run's answer per image of each split it scored (docs/mlflow.md), to compare variants image by image."""
 
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ def write_split(folder: Path, split: str, predicted, labels, sha256: str) -> Pat
 
 
 def correct_answers(tracking_uri: str, runs, split: str) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
-    """{run_id: correct (bool [N])} of `runs` on `split`, {run_id: why not} for those that have none, and the
-    runs re-scored (from their logged models, their file logged to them, so that happens once)."""
+    """({run_id: correct per image}, {run_id: why none}, the runs re-scored: never retrained, their file logged)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -85,9 +83,7 @@ def rescore(client, run: dict, split: str) -> tuple[np.ndarray, str]:
     with tempfile.TemporaryDirectory() as folder:
         try:
             config = OmegaConf.load(client.download_artifacts(run_id, record.CONFIG_FILE, folder))
-            (model,) = client.search_logged_models(
-                experiment_ids=[run["experiment_id"]], filter_string=f"source_run_id = '{run_id}'"
-            )
+            (model,) = client.search_logged_models([run["experiment_id"]], filter_string=f"source_run_id = '{run_id}'")
             classifier = mlflow.pytorch.load_model(model.artifact_location).eval()  # not the default store's
         except Exception as error:  # no config or no model (or several): it cannot be re-scored
             raise PredictionsError(f"run {run_id} has no {name} and no model to re-score") from error

@@ -1,6 +1,5 @@
-"""What a run records in MLflow: every param, tag, metric and artifact name (docs/mlflow.md), the run's identity
-and its hash, its variant label; the writers and every reader import them. A run's params are its flattened config
-(named by conf/ and schema.py, not here) plus what it derived: DATA_PARAMS and RESULT_PARAMS."""
+"""What a run records in MLflow (docs/mlflow.md), for its writers and every reader: each name not of its flattened
+config (conf/, schema.py), so params it derives, tags, metrics and artifacts; its identity, hash and variant label."""
 
 from __future__ import annotations
 
@@ -108,14 +107,13 @@ def model_name(variant: str) -> str:
 
 def data_params(data) -> dict[str, str]:
     """What a run read (mnist_exp.data.MnistData): its identity (source and content hashes) and its size."""
-    splits = {"train": data.train, "test": data.test, "validation": data.validation}
     return {
         SOURCE: data.source,
         LOCATION: data.location,
         TRAIN_SIZE: str(len(data.train)),
         TEST_SIZE: str(len(data.test)),
         VALIDATION_SIZE: str(len(data.validation) if data.validation is not None else 0),
-        **{SPLIT_DIGEST[name]: split.sha256 for name, split in splits.items() if split is not None},
+        **{key: getattr(data, name).sha256 for name, key in SPLIT_DIGEST.items() if getattr(data, name) is not None},
     }
 
 
@@ -156,9 +154,8 @@ class RecordError(RuntimeError):
 
 
 def migrate(client, experiment) -> None:
-    """Bring an experiment's runs to RECORD_VERSION once (its tag says so), idempotently: version 1 (until issue 29)
-    hashed the MLP's model.parity_with as absent at lenet5. A store of the project's first days (before 1edc110)
-    follows neither rule and is refused (RecordError), naming what to do."""
+    """Bring an experiment's runs to RECORD_VERSION once, idempotently (version 1 hashed the MLP's model.parity_with
+    as absent at lenet5); runs of the project's first days (before 1edc110) follow neither rule: RecordError."""
     if experiment.tags.get(RECORD_VERSION[0]) == RECORD_VERSION[1]:
         return
     before = {**NEUTRAL, "model.parity_with": "lenet5"}

@@ -58,8 +58,6 @@ def select_runs(tracking_uri: str, experiment: str, sweep: str | list[str] = "la
     path = tracking.sqlite_path(tracking_uri)
     if path is not None and not path.exists():
         raise AnalysisError(f"no MLflow store at {path} ({tracking_uri}): run train.py first, or pass --tracking-uri")
-    if tracking_uri.startswith(("http://", "https://")):
-        tracking.check_server(tracking_uri)
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

@@ -1,10 +1,10 @@
-"""How sure we are, over seeds and test images: intervals, tests, families of them (Holm, Bonferroni), verdicts
-and plans, in percent or percentage points; docs/analysis.md ("How sure") gives each choice and its source."""
+"""How sure we are over seeds and test images: intervals, tests, families, verdicts, plans (docs/analysis.md)."""
 
 from __future__ import annotations
 
 import bisect
 import math
+from collections import namedtuple
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -19,13 +19,8 @@ MAX_SEEDS = 2**16  # a plan asking for more says the test images, not the seeds,
 CROSSED, NESTED, MCNEMAR = "seeds x images", "seeds in variants x images", "McNemar"
 
 
-@dataclass(frozen=True)
-class Estimate:
-    mean: float
-    std: float  # sample standard deviation over seeds (ddof=1); NaN for one seed
-    n: int
-    ci_low: float  # 95% confidence interval of the mean; NaN for one seed
-    ci_high: float
+# The mean over n seeds, their sample standard deviation (ddof=1) and the mean's 95% interval: NaN for one seed.
+Estimate = namedtuple("Estimate", "mean std n ci_low ci_high")
 
 
 def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
@@ -43,19 +38,11 @@ def estimate(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Est
 # --- seeds x images ---
 
 
-@dataclass(frozen=True)
-class Anova:
-    """Two-way ANOVA of a seeds x images table, one value per cell: the interaction is the residual."""
-
-    seeds: int
-    images: int
-    mean: float
-    ms_seed: float
-    ms_image: float
-    ms_resid: float
+Anova = namedtuple("Anova", "seeds images mean ms_seed ms_image ms_resid")
 
 
 def anova(table) -> Anova:
+    """Two-way ANOVA of a seeds x images table, one value per cell: the interaction is the residual."""
     y = np.asarray(table, dtype=float)
     s, n = y.shape
     grand, by_seed, by_image = y.mean(), y.mean(axis=1), y.mean(axis=0)
@@ -99,8 +86,7 @@ def variant_accuracy(answers: dict | None, accuracies: list[float]) -> Estimate:
     """accuracy() from the runs' answers ({seed: correct per image}); without them, no interval."""
     if answers is not None:
         return accuracy(np.stack(list(answers.values())))
-    x = np.asarray(accuracies, dtype=float)
-    return Estimate(float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan, len(x), math.nan, math.nan)
+    return estimate(accuracies)._replace(ci_low=math.nan, ci_high=math.nan)
 
 
 @dataclass(frozen=True)
@@ -127,8 +113,7 @@ class Difference:
 
 
 def difference(a: dict, b: dict) -> Difference:
-    """a - b, each {seed: correct (bool [N], the same N images)}: CROSSED where the seeds match, NESTED where
-    they differ, MCNEMAR for one seed each, no test for one seed on one side only."""
+    """a - b, each {seed: correct per image}: CROSSED (same seeds), NESTED (others), MCNEMAR (one each) or no test."""
     ya = {s: 100.0 * np.asarray(v, dtype=float) for s, v in a.items()}
     yb = {s: 100.0 * np.asarray(v, dtype=float) for s, v in b.items()}
     images = len(next(iter(ya.values())))
@@ -211,8 +196,7 @@ def holm(p_values) -> list[float]:
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full(len(p), math.nan)
     tested = ~np.isnan(p)
-    if tested.any():
-        adjusted[tested] = multipletests(p[tested], alpha=ALPHA, method="holm")[1]
+    adjusted[tested] = multipletests(p[tested], alpha=ALPHA, method="holm")[1]  # none tested: nothing to adjust
     return adjusted.tolist()
 
 
@@ -288,10 +272,8 @@ def plan(d: Difference, seed_ms: tuple[float, int], m: int, smallest: float, hal
         return power >= POWER
 
     floor = stats.t.ppf(level, images - 1) * math.sqrt(d.floor)
-    if not enough(math.inf):
-        return {"larger_test_set": True, "floor_half_width": floor}
-    seeds = range(2, MAX_SEEDS + 1)
-    found = bisect.bisect_left(seeds, True, key=enough)  # the fewest seeds that are enough (more never hurt)
+    seeds = range(2, MAX_SEEDS + 1)  # the fewest seeds that are enough (more never hurt), if unlimited ones are
+    found = bisect.bisect_left(seeds, True, key=enough) if enough(math.inf) else len(seeds)
     if found == len(seeds):
         return {"larger_test_set": True, "floor_half_width": floor}
     return {"seeds_needed": seeds[found], "floor_half_width": floor}

@@ -28,10 +28,7 @@ from mlflow.tracking import MlflowClient
 from mnist_exp import credentials, record
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train.py"
-SERVER_TIMEOUT_S = 5
-# A sqlite store's artifacts beside its file, as `mlflow server` keeps them (not in ./mlruns of any working folder).
-ARTIFACTS_FOLDER = "mlartifacts"
-SQLITE_HEADER = b"SQLite format 3\x00"
+ARTIFACTS_FOLDER = "mlartifacts"  # a sqlite store's artifacts beside its file, as `mlflow server` keeps them
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}  # any of them: a store, or one being created
 
 # Our commands print our lines: not MLflow's notes on creating tables, nor a progress bar per downloaded file.
@@ -53,25 +50,20 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             "password file, e.g. PostgreSQL's ~/.pgpass)"
         )
     check_store(tracking_uri)
-    if tracking_uri.startswith(("http://", "https://")):
-        check_server(tracking_uri)
-    try:
-        with _sqlite_creation_lock(tracking_uri) as sqlite:
+    with _sqlite_creation_lock(tracking_uri) as path:
+        try:
             client = MlflowClient(tracking_uri)
             found = client.get_experiment_by_name(experiment)
-            if sqlite:  # the registry's store checks the schema on first use too (claims live there)
+            if path:  # the registry's store checks the schema on first use too (claims live there)
                 client.search_registered_models(max_results=1)
-        if found is None:
-            try:
-                location = artifact_location(tracking_uri, experiment)
+            if found is None:
+                location = path and (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri()
                 tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
-                return client, client.create_experiment(experiment, location, tags=tags)
-            except MlflowException:  # another process created it first
+                with contextlib.suppress(MlflowException):  # another process created it first
+                    client.create_experiment(experiment, location, tags=tags)
                 found = client.get_experiment_by_name(experiment)
-    except TrackingError:
-        raise
-    except Exception as error:  # MLflow surfaces store problems as many unrelated types
-        raise store_error(tracking_uri, error) from None
+        except Exception as error:  # MLflow surfaces store problems as many unrelated types
+            raise store_error(tracking_uri, error) from None
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
             f"mlflow.experiment={experiment} was deleted from {uri}; restore it with "
@@ -112,7 +104,9 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 
 def check_store(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None:
-    """Refuse in one line a bare path (MLflow's deprecated file store) or a file not a store; `option` names the URI."""
+    """Refuse in one line a bare path (MLflow's deprecated file store), a file not a store, a server not up."""
+    if tracking_uri.startswith(("http://", "https://")):
+        check_server(tracking_uri)
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("", "file") or len(scheme) == 1:  # one letter: a Windows drive
         path = Path(tracking_uri.removeprefix("file://"))
@@ -133,12 +127,10 @@ def check_store(tracking_uri: str, option: str = "mlflow.tracking_uri=") -> None
 
 def _not_a_store(path: Path) -> str | None:
     """What the file `path` holds when it is not a sqlite MLflow store (None: a store, an empty file, nothing)."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(4096)
-    except OSError:  # missing, or unreadable: connect() says so, naming the cause
-        return None
-    if head and not head.startswith(SQLITE_HEADER):  # an empty file is an empty database: MLflow fills it
+    head = b""  # missing, or unreadable: sqlite cannot open it either, and connect() says why
+    with contextlib.suppress(OSError), open(path, "rb") as file:
+        head = file.read(4096)
+    if head and not head.startswith(b"SQLite format 3\x00"):  # an empty file is an empty database: MLflow fills it
         size = path.stat().st_size
         if b"\0" in head:
             return f"holds {size} bytes of binary data"
@@ -154,19 +146,13 @@ def _not_a_store(path: Path) -> str | None:
     return None
 
 
-def artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """A new experiment's files: <database folder>/ARTIFACTS_FOLDER/<experiment> for a sqlite store, else None."""
-    path = sqlite_path(tracking_uri)
-    return (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri() if path else None
-
-
 @contextlib.contextmanager
 def _sqlite_creation_lock(tracking_uri: str):
-    """A sqlite store: refused at once if unwritable (SQLAlchemy retries for minutes), its schema created by one
-    process at a time (MLflow's creation races: 'table ... already exists')."""
+    """A sqlite store's path, refused at once if unwritable (SQLAlchemy retries for minutes), locked (MLflow's schema
+    creation races: 'table ... already exists'); None for another store."""
     path = sqlite_path(tracking_uri)
     if path is None:
-        yield False
+        yield None
         return
     try:  # sqlite writes its journal beside the file, so the folder must take a file too
         path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
@@ -183,7 +169,7 @@ def _sqlite_creation_lock(tracking_uri: str):
         ) from None
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)  # a lock on the folder: nothing extra is left beside mlflow.db
-        yield True
+        yield path
     finally:
         os.close(folder)
 
@@ -191,7 +177,7 @@ def _sqlite_creation_lock(tracking_uri: str):
 def check_server(tracking_uri: str) -> None:
     """Fail in seconds: MLflow's own client retries an unreachable server for minutes."""
     try:
-        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=5).close()
     except OSError as error:  # urllib's URLError too
         reason = getattr(error, "reason", error)
         where = f"the MLflow tracking server at mlflow.tracking_uri={tracking_uri} ({reason})"
@@ -202,14 +188,12 @@ def check_server(tracking_uri: str) -> None:
 def ui_hint(tracking_uri: str, experiment_id: str) -> str:
     """The experiment's runs table in MLflow's UI, and for a store no server serves yet the `mlflow ui` to serve it."""
     uri = credentials.redact(tracking_uri)
-    server = tracking_uri.startswith(("http://", "https://"))
-    base = uri.rstrip("/") if server else "http://127.0.0.1:5000"
-    url = f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if server:
-        return url
+    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + page
     path = sqlite_path(tracking_uri)
     store = shlex.quote(f"sqlite:///{path}" if path else uri)
-    return f"{url}  (serve it first: mlflow ui --backend-store-uri {store})"
+    return f"http://127.0.0.1:5000{page}  (serve it first: mlflow ui --backend-store-uri {store})"
 
 
 # --- run identity ---
@@ -272,12 +256,6 @@ def _cpu_name() -> str:
 # --- what a job logs beyond params and metrics ---
 
 
-def record_failure(client: MlflowClient, run_id: str, message: str, traceback_file: Path) -> None:
-    """Tag the error and attach the traceback; the caller closes the run as FAILED or KILLED."""
-    client.set_tag(run_id, record.ERROR, " ".join(message.split())[:5000])
-    client.log_artifact(run_id, str(traceback_file))
-
-
 def forget_failure(client: MlflowClient, run) -> None:
     """A resumed run must not keep the error and traceback of the attempt it continues, nor a pruner's stop."""
     for tag in (record.ERROR, record.PRUNED, record.SUPERSEDED_BY):
@@ -295,10 +273,9 @@ def register_model(tracking_uri: str, run_id: str, experiment_id: str, name: str
     try:
         client = MlflowClient(tracking_uri)
         (model,) = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        same = [v for v in versions if v.source == model.model_uri]
-        if same:
-            return f"models:/{name}/{same[0].version}", False
+        for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            if version.source == model.model_uri:  # registered before
+                return f"models:/{name}/{version.version}", False
         version = mlflow.register_model(model.model_uri, name, tags=tags)
     except (MlflowException, ValueError) as error:  # ValueError: the run logged no model (or several)
         raise TrackingError(
@@ -318,8 +295,7 @@ CLAIM_DESCRIPTION = "mnist-exp: this process is training this run identity (dele
 
 
 class Claim:
-    """The right to train one identity: a registered model mnist-exp.claim.<experiment>.<identity>.<generation>,
-    whose unique name makes taking it atomic; its holder beats a heartbeat tag while it trains."""
+    """The right to train one identity: a registered model (a unique name: taking it is atomic) with a heartbeat."""
 
     def __init__(self, client: MlflowClient, name: str):
         self.client, self.name = client, name
@@ -331,14 +307,13 @@ class Claim:
         """Wait until this process holds the identity's claim; on_wait(holder tags) when it starts to wait."""
         prefix = f"{CLAIM_PREFIX}{experiment_id}.{identity_key}."
         seen: dict[int, tuple[str | None, float]] = {}  # generation -> (heartbeat, when we first saw it)
-        told = None
         while True:
             claims = _claims(client, prefix)
             newest = max(claims, default=None)
+            new = newest not in seen  # _alive() notes a generation the first time it finds it alive
             if newest is not None and _alive(claims[newest], seen, newest):
-                if told != newest:
+                if new:
                     on_wait(claims[newest].tags)
-                    told = newest
                 time.sleep(POLL_S)
                 continue
             mine = 0 if newest is None else newest + 1
@@ -387,10 +362,9 @@ def _claims(client: MlflowClient, prefix: str) -> dict[int, object]:
 def _alive(model, seen: dict, generation: int) -> bool:
     """Whether a claim's holder may still be training: released and dead holders are not."""
     tags = model.tags
-    if tags.get("released") == "true":
+    gone = tags.get("host") == socket.gethostname() and not pid_alive(int(tags.get("pid", 0)))  # its pid, here
+    if tags.get("released") == "true" or gone:  # a live pid (a reused worker) still needs a recent heartbeat
         return False
-    if tags.get("host") == socket.gethostname() and not pid_alive(int(tags.get("pid", 0))):
-        return False  # its pid is gone; a live pid (a reused worker) still needs a recent heartbeat
     beat = tags.get("heartbeat")  # None where the claim was deleted between listing it and reading its tags
     if generation not in seen or seen[generation][0] != beat:  # new, or it beat since: silence by our own clock
         seen[generation] = (beat, time.monotonic())
