@@ -165,7 +165,9 @@ def run_job(
                     mlflow.end_run(status)
                 except Exception as close_error:  # the store may be what failed; the run is recorded so far
                     log.error("could not close the MLflow run: %s", close_error)
-        _supersede_pruned(client, twins, run_id)
+        for run in twins:  # runs of this config a search pruned, now trained in full: tagged with their successor
+            if run.info.run_id != run_id and record.PRUNED in run.data.tags:
+                client.set_tag(run.info.run_id, record.SUPERSEDED_BY, run_id)
         return JobOutcome("finished", overrides, run_id, None, None, name, objective)
     finally:
         if claim is not None:
@@ -173,8 +175,7 @@ def run_job(
 
 
 def _skip(cfg, twins: list, overrides: list[str], known: set[str] | None = None) -> JobOutcome | None:
-    """A skipped job's status when an identical run already FINISHED. With force=true, only a run not among
-    the FINISHED runs `known` before this job waited for its claim: the new run both launches asked for."""
+    """A skipped job's outcome if an identical run FINISHED; with force=true, one not `known` before the claim."""
     for run in twins:
         if run.info.status != "FINISHED" or record.PRUNED in run.data.tags:
             continue
@@ -224,13 +225,6 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
             client.set_tag(run.info.run_id, record.ERROR, STOPS["abandoned"].reason.format(run_id=run_id))
             client.set_terminated(run.info.run_id, STOPS["abandoned"].run)
     return run_id, checkpoint
-
-
-def _supersede_pruned(client, twins: list, run_id: str) -> None:
-    """Runs of this config a search pruned, now trained in full by `run_id`: tagged with the run that replaced them."""
-    for run in twins:
-        if run.info.run_id != run_id and record.PRUNED in run.data.tags:
-            client.set_tag(run.info.run_id, record.SUPERSEDED_BY, run_id)
 
 
 def train_and_log(
@@ -298,7 +292,8 @@ def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingS
 def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> dict[str, torch.Tensor]:
     """Summary metrics and the delivered model with what it scores; returns its predictions per split."""
     model, inputs, device, batch = training.delivered, training.inputs, training.device, cfg.trainer.eval_batch_size
-    scores = {"test": evaluate(model, data.test, batch, inputs, device)}
+    splits = {"test": data.test, "validation": data.validation}
+    scores = {key: evaluate(model, split, batch, inputs, device) for key, split in splits.items() if split is not None}
     # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
     # the generalization gap needs the finished model's accuracy on the training images themselves.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
@@ -316,12 +311,9 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     model_info = logged_model.log_model(
         PixelClassifier(model, inputs.mean, inputs.std).eval(), data.test.images[:5], variant_label(cfg)
     )
-    for split in FINAL_METRICS:  # each logged once scored (test first), linked to the model and the split
-        if split == "validation" and data.validation is not None:
-            scores[split] = evaluate(model, data.validation, batch, inputs, device)
-        if split in scores:
-            metrics = dict(zip(FINAL_METRICS[split], scores[split][:2], strict=True))
-            mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
+    for split, (loss, acc, _) in scores.items():  # each linked to the model and the split it scores
+        metrics = dict(zip(FINAL_METRICS[split], (loss, acc), strict=True))
+        mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
     return {split: predicted for split, (_, _, predicted) in scores.items()}
 
 

@@ -43,12 +43,6 @@ def label_smoothing(regularizer_cfg) -> float:
     return _setting(regularizer_cfg, "label_smoothing", "epsilon", 0.0)
 
 
-def early_stopping(regularizer_cfg):
-    """Its patience and min_delta, or None: training.fit stops once `patience` epochs in a row did not beat the best
-    validation loss by more than min_delta."""
-    return regularizer_cfg.get("early_stopping")
-
-
 def weight_averaging(regularizer_cfg, epochs: int) -> WeightAveraging | None:
     ema, swa = regularizer_cfg.get("ema"), regularizer_cfg.get("swa")
     if ema is not None:

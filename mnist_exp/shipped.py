@@ -1,6 +1,5 @@
-"""What a logged model ships besides its weights: the network's wrapper, which takes pixels as people hand them.
-It travels with models.py (MLflow's code_paths) to where this repository is absent: keep both needing torch and
-MLflow alone."""
+"""The logged model's wrapper, which takes pixels as people hand them. It ships with models.py (MLflow's code_paths)
+where this repository is absent: keep both needing torch and MLflow alone."""
 
 from __future__ import annotations
 
@@ -44,9 +43,7 @@ class PixelClassifier(nn.Module):
 def as_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """One image or a batch (EXPECTED) as floats [N, 28, 28] in [0, 1]; anything else raises BadPixels."""
     shape = tuple(pixels.shape)
-    if shape == (SIDE, SIDE):
-        pixels = pixels[None]
-    elif len(shape) == 2 and shape[1] == SIDE * SIDE:
+    if shape == (SIDE, SIDE) or (len(shape) == 2 and shape[1] == SIDE * SIDE):
         pixels = pixels.reshape(-1, SIDE, SIDE)
     if pixels.dim() != 3 or pixels.shape[1:] != (SIDE, SIDE) or pixels.shape[0] == 0:
         raise BadPixels(f"{EXPECTED}; got shape {shape}")

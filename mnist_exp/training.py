@@ -66,7 +66,7 @@ class Training:
     inputs: InputPipeline
     device: torch.device
     label_smoothing: float = 0.0
-    early_stopping: DictConfig | None = None  # regularizer.early_stopping
+    early_stopping: DictConfig | None = None  # regularizer.early_stopping: patience, min_delta
     averaging: regularization.WeightAveraging | None = None
     averaged: AveragedModel | None = field(default=None, init=False)  # the averaging's copy of the model
 
@@ -86,17 +86,11 @@ class Training:
         """What a run's config asks for around `model`, which trains on `train`."""
         regularizer, epochs = cfg.regularizer, cfg.trainer.epochs
         optimizer = make_optimizer(model, cfg.optimizer, regularization.weight_decay(regularizer))
-        batches_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
-        return cls(
-            model,
-            optimizer,
-            make_scheduler(optimizer, cfg.scheduler, epochs, batches_per_epoch),
-            InputPipeline(*normalization(cfg.data, train), regularization.train_augmentation(regularizer)),
-            device,
-            regularization.label_smoothing(regularizer),
-            regularization.early_stopping(regularizer),
-            regularization.weight_averaging(regularizer, epochs),
-        )
+        scheduler = make_scheduler(optimizer, cfg.scheduler, epochs, math.ceil(len(train) / cfg.trainer.batch_size))
+        inputs = InputPipeline(*normalization(cfg.data, train), regularization.train_augmentation(regularizer))
+        smoothing = regularization.label_smoothing(regularizer)
+        averaging = regularization.weight_averaging(regularizer, epochs)
+        return cls(model, optimizer, scheduler, inputs, device, smoothing, regularizer.get("early_stopping"), averaging)
 
 
 @dataclass
@@ -225,9 +219,8 @@ def fit(
     on_epoch_end: Callable[[TrainingState], None],
     on_batch: Callable[[float], None] | None = None,
 ) -> TrainingState:
-    """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each; early stopping
-    ends it once patience runs out, the best epoch's weights delivered."""
-    inputs, device = training.inputs, training.device
+    """Train from `progress.epochs_done` up to trainer.epochs (or early stopping's end), `on_epoch_end` after each."""
+    inputs, device, size = training.inputs, training.device, trainer_cfg.eval_batch_size
     for epoch in range(progress.epochs_done + 1, trainer_cfg.epochs + 1):
         if progress.stopped_early:
             break
@@ -236,14 +229,13 @@ def fit(
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(training, data.train, trainer_cfg.batch_size, on_batch)
         if training.averaging is not None:  # SWA re-estimates batch norm on the plain training images
-            size, images = trainer_cfg.eval_batch_size, data.train.images
+            images = data.train.images
             batches = (inputs(images[i : i + size].to(device), train=False) for i in range(0, len(images), size))
             training.averaging.after_epoch(training.averaged, training.model, epoch, batches)
-        model = training.delivered
-        test_loss, test_acc, _ = evaluate(model, data.test, trainer_cfg.eval_batch_size, inputs, device)
+        test_loss, test_acc, _ = evaluate(training.delivered, data.test, size, inputs, device)
         val_loss = val_acc = None
         if data.validation is not None:
-            val_loss, val_acc, _ = evaluate(model, data.validation, trainer_cfg.eval_batch_size, inputs, device)
+            val_loss, val_acc, _ = evaluate(training.delivered, data.validation, size, inputs, device)
         elapsed = time.perf_counter() - started
         progress.history.append(
             EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed, val_loss, val_acc, lr)
