@@ -240,15 +240,26 @@ def train_and_log(
         f"data: {data.source} ({data.location}), {len(data.train)} train / {len(data.test)} test images; "
         f"{device}, {torch.get_num_threads()} threads"
     )
-    datasets = logged_model.datasets(data)
-    state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, training, data, datasets)
-
-    run = mlflow.active_run().info
+    datasets, run = logged_model.datasets(data), mlflow.active_run().info
+    if checkpoint:  # resumed: the epochs a kill between checkpoint and log_metrics left unlogged are logged now
+        state = checkpoint.restore(training)
+        logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run.run_id, record.TEST_ACC)}
+        for metrics in state.history:
+            if metrics.epoch not in logged:
+                mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
+    else:  # a new run's record of what it trains and on which data
+        state = TrainingState()
+        regularizers, mean, std = variant_name(cfg.regularizer), training.inputs.mean, training.inputs.std
+        values = (built.parameters, built.lenet5_parameters, built.description, regularizers, mean, std)
+        mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values), strict=True)))  # in RESULT_PARAMS' order
+        logged_model.log_datasets(datasets)
+        if data.fallback:
+            mlflow.set_tag(record.FALLBACK, data.fallback)
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
     with console.ProgressBars(run.run_name, cfg.trainer.epochs, state.epochs_done, batches) as bars:
 
         def on_epoch_end(state: TrainingState) -> None:
-            checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: see _resume
+            checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: a resume fills the gap
             mlflow.log_metrics(state.history[-1].as_metrics(), step=state.history[-1].epoch)
             bars.epoch(state.history[-1])
             if trial is not None:
@@ -266,27 +277,6 @@ def train_and_log(
 def objective_of(metrics: dict[str, float]) -> float | None:
     """What a sweeper maximizes: the validation accuracy, never the test's (no tuning on the test set)."""
     return metrics.get(record.VAL_ACC)
-
-
-def _start(cfg, built, training: Training, data, datasets) -> TrainingState:
-    """A new run's record of what it trains and on which data."""
-    regularizers, mean, std = variant_name(cfg.regularizer), training.inputs.mean, training.inputs.std
-    values = (built.parameters, built.lenet5_parameters, built.description, regularizers, mean, std)
-    mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values), strict=True)))  # in RESULT_PARAMS' order
-    logged_model.log_datasets(datasets)
-    if data.fallback:
-        mlflow.set_tag(record.FALLBACK, data.fallback)
-    return TrainingState()
-
-
-def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingState:
-    progress = checkpoint.restore(training)
-    run_id = mlflow.active_run().info.run_id
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, record.TEST_ACC)}
-    for metrics in progress.history:  # a kill between checkpoint and log_metrics leaves a gap
-        if metrics.epoch not in logged:
-            mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
-    return progress
 
 
 def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> dict[str, torch.Tensor]:

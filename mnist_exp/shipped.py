@@ -50,12 +50,9 @@ def as_pixels(pixels: torch.Tensor) -> torch.Tensor:
     dtype = str(pixels.dtype).removeprefix("torch.")
     if pixels.dtype == torch.bool or pixels.is_complex():
         raise BadPixels(f"{EXPECTED}; got {dtype} values")
-    low, high = pixels.min().item(), pixels.max().item()
-    if not pixels.is_floating_point() and low >= 0 and high <= 255:  # uint8, or JSON's integers as int64
-        return pixels.float().div(255)
-    if pixels.is_floating_point() and low >= 0 and high <= 1:  # NaN fails both
-        return pixels.float()
+    low, high, floating = pixels.min().item(), pixels.max().item(), pixels.is_floating_point()
+    if low >= 0 and high <= (1 if floating else 255):  # integers: uint8, or JSON's as int64; NaN fails
+        return pixels.float() if floating else pixels.float().div(255)
     # MLflow's pytorch flavour hands a DataFrame's columns over as float32, raw pixels too
-    raw = pixels.is_floating_point() and low >= 0 and high <= 255
-    hint = " (raw pixels as floats: divide them by 255)" if raw else ""
+    hint = " (raw pixels as floats: divide them by 255)" if floating and low >= 0 and high <= 255 else ""
     raise BadPixels(f"{EXPECTED}; got {dtype} values from {low} to {high}{hint}")

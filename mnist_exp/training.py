@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from mnist_exp import regularization
 from mnist_exp.data import MNIST, Split, normalization
@@ -67,12 +66,7 @@ class Training:
     device: torch.device
     label_smoothing: float = 0.0
     early_stopping: DictConfig | None = None  # regularizer.early_stopping: patience, min_delta
-    averaging: regularization.WeightAveraging | None = None
-    averaged: AveragedModel | None = field(default=None, init=False)  # the averaging's copy of the model
-
-    def __post_init__(self) -> None:
-        if self.averaging is not None:
-            self.averaged = self.averaging.wrap(self.model)
+    averaged: regularization.WeightAverage | None = None  # EMA or SWA: its average of the model's weights
 
     @property
     def delivered(self) -> nn.Module:
@@ -89,8 +83,8 @@ class Training:
         scheduler = make_scheduler(optimizer, cfg.scheduler, epochs, math.ceil(len(train) / cfg.trainer.batch_size))
         inputs = InputPipeline(*normalization(cfg.data, train), regularization.train_augmentation(regularizer))
         smoothing = regularization.label_smoothing(regularizer)
-        averaging = regularization.weight_averaging(regularizer, epochs)
-        return cls(model, optimizer, scheduler, inputs, device, smoothing, regularizer.get("early_stopping"), averaging)
+        averaged = regularization.weight_averaging(regularizer, epochs, model)
+        return cls(model, optimizer, scheduler, inputs, device, smoothing, regularizer.get("early_stopping"), averaged)
 
 
 @dataclass
@@ -177,8 +171,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if training.averaging is not None:
-            training.averaging.after_step(training.averaged, model)
+        if training.averaged is not None:
+            training.averaged.after_step(model)
         if training.scheduler is not None:
             training.scheduler.step()
         batch_loss = loss.item()
@@ -201,11 +195,9 @@ def evaluate(
     """(mean loss, accuracy, predicted labels) of `split`, in evaluation mode."""
     model.eval()
     loss_sum, predictions = 0.0, []
-    for start in range(0, len(split), batch_size):
-        x = inputs(split.images[start : start + batch_size].to(device), train=False)
-        y = split.labels[start : start + batch_size].to(device)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+    for images, labels in zip(split.images.split(batch_size), split.labels.split(batch_size)):
+        logits = model(inputs(images.to(device), train=False))
+        loss_sum += F.cross_entropy(logits, labels.to(device), reduction="sum").item()
         predictions.append(logits.argmax(1).cpu())
     predicted = torch.cat(predictions)
     return loss_sum / len(split), int((predicted == split.labels).sum()) / len(split), predicted
@@ -228,10 +220,9 @@ def fit(
         lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(training, data.train, trainer_cfg.batch_size, on_batch)
-        if training.averaging is not None:  # SWA re-estimates batch norm on the plain training images
-            images = data.train.images
-            batches = (inputs(images[i : i + size].to(device), train=False) for i in range(0, len(images), size))
-            training.averaging.after_epoch(training.averaged, training.model, epoch, batches)
+        if training.averaged is not None:  # SWA re-estimates batch norm on the plain training images
+            batches = (inputs(images.to(device), train=False) for images in data.train.images.split(size))
+            training.averaged.after_epoch(training.model, epoch, batches)
         test_loss, test_acc, _ = evaluate(training.delivered, data.test, size, inputs, device)
         val_loss = val_acc = None
         if data.validation is not None:
