@@ -1,5 +1,4 @@
-"""What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere; in a
-worker of the parallel launcher no bars: its Channel sends the launching process the sweep's progress."""
+"""What a person watching a run sees: bars on a terminal, a line per epoch elsewhere; in a worker, its Channel."""
 
 from __future__ import annotations
 

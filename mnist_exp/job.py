@@ -8,6 +8,7 @@ import os
 import resource
 import traceback
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -95,17 +96,14 @@ def run_job(
 
     data_params = record.data_params(data) if data is not None else None
     twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
-    checkpoint_file = checkpoints.checkpoint_path(
-        cfg.trainer.checkpoint_dir, config_hash, data_params and record.data_identity(data_params)
-    )
+    identity = data_params and record.data_identity(data_params)
+    checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash, identity)
     claim = None
     if problem is None:  # only one process at a time trains an identity: tracking.Claim
         if skipped := _skip(cfg, twins, overrides):
             return skipped
         known = {run.info.run_id for run in twins if run.info.status == "FINISHED"}
-        claim = tracking.Claim.take(
-            client, experiment_id, checkpoint_file.stem, lambda holder: _say_waiting(holder, cfg.force)
-        )
+        claim = tracking.Claim.take(client, experiment_id, checkpoint_file.stem, partial(_say_waiting, cfg.force))
         twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params)
         if skipped := _skip(cfg, twins, overrides, known):  # finished while we waited for the claim
             claim.release(finished=True)
@@ -192,7 +190,7 @@ def _skip(cfg, twins: list, overrides: list[str], known: set[str] | None = None)
     return None
 
 
-def _say_waiting(holder: dict[str, str], force: bool) -> None:
+def _say_waiting(force: bool, holder: dict[str, str]) -> None:
     run = holder.get("run") or "its run (not opened yet)"
     reuse = "reuses it as the new run force=true asks for" if force else "reuses it"
     log.info(
@@ -202,9 +200,8 @@ def _say_waiting(holder: dict[str, str], force: bool) -> None:
 
 
 def variant_label(cfg) -> str:
-    return record.variant(
-        cfg.model.name, variant_name(cfg.regularizer), cfg.optimizer.name, cfg.scheduler.name if cfg.scheduler else None
-    )
+    regularizers, scheduler = variant_name(cfg.regularizer), OmegaConf.select(cfg, "scheduler.name")
+    return record.variant(cfg.model.name, regularizers, cfg.optimizer.name, scheduler)
 
 
 def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_file):

@@ -1,5 +1,4 @@
-"""What each regularizer changes: the model, the optimizer, the training images, the loss, how long training goes
-or which weights it delivers. One is on when its key is in the `regularizer` node (regularizer=[l2,dropout])."""
+"""What each regularizer changes (docs/configuration.md); one is on when its key is in the `regularizer` node."""
 
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ def weight_averaging(regularizer_cfg, epochs: int, model: nn.Module) -> WeightAv
 
 
 class WeightAverage(AveragedModel):
-    """One average of the model's weights, delivered: EMA's after every step, buffers too; or SWA's of each
-    epoch's end from start_epoch on, batch norm then re-estimated (update_bn) as torch's SWA recipe does."""
+    """The average of the weights a run delivers: EMA's after every step or SWA's per epoch (docs/configuration.md)."""
 
     def __init__(self, model: nn.Module, decay: float | None = None, start_epoch: int | None = None):
         super().__init__(model, multi_avg_fn=self._ema if decay is not None else None, use_buffers=decay is not None)
@@ -55,8 +53,7 @@ class WeightAverage(AveragedModel):
         self.start_epoch = start_epoch  # SWA: the first epoch whose weights are averaged
 
     def _ema(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        """get_ema_multi_avg_fn with tf.train.ExponentialMovingAverage's warm-up: the n-th update keeps at most
-        (1 + n) / (10 + n), so the first weights do not linger (0.999 still holds 37% of them after 1,000 steps)."""
+        """get_ema_multi_avg_fn with TensorFlow's warm-up: 0.999 alone holds 37% of the first weights at step 1,000."""
         n = int(updates)
         get_ema_multi_avg_fn(min(self.decay, (1 + n) / (10 + n)))(averaged, current, updates)
 
@@ -81,8 +78,7 @@ def train_augmentation(regularizer_cfg) -> Distortion | None:
 
 @dataclass(frozen=True)
 class Distortion:
-    """Each training image's own random affine transform and elastic distortion, a batch in one grid_sample
-    (torchvision's v2 shares one draw per call: per image it costs far more, benchmarks/augmentation.py)."""
+    """Each training image's own random affine transform and elastic distortion, a batch in one grid_sample."""
 
     affine: RandomAffine | None
     elastic: Elastic | None
@@ -135,8 +131,7 @@ class RandomAffine:
 
 @dataclass(frozen=True)
 class Elastic:
-    """Simard et al. 2003: every pixel moved by its own displacement, uniform in [-1, 1] per axis, smoothed by a
-    Gaussian of sigma pixels and scaled by alpha pixels (theirs: 34 and 4)."""
+    """Simard et al. 2003: uniform noise in [-1, 1] per pixel and axis, blurred by sigma, scaled by alpha (pixels)."""
 
     alpha: float
     sigma: float
