@@ -265,7 +265,21 @@ def train_and_log(
         fit(training, data, cfg.trainer, state, on_epoch_end, bars.batch)
 
     predictions = _log_evaluations(cfg, training, data, datasets, state)
-    _log_artifacts(cfg, state, data, predictions, f"{built.description} ({variant_label(cfg)})", output_dir)
+    # The config, history, curves, confusion matrix, the answer per image of each split, Hydra's files.
+    title, folder = f"{built.description} ({variant_label(cfg)})", output_dir / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    history = pd.DataFrame([{"epoch": m.epoch, **m.as_metrics()} for m in state.history])
+    history.to_csv(folder / record.HISTORY_FILE, index=False)
+    plots.learning_curves(state.history, title, folder / record.CURVES_FIGURE)
+    counts = plots.confusion_matrix(data.test.labels.numpy(), predictions["test"].numpy())
+    pd.DataFrame(counts).to_csv(folder / f"{record.CONFUSION}.csv", header=False, index=False)
+    plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / f"{record.CONFUSION}.png")
+    for split, predicted in predictions.items():  # what significance needs to count the test images as noise
+        scored = getattr(data, split)
+        write_split(folder, split, predicted.numpy(), scored.labels.numpy(), scored.sha256)
+    mlflow.log_artifacts(str(folder))
+    _log_hydra_files(output_dir)
     checkpoint_file.unlink(missing_ok=True)  # the run is complete in MLflow; the weights live there now
     delivered = state.history[(state.best_epoch or state.epochs_done) - 1]
     return objective_of(delivered.as_metrics())
@@ -281,8 +295,7 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     model, inputs, device, batch = training.delivered, training.inputs, training.device, cfg.trainer.eval_batch_size
     splits = {"test": data.test, "validation": data.validation}
     scores = {key: evaluate(model, split, batch, inputs, device) for key, split in splits.items() if split is not None}
-    # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
-    # the generalization gap needs the finished model's accuracy on the training images themselves.
+    # Per-epoch train metrics are running averages in training mode (dropout, augmentation): the gap needs this one.
     train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
     summary = {
         record.BEST_TEST_ACC: max(m.test_acc for m in state.history),
@@ -295,31 +308,12 @@ def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingSta
     if training.early_stopping is not None:  # which epoch's weights are delivered, and when training ended
         summary.update({record.BEST_EPOCH: state.best_epoch, record.STOPPED_EPOCH: state.epochs_done})
     mlflow.log_metrics(summary, step=state.epochs_done)
-    model_info = logged_model.log_model(
-        PixelClassifier(model, inputs.mean, inputs.std).eval(), data.test.images[:5], variant_label(cfg)
-    )
+    shipped = PixelClassifier(model, inputs.mean, inputs.std).eval()
+    model_info = logged_model.log_model(shipped, data.test.images[:5], variant_label(cfg))
     for split, (loss, acc, _) in scores.items():  # each linked to the model and the split it scores
         metrics = dict(zip(FINAL_METRICS[split], (loss, acc), strict=True))
         mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
     return {split: predicted for split, (_, _, predicted) in scores.items()}
-
-
-def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: str, output_dir: Path) -> None:
-    """The config, history, curves, confusion matrix, the answer per image of each split, Hydra's files."""
-    folder = output_dir / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    history = pd.DataFrame([{"epoch": m.epoch, **m.as_metrics()} for m in state.history])
-    history.to_csv(folder / record.HISTORY_FILE, index=False)
-    plots.learning_curves(state.history, title, folder / record.CURVES_FIGURE)
-    counts = plots.confusion_matrix(data.test.labels.numpy(), predictions["test"].numpy())
-    pd.DataFrame(counts).to_csv(folder / f"{record.CONFUSION}.csv", header=False, index=False)
-    plots.confusion_figure(counts, f"{title}: test confusion matrix", folder / f"{record.CONFUSION}.png")
-    for split, predicted in predictions.items():  # what significance needs to count the test images as noise
-        scored = getattr(data, split)
-        write_split(folder, split, predicted.numpy(), scored.labels.numpy(), scored.sha256)
-    mlflow.log_artifacts(str(folder))
-    _log_hydra_files(output_dir)
 
 
 def _log_hydra_files(output_dir: Path, logs: bool = True) -> None:

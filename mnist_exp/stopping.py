@@ -67,19 +67,18 @@ class JobSignals:
     def __init__(self):
         self.submitit = bool(os.environ.get("SUBMITIT_EXECUTOR"))
         self.preempted = self.timed_out = False
-        if self.submitit:
-            signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-            submitits = signal.getsignal(signum)
-            if callable(submitits):
+        signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        submitits = signal.getsignal(signum) if self.submitit else None
+        if callable(submitits):
 
-                def note(number, frame):
-                    self.preempted = True
-                    # submitit's own verdict, taken first: SLURM's SIGTERM may interrupt its handler before it acts.
-                    judge = getattr(getattr(submitits, "__self__", None), "has_timed_out", None)
-                    self.timed_out = bool(judge and judge())
-                    submitits(number, frame)
+            def note(number, frame):
+                self.preempted = True
+                # submitit's own verdict, taken first: SLURM's SIGTERM may interrupt its handler before it acts.
+                judge = getattr(getattr(submitits, "__self__", None), "has_timed_out", None)
+                self.timed_out = bool(judge and judge())
+                submitits(number, frame)
 
-                signal.signal(signum, note)
+            signal.signal(signum, note)
 
     def stop_of(self, error: BaseException) -> Stop | None:
         """Which stop `error` is, or None for an error of the job's own."""

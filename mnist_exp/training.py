@@ -225,9 +225,8 @@ def fit(
         if data.validation is not None:
             val_loss, val_acc, _ = evaluate(training.delivered, data.validation, size, inputs, device)
         elapsed = time.perf_counter() - started
-        progress.history.append(
-            EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed, val_loss, val_acc, lr)
-        )
+        metrics = EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed, val_loss, val_acc, lr)
+        progress.history.append(metrics)
         progress.train_time_s += elapsed
         if training.early_stopping is not None:
             _watch(training, progress)
