@@ -23,7 +23,6 @@ def variant_name(regularizer_cfg) -> str:
     return "+".join(name for name in REGULARIZERS if regularizer_cfg.get(name) is not None) or "none"
 
 
-# Each setting is regularizer.<name>.<key>, or the default (off) when that regularizer is not chosen.
 def layer_switches(regularizer_cfg) -> LayerSwitches:
     dropout = OmegaConf.select(regularizer_cfg, "dropout.p", default=0.0)
     return LayerSwitches(dropout, OmegaConf.select(regularizer_cfg, "batchnorm.momentum", default=None))

@@ -1,5 +1,4 @@
-"""The logged model's wrapper, which takes pixels as people hand them. It ships with models.py (MLflow's code_paths)
-where this repository is absent: keep both needing torch and MLflow alone."""
+"""The logged model's wrapper that takes pixels as people hand them; ships with models.py (torch and MLflow only)."""
 
 from __future__ import annotations
 
