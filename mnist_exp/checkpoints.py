@@ -52,9 +52,8 @@ def load(path: Path) -> Checkpoint | None:
         return None
     try:
         payload = torch.load(path, weights_only=True)
-        progress = payload["progress"]
-        history = [EpochMetrics(**metrics) for metrics in progress["history"]]
-        return Checkpoint(**{**payload, "progress": TrainingState(**{**progress, "history": history})})
+        history = [EpochMetrics(**metrics) for metrics in payload["progress"]["history"]]
+        return Checkpoint(**{**payload, "progress": TrainingState(**{**payload["progress"], "history": history})})
     except Exception as error:  # a damaged checkpoint costs a restart, never a crash
         log.warning("ignoring unreadable checkpoint %s (%s); training from scratch", path, error)
         return None

@@ -1,12 +1,9 @@
-"""What a person watching a run sees: progress bars on a terminal, one quiet line per epoch elsewhere.
-
-In a worker of the parallel launcher a job draws no bars: its Channel sends the launching process its log
-lines, name and epochs, for the sweep's progress line.
-"""
+"""What a person watching a run sees: bars on a terminal, a line per epoch elsewhere; in a worker, its Channel."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 from tqdm import tqdm
@@ -36,13 +33,11 @@ class ProgressBars(contextlib.ExitStack):
         super().__init__()
         self.title, self.epochs = title, epochs
         announce(title, epochs, epochs_done)
-        disable = None if channel() is None else True  # None: tqdm draws only when stderr is a terminal
+        bar = functools.partial(tqdm, disable=None if channel() is None else True)  # None: drawn on a terminal only
         self.epoch_bar = self.enter_context(
-            tqdm(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0, disable=disable)
+            bar(total=epochs, initial=epochs_done, desc=title, unit="epoch", position=0)
         )
-        self.batch_bar = self.enter_context(
-            tqdm(total=batches_per_epoch, unit="batch", position=1, leave=False, disable=disable)
-        )
+        self.batch_bar = self.enter_context(bar(total=batches_per_epoch, unit="batch", position=1, leave=False))
         if not self.epoch_bar.disable:
             self.enter_context(logging_redirect_tqdm())  # log lines print above the bars
 

@@ -8,6 +8,7 @@ import os
 import resource
 import traceback
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -95,17 +96,14 @@ def run_job(
 
     data_params = record.data_params(data) if data is not None else None
     twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params) if data is not None else []
-    checkpoint_file = checkpoints.checkpoint_path(
-        cfg.trainer.checkpoint_dir, config_hash, data_params and record.data_identity(data_params)
-    )
+    identity = data_params and record.data_identity(data_params)
+    checkpoint_file = checkpoints.checkpoint_path(cfg.trainer.checkpoint_dir, config_hash, identity)
     claim = None
     if problem is None:  # only one process at a time trains an identity: tracking.Claim
         if skipped := _skip(cfg, twins, overrides):
             return skipped
         known = {run.info.run_id for run in twins if run.info.status == "FINISHED"}
-        claim = tracking.Claim.take(
-            client, experiment_id, checkpoint_file.stem, lambda holder: _say_waiting(holder, cfg.force)
-        )
+        claim = tracking.Claim.take(client, experiment_id, checkpoint_file.stem, partial(_say_waiting, cfg.force))
         twins = tracking.runs_with_config(client, experiment_id, config_hash, data_params)
         if skipped := _skip(cfg, twins, overrides, known):  # finished while we waited for the claim
             claim.release(finished=True)
@@ -166,7 +164,9 @@ def run_job(
                     mlflow.end_run(status)
                 except Exception as close_error:  # the store may be what failed; the run is recorded so far
                     log.error("could not close the MLflow run: %s", close_error)
-        _supersede_pruned(client, twins, run_id)
+        for run in twins:  # runs of this config a search pruned, now trained in full: tagged with their successor
+            if run.info.run_id != run_id and record.PRUNED in run.data.tags:
+                client.set_tag(run.info.run_id, record.SUPERSEDED_BY, run_id)
         return JobOutcome("finished", overrides, run_id, None, None, name, objective)
     finally:
         if claim is not None:
@@ -174,8 +174,7 @@ def run_job(
 
 
 def _skip(cfg, twins: list, overrides: list[str], known: set[str] | None = None) -> JobOutcome | None:
-    """A skipped job's status when an identical run already FINISHED. With force=true, only a run not among
-    the FINISHED runs `known` before this job waited for its claim: the new run both launches asked for."""
+    """A skipped job's outcome if an identical run FINISHED; with force=true, one not `known` before the claim."""
     for run in twins:
         if run.info.status != "FINISHED" or record.PRUNED in run.data.tags:
             continue
@@ -192,7 +191,7 @@ def _skip(cfg, twins: list, overrides: list[str], known: set[str] | None = None)
     return None
 
 
-def _say_waiting(holder: dict[str, str], force: bool) -> None:
+def _say_waiting(force: bool, holder: dict[str, str]) -> None:
     run = holder.get("run") or "its run (not opened yet)"
     reuse = "reuses it as the new run force=true asks for" if force else "reuses it"
     log.info(
@@ -202,9 +201,8 @@ def _say_waiting(holder: dict[str, str], force: bool) -> None:
 
 
 def variant_label(cfg) -> str:
-    return record.variant(
-        cfg.model.name, variant_name(cfg.regularizer), cfg.optimizer.name, cfg.scheduler.name if cfg.scheduler else None
-    )
+    regularizers, scheduler = variant_name(cfg.regularizer), OmegaConf.select(cfg, "scheduler.name")
+    return record.variant(cfg.model.name, regularizers, cfg.optimizer.name, scheduler)
 
 
 def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_file):
@@ -227,13 +225,6 @@ def _open_run(client, experiment_id, cfg, params, name, tags, twins, checkpoint_
     return run_id, checkpoint
 
 
-def _supersede_pruned(client, twins: list, run_id: str) -> None:
-    """Runs of this config a search pruned, now trained in full by `run_id`: tagged with the run that replaced them."""
-    for run in twins:
-        if run.info.run_id != run_id and record.PRUNED in run.data.tags:
-            client.set_tag(run.info.run_id, record.SUPERSEDED_BY, run_id)
-
-
 def train_and_log(
     cfg, data, device, checkpoint, checkpoint_file: Path, output_dir: Path, trial: search.JobTrial | None = None
 ) -> float | None:
@@ -247,15 +238,26 @@ def train_and_log(
         f"data: {data.source} ({data.location}), {len(data.train)} train / {len(data.test)} test images; "
         f"{device}, {torch.get_num_threads()} threads"
     )
-    datasets = logged_model.datasets(data)
-    state = _resume(checkpoint, training) if checkpoint else _start(cfg, built, training, data, datasets)
-
-    run = mlflow.active_run().info
+    datasets, run = logged_model.datasets(data), mlflow.active_run().info
+    if checkpoint:  # resumed: the epochs a kill between checkpoint and log_metrics left unlogged are logged now
+        state = checkpoint.restore(training)
+        logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run.run_id, record.TEST_ACC)}
+        for metrics in state.history:
+            if metrics.epoch not in logged:
+                mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
+    else:  # a new run's record of what it trains and on which data
+        state = TrainingState()
+        regularizers, mean, std = variant_name(cfg.regularizer), training.inputs.mean, training.inputs.std
+        values = (built.parameters, built.lenet5_parameters, built.description, regularizers, mean, std)
+        mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values), strict=True)))  # in RESULT_PARAMS' order
+        logged_model.log_datasets(datasets)
+        if data.fallback:
+            mlflow.set_tag(record.FALLBACK, data.fallback)
     batches = math.ceil(len(data.train) / cfg.trainer.batch_size)
     with console.ProgressBars(run.run_name, cfg.trainer.epochs, state.epochs_done, batches) as bars:
 
         def on_epoch_end(state: TrainingState) -> None:
-            checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: see _resume
+            checkpoints.save(checkpoint_file, run.run_id, training, state)  # before logging: a resume fills the gap
             mlflow.log_metrics(state.history[-1].as_metrics(), step=state.history[-1].epoch)
             bars.epoch(state.history[-1])
             if trial is not None:
@@ -264,71 +266,8 @@ def train_and_log(
         fit(training, data, cfg.trainer, state, on_epoch_end, bars.batch)
 
     predictions = _log_evaluations(cfg, training, data, datasets, state)
-    _log_artifacts(cfg, state, data, predictions, f"{built.description} ({variant_label(cfg)})", output_dir)
-    checkpoint_file.unlink(missing_ok=True)  # the run is complete in MLflow; the weights live there now
-    delivered = state.history[(state.best_epoch or state.epochs_done) - 1]
-    return objective_of(delivered.as_metrics())
-
-
-def objective_of(metrics: dict[str, float]) -> float | None:
-    """What a sweeper maximizes: the validation accuracy, never the test's (no tuning on the test set)."""
-    return metrics.get(record.VAL_ACC)
-
-
-def _start(cfg, built, training: Training, data, datasets) -> TrainingState:
-    """A new run's record of what it trains and on which data."""
-    regularizers, mean, std = variant_name(cfg.regularizer), training.inputs.mean, training.inputs.std
-    values = (built.parameters, built.lenet5_parameters, built.description, regularizers, mean, std)
-    mlflow.log_params(dict(zip(record.RESULT_PARAMS, map(str, values), strict=True)))  # in RESULT_PARAMS' order
-    logged_model.log_datasets(datasets)
-    if data.fallback:
-        mlflow.set_tag(record.FALLBACK, data.fallback)
-    return TrainingState()
-
-
-def _resume(checkpoint: checkpoints.Checkpoint, training: Training) -> TrainingState:
-    progress = checkpoint.restore(training)
-    run_id = mlflow.active_run().info.run_id
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, record.TEST_ACC)}
-    for metrics in progress.history:  # a kill between checkpoint and log_metrics leaves a gap
-        if metrics.epoch not in logged:
-            mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
-    return progress
-
-
-def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> dict[str, torch.Tensor]:
-    """Summary metrics and the delivered model with what it scores; returns its predictions per split."""
-    model, inputs, device, batch = training.delivered, training.inputs, training.device, cfg.trainer.eval_batch_size
-    scores = {"test": evaluate(model, data.test, batch, inputs, device)}
-    # Per-epoch train metrics are running averages in training mode (dropout on, images augmented);
-    # the generalization gap needs the finished model's accuracy on the training images themselves.
-    train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
-    summary = {
-        record.BEST_TEST_ACC: max(m.test_acc for m in state.history),
-        record.TRAIN_EVAL_LOSS: train_eval_loss,
-        record.TRAIN_EVAL_ACC: train_eval_acc,
-        record.TRAIN_TIME: state.train_time_s,
-        # The process's peak so far: in a sweep's reused worker, the largest of its jobs up to this one.
-        record.PEAK_RSS: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if training.early_stopping is not None:  # which epoch's weights are delivered, and when training ended
-        summary.update({record.BEST_EPOCH: state.best_epoch, record.STOPPED_EPOCH: state.epochs_done})
-    mlflow.log_metrics(summary, step=state.epochs_done)
-    model_info = logged_model.log_model(
-        PixelClassifier(model, inputs.mean, inputs.std).eval(), data.test.images[:5], variant_label(cfg)
-    )
-    for split in FINAL_METRICS:  # each logged once scored (test first), linked to the model and the split
-        if split == "validation" and data.validation is not None:
-            scores[split] = evaluate(model, data.validation, batch, inputs, device)
-        if split in scores:
-            metrics = dict(zip(FINAL_METRICS[split], scores[split][:2], strict=True))
-            mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
-    return {split: predicted for split, (_, _, predicted) in scores.items()}
-
-
-def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: str, output_dir: Path) -> None:
-    """The config, history, curves, confusion matrix, the answer per image of each split, Hydra's files."""
-    folder = output_dir / "artifacts"
+    # The config, history, curves, confusion matrix, the answer per image of each split, Hydra's files.
+    title, folder = f"{built.description} ({variant_label(cfg)})", output_dir / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / record.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     history = pd.DataFrame([{"epoch": m.epoch, **m.as_metrics()} for m in state.history])
@@ -342,6 +281,40 @@ def _log_artifacts(cfg, state: TrainingState, data, predictions: dict, title: st
         write_split(folder, split, predicted.numpy(), scored.labels.numpy(), scored.sha256)
     mlflow.log_artifacts(str(folder))
     _log_hydra_files(output_dir)
+    checkpoint_file.unlink(missing_ok=True)  # the run is complete in MLflow; the weights live there now
+    delivered = state.history[(state.best_epoch or state.epochs_done) - 1]
+    return objective_of(delivered.as_metrics())
+
+
+def objective_of(metrics: dict[str, float]) -> float | None:
+    """What a sweeper maximizes: the validation accuracy, never the test's (no tuning on the test set)."""
+    return metrics.get(record.VAL_ACC)
+
+
+def _log_evaluations(cfg, training: Training, data, datasets, state: TrainingState) -> dict[str, torch.Tensor]:
+    """Summary metrics and the delivered model with what it scores; returns its predictions per split."""
+    model, inputs, device, batch = training.delivered, training.inputs, training.device, cfg.trainer.eval_batch_size
+    splits = {"test": data.test, "validation": data.validation}
+    scores = {key: evaluate(model, split, batch, inputs, device) for key, split in splits.items() if split is not None}
+    # Per-epoch train metrics are running averages in training mode (dropout, augmentation): the gap needs this one.
+    train_eval_loss, train_eval_acc, _ = evaluate(model, data.train, batch, inputs, device)
+    summary = {
+        record.BEST_TEST_ACC: max(m.test_acc for m in state.history),
+        record.TRAIN_EVAL_LOSS: train_eval_loss,
+        record.TRAIN_EVAL_ACC: train_eval_acc,
+        record.TRAIN_TIME: state.train_time_s,
+        # The process's peak so far: in a sweep's reused worker, the largest of its jobs up to this one.
+        record.PEAK_RSS: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if training.early_stopping is not None:  # which epoch's weights are delivered, and when training ended
+        summary.update({record.BEST_EPOCH: state.best_epoch, record.STOPPED_EPOCH: state.epochs_done})
+    mlflow.log_metrics(summary, step=state.epochs_done)
+    shipped = PixelClassifier(model, inputs.mean, inputs.std).eval()
+    model_info = logged_model.log_model(shipped, data.test.images[:5], variant_label(cfg))
+    for split, (loss, acc, _) in scores.items():  # each linked to the model and the split it scores
+        metrics = dict(zip(FINAL_METRICS[split], (loss, acc), strict=True))
+        mlflow.log_metrics(metrics, step=state.epochs_done, model_id=model_info.model_id, dataset=datasets[split])
+    return {split: predicted for split, (_, _, predicted) in scores.items()}
 
 
 def _log_hydra_files(output_dir: Path, logs: bool = True) -> None:

@@ -46,8 +46,7 @@ def _hidden_block(layer: nn.Module, width: int, activation: str, switches: Layer
 
 
 class LeNet5(nn.Module):
-    """conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> fc 120 -> fc 84 -> fc 10; padding=0 is today's layout on
-    28x28 digits (maps 24, 12, 8, 4), padding=2 the paper's 32x32 input (maps 28, 14, 10, 5)."""
+    """conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> fc 120 -> fc 84 -> fc 10; padding=2: the paper's 32x32 layout."""
 
     def __init__(self, activation: str, switches: LayerSwitches, padding: int = 0, pooling: str = "max"):
         super().__init__()

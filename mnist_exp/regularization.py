@@ -1,5 +1,4 @@
-"""What each regularizer changes: the model, the optimizer, the training images, the loss, how long training goes
-or which weights it delivers. One is on when its key is in the `regularizer` node (regularizer=[l2,dropout])."""
+"""What each regularizer changes (docs/configuration.md); one is on when its key is in the `regularizer` node."""
 
 from __future__ import annotations
 
@@ -9,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
@@ -23,67 +23,48 @@ def variant_name(regularizer_cfg) -> str:
     return "+".join(name for name in REGULARIZERS if regularizer_cfg.get(name) is not None) or "none"
 
 
-def _setting(regularizer_cfg, name: str, key: str, off):
-    """regularizer.<name>.<key>, or `off` when that regularizer is not chosen."""
-    node = regularizer_cfg.get(name)
-    return off if node is None else node[key]
-
-
 def layer_switches(regularizer_cfg) -> LayerSwitches:
-    return LayerSwitches(
-        _setting(regularizer_cfg, "dropout", "p", 0.0), _setting(regularizer_cfg, "batchnorm", "momentum", None)
-    )
+    dropout = OmegaConf.select(regularizer_cfg, "dropout.p", default=0.0)
+    return LayerSwitches(dropout, OmegaConf.select(regularizer_cfg, "batchnorm.momentum", default=None))
 
 
 def weight_decay(regularizer_cfg) -> float:
-    return _setting(regularizer_cfg, "l2", "weight_decay", 0.0)
+    return OmegaConf.select(regularizer_cfg, "l2.weight_decay", default=0.0)
 
 
 def label_smoothing(regularizer_cfg) -> float:
-    return _setting(regularizer_cfg, "label_smoothing", "epsilon", 0.0)
+    return OmegaConf.select(regularizer_cfg, "label_smoothing.epsilon", default=0.0)
 
 
-def early_stopping(regularizer_cfg):
-    """Its patience and min_delta, or None: training.fit stops once `patience` epochs in a row did not beat the best
-    validation loss by more than min_delta."""
-    return regularizer_cfg.get("early_stopping")
-
-
-def weight_averaging(regularizer_cfg, epochs: int) -> WeightAveraging | None:
+def weight_averaging(regularizer_cfg, epochs: int, model: nn.Module) -> WeightAverage | None:
     ema, swa = regularizer_cfg.get("ema"), regularizer_cfg.get("swa")
     if ema is not None:
-        return WeightAveraging(decay=ema.decay)
-    return None if swa is None else WeightAveraging(start_epoch=math.floor(swa.start * epochs) + 1)
+        return WeightAverage(model, decay=ema.decay)
+    return None if swa is None else WeightAverage(model, start_epoch=math.floor(swa.start * epochs) + 1)
 
 
-@dataclass(frozen=True)
-class WeightAveraging:
-    """One average of the weights, delivered (AveragedModel): EMA's after every step, buffers too; or SWA's of
-    each epoch's end from start_epoch on, batch norm then re-estimated (update_bn) as torch's SWA recipe does."""
+class WeightAverage(AveragedModel):
+    """The average of the weights a run delivers: EMA's after every step or SWA's per epoch (docs/configuration.md)."""
 
-    decay: float | None = None  # EMA: the average keeps this share of itself per step
-    start_epoch: int | None = None  # SWA: the first epoch whose weights are averaged
-
-    def wrap(self, model: nn.Module) -> AveragedModel:
-        if self.decay is not None:
-            return AveragedModel(model, multi_avg_fn=self._ema, use_buffers=True)
-        return AveragedModel(model)
+    def __init__(self, model: nn.Module, decay: float | None = None, start_epoch: int | None = None):
+        super().__init__(model, multi_avg_fn=self._ema if decay is not None else None, use_buffers=decay is not None)
+        self.decay = decay  # EMA: the average keeps this share of itself per step
+        self.start_epoch = start_epoch  # SWA: the first epoch whose weights are averaged
 
     def _ema(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        """get_ema_multi_avg_fn with tf.train.ExponentialMovingAverage's warm-up: the n-th update keeps at most
-        (1 + n) / (10 + n), so the first weights do not linger (0.999 still holds 37% of them after 1,000 steps)."""
+        """get_ema_multi_avg_fn with TensorFlow's warm-up: 0.999 alone holds 37% of the first weights at step 1,000."""
         n = int(updates)
         get_ema_multi_avg_fn(min(self.decay, (1 + n) / (10 + n)))(averaged, current, updates)
 
-    def after_step(self, averaged: AveragedModel, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module) -> None:
         if self.decay is not None:
-            averaged.update_parameters(model)
+            self.update_parameters(model)
 
-    def after_epoch(self, averaged: AveragedModel, model: nn.Module, epoch: int, batches) -> None:
+    def after_epoch(self, model: nn.Module, epoch: int, batches) -> None:
         """SWA: average this epoch's weights in; `batches` (input batches) re-estimate batch norm."""
         if self.start_epoch is not None and epoch >= self.start_epoch:
-            averaged.update_parameters(model)
-            update_bn(batches, averaged)  # returns at once when the model has no batch norm
+            self.update_parameters(model)
+            update_bn(batches, self)  # returns at once when the model has no batch norm
 
 
 def train_augmentation(regularizer_cfg) -> Distortion | None:
@@ -96,8 +77,7 @@ def train_augmentation(regularizer_cfg) -> Distortion | None:
 
 @dataclass(frozen=True)
 class Distortion:
-    """Each training image's own random affine transform and elastic distortion, a batch in one grid_sample
-    (torchvision's v2 shares one draw per call: per image it costs far more, benchmarks/augmentation.py)."""
+    """Each training image's own random affine transform and elastic distortion, a batch in one grid_sample."""
 
     affine: RandomAffine | None
     elastic: Elastic | None
@@ -150,8 +130,7 @@ class RandomAffine:
 
 @dataclass(frozen=True)
 class Elastic:
-    """Simard et al. 2003: every pixel moved by its own displacement, uniform in [-1, 1] per axis, smoothed by a
-    Gaussian of sigma pixels and scaled by alpha pixels (theirs: 34 and 4)."""
+    """Simard et al. 2003: uniform noise in [-1, 1] per pixel and axis, blurred by sigma, scaled by alpha (pixels)."""
 
     alpha: float
     sigma: float

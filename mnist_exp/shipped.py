@@ -1,6 +1,4 @@
-"""What a logged model ships besides its weights: the network's wrapper, which takes pixels as people hand them.
-It travels with models.py (MLflow's code_paths) to where this repository is absent: keep both needing torch and
-MLflow alone."""
+"""The logged model's wrapper that takes pixels as people hand them; ships with models.py (torch and MLflow only)."""
 
 from __future__ import annotations
 
@@ -44,21 +42,16 @@ class PixelClassifier(nn.Module):
 def as_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """One image or a batch (EXPECTED) as floats [N, 28, 28] in [0, 1]; anything else raises BadPixels."""
     shape = tuple(pixels.shape)
-    if shape == (SIDE, SIDE):
-        pixels = pixels[None]
-    elif len(shape) == 2 and shape[1] == SIDE * SIDE:
+    if shape == (SIDE, SIDE) or (len(shape) == 2 and shape[1] == SIDE * SIDE):
         pixels = pixels.reshape(-1, SIDE, SIDE)
     if pixels.dim() != 3 or pixels.shape[1:] != (SIDE, SIDE) or pixels.shape[0] == 0:
         raise BadPixels(f"{EXPECTED}; got shape {shape}")
     dtype = str(pixels.dtype).removeprefix("torch.")
     if pixels.dtype == torch.bool or pixels.is_complex():
         raise BadPixels(f"{EXPECTED}; got {dtype} values")
-    low, high = pixels.min().item(), pixels.max().item()
-    if not pixels.is_floating_point() and low >= 0 and high <= 255:  # uint8, or JSON's integers as int64
-        return pixels.float().div(255)
-    if pixels.is_floating_point() and low >= 0 and high <= 1:  # NaN fails both
-        return pixels.float()
+    low, high, floating = pixels.min().item(), pixels.max().item(), pixels.is_floating_point()
+    if low >= 0 and high <= (1 if floating else 255):  # integers: uint8, or JSON's as int64; NaN fails
+        return pixels.float() if floating else pixels.float().div(255)
     # MLflow's pytorch flavour hands a DataFrame's columns over as float32, raw pixels too
-    raw = pixels.is_floating_point() and low >= 0 and high <= 255
-    hint = " (raw pixels as floats: divide them by 255)" if raw else ""
+    hint = " (raw pixels as floats: divide them by 255)" if floating and low >= 0 and high <= 255 else ""
     raise BadPixels(f"{EXPECTED}; got {dtype} values from {low} to {high}{hint}")

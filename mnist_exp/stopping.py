@@ -1,10 +1,10 @@
-"""Stopping from outside: which stop gives which run, job and sweep status and what the process does then
-(STOPS, shown in docs/stopping.md), and the signal handlers. Every stop keeps the job's last checkpoint."""
+"""Stopping from outside: each stop's run, job and sweep status and what follows (STOPS, docs/stopping.md)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 
@@ -24,21 +24,17 @@ class Stop:
 
 RESUMES = "the same command resumes"
 INTERRUPTED = f"interrupted (Ctrl-C or SIGTERM); {RESUMES} it"
+PREEMPTED = "preempted: SLURM requeued the job, which resumes the run"
+TIME_LIMIT = f"stopped at its time limit (hydra.launcher.timeout_min); {RESUMES} it"
+WORKER_DIED = f"its worker process was {{cause}} (out of memory?); {RESUMES} its run"
+REOPENED = "RUNNING, until the same command reopens it"
 STOPS = {  # Stop(the job's MLflow run, the job, the sweep's parent run, the reason recorded, what follows)
     "interrupt": Stop("KILLED", "killed", "KILLED", INTERRUPTED, RAISE),
     "cancelled": Stop("KILLED", "killed", "FAILED", INTERRUPTED),
-    "preempted": Stop(
-        "KILLED", "killed", "not stopped", "preempted: SLURM requeued the job, which resumes the run", REQUEUE
-    ),
-    "time_limit": Stop(
-        "KILLED", "killed", "FAILED", f"stopped at its time limit (hydra.launcher.timeout_min); {RESUMES} it"
-    ),
-    "worker_died": Stop(
-        "FAILED", "failed", "FAILED", f"its worker process was {{cause}} (out of memory?); {RESUMES} its run"
-    ),
-    "abandoned": Stop(
-        "KILLED", "none", "RUNNING, until the same command reopens it", "abandoned: superseded by run {run_id}"
-    ),
+    "preempted": Stop("KILLED", "killed", "not stopped", PREEMPTED, REQUEUE),
+    "time_limit": Stop("KILLED", "killed", "FAILED", TIME_LIMIT),
+    "worker_died": Stop("FAILED", "failed", "FAILED", WORKER_DIED),
+    "abandoned": Stop("KILLED", "none", REOPENED, "abandoned: superseded by run {run_id}"),
 }
 
 
@@ -60,38 +56,36 @@ class Interrupts:
 
     def _interrupt(self, signum, frame) -> None:
         self.received = signum
-        if self.once:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt(f"signal {signum}")
+        for ignored in (signal.SIGINT, signal.SIGTERM) if self.once else ():
+            signal.signal(ignored, signal.SIG_IGN)
+        _raise_interrupt(signum, frame)
 
 
 class JobSignals:
-    """A job's side: SIGTERM stops it as Ctrl-C does while its run is open, and under submitit SLURM's
-    preemption signal is noted before submitit's own handler requeues the job, so that the SIGTERM with
-    which SLURM then stops it ends the process without a result."""
+    """A job's side: SIGTERM stops it as Ctrl-C does; under submitit, preemption is noted before submitit requeues."""
 
     def __init__(self):
         self.submitit = bool(os.environ.get("SUBMITIT_EXECUTOR"))
         self.preempted = self.timed_out = False
-        if self.submitit:
-            signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-            submitits = signal.getsignal(signum)
-            if callable(submitits):
+        signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        submitits = signal.getsignal(signum) if self.submitit else None
+        if callable(submitits):
 
-                def note(number, frame):
-                    self.preempted = True
-                    # submitit's own verdict, taken first: SLURM's SIGTERM may interrupt its handler before it acts.
-                    judge = getattr(getattr(submitits, "__self__", None), "has_timed_out", None)
-                    self.timed_out = bool(judge and judge())
-                    submitits(number, frame)
+            def note(number, frame):
+                self.preempted = True
+                # submitit's own verdict, taken first: SLURM's SIGTERM may interrupt its handler before it acts.
+                judge = getattr(getattr(submitits, "__self__", None), "has_timed_out", None)
+                self.timed_out = bool(judge and judge())
+                submitits(number, frame)
 
-                signal.signal(signum, note)
+            signal.signal(signum, note)
 
     def stop_of(self, error: BaseException) -> Stop | None:
         """Which stop `error` is, or None for an error of the job's own."""
         # Raised by submitit's USR2 handler (no preemption), or the limit's SIGTERM came before submitit acted.
-        if isinstance(error, _time_limit_errors()) or (self.timed_out and not isinstance(error, SystemExit)):
+        submitit = sys.modules.get("submitit.core.utils")  # loaded if it raised: never imported here (slow)
+        time_limit = submitit is not None and isinstance(error, submitit.UncompletedJobError)
+        if time_limit or (self.timed_out and not isinstance(error, SystemExit)):
             return STOPS["time_limit"]
         if self.preempted or isinstance(error, SystemExit):  # submitit requeues a preempted job, then exits
             return STOPS["preempted"]
@@ -114,11 +108,3 @@ class JobSignals:
 
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _time_limit_errors() -> tuple[type, ...]:
-    try:  # imported here: submitit is only there to launch on SLURM, and costs time to import
-        from submitit.core.utils import UncompletedJobError
-    except ImportError:
-        return ()
-    return (UncompletedJobError,)

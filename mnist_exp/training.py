@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from mnist_exp import regularization
-from mnist_exp.data import MNIST, Split, normalization
+from mnist_exp.data import Split, normalization
 from mnist_exp.schema import in_epochs
 
 
@@ -66,13 +65,8 @@ class Training:
     inputs: InputPipeline
     device: torch.device
     label_smoothing: float = 0.0
-    early_stopping: DictConfig | None = None  # regularizer.early_stopping
-    averaging: regularization.WeightAveraging | None = None
-    averaged: AveragedModel | None = field(default=None, init=False)  # the averaging's copy of the model
-
-    def __post_init__(self) -> None:
-        if self.averaging is not None:
-            self.averaged = self.averaging.wrap(self.model)
+    early_stopping: DictConfig | None = None  # regularizer.early_stopping: patience, min_delta
+    averaged: regularization.WeightAverage | None = None  # EMA or SWA: its average of the model's weights
 
     @property
     def delivered(self) -> nn.Module:
@@ -86,17 +80,11 @@ class Training:
         """What a run's config asks for around `model`, which trains on `train`."""
         regularizer, epochs = cfg.regularizer, cfg.trainer.epochs
         optimizer = make_optimizer(model, cfg.optimizer, regularization.weight_decay(regularizer))
-        batches_per_epoch = math.ceil(len(train) / cfg.trainer.batch_size)
-        return cls(
-            model,
-            optimizer,
-            make_scheduler(optimizer, cfg.scheduler, epochs, batches_per_epoch),
-            InputPipeline(*normalization(cfg.data, train), regularization.train_augmentation(regularizer)),
-            device,
-            regularization.label_smoothing(regularizer),
-            regularization.early_stopping(regularizer),
-            regularization.weight_averaging(regularizer, epochs),
-        )
+        scheduler = make_scheduler(optimizer, cfg.scheduler, epochs, math.ceil(len(train) / cfg.trainer.batch_size))
+        inputs = InputPipeline(*normalization(cfg.data, train), regularization.train_augmentation(regularizer))
+        smoothing = regularization.label_smoothing(regularizer)
+        averaged = regularization.weight_averaging(regularizer, epochs, model)
+        return cls(model, optimizer, scheduler, inputs, device, smoothing, regularizer.get("early_stopping"), averaged)
 
 
 @dataclass
@@ -115,8 +103,7 @@ class InputPipeline:
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """The one-channel CPU batch with channels-last strides, nothing copied: oneDNN then runs LeNet-5's convolutions
-    in NHWC, 1.2-1.6x faster training and ~1.2x evaluation (benchmarks/epoch_throughput.py)."""
+    """A one-channel CPU batch in channels-last strides, nothing copied: oneDNN's faster NHWC (benchmarks/README.md)."""
     if x.device.type != "cpu" or x.dim() != 4 or x.shape[1] != 1 or not x.is_contiguous():
         return x
     return x.as_strided(x.shape, (x.stride(0), 1, x.stride(2), x.stride(3)))
@@ -175,23 +162,21 @@ def train_epoch(
     images, labels = split.images.to(device), split.labels.to(device)
     order = torch.randperm(len(labels)).to(device)
     loss_sum, correct = 0.0, torch.zeros((), dtype=torch.int64, device=device)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    for number, batch in enumerate(order.split(batch_size), 1):
         x, y = training.inputs(images[batch], train=True), labels[batch]
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=training.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if training.averaging is not None:
-            training.averaging.after_step(training.averaged, model)
+        if training.averaged is not None:
+            training.averaged.after_step(model)
         if training.scheduler is not None:
             training.scheduler.step()
         batch_loss = loss.item()
         if not math.isfinite(batch_loss):
             raise Diverged(
-                f"training loss became {batch_loss} at batch {start // batch_size + 1}; "
-                "lower optimizer.lr or add regularization"
+                f"training loss became {batch_loss} at batch {number}; lower optimizer.lr or add regularization"
             )
         loss_sum += batch_loss * len(batch)
         correct += (logits.argmax(1) == y).sum()  # summed on the device: no second sync per batch
@@ -207,27 +192,17 @@ def evaluate(
     """(mean loss, accuracy, predicted labels) of `split`, in evaluation mode."""
     model.eval()
     loss_sum, predictions = 0.0, []
-    for start in range(0, len(split), batch_size):
-        x = inputs(split.images[start : start + batch_size].to(device), train=False)
-        y = split.labels[start : start + batch_size].to(device)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+    for images, labels in zip(split.images.split(batch_size), split.labels.split(batch_size)):
+        logits = model(inputs(images.to(device), train=False))
+        loss_sum += F.cross_entropy(logits, labels.to(device), reduction="sum").item()
         predictions.append(logits.argmax(1).cpu())
     predicted = torch.cat(predictions)
     return loss_sum / len(split), int((predicted == split.labels).sum()) / len(split), predicted
 
 
-def fit(
-    training: Training,
-    data: MNIST,
-    trainer_cfg,
-    progress: TrainingState,
-    on_epoch_end: Callable[[TrainingState], None],
-    on_batch: Callable[[float], None] | None = None,
-) -> TrainingState:
-    """Train from `progress.epochs_done` up to trainer.epochs, calling `on_epoch_end` after each; early stopping
-    ends it once patience runs out, the best epoch's weights delivered."""
-    inputs, device = training.inputs, training.device
+def fit(training: Training, data, trainer_cfg, progress: TrainingState, on_epoch_end, on_batch=None) -> TrainingState:
+    """Train from `progress.epochs_done` to trainer.epochs or the early stop; on_epoch_end(progress) after each."""
+    inputs, device, size = training.inputs, training.device, trainer_cfg.eval_batch_size
     for epoch in range(progress.epochs_done + 1, trainer_cfg.epochs + 1):
         if progress.stopped_early:
             break
@@ -235,19 +210,16 @@ def fit(
         lr = training.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_acc = train_epoch(training, data.train, trainer_cfg.batch_size, on_batch)
-        if training.averaging is not None:  # SWA re-estimates batch norm on the plain training images
-            size, images = trainer_cfg.eval_batch_size, data.train.images
-            batches = (inputs(images[i : i + size].to(device), train=False) for i in range(0, len(images), size))
-            training.averaging.after_epoch(training.averaged, training.model, epoch, batches)
-        model = training.delivered
-        test_loss, test_acc, _ = evaluate(model, data.test, trainer_cfg.eval_batch_size, inputs, device)
+        if training.averaged is not None:  # SWA re-estimates batch norm on the plain training images
+            batches = (inputs(images.to(device), train=False) for images in data.train.images.split(size))
+            training.averaged.after_epoch(training.model, epoch, batches)
+        test_loss, test_acc, _ = evaluate(training.delivered, data.test, size, inputs, device)
         val_loss = val_acc = None
         if data.validation is not None:
-            val_loss, val_acc, _ = evaluate(model, data.validation, trainer_cfg.eval_batch_size, inputs, device)
+            val_loss, val_acc, _ = evaluate(training.delivered, data.validation, size, inputs, device)
         elapsed = time.perf_counter() - started
-        progress.history.append(
-            EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed, val_loss, val_acc, lr)
-        )
+        metrics = EpochMetrics(epoch, train_loss, train_acc, test_loss, test_acc, elapsed, val_loss, val_acc, lr)
+        progress.history.append(metrics)
         progress.train_time_s += elapsed
         if training.early_stopping is not None:
             _watch(training, progress)
