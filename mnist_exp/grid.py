@@ -57,19 +57,16 @@ class JobConfigs:
 
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
         parsed = [_parsed(line) for line in overrides]
-        chosen = tuple(o.input_line for o in parsed if self._chooses(o))
-        config = copy.deepcopy(_composed(self.config_name, self.search_path, chosen))
+        # Those that change the defaults list (a group's option) rather than a value:
+        chosen = [o for o in parsed if o.key_or_group in self.groups or o.package is not None or o.is_delete()]
+        config = copy.deepcopy(_composed(self.config_name, self.search_path, tuple(o.input_line for o in chosen)))
         try:
             for override in parsed:
-                if not self._chooses(override):
+                if override not in chosen:
                     _apply(config, override)
         except (OmegaConfBaseException, ValueError):
             return compose(self.config_name, list(overrides))
         return config
-
-    def _chooses(self, override: Override) -> bool:
-        """Whether an override changes the defaults list (a group's option) rather than a value."""
-        return override.key_or_group in self.groups or override.package is not None or override.is_delete()
 
 
 def _groups(config_loader, parent: str = "") -> set[str]:

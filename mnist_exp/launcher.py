@@ -1,7 +1,5 @@
 """hydra/launcher=parallel, for any Hydra app: a sweep's jobs side by side in reused worker processes, their log
-lines prefixed under one progress line (docs/scaling.md). The optional hook, static methods of the task's config
-class: launch_plan(job_config, threads=None) -> (cost, threads or None), longest first, called again with the
-threads given; worker_died(job_config, pid, cause) -> the return of a job whose worker died (else FAILED)."""
+lines prefixed under one progress line; the app's optional hook (launch_plan, worker_died): docs/scaling.md."""
 
 from __future__ import annotations
 
@@ -21,6 +19,8 @@ import cloudpickle  # the task function may live in __main__, and Hydra's plugin
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mnist_exp.grid import JobConfigs
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Job:
     index: int
     overrides: list[str]
     cost: float = 1.0  # launch_plan's
+    threads: int | None = None  # launch_plan's: those the job asks for
     config: DictConfig | None = None  # composed when it starts
     name: str = ""
     epochs: int = 0
@@ -69,15 +70,11 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     hooks = OmegaConf.get_type(config)
     launch_plan = getattr(hooks, "launch_plan", None)
     jobs = [Job(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
-    asked = set()  # the threads the jobs ask for
-    if launch_plan is not None:
-        from mnist_exp.grid import JobConfigs  # one composition per distinct choice of groups, not one per job
-
+    if launch_plan is not None:  # one composition per distinct choice of groups, not one per job
         configs = JobConfigs(config.hydra.job.config_name, context.config_loader)
         for job in jobs:
-            job.cost, wanted = launch_plan(configs(job.overrides))
-            asked.add(wanted)
-    threads = launcher.threads_per_job or max(asked - {None}, default=None)
+            job.cost, job.threads = launch_plan(configs(job.overrides))
+    threads = launcher.threads_per_job or max((job.threads for job in jobs if job.threads), default=None)
     workers, threads = plan(len(jobs), available_cores(), launcher.workers, threads)
 
     def compose(job: Job) -> DictConfig:
@@ -178,13 +175,12 @@ class Pool:
             return
         job = by_index[index]
         if kind == "log":
-            display.line(job, payload)
-        elif kind == "progress":
+            return display.line(job, payload)
+        if kind == "progress":
             job.name, job.epochs, job.epoch = payload
-            display.advance(job)
-        elif kind == "done":
+        else:  # done
             job.result, self.workers[number].job = cloudpickle.loads(payload), None
-            display.advance(job)
+        display.advance(job)
 
 
 class Channel(logging.Handler):
@@ -258,37 +254,33 @@ class SweepDisplay:
     """One progress line for the sweep on a terminal, the jobs' log lines above it; else plain prefixed lines."""
 
     def __init__(self, jobs: list[Job]):
-        self.jobs, self.bar = jobs, None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            # A terminal that never said its size reports 0 x 0, on which tqdm draws nothing.
-            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-            size = {"dynamic_ncols": True} if sized else {"ncols": 120, "nrows": 24}
-            bar_format = "{desc} | {elapsed} elapsed, ETA {remaining}"
-            self.bar = tqdm(total=sum(job.cost for job in jobs), file=sys.stderr, bar_format=bar_format, **size)
-            self._refresh()
+        self.jobs, shown = jobs, sys.stderr.isatty()
+        # A terminal that never said its size reports 0 x 0, on which tqdm draws nothing.
+        sized = shown and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        size = {"dynamic_ncols": True} if sized else {"ncols": 120, "nrows": 24}
+        bar_format = "{desc} | {elapsed} elapsed, ETA {remaining}"
+        total = sum(job.cost for job in jobs)  # a disabled bar ignores updates
+        self.bar = tqdm(total=total, file=sys.stderr, bar_format=bar_format, disable=not shown, **size)
+        self._refresh()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
     def line(self, job: Job, text: str) -> None:
         self.message("\n".join(f"[{job.name or '#' + str(job.index)}] {part}" for part in text.splitlines()))
 
     def message(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stdout)
-        else:
-            print(text, flush=True)
+        self.bar.write(text, file=sys.stdout)
+        sys.stdout.flush()
 
     def advance(self, job: Job) -> None:
         """The job started, finished an epoch, or ended."""
         progress = job.cost if job.result is not None else job.cost * job.epoch / max(1, job.epochs)
-        if self.bar is not None:
-            self.bar.update(progress - job.done_cost)
-            self._refresh()
+        self.bar.update(progress - job.done_cost)
         job.done_cost = progress
+        self._refresh()
 
     def _refresh(self) -> None:
         finished = sum(1 for job in self.jobs if job.result is not None)

@@ -34,20 +34,15 @@ class Pruned(Exception):
         self.value = value
 
 
-def storage_url(storage: str | None, tracking_uri: str) -> str:
-    """As configured, else `<store>.optuna.db` beside a sqlite MLflow store (both keep an alembic_version
-    table: they cannot share one database), else optuna.db in the launch folder."""
-    if storage:
-        return storage
-    if tracking_uri.startswith("sqlite:///"):
-        store = Path(tracking_uri[len("sqlite:///") :])
-        return f"sqlite:///{store.with_name(store.stem + '.optuna.db')}"
-    return "sqlite:///optuna.db"
-
-
-def study_name(configured: str | None, experiment: str, sweep_key: str) -> str:
-    """As configured, else the experiment and the sweep's key: the same command finds the same study."""
-    return configured or f"{experiment}/{sweep_key}"
+def study_location(settings: DictConfig, mlflow: DictConfig, sweep_key: str) -> tuple[str, str]:
+    """(study name, storage URL) as configured, else: the experiment and the sweep's key (the same command finds the
+    same study); `<store>.optuna.db` beside a sqlite MLflow store (both keep an alembic_version table: they cannot
+    share one database), else optuna.db in the launch folder."""
+    url = settings.storage or "sqlite:///optuna.db"
+    if not settings.storage and mlflow.tracking_uri.startswith("sqlite:///"):
+        store = Path(mlflow.tracking_uri.removeprefix("sqlite:///"))
+        url = f"sqlite:///{store.with_name(store.stem + '.optuna.db')}"
+    return settings.study_name or f"{mlflow.experiment}/{sweep_key}", url
 
 
 def distribution(override: Override) -> Any:
@@ -69,16 +64,12 @@ def distribution(override: Override) -> Any:
 def search_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
     """({key: distribution}, fixed overrides) from hydra.sweeper.params and the command line, which wins."""
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments))
-    space, fixed = {}, {}
-    for override in parsed:
-        key = override.get_key_element()
-        space.pop(key, None)
-        fixed.pop(key, None)
-        if override.is_sweep_override():
-            space[key] = distribution(override)
-        else:
-            fixed[key] = f"{key}={override.get_value_element_as_str()}"
-    return space, list(fixed.values())
+    last: dict[str, Override] = {}
+    for override in parsed:  # the later one wins, in the later one's place
+        last.pop(override.get_key_element(), None)
+        last[override.get_key_element()] = override
+    space = {key: distribution(o) for key, o in last.items() if o.is_sweep_override()}
+    return space, [f"{key}={o.get_value_element_as_str()}" for key, o in last.items() if not o.is_sweep_override()]
 
 
 def sweep(sweeper, arguments: list[str]) -> None:
@@ -108,8 +99,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
             "put it in the database's own password file instead (PostgreSQL: ~/.pgpass or PGPASSFILE)"
         )
     info = read_sweep_info(config.hydra.sweep.dir)  # written by the sweep's callback before this
-    name = study_name(settings.study_name, config.mlflow.experiment, info.key)
-    url = storage_url(settings.storage, config.mlflow.tracking_uri)  # no password: refused above
+    name, url = study_location(settings, config.mlflow, info.key)  # no password: refused above
     client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     with study_claimed(client, info.experiment_id, name):  # launches creating one study at once race on its tables
         storage = open_storage(url, settings)
@@ -134,7 +124,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
                         *(", ".join(map(str, running)), settings.grace_period),
                     )
                     waiting_for = running
-                heartbeat.wait()
+                heartbeat.stopped.wait(settings.heartbeat_interval)
                 continue
             env = f"++hydra.job.env_set.{TRIAL_ENV}"  # every launcher passes it to the job
             overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"{env}={t.number}"] for t in asked]
@@ -142,11 +132,11 @@ def sweep(sweeper, arguments: list[str]) -> None:
                 returns = sweeper.launcher.launch(overrides, initial_job_idx=index)
             except BaseException:  # Ctrl-C, SIGTERM: the next launch asks these trials again at once
                 for trial in asked:
-                    _fail_and_retry(study, storage, heartbeat.discard(trial.number), trial)
+                    _fail_and_retry(study, storage, heartbeat.trial_ids.pop(trial.number), trial)
                 raise
             index += len(returns)
             for trial, ret in zip(asked, returns):
-                _tell(study, storage, heartbeat.discard(trial.number), trial, ret)
+                _tell(study, storage, heartbeat.trial_ids.pop(trial.number), trial, ret)
     _report_best(study, info, client, Path(config.hydra.sweep.dir) / record.OPTUNA_RESULTS)
     if settings.confirm.seeds:
         from mnist_exp.confirmation import confirm
@@ -159,9 +149,7 @@ def _ask(study, space: dict, heartbeat: Heartbeat, sampler: DictConfig):
     # Trial k is drawn with seed + k: a resumed study, or two launches at once, never draw alike.
     offset, seed = len(study.get_trials(deepcopy=False)), sampler.get("seed")
     study.sampler = instantiate(sampler, **({"seed": seed + offset} if seed is not None else {}))
-    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize: we beat here
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        trial = study.ask(space)
+    trial = study.ask(space)
     heartbeat.add(trial.number)
     return trial
 
@@ -218,12 +206,13 @@ def _report_best(study, info, client, results_file: Path) -> None:
 
 
 def quiet_optuna() -> None:
-    """Optuna's lines through Hydra's logging; no warning that the heartbeat route is experimental (since 2.9)."""
+    """Optuna's lines through Hydra's logging; no warning that our heartbeats are experimental or outside optimize."""
     import optuna
 
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 def open_storage(url: str, settings: DictConfig):
@@ -259,9 +248,8 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, storage, study_id: int, interval: int):
         super().__init__(daemon=True)
-        self.storage, self.study_id, self.interval = storage, study_id, interval
+        self.storage, self.study_id, self.interval, self.stopped = storage, study_id, interval, threading.Event()
         self.trial_ids: dict[int, int] = {}
-        self.stopped = threading.Event()
 
     def __enter__(self) -> Heartbeat:
         self.start()
@@ -275,12 +263,6 @@ class Heartbeat(threading.Thread):
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
         self.storage.record_heartbeat(trial_id)  # at once: a trial that never beat is never found stale
         self.trial_ids[number] = trial_id
-
-    def discard(self, number: int) -> int:
-        return self.trial_ids.pop(number)
-
-    def wait(self) -> None:
-        self.stopped.wait(self.interval)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
@@ -351,8 +333,8 @@ def job_trial(cfg) -> JobTrial | None:
 
     quiet_optuna()
     hydra = HydraConfig.get()
-    name = study_name(hydra.sweeper.study_name, cfg.mlflow.experiment, read_sweep_info(hydra.sweep.dir).key)
-    storage = open_storage(storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri), hydra.sweeper)
+    name, url = study_location(hydra.sweeper, cfg.mlflow, read_sweep_info(hydra.sweep.dir).key)
+    storage = open_storage(url, hydra.sweeper)
     pruner, sampler = instantiate(hydra.sweeper.pruner), optuna.samplers.RandomSampler()  # the job samples nothing
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))

@@ -243,7 +243,6 @@ class LaunchCallback(Callback):
 
     def __init__(self) -> None:
         self.open_sweep: tuple[DictConfig, SweepInfo] | None = None
-        self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self.experiment_id = _preflight(config, sweeping=False)[1]
@@ -275,33 +274,27 @@ class LaunchCallback(Callback):
         info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept, _this_launcher())
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
-        self.open_sweep = (config, info)
-        atexit.register(self._close_if_open)  # Hydra rejected a job, or an interrupt: never leave it RUNNING
         self.interrupts = stopping.Interrupts()
+        self.open_sweep = (config, info)
+        atexit.register(self._close, early=True)  # Hydra rejected a job, or an interrupt: never leave it RUNNING
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.open_sweep is not None and self._close(stopped=None):  # None: on_multirun_start failed, and said so
+        if self._close():
             sys.exit(1)
 
-    def _close_if_open(self) -> None:
-        if self.open_sweep is None:
-            return
-        config, info = self.open_sweep
-        ran = len(read_job_statuses(config.hydra.sweep.dir, info.launch_id))
-        reason = "for the reason printed on the console (e.g. Hydra rejected a job's config)"
-        stopped = f"the launcher stopped after {ran} job(s), {reason}"
-        self._close(stopping.STOPS["interrupt"].reason if self._interrupted() else stopped)
-
-    def _interrupted(self) -> bool:
-        return self.interrupts is not None and self.interrupts.received is not None
-
-    def _close(self, stopped: str | None) -> bool:
-        """Record the members and the summary on the parent run and close it; True if any job failed."""
+    def _close(self, early: bool = False) -> bool:
+        """Record the members and the summary on the parent run and close it, if open; True if any job failed."""
         from mnist_exp import tracking
 
-        config, info = self.open_sweep
-        self.open_sweep = None
+        if self.open_sweep is None:  # closed, or on_multirun_start failed and said so
+            return False
+        (config, info), self.open_sweep = self.open_sweep, None
         statuses = read_job_statuses(config.hydra.sweep.dir, info.launch_id)
+        interrupted = self.interrupts.received is not None
+        reason = "for the reason printed on the console (e.g. Hydra rejected a job's config)"
+        stopped = f"the launcher stopped after {len(statuses)} job(s), {reason}" if early else None
+        if early and interrupted:
+            stopped = stopping.STOPS["interrupt"].reason
         summary = summarize(statuses) + (f"\nsweep stopped early: {stopped}" if stopped else "")
         failed = any(j.status in FAILED for j in statuses)
         try:
@@ -313,7 +306,7 @@ class LaunchCallback(Callback):
             for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
                 client.log_artifact(info.parent_run_id, str(result))
             finished = "FAILED" if stopped or failed else "FINISHED"
-            status = stopping.STOPS["interrupt"].sweep if self._interrupted() else finished
+            status = stopping.STOPS["interrupt"].sweep if interrupted else finished
             client.set_terminated(info.parent_run_id, status)
             url = tracking.ui_hint(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed
