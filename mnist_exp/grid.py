@@ -71,11 +71,8 @@ class JobConfigs:
 
 def _groups(config_loader, parent: str = "") -> set[str]:
     """Every config group, nested ones as hydra/launcher."""
-    found = set()
-    for name in config_loader.list_groups(parent):
-        path = f"{parent}/{name}" if parent else name
-        found |= {path, *_groups(config_loader, path)}
-    return found
+    paths = [f"{parent}/{name}".lstrip("/") for name in config_loader.list_groups(parent)]
+    return set(paths).union(*(_groups(config_loader, path) for path in paths))
 
 
 _parsed = functools.cache(OverridesParser.create().parse_override)

@@ -28,15 +28,6 @@ STOP_GRACE_S = 60  # after Ctrl-C, how long workers get to close their runs befo
 SWEEP_DIR = {"job_dir_key": "hydra.sweep.dir", "job_subdir_key": "hydra.sweep.subdir"}
 
 
-class WorkerDied(Exception):
-    """A job's worker process ended without its result (SIGKILL, the out-of-memory killer)."""
-
-    def __init__(self, pid: int, exitcode: int):
-        self.pid = pid
-        self.cause = f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exited with code {exitcode}"
-        super().__init__(f"its worker process (pid {pid}) was {self.cause}")
-
-
 def plan(jobs: int, cores: int, workers: int | None, threads: int | None) -> tuple[int, int]:
     """(workers, threads per job): one thread a job while jobs outnumber cores, else the cores shared out."""
     threads = threads or max(1, cores // max(1, min(jobs, cores)))
@@ -139,13 +130,15 @@ class Pool:
                     if worker.job is None and waiting and worker.process.is_alive():
                         worker.job = waiting.pop(0)
                         worker.tasks.put((worker.job.index, compose(worker.job)))
-                    elif worker.job is not None and not worker.process.is_alive():  # died without a word
-                        job, died = worker.job, WorkerDied(worker.process.pid, worker.process.exitcode)
+                    elif worker.job is not None and not worker.process.is_alive():  # SIGKILL, out of memory
+                        job, pid, code = worker.job, worker.process.pid, worker.process.exitcode
+                        cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                        died = RuntimeError(f"its worker process (pid {pid}) was {cause}")
                         job.result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED)
                         job.result.return_value = died
                         if worker_died is not None:  # the task records it, and says what the job returns
                             job.result.status = JobStatus.COMPLETED
-                            job.result.return_value = worker_died(job.config, died.pid, died.cause)
+                            job.result.return_value = worker_died(job.config, pid, cause)
                         display.line(job, f"FAILED: {died}")
                         display.advance(job)
                         self.workers[number] = self._start(number)

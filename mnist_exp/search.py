@@ -51,10 +51,8 @@ def distribution(override: Override) -> Any:
 
     value = override.value()
     if override.is_interval_sweep():
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(value.start, value.end, log=log_scale)
+        integers = isinstance(value.start, int) and isinstance(value.end, int)
+        return (IntDistribution if integers else FloatDistribution)(value.start, value.end, log="log" in value.tags)
     values = list(override.sweep_iterator(transformer=Transformer.encode))
     if override.is_range_sweep() and not value.shuffle and all(isinstance(v, int) for v in values) and values:
         return IntDistribution(min(values), max(values), step=abs(int(value.step)))
@@ -108,7 +106,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
     done = f"{counted} of {settings.n_trials} trials done, {len(running)} running"
     log.info("Optuna study %s in %s: %s; pruner %s", name, url, done, pruner)
     index, waiting_for = 0, None
-    with Heartbeat(storage, storage.get_study_id_from_name(name), settings.heartbeat_interval) as heartbeat:
+    with contextlib.closing(Heartbeat(storage, storage.get_study_id_from_name(name))) as heartbeat:
         while True:
             with study_claimed(client, info.experiment_id, name):  # one launch asks at a time: never over n_trials
                 optuna.storages.fail_stale_trials(study)  # failed and queued again by the retry callback
@@ -216,8 +214,7 @@ def quiet_optuna() -> None:
 
 
 def open_storage(url: str, settings: DictConfig):
-    """The study's RDBStorage: a trial silent for grace_period s is queued again, at most max_retry times;
-    SQLite's writers wait up to 120 s for its one lock."""
+    """The study's RDBStorage: a trial silent for grace_period s is asked again; SQLite writers wait 120 s to lock."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     return RDBStorage(
@@ -246,16 +243,13 @@ def study_claimed(client, experiment_id: str, name: str):
 class Heartbeat(threading.Thread):
     """Beats for this launch's running trials (Optuna's own beats only inside study.optimize), by trial ID."""
 
-    def __init__(self, storage, study_id: int, interval: int):
+    def __init__(self, storage, study_id: int):
         super().__init__(daemon=True)
-        self.storage, self.study_id, self.interval, self.stopped = storage, study_id, interval, threading.Event()
+        self.storage, self.study_id, self.stopped = storage, study_id, threading.Event()
         self.trial_ids: dict[int, int] = {}
-
-    def __enter__(self) -> Heartbeat:
         self.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self.stopped.set()
         self.join()
 
@@ -265,15 +259,14 @@ class Heartbeat(threading.Thread):
         self.trial_ids[number] = trial_id
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        while not self.stopped.wait(self.storage.get_heartbeat_interval()):
             for trial_id in list(self.trial_ids.values()):
                 with contextlib.suppress(Exception):  # a busy store: grace_period allows several missed beats
                     self.storage.record_heartbeat(trial_id)
 
 
 def tally(trials: list) -> tuple[int, list[int]]:
-    """(trials that count toward n_trials: every finished one but those failed and queued again, as a retry
-    counts; the numbers of those running)."""
+    """(trials counted toward n_trials: finished ones, a failed one queued again only as its retry; running ones)."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
@@ -288,7 +281,7 @@ class JobTrial:
     the last epoch); once another launch failed the trial as stale, the run trains on for the retry."""
 
     def __init__(self, trial, epochs: int):
-        self.trial, self.epochs, self.reported, self.ended = trial, epochs, set(), False
+        self.trial, self.epochs, self.reported, self.ended = trial, epochs, 0, False
 
     def epoch_end(self, history) -> None:
         import optuna
@@ -297,10 +290,9 @@ class JobTrial:
             return
         latest = history[-1]
         try:
-            for metrics in history:  # a resumed run reports the epochs it trained before, too
-                if metrics.epoch not in self.reported and metrics.val_acc is not None:
-                    self.trial.report(metrics.val_acc, metrics.epoch)
-                    self.reported.add(metrics.epoch)
+            for metrics in history[self.reported :]:  # a resumed run reports the epochs it trained before, too
+                self.trial.report(metrics.val_acc, metrics.epoch)
+            self.reported = len(history)
             if latest.epoch < self.epochs and self.trial.should_prune():
                 self.trial.set_user_attr(PRUNED_AT, latest.epoch)
                 raise Pruned(

@@ -68,8 +68,7 @@ def swept_keys(task_overrides: list[str], sweeper_params: dict) -> list[str]:
     except Exception:  # Hydra reports a malformed override itself, with a better message
         parsed = []
     keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
-    pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
-    return keys + [str(key) for key in sweeper_params if str(key) not in keys and str(key) not in pinned]
+    return keys + [str(key) for key in sweeper_params if str(key) not in {o.key_or_group for o in parsed}]
 
 
 def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None) -> tuple[str, str]:
