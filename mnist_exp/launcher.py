@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import queue
@@ -154,8 +155,7 @@ class Pool:
             raise
         finally:
             for worker in self.workers:
-                if worker.process.is_alive():
-                    worker.tasks.put(None)
+                worker.tasks.put(None)  # ends it once its job is done
             for worker in self.workers:
                 worker.process.join(timeout=10)
                 if worker.process.is_alive():
@@ -176,22 +176,18 @@ class Pool:
         display.advance(job)
 
 
-class Channel(logging.Handler):
-    """A job's console log handler that sends its log lines and progress to the launching process as (kind,
-    worker number, job index, payload) events; the job finds it with console.channel()."""
+class Channel(logging.handlers.QueueHandler):
+    """A job's console log handler: its log lines and progress, as (kind, worker, job, payload), to the launcher."""
 
     def __init__(self, events, number: int, index: int):
-        super().__init__()
-        self.events, self.number, self.index = events, number, index
+        super().__init__(events)
+        self.number, self.index = number, index
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.report("log", self.format(record))
-        except Exception:
-            self.handleError(record)
+    def enqueue(self, record: logging.LogRecord) -> None:  # record.msg: the line as formatted
+        self.report("log", record.msg)
 
     def report(self, kind: str, payload) -> None:
-        self.events.put((kind, self.number, self.index, payload))
+        self.queue.put((kind, self.number, self.index, payload))
 
 
 def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
@@ -202,12 +198,10 @@ def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
     Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
     hydra_context, task_function, singleton_state = cloudpickle.loads(payload)
     launcher = os.getppid()
-    while True:
+    while os.getppid() == launcher:  # else the launching process died without telling us: end, do not linger
         try:
             task = tasks.get(timeout=1)
         except queue.Empty:
-            if os.getppid() != launcher:  # the launching process died without telling us: end, do not linger
-                return
             continue
         except KeyboardInterrupt:
             return

@@ -35,9 +35,8 @@ class Pruned(Exception):
 
 
 def study_location(settings: DictConfig, mlflow: DictConfig, sweep_key: str) -> tuple[str, str]:
-    """(study name, storage URL) as configured, else: the experiment and the sweep's key (the same command finds the
-    same study); `<store>.optuna.db` beside a sqlite MLflow store (both keep an alembic_version table: they cannot
-    share one database), else optuna.db in the launch folder."""
+    """(study name, storage URL) as configured, else: experiment/sweep key (the same command, the same study);
+    <store>.optuna.db beside a sqlite MLflow store (each has an alembic_version table), else optuna.db here."""
     url = settings.storage or "sqlite:///optuna.db"
     if not settings.storage and mlflow.tracking_uri.startswith("sqlite:///"):
         store = Path(mlflow.tracking_uri.removeprefix("sqlite:///"))

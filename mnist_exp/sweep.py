@@ -304,9 +304,8 @@ class LaunchCallback(Callback):
             client.set_tag(info.parent_run_id, record.NOTE, members_description(info, statuses, stopped))
             for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
                 client.log_artifact(info.parent_run_id, str(result))
-            finished = "FAILED" if stopped or failed else "FINISHED"
-            status = stopping.STOPS["interrupt"].sweep if interrupted else finished
-            client.set_terminated(info.parent_run_id, status)
+            status = "FAILED" if stopped or failed else "FINISHED"
+            client.set_terminated(info.parent_run_id, stopping.STOPS["interrupt"].sweep if interrupted else status)
             url = tracking.ui_hint(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed
             url = f"(could not record the sweep in MLflow: {error})"
