@@ -1,9 +1,7 @@
-"""hydra/launcher=parallel, for any Hydra app: a sweep's jobs side by side in reused worker processes, their log
-lines prefixed under one progress line; the app's optional hook (launch_plan, worker_died): docs/scaling.md."""
+"""hydra/launcher=parallel, for any Hydra app: jobs side by side in reused worker processes (docs/scaling.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import logging.handlers
 import multiprocessing
@@ -90,7 +88,8 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     log.info(f"Launching {len(jobs)} jobs on {workers} workers x {threads} thread(s){first}")
     for job in jobs:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-    with contextlib.closing(SweepDisplay(jobs)) as display:
+    display = SweepDisplay(jobs)
+    with display.bar:  # the progress line ends with the sweep
         order = sorted(jobs, key=lambda job: -job.cost)  # stable: Hydra's order without the hook
         Pool(workers, threads, context, launcher.task_function).run(order, display, compose, hooks)
     return [job.result for job in jobs]
@@ -251,9 +250,6 @@ class SweepDisplay:
         total = sum(job.cost for job in jobs)  # a disabled bar ignores updates
         self.bar = tqdm(total=total, file=sys.stderr, bar_format=bar_format, disable=not shown, **size)
         self._refresh()
-
-    def close(self) -> None:
-        self.bar.close()
 
     def line(self, job: Job, text: str) -> None:
         self.message("\n".join(f"[{job.name or '#' + str(job.index)}] {part}" for part in text.splitlines()))

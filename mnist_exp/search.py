@@ -18,7 +18,8 @@ from hydra.core.override_parser.types import Override, Transformer
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import record
+from mnist_exp import record, tracking
+from mnist_exp.sweep import read_sweep_info
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
     import optuna
     from sqlalchemy.engine import make_url
 
-    from mnist_exp import tracking
-    from mnist_exp.sweep import read_sweep_info
-
     config, settings = sweeper.config, sweeper.config.hydra.sweeper
-    quiet_optuna()
     space, fixed = search_space(OmegaConf.to_container(settings.params or {}), arguments)
     if not space:
         raise ValueError(
@@ -202,20 +199,16 @@ def _report_best(study, info, client, results_file: Path) -> None:
     client.set_tag(info.parent_run_id, record.STUDY, study.study_name)
 
 
-def quiet_optuna() -> None:
-    """Optuna's lines through Hydra's logging; no warning that our heartbeats are experimental or outside optimize."""
+def open_storage(url: str, settings: DictConfig):
+    """The study's RDBStorage: a trial silent for grace_period s is asked again; SQLite writers wait 120 s to lock.
+    Optuna's lines go through Hydra's logging, without warnings that our heartbeats are experimental or unusual."""
     import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-
-
-def open_storage(url: str, settings: DictConfig):
-    """The study's RDBStorage: a trial silent for grace_period s is asked again; SQLite writers wait 120 s to lock."""
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")  # outside optimize
     return RDBStorage(
         url,
         engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
@@ -229,8 +222,6 @@ def open_storage(url: str, settings: DictConfig):
 def study_claimed(client, experiment_id: str, name: str):
     """The study's tracking.Claim while this launch creates it or asks trials (Optuna has no public lock: this
     costs about five MLflow calls per ask, and a 2 s wait when another launch holds it)."""
-    from mnist_exp import tracking
-
     key = "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
     claim = tracking.Claim.take(client, experiment_id, key, lambda holder: None)
     try:
@@ -276,8 +267,7 @@ def tally(trials: list) -> tuple[int, list[int]]:
 
 
 class JobTrial:
-    """A job's trial: reports each epoch's validation accuracy, raises Pruned when the pruner says so (never at
-    the last epoch); once another launch failed the trial as stale, the run trains on for the retry."""
+    """A job's trial: reports each epoch's validation accuracy, raises Pruned when the pruner says so."""
 
     def __init__(self, trial, epochs: int):
         self.trial, self.epochs, self.reported, self.ended = trial, epochs, 0, False
@@ -320,9 +310,6 @@ def job_trial(cfg) -> JobTrial | None:
     import optuna
     from hydra.core.hydra_config import HydraConfig
 
-    from mnist_exp.sweep import read_sweep_info
-
-    quiet_optuna()
     hydra = HydraConfig.get()
     name, url = study_location(hydra.sweeper, cfg.mlflow, read_sweep_info(hydra.sweep.dir).key)
     storage = open_storage(url, hydra.sweeper)

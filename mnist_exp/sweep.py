@@ -1,5 +1,4 @@
-"""The sweep's protocol: preflight, the parent run, the files through which jobs and the launching process
-talk, the parallel launcher's hook, and the members and summary at the end (docs/mlflow.md: the protocol)."""
+"""The sweep's protocol: preflight, parent run, jobs' status files, launcher hook, members, summary (docs/mlflow.md)."""
 
 from __future__ import annotations
 
@@ -167,12 +166,8 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extend
     from mnist_exp import tracking
 
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
-    tags = {
-        record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
-        record.LAUNCHER: _this_launcher(),
-        **tracking.source_tags(),
-        **({record.EXTENDS: extends} if extends else {}),
-    }
+    tags = {record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"), record.LAUNCHER: _this_launcher()}
+    tags |= tracking.source_tags() | ({record.EXTENDS: extends} if extends else {})
     for run in _sweep_runs(client, experiment_id, sweep_key):
         if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(record.LAUNCHER, "")) is False:
             client.update_run(run.info.run_id, status="RUNNING", name=name)
@@ -222,9 +217,7 @@ def summarize(statuses: list[JobOutcome]) -> str:
 
 def members_description(info: SweepInfo, statuses: list[JobOutcome], stopped: str | None) -> str:
     """The parent run's description in `mlflow ui`: every member, reused ones too, linked."""
-    lines = [f"**Sweep** `{info.name}`", ""]
-    if stopped:
-        lines += [f"Stopped early: {stopped}.", ""]
+    lines = [f"**Sweep** `{info.name}`", "", *([f"Stopped early: {stopped}.", ""] if stopped else [])]
     listed = [s for s in statuses if s.run_id]
     for i, job in enumerate(listed):
         verb = {"skipped": "reused (already FINISHED)"}.get(job.status, job.status)
