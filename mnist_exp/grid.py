@@ -30,8 +30,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
 
 
 def expand(arguments: Sequence[str], params: dict | None = None, config_loader=None, strict: bool = True):
-    """Every job, as Hydra's basic sweeper lists them (the command line wins over `params`); not `strict`: a key
-    swept over an interval is left out (a search's sweeper picks its values)."""
+    """Hydra's basic sweeper's jobs (the command line over `params`); not `strict`: intervals left out for a search."""
     lines = [*(f"{key}={value}" for key, value in (params or {}).items()), *arguments]
     by_key: dict[str, list[str]] = {}
     for override in OverridesParser.create(config_loader=config_loader).parse_overrides(lines):
@@ -48,8 +47,7 @@ def expand(arguments: Sequence[str], params: dict | None = None, config_loader=N
 
 
 class JobConfigs:
-    """A job's config (without Hydra's node): composed once per distinct choice of config groups in a process,
-    the job's value overrides then applied as Hydra applies them (or, where that refuses one, by Hydra)."""
+    """A job's config without Hydra's node: composed once per choice of config groups, then its values applied."""
 
     def __init__(self, config_name: str, config_loader):
         self.config_name, self.groups = config_name, _groups(config_loader)

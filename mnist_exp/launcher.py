@@ -19,7 +19,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnist_exp.grid import JobConfigs
+from mnist_exp import grid, stopping
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     launch_plan = getattr(hooks, "launch_plan", None)
     jobs = [Job(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
     if launch_plan is not None:  # one composition per distinct choice of groups, not one per job
-        configs = JobConfigs(config.hydra.job.config_name, context.config_loader)
+        configs = grid.JobConfigs(config.hydra.job.config_name, context.config_loader)
         for job in jobs:
             job.cost, job.threads = launch_plan(configs(job.overrides))
     threads = launcher.threads_per_job or max((job.threads for job in jobs if job.threads), default=None)
@@ -192,9 +192,7 @@ class Channel(logging.handlers.QueueHandler):
 def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
     """A worker process: runs the jobs it is given, one at a time, reporting to the launching process."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # before any library reads them
-    from mnist_exp.stopping import Interrupts
-
-    Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
+    stopping.Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
     hydra_context, task_function, singleton_state = cloudpickle.loads(payload)
     launcher = os.getppid()
     while os.getppid() == launcher:  # else the launching process died without telling us: end, do not linger
@@ -266,7 +264,6 @@ class SweepDisplay:
         self._refresh()
 
     def _refresh(self) -> None:
-        finished = sum(1 for job in self.jobs if job.result is not None)
         running = [f"{j.name} (epoch {j.epoch}/{j.epochs})" for j in self.jobs if j.name and j.result is None]
-        done = f"sweep {finished}/{len(self.jobs)} jobs done"
+        done = f"sweep {sum(job.result is not None for job in self.jobs)}/{len(self.jobs)} jobs done"
         self.bar.set_description_str(done + (f" | running: {', '.join(running)}" if running else ""), refresh=True)

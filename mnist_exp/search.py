@@ -18,7 +18,7 @@ from hydra.core.override_parser.types import Override, Transformer
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import record, tracking
+from mnist_exp import confirmation, record, tracking
 from mnist_exp.sweep import read_sweep_info
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
                 _tell(study, storage, heartbeat.trial_ids.pop(trial.number), trial, ret)
     _report_best(study, info, client, Path(config.hydra.sweep.dir) / record.OPTUNA_RESULTS)
     if settings.confirm.seeds:
-        from mnist_exp.confirmation import confirm
-
-        confirm(sweeper.launcher, config, fixed, study, info, index)
+        confirmation.confirm(sweeper.launcher, config, fixed, study, info, index)
 
 
 def _ask(study, space: dict, heartbeat: Heartbeat, sampler: DictConfig):

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import record, stopping  # tracking (mlflow) is imported where used: config errors stay instant
+from mnist_exp import record, stopping, validation  # tracking (mlflow) imported where used: config errors stay instant
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +319,7 @@ def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
 def _preflight(config: DictConfig, sweeping: bool):
     """Fail before any job when a job's config, the store or the output folder is unusable; creating the store
     once here keeps parallel jobs from racing to create a fresh sqlite file (which corrupts it)."""
-    from mnist_exp.validation import check_launch
-
-    if problems := check_launch(config, sweeping=sweeping):  # a refused job: no run of this launch may exist
+    if problems := validation.check_launch(config, sweeping=sweeping):  # a refused job: no run of this launch may exist
         _exit(*problems[:-1], problems[-1] + ("; nothing was launched" if sweeping else ""))
     from mnist_exp import tracking
 
