@@ -262,11 +262,11 @@ class LaunchCallback(Callback):
                 f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder"
             )
         extends = _extended_sweep(client, experiment_id, config.mlflow.extends)
+        self.interrupts = stopping.Interrupts()  # before the parent run: _close reads it
         parent = open_sweep_run(client, experiment_id, key, clip(f"sweep: {name}", MAX_RUN_NAME), extends)
         info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept, _this_launcher())
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
-        self.interrupts = stopping.Interrupts()
         self.open_sweep = (config, info)
         atexit.register(self._close, early=True)  # Hydra rejected a job, or an interrupt: never leave it RUNNING
 
