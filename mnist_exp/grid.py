@@ -30,8 +30,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
 
 
 def expand(arguments: Sequence[str], params: dict | None = None, config_loader=None, strict: bool = True):
-    """Every job, as Hydra's basic sweeper lists them (the command line wins over `params`); not `strict`: a key
-    swept over an interval is left out (a search's sweeper picks its values)."""
+    """Hydra's basic sweeper's jobs (the command line over `params`); not `strict`: intervals left out for a search."""
     lines = [*(f"{key}={value}" for key, value in (params or {}).items()), *arguments]
     by_key: dict[str, list[str]] = {}
     for override in OverridesParser.create(config_loader=config_loader).parse_overrides(lines):
@@ -48,8 +47,7 @@ def expand(arguments: Sequence[str], params: dict | None = None, config_loader=N
 
 
 class JobConfigs:
-    """A job's config (without Hydra's node): composed once per distinct choice of config groups in a process,
-    the job's value overrides then applied as Hydra applies them (or, where that refuses one, by Hydra)."""
+    """A job's config without Hydra's node: composed once per choice of config groups, then its values applied."""
 
     def __init__(self, config_name: str, config_loader):
         self.config_name, self.groups = config_name, _groups(config_loader)
@@ -57,28 +55,22 @@ class JobConfigs:
 
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
         parsed = [_parsed(line) for line in overrides]
-        chosen = tuple(o.input_line for o in parsed if self._chooses(o))
-        config = copy.deepcopy(_composed(self.config_name, self.search_path, chosen))
+        # Those that change the defaults list (a group's option) rather than a value:
+        chosen = [o for o in parsed if o.key_or_group in self.groups or o.package is not None or o.is_delete()]
+        config = copy.deepcopy(_composed(self.config_name, self.search_path, tuple(o.input_line for o in chosen)))
         try:
             for override in parsed:
-                if not self._chooses(override):
+                if override not in chosen:
                     _apply(config, override)
         except (OmegaConfBaseException, ValueError):
             return compose(self.config_name, list(overrides))
         return config
 
-    def _chooses(self, override: Override) -> bool:
-        """Whether an override changes the defaults list (a group's option) rather than a value."""
-        return override.key_or_group in self.groups or override.package is not None or override.is_delete()
-
 
 def _groups(config_loader, parent: str = "") -> set[str]:
     """Every config group, nested ones as hydra/launcher."""
-    found = set()
-    for name in config_loader.list_groups(parent):
-        path = f"{parent}/{name}" if parent else name
-        found |= {path, *_groups(config_loader, path)}
-    return found
+    paths = [f"{parent}/{name}".lstrip("/") for name in config_loader.list_groups(parent)]
+    return set(paths).union(*(_groups(config_loader, path) for path in paths))
 
 
 _parsed = functools.cache(OverridesParser.create().parse_override)

@@ -1,12 +1,9 @@
-"""hydra/launcher=parallel, for any Hydra app: a sweep's jobs side by side in reused worker processes, their log
-lines prefixed under one progress line (docs/scaling.md). The optional hook, static methods of the task's config
-class: launch_plan(job_config, threads=None) -> (cost, threads or None), longest first, called again with the
-threads given; worker_died(job_config, pid, cause) -> the return of a job whose worker died (else FAILED)."""
+"""hydra/launcher=parallel, for any Hydra app: jobs side by side in reused worker processes (docs/scaling.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import queue
@@ -22,19 +19,12 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mnist_exp import grid, stopping
+
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 60  # after Ctrl-C, how long workers get to close their runs before they are killed
 SWEEP_DIR = {"job_dir_key": "hydra.sweep.dir", "job_subdir_key": "hydra.sweep.subdir"}
-
-
-class WorkerDied(Exception):
-    """A job's worker process ended without its result (SIGKILL, the out-of-memory killer)."""
-
-    def __init__(self, pid: int, exitcode: int):
-        self.pid = pid
-        self.cause = f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exited with code {exitcode}"
-        super().__init__(f"its worker process (pid {pid}) was {self.cause}")
 
 
 def plan(jobs: int, cores: int, workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -53,6 +43,7 @@ class Job:
     index: int
     overrides: list[str]
     cost: float = 1.0  # launch_plan's
+    threads: int | None = None  # launch_plan's: those the job asks for
     config: DictConfig | None = None  # composed when it starts
     name: str = ""
     epochs: int = 0
@@ -69,15 +60,11 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     hooks = OmegaConf.get_type(config)
     launch_plan = getattr(hooks, "launch_plan", None)
     jobs = [Job(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
-    asked = set()  # the threads the jobs ask for
-    if launch_plan is not None:
-        from mnist_exp.grid import JobConfigs  # one composition per distinct choice of groups, not one per job
-
-        configs = JobConfigs(config.hydra.job.config_name, context.config_loader)
+    if launch_plan is not None:  # one composition per distinct choice of groups, not one per job
+        configs = grid.JobConfigs(config.hydra.job.config_name, context.config_loader)
         for job in jobs:
-            job.cost, wanted = launch_plan(configs(job.overrides))
-            asked.add(wanted)
-    threads = launcher.threads_per_job or max(asked - {None}, default=None)
+            job.cost, job.threads = launch_plan(configs(job.overrides))
+    threads = launcher.threads_per_job or max((job.threads for job in jobs if job.threads), default=None)
     workers, threads = plan(len(jobs), available_cores(), launcher.workers, threads)
 
     def compose(job: Job) -> DictConfig:
@@ -101,7 +88,8 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     log.info(f"Launching {len(jobs)} jobs on {workers} workers x {threads} thread(s){first}")
     for job in jobs:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-    with contextlib.closing(SweepDisplay(jobs)) as display:
+    display = SweepDisplay(jobs)
+    with display.bar:  # the progress line ends with the sweep
         order = sorted(jobs, key=lambda job: -job.cost)  # stable: Hydra's order without the hook
         Pool(workers, threads, context, launcher.task_function).run(order, display, compose, hooks)
     return [job.result for job in jobs]
@@ -142,13 +130,15 @@ class Pool:
                     if worker.job is None and waiting and worker.process.is_alive():
                         worker.job = waiting.pop(0)
                         worker.tasks.put((worker.job.index, compose(worker.job)))
-                    elif worker.job is not None and not worker.process.is_alive():  # died without a word
-                        job, died = worker.job, WorkerDied(worker.process.pid, worker.process.exitcode)
+                    elif worker.job is not None and not worker.process.is_alive():  # SIGKILL, out of memory
+                        job, pid, code = worker.job, worker.process.pid, worker.process.exitcode
+                        cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                        died = RuntimeError(f"its worker process (pid {pid}) was {cause}")
                         job.result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED)
                         job.result.return_value = died
                         if worker_died is not None:  # the task records it, and says what the job returns
                             job.result.status = JobStatus.COMPLETED
-                            job.result.return_value = worker_died(job.config, died.pid, died.cause)
+                            job.result.return_value = worker_died(job.config, pid, cause)
                         display.line(job, f"FAILED: {died}")
                         display.advance(job)
                         self.workers[number] = self._start(number)
@@ -164,8 +154,7 @@ class Pool:
             raise
         finally:
             for worker in self.workers:
-                if worker.process.is_alive():
-                    worker.tasks.put(None)
+                worker.tasks.put(None)  # ends it once its job is done
             for worker in self.workers:
                 worker.process.join(timeout=10)
                 if worker.process.is_alive():
@@ -178,47 +167,38 @@ class Pool:
             return
         job = by_index[index]
         if kind == "log":
-            display.line(job, payload)
-        elif kind == "progress":
+            return display.line(job, payload)
+        if kind == "progress":
             job.name, job.epochs, job.epoch = payload
-            display.advance(job)
-        elif kind == "done":
+        else:  # done
             job.result, self.workers[number].job = cloudpickle.loads(payload), None
-            display.advance(job)
+        display.advance(job)
 
 
-class Channel(logging.Handler):
-    """A job's console log handler that sends its log lines and progress to the launching process as (kind,
-    worker number, job index, payload) events; the job finds it with console.channel()."""
+class Channel(logging.handlers.QueueHandler):
+    """A job's console log handler: its log lines and progress, as (kind, worker, job, payload), to the launcher."""
 
     def __init__(self, events, number: int, index: int):
-        super().__init__()
-        self.events, self.number, self.index = events, number, index
+        super().__init__(events)
+        self.number, self.index = number, index
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.report("log", self.format(record))
-        except Exception:
-            self.handleError(record)
+    def enqueue(self, record: logging.LogRecord) -> None:  # record.msg: the line as formatted
+        self.report("log", record.msg)
 
     def report(self, kind: str, payload) -> None:
-        self.events.put((kind, self.number, self.index, payload))
+        self.queue.put((kind, self.number, self.index, payload))
 
 
 def _worker(number: int, tasks, events, threads: int, payload: bytes) -> None:
     """A worker process: runs the jobs it is given, one at a time, reporting to the launching process."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # before any library reads them
-    from mnist_exp.stopping import Interrupts
-
-    Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
+    stopping.Interrupts(once=True)  # the first Ctrl-C or SIGTERM stops the job; a second must not stop its cleanup
     hydra_context, task_function, singleton_state = cloudpickle.loads(payload)
     launcher = os.getppid()
-    while True:
+    while os.getppid() == launcher:  # else the launching process died without telling us: end, do not linger
         try:
             task = tasks.get(timeout=1)
         except queue.Empty:
-            if os.getppid() != launcher:  # the launching process died without telling us: end, do not linger
-                return
             continue
         except KeyboardInterrupt:
             return
@@ -258,40 +238,32 @@ class SweepDisplay:
     """One progress line for the sweep on a terminal, the jobs' log lines above it; else plain prefixed lines."""
 
     def __init__(self, jobs: list[Job]):
-        self.jobs, self.bar = jobs, None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            # A terminal that never said its size reports 0 x 0, on which tqdm draws nothing.
-            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-            size = {"dynamic_ncols": True} if sized else {"ncols": 120, "nrows": 24}
-            bar_format = "{desc} | {elapsed} elapsed, ETA {remaining}"
-            self.bar = tqdm(total=sum(job.cost for job in jobs), file=sys.stderr, bar_format=bar_format, **size)
-            self._refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.jobs, shown = jobs, sys.stderr.isatty()
+        # A terminal that never said its size reports 0 x 0, on which tqdm draws nothing.
+        sized = shown and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        size = {"dynamic_ncols": True} if sized else {"ncols": 120, "nrows": 24}
+        bar_format = "{desc} | {elapsed} elapsed, ETA {remaining}"
+        total = sum(job.cost for job in jobs)  # a disabled bar ignores updates
+        self.bar = tqdm(total=total, file=sys.stderr, bar_format=bar_format, disable=not shown, **size)
+        self._refresh()
 
     def line(self, job: Job, text: str) -> None:
         self.message("\n".join(f"[{job.name or '#' + str(job.index)}] {part}" for part in text.splitlines()))
 
     def message(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stdout)
-        else:
-            print(text, flush=True)
+        self.bar.write(text, file=sys.stdout)
+        sys.stdout.flush()
 
     def advance(self, job: Job) -> None:
         """The job started, finished an epoch, or ended."""
         progress = job.cost if job.result is not None else job.cost * job.epoch / max(1, job.epochs)
-        if self.bar is not None:
-            self.bar.update(progress - job.done_cost)
-            self._refresh()
+        self.bar.update(progress - job.done_cost)
         job.done_cost = progress
+        self._refresh()
 
     def _refresh(self) -> None:
-        finished = sum(1 for job in self.jobs if job.result is not None)
         running = [f"{j.name} (epoch {j.epoch}/{j.epochs})" for j in self.jobs if j.name and j.result is None]
-        done = f"sweep {finished}/{len(self.jobs)} jobs done"
+        done = f"sweep {sum(job.result is not None for job in self.jobs)}/{len(self.jobs)} jobs done"
         self.bar.set_description_str(done + (f" | running: {', '.join(running)}" if running else ""), refresh=True)

@@ -18,7 +18,8 @@ from hydra.core.override_parser.types import Override, Transformer
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import record
+from mnist_exp import confirmation, record, tracking
+from mnist_exp.sweep import read_sweep_info
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,14 @@ class Pruned(Exception):
         self.value = value
 
 
-def storage_url(storage: str | None, tracking_uri: str) -> str:
-    """As configured, else `<store>.optuna.db` beside a sqlite MLflow store (both keep an alembic_version
-    table: they cannot share one database), else optuna.db in the launch folder."""
-    if storage:
-        return storage
-    if tracking_uri.startswith("sqlite:///"):
-        store = Path(tracking_uri[len("sqlite:///") :])
-        return f"sqlite:///{store.with_name(store.stem + '.optuna.db')}"
-    return "sqlite:///optuna.db"
-
-
-def study_name(configured: str | None, experiment: str, sweep_key: str) -> str:
-    """As configured, else the experiment and the sweep's key: the same command finds the same study."""
-    return configured or f"{experiment}/{sweep_key}"
+def study_location(settings: DictConfig, mlflow: DictConfig, sweep_key: str) -> tuple[str, str]:
+    """(study name, storage URL) as configured, else: experiment/sweep key (the same command, the same study);
+    <store>.optuna.db beside a sqlite MLflow store (each has an alembic_version table), else optuna.db here."""
+    url = settings.storage or "sqlite:///optuna.db"
+    if not settings.storage and mlflow.tracking_uri.startswith("sqlite:///"):
+        store = Path(mlflow.tracking_uri.removeprefix("sqlite:///"))
+        url = f"sqlite:///{store.with_name(store.stem + '.optuna.db')}"
+    return settings.study_name or f"{mlflow.experiment}/{sweep_key}", url
 
 
 def distribution(override: Override) -> Any:
@@ -56,10 +51,8 @@ def distribution(override: Override) -> Any:
 
     value = override.value()
     if override.is_interval_sweep():
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(value.start, value.end, log=log_scale)
+        integers = isinstance(value.start, int) and isinstance(value.end, int)
+        return (IntDistribution if integers else FloatDistribution)(value.start, value.end, log="log" in value.tags)
     values = list(override.sweep_iterator(transformer=Transformer.encode))
     if override.is_range_sweep() and not value.shuffle and all(isinstance(v, int) for v in values) and values:
         return IntDistribution(min(values), max(values), step=abs(int(value.step)))
@@ -69,16 +62,12 @@ def distribution(override: Override) -> Any:
 def search_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
     """({key: distribution}, fixed overrides) from hydra.sweeper.params and the command line, which wins."""
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + list(arguments))
-    space, fixed = {}, {}
-    for override in parsed:
-        key = override.get_key_element()
-        space.pop(key, None)
-        fixed.pop(key, None)
-        if override.is_sweep_override():
-            space[key] = distribution(override)
-        else:
-            fixed[key] = f"{key}={override.get_value_element_as_str()}"
-    return space, list(fixed.values())
+    last: dict[str, Override] = {}
+    for override in parsed:  # the later one wins, in the later one's place
+        last.pop(override.get_key_element(), None)
+        last[override.get_key_element()] = override
+    space = {key: distribution(o) for key, o in last.items() if o.is_sweep_override()}
+    return space, [f"{key}={o.get_value_element_as_str()}" for key, o in last.items() if not o.is_sweep_override()]
 
 
 def sweep(sweeper, arguments: list[str]) -> None:
@@ -86,11 +75,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
     import optuna
     from sqlalchemy.engine import make_url
 
-    from mnist_exp import tracking
-    from mnist_exp.sweep import read_sweep_info
-
     config, settings = sweeper.config, sweeper.config.hydra.sweeper
-    quiet_optuna()
     space, fixed = search_space(OmegaConf.to_container(settings.params or {}), arguments)
     if not space:
         raise ValueError(
@@ -108,8 +93,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
             "put it in the database's own password file instead (PostgreSQL: ~/.pgpass or PGPASSFILE)"
         )
     info = read_sweep_info(config.hydra.sweep.dir)  # written by the sweep's callback before this
-    name = study_name(settings.study_name, config.mlflow.experiment, info.key)
-    url = storage_url(settings.storage, config.mlflow.tracking_uri)  # no password: refused above
+    name, url = study_location(settings, config.mlflow, info.key)  # no password: refused above
     client, _ = tracking.connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     with study_claimed(client, info.experiment_id, name):  # launches creating one study at once race on its tables
         storage = open_storage(url, settings)
@@ -118,7 +102,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
     done = f"{counted} of {settings.n_trials} trials done, {len(running)} running"
     log.info("Optuna study %s in %s: %s; pruner %s", name, url, done, pruner)
     index, waiting_for = 0, None
-    with Heartbeat(storage, storage.get_study_id_from_name(name), settings.heartbeat_interval) as heartbeat:
+    with contextlib.closing(Heartbeat(storage, storage.get_study_id_from_name(name))) as heartbeat:
         while True:
             with study_claimed(client, info.experiment_id, name):  # one launch asks at a time: never over n_trials
                 optuna.storages.fail_stale_trials(study)  # failed and queued again by the retry callback
@@ -134,7 +118,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
                         *(", ".join(map(str, running)), settings.grace_period),
                     )
                     waiting_for = running
-                heartbeat.wait()
+                heartbeat.stopped.wait(settings.heartbeat_interval)
                 continue
             env = f"++hydra.job.env_set.{TRIAL_ENV}"  # every launcher passes it to the job
             overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"{env}={t.number}"] for t in asked]
@@ -142,16 +126,14 @@ def sweep(sweeper, arguments: list[str]) -> None:
                 returns = sweeper.launcher.launch(overrides, initial_job_idx=index)
             except BaseException:  # Ctrl-C, SIGTERM: the next launch asks these trials again at once
                 for trial in asked:
-                    _fail_and_retry(study, storage, heartbeat.discard(trial.number), trial)
+                    _fail_and_retry(study, storage, heartbeat.trial_ids.pop(trial.number), trial)
                 raise
             index += len(returns)
             for trial, ret in zip(asked, returns):
-                _tell(study, storage, heartbeat.discard(trial.number), trial, ret)
+                _tell(study, storage, heartbeat.trial_ids.pop(trial.number), trial, ret)
     _report_best(study, info, client, Path(config.hydra.sweep.dir) / record.OPTUNA_RESULTS)
     if settings.confirm.seeds:
-        from mnist_exp.confirmation import confirm
-
-        confirm(sweeper.launcher, config, fixed, study, info, index)
+        confirmation.confirm(sweeper.launcher, config, fixed, study, info, index)
 
 
 def _ask(study, space: dict, heartbeat: Heartbeat, sampler: DictConfig):
@@ -159,9 +141,7 @@ def _ask(study, space: dict, heartbeat: Heartbeat, sampler: DictConfig):
     # Trial k is drawn with seed + k: a resumed study, or two launches at once, never draw alike.
     offset, seed = len(study.get_trials(deepcopy=False)), sampler.get("seed")
     study.sampler = instantiate(sampler, **({"seed": seed + offset} if seed is not None else {}))
-    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize: we beat here
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        trial = study.ask(space)
+    trial = study.ask(space)
     heartbeat.add(trial.number)
     return trial
 
@@ -217,20 +197,16 @@ def _report_best(study, info, client, results_file: Path) -> None:
     client.set_tag(info.parent_run_id, record.STUDY, study.study_name)
 
 
-def quiet_optuna() -> None:
-    """Optuna's lines through Hydra's logging; no warning that the heartbeat route is experimental (since 2.9)."""
+def open_storage(url: str, settings: DictConfig):
+    """The study's RDBStorage: a trial silent for grace_period s is asked again; SQLite writers wait 120 s to lock.
+    Optuna's lines go through Hydra's logging, without warnings that our heartbeats are experimental or unusual."""
     import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def open_storage(url: str, settings: DictConfig):
-    """The study's RDBStorage: a trial silent for grace_period s is queued again, at most max_retry times;
-    SQLite's writers wait up to 120 s for its one lock."""
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")  # outside optimize
     return RDBStorage(
         url,
         engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
@@ -244,8 +220,6 @@ def open_storage(url: str, settings: DictConfig):
 def study_claimed(client, experiment_id: str, name: str):
     """The study's tracking.Claim while this launch creates it or asks trials (Optuna has no public lock: this
     costs about five MLflow calls per ask, and a 2 s wait when another launch holds it)."""
-    from mnist_exp import tracking
-
     key = "study-" + hashlib.sha256(name.encode()).hexdigest()[:16]
     claim = tracking.Claim.take(client, experiment_id, key, lambda holder: None)
     try:
@@ -257,17 +231,13 @@ def study_claimed(client, experiment_id: str, name: str):
 class Heartbeat(threading.Thread):
     """Beats for this launch's running trials (Optuna's own beats only inside study.optimize), by trial ID."""
 
-    def __init__(self, storage, study_id: int, interval: int):
+    def __init__(self, storage, study_id: int):
         super().__init__(daemon=True)
-        self.storage, self.study_id, self.interval = storage, study_id, interval
+        self.storage, self.study_id, self.stopped = storage, study_id, threading.Event()
         self.trial_ids: dict[int, int] = {}
-        self.stopped = threading.Event()
-
-    def __enter__(self) -> Heartbeat:
         self.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self.stopped.set()
         self.join()
 
@@ -276,22 +246,15 @@ class Heartbeat(threading.Thread):
         self.storage.record_heartbeat(trial_id)  # at once: a trial that never beat is never found stale
         self.trial_ids[number] = trial_id
 
-    def discard(self, number: int) -> int:
-        return self.trial_ids.pop(number)
-
-    def wait(self) -> None:
-        self.stopped.wait(self.interval)
-
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        while not self.stopped.wait(self.storage.get_heartbeat_interval()):
             for trial_id in list(self.trial_ids.values()):
                 with contextlib.suppress(Exception):  # a busy store: grace_period allows several missed beats
                     self.storage.record_heartbeat(trial_id)
 
 
 def tally(trials: list) -> tuple[int, list[int]]:
-    """(trials that count toward n_trials: every finished one but those failed and queued again, as a retry
-    counts; the numbers of those running)."""
+    """(trials counted toward n_trials: finished ones, a failed one queued again only as its retry; running ones)."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
@@ -302,11 +265,10 @@ def tally(trials: list) -> tuple[int, list[int]]:
 
 
 class JobTrial:
-    """A job's trial: reports each epoch's validation accuracy, raises Pruned when the pruner says so (never at
-    the last epoch); once another launch failed the trial as stale, the run trains on for the retry."""
+    """A job's trial: reports each epoch's validation accuracy, raises Pruned when the pruner says so."""
 
     def __init__(self, trial, epochs: int):
-        self.trial, self.epochs, self.reported, self.ended = trial, epochs, set(), False
+        self.trial, self.epochs, self.reported, self.ended = trial, epochs, 0, False
 
     def epoch_end(self, history) -> None:
         import optuna
@@ -315,10 +277,9 @@ class JobTrial:
             return
         latest = history[-1]
         try:
-            for metrics in history:  # a resumed run reports the epochs it trained before, too
-                if metrics.epoch not in self.reported and metrics.val_acc is not None:
-                    self.trial.report(metrics.val_acc, metrics.epoch)
-                    self.reported.add(metrics.epoch)
+            for metrics in history[self.reported :]:  # a resumed run reports the epochs it trained before, too
+                self.trial.report(metrics.val_acc, metrics.epoch)
+            self.reported = len(history)
             if latest.epoch < self.epochs and self.trial.should_prune():
                 self.trial.set_user_attr(PRUNED_AT, latest.epoch)
                 raise Pruned(
@@ -347,12 +308,9 @@ def job_trial(cfg) -> JobTrial | None:
     import optuna
     from hydra.core.hydra_config import HydraConfig
 
-    from mnist_exp.sweep import read_sweep_info
-
-    quiet_optuna()
     hydra = HydraConfig.get()
-    name = study_name(hydra.sweeper.study_name, cfg.mlflow.experiment, read_sweep_info(hydra.sweep.dir).key)
-    storage = open_storage(storage_url(hydra.sweeper.storage, cfg.mlflow.tracking_uri), hydra.sweeper)
+    name, url = study_location(hydra.sweeper, cfg.mlflow, read_sweep_info(hydra.sweep.dir).key)
+    storage = open_storage(url, hydra.sweeper)
     pruner, sampler = instantiate(hydra.sweeper.pruner), optuna.samplers.RandomSampler()  # the job samples nothing
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))

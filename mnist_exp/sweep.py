@@ -1,5 +1,4 @@
-"""The sweep's protocol: preflight, the parent run, the files through which jobs and the launching process
-talk, the parallel launcher's hook, and the members and summary at the end (docs/mlflow.md: the protocol)."""
+"""The sweep's protocol: preflight, parent run, jobs' status files, launcher hook, members, summary (docs/mlflow.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import record, stopping  # tracking (mlflow) is imported where used: config errors stay instant
+from mnist_exp import record, stopping, validation  # tracking (mlflow) imported where used: config errors stay instant
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +67,7 @@ def swept_keys(task_overrides: list[str], sweeper_params: dict) -> list[str]:
     except Exception:  # Hydra reports a malformed override itself, with a better message
         parsed = []
     keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
-    pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
-    return keys + [str(key) for key in sweeper_params if str(key) not in keys and str(key) not in pinned]
+    return keys + [str(key) for key in sweeper_params if str(key) not in {o.key_or_group for o in parsed}]
 
 
 def sweep_identity(task_overrides: list[str], sweeper_params: dict | None = None) -> tuple[str, str]:
@@ -168,12 +166,8 @@ def open_sweep_run(client, experiment_id: str, sweep_key: str, name: str, extend
     from mnist_exp import tracking
 
     # Microseconds: two sweeps launched in the same second must still order for `--sweep latest`.
-    tags = {
-        record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"),
-        record.LAUNCHER: _this_launcher(),
-        **tracking.source_tags(),
-        **({record.EXTENDS: extends} if extends else {}),
-    }
+    tags = {record.LAST_LAUNCH: datetime.now().isoformat(timespec="microseconds"), record.LAUNCHER: _this_launcher()}
+    tags |= tracking.source_tags() | ({record.EXTENDS: extends} if extends else {})
     for run in _sweep_runs(client, experiment_id, sweep_key):
         if run.info.status != "RUNNING" or _launcher_alive(run.data.tags.get(record.LAUNCHER, "")) is False:
             client.update_run(run.info.run_id, status="RUNNING", name=name)
@@ -223,9 +217,7 @@ def summarize(statuses: list[JobOutcome]) -> str:
 
 def members_description(info: SweepInfo, statuses: list[JobOutcome], stopped: str | None) -> str:
     """The parent run's description in `mlflow ui`: every member, reused ones too, linked."""
-    lines = [f"**Sweep** `{info.name}`", ""]
-    if stopped:
-        lines += [f"Stopped early: {stopped}.", ""]
+    lines = [f"**Sweep** `{info.name}`", "", *([f"Stopped early: {stopped}.", ""] if stopped else [])]
     listed = [s for s in statuses if s.run_id]
     for i, job in enumerate(listed):
         verb = {"skipped": "reused (already FINISHED)"}.get(job.status, job.status)
@@ -243,7 +235,6 @@ class LaunchCallback(Callback):
 
     def __init__(self) -> None:
         self.open_sweep: tuple[DictConfig, SweepInfo] | None = None
-        self.interrupts = None  # stopping.Interrupts, from the sweep's start
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self.experiment_id = _preflight(config, sweeping=False)[1]
@@ -271,37 +262,31 @@ class LaunchCallback(Callback):
                 f"{previous.launcher}, as 'host pid'); wait for it, or give this one another folder"
             )
         extends = _extended_sweep(client, experiment_id, config.mlflow.extends)
+        self.interrupts = stopping.Interrupts()  # before the parent run: _close reads it
         parent = open_sweep_run(client, experiment_id, key, clip(f"sweep: {name}", MAX_RUN_NAME), extends)
         info = SweepInfo(key, name, parent, experiment_id, uuid.uuid4().hex, swept, _this_launcher())
         (Path(config.hydra.sweep.dir) / SWEEP_FILE).write_text(json.dumps(asdict(info), indent=2))
         log.info("MLflow: experiment %s, sweep run %s (%s)", config.mlflow.experiment, parent, name)
         self.open_sweep = (config, info)
-        atexit.register(self._close_if_open)  # Hydra rejected a job, or an interrupt: never leave it RUNNING
-        self.interrupts = stopping.Interrupts()
+        atexit.register(self._close, early=True)  # Hydra rejected a job, or an interrupt: never leave it RUNNING
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.open_sweep is not None and self._close(stopped=None):  # None: on_multirun_start failed, and said so
+        if self._close():
             sys.exit(1)
 
-    def _close_if_open(self) -> None:
-        if self.open_sweep is None:
-            return
-        config, info = self.open_sweep
-        ran = len(read_job_statuses(config.hydra.sweep.dir, info.launch_id))
-        reason = "for the reason printed on the console (e.g. Hydra rejected a job's config)"
-        stopped = f"the launcher stopped after {ran} job(s), {reason}"
-        self._close(stopping.STOPS["interrupt"].reason if self._interrupted() else stopped)
-
-    def _interrupted(self) -> bool:
-        return self.interrupts is not None and self.interrupts.received is not None
-
-    def _close(self, stopped: str | None) -> bool:
-        """Record the members and the summary on the parent run and close it; True if any job failed."""
+    def _close(self, early: bool = False) -> bool:
+        """Record the members and the summary on the parent run and close it, if open; True if any job failed."""
         from mnist_exp import tracking
 
-        config, info = self.open_sweep
-        self.open_sweep = None
+        if self.open_sweep is None:  # closed, or on_multirun_start failed and said so
+            return False
+        (config, info), self.open_sweep = self.open_sweep, None
         statuses = read_job_statuses(config.hydra.sweep.dir, info.launch_id)
+        interrupted = self.interrupts.received is not None
+        reason = "for the reason printed on the console (e.g. Hydra rejected a job's config)"
+        stopped = f"the launcher stopped after {len(statuses)} job(s), {reason}" if early else None
+        if early and interrupted:
+            stopped = stopping.STOPS["interrupt"].reason
         summary = summarize(statuses) + (f"\nsweep stopped early: {stopped}" if stopped else "")
         failed = any(j.status in FAILED for j in statuses)
         try:
@@ -312,9 +297,8 @@ class LaunchCallback(Callback):
             client.set_tag(info.parent_run_id, record.NOTE, members_description(info, statuses, stopped))
             for result in sorted(Path(config.hydra.sweep.dir).glob("*.yaml")):  # multirun.yaml; Optuna's best
                 client.log_artifact(info.parent_run_id, str(result))
-            finished = "FAILED" if stopped or failed else "FINISHED"
-            status = stopping.STOPS["interrupt"].sweep if self._interrupted() else finished
-            client.set_terminated(info.parent_run_id, status)
+            status = "FAILED" if stopped or failed else "FINISHED"
+            client.set_terminated(info.parent_run_id, stopping.STOPS["interrupt"].sweep if interrupted else status)
             url = tracking.ui_hint(config.mlflow.tracking_uri, info.experiment_id)
         except Exception as error:  # the store may be gone; the summary must still be printed
             url = f"(could not record the sweep in MLflow: {error})"
@@ -335,9 +319,7 @@ def _extended_sweep(client, experiment_id: str, key: str | None) -> str | None:
 def _preflight(config: DictConfig, sweeping: bool):
     """Fail before any job when a job's config, the store or the output folder is unusable; creating the store
     once here keeps parallel jobs from racing to create a fresh sqlite file (which corrupts it)."""
-    from mnist_exp.validation import check_launch
-
-    if problems := check_launch(config, sweeping=sweeping):  # a refused job: no run of this launch may exist
+    if problems := validation.check_launch(config, sweeping=sweeping):  # a refused job: no run of this launch may exist
         _exit(*problems[:-1], problems[-1] + ("; nothing was launched" if sweeping else ""))
     from mnist_exp import tracking
 
