@@ -12,9 +12,6 @@ import mlflow
 
 from mnist_exp import record
 
-# Not mlflow.pytorch's warning that pickles run code, on every model: this model's code ships with it.
-logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-
 
 def datasets(data) -> dict:
     """Each split as an MLflow dataset (name, digest, source, size), by context: train, validation, test."""
@@ -52,15 +49,21 @@ def log_model(classifier, example, variant: str):
     import mlflow.pytorch
     import torch
 
-    return mlflow.pytorch.log_model(
-        classifier,
-        name=record.model_name(variant),
-        code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
-        serialization_format="pickle",
-        signature=False,
-        input_example=example.numpy(),
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    quiet = logging.getLogger("mlflow.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warning that pickles run code: this model's code ships with it
+    try:
+        return mlflow.pytorch.log_model(
+            classifier,
+            name=record.model_name(variant),
+            code_paths=[str(Path(_shipped_code().name) / "mnist_exp")],
+            serialization_format="pickle",
+            signature=False,
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    finally:
+        quiet.setLevel(level)
 
 
 @functools.cache

@@ -67,8 +67,8 @@ class JobSignals:
     def __init__(self):
         self.submitit = bool(os.environ.get("SUBMITIT_EXECUTOR"))
         self.preempted = self.timed_out = False
-        signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-        submitits = signal.getsignal(signum) if self.submitit else None
+        signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")) if self.submitit else None
+        submitits = signal.getsignal(signum) if signum else None
         if callable(submitits):
 
             def note(number, frame):

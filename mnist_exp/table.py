@@ -30,8 +30,15 @@ COMPARED = ("model.", "regularizer.", "trainer.seed", "data.")
 CHANCE_PCT, COLLAPSE_PP = 20.0, 10.0
 WIDTH = 120  # the default terminal table fits this many columns
 # Short names for the narrow table and the figures, printed as a key where used.
-SHORT = {"batchnorm": "bn", "augment": "aug", "dropout": "drop", "label_smoothing": "ls", "early_stopping": "es"}
-SHORT |= {"onecycle": "1cyc", "cosine": "cos"}
+SHORT = {
+    "batchnorm": "bn",
+    "augment": "aug",
+    "dropout": "drop",
+    "label_smoothing": "ls",
+    "early_stopping": "es",
+    "onecycle": "1cyc",
+    "cosine": "cos",
+}
 # --wide's number columns: header -> (column, format).
 WIDE = {
     "best %": ("best_test_acc_pct", "{:.2f}"),
@@ -241,8 +248,14 @@ def register_best(tracking_uri: str, table: pd.DataFrame, finished: pd.DataFrame
     chosen_on = record.FINAL_VAL_ACC if basis == "validation" else METRICS[metric_name]
     runs = finished.set_index("run_id").loc[best.run_ids]
     run_id = metric(runs, chosen_on).idxmax()
-    tags = {"variant": best.variant, "metric": chosen_on, "variant_mean_pct": f"{best.acc_pct:.2f}"}
-    tags |= {"seeds": str(best.n), "data": best.data, "run_id": run_id}
+    tags = {
+        "variant": best.variant,
+        "metric": chosen_on,
+        "variant_mean_pct": f"{best.acc_pct:.2f}",
+        "seeds": str(best.n),
+        "data": best.data,
+        "run_id": run_id,
+    }
     uri, new = tracking.register_model(tracking_uri, run_id, runs.loc[run_id, "experiment_id"], name, tags)
     return best.variant, uri, basis, new
 
