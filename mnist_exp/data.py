@@ -75,7 +75,7 @@ def load_mnist(data_cfg) -> MNIST:
             f"data.validation_size={data_cfg.validation_size} leaves no training images "
             f"(the training split has {len(train)})"
         )
-    train, validation = train.part(0, keep), train.part(keep, None) if data_cfg.validation_size else None
+    train, validation = train.part(0, keep), (train.part(keep, None) if data_cfg.validation_size else None)
     name = SAMPLE_DIR.name if located.source == "sample" else Path(data_cfg.root).resolve().name
     url = DOWNLOAD_URL if located.source == "download" else None
     return MNIST(train, test, validation, located.source, str(located.location), name, url, fallback)

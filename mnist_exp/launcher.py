@@ -27,6 +27,10 @@ STOP_GRACE_S = 60  # after Ctrl-C, how long workers get to close their runs befo
 SWEEP_DIR = {"job_dir_key": "hydra.sweep.dir", "job_subdir_key": "hydra.sweep.subdir"}
 
 
+class WorkerDied(RuntimeError):
+    """A job's worker process ended without its result (SIGKILL, the out-of-memory killer)."""
+
+
 def plan(jobs: int, cores: int, workers: int | None, threads: int | None) -> tuple[int, int]:
     """(workers, threads per job): one thread a job while jobs outnumber cores, else the cores shared out."""
     threads = threads or max(1, cores // max(1, min(jobs, cores)))
@@ -133,7 +137,7 @@ class Pool:
                     elif worker.job is not None and not worker.process.is_alive():  # SIGKILL, out of memory
                         job, pid, code = worker.job, worker.process.pid, worker.process.exitcode
                         cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-                        died = RuntimeError(f"its worker process (pid {pid}) was {cause}")
+                        died = WorkerDied(f"its worker process (pid {pid}) was {cause}")
                         job.result = JobReturn(overrides=job.overrides, status=JobStatus.FAILED)
                         job.result.return_value = died
                         if worker_died is not None:  # the task records it, and says what the job returns
@@ -167,7 +171,8 @@ class Pool:
             return
         job = by_index[index]
         if kind == "log":
-            return display.line(job, payload)
+            display.line(job, payload)
+            return
         if kind == "progress":
             job.name, job.epochs, job.epoch = payload
         else:  # done

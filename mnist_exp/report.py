@@ -125,7 +125,7 @@ def recipes(table: pd.DataFrame, course: str | None) -> list[dict]:
         seeded = list((rows[rows["n"] >= 2] if (rows["n"] >= 2).any() else rows).itertuples())  # choose_best's
         candidates = [r for r in seeded if reference is None or r.variant != reference.variant]
         judged = _family([(row, reference) for row in candidates if reference is not None], table, basis == "test")
-        c = next((e["c"] for e in judged if e["row"].variant == best.variant), None)  # None: it is the reference
+        c = next((e["c"] for e in judged if e["row"].variant == best.variant), None)  # None: not a candidate
         compared = [(f"best recipe for {model} vs {reference.variant}", best, reference, c, basis)] if c else []
         answers.append(
             {

@@ -55,10 +55,15 @@ def one_of(choices: str) -> Any:
     return field(default=MISSING, metadata={"choices": choices})
 
 
-@schema("lenet5")  # LeNet-5 has only the settings every model has
+@dataclass
 class ModelConfig:
     name: str = one_of("mnist_exp.models.MODELS")
     activation: str = one_of("mnist_exp.models.ACTIVATIONS")
+
+
+@schema("lenet5")
+class LeNet5Config(ModelConfig):  # its own name in Hydra's errors; LeNet-5 has only the settings every model has
+    pass
 
 
 @schema("lenet5_32")

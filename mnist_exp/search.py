@@ -278,7 +278,8 @@ class JobTrial:
         latest = history[-1]
         try:
             for metrics in history[self.reported :]:  # a resumed run reports the epochs it trained before, too
-                self.trial.report(metrics.val_acc, metrics.epoch)
+                if metrics.val_acc is not None:
+                    self.trial.report(metrics.val_acc, metrics.epoch)
             self.reported = len(history)
             if latest.epoch < self.epochs and self.trial.should_prune():
                 self.trial.set_user_attr(PRUNED_AT, latest.epoch)

@@ -56,8 +56,9 @@ class Interrupts:
 
     def _interrupt(self, signum, frame) -> None:
         self.received = signum
-        for ignored in (signal.SIGINT, signal.SIGTERM) if self.once else ():
-            signal.signal(ignored, signal.SIG_IGN)
+        if self.once:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _raise_interrupt(signum, frame)
 
 

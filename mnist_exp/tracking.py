@@ -50,20 +50,22 @@ def connect(tracking_uri: str, experiment: str) -> tuple[MlflowClient, str]:
             "password file, e.g. PostgreSQL's ~/.pgpass)"
         )
     check_store(tracking_uri)
-    with _sqlite_creation_lock(tracking_uri) as path:
-        try:
+    try:
+        with _sqlite_creation_lock(tracking_uri) as path:
             client = MlflowClient(tracking_uri)
             found = client.get_experiment_by_name(experiment)
             if path:  # the registry's store checks the schema on first use too (claims live there)
                 client.search_registered_models(max_results=1)
             if found is None:
-                location = path and (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri()
+                location = (path.parent / ARTIFACTS_FOLDER / record.model_name(experiment)).as_uri() if path else None
                 tags = dict([record.EXPERIMENT_KIND, record.RECORD_VERSION])  # a new experiment: nothing to migrate
                 with contextlib.suppress(MlflowException):  # another process created it first
                     client.create_experiment(experiment, location, tags=tags)
                 found = client.get_experiment_by_name(experiment)
-        except Exception as error:  # MLflow surfaces store problems as many unrelated types
-            raise store_error(tracking_uri, error) from None
+    except TrackingError:
+        raise
+    except Exception as error:  # MLflow surfaces store problems as many unrelated types (the lock: OSError)
+        raise store_error(tracking_uri, error) from None
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
             f"mlflow.experiment={experiment} was deleted from {uri}; restore it with "

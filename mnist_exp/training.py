@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mnist_exp import regularization
-from mnist_exp.data import Split, normalization
+from mnist_exp.data import MNIST, Split, normalization
 from mnist_exp.schema import in_epochs
 
 
@@ -200,7 +200,9 @@ def evaluate(
     return loss_sum / len(split), int((predicted == split.labels).sum()) / len(split), predicted
 
 
-def fit(training: Training, data, trainer_cfg, progress: TrainingState, on_epoch_end, on_batch=None) -> TrainingState:
+def fit(
+    training: Training, data: MNIST, trainer_cfg, progress: TrainingState, on_epoch_end, on_batch=None
+) -> TrainingState:
     """Train from `progress.epochs_done` to trainer.epochs or the early stop; on_epoch_end(progress) after each."""
     inputs, device, size = training.inputs, training.device, trainer_cfg.eval_batch_size
     for epoch in range(progress.epochs_done + 1, trainer_cfg.epochs + 1):
