@@ -118,7 +118,7 @@ def sweep(sweeper, arguments: list[str]) -> None:
                         *(", ".join(map(str, running)), settings.grace_period),
                     )
                     waiting_for = running
-                heartbeat.stopped.wait(settings.heartbeat_interval)
+                heartbeat.stopped.wait(storage.get_heartbeat_interval())
                 continue
             env = f"++hydra.job.env_set.{TRIAL_ENV}"  # every launcher passes it to the job
             overrides = [[*fixed, *(f"{k}={v}" for k, v in t.params.items()), f"{env}={t.number}"] for t in asked]

@@ -19,6 +19,7 @@ from mnist_exp.significance import (
     anova,
     difference,
     estimate,
+    holm,
     judge,
     plan,
 )
@@ -193,6 +194,12 @@ def test_a_family_gets_holm_verdicts_and_bonferroni_intervals():
     assert [j.verdict for j in judged] == ["better", "better", "undecided"]
     # The second: Holm's p (0.040) < 0.05, but its Bonferroni interval reaches below 0: said, not hidden.
     assert expected[1] < 0.05 and judged[1].ci_low < 0 and judged[1].holm_only and not judged[0].holm_only
+
+
+def test_a_family_without_a_test_is_left_unadjusted():
+    # holm() hands statsmodels an empty family then, and relies on its answer: none.
+    assert [math.isnan(p) for p in holm([math.nan, math.nan])] == [True, True]
+    assert holm([]) == []
 
 
 def test_mcnemars_comparisons_form_their_own_family():
